@@ -1,0 +1,28 @@
+# The README's two commands: `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test diagram clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	mkdir -p inbox var
+	$(BIN)/caseflow run -c config/local.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+diagram: $(STAMP)
+	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd
+
+clean:
+	rm -rf $(VENV) var inbox

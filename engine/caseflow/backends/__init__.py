@@ -1,0 +1,62 @@
+"""The queue backend port: submit a job, ask about many jobs in one call, cancel one.
+
+Adapters build their commands as argument lists and run them through a
+transport, so every backend works over every transport.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Sequence
+
+RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_found"
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a backend needs to start a case's job."""
+    case_id: int
+    label: str            # unique per case; lets a re-run find a job it already started
+    remote_path: str      # the uploaded case folder, the job's working directory
+    group: str
+    command: tuple[str, ...] | str
+    env: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A submitted job, as the store remembers it."""
+    case_id: int
+    task_id: str
+    label: str
+    remote_path: str
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    outcome: str                  # RUNNING, SUCCESS, FAILURE or NOT_FOUND
+    detail: str = ""              # what a person should read (e.g. "exit code 3")
+    exit_code: int | None = None
+
+
+class QueueBackend(ABC):
+    @abstractmethod
+    def submit(self, job: JobSpec) -> str:
+        """Start the job (or find the one already started for job.label); return its task id."""
+
+    @abstractmethod
+    def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
+        """The status of every given job, keyed by case id, in one remote call."""
+
+    @abstractmethod
+    def cancel(self, job: JobRef) -> None:
+        """Stop the job; no error when it has already ended."""
+
+
+def make_backend(config, transport) -> QueueBackend:
+    kind = config.backend.kind
+    if kind == "direct":
+        from .direct import DirectBackend
+        return DirectBackend(transport)
+    raise ValueError(f"unknown backend kind {kind!r}")

@@ -1,0 +1,142 @@
+"""The case model: the callbacks the spec names, bound to one case for one step.
+
+Callbacks never write the store themselves. They do their (idempotent) work and
+record what must change; `persist`, the machine's after_state_change hook, then
+writes the new state, those changes, the slot bookkeeping and the history row
+in one transaction guarded by the state the case was loaded in.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from . import casefolder
+from .backends import JobRef, JobSpec
+from .errors import PermanentError
+from .store import CaseRow
+
+log = logging.getLogger("caseflow.case")
+
+
+def remote_name(row: CaseRow) -> str:
+    """The case's folder name on the remote side: its id and a tame form of its name."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", row.name).lstrip("-._")[:60] or "case"
+    return f"{row.id}-{slug}"
+
+
+def job_label(row: CaseRow) -> str:
+    return f"caseflow-{row.id}-{row.run}"
+
+
+def job_ref(row: CaseRow) -> JobRef:
+    return JobRef(case_id=row.id, task_id=row.task_id or "", label=job_label(row),
+                  remote_path=row.remote_path or "")
+
+
+class Case:
+    """One case bound to the machine for one trigger. `engine` supplies the ports."""
+
+    def __init__(self, row: CaseRow, engine):
+        self.row = row
+        self.engine = engine
+        self.changes: dict = {}
+        self.slot_to_take: int | None = None
+        self.release = False
+        self.not_before: float | None = None  # set by a condition that says "not yet"
+
+    def __repr__(self):
+        return f"<Case {self.row.id} {self.row.name!r} {getattr(self, 'state', '?')}>"
+
+    # -- conditions --------------------------------------------------------------------
+    def is_quiet(self, event) -> bool:
+        """Nothing inside the folder changed for the quiet period (and it is still there)."""
+        row, eng = self.row, self.engine
+        path = Path(row.local_path)
+        if not path.is_dir() or path.is_symlink() or casefolder.inode_of(path) != row.inode:
+            raise PermanentError("folder removed before it was stable")
+        last = max(filter(None, (eng.last_activity(row.name), casefolder.newest_change(path),
+                                 row.created_at)))
+        now = eng.clock()
+        if now - last >= eng.config.quiet_seconds:
+            return True
+        self.not_before = last + eng.config.quiet_seconds
+        return False
+
+    def take_slot(self, event) -> bool:
+        """A free slot of the case's group exists; persist takes it atomically."""
+        eng, group = self.engine, self.row.grp
+        if eng.config.group(group) is None:
+            raise PermanentError(f"group {group!r} is no longer configured; configured groups: "
+                                 + ", ".join(g.name for g in eng.config.groups))
+        slot = eng.store.free_slot(group)
+        if slot is None:
+            return False
+        self.slot_to_take = slot.id
+        return True
+
+    # -- before callbacks (the work) ---------------------------------------------------
+    def validate_case(self, event) -> None:
+        """The folder still exists, everything in it can be sent, and its group is known."""
+        eng = self.engine
+        path = Path(self.row.local_path)
+        manifest = casefolder.scan(path)
+        settings = casefolder.read_case_file(path, [g.name for g in eng.config.groups],
+                                             eng.config.default_group)
+        self.changes.update(grp=settings["group"], file_count=manifest.file_count,
+                            size_bytes=manifest.size_bytes)
+
+    def upload_case(self, event) -> None:
+        eng, row = self.engine, self.row
+        manifest = casefolder.scan(Path(row.local_path))
+        remote = eng.transport.path(remote_name(row))
+        uploaded = eng.transport.upload_dir(Path(row.local_path), remote, manifest)
+        self.changes.update(remote_path=remote, host=eng.transport.name,
+                            file_count=manifest.file_count, size_bytes=manifest.size_bytes)
+        event.kwargs.setdefault("detail", f"{manifest.file_count} files, {manifest.size_bytes} "
+                                          f"bytes{'' if uploaded else ' (already there)'}")
+
+    def submit_job(self, event) -> None:
+        eng, row = self.engine, self.row
+        group = eng.config.group(row.grp)
+        env = {"CASEFLOW_CASE_ID": str(row.id), "CASEFLOW_CASE_NAME": row.name,
+               "CASEFLOW_GPU_GROUP": row.grp or "", "CASEFLOW_GPU_SLOT": str(row.slot_index)}
+        device = row.slot_device or (group.device_of(row.slot_index) if group and
+                                     row.slot_index is not None else None)
+        if device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = device
+        job = JobSpec(case_id=row.id, label=job_label(row), remote_path=row.remote_path,
+                      group=row.grp, command=eng.config.backend.command, env=env)
+        task_id = eng.backend.submit(job)
+        self.changes["task_id"] = task_id
+        event.kwargs.setdefault("detail", f"task {task_id}")
+
+    def kill_job(self, event) -> None:
+        row = self.row
+        if row.task_id:
+            self.engine.backend.cancel(job_ref(row))
+        self.changes["reason"] = "cancelled"
+
+    def reset_for_retry(self, event) -> None:
+        self.changes.update(reason=None, task_id=None, last_error=None, run=self.row.run + 1)
+
+    # -- state callbacks ---------------------------------------------------------------
+    def release_slot(self, event) -> None:
+        self.release = True
+
+    # -- the machine's after_state_change hook -------------------------------------------
+    def persist(self, event) -> None:
+        eng, row = self.engine, self.row
+        kwargs = event.kwargs
+        if kwargs.get("reason"):
+            self.changes["reason"] = kwargs["reason"]
+        if kwargs.get("requested"):
+            self.changes["request"] = None
+        detail = kwargs.get("detail") or self.changes.get("reason")
+        src, dst, trigger = event.transition.source, event.transition.dest, event.event.name
+        eng.store.commit_transition(row.id, src, dst, trigger, eng.clock(), self.changes,
+                                    take_slot=self.slot_to_take, release_slot=self.release,
+                                    detail=detail)
+        log.info("case %s %r: %s -> %s (%s)%s", row.id, row.name, src, dst, trigger,
+                 f": {detail}" if detail else "")

@@ -1,0 +1,293 @@
+"""Reads and checks the YAML configuration.
+
+Every mistake is reported as a `ConfigError` that names the file and the key,
+before the daemon touches anything. Relative paths are resolved against the
+config file's folder, so the daemon works from any working directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+ENV_VAR = "CASEFLOW_CONFIG"
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+TRANSPORT_KINDS = ("local",)
+BACKEND_KINDS = ("direct",)
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    name: str
+    slots: int
+    devices: tuple[str, ...] | None = None
+
+    def device_of(self, index: int) -> str | None:
+        return self.devices[index] if self.devices else None
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    kind: str
+    root: str
+    name: str
+
+
+@dataclass(frozen=True)
+class BackendConfig:
+    kind: str
+    command: tuple[str, ...] | str
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    initial_seconds: float = 5.0
+    max_seconds: float = 300.0
+    give_up_after_seconds: float = 6 * 3600.0
+
+    def delay(self, attempts: int) -> float:
+        """Backoff before attempt number `attempts + 1` (exponential, capped)."""
+        return min(self.max_seconds, self.initial_seconds * (2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    inbox: Path
+    database: Path
+    groups: tuple[GroupConfig, ...]
+    transport: TransportConfig
+    backend: BackendConfig
+    quiet_seconds: float = 5.0
+    rescan_seconds: float = 30.0
+    tick_seconds: float = 2.0
+    poll_seconds: float = 10.0
+    workers: int = 4
+    shutdown_grace_seconds: float = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    log_level: str = "INFO"
+    log_file: Path | None = None
+
+    @property
+    def default_group(self) -> str:
+        return self.groups[0].name
+
+    def group(self, name: str) -> GroupConfig | None:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        return None
+
+
+class _Reader:
+    """Takes values out of one mapping, naming file and key in every error."""
+
+    def __init__(self, file: Path, data: dict, prefix: str = ""):
+        self.file = file
+        self.data = data
+        self.prefix = prefix
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.file}: {self.key(name)}: {message}")
+
+    def get(self, name: str, kind, default: Any = ..., check=None, what: str | None = None):
+        self.used.add(name)
+        if name not in self.data or self.data[name] is None:
+            if default is ...:
+                raise self.error(name, "is required")
+            return default
+        value = self.data[name]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            ok = False
+        else:
+            ok = isinstance(value, kinds)
+        if not ok:
+            raise self.error(name, f"expected {what or _kind_name(kinds)}, got {_show(value)}")
+        if check is not None:
+            message = check(value)
+            if message:
+                raise self.error(name, message)
+        return value
+
+    def sub(self, name: str, required: bool = False) -> "_Reader":
+        value = self.get(name, dict, default=... if required else {}, what="a mapping")
+        return _Reader(self.file, value, prefix=f"{self.key(name)}.")
+
+    def finish(self) -> None:
+        unknown = [k for k in self.data if k not in self.used]
+        if unknown:
+            k = unknown[0]
+            close = difflib.get_close_matches(str(k), sorted(self.used), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise self.error(str(k), f"unknown key{hint}")
+
+
+def _kind_name(kinds) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
+             list: "a list", dict: "a mapping"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def _show(value) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _positive(value):
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value):
+    return None if value >= 0 else "must not be negative"
+
+
+def _resolve(base: Path, value: str) -> Path:
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def config_path_from(arg: str | None) -> Path:
+    value = arg or os.environ.get(ENV_VAR)
+    if not value:
+        raise ConfigError(f"no configuration: pass -c/--config FILE or set {ENV_VAR}")
+    return Path(value)
+
+
+def load_config(path: Path | str) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top")
+    base = path.resolve().parent
+    top = _Reader(path, data)
+
+    inbox = _resolve(base, top.get("inbox", str))
+    if not inbox.is_dir():
+        raise top.error("inbox", f"folder {inbox} does not exist (create it, or fix the path)")
+    database = _resolve(base, top.get("database", str, default="caseflow.db"))
+    if not database.parent.is_dir():
+        raise top.error("database", f"folder {database.parent} does not exist")
+    number = (int, float)
+    tick = float(top.get("tick_seconds", number, 2.0, _positive))
+    poll = float(top.get("poll_seconds", number, 10.0, _positive))
+    workers = top.get("workers", int, 4, _positive)
+    grace = float(top.get("shutdown_grace_seconds", number, 30.0, _not_negative))
+
+    stab = top.sub("stability")
+    quiet = float(stab.get("quiet_seconds", number, 5.0, _not_negative))
+    rescan = float(stab.get("rescan_seconds", number, 30.0, _positive))
+    stab.finish()
+
+    groups = _read_groups(top)
+    transport = _read_transport(top, base)
+    backend = _read_backend(top)
+
+    rr = top.sub("retry")
+    retry = RetryConfig(
+        initial_seconds=float(rr.get("initial_seconds", number, 5.0, _positive)),
+        max_seconds=float(rr.get("max_seconds", number, 300.0, _positive)),
+        give_up_after_seconds=float(rr.get("give_up_after_seconds", number, 21600.0,
+                                           _positive)))
+    rr.finish()
+
+    lg = top.sub("log")
+    level = lg.get("level", str, "INFO",
+                   lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+                   else "must be one of DEBUG, INFO, WARNING, ERROR").upper()
+    log_file = lg.get("file", str, None)
+    lg.finish()
+    top.finish()
+    return Config(path=path.resolve(), inbox=inbox, database=database, groups=groups,
+                  transport=transport, backend=backend, quiet_seconds=quiet,
+                  rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
+                  shutdown_grace_seconds=grace, retry=retry, log_level=level,
+                  log_file=_resolve(base, log_file) if log_file else None)
+
+
+def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:
+    raw = top.get("groups", (dict, list), what="a mapping of group names to settings, "
+                                                "or a list of group names")
+    if not raw:
+        raise top.error("groups", "needs at least one group")
+    groups = []
+    if isinstance(raw, list):
+        for i, name in enumerate(raw):
+            if not isinstance(name, str) or not _GROUP_NAME.match(name):
+                raise top.error(f"groups[{i}]", f"not a valid group name: {_show(name)}")
+            groups.append(GroupConfig(name=name, slots=1))
+    else:
+        for name, settings in raw.items():
+            key = f"groups.{name}"
+            if not isinstance(name, str) or not _GROUP_NAME.match(name):
+                raise top.error("groups", f"not a valid group name: {_show(name)} "
+                                          "(letters, digits, _ . - ; not starting with . or -)")
+            if isinstance(settings, int) and not isinstance(settings, bool):
+                settings = {"slots": settings}
+            if settings is None:
+                settings = {}
+            if not isinstance(settings, dict):
+                raise top.error(f"groups.{name}",
+                                f"expected a mapping like {{slots: 2}}, got {_show(settings)}")
+            gr = _Reader(top.file, settings, prefix=f"{top.prefix}{key}.")
+            slots = gr.get("slots", int, 1, lambda v: None if v >= 1 else
+                           "must be at least 1 (remove the group to stop using it)")
+            devices = gr.get("devices", list, None, what="a list of device ids")
+            gr.finish()
+            if devices is not None:
+                if len(devices) != slots:
+                    raise gr.error("devices", f"has {len(devices)} entries but slots is {slots}; "
+                                              "give one device id (or a list like \"0,1\") per slot")
+                for d in devices:
+                    if isinstance(d, bool) or not isinstance(d, (int, str)) or \
+                            not re.fullmatch(r"[0-9A-Za-z,:_-]+", str(d)):
+                        raise gr.error("devices", f"not a valid device id: {_show(d)}")
+                devices = tuple(str(d) for d in devices)
+            groups.append(GroupConfig(name=name, slots=slots, devices=devices))
+    return tuple(groups)
+
+
+def _read_transport(top: _Reader, base: Path) -> TransportConfig:
+    tr = top.sub("transport", required=True)
+    kind = tr.get("kind", str, check=lambda v: None if v in TRANSPORT_KINDS
+                  else f"unknown transport {v!r}; choose one of {', '.join(TRANSPORT_KINDS)}")
+    root = tr.get("root", str)
+    name = tr.get("name", str, "local")
+    tr.finish()
+    root_path = _resolve(base, root)
+    if not root_path.parent.is_dir():
+        raise tr.error("root", f"folder {root_path.parent} does not exist")
+    return TransportConfig(kind=kind, root=str(root_path), name=name)
+
+
+def _read_backend(top: _Reader) -> BackendConfig:
+    br = top.sub("backend", required=True)
+    kind = br.get("kind", str, check=lambda v: None if v in BACKEND_KINDS
+                  else f"unknown backend {v!r}; choose one of {', '.join(BACKEND_KINDS)}")
+    command = br.get("command", (str, list), what="a shell command string or an argument list")
+    if isinstance(command, list):
+        if not command or not all(isinstance(c, str) for c in command):
+            raise br.error("command", "an argument list must be a non-empty list of strings")
+        command = tuple(command)
+    elif not command.strip():
+        raise br.error("command", "must not be empty")
+    br.finish()
+    return BackendConfig(kind=kind, command=command)

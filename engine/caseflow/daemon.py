@@ -1,0 +1,127 @@
+"""`caseflow run`: the daemon around the engine.
+
+It holds an exclusive lock next to the database (so a second daemon refuses to
+start and names the first one's pid; the kernel drops the lock when the process
+dies, so no crash leaves a lock to clear by hand), runs the watcher and the
+tick loop, and on SIGTERM/SIGINT stops admitting work, gives in-flight steps a
+grace period, and exits 0.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+
+from .engine import Engine
+from .errors import AlreadyRunning
+from .watcher import InboxWatcher
+
+log = logging.getLogger("caseflow.daemon")
+
+
+class DaemonLock:
+    def __init__(self, database: Path):
+        self.database = Path(database)
+        self.path = Path(f"{database}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            pid = None
+            try:
+                text = os.pread(fd, 64, 0).decode().strip()
+                pid = int(text) if text.isdigit() else None
+            finally:
+                os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise AlreadyRunning(self.database, pid) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def holder(self) -> int | None:
+        """The pid of the daemon holding the lock, or None when none does."""
+        try:
+            fd = os.open(self.path, os.O_RDWR)
+        except FileNotFoundError:
+            return None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                text = os.pread(fd, 64, 0).decode().strip()
+                return int(text) if text.isdigit() else -1
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+class Daemon:
+    def __init__(self, config, engine: Engine | None = None):
+        self.config = config
+        self.stop_event = threading.Event()
+        self.lock = DaemonLock(config.database)
+        self.engine = engine or Engine(config)
+        self.watcher = InboxWatcher(config.inbox, clock=self.engine.clock, wake=self.engine.wake)
+        self.engine.watcher = self.watcher
+        self.ready = threading.Event()
+
+    def request_stop(self, *_):
+        self.stop_event.set()
+        self.engine.wake()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        self.lock.acquire()
+        try:
+            self.engine.start()
+            self.watcher.start()
+            log.info("caseflow running: inbox %s, database %s, %d group(s)", self.config.inbox,
+                     self.config.database, len(self.config.groups))
+            self.ready.set()
+            while not self.stop_event.is_set():
+                self.engine.wake_event.clear()
+                try:
+                    self.engine.tick()
+                    wait = self.engine.next_wakeup()
+                except Exception:
+                    log.exception("tick failed; trying again at the next tick")
+                    wait = self.config.tick_seconds
+                self.engine.wake_event.wait(wait)
+            log.info("stopping: no new work is admitted; waiting up to %.0f s for steps in flight",
+                     self.config.shutdown_grace_seconds)
+        finally:
+            self.watcher.stop()
+            self.engine.shutdown()
+            self.engine.store.close()
+            self.lock.release()
+        log.info("stopped")
+        return 0

@@ -1,0 +1,287 @@
+"""The engine: one tick advances every case that is due by one step.
+
+Which step a state takes comes from the spec (`step:`); whether a move is legal
+is decided by the machine built from the spec. The engine only schedules:
+detection of new folders, operator requests, due steps (long ones in the
+worker pool), batched polling, and persisted backoff for transient errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from . import casefolder
+from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, make_backend
+from .case_model import Case, job_ref
+from .errors import PermanentError, StaleCase, TransientError
+from .machine import CaseMachine, MachineError
+from .spec import POLL, MachineSpec, load_spec
+from .store import CaseRow, Store
+from .transports import make_transport
+from .watcher import is_hidden
+from .workers import WorkerPool
+
+log = logging.getLogger("caseflow.engine")
+
+REQUESTS = ("cancel", "retry")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class Engine:
+    def __init__(self, config, spec: MachineSpec | None = None, store: Store | None = None,
+                 transport=None, backend=None, clock=time.time, watcher=None):
+        self.config = config
+        self.spec = spec or load_spec()
+        self.store = store or Store(config.database)
+        self.clock = clock
+        self.watcher = watcher
+        self.machine = CaseMachine(self.spec)
+        self._transport = transport
+        self._backend = backend
+        self.pool: WorkerPool | None = None
+        self._inflight: set[int] = set()
+        self._inflight_lock = threading.Lock()
+        self._seen: set[tuple[str, str | None]] = set()
+        self._next_rescan = 0.0
+        self._last_poll = float("-inf")
+        self.wake_event = threading.Event()
+        self._steps = {s.name: s for s in self.spec.states if s.step}
+
+    # -- ports, created lazily so that read-only commands never connect ------------------
+    @property
+    def transport(self):
+        if self._transport is None:
+            self._transport = make_transport(self.config)
+        return self._transport
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            self._backend = make_backend(self.config, self.transport)
+        return self._backend
+
+    # -- life cycle --------------------------------------------------------------------
+    def start(self, workers: bool = True) -> None:
+        """Migrate the store, sync the slot pool with the config, reclaim leaked slots."""
+        self.store.migrate()
+        for line in self.store.sync_slots(self.config.groups):
+            log.info("%s", line)
+        for slot_id, grp, idx, case_id, state in self.store.reconcile_slots(self.spec.slot_states):
+            log.warning("freed slot %s[%s] held by case %s (%s)", grp, idx, case_id, state)
+        self._seen = {(p, i) for p, i, _ in self.store.folders()}
+        if workers:
+            self.pool = WorkerPool(self.config.workers)
+
+    def shutdown(self) -> bool:
+        done = True
+        if self.pool is not None:
+            done = self.pool.shutdown(self.config.shutdown_grace_seconds)
+            if not done:
+                log.warning("abandoned %d unfinished step(s); they run again at the next start",
+                            len(self._inflight))
+            self.pool = None
+        if self._transport is not None:
+            self._transport.close()
+        return done
+
+    def last_activity(self, name: str) -> float | None:
+        return self.watcher.last_activity(name) if self.watcher else None
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    # -- the tick ----------------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        self.detect(now)
+        self.apply_requests()
+        due = self.store.due_cases(now, self._steps)
+        polled: list[CaseRow] = []
+        for row in due:
+            state = self._steps[row.state]
+            if state.step == POLL:
+                polled.append(row)
+            elif state.worker and self.pool is not None:
+                self._dispatch(row, state.step)
+            elif not self._is_inflight(row.id):
+                self.step(row, state.step)
+        if polled and now - self._last_poll >= self.config.poll_seconds:
+            self._last_poll = now
+            self.poll(polled)
+
+    def next_wakeup(self) -> float:
+        """Seconds until something is due (at most one tick)."""
+        now = self.clock()
+        wait = self.config.tick_seconds
+        states = [s for s, st in self._steps.items() if st.step != POLL]
+        nxt = self._next_due(states)
+        if nxt is not None:
+            wait = min(wait, nxt - now)
+        if self._next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
+            wait = min(wait, self._last_poll + self.config.poll_seconds - now)
+        return max(0.02, wait)
+
+    def _next_due(self, states) -> float | None:
+        if not states:
+            return None
+        marks = ",".join("?" * len(states))
+        row = self.store._conn().execute(
+            f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})", states).fetchone()
+        return row[0]
+
+    # -- detection ---------------------------------------------------------------------
+    def detect(self, now: float) -> list[int]:
+        """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
+        appeared, gone = self.watcher.drain() if self.watcher else (set(), set())
+        if now >= self._next_rescan:
+            self._next_rescan = now + self.config.rescan_seconds
+            try:
+                appeared |= {e.name for e in os.scandir(self.config.inbox)}
+            except OSError as exc:
+                log.error("cannot list the inbox %s: %s", self.config.inbox, exc)
+        created = []
+        for name in sorted(appeared):
+            path = self.config.inbox / name
+            if is_hidden(name) or path.is_symlink() or not path.is_dir():
+                continue
+            key = (str(path), casefolder.inode_of(path))
+            if key in self._seen or key[1] is None:
+                continue
+            initial = self.spec.initial
+            case_id = self.store.create_case(name, str(path), key[1], initial, now,
+                                             now + self.config.quiet_seconds)
+            self._seen.add(key)
+            created.append(case_id)
+            log.info("case %s %r: detected in the inbox", case_id, name)
+        for name in gone:
+            path = str(self.config.inbox / name)
+            for row in self.store.cases([self.spec.initial]):
+                if row.local_path == path:
+                    self.store.reschedule(row.id, row.state, now)
+        return created
+
+    # -- one step of one case ------------------------------------------------------------
+    def step(self, row: CaseRow, trigger: str, **kwargs) -> bool:
+        """Fire `trigger` for the case; handle what its callbacks raise. True if it moved."""
+        case = Case(row, self)
+        try:
+            with self.machine.bound(case):
+                moved = case.trigger(trigger, **kwargs)
+            if not moved and case.not_before is not None:
+                self.store.reschedule(row.id, row.state, case.not_before)
+            return bool(moved)
+        except PermanentError as exc:
+            self.fail(row.id, _short(exc))
+        except TransientError as exc:
+            self._transient(row, trigger, exc)
+        except StaleCase as exc:
+            log.info("case %s: %s skipped: %s", row.id, trigger, exc)
+        except MachineError as exc:
+            log.warning("case %s: %s is not allowed now: %s", row.id, trigger, exc)
+        except Exception as exc:  # a bug: make it visible on the case, not a silent loop
+            log.exception("case %s: unexpected error in %s", row.id, trigger)
+            self.fail(row.id, f"internal error during {trigger}: {_short(exc)} (see the log)")
+        return False
+
+    def fail(self, case_id: int, reason: str) -> bool:
+        row = self.store.get(case_id)
+        if row is None or row.state not in self.spec.sources_of("fail"):
+            return False
+        case = Case(row, self)
+        try:
+            with self.machine.bound(case):
+                return bool(case.trigger("fail", reason=reason))
+        except StaleCase:
+            return False
+
+    def _transient(self, row: CaseRow, trigger: str, exc: Exception) -> None:
+        now = self.clock()
+        delay = self.config.retry.delay(row.attempts + 1)
+        updated = self.store.note_transient(row.id, row.state, f"{trigger}: {_short(exc)}", now,
+                                            now + delay)
+        log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
+                    row.name, trigger, row.attempts + 1, delay, _short(exc))
+        if updated and updated.failing_since is not None and \
+                now - updated.failing_since >= self.config.retry.give_up_after_seconds:
+            self.fail(row.id, f"gave up after {updated.attempts} attempts over "
+                              f"{now - updated.failing_since:.0f} s; last error: {_short(exc)}")
+
+    # -- the worker pool -----------------------------------------------------------------
+    def _is_inflight(self, case_id: int) -> bool:
+        with self._inflight_lock:
+            return case_id in self._inflight
+
+    def _dispatch(self, row: CaseRow, trigger: str) -> None:
+        with self._inflight_lock:
+            if row.id in self._inflight:
+                return
+            self._inflight.add(row.id)
+        try:
+            self.pool.submit(self._run_in_worker, row, trigger)
+        except RuntimeError:
+            with self._inflight_lock:
+                self._inflight.discard(row.id)
+
+    def _run_in_worker(self, row: CaseRow, trigger: str) -> None:
+        try:
+            self.step(row, trigger)
+        finally:
+            with self._inflight_lock:
+                self._inflight.discard(row.id)
+            self.wake()
+
+    def idle(self) -> bool:
+        """No step is in flight in the worker pool."""
+        with self._inflight_lock:
+            return not self._inflight
+
+    # -- polling -------------------------------------------------------------------------
+    def poll(self, rows: list[CaseRow]) -> None:
+        """Ask the queue about all running cases in one call, and act on the answers."""
+        rows = [r for r in rows if not self._is_inflight(r.id)]
+        if not rows:
+            return
+        try:
+            answers = self.backend.status([job_ref(r) for r in rows])
+        except TransientError as exc:
+            for row in rows:
+                self._transient(row, "poll", exc)
+            return
+        except PermanentError as exc:
+            for row in rows:
+                self.fail(row.id, f"the queue's status could not be read: {_short(exc)}")
+            return
+        for row in rows:
+            status = answers.get(row.id)
+            if status is None or status.outcome == RUNNING:
+                continue
+            if status.outcome == SUCCESS:
+                self.step(row, "complete", detail=status.detail)
+            elif status.outcome == FAILURE:
+                self.step(row, "fail", reason=status.detail)
+            elif status.outcome == NOT_FOUND:
+                self.step(row, "lose", reason=status.detail)
+
+    # -- operator requests ---------------------------------------------------------------
+    def apply_requests(self) -> None:
+        for row in self.store.requested():
+            if self._is_inflight(row.id):
+                continue  # after the step in flight has finished
+            self.apply_request(row)
+
+    def apply_request(self, row: CaseRow) -> bool:
+        trigger = row.request
+        if trigger not in REQUESTS or not self.machine.allowed(trigger, row.state):
+            log.warning("case %s %r: %s request dropped: not possible in state %s", row.id,
+                        row.name, trigger, row.state)
+            self.store.set_request(row.id, None)
+            return False
+        return self.step(row, trigger, requested=True)

@@ -1,0 +1,43 @@
+"""The error kinds every port raises; the engine never retries a bare Exception."""
+
+
+class CaseflowError(Exception):
+    """Base of caseflow's own errors."""
+
+
+class ConfigError(CaseflowError):
+    """A configuration mistake; the message names the file and the key."""
+
+
+class SpecError(CaseflowError):
+    """The machine definition in specs/ is inconsistent."""
+
+
+class StoreError(CaseflowError):
+    """The database cannot be used (newer schema, locked by another daemon, ...)."""
+
+
+class AlreadyRunning(StoreError):
+    """Another daemon holds the database."""
+
+    def __init__(self, database, pid):
+        self.database = database
+        self.pid = pid
+        who = f"pid {pid}" if pid else "unknown pid"
+        super().__init__(f"another caseflow daemon ({who}) is already running on {database}")
+
+
+class StaleCase(CaseflowError):
+    """The case changed in the store since it was loaded; the transition was not applied."""
+
+
+class StepError(CaseflowError):
+    """An error raised by a step; subclasses say whether trying again can help."""
+
+
+class TransientError(StepError):
+    """Worth retrying later (network down, remote busy); the case keeps its state."""
+
+
+class PermanentError(StepError):
+    """Retrying cannot help; the case ends in `failure` with this message as the reason."""

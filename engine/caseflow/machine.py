@@ -1,0 +1,51 @@
+"""Builds the `transitions.Machine` from the spec.
+
+The machine has no models of its own: each step binds a `Case` to it for the
+duration of one trigger (`bound`), so worker threads can drive different cases
+at once. Adding and removing models is guarded by a lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from transitions import Machine, MachineError
+
+from .spec import MachineSpec
+
+__all__ = ["CaseMachine", "MachineError"]
+
+
+def machine_kwargs(spec: MachineSpec) -> dict:
+    states = []
+    for s in spec.states:
+        d = {"name": s.name}
+        if s.on_enter:
+            d["on_enter"] = list(s.on_enter)
+        if s.on_exit:
+            d["on_exit"] = list(s.on_exit)
+        states.append(d)
+    return dict(states=states, transitions=[t.as_transitions_dict() for t in spec.transitions],
+                initial=spec.initial, auto_transitions=False, send_event=True,
+                ignore_invalid_triggers=False)
+
+
+class CaseMachine:
+    def __init__(self, spec: MachineSpec):
+        self.spec = spec
+        self.machine = Machine(model=None, after_state_change="persist", **machine_kwargs(spec))
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def bound(self, case):
+        with self._lock:
+            self.machine.add_model(case, initial=case.row.state)
+        try:
+            yield case
+        finally:
+            with self._lock:
+                self.machine.remove_model(case)
+
+    def allowed(self, trigger: str, state: str) -> bool:
+        return state in self.spec.sources_of(trigger)

@@ -1,0 +1,215 @@
+"""Loads the case machine definition (specs/case_machine.yaml) and checks it.
+
+The spec is the only place that says which moves are legal; everything the
+engine knows about states and triggers comes from the `MachineSpec` built here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import SpecError
+
+SPEC_NAME = "case_machine.yaml"
+POLL = "poll"  # the special step of a state whose cases are polled in batches
+_CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
+_TRANSITION_KEYS = {"trigger", "source", "dest", "description", *_CALLBACK_KEYS}
+_STATE_KEYS = {"name", "description", "step", "worker", "terminal", "holds_slot", "on_enter", "on_exit", "why"}
+_CORE_STATES = ("detected", "stable", "queued", "gpu_locked", "uploaded", "running",
+                "success", "failure", "not_found")
+
+
+def default_spec_path() -> Path:
+    """Where the spec is: $CASEFLOW_SPEC, the source checkout, or the installed data file."""
+    env = os.environ.get("CASEFLOW_SPEC")
+    if env:
+        return Path(env)
+    candidates = [
+        Path(__file__).resolve().parents[2] / "specs" / SPEC_NAME,
+        Path(sys.prefix) / "share" / "caseflow" / "specs" / SPEC_NAME,
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise SpecError("cannot find the machine spec; looked in: " + ", ".join(map(str, candidates)))
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    description: str = ""
+    step: str | None = None
+    worker: bool = False
+    terminal: bool = False
+    holds_slot: bool = False
+    on_enter: tuple[str, ...] = ()
+    on_exit: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TransitionSpec:
+    trigger: str
+    sources: tuple[str, ...]
+    dest: str
+    description: str = ""
+    callbacks: dict = field(default_factory=dict)
+
+    def as_transitions_dict(self) -> dict:
+        d = {"trigger": self.trigger, "source": list(self.sources), "dest": self.dest}
+        d.update({k: list(v) for k, v in self.callbacks.items()})
+        return d
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    path: Path
+    initial: str
+    states: tuple[StateSpec, ...]
+    transitions: tuple[TransitionSpec, ...]
+
+    @property
+    def state_names(self) -> list[str]:
+        return [s.name for s in self.states]
+
+    @property
+    def terminal_states(self) -> list[str]:
+        return [s.name for s in self.states if s.terminal]
+
+    @property
+    def active_states(self) -> list[str]:
+        return [s.name for s in self.states if not s.terminal]
+
+    @property
+    def slot_states(self) -> list[str]:
+        return [s.name for s in self.states if s.holds_slot]
+
+    @property
+    def triggers(self) -> list[str]:
+        seen = []
+        for t in self.transitions:
+            if t.trigger not in seen:
+                seen.append(t.trigger)
+        return seen
+
+    def state(self, name: str) -> StateSpec:
+        for s in self.states:
+            if s.name == name:
+                return s
+        raise KeyError(name)
+
+    def sources_of(self, trigger: str) -> list[str]:
+        out = []
+        for t in self.transitions:
+            if t.trigger == trigger:
+                out.extend(s for s in t.sources if s not in out)
+        return out
+
+    def dest_of(self, trigger: str, source: str) -> str | None:
+        for t in self.transitions:
+            if t.trigger == trigger and source in t.sources:
+                return t.dest
+        return None
+
+    def callback_names(self) -> set[str]:
+        names = set()
+        for s in self.states:
+            names.update(s.on_enter)
+            names.update(s.on_exit)
+        for t in self.transitions:
+            for v in t.callbacks.values():
+                names.update(v)
+        return names
+
+    def is_valid_path(self, steps: list[tuple[str | None, str, str]]) -> bool:
+        """Whether a history [(src, dst, trigger), ...] is a walk of this machine."""
+        current = None
+        for src, dst, trigger in steps:
+            if src != current:
+                return False
+            if src is None:
+                if dst != self.initial:
+                    return False
+            elif self.dest_of(trigger, src) != dst:
+                return False
+            current = dst
+        return True
+
+
+def _names(value, where) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise SpecError(f"{where}: expected a name or a list of names, got {value!r}")
+
+
+def load_spec(path: Path | str | None = None) -> MachineSpec:
+    path = Path(path) if path else default_spec_path()
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"{path}: cannot read the machine spec: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping at the top")
+    states = []
+    for i, raw in enumerate(data.get("states") or []):
+        where = f"{path}: states[{i}]"
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise SpecError(f"{where}: each state needs a name")
+        unknown = set(raw) - _STATE_KEYS
+        if unknown:
+            raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
+        if raw["name"] not in _CORE_STATES and not raw.get("why"):
+            raise SpecError(f"{where}: state {raw['name']!r} is not one of the design's states; "
+                            "add `why:` saying what it adds")
+        states.append(StateSpec(
+            name=raw["name"], description=raw.get("description", ""), step=raw.get("step"),
+            worker=bool(raw.get("worker", False)), terminal=bool(raw.get("terminal", False)),
+            holds_slot=bool(raw.get("holds_slot", False)),
+            on_enter=_names(raw.get("on_enter"), where + ".on_enter"),
+            on_exit=_names(raw.get("on_exit"), where + ".on_exit")))
+    names = [s.name for s in states]
+    if len(set(names)) != len(names):
+        raise SpecError(f"{path}: a state is declared twice")
+    missing = [n for n in _CORE_STATES if n not in names]
+    if missing:
+        raise SpecError(f"{path}: the design's states are missing: {missing}")
+    transitions = []
+    for i, raw in enumerate(data.get("transitions") or []):
+        where = f"{path}: transitions[{i}]"
+        if not isinstance(raw, dict):
+            raise SpecError(f"{where}: expected a mapping")
+        unknown = set(raw) - _TRANSITION_KEYS
+        if unknown:
+            raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
+        for key in ("trigger", "source", "dest"):
+            if key not in raw:
+                raise SpecError(f"{where}: `{key}` is required")
+        sources = _names(raw["source"], where + ".source")
+        for s in (*sources, raw["dest"]):
+            if s not in names:
+                raise SpecError(f"{where}: unknown state {s!r}")
+        callbacks = {k: _names(raw[k], f"{where}.{k}") for k in _CALLBACK_KEYS if raw.get(k)}
+        transitions.append(TransitionSpec(trigger=raw["trigger"], sources=sources, dest=raw["dest"],
+                                          description=raw.get("description", ""),
+                                          callbacks=callbacks))
+    spec = MachineSpec(path=path, initial=data.get("initial", "detected"), states=tuple(states),
+                       transitions=tuple(transitions))
+    if spec.initial not in names:
+        raise SpecError(f"{path}: initial state {spec.initial!r} is not declared")
+    for s in states:
+        if s.terminal and s.holds_slot:
+            raise SpecError(f"{path}: terminal state {s.name!r} cannot hold a slot")
+        if s.terminal and s.step:
+            raise SpecError(f"{path}: terminal state {s.name!r} cannot have a step")
+        if s.step and s.step != POLL and s.name not in spec.sources_of(s.step):
+            raise SpecError(f"{path}: state {s.name!r} has step {s.step!r}, "
+                            "but no transition with that trigger leaves it")
+    return spec

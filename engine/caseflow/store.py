@@ -1,0 +1,394 @@
+"""The SQLite store: cases, their transition history and the GPU slots, in one file.
+
+WAL mode, one connection per thread, schema versioned with `PRAGMA user_version`
+and forward migrations. A transition, its history row and its slot bookkeeping
+commit in one transaction, guarded by the state the case was loaded in, so a
+crash at any point leaves every case in exactly one state.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+from .errors import StaleCase, StoreError
+
+MIGRATIONS: list[str] = [
+    # v1: cases, history, slots
+    """
+    CREATE TABLE cases (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        name            TEXT NOT NULL,
+        local_path      TEXT NOT NULL,
+        inode           TEXT,
+        grp             TEXT,
+        state           TEXT NOT NULL,
+        host            TEXT,
+        remote_path     TEXT,
+        task_id         TEXT,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at REAL NOT NULL,
+        failing_since   REAL,
+        last_error      TEXT,
+        reason          TEXT,
+        request         TEXT,
+        run             INTEGER NOT NULL DEFAULT 1,
+        file_count      INTEGER,
+        size_bytes      INTEGER,
+        created_at      REAL NOT NULL,
+        updated_at      REAL NOT NULL
+    );
+    CREATE INDEX cases_due ON cases (state, next_attempt_at);
+    CREATE INDEX cases_name ON cases (name);
+    CREATE INDEX cases_request ON cases (request) WHERE request IS NOT NULL;
+    CREATE TABLE history (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        case_id  INTEGER NOT NULL REFERENCES cases (id),
+        src      TEXT,
+        dst      TEXT NOT NULL,
+        trigger  TEXT NOT NULL,
+        at       REAL NOT NULL,
+        detail   TEXT
+    );
+    CREATE INDEX history_case ON history (case_id, id);
+    CREATE TABLE slots (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        grp      TEXT NOT NULL,
+        idx      INTEGER NOT NULL,
+        device   TEXT,
+        case_id  INTEGER UNIQUE REFERENCES cases (id),
+        retired  INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (grp, idx)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# columns a transition may change besides the state
+CHANGEABLE = {"grp", "host", "remote_path", "task_id", "reason", "last_error", "file_count",
+              "size_bytes", "request", "attempts", "run"}
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    id: int
+    name: str
+    local_path: str
+    inode: str | None
+    grp: str | None
+    state: str
+    host: str | None
+    remote_path: str | None
+    task_id: str | None
+    attempts: int
+    next_attempt_at: float
+    failing_since: float | None
+    last_error: str | None
+    reason: str | None
+    request: str | None
+    run: int
+    file_count: int | None
+    size_bytes: int | None
+    created_at: float
+    updated_at: float
+    slot_id: int | None = None
+    slot_index: int | None = None
+    slot_device: str | None = None
+
+
+@dataclass(frozen=True)
+class SlotRow:
+    id: int
+    grp: str
+    idx: int
+    device: str | None
+    case_id: int | None
+    retired: bool
+    case_name: str | None = None
+    case_state: str | None = None
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    id: int
+    case_id: int
+    src: str | None
+    dst: str
+    trigger: str
+    at: float
+    detail: str | None
+
+
+_CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-3]
+_CASE_SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in _CASE_COLUMNS) +
+                ", s.id, s.idx, s.device FROM cases c LEFT JOIN slots s ON s.case_id = c.id")
+
+
+class Store:
+    """All reads and writes of the database. Safe to share between threads."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    # -- connection and schema -------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=60000")
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            self._all.clear()
+        self._local = threading.local()
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; refuse a database from a newer caseflow."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: database schema v{version} is newer than this "
+                                 f"caseflow understands (v{SCHEMA_VERSION}); upgrade caseflow")
+            for v in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[v].split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {v + 1}")
+            conn.execute("COMMIT")
+            return SCHEMA_VERSION
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def schema_version(self) -> int:
+        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+
+    class _Tx:
+        def __init__(self, conn):
+            self.conn = conn
+
+        def __enter__(self):
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb):
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            return False
+
+    def transaction(self):
+        return Store._Tx(self._conn())
+
+    # -- cases -----------------------------------------------------------------------
+    @staticmethod
+    def _case(row) -> CaseRow:
+        return CaseRow(*row)
+
+    def create_case(self, name: str, local_path: str, inode: str | None, state: str,
+                    now: float, next_attempt_at: float, detail: str | None = None) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO cases (name, local_path, inode, state, next_attempt_at, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (name, local_path, inode, state, next_attempt_at, now, now))
+            case_id = cur.lastrowid
+            conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
+                         " VALUES (?, NULL, ?, 'detect', ?, ?)", (case_id, state, now, detail))
+        return case_id
+
+    def get(self, case_id: int) -> CaseRow | None:
+        row = self._conn().execute(_CASE_SELECT + " WHERE c.id = ?", (case_id,)).fetchone()
+        return self._case(row) if row else None
+
+    def find(self, ref: str) -> list[CaseRow]:
+        """Cases whose id or name is `ref` (a name may be shared by several cases)."""
+        conn = self._conn()
+        rows = conn.execute(_CASE_SELECT + " WHERE c.name = ? ORDER BY c.id", (ref,)).fetchall()
+        if ref.isdigit():
+            rows += conn.execute(_CASE_SELECT + " WHERE c.id = ?", (int(ref),)).fetchall()
+        seen, out = set(), []
+        for r in rows:
+            if r[0] not in seen:
+                seen.add(r[0])
+                out.append(self._case(r))
+        return out
+
+    def cases(self, states: Iterable[str] | None = None) -> list[CaseRow]:
+        conn = self._conn()
+        if states is None:
+            rows = conn.execute(_CASE_SELECT + " ORDER BY c.id").fetchall()
+        else:
+            states = list(states)
+            marks = ",".join("?" * len(states))
+            rows = conn.execute(_CASE_SELECT + f" WHERE c.state IN ({marks}) ORDER BY c.id",
+                                states).fetchall()
+        return [self._case(r) for r in rows]
+
+    def due_cases(self, now: float, states: Iterable[str]) -> list[CaseRow]:
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        rows = self._conn().execute(
+            _CASE_SELECT + f" WHERE c.state IN ({marks}) AND c.next_attempt_at <= ?"
+            " ORDER BY c.created_at, c.id", (*states, now)).fetchall()
+        return [self._case(r) for r in rows]
+
+    def folders(self) -> list[tuple[str, str | None, str]]:
+        """(local_path, inode, state) of every case, for telling new folders from known ones."""
+        return self._conn().execute("SELECT local_path, inode, state FROM cases").fetchall()
+
+    def commit_transition(self, case_id: int, src: str, dst: str, trigger: str, now: float,
+                          changes: dict | None = None, take_slot: int | None = None,
+                          release_slot: bool = False, detail: str | None = None) -> None:
+        """Apply one transition with its bookkeeping, atomically.
+
+        Raises StaleCase (and changes nothing) when the case is no longer in `src`
+        or the slot to take is no longer free.
+        """
+        changes = dict(changes or {})
+        bad = set(changes) - CHANGEABLE
+        if bad:
+            raise ValueError(f"not changeable by a transition: {sorted(bad)}")
+        changes.setdefault("attempts", 0)
+        sets = ["state = ?", "updated_at = ?", "next_attempt_at = ?", "failing_since = NULL"]
+        values: list = [dst, now, now]
+        if "last_error" not in changes:
+            sets.append("last_error = NULL")
+        for k, v in changes.items():
+            sets.append(f"{k} = ?")
+            values.append(v)
+        with self.transaction() as conn:
+            cur = conn.execute(f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?",
+                               (*values, case_id, src))
+            if cur.rowcount != 1:
+                raise StaleCase(f"case {case_id} is no longer {src}")
+            if take_slot is not None:
+                cur = conn.execute("UPDATE slots SET case_id = ? WHERE id = ? AND case_id IS NULL"
+                                   " AND retired = 0", (case_id, take_slot))
+                if cur.rowcount != 1:
+                    raise StaleCase(f"slot {take_slot} was taken meanwhile")
+            if release_slot:
+                self._release(conn, case_id)
+            conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
+                         " VALUES (?, ?, ?, ?, ?, ?)", (case_id, src, dst, trigger, now, detail))
+
+    @staticmethod
+    def _release(conn, case_id: int) -> list[int]:
+        ids = [r[0] for r in conn.execute("SELECT id FROM slots WHERE case_id = ?", (case_id,))]
+        conn.execute("UPDATE slots SET case_id = NULL WHERE case_id = ?", (case_id,))
+        conn.execute("DELETE FROM slots WHERE case_id IS NULL AND retired = 1")
+        return ids
+
+    def note_transient(self, case_id: int, state: str, error: str, now: float,
+                       next_attempt_at: float) -> CaseRow | None:
+        """Count a failed attempt and schedule the next; returns the updated case."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
+                " failing_since = COALESCE(failing_since, ?), updated_at = ?"
+                " WHERE id = ? AND state = ?", (error, next_attempt_at, now, now, case_id, state))
+        return self.get(case_id)
+
+    def reschedule(self, case_id: int, state: str, next_attempt_at: float) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
+                         (next_attempt_at, case_id, state))
+
+    def set_request(self, case_id: int, request: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET request = ? WHERE id = ?", (request, case_id))
+
+    def requested(self) -> list[CaseRow]:
+        rows = self._conn().execute(_CASE_SELECT + " WHERE c.request IS NOT NULL ORDER BY c.id")
+        return [self._case(r) for r in rows.fetchall()]
+
+    def history(self, case_id: int) -> list[HistoryRow]:
+        rows = self._conn().execute("SELECT id, case_id, src, dst, trigger, at, detail FROM history"
+                                    " WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
+        return [HistoryRow(*r) for r in rows]
+
+    # -- slots -----------------------------------------------------------------------
+    def sync_slots(self, groups) -> list[str]:
+        """Make the slot table match the configured groups; idempotent.
+
+        New slots appear; slots of removed groups (or beyond a lowered count) are
+        retired: deleted when free, kept until released when a case holds them.
+        Returns a line per change, for the log.
+        """
+        changes = []
+        with self.transaction() as conn:
+            wanted = {}
+            for g in groups:
+                for i in range(g.slots):
+                    wanted[(g.name, i)] = g.device_of(i)
+            existing = {(r[1], r[2]): r for r in
+                        conn.execute("SELECT id, grp, idx, device, case_id, retired FROM slots")}
+            for key, device in wanted.items():
+                row = existing.get(key)
+                if row is None:
+                    conn.execute("INSERT INTO slots (grp, idx, device) VALUES (?, ?, ?)",
+                                 (key[0], key[1], device))
+                    changes.append(f"slot {key[0]}[{key[1]}] added")
+                elif row[3] != device or row[5]:
+                    conn.execute("UPDATE slots SET device = ?, retired = 0 WHERE id = ?",
+                                 (device, row[0]))
+                    changes.append(f"slot {key[0]}[{key[1]}] updated")
+            for key, row in existing.items():
+                if key in wanted:
+                    continue
+                if row[4] is None:
+                    conn.execute("DELETE FROM slots WHERE id = ?", (row[0],))
+                    changes.append(f"slot {key[0]}[{key[1]}] removed")
+                elif not row[5]:
+                    conn.execute("UPDATE slots SET retired = 1 WHERE id = ?", (row[0],))
+                    changes.append(f"slot {key[0]}[{key[1]}] retired; case {row[4]} still holds it")
+        return changes
+
+    def free_slot(self, group: str) -> SlotRow | None:
+        row = self._conn().execute(
+            "SELECT id, grp, idx, device, case_id, retired FROM slots WHERE grp = ?"
+            " AND case_id IS NULL AND retired = 0 ORDER BY idx LIMIT 1", (group,)).fetchone()
+        return SlotRow(*row[:5], bool(row[5])) if row else None
+
+    def slots(self) -> list[SlotRow]:
+        rows = self._conn().execute(
+            "SELECT s.id, s.grp, s.idx, s.device, s.case_id, s.retired, c.name, c.state"
+            " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.grp, s.idx")
+        return [SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+
+    def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
+        """Free slots held by missing cases or by cases in a state that holds none
+        (terminal ones above all); returns (slot id, group, index, case id, state) per
+        freed slot, for the log."""
+        holding = list(holding_states)
+        marks = ",".join("?" * len(holding))
+        freed = []
+        with self.transaction() as conn:
+            rows = conn.execute(
+                "SELECT s.id, s.grp, s.idx, s.case_id, c.state FROM slots s LEFT JOIN cases c"
+                f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR c.state"
+                f" NOT IN ({marks}))", holding).fetchall()
+            for slot_id, grp, idx, case_id, state in rows:
+                conn.execute("UPDATE slots SET case_id = NULL WHERE id = ?", (slot_id,))
+                freed.append((slot_id, grp, idx, case_id, state or "missing"))
+            conn.execute("DELETE FROM slots WHERE case_id IS NULL AND retired = 1")
+        return freed

@@ -1,0 +1,61 @@
+"""The transport port: how caseflow reaches the host that runs the jobs.
+
+An adapter uploads a case folder atomically and verified, runs a command given
+as an argument list (never a shell string built from case data), and removes
+remote folders. Adapters raise TransientError or PermanentError only.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..casefolder import Manifest
+
+
+@dataclass(frozen=True)
+class RunResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Transport(ABC):
+    """One remote host (or, for `local`, a folder on this machine standing in for one)."""
+
+    def __init__(self, name: str, root: str):
+        self.name = name
+        self.root = root
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    @abstractmethod
+    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest) -> bool:
+        """Put `local_dir` at `remote_path` via a staging folder, verified against `manifest`.
+
+        Returns False when a complete, verified copy was already there (a re-run
+        after a crash), True when it was uploaded now.
+        """
+
+    @abstractmethod
+    def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
+        """Run a command on the host; `argv` is quoted by the adapter as needed."""
+
+    @abstractmethod
+    def remove_tree(self, remote_path: str) -> None:
+        """Delete a remote folder and everything in it; no error when it is absent."""
+
+    def close(self) -> None:
+        """Release connections; the transport may be used again afterwards."""
+
+
+def make_transport(config) -> Transport:
+    kind = config.transport.kind
+    if kind == "local":
+        from .local import LocalTransport
+        return LocalTransport(config.transport.name, config.transport.root)
+    raise ValueError(f"unknown transport kind {kind!r}")
