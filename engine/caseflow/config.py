@@ -130,12 +130,17 @@ class _Reader:
         unknown = [k for k in self.data if k not in self.used]
         if unknown:
             k = unknown[0]
-            close = difflib.get_close_matches(str(k), sorted(self.used), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            known = sorted(self.used)
+            close = [c for c in known if str(k) in c or c in str(k)] or \
+                difflib.get_close_matches(str(k), known, n=1, cutoff=0.5)
+            hint = (f" (did you mean {close[0]!r}?)" if close else
+                    f" (known keys: {', '.join(known)})")
             raise self.error(str(k), f"unknown key{hint}")
 
 
 def _kind_name(kinds) -> str:
+    if set(kinds) == {int, float}:
+        return "a number"
     names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
              list: "a list", dict: "a mapping"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)

@@ -10,6 +10,7 @@ import shutil
 
 from transitions.extensions import GraphMachine
 
+from .errors import CaseflowError
 from .machine import machine_kwargs
 from .spec import MachineSpec
 
@@ -29,7 +30,7 @@ def render(spec: MachineSpec, fmt: str) -> str | bytes:
         try:
             import graphviz  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError("the `graphviz` Python package is needed for dot and svg") from exc
+            raise CaseflowError("the `graphviz` Python package is needed for dot and svg") from exc
     model = _Model()
     kwargs = machine_kwargs(spec)
     # the diagram shows the moves; the callbacks' names are resolved on a real case only
@@ -49,6 +50,6 @@ def render(spec: MachineSpec, fmt: str) -> str | bytes:
     if fmt == "dot":
         return drawn.source
     if shutil.which("dot") is None:
-        raise RuntimeError("svg output needs Graphviz's `dot` program (Debian: apt-get install "
+        raise CaseflowError("svg output needs Graphviz's `dot` program (Debian: apt-get install "
                            "graphviz)")
     return drawn.pipe(format="svg")

@@ -1,0 +1,119 @@
+"""A config mistake names the file and the key, and the daemon exits 2 before touching anything."""
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caseflow.config import load_config
+from caseflow.errors import ConfigError
+
+
+def _config(ws, **changes):
+    ws.write_config(**changes)
+    return ws.config_path
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    ({"inbox": "nowhere"}, "inbox", "does not exist"),
+    ({"tick_seconds": "fast"}, "tick_seconds", "expected a number"),
+    ({"tick_seconds": 0}, "tick_seconds", "greater than 0"),
+    ({"workers": 1.5}, "workers", "whole number"),
+    ({"groups": {"gpu_a": {"slots": 0}}}, "groups.gpu_a.slots", "at least 1"),
+    ({"groups": {"gpu_a": {"slots": 2, "devices": [0]}}}, "groups.gpu_a.devices", "1 entries"),
+    ({"groups": {"gpu_a": {"slot": 2}}}, "groups.gpu_a.slot", "did you mean 'slots'"),
+    ({"groups": {}}, "groups", "at least one group"),
+    ({"groups": {"-rf": 1}}, "groups", "not a valid group name"),
+    ({"groups": ["ok", "bad name"]}, "groups[1]", "not a valid group name"),
+    ({"stability": {"quiet": 3}}, "stability.quiet", "did you mean 'quiet_seconds'"),
+    ({"transport": {"kind": "ftp", "root": "remote"}}, "transport.kind", "unknown transport"),
+    ({"backend": {"kind": "direct"}}, "backend.command", "is required"),
+    ({"backend": {"kind": "direct", "command": []}}, "backend.command", "non-empty"),
+    ({"colour": "blue"}, "colour", "unknown key"),
+    ({"retry": {"max_seconds": -1}}, "retry.max_seconds", "greater than 0"),
+    ({"log": {"level": "LOUD"}}, "log.level", "must be one of"),
+])
+def test_mistakes_name_file_and_key(ws, changes, key, words):
+    path = _config(ws, **changes)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: {key}:"), message
+    assert words in message
+
+
+def test_missing_required_sections(ws):
+    settings = dict(ws.settings)
+    del settings["transport"]
+    ws.config_path.write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match=r"transport: is required"):
+        load_config(ws.config_path)
+
+
+def test_not_yaml_and_not_a_mapping(ws):
+    ws.config_path.write_text("inbox: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(ws.config_path)
+    ws.config_path.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_config(ws.config_path)
+
+
+def test_relative_paths_follow_the_config_file_not_the_working_directory(ws, monkeypatch, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config = load_config(ws.config_path)
+    assert config.inbox == ws.inbox.resolve()
+    assert config.database == ws.database.resolve()
+    assert Path(config.transport.root) == ws.remote.resolve()
+
+
+def test_group_forms_and_defaults(ws):
+    config = load_config(_config(ws, groups=["a", "b"]))
+    assert [(g.name, g.slots, g.devices) for g in config.groups] == [("a", 1, None), ("b", 1, None)]
+    assert config.default_group == "a"
+    config = load_config(_config(ws, groups={"x": 3, "y": {"slots": 2, "devices": ["0,1", 2]}}))
+    assert [(g.name, g.slots) for g in config.groups] == [("x", 3), ("y", 2)]
+    assert config.group("y").devices == ("0,1", "2")
+    assert config.retry.delay(1) == pytest.approx(0.2)
+    assert config.retry.delay(10) == pytest.approx(1.0)  # capped at max_seconds
+
+
+def test_cli_exits_2_naming_the_key_and_creates_nothing(ws):
+    _config(ws, groups={"gpu_a": {"slots": 0}})
+    proc = ws.cli("run")
+    assert proc.returncode == 2
+    assert "groups.gpu_a.slots" in proc.stderr and str(ws.config_path) in proc.stderr
+    assert not ws.database.exists()
+    assert not Path(f"{ws.database}.lock").exists()
+
+
+def test_cli_without_any_config(ws):
+    env = {k: v for k, v in os.environ.items() if k != "CASEFLOW_CONFIG"}
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "caseflow.cli", "status"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert proc.returncode == 2
+    assert "CASEFLOW_CONFIG" in proc.stderr
+
+
+def test_config_from_the_environment(ws):
+    ws.start()
+    ws.drop_case("envcase")
+    ws.wait_state("envcase", "success")
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "caseflow.cli", "status", "--json"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "CASEFLOW_CONFIG": str(ws.config_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert '"envcase"' in proc.stdout
+
+
+def test_usage_errors_exit_2(ws):
+    assert ws.cli("status", "--state", "sleeping").returncode in (1, 2)
+    proc = ws.cli("frobnicate")
+    assert proc.returncode == 2

@@ -1,0 +1,128 @@
+"""The machine is data: the spec loads, every callback it names exists, the diagram follows it."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from caseflow.case_model import Case
+from caseflow.diagram import render
+from caseflow.errors import SpecError
+from caseflow.machine import CaseMachine
+from caseflow.spec import POLL, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = ROOT / "specs" / "case_machine.yaml"
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec(SPEC)
+
+
+def test_states_are_the_designs(spec):
+    assert spec.state_names == ["detected", "stable", "queued", "gpu_locked", "uploaded",
+                                "running", "success", "failure", "not_found"]
+    assert spec.initial == "detected"
+    assert spec.terminal_states == ["success", "failure", "not_found"]
+    assert spec.slot_states == ["gpu_locked", "uploaded", "running"]
+
+
+def test_every_named_callback_is_a_method_of_the_case_model(spec):
+    missing = [n for n in spec.callback_names() | {"persist"} if not callable(getattr(Case, n, None))]
+    assert missing == []
+
+
+def test_no_case_attribute_shadows_a_trigger(spec):
+    # transitions silently refuses to add a trigger whose name the model already has
+    clashes = [t for t in spec.triggers if hasattr(Case, t)]
+    assert clashes == []
+
+
+def test_every_active_state_has_a_step_and_terminal_states_have_none(spec):
+    for s in spec.states:
+        if s.terminal:
+            assert s.step is None
+        else:
+            assert s.step == POLL or s.name in spec.sources_of(s.step), s.name
+
+
+def test_every_terminal_state_releases_the_slot(spec):
+    for name in spec.terminal_states:
+        assert "release_slot" in spec.state(name).on_enter
+
+
+def test_legal_moves_come_from_the_spec(spec):
+    m = CaseMachine(spec)
+    assert m.allowed("retry", "failure") and m.allowed("retry", "not_found")
+    assert not m.allowed("retry", "success")
+    assert not m.allowed("complete", "queued")
+    for s in spec.active_states:
+        assert m.allowed("fail", s) and m.allowed("cancel", s)
+    for s in spec.terminal_states:
+        assert not m.allowed("cancel", s)
+
+
+def test_history_path_check(spec):
+    ok = [(None, "detected", "detect"), ("detected", "stable", "stabilize"),
+          ("stable", "queued", "enqueue"), ("queued", "failure", "fail"),
+          ("failure", "stable", "retry")]
+    assert spec.is_valid_path(ok)
+    assert not spec.is_valid_path([(None, "detected", "detect"), ("detected", "running", "submit")])
+    assert not spec.is_valid_path([(None, "stable", "detect")])
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "m.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_an_unknown_state_in_a_transition_is_refused(tmp_path):
+    text = SPEC.read_text().replace("dest: not_found", "dest: lost_forever")
+    with pytest.raises(SpecError, match="lost_forever"):
+        load_spec(_write(tmp_path, text))
+
+
+def test_a_new_state_needs_a_reason(tmp_path):
+    text = SPEC.read_text().replace("transitions:", "  - name: paused\n    description: x\n"
+                                                   "transitions:", 1)
+    with pytest.raises(SpecError, match="why"):
+        load_spec(_write(tmp_path, text))
+    text = text.replace("description: x", "description: x\n    why: the remote queue pauses")
+    assert "paused" in load_spec(_write(tmp_path, text)).state_names
+
+
+def test_a_step_must_leave_its_state(tmp_path):
+    text = SPEC.read_text().replace("step: enqueue", "step: complete")
+    with pytest.raises(SpecError, match="step 'complete'"):
+        load_spec(_write(tmp_path, text))
+
+
+def test_committed_diagram_matches_the_spec(spec):
+    committed = (ROOT / "specs" / "case_machine.mmd").read_text()
+    assert committed.strip() == render(spec, "mermaid").strip(), \
+        "specs/case_machine.mmd is stale: run `make diagram`"
+
+
+def test_readme_shows_the_current_diagram(spec):
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```mermaid\n(.*?)```", readme, re.S)
+    assert any(b.strip() == render(spec, "mermaid").strip() for b in blocks), \
+        "the README's mermaid diagram differs from the spec: paste specs/case_machine.mmd"
+
+
+def test_diagram_shows_every_transition(spec):
+    text = render(spec, "mermaid")
+    for t in spec.transitions:
+        for src in t.sources:
+            assert re.search(rf"^\s*{src} --> {t.dest}: .*\b{t.trigger}\b", text, re.M), \
+                (src, t.dest, t.trigger)
+
+
+def test_dot_and_svg_export(spec):
+    dot = render(spec, "dot")
+    assert "digraph" in dot and "gpu_locked" in dot
+    svg = render(spec, "svg")
+    assert svg.lstrip().startswith(b"<?xml") or b"<svg" in svg[:500]
+    assert b"not_found" in svg
