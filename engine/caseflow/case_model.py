@@ -74,6 +74,8 @@ class Case:
         if slot is None:
             return False
         self.slot_to_take = slot.id
+        event.kwargs.setdefault("detail", f"slot {group}[{slot.idx}]"
+                                          + (f" device {slot.device}" if slot.device else ""))
         return True
 
     # -- before callbacks (the work) ---------------------------------------------------
