@@ -105,14 +105,17 @@ class Engine:
         self.apply_requests()
         due = self.store.due_cases(now, self._steps)
         polled: list[CaseRow] = []
+        blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
         for row in due:
             state = self._steps[row.state]
             if state.step == POLL:
                 polled.append(row)
             elif state.worker and self.pool is not None:
                 self._dispatch(row, state.step)
-            elif not self._is_inflight(row.id):
-                self.step(row, state.step)
+            elif not self._is_inflight(row.id) and (row.state, row.grp) not in blocked:
+                if self.step(row, state.step) is None:
+                    # e.g. no free slot of the group: the younger cases behind it wait too
+                    blocked.add((row.state, row.grp))
         if polled and now - self._last_poll >= self.config.poll_seconds:
             self._last_poll = now
             self.poll(polled)
@@ -122,20 +125,12 @@ class Engine:
         now = self.clock()
         wait = self.config.tick_seconds
         states = [s for s, st in self._steps.items() if st.step != POLL]
-        nxt = self._next_due(states)
+        nxt = self.store.next_due(states)
         if nxt is not None:
             wait = min(wait, nxt - now)
-        if self._next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
+        if self.store.next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
             wait = min(wait, self._last_poll + self.config.poll_seconds - now)
         return max(0.02, wait)
-
-    def _next_due(self, states) -> float | None:
-        if not states:
-            return None
-        marks = ",".join("?" * len(states))
-        row = self.store._conn().execute(
-            f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})", states).fetchone()
-        return row[0]
 
     # -- detection ---------------------------------------------------------------------
     def detect(self, now: float) -> list[int]:
@@ -169,15 +164,22 @@ class Engine:
         return created
 
     # -- one step of one case ------------------------------------------------------------
-    def step(self, row: CaseRow, trigger: str, **kwargs) -> bool:
-        """Fire `trigger` for the case; handle what its callbacks raise. True if it moved."""
+    def step(self, row: CaseRow, trigger: str, **kwargs) -> bool | None:
+        """Fire `trigger` for the case; handle what its callbacks raise.
+
+        True if the case moved; None if a condition said "not now" without saying
+        until when; False otherwise.
+        """
         case = Case(row, self)
         try:
             with self.machine.bound(case):
                 moved = case.trigger(trigger, **kwargs)
-            if not moved and case.not_before is not None:
-                self.store.reschedule(row.id, row.state, case.not_before)
-            return bool(moved)
+            if moved:
+                return True
+            if case.not_before is None:
+                return None
+            self.store.reschedule(row.id, row.state, case.not_before)
+            return False
         except PermanentError as exc:
             self.fail(row.id, _short(exc))
         except TransientError as exc:

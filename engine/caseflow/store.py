@@ -252,6 +252,15 @@ class Store:
             " ORDER BY c.created_at, c.id", (*states, now)).fetchall()
         return [self._case(r) for r in rows]
 
+    def next_due(self, states: Iterable[str]) -> float | None:
+        """The earliest next_attempt_at among cases in `states` (None when there are none)."""
+        states = list(states)
+        if not states:
+            return None
+        marks = ",".join("?" * len(states))
+        return self._conn().execute(f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN"
+                                    f" ({marks})", states).fetchone()[0]
+
     def folders(self) -> list[tuple[str, str | None, str]]:
         """(local_path, inode, state) of every case, for telling new folders from known ones."""
         return self._conn().execute("SELECT local_path, inode, state FROM cases").fetchall()
