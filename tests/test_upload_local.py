@@ -105,3 +105,19 @@ def test_remove_tree(tmp_path):
     t.remove_tree(str(d))
     assert not d.exists()
     t.remove_tree(str(d))  # absent: no error
+
+
+def test_download_file_and_folder_atomically(case, tmp_path):
+    t = LocalTransport("local", str(case.parent))
+    dest = tmp_path / "results"
+    dest.mkdir()
+    t.download(str(case / "top.txt"), dest / "top.txt")
+    assert (dest / "top.txt").read_text() == "top"
+    t.download(str(case / "a"), dest / "a")
+    assert (dest / "a" / "b" / "deep.bin").stat().st_size == 5000
+    (case / "a" / "new.txt").write_text("new")
+    t.download(str(case / "a"), dest / "a")  # replaces the earlier copy
+    assert (dest / "a" / "new.txt").exists()
+    assert sorted(p.name for p in dest.iterdir()) == ["a", "top.txt"]  # no staging left
+    with pytest.raises(PermanentError, match="does not exist"):
+        t.download(str(case / "absent"), dest / "absent")

@@ -1,8 +1,8 @@
 """The transport port: how caseflow reaches the host that runs the jobs.
 
 An adapter uploads a case folder atomically and verified, runs a command given
-as an argument list (never a shell string built from case data), and removes
-remote folders. Adapters raise TransientError or PermanentError only.
+as an argument list (never a shell string built from case data), downloads
+files, and removes remote folders. Adapters raise TransientError or PermanentError only.
 """
 
 from __future__ import annotations
@@ -44,6 +44,13 @@ class Transport(ABC):
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
         """Run a command on the host; `argv` is quoted by the adapter as needed."""
+
+    @abstractmethod
+    def download(self, remote_path: str, local_path: Path) -> None:
+        """Copy a remote file or folder to `local_path`, atomically (staging, then rename).
+
+        An existing `local_path` is replaced only once the new copy is complete.
+        """
 
     @abstractmethod
     def remove_tree(self, remote_path: str) -> None:

@@ -48,6 +48,13 @@ def local_manifest(path: Path) -> set[tuple[str, str, int]]:
     return out
 
 
+def _remove(path: Path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
 class LocalTransport(Transport):
     def __init__(self, name: str, root: str):
         super().__init__(name, root)
@@ -86,6 +93,24 @@ class LocalTransport(Transport):
             raise _os_error(f"running {argv[0]}", exc) from exc
         return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                          proc.stderr.decode("utf-8", "replace"))
+
+    def download(self, remote_path: str, local_path: Path) -> None:
+        local_path = Path(local_path)
+        staging = local_path.parent / f".staging-{local_path.name}"
+        try:
+            if os.path.lexists(staging):
+                _remove(staging)
+            if os.path.isdir(remote_path):
+                shutil.copytree(remote_path, staging, symlinks=True)
+            else:
+                shutil.copy2(remote_path, staging)
+            if os.path.lexists(local_path):
+                _remove(local_path)
+            os.rename(staging, local_path)
+        except FileNotFoundError as exc:
+            raise PermanentError(f"{remote_path} does not exist on {self.name}") from exc
+        except OSError as exc:
+            raise _os_error(f"download of {remote_path}", exc) from exc
 
     def remove_tree(self, remote_path: str) -> None:
         try:
