@@ -3,6 +3,7 @@ import logging
 import pytest
 
 from harness import Workspace
+from sshd import SSHServer, transport_settings
 
 
 @pytest.fixture
@@ -13,8 +14,24 @@ def ws(tmp_path):
     workspace.close()
 
 
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real OpenSSH server on 127.0.0.1 at a free port, shared by the session."""
+    server = SSHServer(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def ssh_ws(ws, sshd):
+    """A workspace whose transport is the real sshd (the remote root is ws.remote)."""
+    ws.write_config(transport=transport_settings(sshd, ws.remote))
+    return ws
+
+
 @pytest.fixture(autouse=True)
 def _caseflow_logs(caplog):
     caplog.set_level(logging.DEBUG, logger="caseflow")
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
+    logging.getLogger("paramiko").setLevel(logging.WARNING)

@@ -32,14 +32,14 @@ class FlakyTransport(LocalTransport):
         self.block = block or {}
         self.uploads = []
 
-    def upload_dir(self, local_dir, remote_path, manifest):
+    def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         self.uploads.append(Path(local_dir).name)
         gate = self.block.get(Path(local_dir).name)
         if gate is not None:
             assert gate.wait(60)
         if self.errors:
             raise self.errors.pop(0)
-        return super().upload_dir(local_dir, remote_path, manifest)
+        return super().upload_dir(local_dir, remote_path, manifest, progress)
 
 
 @pytest.fixture

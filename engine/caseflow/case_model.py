@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from pathlib import Path
 
 from . import casefolder
@@ -93,7 +94,16 @@ class Case:
         eng, row = self.engine, self.row
         manifest = casefolder.scan(Path(row.local_path))
         remote = eng.transport.path(remote_name(row))
-        uploaded = eng.transport.upload_dir(Path(row.local_path), remote, manifest)
+        last = [0.0]
+
+        def progress(sent: int, total: int) -> None:  # at most one store write a second
+            now = time.monotonic()
+            if now - last[0] >= 1.0:
+                last[0] = now
+                eng.store.set_progress(row.id, sent, total)
+
+        uploaded = eng.transport.upload_dir(Path(row.local_path), remote, manifest,
+                                            progress=progress)
         self.changes.update(remote_path=remote, host=eng.transport.name,
                             file_count=manifest.file_count, size_bytes=manifest.size_bytes)
         event.kwargs.setdefault("detail", f"{manifest.file_count} files, {manifest.size_bytes} "

@@ -20,7 +20,8 @@ from .errors import ConfigError
 
 ENV_VAR = "CASEFLOW_CONFIG"
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-TRANSPORT_KINDS = ("local",)
+TRANSPORT_KINDS = ("local", "ssh")
+VERIFY_MODES = ("size", "checksum")
 BACKEND_KINDS = ("direct",)
 
 
@@ -39,6 +40,20 @@ class TransportConfig:
     kind: str
     root: str
     name: str
+    verify: str = "size"
+    # ssh only
+    host: str | None = None
+    port: int | None = None
+    user: str | None = None
+    identity_file: str | None = None
+    known_hosts: str | None = None
+    accept_new_host_keys: bool = False
+    ssh_config: str | None = None
+    connect_timeout: float = 15.0
+    command_timeout: float = 600.0
+    keepalive_seconds: float = 30.0
+    reconnect_min_interval: float = 5.0
+    large_file_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -272,15 +287,50 @@ def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:
 
 def _read_transport(top: _Reader, base: Path) -> TransportConfig:
     tr = top.sub("transport", required=True)
+    for secret in ("password", "passphrase"):
+        if secret in tr.data:
+            raise tr.error(secret, "passwords are not accepted in a config file; use a key "
+                                   "(identity_file) or an ssh-agent")
     kind = tr.get("kind", str, check=lambda v: None if v in TRANSPORT_KINDS
                   else f"unknown transport {v!r}; choose one of {', '.join(TRANSPORT_KINDS)}")
     root = tr.get("root", str)
-    name = tr.get("name", str, "local")
+    verify = tr.get("verify", str, "size", lambda v: None if v in VERIFY_MODES
+                    else f"must be one of {', '.join(VERIFY_MODES)}")
+    if kind == "local":
+        name = tr.get("name", str, "local")
+        tr.finish()
+        root_path = _resolve(base, root)
+        if not root_path.parent.is_dir():
+            raise tr.error("root", f"folder {root_path.parent} does not exist")
+        return TransportConfig(kind=kind, root=str(root_path), name=name, verify=verify)
+    number = (int, float)
+    host = tr.get("host", str)
+    if not root.startswith("/") and not root.startswith("~"):
+        raise tr.error("root", "must be an absolute path on the remote host (or start with ~/)")
+    port = tr.get("port", int, None, lambda v: None if 0 < v < 65536 else "not a port number")
+    user = tr.get("user", str, None)
+    name = tr.get("name", str, host)
+    identity = tr.get("identity_file", str, None)
+    known_hosts = tr.get("known_hosts", str, None)
+    ssh_config = tr.get("ssh_config", str, None)
+    accept_new = tr.get("accept_new_host_keys", bool, False)
+    cfg = TransportConfig(
+        kind=kind, root=root, name=name, verify=verify, host=host, port=port, user=user,
+        identity_file=str(_resolve(base, identity)) if identity else None,
+        known_hosts=str(_resolve(base, known_hosts)) if known_hosts else None,
+        ssh_config=str(_resolve(base, ssh_config)) if ssh_config else None,
+        accept_new_host_keys=accept_new,
+        connect_timeout=float(tr.get("connect_timeout", number, 15.0, _positive)),
+        command_timeout=float(tr.get("command_timeout", number, 600.0, _positive)),
+        keepalive_seconds=float(tr.get("keepalive_seconds", number, 30.0, _not_negative)),
+        reconnect_min_interval=float(tr.get("reconnect_min_interval", number, 5.0,
+                                            _not_negative)),
+        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive))
     tr.finish()
-    root_path = _resolve(base, root)
-    if not root_path.parent.is_dir():
-        raise tr.error("root", f"folder {root_path.parent} does not exist")
-    return TransportConfig(kind=kind, root=str(root_path), name=name)
+    for key, path in (("identity_file", cfg.identity_file), ("ssh_config", cfg.ssh_config)):
+        if path and not Path(path).is_file():
+            raise tr.error(key, f"file {path} does not exist")
+    return cfg
 
 
 def _read_backend(top: _Reader) -> BackendConfig:

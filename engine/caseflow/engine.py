@@ -17,7 +17,7 @@ from pathlib import Path
 from . import casefolder
 from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, make_backend
 from .case_model import Case, job_ref
-from .errors import PermanentError, StaleCase, TransientError
+from .errors import HostError, PermanentError, StaleCase, TransientError
 from .machine import CaseMachine, MachineError
 from .spec import POLL, MachineSpec, load_spec
 from .store import CaseRow, Store
@@ -53,6 +53,7 @@ class Engine:
         self._next_rescan = 0.0
         self._last_poll = float("-inf")
         self.wake_event = threading.Event()
+        self._host_issue: str | None = None
         self._steps = {s.name: s for s in self.spec.states if s.step}
 
     # -- ports, created lazily so that read-only commands never connect ------------------
@@ -72,6 +73,9 @@ class Engine:
     def start(self, workers: bool = True) -> None:
         """Migrate the store, sync the slot pool with the config, reclaim leaked slots."""
         self.store.migrate()
+        for name, problem, _ in self.store.host_problems():
+            if name == self.config.transport.name:
+                self._host_issue = problem
         for line in self.store.sync_slots(self.config.groups):
             log.info("%s", line)
         for slot_id, grp, idx, case_id, state in self.store.reconcile_slots(self.spec.slot_states):
@@ -184,6 +188,8 @@ class Engine:
             self.fail(row.id, _short(exc))
         except TransientError as exc:
             self._transient(row, trigger, exc)
+        except HostError as exc:
+            self._host_problem([row], exc)
         except StaleCase as exc:
             log.info("case %s: %s skipped: %s", row.id, trigger, exc)
         except MachineError as exc:
@@ -203,6 +209,23 @@ class Engine:
                 return bool(case.trigger("fail", reason=reason))
         except StaleCase:
             return False
+
+    def _host_problem(self, rows: list[CaseRow], exc: HostError) -> None:
+        """Pause work on the host: the cases wait (they do not fail) and the problem is shown."""
+        now = self.clock()
+        message = _short(exc)
+        if message != self._host_issue:
+            log.error("host %s: work paused: %s", self.transport.name, message)
+            self._host_issue = message
+            self.store.set_host_problem(self.transport.name, message, now)
+        for row in rows:
+            self.store.reschedule(row.id, row.state, now + self.config.retry.max_seconds)
+
+    def _host_ok(self) -> None:
+        if self._host_issue is not None:
+            log.info("host %s: reachable again; work resumes", self.transport.name)
+            self._host_issue = None
+            self.store.set_host_problem(self.transport.name, None, self.clock())
 
     def _transient(self, row: CaseRow, trigger: str, exc: Exception) -> None:
         now = self.clock()
@@ -234,7 +257,8 @@ class Engine:
 
     def _run_in_worker(self, row: CaseRow, trigger: str) -> None:
         try:
-            self.step(row, trigger)
+            if self.step(row, trigger):
+                self._host_ok()
         finally:
             with self._inflight_lock:
                 self._inflight.discard(row.id)
@@ -257,10 +281,14 @@ class Engine:
             for row in rows:
                 self._transient(row, "poll", exc)
             return
+        except HostError as exc:
+            self._host_problem(rows, exc)
+            return
         except PermanentError as exc:
             for row in rows:
                 self.fail(row.id, f"the queue's status could not be read: {_short(exc)}")
             return
+        self._host_ok()
         for row in rows:
             status = answers.get(row.id)
             if status is None or status.outcome == RUNNING:

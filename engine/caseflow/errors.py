@@ -41,3 +41,8 @@ class TransientError(StepError):
 
 class PermanentError(StepError):
     """Retrying cannot help; the case ends in `failure` with this message as the reason."""
+
+
+class HostError(StepError):
+    """The host cannot be used as configured (authentication failed, host key unknown or
+    changed). Work on the host pauses and the problem is shown; no case fails for it."""

@@ -64,6 +64,17 @@ MIGRATIONS: list[str] = [
         UNIQUE (grp, idx)
     );
     """,
+    # v2: upload progress; problems of hosts (paused work)
+    """
+    ALTER TABLE cases ADD COLUMN progress_bytes INTEGER;
+    ALTER TABLE cases ADD COLUMN progress_total INTEGER;
+    CREATE TABLE hosts (
+        name     TEXT PRIMARY KEY,
+        problem  TEXT,
+        since    REAL,
+        updated  REAL
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -94,6 +105,8 @@ class CaseRow:
     size_bytes: int | None
     created_at: float
     updated_at: float
+    progress_bytes: int | None
+    progress_total: int | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -278,7 +291,8 @@ class Store:
         if bad:
             raise ValueError(f"not changeable by a transition: {sorted(bad)}")
         changes.setdefault("attempts", 0)
-        sets = ["state = ?", "updated_at = ?", "next_attempt_at = ?", "failing_since = NULL"]
+        sets = ["state = ?", "updated_at = ?", "next_attempt_at = ?", "failing_since = NULL",
+                "progress_bytes = NULL", "progress_total = NULL"]
         values: list = [dst, now, now]
         if "last_error" not in changes:
             sets.append("last_error = NULL")
@@ -321,6 +335,25 @@ class Store:
         with self.transaction() as conn:
             conn.execute("UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
                          (next_attempt_at, case_id, state))
+
+    def set_progress(self, case_id: int, sent: int, total: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET progress_bytes = ?, progress_total = ? WHERE id = ?",
+                         (sent, total, case_id))
+
+    # -- hosts -------------------------------------------------------------------------
+    def set_host_problem(self, name: str, problem: str | None, now: float) -> None:
+        with self.transaction() as conn:
+            if problem is None:
+                conn.execute("DELETE FROM hosts WHERE name = ?", (name,))
+            else:
+                conn.execute("INSERT INTO hosts (name, problem, since, updated) VALUES (?, ?, ?, ?)"
+                             " ON CONFLICT (name) DO UPDATE SET problem = excluded.problem,"
+                             " updated = excluded.updated", (name, problem, now, now))
+
+    def host_problems(self) -> list[tuple[str, str, float]]:
+        return self._conn().execute("SELECT name, problem, since FROM hosts WHERE problem IS NOT"
+                                    " NULL ORDER BY name").fetchall()
 
     def set_request(self, case_id: int, request: str | None) -> None:
         with self.transaction() as conn:

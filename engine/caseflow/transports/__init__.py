@@ -34,11 +34,13 @@ class Transport(ABC):
         return posixpath.join(self.root, *parts)
 
     @abstractmethod
-    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest) -> bool:
+    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
+                   progress=None) -> bool:
         """Put `local_dir` at `remote_path` via a staging folder, verified against `manifest`.
 
-        Returns False when a complete, verified copy was already there (a re-run
-        after a crash), True when it was uploaded now.
+        `progress(bytes_sent, bytes_total)` is called as data goes out. Returns
+        False when a complete, verified copy was already there (a re-run after a
+        crash), True when it was uploaded now.
         """
 
     @abstractmethod
@@ -64,5 +66,9 @@ def make_transport(config) -> Transport:
     kind = config.transport.kind
     if kind == "local":
         from .local import LocalTransport
-        return LocalTransport(config.transport.name, config.transport.root)
+        return LocalTransport(config.transport.name, config.transport.root,
+                              verify=config.transport.verify)
+    if kind == "ssh":
+        from .ssh import SSHTransport
+        return SSHTransport(config.transport)
     raise ValueError(f"unknown transport kind {kind!r}")

@@ -7,6 +7,7 @@ the contract tests hold the others to.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import subprocess
@@ -22,6 +23,14 @@ _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errn
 
 
 def _os_error(action: str, exc: OSError) -> Exception:
+    if isinstance(exc, shutil.Error):  # copytree collects the errors of single files
+        reasons = [str(e[2]) for e in exc.args[0]] if exc.args and isinstance(
+            exc.args[0], list) else [str(exc)]
+        if any("No space left" in r or "Disk quota" in r for r in reasons):
+            return PermanentError(f"{action}: no space left on the remote side")
+        if any("Permission denied" in r or "Read-only" in r for r in reasons):
+            return PermanentError(f"{action}: {reasons[0][:300]}")
+        return TransientError(f"{action}: {reasons[0][:300]}")
     message = f"{action}: {exc.strerror or exc} ({exc.filename or ''})".replace(" ()", "")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return PermanentError(f"{action}: no space left on the remote side")
@@ -48,6 +57,14 @@ def local_manifest(path: Path) -> set[tuple[str, str, int]]:
     return out
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _remove(path: Path) -> None:
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -56,29 +73,40 @@ def _remove(path: Path) -> None:
 
 
 class LocalTransport(Transport):
-    def __init__(self, name: str, root: str):
+    def __init__(self, name: str, root: str, verify: str = "size"):
         super().__init__(name, root)
+        self.verify = verify
         Path(root).mkdir(parents=True, exist_ok=True)
 
-    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest) -> bool:
+    def _same(self, local_dir: Path, copy: Path, expected) -> bool:
+        if local_manifest(copy) != expected:
+            return False
+        if self.verify != "checksum":
+            return True
+        return all(_sha256(local_dir / p) == _sha256(copy / p) for p, kind, _ in expected
+                   if kind == "f")
+
+    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
+                   progress=None) -> bool:
         final = Path(remote_path)
         staging = final.parent / f".staging-{final.name}"
         expected = manifest.as_set()
         try:
             if final.exists():
-                if local_manifest(final) == expected:
+                if self._same(Path(local_dir), final, expected):
                     return False
                 shutil.rmtree(final)
             if staging.exists():
                 shutil.rmtree(staging)
             shutil.copytree(local_dir, staging, symlinks=True)
-            got = local_manifest(staging)
-            if got != expected:
-                missing = sorted(expected - got)[:3]
+            if not self._same(Path(local_dir), staging, expected):
+                got = local_manifest(staging)
+                diff = sorted((expected - got) | (got - expected))[:3]
                 raise TransientError(f"upload of {local_dir} did not verify (differs at "
-                                     f"{missing or sorted(got - expected)[:3]}); "
-                                     "will upload again")
+                                     f"{diff or 'checksums'}); will upload again")
             os.rename(staging, final)
+            if progress:
+                progress(manifest.size_bytes, manifest.size_bytes)
             return True
         except OSError as exc:
             raise _os_error(f"upload to {final}", exc) from exc

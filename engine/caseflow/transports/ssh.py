@@ -1,0 +1,447 @@
+"""The `ssh` transport: a remote host reached with paramiko over one long-lived connection.
+
+Uploads go into a staging folder next to the target, as one tar stream over one
+channel (remote `tar -x`) plus SFTP with large requests for large files; the
+staging folder is verified (file count and sizes, SHA-256 with
+`verify: checksum`) and only then renamed into place. Every remote command is
+built from an argument list and quoted with shlex; short outages are retried
+with tenacity, longer ones are left to the engine's persisted backoff.
+
+The remote host needs a POSIX shell, GNU find, tar and coreutils (sha256sum).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import shlex
+import socket
+import stat
+import tarfile
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
+                      wait_exponential, wait_random)
+
+from ..casefolder import Manifest
+from ..errors import PermanentError, TransientError
+from . import RunResult, Transport
+from .ssh_connection import Connection, Unreachable, classify
+
+log = logging.getLogger("caseflow.ssh")
+
+SFTP_REQUEST = 255 * 1024   # OpenSSH's sftp-server takes up to 256 KiB per request
+CHUNK = 1024 * 1024
+Progress = Callable[[int, int], None]
+
+# $1 = folder: one NUL-terminated "<type> <size> <relative path>" per entry, or exit 3
+LIST = r'[ -d "$1" ] || exit 3; find "$1" -mindepth 1 -printf "%y %s %P\0"'
+# $1 = folder: "<sha256>  ./<path>" per file (sha256sum escapes odd names with a leading \)
+SUMS = r'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum --'
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, TransientError) and not isinstance(exc, Unreachable)
+
+
+def _space_or_permission(text: str, action: str) -> Exception | None:
+    low = text.lower()
+    if "no space left" in low or "disk quota" in low:
+        return PermanentError(f"{action}: no space left on the remote side ({text.strip()[:200]})")
+    if "permission denied" in low or "read-only file system" in low:
+        return PermanentError(f"{action}: {text.strip()[:300]}")
+    return None
+
+
+class _ChannelWriter:
+    """A write-only file object over a channel's stdin."""
+
+    def __init__(self, channel):
+        self.channel = channel
+
+    def write(self, data) -> int:
+        self.channel.sendall(data)
+        return len(data)
+
+
+class _Counter:
+    """Counts file bytes sent and reports them as progress (bytes sent, bytes in all)."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress = progress
+        self.total = total
+        self.sent = 0
+
+    def add(self, n: int) -> None:
+        self.sent += n
+        if self.progress:
+            self.progress(self.sent, self.total)
+
+
+class _HashingReader:
+    """Reads a local file for tar, hashing (when asked) and counting as it goes."""
+
+    def __init__(self, f, digest, counter: _Counter):
+        self.f = f
+        self.digest = digest
+        self.counter = counter
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        if self.digest is not None:
+            self.digest.update(data)
+        self.counter.add(len(data))
+        return data
+
+
+def _parse_sums(text: str) -> dict[str, str]:
+    sums = {}
+    for line in text.splitlines():
+        escaped = line.startswith("\\")
+        if escaped:
+            line = line[1:]
+        digest, _, name = line.partition("  ")
+        if escaped:
+            name = name.replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
+        sums[name[2:] if name.startswith("./") else name] = digest
+    return sums
+
+
+class SSHTransport(Transport):
+    def __init__(self, cfg, sleep=time.sleep):
+        super().__init__(cfg.name, cfg.root)
+        self.cfg = cfg
+        self.conn = Connection(cfg)
+        self.sleep = sleep
+        self.commands = 0          # remote commands run (for tests and benchmarks)
+        self._root_resolved = not cfg.root.startswith("~")
+
+    # -- plumbing ----------------------------------------------------------------------
+    def _retrying(self, fn, what: str):
+        retrying = Retrying(stop=stop_after_attempt(4) | stop_after_delay(15),
+                            wait=wait_exponential(multiplier=0.5, max=4) + wait_random(0, 0.5),
+                            retry=retry_if_exception(_retryable), reraise=True, sleep=self.sleep,
+                            before_sleep=lambda rs: log.info(
+                                "%s on %s failed (%s); trying again", what, self.name,
+                                rs.outcome.exception()))
+        return retrying(fn)
+
+    def _guard(self, fn, what: str):
+        """Run fn; turn connection errors into caseflow errors and drop the broken connection."""
+        try:
+            return fn()
+        except (PermanentError, TransientError):
+            raise
+        except Exception as exc:
+            err = classify(exc, f"{what} on {self.name}")
+            if err is exc:
+                raise
+            if isinstance(err, TransientError):
+                self.conn.reset()
+            raise err from exc
+
+    @property
+    def connects(self) -> int:
+        return self.conn.connects
+
+    def _resolve_root(self) -> None:
+        if self._root_resolved:
+            return
+        res = self.run(["sh", "-c", 'printf %s "$HOME"'])
+        home = res.stdout.strip()
+        if res.returncode != 0 or not home.startswith("/"):
+            raise TransientError(f"cannot find the home folder on {self.name}")
+        self.root = home + self.cfg.root[1:]
+        self._root_resolved = True
+
+    def path(self, *parts: str) -> str:
+        self._resolve_root()
+        return posixpath.join(self.root, *parts)
+
+    # -- commands ------------------------------------------------------------------------
+    def run(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        command = shlex.join(argv)
+        return self._retrying(lambda: self._guard(lambda: self._exec(command, timeout),
+                                                  f"running {argv[0]}"), f"running {argv[0]}")
+
+    def _exec(self, command: str, timeout: float | None) -> RunResult:
+        client = self.conn.client()
+        chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+        try:
+            chan.settimeout(timeout or self.cfg.command_timeout)
+            chan.exec_command(command)
+            chan.shutdown_write()
+            out, err = self._drain(chan)
+            rc = chan.recv_exit_status()
+        except socket.timeout as exc:
+            raise TransientError(f"a command on {self.name} did not finish within "
+                                 f"{timeout or self.cfg.command_timeout:.0f} s") from exc
+        finally:
+            chan.close()
+        self.commands += 1
+        return RunResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
+
+    @staticmethod
+    def _drain(chan) -> tuple[bytes, bytes]:
+        out, err = bytearray(), bytearray()
+        while True:
+            got = False
+            if chan.recv_ready():
+                out += chan.recv(65536)
+                got = True
+            if chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+                got = True
+            if not got:
+                if chan.exit_status_ready() and not chan.recv_ready() and \
+                        not chan.recv_stderr_ready():
+                    break
+                data = chan.recv(65536)  # blocks up to the channel timeout
+                if not data:
+                    while chan.recv_stderr_ready():
+                        err += chan.recv_stderr(65536)
+                    break
+                out += data
+        return bytes(out), bytes(err)
+
+    def _sh(self, script: str, *args: str, what: str) -> RunResult:
+        return self.run(["sh", "-c", script, "caseflow", *args])
+
+    # -- listing and checksums -------------------------------------------------------------
+    def listing(self, path: str) -> set[tuple[str, str, int]] | None:
+        """What is in a remote folder, as manifest entries; None when it does not exist."""
+        res = self._sh(LIST, path, what="listing")
+        if res.returncode == 3:
+            return None
+        if res.returncode != 0:
+            raise _space_or_permission(res.stderr, f"listing {path}") or \
+                TransientError(f"listing {path} failed: {res.stderr.strip()[:300]}")
+        out = set()
+        for item in res.stdout.split("\0"):
+            if not item:
+                continue
+            kind, size, rel = item.split(" ", 2)
+            kind = {"f": "f", "d": "d", "l": "l"}.get(kind, kind)
+            out.add((rel, kind, int(size) if kind == "f" else 0))
+        return out
+
+    def checksums(self, path: str) -> dict[str, str]:
+        res = self._sh(SUMS, path, what="checksums")
+        if res.returncode != 0:
+            raise TransientError(f"sha256sum in {path} failed: {res.stderr.strip()[:300]}")
+        return _parse_sums(res.stdout)
+
+    # -- upload ------------------------------------------------------------------------------
+    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
+                   progress: Progress | None = None) -> bool:
+        local_dir = Path(local_dir)
+        expected = manifest.as_set()
+        checksum = self.cfg.verify == "checksum"
+        parent, base = posixpath.split(remote_path)
+        staging = posixpath.join(parent, f".staging-{base}")
+        existing = self.listing(remote_path)
+        if existing == expected:
+            if not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest):
+                return False
+        res = self._sh('rm -rf -- "$1" && mkdir -p -- "$1" && { [ "$3" = keep ] || '
+                       'rm -rf -- "$2"; }', staging, remote_path,
+                       "keep" if existing is None else "replace", what="staging")
+        if res.returncode != 0:
+            raise _space_or_permission(res.stderr, f"preparing {staging}") or \
+                TransientError(f"preparing {staging} failed: {res.stderr.strip()[:300]}")
+        large = {e.path for e in manifest.entries
+                 if e.kind == "f" and e.size >= self.cfg.large_file_bytes}
+        counter = _Counter(progress, manifest.size_bytes)
+        sums: dict[str, str] = {}
+        self._guard(lambda: self._tar_upload(local_dir, staging, manifest, large, counter,
+                                             sums if checksum else None), "uploading")
+        if large:
+            self._guard(lambda: self._sftp_upload(local_dir, staging, sorted(large), counter,
+                                                  sums if checksum else None),
+                        "uploading large files")
+        got = self.listing(staging)
+        if got != expected:
+            diff = sorted((expected - (got or set())) | ((got or set()) - expected))[:3]
+            raise TransientError(f"upload to {self.name} did not verify (differs at {diff}); "
+                                 "will upload again")
+        if checksum:
+            remote = self.checksums(staging)
+            wrong = sorted(p for p, d in sums.items() if remote.get(p) != d)
+            if wrong:
+                raise TransientError(f"upload to {self.name}: checksum mismatch for {wrong[:3]}")
+        res = self._sh('[ ! -e "$2" ] || rm -rf -- "$2"; mv -- "$1" "$2"', staging, remote_path,
+                       what="rename")
+        if res.returncode != 0:
+            raise TransientError(f"renaming {staging} failed: {res.stderr.strip()[:300]}")
+        return True
+
+    def _tar_upload(self, local_dir: Path, staging: str, manifest: Manifest, skip: set[str],
+                    counter: _Counter, sums: dict | None) -> None:
+        client = self.conn.client()
+        chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+        chan.settimeout(self.cfg.command_timeout)
+        chan.exec_command(shlex.join(["tar", "--no-same-owner", "-x", "-f", "-", "-C", staging]))
+        writer = _ChannelWriter(chan)
+        stream_error: Exception | None = None
+        try:
+            with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT,
+                              bufsize=CHUNK) as tar:
+                for entry in manifest.entries:
+                    if entry.path in skip:
+                        continue
+                    full = local_dir / entry.path
+                    info = tar.gettarinfo(str(full), arcname=entry.path)
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    if info.isreg():
+                        with open(full, "rb") as f:
+                            digest = hashlib.sha256() if sums is not None else None
+                            tar.addfile(info, _HashingReader(f, digest, counter))
+                            if digest is not None:
+                                sums[entry.path] = digest.hexdigest()
+                    else:
+                        tar.addfile(info)
+        except (OSError, EOFError, socket.timeout) as exc:
+            if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
+                                                    exc.filename):
+                chan.close()
+                raise PermanentError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+            stream_error = exc
+        try:
+            chan.shutdown_write()
+            _, err = self._drain(chan)
+            rc = chan.recv_exit_status()
+        except (OSError, EOFError, socket.timeout) as exc:
+            raise classify(stream_error or exc, f"uploading to {self.name}") from exc
+        finally:
+            chan.close()
+        self.commands += 1
+        text = err.decode("utf-8", "replace")
+        if rc != 0 or stream_error is not None:
+            problem = _space_or_permission(text, f"upload to {self.name}")
+            if problem:
+                raise problem
+            if stream_error is not None:
+                raise classify(stream_error, f"uploading to {self.name}")
+            raise TransientError(f"remote tar on {self.name} exited {rc}: {text.strip()[:300]}")
+
+    def _sftp_upload(self, local_dir: Path, staging: str, paths: list[str], counter: _Counter,
+                     sums: dict | None) -> None:
+        sftp = self.conn.client().open_sftp()
+        try:
+            for rel in paths:
+                src = local_dir / rel
+                digest = hashlib.sha256() if sums is not None else None
+                try:
+                    with open(src, "rb") as f, sftp.open(posixpath.join(staging, rel), "wb") as out:
+                        out.MAX_REQUEST_SIZE = SFTP_REQUEST
+                        out.set_pipelined(True)
+                        while True:
+                            chunk = f.read(CHUNK)
+                            if not chunk:
+                                break
+                            if digest is not None:
+                                digest.update(chunk)
+                            out.write(chunk)
+                            counter.add(len(chunk))
+                except PermissionError as exc:
+                    raise PermanentError(f"cannot read {src}: {exc.strerror}") from exc
+                except OSError as exc:
+                    text = str(exc)
+                    if "Failure" in text or getattr(exc, "errno", None) == 28:
+                        # sftp reports a full disk as a bare "Failure"
+                        raise PermanentError(f"upload of {rel} to {self.name} failed ({text}); "
+                                             "the remote disk may be full") from exc
+                    raise
+                sftp.chmod(posixpath.join(staging, rel), stat.S_IMODE(os.stat(src).st_mode))
+                if digest is not None:
+                    sums[rel] = digest.hexdigest()
+        finally:
+            sftp.close()
+
+    # -- download ----------------------------------------------------------------------------
+    def download(self, remote_path: str, local_path: Path) -> None:
+        local_path = Path(local_path)
+        staging = local_path.parent / f".staging-{local_path.name}"
+        parent, base = posixpath.split(remote_path.rstrip("/"))
+        self._guard(lambda: self._tar_download(parent, base, staging, remote_path), "downloading")
+        if os.path.lexists(local_path):
+            _remove(local_path)
+        os.rename(staging / base, local_path)
+        staging.rmdir()
+
+    def _tar_download(self, parent: str, base: str, staging: Path, remote_path: str) -> None:
+        if os.path.lexists(staging):
+            _remove(staging)
+        staging.mkdir(parents=True)
+        client = self.conn.client()
+        chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+        chan.settimeout(self.cfg.command_timeout)
+        chan.exec_command(shlex.join(["tar", "-c", "-f", "-", "-C", parent, "--", base]))
+        try:
+            reader = chan.makefile("rb")
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for member in tar:
+                    _check_member(member, base)
+                    # checked above; attributes are not taken (no remote owners, no setuid)
+                    tar.extract(member, staging, set_attrs=False,
+                                **({"filter": "fully_trusted"} if hasattr(tarfile, "data_filter")
+                                   else {}))
+                    if member.isreg():
+                        os.chmod(staging / member.name, member.mode & 0o755)
+            err = chan.makefile_stderr("rb").read().decode("utf-8", "replace")
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        self.commands += 1
+        if rc != 0:
+            if "No such file" in err or "Cannot stat" in err:
+                raise PermanentError(f"{remote_path} does not exist on {self.name}")
+            raise TransientError(f"remote tar on {self.name} exited {rc}: {err.strip()[:300]}")
+
+    def remove_tree(self, remote_path: str) -> None:
+        res = self.run(["rm", "-rf", "--", remote_path])
+        if res.returncode != 0:
+            raise _space_or_permission(res.stderr, f"removing {remote_path}") or \
+                TransientError(f"removing {remote_path} failed: {res.stderr.strip()[:300]}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _check_member(member: tarfile.TarInfo, base: str) -> None:
+    """Refuse anything that would land outside the download folder."""
+    name = member.name
+    parts = name.split("/")
+    if name.startswith("/") or ".." in parts or parts[0] != base:
+        raise PermanentError(f"refusing to extract {name!r}: outside {base!r}")
+    if member.issym() or member.islnk():
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
+        if member.linkname.startswith("/") or target.split("/")[0] != base:
+            raise PermanentError(f"refusing link {name!r} -> {member.linkname!r}: outside")
+    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
+        raise PermanentError(f"refusing {name!r}: not a file, folder or link")
+
+
+def _local_sums(local_dir: Path, manifest: Manifest) -> dict[str, str]:
+    out = {}
+    for e in manifest.entries:
+        if e.kind == "f":
+            h = hashlib.sha256()
+            with open(local_dir / e.path, "rb") as f:
+                for chunk in iter(lambda: f.read(CHUNK), b""):
+                    h.update(chunk)
+            out[e.path] = h.hexdigest()
+    return out
+
+
+def _remove(path: Path) -> None:
+    import shutil
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)

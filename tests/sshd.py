@@ -1,0 +1,240 @@
+"""A private OpenSSH server on 127.0.0.1 for the tests, and a TCP relay to cut its connections.
+
+The server gets its own host key, client key, authorized_keys, known_hosts and
+config in a temp folder, listens on a free port, and is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "caseflow-test", "-f",
+                    str(path)], check=True)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+
+
+class SSHServer:
+    def __init__(self, root: Path, port: int | None = None):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.host_key = self.root / "host_key"
+        self.client_key = self.root / "client_key"
+        self.known_hosts = self.root / "known_hosts"
+        self.bin = self.root / "bin"  # first on the PATH of remote sessions (emulators)
+        self.bin.mkdir(exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        if not self.host_key.exists():
+            _keygen(self.host_key)
+        if not self.client_key.exists():
+            _keygen(self.client_key)
+        shutil.copy(self.client_key.with_suffix(".pub"), self.root / "authorized_keys")
+        self.write_known_hosts()
+
+    @property
+    def user(self) -> str:
+        import pwd
+        return pwd.getpwuid(os.getuid()).pw_name
+
+    def host_key_line(self, port: int | None = None) -> str:
+        kind, key = self.host_key.with_suffix(".pub").read_text().split()[:2]
+        return f"[127.0.0.1]:{port or self.port} {kind} {key}\n"
+
+    def write_known_hosts(self, path: Path | None = None, port: int | None = None) -> Path:
+        path = path or self.known_hosts
+        path.write_text(self.host_key_line(port))
+        return path
+
+    def config_text(self) -> str:
+        r = self.root
+        return "\n".join([
+            f"Port {self.port}",
+            "ListenAddress 127.0.0.1",
+            f"HostKey {self.host_key}",
+            f"AuthorizedKeysFile {r / 'authorized_keys'}",
+            f"PidFile {r / 'sshd.pid'}",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "UsePAM no",
+            "StrictModes no",
+            "MaxStartups 100",
+            "MaxSessions 100",
+            "LogLevel ERROR",
+            "Subsystem sftp internal-sftp",
+            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin",
+            "",
+        ])
+
+    def start(self) -> "SSHServer":
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        conf = self.root / "sshd_config"
+        conf.write_text(self.config_text())
+        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(conf)],
+                                     stderr=open(self.root / "sshd.log", "ab"))
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"sshd exited: {(self.root / 'sshd.log').read_text()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+                    if s.recv(64).startswith(b"SSH-"):
+                        return self
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("sshd did not answer within 30 s")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop the listener and every session it serves (an outage, as a client sees it)."""
+        if self.proc is None:
+            return
+        sessions = _descendants(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.proc = None
+        _kill(sessions)
+
+    def kill_sessions(self) -> None:
+        """Drop every open connection; the listener stays."""
+        if self.proc is not None:
+            _kill(_descendants(self.proc.pid))
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection,
+    `refuse()`/`accept()` turn new connections away or let them through again."""
+
+    def __init__(self, target_port: int):
+        self.target = ("127.0.0.1", target_port)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._refusing = False
+        self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self._closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.accepted += 1
+                refusing = self._refusing
+            if refusing:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._pairs.append((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a, b):
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 1.0)
+                for s in ready:
+                    data = s.recv(65536)
+                    if not data:
+                        raise OSError("closed")
+                    (b if s is a else a).sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for a, b in pairs:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def refuse(self) -> None:
+        with self._lock:
+            self._refusing = True
+        self.cut()
+
+    def accept(self) -> None:
+        with self._lock:
+            self._refusing = False
+
+    def close(self) -> None:
+        self._closed = True
+        self.cut()
+        self.sock.close()
+
+
+def transport_settings(server: SSHServer, root: Path, **extra) -> dict:
+    """The `transport:` section of a caseflow config that reaches `server`."""
+    settings = {"kind": "ssh", "name": "testhost", "host": "127.0.0.1", "port": server.port,
+                "user": server.user, "identity_file": str(server.client_key),
+                "known_hosts": str(server.known_hosts), "root": str(root),
+                "connect_timeout": 10, "reconnect_min_interval": 1}
+    settings.update(extra)
+    return settings

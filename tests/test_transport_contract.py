@@ -1,0 +1,138 @@
+"""One suite, every transport: `local` and `ssh` (against the real sshd) must behave alike."""
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from caseflow import casefolder
+from caseflow.config import TransportConfig
+from caseflow.errors import PermanentError
+from caseflow.transports.local import LocalTransport, local_manifest
+from caseflow.transports.ssh import SSHTransport
+from sshd import transport_settings
+
+HOSTILE = ["with space", "quote'\"s", "$(touch CANARY)", "`touch CANARY`", "semi;touch CANARY",
+           "new\nline", "-leading-dash", "ünïcödé ✓", "tab\tand|pipe&amp"]
+
+
+@pytest.fixture(params=["local", "ssh"])
+def transport(request, tmp_path):
+    root = tmp_path / "remote"
+    root.mkdir()
+    if request.param == "local":
+        t = LocalTransport("local", str(root))
+    else:
+        sshd = request.getfixturevalue("sshd")
+        t = SSHTransport(TransportConfig(**transport_settings(sshd, root)))
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def case(tmp_path):
+    d = tmp_path / "case"
+    (d / "nested" / "deeper").mkdir(parents=True)
+    (d / "empty").mkdir()
+    (d / "top.txt").write_text("top")
+    (d / "nested" / "deeper" / "data.bin").write_bytes(os.urandom(70_000))
+    for name in HOSTILE:
+        (d / "nested" / name).write_text(name)
+    os.symlink("top.txt", d / "link-in")
+    (d / "script.sh").write_text("#!/bin/sh\n")
+    os.chmod(d / "script.sh", 0o755)
+    return d
+
+
+def test_run_passes_every_argument_verbatim(transport, tmp_path):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    os.chdir(cwd)
+    res = transport.run(["printf", "%s\\0", *HOSTILE])
+    assert res.returncode == 0
+    assert res.stdout.split("\0")[:-1] == HOSTILE
+    assert list(tmp_path.rglob("CANARY")) == [] and not Path("/root/CANARY").exists()
+
+
+def test_run_reports_exit_code_and_stderr(transport):
+    res = transport.run(["sh", "-c", "echo out; echo err >&2; exit 5"])
+    assert (res.returncode, res.stdout, res.stderr) == (5, "out\n", "err\n")
+
+
+def test_upload_is_verified_complete_and_idempotent(transport, case):
+    m = casefolder.scan(case)
+    target = transport.path("7-case")
+    seen = []
+    assert transport.upload_dir(case, target, m, progress=lambda s, t: seen.append((s, t))) is True
+    assert local_manifest(target) == m.as_set()
+    assert (Path(target) / "nested" / "deeper" / "data.bin").read_bytes() == \
+        (case / "nested" / "deeper" / "data.bin").read_bytes()
+    assert os.readlink(Path(target) / "link-in") == "top.txt"
+    assert os.stat(Path(target) / "script.sh").st_mode & 0o111
+    assert [p.name for p in Path(transport.root).iterdir()] == ["7-case"]  # no staging left
+    assert seen and seen[-1] == (m.size_bytes, m.size_bytes)
+    assert transport.upload_dir(case, target, m) is False
+
+
+def test_a_rerun_replaces_a_changed_copy_and_half_done_staging(transport, case):
+    m = casefolder.scan(case)
+    target = Path(transport.path("8-case"))
+    staging = target.parent / ".staging-8-case"
+    staging.mkdir()
+    (staging / "partial").write_text("half")
+    target.mkdir()
+    (target / "top.txt").write_text("different")
+    assert transport.upload_dir(case, str(target), m) is True
+    assert local_manifest(target) == m.as_set()
+    assert not staging.exists()
+
+
+def test_checksum_verification_catches_same_size_changes(transport, case):
+    m = casefolder.scan(case)
+    target = Path(transport.path("9-case"))
+    transport.upload_dir(case, str(target), m)
+    (target / "top.txt").write_text("TOP")  # same size, other bytes
+    if isinstance(transport, SSHTransport):
+        transport.cfg = TransportConfig(**{**transport.cfg.__dict__, "verify": "checksum"})
+    else:
+        transport.verify = "checksum"
+    assert transport.upload_dir(case, str(target), m) is True
+    assert (target / "top.txt").read_text() == "top"
+    assert transport.upload_dir(case, str(target), m) is False
+
+
+def test_download_folder_and_file(transport, case, tmp_path):
+    m = casefolder.scan(case)
+    target = transport.path("10-case")
+    transport.upload_dir(case, target, m)
+    dest = tmp_path / "results"
+    dest.mkdir()
+    transport.download(target, dest / "case")
+    assert local_manifest(dest / "case") == m.as_set()
+    transport.download(target + "/top.txt", dest / "top.txt")
+    assert (dest / "top.txt").read_text() == "top"
+    assert sorted(p.name for p in dest.iterdir()) == ["case", "top.txt"]
+    with pytest.raises(PermanentError, match="does not exist"):
+        transport.download(target + "/absent", dest / "absent")
+
+
+def test_remove_tree(transport, case):
+    target = transport.path("11-case")
+    transport.upload_dir(case, target, casefolder.scan(case))
+    transport.remove_tree(target)
+    assert not Path(target).exists()
+    transport.remove_tree(target)
+
+
+def test_a_full_remote_disk_is_a_permanent_error_naming_it(transport, case, tmp_path):
+    small = Path(transport.root) / "small"
+    small.mkdir()
+    if os.system(f"mount -t tmpfs -o size=32k tmpfs {small}") != 0:
+        pytest.fail("mounting a tmpfs failed (the tests run as root)")
+    try:
+        with pytest.raises(PermanentError, match="no space left"):
+            transport.upload_dir(case, str(small / "12-case"), casefolder.scan(case))
+    finally:
+        os.system(f"umount {small}")
+    shutil.rmtree(small)
