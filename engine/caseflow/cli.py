@@ -52,8 +52,15 @@ def case_json(row: CaseRow) -> dict:
             "host": row.host, "remote_path": row.remote_path, "local_path": row.local_path,
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "run": row.run, "request": row.request, "file_count": row.file_count,
+            "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
             "size_bytes": row.size_bytes, "next_attempt_at": _iso(row.next_attempt_at),
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+
+
+def _progress(row: CaseRow) -> str:
+    if row.progress_total:
+        return f" ({100 * (row.progress_bytes or 0) // row.progress_total}% sent)"
+    return ""
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -100,14 +107,17 @@ def cmd_status(args) -> int:
         raise UsageError(f"--state: unknown state {args.state!r}; states: "
                          + ", ".join(spec.state_names))
     rows = store.cases([args.state] if args.state else None)
+    if not args.json:
+        for name, problem, since in store.host_problems():
+            print(f"host {name}: work PAUSED since {_iso(since)}: {problem}")
     if args.json:
         print(json.dumps([case_json(r) for r in rows], indent=2, ensure_ascii=False))
         return 0
     if not rows:
         print("no cases")
         return 0
-    table = [[str(r.id), printable(r.name), r.state + (f" ({r.request} requested)"
-                                                        if r.request else ""),
+    table = [[str(r.id), printable(r.name), r.state + _progress(r) +
+              (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", "-" if r.slot_index is None else str(r.slot_index),
               r.task_id or "-", _iso(r.updated_at) or "-",
               printable(r.reason or (f"retrying ({r.attempts}): {r.last_error}"
@@ -198,6 +208,18 @@ def _report(trigger: str, row: CaseRow, before: str) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from .check import check_host
+    config = load_config(config_path_from(args.config))
+    title, lines = check_host(config)
+    print(title)
+    for line in lines:
+        print(line)
+    ok = all(line.ok for line in lines)
+    print("all checks passed" if ok else "some checks failed")
+    return 0 if ok else 1
+
+
 def cmd_diagram(args) -> int:
     out = render(load_spec(), args.format)
     if args.output:
@@ -251,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                        help="how long to wait for a running daemon to apply it (default 60)")
         s.add_argument("--no-wait", action="store_true", help="only record the request")
+    sub.add_parser("check", parents=[common],
+                   help="check the host: connection, host key, remote root, tools")
     s = sub.add_parser("diagram", help="export the case state machine")
     s.add_argument("--format", choices=FORMATS, default="mermaid")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -258,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "resources": cmd_resources,
-            "retry": cmd_request, "cancel": cmd_request, "diagram": cmd_diagram}
+            "retry": cmd_request, "cancel": cmd_request, "check": cmd_check,
+            "diagram": cmd_diagram}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,264 @@
+"""The ssh transport against a real OpenSSH server: keys, config, connections, outages, jobs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from caseflow import casefolder
+from caseflow.config import TransportConfig, load_config
+from caseflow.errors import ConfigError, HostError, TransientError
+from caseflow.transports.ssh import SSHTransport
+from harness import wait_for
+from sshd import Relay, SSHServer, transport_settings
+
+
+def make(sshd, root, **extra) -> SSHTransport:
+    return SSHTransport(TransportConfig(**transport_settings(sshd, root, **extra)),
+                        sleep=lambda s: None)
+
+
+@pytest.fixture
+def relay(sshd):
+    r = Relay(sshd.port)
+    yield r
+    r.close()
+
+
+# -- host keys ---------------------------------------------------------------------------------
+def test_an_unknown_host_key_is_refused_before_anything_is_sent(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    t = make(sshd, tmp_path / "remote", known_hosts=str(empty))
+    with pytest.raises(HostError) as err:
+        t.run(["mkdir", "-p", str(tmp_path / "remote" / "should-not-exist")])
+    assert f"[127.0.0.1]:{sshd.port}" in str(err.value) and str(empty) in str(err.value)
+    assert "accept_new_host_keys" in str(err.value)
+    assert not (tmp_path / "remote").exists()
+    assert empty.read_text() == ""
+
+
+def test_a_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
+    other = SSHServer(tmp_path / "impostor")  # a different host key, same address
+    known = other.write_known_hosts(tmp_path / "known_hosts", port=sshd.port)
+    t = make(sshd, tmp_path / "remote", known_hosts=str(known), accept_new_host_keys=True)
+    with pytest.raises(HostError, match="CHANGED"):
+        t.run(["true"])
+    assert not (tmp_path / "remote").exists()
+
+
+def test_accept_new_host_keys_trusts_on_first_use_and_records_the_key(sshd, tmp_path):
+    known = tmp_path / "fresh" / "known_hosts"
+    t = make(sshd, tmp_path / "remote", known_hosts=str(known), accept_new_host_keys=True)
+    assert t.run(["true"]).returncode == 0
+    assert known.read_text().split()[:2] == sshd.host_key_line().split()[:2]
+    t.close()
+    t2 = make(sshd, tmp_path / "remote", known_hosts=str(known))  # now known: no flag needed
+    assert t2.run(["true"]).returncode == 0
+    t2.close()
+
+
+def test_a_wrong_key_is_a_host_problem_not_a_case_failure(sshd, tmp_path):
+    stranger = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    t = make(sshd, tmp_path / "remote", identity_file=str(stranger))
+    with pytest.raises(HostError, match="authentication failed"):
+        t.run(["true"])
+
+
+# -- OpenSSH client config -----------------------------------------------------------------------
+def test_a_host_alias_from_ssh_config(sshd, tmp_path):
+    conf = tmp_path / "ssh_config"
+    conf.write_text(f"Host gpu-box\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  User {sshd.user}\n  IdentityFile {sshd.client_key}\n"
+                    f"  UserKnownHostsFile {sshd.known_hosts}\n")
+    cfg = TransportConfig(kind="ssh", name="gpu-box", root=str(tmp_path), host="gpu-box",
+                          ssh_config=str(conf))
+    t = SSHTransport(cfg)
+    assert t.run(["printf", "%s", "via alias"]).stdout == "via alias"
+    assert (t.conn.endpoint.hostname, t.conn.endpoint.port) == ("127.0.0.1", sshd.port)
+    t.close()
+
+
+def test_proxyjump_through_one_bastion(sshd, tmp_path):
+    conf = tmp_path / "ssh_config"
+    conf.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {sshd.client_key}\n"
+                    f"Host inner\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {sshd.client_key}\n  ProxyJump bastion\n")
+    cfg = TransportConfig(kind="ssh", name="inner", root=str(tmp_path), host="inner",
+                          ssh_config=str(conf), known_hosts=str(sshd.known_hosts),
+                          user=sshd.user)
+    t = SSHTransport(cfg)
+    assert t.run(["echo", "jumped"]).stdout == "jumped\n"
+    assert t.conn._jump is not None and t.connects == 2
+    t.close()
+
+
+def test_passwords_are_refused_in_the_config(ssh_ws, sshd):
+    settings = dict(ssh_ws.settings["transport"], password="hunter2")
+    ssh_ws.write_config(transport=settings)
+    with pytest.raises(ConfigError, match="transport.password: passwords are not accepted"):
+        load_config(ssh_ws.config_path)
+
+
+# -- one long-lived connection, retries, outages --------------------------------------------------
+def test_one_connection_serves_many_commands(sshd, tmp_path):
+    t = make(sshd, tmp_path)
+    for i in range(20):
+        assert t.run(["echo", str(i)]).stdout == f"{i}\n"
+    assert (t.connects, t.commands) == (1, 20)
+    t.close()
+
+
+def test_a_dropped_connection_is_reopened_within_the_short_retries(sshd, relay, tmp_path):
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    t = make(sshd, tmp_path, port=relay.port, known_hosts=str(tmp_path / "kh"),
+             reconnect_min_interval=0)
+    assert t.run(["true"]).returncode == 0
+    relay.cut()
+    assert t.run(["echo", "again"]).stdout == "again\n"
+    assert t.connects == 2
+    t.close()
+
+
+def test_during_an_outage_reconnects_are_spaced_out(sshd, relay, tmp_path):
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    t = SSHTransport(TransportConfig(**transport_settings(
+        sshd, tmp_path, port=relay.port, known_hosts=str(tmp_path / "kh"),
+        reconnect_min_interval=3600)), sleep=lambda s: None)
+    assert t.run(["true"]).returncode == 0
+    relay.refuse()
+    before = relay.accepted
+    for _ in range(10):
+        with pytest.raises(TransientError):
+            t.run(["true"])
+    # one attempt to reconnect, then none until the interval has passed
+    assert relay.accepted - before == 1
+    t.conn._failed_at -= 3600  # the interval passes
+    relay.accept()
+    assert t.run(["echo", "back"]).stdout == "back\n"
+    t.close()
+
+
+def test_a_connection_cut_during_an_upload_fails_transiently_then_succeeds(sshd, relay, tmp_path):
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    t = make(sshd, tmp_path / "remote", port=relay.port, known_hosts=str(tmp_path / "kh"),
+             reconnect_min_interval=0)
+    (tmp_path / "remote").mkdir()
+    case = tmp_path / "case"
+    case.mkdir()
+    for i in range(40):
+        (case / f"f{i:02d}.bin").write_bytes(os.urandom(256 * 1024))
+    m = casefolder.scan(case)
+    cut = []
+
+    def progress(sent, total):
+        if not cut and sent > total // 3:
+            cut.append(sent)
+            relay.cut()
+
+    target = str(tmp_path / "remote" / "1-case")
+    with pytest.raises(TransientError):
+        t.upload_dir(case, target, m, progress=progress)
+    assert not Path(target).exists()  # a half-done upload is never in place
+    assert t.upload_dir(case, target, m) is True
+    assert casefolder.scan(Path(target)).as_set() == m.as_set()
+    assert [p.name for p in (tmp_path / "remote").iterdir()] == ["1-case"]
+    t.close()
+
+
+def test_large_files_go_by_sftp_and_are_checked(sshd, tmp_path):
+    t = make(sshd, tmp_path / "remote", large_file_bytes=100_000, verify="checksum")
+    (tmp_path / "remote").mkdir()
+    case = tmp_path / "case"
+    case.mkdir()
+    big = os.urandom(3_000_000)
+    (case / "big.raw").write_bytes(big)
+    (case / "small.txt").write_text("small")
+    os.chmod(case / "big.raw", 0o640)
+    sent = []
+    assert t.upload_dir(case, str(tmp_path / "remote" / "c"), casefolder.scan(case),
+                        progress=lambda s, total: sent.append(s)) is True
+    assert (tmp_path / "remote" / "c" / "big.raw").read_bytes() == big
+    assert os.stat(tmp_path / "remote" / "c" / "big.raw").st_mode & 0o777 == 0o640
+    assert sent == sorted(sent) and sent[-1] == 3_000_005
+    t.close()
+
+
+# -- the engine over ssh ----------------------------------------------------------------------------
+def test_the_sample_flow_over_ssh_with_the_direct_runner(ssh_ws):
+    ssh_ws.start()
+    ssh_ws.drop_case("over-ssh", group="gpu_b")
+    row = ssh_ws.wait_state("over-ssh", "success")
+    assert row.host == "testhost"
+    env = (Path(row.remote_path) / "job_env.txt").read_text()
+    assert "CASEFLOW_GPU_GROUP=gpu_b" in env and "CASEFLOW_CASE_NAME=over-ssh" in env
+    assert (Path(row.remote_path) / "output" / "result.txt").exists()
+
+
+def test_odd_names_over_ssh_inject_nothing(ssh_ws, tmp_path):
+    names = ["sp ace", "q'uo\"te", "$(touch CANARY)", "`touch CANARY`", "-dash", "ünï ✓", "a;b|c"]
+    ssh_ws.start()
+    for n in names:
+        ssh_ws.drop_case(n)
+    for n in names:
+        row = ssh_ws.wait_state(n, "success")
+        assert f"CASEFLOW_CASE_NAME={n}" in (Path(row.remote_path) / "job_env.txt").read_text()
+    assert list(tmp_path.rglob("CANARY")) == [] and not Path("/root/CANARY").exists()
+
+
+def test_polling_many_running_cases_is_one_command_per_tick(ssh_ws):
+    from caseflow.engine import Engine
+    ssh_ws.write_config(groups={"gpu_a": {"slots": 8}}, workers=4)
+    ssh_ws.start()
+    for i in range(8):
+        ssh_ws.drop_case(f"held{i}", hold="later")
+    for i in range(8):
+        ssh_ws.wait_state(f"held{i}", "running")
+    ssh_ws.stop()
+    engine = Engine(ssh_ws.config())
+    engine.start(workers=False)
+    try:
+        rows = ssh_ws.store.cases(["running"])
+        assert len(rows) == 8
+        engine.poll(rows)
+        t = engine.transport
+        before = (t.connects, t.commands)
+        engine.poll(rows)
+        assert (t.connects - before[0], t.commands - before[1]) == (0, 1)
+    finally:
+        ssh_ws.release("later")
+        engine.shutdown()
+
+
+def test_an_unknown_host_key_pauses_the_host_and_fails_no_case(ssh_ws, sshd, tmp_path):
+    known = tmp_path / "known_hosts_to_fix"
+    known.write_text("")
+    ssh_ws.write_config(transport={**ssh_ws.settings["transport"], "known_hosts": str(known)})
+    ssh_ws.start()
+    ssh_ws.drop_case("waits")
+    wait_for(lambda: ssh_ws.store.host_problems(), what="the host problem to be recorded")
+    row = ssh_ws.case("waits")
+    assert row.state == "gpu_locked" and row.reason is None and row.attempts == 0
+    status = ssh_ws.cli("status", check=True).stdout
+    assert "host testhost: work PAUSED" in status and "is not in" in status
+    sshd.write_known_hosts(known)  # the operator adds the key; work resumes by itself
+    ssh_ws.wait_state("waits", "success")
+    assert ssh_ws.store.host_problems() == []
+
+
+def test_check_reports_a_usable_host(ssh_ws):
+    proc = ssh_ws.cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "host key verified" in proc.stdout and "exists and is writable" in proc.stdout
+    assert "tools: tar, find, sha256sum" in proc.stdout
+
+
+def test_check_reports_an_unknown_host_key(ssh_ws, tmp_path):
+    empty = tmp_path / "kh"
+    empty.write_text("")
+    ssh_ws.write_config(transport={**ssh_ws.settings["transport"], "known_hosts": str(empty)})
+    proc = ssh_ws.cli("check")
+    assert proc.returncode == 1
+    assert "FAIL  cannot connect" in proc.stdout and "is not in" in proc.stdout
