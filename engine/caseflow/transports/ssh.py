@@ -38,8 +38,20 @@ SFTP_REQUEST = 255 * 1024   # OpenSSH's sftp-server takes up to 256 KiB per requ
 CHUNK = 1024 * 1024
 Progress = Callable[[int, int], None]
 
-# $1 = folder: one NUL-terminated "<type> <size> <relative path>" per entry, or exit 3
-LIST = r'[ -d "$1" ] || exit 3; find "$1" -mindepth 1 -printf "%y %s %P\0"'
+# one NUL-terminated "<type> <size> <relative path>" per entry of folder $1 (size 0 unless a file)
+_FIND = (r'find "$1" -mindepth 1 \( -type f -printf "f %s %P\0" \) -o \( -type d -printf '
+         r'"d 0 %P\0" \) -o \( -type l -printf "l 0 %P\0" \) -o -printf "? 0 %P\0"')
+LIST = r'[ -d "$1" ] || exit 3; ' + _FIND
+# $1 = target, $2 = staging: recreate the staging folder, then list the target (exit 3: none)
+PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3; '
+           + _FIND)
+# stdin = tar stream; $1 = staging, $2 = target, $3 = digest of the expected listing, or "-"
+# to only unpack. Unpacks, verifies the listing against the digest, renames into place.
+UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || exit 10; '
+          r'[ "$3" = - ] && exit 0; '
+          r'got=$(list "$1" | LC_ALL=C sort -z | sha256sum | cut -d" " -f1); '
+          r'if [ "$got" != "$3" ]; then list "$1"; exit 4; fi; '
+          r'{ [ ! -e "$2" ] || rm -rf -- "$2"; } && mv -- "$1" "$2" || exit 5; echo committed')
 # $1 = folder: "<sha256>  ./<path>" per file (sha256sum escapes odd names with a leading \)
 SUMS = r'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum --'
 
@@ -220,14 +232,7 @@ class SSHTransport(Transport):
         if res.returncode != 0:
             raise _space_or_permission(res.stderr, f"listing {path}") or \
                 TransientError(f"listing {path} failed: {res.stderr.strip()[:300]}")
-        out = set()
-        for item in res.stdout.split("\0"):
-            if not item:
-                continue
-            kind, size, rel = item.split(" ", 2)
-            kind = {"f": "f", "d": "d", "l": "l"}.get(kind, kind)
-            out.add((rel, kind, int(size) if kind == "f" else 0))
-        return out
+        return _parse_listing(res.stdout)
 
     def checksums(self, path: str) -> dict[str, str]:
         res = self._sh(SUMS, path, what="checksums")
@@ -238,36 +243,41 @@ class SSHTransport(Transport):
     # -- upload ------------------------------------------------------------------------------
     def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
                    progress: Progress | None = None) -> bool:
+        """Two round trips in the common case: prepare (list the target, recreate the
+        staging folder), then one tar stream that the remote side unpacks, verifies
+        against the listing's digest and renames into place."""
         local_dir = Path(local_dir)
         expected = manifest.as_set()
         checksum = self.cfg.verify == "checksum"
         parent, base = posixpath.split(remote_path)
         staging = posixpath.join(parent, f".staging-{base}")
-        existing = self.listing(remote_path)
-        if existing == expected:
-            if not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest):
-                return False
-        res = self._sh('rm -rf -- "$1" && mkdir -p -- "$1" && { [ "$3" = keep ] || '
-                       'rm -rf -- "$2"; }', staging, remote_path,
-                       "keep" if existing is None else "replace", what="staging")
-        if res.returncode != 0:
+        res = self._sh(PREPARE, remote_path, staging, what="staging")
+        if res.returncode not in (0, 3):
             raise _space_or_permission(res.stderr, f"preparing {staging}") or \
                 TransientError(f"preparing {staging} failed: {res.stderr.strip()[:300]}")
+        if res.returncode == 0 and _parse_listing(res.stdout) == expected and (
+                not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest)):
+            self.run(["rm", "-rf", "--", staging])
+            return False
         large = {e.path for e in manifest.entries
                  if e.kind == "f" and e.size >= self.cfg.large_file_bytes}
+        one_pass = not large and not checksum  # else: verify and rename in later commands
         counter = _Counter(progress, manifest.size_bytes)
         sums: dict[str, str] = {}
-        self._guard(lambda: self._tar_upload(local_dir, staging, manifest, large, counter,
-                                             sums if checksum else None), "uploading")
+        self._guard(lambda: self._tar_upload(
+            local_dir, staging, remote_path, manifest, large, counter,
+            sums if checksum else None, listing_digest(expected) if one_pass else "-"),
+            "uploading")
+        if one_pass:
+            return True
         if large:
             self._guard(lambda: self._sftp_upload(local_dir, staging, sorted(large), counter,
                                                   sums if checksum else None),
                         "uploading large files")
         got = self.listing(staging)
         if got != expected:
-            diff = sorted((expected - (got or set())) | ((got or set()) - expected))[:3]
-            raise TransientError(f"upload to {self.name} did not verify (differs at {diff}); "
-                                 "will upload again")
+            raise TransientError(f"upload to {self.name} did not verify "
+                                 f"({_difference(expected, got)}); will upload again")
         if checksum:
             remote = self.checksums(staging)
             wrong = sorted(p for p, d in sums.items() if remote.get(p) != d)
@@ -279,12 +289,12 @@ class SSHTransport(Transport):
             raise TransientError(f"renaming {staging} failed: {res.stderr.strip()[:300]}")
         return True
 
-    def _tar_upload(self, local_dir: Path, staging: str, manifest: Manifest, skip: set[str],
-                    counter: _Counter, sums: dict | None) -> None:
+    def _tar_upload(self, local_dir: Path, staging: str, target: str, manifest: Manifest,
+                    skip: set[str], counter: _Counter, sums: dict | None, digest: str) -> None:
         client = self.conn.client()
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         chan.settimeout(self.cfg.command_timeout)
-        chan.exec_command(shlex.join(["tar", "--no-same-owner", "-x", "-f", "-", "-C", staging]))
+        chan.exec_command(shlex.join(["sh", "-c", UNPACK, "caseflow", staging, target, digest]))
         writer = _ChannelWriter(chan)
         stream_error: Exception | None = None
         try:
@@ -313,7 +323,7 @@ class SSHTransport(Transport):
             stream_error = exc
         try:
             chan.shutdown_write()
-            _, err = self._drain(chan)
+            out, err = self._drain(chan)
             rc = chan.recv_exit_status()
         except (OSError, EOFError, socket.timeout) as exc:
             raise classify(stream_error or exc, f"uploading to {self.name}") from exc
@@ -327,7 +337,13 @@ class SSHTransport(Transport):
                 raise problem
             if stream_error is not None:
                 raise classify(stream_error, f"uploading to {self.name}")
-            raise TransientError(f"remote tar on {self.name} exited {rc}: {text.strip()[:300]}")
+            if rc == 4:
+                got = _parse_listing(out.decode("utf-8", "surrogateescape"))
+                raise TransientError(f"upload to {self.name} did not verify "
+                                     f"({_difference(manifest.as_set(), got)}); "
+                                     "will upload again")
+            raise TransientError(f"unpacking on {self.name} failed (exit {rc}): "
+                                 f"{text.strip()[:300]}")
 
     def _sftp_upload(self, local_dir: Path, staging: str, paths: list[str], counter: _Counter,
                      sums: dict | None) -> None:
@@ -411,6 +427,30 @@ class SSHTransport(Transport):
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _parse_listing(text: str) -> set[tuple[str, str, int]]:
+    out = set()
+    for item in text.split("\0"):
+        if item:
+            kind, size, rel = item.split(" ", 2)
+            out.add((rel, kind, int(size)))
+    return out
+
+
+def listing_digest(entries) -> str:
+    """SHA-256 of a listing as the remote side computes it (`LC_ALL=C sort -z | sha256sum`)."""
+    lines = sorted(os.fsencode(f"{kind} {size if kind == 'f' else 0} ") + os.fsencode(path)
+                   + b"\0" for path, kind, size in entries)
+    return hashlib.sha256(b"".join(lines)).hexdigest()
+
+
+def _difference(expected, got) -> str:
+    got = got or set()
+    missing = sorted(expected - got)[:3]
+    extra = sorted(got - expected)[:3]
+    return "; ".join(filter(None, [f"missing or different: {missing}" if missing else "",
+                                   f"unexpected: {extra}" if extra else ""])) or "differs"
 
 
 def _check_member(member: tarfile.TarInfo, base: str) -> None:
