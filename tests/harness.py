@@ -199,6 +199,7 @@ class Workspace:
 
     def close(self) -> None:
         self.stop()
+        self.kill_jobs()
         if self._store is not None:
             self._store.close()
             self._store = None

@@ -152,3 +152,5 @@ class Case:
                                     detail=detail)
         log.info("case %s %r: %s -> %s (%s)%s", row.id, row.name, src, dst, trigger,
                  f": {detail}" if detail else "")
+        if self.release:
+            eng.wake()  # a slot is free: cases waiting for one need not wait for the tick

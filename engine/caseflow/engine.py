@@ -54,6 +54,7 @@ class Engine:
         self._last_poll = float("-inf")
         self.wake_event = threading.Event()
         self._host_issue: str | None = None
+        self._tick_started = float("-inf")
         self._steps = {s.name: s for s in self.spec.states if s.step}
 
     # -- ports, created lazily so that read-only commands never connect ------------------
@@ -104,7 +105,7 @@ class Engine:
 
     # -- the tick ----------------------------------------------------------------------
     def tick(self) -> None:
-        now = self.clock()
+        now = self._tick_started = self.clock()
         self.detect(now)
         self.apply_requests()
         due = self.store.due_cases(now, self._steps)
@@ -125,11 +126,16 @@ class Engine:
             self.poll(polled)
 
     def next_wakeup(self) -> float:
-        """Seconds until something is due (at most one tick)."""
+        """Seconds until something is due (at most one tick).
+
+        Cases already due were just tried: they are blocked (no free slot) or in
+        the worker pool. Either way a tick's wait is right for them; a freed slot
+        or a finished step wakes the loop early.
+        """
         now = self.clock()
         wait = self.config.tick_seconds
         states = [s for s, st in self._steps.items() if st.step != POLL]
-        nxt = self.store.next_due(states)
+        nxt = self.store.next_due(states, after=self._tick_started)
         if nxt is not None:
             wait = min(wait, nxt - now)
         if self.store.next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:

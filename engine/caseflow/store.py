@@ -265,14 +265,16 @@ class Store:
             " ORDER BY c.created_at, c.id", (*states, now)).fetchall()
         return [self._case(r) for r in rows]
 
-    def next_due(self, states: Iterable[str]) -> float | None:
-        """The earliest next_attempt_at among cases in `states` (None when there are none)."""
+    def next_due(self, states: Iterable[str], after: float | None = None) -> float | None:
+        """The earliest next_attempt_at among cases in `states` (later than `after`)."""
         states = list(states)
         if not states:
             return None
         marks = ",".join("?" * len(states))
-        return self._conn().execute(f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN"
-                                    f" ({marks})", states).fetchone()[0]
+        return self._conn().execute(
+            f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})"
+            " AND next_attempt_at > ?", (*states, float("-inf") if after is None else after)
+        ).fetchone()[0]
 
     def folders(self) -> list[tuple[str, str | None, str]]:
         """(local_path, inode, state) of every case, for telling new folders from known ones."""

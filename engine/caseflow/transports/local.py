@@ -108,7 +108,10 @@ class LocalTransport(Transport):
             if progress:
                 progress(manifest.size_bytes, manifest.size_bytes)
             return True
-        except OSError as exc:
+        except (OSError, TransientError) as exc:
+            shutil.rmtree(staging, ignore_errors=True)  # never leave a half copy filling the disk
+            if isinstance(exc, TransientError):
+                raise
             raise _os_error(f"upload to {final}", exc) from exc
 
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:

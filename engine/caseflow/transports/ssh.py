@@ -47,7 +47,7 @@ PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3
            + _FIND)
 # stdin = tar stream; $1 = staging, $2 = target, $3 = digest of the expected listing, or "-"
 # to only unpack. Unpacks, verifies the listing against the digest, renames into place.
-UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || exit 10; '
+UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || { rm -rf -- "$1"; exit 10; }; '
           r'[ "$3" = - ] && exit 0; '
           r'got=$(list "$1" | LC_ALL=C sort -z | sha256sum | cut -d" " -f1); '
           r'if [ "$got" != "$3" ]; then list "$1"; exit 4; fi; '
@@ -271,9 +271,13 @@ class SSHTransport(Transport):
         if one_pass:
             return True
         if large:
-            self._guard(lambda: self._sftp_upload(local_dir, staging, sorted(large), counter,
-                                                  sums if checksum else None),
-                        "uploading large files")
+            try:
+                self._guard(lambda: self._sftp_upload(local_dir, staging, sorted(large),
+                                                      counter, sums if checksum else None),
+                            "uploading large files")
+            except PermanentError:
+                self._discard(staging)  # e.g. a full disk: do not leave the half copy there
+                raise
         got = self.listing(staging)
         if got != expected:
             raise TransientError(f"upload to {self.name} did not verify "
@@ -288,6 +292,12 @@ class SSHTransport(Transport):
         if res.returncode != 0:
             raise TransientError(f"renaming {staging} failed: {res.stderr.strip()[:300]}")
         return True
+
+    def _discard(self, path: str) -> None:
+        try:
+            self.run(["rm", "-rf", "--", path])
+        except (TransientError, PermanentError) as exc:
+            log.warning("could not remove %s on %s: %s", path, self.name, exc)
 
     def _tar_upload(self, local_dir: Path, staging: str, target: str, manifest: Manifest,
                     skip: set[str], counter: _Counter, sums: dict | None, digest: str) -> None:

@@ -1,0 +1,40 @@
+Feature: A case's life, from the inbox to its outcome
+  An operator drops a case folder into the inbox. caseflow sends it to the GPU
+  host, runs its job there and records how the job ended. A case that failed
+  can be retried, and a case that runs can be cancelled.
+
+  Background:
+    Given caseflow is running
+
+  Scenario: A case runs to success
+    When the case folder "liver_0001" is dropped into the inbox
+    Then the case "liver_0001" ends in success
+    And the history of "liver_0001" shows detected, stable, queued, gpu_locked, uploaded, running and success
+    And the case "liver_0001" shows no reason
+    And the result of "liver_0001" is in its folder on the GPU host
+    And no GPU slot is held
+
+  Scenario: A job that fails ends the case in failure, with its exit code as the reason
+    When the case folder "liver_0002" whose job exits with code 3 is dropped into the inbox
+    Then the case "liver_0002" ends in failure
+    And the reason given for "liver_0002" is "job exited with code 3"
+    And no GPU slot is held
+
+  Scenario: An operator retries a failed case after fixing it
+    Given the case folder "liver_0003" whose job exits with code 3 was dropped into the inbox
+    And the case "liver_0003" has ended in failure
+    When the operator deletes the file "exit_code" from the inbox folder "liver_0003"
+    And the operator retries "liver_0003"
+    Then the case "liver_0003" ends in success
+    And the case "liver_0003" shows no reason
+    And the case "liver_0003" is on its second run
+    And the result of "liver_0003" is in its folder on the GPU host
+
+  Scenario: An operator cancels a running case
+    Given the case folder "liver_0004" whose job waits to be released was dropped into the inbox
+    And the job of "liver_0004" is running
+    When the operator cancels "liver_0004"
+    Then the job of "liver_0004" is no longer running
+    And the case "liver_0004" ends in failure
+    And the reason given for "liver_0004" is "cancelled"
+    And no GPU slot is held
