@@ -154,8 +154,9 @@ class Relay:
     """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection,
     `refuse()`/`accept()` turn new connections away or let them through again."""
 
-    def __init__(self, target_port: int):
+    def __init__(self, target_port: int, rate: float | None = None):
         self.target = ("127.0.0.1", target_port)
+        self.rate = rate  # bytes per second and direction, per connection (None: unlimited)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -194,11 +195,13 @@ class Relay:
             while True:
                 ready, _, _ = select.select([a, b], [], [], 1.0)
                 for s in ready:
-                    data = s.recv(65536)
+                    data = s.recv(16384 if self.rate else 65536)
                     if not data:
                         raise OSError("closed")
                     (b if s is a else a).sendall(data)
-        except OSError:
+                    if self.rate:
+                        time.sleep(len(data) / self.rate)
+        except (OSError, ValueError):  # ValueError: the other side was closed by cut()
             pass
         finally:
             for s in (a, b):
