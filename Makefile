@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test diagram clean
+.PHONY: run test bench diagram clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,12 @@ run: $(STAMP)
 	$(BIN)/caseflow run -c config/local.yaml
 
 test: $(STAMP)
+	bash .ci/system-deps
 	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	bash .ci/system-deps
+	$(BIN)/python bench/upload_bench.py --json bench/last_run.json
 
 diagram: $(STAMP)
 	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd

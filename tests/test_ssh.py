@@ -197,17 +197,6 @@ def test_the_sample_flow_over_ssh_with_the_direct_runner(ssh_ws):
     assert (Path(row.remote_path) / "output" / "result.txt").exists()
 
 
-def test_odd_names_over_ssh_inject_nothing(ssh_ws, tmp_path):
-    names = ["sp ace", "q'uo\"te", "$(touch CANARY)", "`touch CANARY`", "-dash", "ünï ✓", "a;b|c"]
-    ssh_ws.start()
-    for n in names:
-        ssh_ws.drop_case(n)
-    for n in names:
-        row = ssh_ws.wait_state(n, "success")
-        assert f"CASEFLOW_CASE_NAME={n}" in (Path(row.remote_path) / "job_env.txt").read_text()
-    assert list(tmp_path.rglob("CANARY")) == [] and not Path("/root/CANARY").exists()
-
-
 def test_polling_many_running_cases_is_one_command_per_tick(ssh_ws):
     from caseflow.engine import Engine
     ssh_ws.write_config(groups={"gpu_a": {"slots": 8}}, workers=4)
