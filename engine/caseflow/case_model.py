@@ -27,12 +27,18 @@ def remote_name(row: CaseRow) -> str:
     return f"{row.id}-{slug}"
 
 
-def job_label(row: CaseRow) -> str:
-    return f"caseflow-{row.id}-{row.run}"
+def job_label(row: CaseRow, instance: str) -> str:
+    """Unique per database, case and run: a re-run never adopts an earlier run's job."""
+    return f"caseflow-{instance}-{row.id}-{row.run}"
 
 
-def job_ref(row: CaseRow) -> JobRef:
-    return JobRef(case_id=row.id, task_id=row.task_id or "", label=job_label(row),
+def job_log_path(database: Path, row: CaseRow) -> Path:
+    """Where the job's output of this run is kept, next to the database."""
+    return Path(database).parent / "logs" / f"{row.id}-{row.run}.log"
+
+
+def job_ref(row: CaseRow, instance: str) -> JobRef:
+    return JobRef(case_id=row.id, task_id=row.task_id or "", label=job_label(row, instance),
                   remote_path=row.remote_path or "")
 
 
@@ -118,8 +124,9 @@ class Case:
                                      row.slot_index is not None else None)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
-        job = JobSpec(case_id=row.id, label=job_label(row), remote_path=row.remote_path,
-                      group=row.grp, command=eng.config.backend.command, env=env)
+        job = JobSpec(case_id=row.id, label=job_label(row, eng.instance),
+                      remote_path=row.remote_path, group=row.grp,
+                      command=eng.config.backend.command, env=env)
         task_id = eng.backend.submit(job)
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")
@@ -127,7 +134,7 @@ class Case:
     def kill_job(self, event) -> None:
         row = self.row
         if row.task_id:
-            self.engine.backend.cancel(job_ref(row))
+            self.engine.backend.cancel(job_ref(row, self.engine.instance))
         self.changes["reason"] = "cancelled"
 
     def reset_for_retry(self, event) -> None:

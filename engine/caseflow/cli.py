@@ -18,6 +18,7 @@ from . import __version__
 from .config import config_path_from, load_config
 from .daemon import Daemon, DaemonLock
 from .diagram import FORMATS, render
+from .case_model import job_log_path
 from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
 from .spec import load_spec
@@ -53,6 +54,7 @@ def case_json(row: CaseRow) -> dict:
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "run": row.run, "request": row.request, "file_count": row.file_count,
             "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
+            "queue_status": row.queue_status,
             "size_bytes": row.size_bytes, "next_attempt_at": _iso(row.next_attempt_at),
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
 
@@ -117,6 +119,7 @@ def cmd_status(args) -> int:
         print("no cases")
         return 0
     table = [[str(r.id), printable(r.name), r.state + _progress(r) +
+              (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
               (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", "-" if r.slot_index is None else str(r.slot_index),
               r.task_id or "-", _iso(r.updated_at) or "-",
@@ -133,12 +136,20 @@ def cmd_show(args) -> int:
     history = store.history(row.id)
     if args.json:
         out = case_json(row)
+        log_file = job_log_path(config.database, row)
+        out["job_log"] = str(log_file) if log_file.exists() else None
         out["history"] = [{"from": h.src, "to": h.dst, "trigger": h.trigger, "at": _iso(h.at),
                            "detail": h.detail} for h in history]
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for key, value in case_json(row).items():
         print(f"{key + ':':17} {printable(value if value is None else str(value))}")
+    log_file = job_log_path(config.database, row)
+    if log_file.exists():
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        print(f"\njob log ({log_file}), last {min(10, len(lines))} of {len(lines)} lines:")
+        for line in lines[-10:]:
+            print(f"  {printable(line)}")
     print("\nhistory:")
     print(_table(["AT", "FROM", "TO", "TRIGGER", "DETAIL"],
                  [[_iso(h.at), h.src or "-", h.dst, h.trigger, printable(h.detail)]

@@ -22,7 +22,7 @@ ENV_VAR = "CASEFLOW_CONFIG"
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TRANSPORT_KINDS = ("local", "ssh")
 VERIFY_MODES = ("size", "checksum")
-BACKEND_KINDS = ("direct",)
+BACKEND_KINDS = ("direct", "pueue")
 
 
 @dataclass(frozen=True)
@@ -60,13 +60,15 @@ class TransportConfig:
 class BackendConfig:
     kind: str
     command: tuple[str, ...] | str
+    pueue: str = "pueue"          # the pueue client on the host
+    manage_groups: bool = True    # create the groups and set their parallel tasks to the slots
 
 
 @dataclass(frozen=True)
 class RetryConfig:
     initial_seconds: float = 5.0
     max_seconds: float = 300.0
-    give_up_after_seconds: float = 6 * 3600.0
+    give_up_after_seconds: float = 24 * 3600.0
 
     def delay(self, attempts: int) -> float:
         """Backoff before attempt number `attempts + 1` (exponential, capped)."""
@@ -225,7 +227,7 @@ def load_config(path: Path | str) -> Config:
     retry = RetryConfig(
         initial_seconds=float(rr.get("initial_seconds", number, 5.0, _positive)),
         max_seconds=float(rr.get("max_seconds", number, 300.0, _positive)),
-        give_up_after_seconds=float(rr.get("give_up_after_seconds", number, 21600.0,
+        give_up_after_seconds=float(rr.get("give_up_after_seconds", number, 86400.0,
                                            _positive)))
     rr.finish()
 
@@ -344,5 +346,9 @@ def _read_backend(top: _Reader) -> BackendConfig:
         command = tuple(command)
     elif not command.strip():
         raise br.error("command", "must not be empty")
+    extra = {}
+    if kind == "pueue":
+        extra["pueue"] = br.get("pueue", str, "pueue")
+        extra["manage_groups"] = br.get("manage_groups", bool, True)
     br.finish()
-    return BackendConfig(kind=kind, command=command)
+    return BackendConfig(kind=kind, command=command, **extra)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import casefolder
 from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, make_backend
-from .case_model import Case, job_ref
+from .case_model import Case, job_log_path, job_ref
 from .errors import HostError, PermanentError, StaleCase, TransientError
 from .machine import CaseMachine, MachineError
 from .spec import POLL, MachineSpec, load_spec
@@ -55,6 +55,7 @@ class Engine:
         self.wake_event = threading.Event()
         self._host_issue: str | None = None
         self._tick_started = float("-inf")
+        self.instance = ""
         self._steps = {s.name: s for s in self.spec.states if s.step}
 
     # -- ports, created lazily so that read-only commands never connect ------------------
@@ -74,6 +75,7 @@ class Engine:
     def start(self, workers: bool = True) -> None:
         """Migrate the store, sync the slot pool with the config, reclaim leaked slots."""
         self.store.migrate()
+        self.instance = self.store.instance_id()
         for name, problem, _ in self.store.host_problems():
             if name == self.config.transport.name:
                 self._host_issue = problem
@@ -238,6 +240,10 @@ class Engine:
         delay = self.config.retry.delay(row.attempts + 1)
         updated = self.store.note_transient(row.id, row.state, f"{trigger}: {_short(exc)}", now,
                                             now + delay)
+        limit = getattr(exc, "max_attempts", None)
+        if limit and updated and updated.attempts >= limit:
+            self.fail(row.id, f"{_short(exc)} (after {updated.attempts} attempts)")
+            return
         log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
                     row.name, trigger, row.attempts + 1, delay, _short(exc))
         if updated and updated.failing_since is not None and \
@@ -282,7 +288,7 @@ class Engine:
         if not rows:
             return
         try:
-            answers = self.backend.status([job_ref(r) for r in rows])
+            answers = self.backend.status([job_ref(r, self.instance) for r in rows])
         except TransientError as exc:
             for row in rows:
                 self._transient(row, "poll", exc)
@@ -297,14 +303,34 @@ class Engine:
         self._host_ok()
         for row in rows:
             status = answers.get(row.id)
-            if status is None or status.outcome == RUNNING:
+            if status is None:
                 continue
+            if status.outcome == RUNNING:
+                if status.detail != row.queue_status:
+                    self.store.set_queue_status(row.id, row.state, status.detail)
+                continue
+            self.save_job_log(row)
             if status.outcome == SUCCESS:
                 self.step(row, "complete", detail=status.detail)
             elif status.outcome == FAILURE:
                 self.step(row, "fail", reason=status.detail)
             elif status.outcome == NOT_FOUND:
                 self.step(row, "lose", reason=status.detail)
+
+    def save_job_log(self, row: CaseRow) -> None:
+        """Keep the job's output next to the case's record; a failed job's above all."""
+        try:
+            text = self.backend.job_log(job_ref(row, self.instance))
+        except (TransientError, PermanentError, HostError) as exc:
+            log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
+            return
+        if text is None:
+            return
+        path = job_log_path(self.config.database, row)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8", errors="replace")
+        os.replace(tmp, path)
 
     # -- operator requests ---------------------------------------------------------------
     def apply_requests(self) -> None:

@@ -75,6 +75,14 @@ MIGRATIONS: list[str] = [
         updated  REAL
     );
     """,
+    # v3: this database's instance id (in job labels); what the queue last said of a case
+    """
+    CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    ALTER TABLE cases ADD COLUMN queue_status TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -107,6 +115,7 @@ class CaseRow:
     updated_at: float
     progress_bytes: int | None
     progress_total: int | None
+    queue_status: str | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -294,7 +303,7 @@ class Store:
             raise ValueError(f"not changeable by a transition: {sorted(bad)}")
         changes.setdefault("attempts", 0)
         sets = ["state = ?", "updated_at = ?", "next_attempt_at = ?", "failing_since = NULL",
-                "progress_bytes = NULL", "progress_total = NULL"]
+                "progress_bytes = NULL", "progress_total = NULL", "queue_status = NULL"]
         values: list = [dst, now, now]
         if "last_error" not in changes:
             sets.append("last_error = NULL")
@@ -337,6 +346,23 @@ class Store:
         with self.transaction() as conn:
             conn.execute("UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
                          (next_attempt_at, case_id, state))
+
+    def set_queue_status(self, case_id: int, state: str, text: str | None) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET queue_status = ? WHERE id = ? AND state = ?",
+                         (text, case_id, state))
+
+    def instance_id(self) -> str:
+        """A random id of this database, made once; it keeps job labels of two caseflow
+        installations that share a queue apart."""
+        import secrets
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'instance'").fetchone()
+            if row:
+                return row[0]
+            value = secrets.token_hex(4)
+            conn.execute("INSERT INTO meta (key, value) VALUES ('instance', ?)", (value,))
+            return value
 
     def set_progress(self, case_id: int, sent: int, total: int) -> None:
         with self.transaction() as conn:

@@ -22,6 +22,7 @@ class JobSpec:
     group: str
     command: tuple[str, ...] | str
     env: dict = field(default_factory=dict)
+    priority: int = 0
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,18 @@ class QueueBackend(ABC):
     def cancel(self, job: JobRef) -> None:
         """Stop the job; no error when it has already ended."""
 
+    def job_log(self, job: JobRef) -> str | None:
+        """The job's combined stdout and stderr, or None when it cannot be had."""
+        return None
+
 
 def make_backend(config, transport) -> QueueBackend:
     kind = config.backend.kind
     if kind == "direct":
         from .direct import DirectBackend
         return DirectBackend(transport)
+    if kind == "pueue":
+        from .pueue import PueueBackend
+        return PueueBackend(transport, config.groups, pueue=config.backend.pueue,
+                            manage_groups=config.backend.manage_groups)
     raise ValueError(f"unknown backend kind {kind!r}")

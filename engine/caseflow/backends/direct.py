@@ -119,6 +119,11 @@ class DirectBackend(QueueBackend):
             raise TransientError(f"job status query answered for {len(out)} of {len(jobs)} jobs")
         return out
 
+    def job_log(self, job: JobRef) -> str | None:
+        res = self.transport.run(["tail", "-c", "1000000", "--",
+                                  f"{job.remote_path}/.caseflow/job.log"])
+        return res.stdout if res.returncode == 0 else None
+
     def cancel(self, job: JobRef) -> None:
         if not job.task_id.isdigit():
             return
