@@ -117,3 +117,31 @@ def test_usage_errors_exit_2(ws):
     assert ws.cli("status", "--state", "sleeping").returncode in (1, 2)
     proc = ws.cli("frobnicate")
     assert proc.returncode == 2
+
+
+def test_the_shipped_pueue_example_is_valid(tmp_path):
+    """config/config.yaml, with its host-specific paths pointed at a temp folder, loads."""
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    (tmp_path / "inbox").mkdir()
+    data["inbox"] = str(tmp_path / "inbox")
+    data["database"] = str(tmp_path / "caseflow.db")
+    data["log"]["file"] = str(tmp_path / "caseflow.log")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    assert config.backend.kind == "pueue" and config.transport.kind == "ssh"
+    assert [g.name for g in config.groups] == ["gpu_a", "gpu_big"]
+    assert config.group("gpu_big").devices == ("2,3",)
+    assert config.retry.give_up_after_seconds == 86400
+
+
+def test_the_local_example_is_valid(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "config" / "local.yaml").read_text())
+    (tmp_path / "inbox").mkdir()
+    data.update(inbox=str(tmp_path / "inbox"), database=str(tmp_path / "db"))
+    data["transport"]["root"] = str(tmp_path / "remote")
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load_config(path).backend.kind == "direct"
