@@ -7,13 +7,23 @@ files, and removes remote folders. Adapters raise TransientError or PermanentErr
 
 from __future__ import annotations
 
+import os
 import posixpath
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ..casefolder import Manifest
+
+
+def remove_local(path) -> None:
+    """Remove a local file, link or folder tree."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport
+from . import RunResult, Transport, remove_local
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                      errno.EROFS}
@@ -63,13 +63,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _remove(path: Path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
 
 
 class LocalTransport(Transport):
@@ -130,13 +123,13 @@ class LocalTransport(Transport):
         staging = local_path.parent / f".staging-{local_path.name}"
         try:
             if os.path.lexists(staging):
-                _remove(staging)
+                remove_local(staging)
             if os.path.isdir(remote_path):
                 shutil.copytree(remote_path, staging, symlinks=True)
             else:
                 shutil.copy2(remote_path, staging)
             if os.path.lexists(local_path):
-                _remove(local_path)
+                remove_local(local_path)
             os.rename(staging, local_path)
         except FileNotFoundError as exc:
             raise PermanentError(f"{remote_path} does not exist on {self.name}") from exc

@@ -29,7 +29,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_aft
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport
+from . import RunResult, Transport, remove_local
 from .ssh_connection import Connection, Unreachable, classify
 
 log = logging.getLogger("caseflow.ssh")
@@ -396,13 +396,13 @@ class SSHTransport(Transport):
         parent, base = posixpath.split(remote_path.rstrip("/"))
         self._guard(lambda: self._tar_download(parent, base, staging, remote_path), "downloading")
         if os.path.lexists(local_path):
-            _remove(local_path)
+            remove_local(local_path)
         os.rename(staging / base, local_path)
         staging.rmdir()
 
     def _tar_download(self, parent: str, base: str, staging: Path, remote_path: str) -> None:
         if os.path.lexists(staging):
-            _remove(staging)
+            remove_local(staging)
         staging.mkdir(parents=True)
         client = self.conn.client()
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
@@ -487,11 +487,3 @@ def _local_sums(local_dir: Path, manifest: Manifest) -> dict[str, str]:
                     h.update(chunk)
             out[e.path] = h.hexdigest()
     return out
-
-
-def _remove(path: Path) -> None:
-    import shutil
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    else:
-        os.unlink(path)
