@@ -112,6 +112,8 @@ def cmd_status(args) -> int:
     if not args.json:
         for name, problem, since in store.host_problems():
             print(f"host {name}: work PAUSED since {_iso(since)}: {problem}")
+        for name, notice in store.host_notices():
+            print(f"host {name}: {notice}")
     if args.json:
         print(json.dumps([case_json(r) for r in rows], indent=2, ensure_ascii=False))
         return 0

@@ -56,6 +56,7 @@ class Engine:
         self._host_issue: str | None = None
         self._tick_started = float("-inf")
         self.instance = ""
+        self._notice: str | None = None
         self._steps = {s.name: s for s in self.spec.states if s.step}
 
     # -- ports, created lazily so that read-only commands never connect ------------------
@@ -79,6 +80,9 @@ class Engine:
         for name, problem, _ in self.store.host_problems():
             if name == self.config.transport.name:
                 self._host_issue = problem
+        for name, notice in self.store.host_notices():
+            if name == self.config.transport.name:
+                self._notice = notice
         for line in self.store.sync_slots(self.config.groups):
             log.info("%s", line)
         for slot_id, grp, idx, case_id, state in self.store.reconcile_slots(self.spec.slot_states):
@@ -235,6 +239,11 @@ class Engine:
             self._host_issue = None
             self.store.set_host_problem(self.transport.name, None, self.clock())
 
+    def _note(self, notice: str | None) -> None:
+        if notice != self._notice:
+            self._notice = notice
+            self.store.set_host_notice(self.transport.name, notice, self.clock())
+
     def _transient(self, row: CaseRow, trigger: str, exc: Exception) -> None:
         now = self.clock()
         delay = self.config.retry.delay(row.attempts + 1)
@@ -301,6 +310,7 @@ class Engine:
                 self.fail(row.id, f"the queue's status could not be read: {_short(exc)}")
             return
         self._host_ok()
+        self._note(self.backend.notice())
         for row in rows:
             status = answers.get(row.id)
             if status is None:

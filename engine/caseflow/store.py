@@ -82,6 +82,7 @@ MIGRATIONS: list[str] = [
         value  TEXT NOT NULL
     );
     ALTER TABLE cases ADD COLUMN queue_status TEXT;
+    ALTER TABLE hosts ADD COLUMN notice TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -373,11 +374,24 @@ class Store:
     def set_host_problem(self, name: str, problem: str | None, now: float) -> None:
         with self.transaction() as conn:
             if problem is None:
-                conn.execute("DELETE FROM hosts WHERE name = ?", (name,))
+                conn.execute("UPDATE hosts SET problem = NULL, since = NULL WHERE name = ?",
+                             (name,))
             else:
                 conn.execute("INSERT INTO hosts (name, problem, since, updated) VALUES (?, ?, ?, ?)"
                              " ON CONFLICT (name) DO UPDATE SET problem = excluded.problem,"
                              " updated = excluded.updated", (name, problem, now, now))
+
+    def set_host_notice(self, name: str, notice: str | None, now: float) -> None:
+        """Something about the host a person should know that does not stop caseflow's work
+        (e.g. a paused pueue group)."""
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO hosts (name, notice, updated) VALUES (?, ?, ?)"
+                         " ON CONFLICT (name) DO UPDATE SET notice = excluded.notice,"
+                         " updated = excluded.updated", (name, notice, now))
+
+    def host_notices(self) -> list[tuple[str, str]]:
+        return self._conn().execute("SELECT name, notice FROM hosts WHERE notice IS NOT NULL"
+                                    " ORDER BY name").fetchall()
 
     def host_problems(self) -> list[tuple[str, str, float]]:
         return self._conn().execute("SELECT name, problem, since FROM hosts WHERE problem IS NOT"

@@ -54,6 +54,10 @@ class QueueBackend(ABC):
     def cancel(self, job: JobRef) -> None:
         """Stop the job; no error when it has already ended."""
 
+    def notice(self) -> str | None:
+        """What the queue said last that a person should know (e.g. a paused group)."""
+        return None
+
     def job_log(self, job: JobRef) -> str | None:
         """The job's combined stdout and stderr, or None when it cannot be had."""
         return None

@@ -165,6 +165,13 @@ class PueueBackend(QueueBackend):
             log.info("pueue group %s on %s runs again", name, self.transport.name)
         self.paused_groups = paused
 
+    def notice(self) -> str | None:
+        if not self.paused_groups:
+            return None
+        names = ", ".join(sorted(self.paused_groups))
+        return (f"pueue group(s) {names} PAUSED: queued tasks wait until `pueue start -g NAME` "
+                "(pueue pauses groups with queued tasks when its daemon restarts)")
+
     @staticmethod
     def _find_label(tasks: dict, label: str) -> str | None:
         for tid, task in tasks.items():
