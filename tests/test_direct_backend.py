@@ -51,6 +51,20 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(entry.name))
+    return out
+
+
 def _wait_outcome(backend, ref, outcome):
     return wait_for(lambda: (s := backend.status([ref])[ref.case_id]).outcome == outcome and s,
                     what=f"job to be {outcome}")
@@ -89,10 +103,13 @@ def test_submit_twice_starts_one_job(backend, tmp_path):
 
 
 def test_running_then_cancelled(backend, tmp_path):
-    job = _job(tmp_path, "long", "sleep 300")
+    job = _job(tmp_path, "long", "sleep 300; sleep 300")  # the job's own children too
     ref = _ref(job, backend.submit(job))
     assert backend.status([ref])[1].outcome == RUNNING
+    wait_for(lambda: len(_group_members(int(ref.task_id))) >= 2, what="the job's processes")
     backend.cancel(ref)
+    wait_for(lambda: _group_members(int(ref.task_id)) == [],
+             what="every process of the job to end")
     status = wait_for(lambda: (s := backend.status([ref])[1]).outcome != RUNNING and s)
     assert status.outcome in (FAILURE, NOT_FOUND)
     assert not _alive(int(ref.task_id))

@@ -65,7 +65,7 @@ kill -0 "$pid" 2>/dev/null || exit 0
 if [ -r "/proc/$pid/cmdline" ]; then
   tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q "caseflow-job" || exit 0
 fi
-kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
+kill -s TERM -- "-$pid" 2>/dev/null || kill -s TERM "$pid" 2>/dev/null
 exit 0
 """
 
