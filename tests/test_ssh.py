@@ -251,3 +251,24 @@ def test_check_reports_an_unknown_host_key(ssh_ws, tmp_path):
     proc = ssh_ws.cli("check")
     assert proc.returncode == 1
     assert "FAIL  cannot connect" in proc.stdout and "is not in" in proc.stdout
+
+
+def test_keys_from_an_ssh_agent(sshd, tmp_path, monkeypatch):
+    import subprocess
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        wait_for(sock.exists, what="ssh-agent to listen")
+        env = {**os.environ, "SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(sshd.client_key)], env=env, check=True,
+                       stderr=subprocess.DEVNULL)
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        monkeypatch.setenv("HOME", str(tmp_path))  # no default key files to fall back on
+        settings = transport_settings(sshd, tmp_path)
+        del settings["identity_file"]
+        t = SSHTransport(TransportConfig(**settings))
+        assert t.run(["echo", "agent"]).stdout == "agent\n"
+        t.close()
+    finally:
+        agent.terminate()
+        agent.wait()

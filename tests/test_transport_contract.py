@@ -136,3 +136,20 @@ def test_a_full_remote_disk_is_a_permanent_error_naming_it(transport, case, tmp_
     finally:
         os.system(f"umount {small}")
     shutil.rmtree(small)
+
+
+def test_download_only_what_matches(transport, case, tmp_path):
+    m = casefolder.scan(case)
+    target = transport.path("13-case")
+    transport.upload_dir(case, target, m)
+    (Path(target) / "output" / "sub").mkdir(parents=True)
+    (Path(target) / "output" / "sub" / "r.txt").write_text("r")
+    (Path(target) / "run.log").write_text("log")
+    dest = tmp_path / "results"
+    dest.mkdir()
+    transport.download(target, dest / "r", patterns=["output/*", "*.log", "nested/with space"])
+    got = sorted(str(p.relative_to(dest / "r")) for p in (dest / "r").rglob("*") if p.is_file())
+    assert got == ["nested/with space", "output/sub/r.txt", "run.log"]
+    transport.download(target, dest / "none", patterns=["nothing-*"])
+    assert list((dest / "none").iterdir()) == []
+    assert sorted(p.name for p in dest.iterdir()) == ["none", "r"]

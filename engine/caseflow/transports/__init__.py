@@ -58,9 +58,14 @@ class Transport(ABC):
         """Run a command on the host; `argv` is quoted by the adapter as needed."""
 
     @abstractmethod
-    def download(self, remote_path: str, local_path: Path) -> None:
+    def download(self, remote_path: str, local_path: Path,
+                 patterns: Sequence[str] | None = None) -> None:
         """Copy a remote file or folder to `local_path`, atomically (staging, then rename).
 
+        With `patterns`, `remote_path` is a folder and only its files (and links) whose
+        path relative to it matches one of the patterns are copied, keeping their
+        relative paths. Patterns are shell-style, matched like `find -path`: `*`
+        also matches `/` (`output/*` is everything under output/, `*.log` any log).
         An existing `local_path` is replaced only once the new copy is complete.
         """
 

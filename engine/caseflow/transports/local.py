@@ -7,6 +7,7 @@ the contract tests hold the others to.
 from __future__ import annotations
 
 import errno
+import fnmatch
 import hashlib
 import os
 import shutil
@@ -55,6 +56,20 @@ def local_manifest(path: Path) -> set[tuple[str, str, int]]:
             else:
                 out.add((rel, "f", st.st_size))
     return out
+
+
+def _copy_matching(src: Path, dest: Path, patterns: Sequence[str]) -> None:
+    if not src.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such folder", str(src))
+    dest.mkdir(parents=True)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, src)
+            if any(fnmatch.fnmatchcase(f"./{rel}", f"./{p}") for p in patterns):
+                target = dest / rel
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(full, target, follow_symlinks=False)
 
 
 def _sha256(path: Path) -> str:
@@ -118,13 +133,16 @@ class LocalTransport(Transport):
         return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
                          proc.stderr.decode("utf-8", "replace"))
 
-    def download(self, remote_path: str, local_path: Path) -> None:
+    def download(self, remote_path: str, local_path: Path,
+                 patterns: Sequence[str] | None = None) -> None:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         try:
             if os.path.lexists(staging):
                 remove_local(staging)
-            if os.path.isdir(remote_path):
+            if patterns is not None:
+                _copy_matching(Path(remote_path), staging, patterns)
+            elif os.path.isdir(remote_path):
                 shutil.copytree(remote_path, staging, symlinks=True)
             else:
                 shutil.copy2(remote_path, staging)

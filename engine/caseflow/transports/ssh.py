@@ -390,24 +390,38 @@ class SSHTransport(Transport):
             sftp.close()
 
     # -- download ----------------------------------------------------------------------------
-    def download(self, remote_path: str, local_path: Path) -> None:
+    def download(self, remote_path: str, local_path: Path,
+                 patterns: Sequence[str] | None = None) -> None:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
-        self._guard(lambda: self._tar_download(parent, base, staging, remote_path), "downloading")
+        if patterns is None:
+            argv = ["tar", "-c", "-f", "-", "-C", parent, "--", base]
+        else:  # find matches (no shell sees the patterns), tar packs the list it gets
+            expr = ["("]
+            for i, pattern in enumerate(patterns):
+                expr += (["-o"] if i else []) + ["-path", f"./{base}/{pattern}"]
+            expr += [")", "(", "-type", "f", "-o", "-type", "l", ")"]
+            argv = ["sh", "-c", 'cd -- "$1" || exit 2; shift; [ -d "$1" ] || exit 2; '
+                    'find "$@" -print0 | tar --null --no-recursion -c -f - -T -',
+                    "caseflow", parent, f"./{base}", *expr]
+        self._guard(lambda: self._tar_download(argv, base, staging, remote_path), "downloading")
         if os.path.lexists(local_path):
             remove_local(local_path)
-        os.rename(staging / base, local_path)
+        fetched = staging / base
+        if patterns is not None and not fetched.exists():
+            fetched.mkdir()  # nothing matched: an empty folder
+        os.rename(fetched, local_path)
         staging.rmdir()
 
-    def _tar_download(self, parent: str, base: str, staging: Path, remote_path: str) -> None:
+    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str) -> None:
         if os.path.lexists(staging):
             remove_local(staging)
         staging.mkdir(parents=True)
         client = self.conn.client()
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         chan.settimeout(self.cfg.command_timeout)
-        chan.exec_command(shlex.join(["tar", "-c", "-f", "-", "-C", parent, "--", base]))
+        chan.exec_command(shlex.join(argv))
         try:
             reader = chan.makefile("rb")
             with tarfile.open(fileobj=reader, mode="r|") as tar:
@@ -425,7 +439,7 @@ class SSHTransport(Transport):
             chan.close()
         self.commands += 1
         if rc != 0:
-            if "No such file" in err or "Cannot stat" in err:
+            if "No such file" in err or "Cannot stat" in err or rc == 2:
                 raise PermanentError(f"{remote_path} does not exist on {self.name}")
             raise TransientError(f"remote tar on {self.name} exited {rc}: {err.strip()[:300]}")
 
@@ -465,7 +479,8 @@ def _difference(expected, got) -> str:
 
 def _check_member(member: tarfile.TarInfo, base: str) -> None:
     """Refuse anything that would land outside the download folder."""
-    name = member.name
+    name = member.name[2:] if member.name.startswith("./") else member.name
+    member.name = name
     parts = name.split("/")
     if name.startswith("/") or ".." in parts or parts[0] != base:
         raise PermanentError(f"refusing to extract {name!r}: outside {base!r}")
