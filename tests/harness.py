@@ -26,6 +26,7 @@ DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 #   hold       wait until <ctl>/release-<content of hold> exists
 #   exit_code  exit with this code
 JOB = r"""
+echo "job of case $CASEFLOW_CASE_ID started"
 env | grep '^CASEFLOW_\|^CUDA_VISIBLE_DEVICES' | sort > job_env.txt
 if [ -e hold ]; then
   while [ ! -e "{ctl}/release-$(cat hold)" ]; do sleep 0.05; done
