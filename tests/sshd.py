@@ -64,6 +64,8 @@ class SSHServer:
         self.known_hosts = self.root / "known_hosts"
         self.bin = self.root / "bin"  # first on the PATH of remote sessions (emulators)
         self.bin.mkdir(exist_ok=True)
+        self.home = self.root / "home"  # HOME of remote sessions
+        self.home.mkdir(exist_ok=True)
         self.proc: subprocess.Popen | None = None
         if not self.host_key.exists():
             _keygen(self.host_key)
@@ -106,7 +108,11 @@ class SSHServer:
             "PrintLastLog no",
             "UseDNS no",
             "Subsystem sftp internal-sftp",
-            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin",
+            # Sessions get a HOME of their own: bash sources ~/.bashrc for commands sent over
+            # SSH, and this machine's root .bashrc runs `pyenv init`, whose `pyenv rehash` waits
+            # up to 60 s on a lock that a killed session can leave behind. A test host has
+            # plain shell start-up, as a GPU host would.
+            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin HOME={self.home}",
             "",
         ])
 

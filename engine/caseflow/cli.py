@@ -52,6 +52,7 @@ def case_json(row: CaseRow) -> dict:
             "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
             "host": row.host, "remote_path": row.remote_path, "local_path": row.local_path,
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
+            "failing_since": _iso(row.failing_since),
             "run": row.run, "request": row.request, "file_count": row.file_count,
             "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
             "queue_status": row.queue_status,
@@ -125,7 +126,8 @@ def cmd_status(args) -> int:
               (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", "-" if r.slot_index is None else str(r.slot_index),
               r.task_id or "-", _iso(r.updated_at) or "-",
-              printable(r.reason or (f"retrying ({r.attempts}): {r.last_error}"
+              printable(r.reason or (f"retrying since {_iso(r.failing_since)} "
+                                     f"({r.attempts} attempts): {r.last_error}"
                                      if r.last_error else None))]
              for r in rows]
     print(_table(["ID", "NAME", "STATE", "GROUP", "SLOT", "TASK", "UPDATED", "REASON"], table))

@@ -166,20 +166,29 @@ class Connection:
 
     def _open(self) -> paramiko.SSHClient:
         ep, cfg = self.endpoint, self.cfg
-        sock = None
         if ep.proxy_jump:
             self._jump = self._connect_jump(ep.proxy_jump)
             sock = self._jump.get_transport().open_channel(
                 "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0),
                 timeout=cfg.connect_timeout)
+        else:
+            sock = socket.create_connection((ep.hostname, ep.port), timeout=cfg.connect_timeout)
+            # many small request/reply packets (channel opens, status polls): without
+            # TCP_NODELAY each waits ~40 ms for the peer's delayed ACK
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = self._new_client(ep.known_hosts)
         self.connects += 1
-        client.connect(ep.hostname, ep.port, username=ep.user,
-                       key_filename=list(ep.identity_files) or None,
-                       look_for_keys=not ep.identity_files, allow_agent=True,
-                       timeout=cfg.connect_timeout, banner_timeout=cfg.connect_timeout,
-                       auth_timeout=cfg.connect_timeout, channel_timeout=cfg.connect_timeout,
-                       sock=sock, transport_factory=_GcmFirstTransport)
+        try:
+            client.connect(ep.hostname, ep.port, username=ep.user,
+                           key_filename=list(ep.identity_files) or None,
+                           look_for_keys=not ep.identity_files, allow_agent=True,
+                           timeout=cfg.connect_timeout, banner_timeout=cfg.connect_timeout,
+                           auth_timeout=cfg.connect_timeout, channel_timeout=cfg.connect_timeout,
+                           sock=sock, transport_factory=_GcmFirstTransport)
+        except BaseException:
+            client.close()
+            sock.close()
+            raise
         transport = client.get_transport()
         if cfg.keepalive_seconds:
             transport.set_keepalive(int(max(1, cfg.keepalive_seconds)))
