@@ -17,7 +17,7 @@ from sshd import SSHServer, transport_settings
 
 VERSIONS = ["3.4.1", "4.0.4"]
 GROUPS = (GroupConfig("gpu_a", 2), GroupConfig("gpu_b", 1))
-SHARED = Path("/work/shared/pueue")
+SHARED = Path(__file__).resolve().parent / "data" / "pueue"  # pueue's own state files
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The pueue emulator (tests/emulators/pueue) against its specification, /work/shared/pueue/FORMAT.md.
+"""The pueue emulator (tests/emulators/pueue) against its specification, shared/pueue/FORMAT.md.
 
 The emulator runs as a real executable: directly (a subprocess with the emulator's `bin` first
 on PATH) and through the tests' real OpenSSH server (its `bin` is first on the remote PATH).
@@ -20,10 +20,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
+from harness import wait_for
 from pueue_emulator import install, read_state, state_path, stop_tasks
 from sshd import SSHServer
 
-SHARED = Path(os.environ.get("CASEFLOW_SHARED", "/work/shared")) / "pueue"
+SHARED = Path(__file__).resolve().parent / "data" / "pueue"  # pueue's own state files
 V4_STATE = SHARED / "v4.0.0_state.json"
 V2_STATE = SHARED / "v2.0.0_state.json"
 DEADLINE = 60.0
@@ -35,17 +36,6 @@ FIELDS_4 = ["id", "created_at", "original_command", "command", "path", "envs", "
             "dependencies", "priority", "label", "status"]
 FIELDS_3 = ["id", "created_at", "enqueued_at", "original_command", "command", "path", "envs",
             "group", "dependencies", "priority", "label", "status", "prev_status", "start", "end"]
-
-
-def wait_for(predicate, what: str, timeout: float = DEADLINE):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def process_alive(pid: int) -> bool:
@@ -131,10 +121,10 @@ class Emu:
         def check():
             task = self.status()["tasks"].get(str(task_id))
             return task if task is not None and kind(task) in kinds else None
-        return wait_for(check, f"task {task_id} to be {kinds}")
+        return wait_for(check, what=f"task {task_id} to be {kinds}")
 
     def wait_file(self, path: Path) -> None:
-        wait_for(path.exists, f"{path} to exist")
+        wait_for(path.exists, what=f"{path} to exist")
 
 
 @pytest.fixture(params=VERSIONS)
@@ -412,13 +402,13 @@ def test_kill_ends_as_killed_and_kills_the_processes(emu):
     pid_file = emu.ctl / "pid"
     task_id = emu.add("--", f"sleep 300 & echo $! > {q(pid_file)}; wait")
     emu.wait_file(pid_file)
-    pid = int(wait_for(lambda: pid_file.read_text().strip(), "the pid"))
+    pid = int(wait_for(lambda: pid_file.read_text().strip(), what="the pid"))
     queued = emu.add("--", "true")
     assert kind(emu.task(queued)) == "Queued"
     assert emu.ok("kill", str(task_id)) == f"Tasks are being killed: {task_id}\n"
     task = emu.task(task_id)
     assert result(task) == "Killed"
-    wait_for(lambda: not process_alive(pid), "the task's processes to die")
+    wait_for(lambda: not process_alive(pid), what="the task's processes to die")
     assert result(emu.wait_kind(queued, "Done")) == "Success"  # the slot was freed
     # Nothing running among the ids: a failure, on the version's stream.
     assert emu.failure_text(emu.run("kill", str(task_id), "99")) == \
@@ -449,7 +439,7 @@ def test_pause_and_start_a_group_stop_and_resume_its_running_tasks(emu):
         assert list(task["status"]["Paused"]) == ["enqueued_at", "start"]
     else:
         assert task["status"] == "Paused"
-    wait_for(lambda: process_state(pid) == "T", "the task to be stopped")
+    wait_for(lambda: process_state(pid) == "T", what="the task to be stopped")
     assert emu.ok("start") == 'Group "default" is being resumed.\n'
     assert kind(emu.task(task_id)) == "Running"
     (emu.ctl / "go-p").touch()
@@ -658,7 +648,7 @@ def test_restart_kills_running_tasks_and_pauses_groups_with_queued_tasks(emu):
     assert emu.ok("_emulator", "restart") == ""
     state = emu.status()
     assert result(state["tasks"][str(running)]) == "Killed"
-    wait_for(lambda: not process_alive(pid), "the killed task's process to die")
+    wait_for(lambda: not process_alive(pid), what="the killed task's process to die")
     assert kind(state["tasks"][str(queued)]) == "Queued"
     assert kind(state["tasks"][str(stashed)]) == "Stashed"
     assert result(state["tasks"][str(done)]) == "Success"
@@ -698,7 +688,7 @@ def test_wipe_starts_the_daemon_empty(emu):
     emu.ok("_emulator", "wipe")
     assert emu.ok("status", "--json") == \
         '{"tasks":{},"groups":{"default":{"status":"Running","parallel_tasks":1}}}\n'
-    wait_for(lambda: not process_alive(pid), "the wiped task's process to die")
+    wait_for(lambda: not process_alive(pid), what="the wiped task's process to die")
     assert emu.add("-s", "--", "true") == 0
 
 
@@ -811,7 +801,7 @@ def test_over_ssh_tasks_outlive_the_session_and_report_back(remote_host, tmp_pat
     r.close()
     server.kill_sessions()  # every sshd session process is gone; the task is not
     pid = int(wait_for(lambda: (work / "pid").exists() and (work / "pid").read_text().strip(),
-                       "the remote task's pid"))
+                       what="the remote task's pid"))
     assert process_alive(pid)
     r = Remote(server)
     rc, out, _ = r.run("pueue status --json")
@@ -820,7 +810,7 @@ def test_over_ssh_tasks_outlive_the_session_and_report_back(remote_host, tmp_pat
     assert task["path"] == str(work.resolve())
     assert f"{server.bin}:" in task["envs"]["PATH"]  # the remote session's environment
     assert r.run("pueue kill 0") == (0, "Tasks are being killed: 0\n", "")
-    wait_for(lambda: not process_alive(pid), "the killed remote task to die")
+    wait_for(lambda: not process_alive(pid), what="the killed remote task to die")
     rc, out, _ = r.run(f"cd {q(work)} && pueue add -p -- 'exit 3'")
     task_id = int(out)
 
@@ -828,7 +818,7 @@ def test_over_ssh_tasks_outlive_the_session_and_report_back(remote_host, tmp_pat
         _, text, _ = r.run("pueue status --json")
         task = json.loads(text)["tasks"][str(task_id)]
         return task if kind(task) == "Done" else None
-    assert result(wait_for(finished, "the remote task to finish")) == {"Failed": 3}
+    assert result(wait_for(finished, what="the remote task to finish")) == {"Failed": 3}
     rc, out, err = r.run("pueue add -g nope -- true")
     message = "Group nope doesn't exists. Use one of these: [\"default\"]\n"
     assert (rc, out, err) == ((1, "", message) if version.startswith("4") else (1, message, ""))
