@@ -153,3 +153,17 @@ def test_download_only_what_matches(transport, case, tmp_path):
     transport.download(target, dest / "none", patterns=["nothing-*"])
     assert list((dest / "none").iterdir()) == []
     assert sorted(p.name for p in dest.iterdir()) == ["none", "r"]
+
+
+@pytest.mark.parametrize("size", [65_536, 500_000, 3_000_000])
+@pytest.mark.parametrize("stderr", [0, 300_000])
+def test_large_outputs_arrive_whole(transport, size, stderr):
+    # sshd may send the exit status while output is still held back by flow control
+    script = (f'import sys; sys.stderr.write("e" * {stderr}); '
+              f'sys.stdout.write("".join(chr(97 + i % 26) for i in range({size})))')
+    for _ in range(3):
+        res = transport.run(["python3", "-c", script])
+        assert res.returncode == 0
+        assert len(res.stdout) == size and res.stdout[-3:] == "".join(
+            chr(97 + i % 26) for i in range(size - 3, size))
+        assert res.stderr == "e" * stderr

@@ -202,7 +202,7 @@ class SSHTransport(Transport):
             chan.settimeout(timeout or self.cfg.command_timeout)
             chan.exec_command(command)
             chan.shutdown_write()
-            out, err = self._drain(chan)
+            out, err = self._drain(chan, timeout)
             rc = chan.recv_exit_status()
         except socket.timeout as exc:
             raise TransientError(f"a command on {self.name} did not finish within "
@@ -212,27 +212,29 @@ class SSHTransport(Transport):
         self.commands += 1
         return RunResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
-    @staticmethod
-    def _drain(chan) -> tuple[bytes, bytes]:
+    def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """All of stdout and stderr, until the channel's EOF.
+
+        Not until the exit status: sshd may send it while output is still held back by
+        the flow-control window, so stopping there loses the end of large outputs.
+        Short waits keep stderr drained, so a chatty stderr cannot stall stdout.
+        """
+        deadline = time.monotonic() + (timeout or self.cfg.command_timeout)
         out, err = bytearray(), bytearray()
-        while True:
-            got = False
-            if chan.recv_ready():
-                out += chan.recv(65536)
-                got = True
-            if chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-                got = True
-            if not got:
-                if chan.exit_status_ready() and not chan.recv_ready() and \
-                        not chan.recv_stderr_ready():
-                    break
-                data = chan.recv(65536)  # blocks up to the channel timeout
+        chan.settimeout(0.2)
+        for stream, recv in ((out, chan.recv), (err, chan.recv_stderr)):
+            while True:
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                try:
+                    data = recv(65536)
+                except socket.timeout:
+                    if time.monotonic() > deadline:
+                        raise
+                    continue
                 if not data:
-                    while chan.recv_stderr_ready():
-                        err += chan.recv_stderr(65536)
                     break
-                out += data
+                stream += data
         return bytes(out), bytes(err)
 
     def _sh(self, script: str, *args: str, what: str) -> RunResult:
