@@ -828,8 +828,7 @@ def test_over_ssh_tasks_outlive_the_session_and_report_back(remote_host, tmp_pat
 def test_over_ssh_with_the_openssh_client(remote_host):
     server, version, state = remote_host
     ssh = shutil.which("ssh")
-    if ssh is None:
-        pytest.skip("no OpenSSH client")
+    assert ssh is not None, "the OpenSSH client is missing (.ci/system-deps installs it)"
     base = [ssh, "-p", str(server.port), "-i", str(server.client_key),
             "-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
             "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "ConnectTimeout=30",
