@@ -206,3 +206,26 @@ def test_each_transition_is_one_log_line_with_id_and_name(ws, make_engine, caplo
     mine = [l for l in lines if l.startswith(f"case {cid} 'logged': ")]
     assert len(mine) == 6  # stabilize, enqueue, lock_gpu, upload, submit, complete
     assert mine[-1].startswith(f"case {cid} 'logged': running -> success (complete)")
+
+
+def test_higher_priority_takes_a_free_slot_first_then_the_oldest(ws, make_engine):
+    engine, clock = make_engine(workers=False)
+    ws.drop_case("holder", group="gpu_b", hold="h")
+    run_until(engine, clock, lambda: state_of(ws, "holder") == "running")
+    ws.drop_case("old-low", files={"x": "1", "case.yaml": "group: gpu_b\n"})
+    run_until(engine, clock, lambda: state_of(ws, "old-low") == "queued")
+    ws.drop_case("new-high", files={"x": "1", "case.yaml": "group: gpu_b\npriority: 5\n"})
+    ws.drop_case("new-low", files={"x": "1", "case.yaml": "group: gpu_b\n"})
+    run_until(engine, clock, lambda: state_of(ws, "new-high") == "queued"
+              and state_of(ws, "new-low") == "queued")
+    assert ws.case("new-high").priority == 5
+    ws.release("h")
+    order = []
+
+    def next_locked():
+        for name in ("old-low", "new-high", "new-low"):
+            if name not in order and state_of(ws, name) not in ("queued",):
+                order.append(name)
+        return len(order) == 3
+    run_until(engine, clock, next_locked, step=0.5)
+    assert order == ["new-high", "old-low", "new-low"]

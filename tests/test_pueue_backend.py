@@ -192,3 +192,13 @@ def test_real_pueue_state_files_parse(tmp_path, version, state_file):
     data = parse_status(emulator(state, "status", "--json").stdout)
     outcomes = [task_outcome(t).outcome for t in data["tasks"].values()]
     assert outcomes and set(outcomes) <= {RUNNING, SUCCESS, FAILURE}
+
+
+def test_priority_is_passed_to_pueue(pueue, tmp_path):
+    folder = tmp_path / "prio"
+    folder.mkdir()
+    spec = JobSpec(case_id=60, label="caseflow-t-60-1", remote_path=str(folder), group="gpu_a",
+                   command="true", priority=5)
+    task = pueue.submit(spec)
+    tasks = json.loads(emulator(pueue.state, "status", "--json").stdout)["tasks"]
+    assert tasks[task]["priority"] == 5

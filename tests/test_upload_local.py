@@ -56,6 +56,8 @@ def test_empty_and_missing_folders(tmp_path):
     ("group: [1]\n", "expected a group name"),
     ("colour: red\n", "unknown key 'colour'"),
     ("- a list\n", "expected a mapping"),
+    ("priority: high\n", "priority: expected a whole number"),
+    ("priority: 5000\n", "priority: expected a whole number"),
     ("group: [unclosed\n", "not valid YAML"),
 ])
 def test_case_file_mistakes(tmp_path, text, words):
@@ -65,9 +67,11 @@ def test_case_file_mistakes(tmp_path, text, words):
 
 
 def test_case_file_group(tmp_path):
-    assert casefolder.read_case_file(tmp_path, ["gpu_a"], "gpu_a") == {"group": "gpu_a"}
-    (tmp_path / "case.yaml").write_text("group: gpu_b\n")
-    assert casefolder.read_case_file(tmp_path, ["gpu_a", "gpu_b"], "gpu_a") == {"group": "gpu_b"}
+    assert casefolder.read_case_file(tmp_path, ["gpu_a"], "gpu_a") == {"group": "gpu_a",
+                                                                       "priority": 0}
+    (tmp_path / "case.yaml").write_text("group: gpu_b\npriority: 7\n")
+    assert casefolder.read_case_file(tmp_path, ["gpu_a", "gpu_b"], "gpu_a") == {
+        "group": "gpu_b", "priority": 7}
 
 
 def test_upload_is_staged_verified_and_idempotent(case, tmp_path):

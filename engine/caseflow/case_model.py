@@ -93,8 +93,8 @@ class Case:
         manifest = casefolder.scan(path)
         settings = casefolder.read_case_file(path, [g.name for g in eng.config.groups],
                                              eng.config.default_group)
-        self.changes.update(grp=settings["group"], file_count=manifest.file_count,
-                            size_bytes=manifest.size_bytes)
+        self.changes.update(grp=settings["group"], priority=settings["priority"],
+                            file_count=manifest.file_count, size_bytes=manifest.size_bytes)
 
     def upload_case(self, event) -> None:
         eng, row = self.engine, self.row
@@ -126,7 +126,7 @@ class Case:
             env["CUDA_VISIBLE_DEVICES"] = device
         job = JobSpec(case_id=row.id, label=job_label(row, eng.instance),
                       remote_path=row.remote_path, group=row.grp,
-                      command=eng.config.backend.command, env=env)
+                      command=eng.config.backend.command, env=env, priority=row.priority)
         task_id = eng.backend.submit(job)
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")

@@ -18,7 +18,7 @@ from .errors import PermanentError
 
 CASE_FILE = "case.yaml"
 RESERVED = ".caseflow"  # the job's bookkeeping folder on the remote side
-CASE_KEYS = {"group"}
+CASE_KEYS = {"group", "priority"}
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ def scan(folder: Path) -> Manifest:
 
 
 def read_case_file(folder: Path, known_groups: list[str], default_group: str) -> dict:
-    """The settings in the case's optional case.yaml, checked; returns {"group": ...}."""
+    """The settings in the case's optional case.yaml, checked: {"group": ..., "priority": ...}."""
     path = Path(folder) / CASE_FILE
-    settings = {"group": default_group}
+    settings = {"group": default_group, "priority": 0}
     if not path.exists():
         return settings
     try:
@@ -123,6 +123,12 @@ def read_case_file(folder: Path, known_groups: list[str], default_group: str) ->
         raise PermanentError(f"{CASE_FILE}: unknown group {group!r}; "
                              f"configured groups: {', '.join(known_groups)}")
     settings["group"] = group
+    priority = data.get("priority", 0)
+    if isinstance(priority, bool) or not isinstance(priority, int) or \
+            not -1000 <= priority <= 1000:
+        raise PermanentError(f"{CASE_FILE}: priority: expected a whole number from -1000 to "
+                             f"1000, got {priority!r}")
+    settings["priority"] = priority
     return settings
 
 

@@ -84,12 +84,16 @@ MIGRATIONS: list[str] = [
     ALTER TABLE cases ADD COLUMN queue_status TEXT;
     ALTER TABLE hosts ADD COLUMN notice TEXT;
     """,
+    # v4: priority from case.yaml (higher takes a free slot first)
+    """
+    ALTER TABLE cases ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # columns a transition may change besides the state
 CHANGEABLE = {"grp", "host", "remote_path", "task_id", "reason", "last_error", "file_count",
-              "size_bytes", "request", "attempts", "run"}
+              "size_bytes", "request", "attempts", "run", "priority"}
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,7 @@ class CaseRow:
     progress_bytes: int | None
     progress_total: int | None
     queue_status: str | None
+    priority: int
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -272,7 +277,7 @@ class Store:
         marks = ",".join("?" * len(states))
         rows = self._conn().execute(
             _CASE_SELECT + f" WHERE c.state IN ({marks}) AND c.next_attempt_at <= ?"
-            " ORDER BY c.created_at, c.id", (*states, now)).fetchall()
+            " ORDER BY c.priority DESC, c.created_at, c.id", (*states, now)).fetchall()
         return [self._case(r) for r in rows]
 
     def next_due(self, states: Iterable[str], after: float | None = None) -> float | None:

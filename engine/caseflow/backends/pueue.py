@@ -189,7 +189,7 @@ class PueueBackend(QueueBackend):
             return adopted
         command = job.command if isinstance(job.command, str) else shlex.join(job.command)
         args = ["add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
-        if getattr(job, "priority", 0):
+        if job.priority:
             args += ["-o", str(job.priority)]
         res = self._run(*args, "--", command, env=job.env)
         task_id = res.stdout.strip()
