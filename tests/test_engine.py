@@ -146,12 +146,18 @@ def test_an_unexpected_error_is_shown_on_the_case(ws, make_engine):
     assert ws.case("bug").reason.startswith("internal error during upload: division by zero")
 
 
-def test_a_slow_upload_does_not_hold_up_other_cases(ws, make_engine):
+def upload_held(ws, make_engine, name):
+    """A case whose upload has started in the worker pool and hangs until `gate` is set."""
     gate = threading.Event()
-    t = FlakyTransport(str(ws.remote), block={"slow": gate})
+    t = FlakyTransport(str(ws.remote), block={name: gate})
     engine, clock = make_engine(transport=t, workers=True)
-    ws.drop_case("slow")
-    run_until(engine, clock, lambda: "slow" in t.uploads, step=0.5)
+    ws.drop_case(name)
+    run_until(engine, clock, lambda: name in t.uploads, step=0.5)
+    return gate, engine, clock
+
+
+def test_a_slow_upload_does_not_hold_up_other_cases(ws, make_engine):
+    gate, engine, clock = upload_held(ws, make_engine, "slow")
     ws.drop_case("fast")
     try:
         run_until(engine, clock, lambda: state_of(ws, "fast") == "success", step=0.5,
@@ -163,11 +169,7 @@ def test_a_slow_upload_does_not_hold_up_other_cases(ws, make_engine):
 
 
 def test_a_cancel_waits_for_the_step_in_flight(ws, make_engine):
-    gate = threading.Event()
-    t = FlakyTransport(str(ws.remote), block={"busy": gate})
-    engine, clock = make_engine(transport=t, workers=True)
-    ws.drop_case("busy")
-    run_until(engine, clock, lambda: "busy" in t.uploads, step=0.5)
+    gate, engine, clock = upload_held(ws, make_engine, "busy")
     ws.store.set_request(ws.case("busy").id, "cancel")
     clock.advance(1)
     engine.tick()
