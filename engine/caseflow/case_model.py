@@ -9,12 +9,13 @@ in one transaction guarded by the state the case was loaded in.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from pathlib import Path
 
 from . import casefolder
-from .backends import JobRef, JobSpec
+from .backends import NOT_FOUND, JobRef, JobSpec
 from .errors import PermanentError
 from .store import CaseRow
 
@@ -35,6 +36,26 @@ def job_label(row: CaseRow, instance: str) -> str:
 def job_log_path(database: Path, row: CaseRow) -> Path:
     """Where the job's output of this run is kept, next to the database."""
     return Path(database).parent / "logs" / f"{row.id}-{row.run}.log"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8", errors="replace")
+    os.replace(tmp, path)
+
+
+def free_name(folder: Path, name: str, case_id: int, taken: set[str] = frozenset()) -> Path:
+    """`folder/name`, or with the case id (and a counter) appended when that is taken:
+    never a path that exists or that another case uses."""
+    base = casefolder.short_name(name)
+    candidates = [base, f"{base}-{case_id}"] + [f"{base}-{case_id}-{i}" for i in range(2, 1000)]
+    for candidate in candidates:
+        path = folder / candidate
+        if str(path) not in taken and not os.path.lexists(path) and \
+                not os.path.lexists(folder / f".staging-{candidate}"):
+            return path
+    raise PermanentError(f"no free name for {name!r} in {folder}")
 
 
 def job_ref(row: CaseRow, instance: str) -> JobRef:
@@ -131,6 +152,50 @@ class Case:
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")
 
+    def fetch_results(self, event) -> None:
+        """The job ended: bring its log and results home before the case's terminal state.
+
+        Transient errors leave the case running (the engine retries with backoff);
+        a permanent one ends it in failure with a reason saying what was not fetched.
+        Only for the end of a job (`job_ended`), not for other ways out of running.
+        """
+        if not event.kwargs.get("job_ended"):
+            return
+        eng, row = self.engine, self.row
+        ref = job_ref(row, eng.instance)
+        try:
+            text = eng.backend.job_log(ref)
+        except PermanentError as exc:
+            log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
+            text = None
+        if text is not None:
+            write_atomic(job_log_path(eng.config.database, row), text)
+        folder = eng.config.results.folder
+        if folder is None or not row.remote_path:
+            return
+        target = Path(row.results_path) if row.results_path else None
+        if target is None or target.parent != folder:
+            target = free_name(folder, row.name, row.id, eng.store.results_paths())
+            eng.store.set_results_path(row.id, row.state, str(target))  # before anything lands
+        try:
+            count = eng.transport.fetch_results(row.remote_path, target,
+                                                eng.config.results.patterns)
+        except PermanentError as exc:
+            if row.job_outcome == NOT_FOUND:  # nothing more to lose; say so and go on
+                event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
+                return
+            prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" \
+                else ""
+            raise PermanentError(f"{prefix}results could not be retrieved: {exc}") from exc
+        if text is not None:
+            log_name = "caseflow-job.log"
+            if (target / log_name).exists():
+                log_name = f"caseflow-job-run{row.run}.log"  # the job made one of that name
+            write_atomic(target / log_name, text)
+        self.changes.update(results_path=str(target), results_fetched=1)
+        event.kwargs["detail"] = f"{row.job_detail}; {count} result " \
+                                 f"file{'' if count == 1 else 's'} in {target}"
+
     def kill_job(self, event) -> None:
         row = self.row
         if row.task_id:
@@ -138,7 +203,9 @@ class Case:
         self.changes["reason"] = "cancelled"
 
     def reset_for_retry(self, event) -> None:
-        self.changes.update(reason=None, task_id=None, last_error=None, run=self.row.run + 1)
+        self.changes.update(reason=None, task_id=None, last_error=None, run=self.row.run + 1,
+                            job_outcome=None, job_detail=None, exit_code=None,
+                            results_fetched=0, wrapup=0, wrapup_note=None)
 
     # -- state callbacks ---------------------------------------------------------------
     def release_slot(self, event) -> None:
@@ -154,6 +221,8 @@ class Case:
             self.changes["request"] = None
         detail = kwargs.get("detail") or self.changes.get("reason")
         src, dst, trigger = event.transition.source, event.transition.dest, event.event.name
+        if dst in eng.spec.terminal_states:  # clean-up, archiving and hook follow, persisted
+            self.changes.update(wrapup=1, wrapup_note=None)
         eng.store.commit_transition(row.id, src, dst, trigger, eng.clock(), self.changes,
                                     take_slot=self.slot_to_take, release_slot=self.release,
                                     detail=detail)

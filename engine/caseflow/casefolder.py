@@ -152,6 +152,14 @@ def newest_change(folder: Path) -> float | None:
     return newest
 
 
+def short_name(name: str, limit: int = 180) -> str:
+    """`name` cut to at most `limit` UTF-8 bytes (room for suffixes within NAME_MAX)."""
+    data = os.fsencode(name)
+    if len(data) <= limit:
+        return name
+    return os.fsdecode(data[:limit])
+
+
 def inode_of(path: Path) -> str | None:
     try:
         st = os.stat(path)

@@ -23,6 +23,7 @@ _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 TRANSPORT_KINDS = ("local", "ssh")
 VERIFY_MODES = ("size", "checksum")
 BACKEND_KINDS = ("direct", "pueue")
+CLEANUP_MODES = ("never", "on_success", "always")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,23 @@ class RetryConfig:
 
 
 @dataclass(frozen=True)
+class ResultsConfig:
+    """What comes home when a job ends, and where it goes."""
+    folder: Path | None                    # None: results are not fetched (the job log is)
+    patterns: tuple[str, ...] | None = None  # None: every file the job created or changed
+
+
+@dataclass(frozen=True)
+class FinishConfig:
+    """What happens after a case reached its terminal state."""
+    archive_done: Path | None = None      # success goes here
+    archive_failed: Path | None = None    # failure and not_found go here
+    remote_cleanup: str = "never"
+    on_finish: tuple[str, ...] | str | None = None
+    on_finish_timeout_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     inbox: Path
@@ -92,6 +110,8 @@ class Config:
     retry: RetryConfig = field(default_factory=RetryConfig)
     log_level: str = "INFO"
     log_file: Path | None = None
+    results: ResultsConfig = field(default_factory=lambda: ResultsConfig(folder=None))
+    finish: FinishConfig = field(default_factory=FinishConfig)
 
     @property
     def default_group(self) -> str:
@@ -231,6 +251,12 @@ def load_config(path: Path | str) -> Config:
                                            _positive)))
     rr.finish()
 
+    results = _read_results(top, base, inbox)
+    finish = _read_finish(top, base, inbox)
+    if finish.remote_cleanup != "never" and results.folder is None:
+        raise top.error("remote_cleanup", "removes remote case folders only after their results "
+                                          "are home, but results.fetch is false; set it to never")
+
     lg = top.sub("log")
     level = lg.get("level", str, "INFO",
                    lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -242,7 +268,78 @@ def load_config(path: Path | str) -> Config:
                   transport=transport, backend=backend, quiet_seconds=quiet,
                   rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
                   shutdown_grace_seconds=grace, retry=retry, log_level=level,
-                  log_file=_resolve(base, log_file) if log_file else None)
+                  log_file=_resolve(base, log_file) if log_file else None,
+                  results=results, finish=finish)
+
+
+def _outside_inbox(reader: _Reader, key: str, folder: Path, inbox: Path) -> None:
+    if folder == inbox or inbox in folder.parents:
+        raise reader.error(key, f"{folder} is inside the inbox, where it would be taken for a "
+                                "case; choose a folder next to the inbox")
+
+
+def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -> Path | None:
+    """A local folder setting: created when its parent exists."""
+    value = reader.get(key, str, default)
+    if value is None:
+        return None
+    folder = _resolve(base, value)
+    if not folder.is_dir():
+        if not folder.parent.is_dir():
+            raise reader.error(key, f"folder {folder.parent} does not exist")
+        try:
+            folder.mkdir()
+        except OSError as exc:
+            raise reader.error(key, f"cannot create {folder}: {exc.strerror}") from exc
+    return folder
+
+
+def _read_results(top: _Reader, base: Path, inbox: Path) -> ResultsConfig:
+    rs = top.sub("results")
+    fetch = rs.get("fetch", bool, True)
+    # default: a "results" folder next to the inbox
+    folder = _folder(rs, "folder", base if "folder" in rs.data else inbox.parent,
+                     "results") if fetch else None
+    if folder is not None:
+        _outside_inbox(rs, "folder", folder, inbox)
+    patterns = rs.get("patterns", list, None, what="a list of patterns such as \"out/*\"")
+    if patterns is not None:
+        for p in patterns:
+            if not isinstance(p, str) or not p.strip() or p.startswith("/") or \
+                    ".." in p.split("/"):
+                raise rs.error("patterns", f"not a pattern inside the case folder: {_show(p)}")
+        patterns = tuple(patterns)
+    rs.finish()
+    return ResultsConfig(folder=folder, patterns=patterns)
+
+
+def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
+    ar = top.sub("archive")
+    done = _folder(ar, "done", base)
+    failed = _folder(ar, "failed", base)
+    ar.finish()
+    inbox_dev = os.stat(inbox).st_dev
+    for key, folder in (("done", done), ("failed", failed)):
+        if folder is None:
+            continue
+        _outside_inbox(ar, key, folder, inbox)
+        if os.stat(folder).st_dev != inbox_dev:
+            raise ar.error(key, f"{folder} is on another file system than the inbox; "
+                                "archiving moves folders by renaming, so it must be on the same")
+    cleanup = top.get("remote_cleanup", str, "never",
+                      lambda v: None if v in CLEANUP_MODES
+                      else f"must be one of {', '.join(CLEANUP_MODES)}")
+    hook = top.get("on_finish", (str, list), None,
+                   what="a shell command string or an argument list")
+    if isinstance(hook, list):
+        if not hook or not all(isinstance(c, str) for c in hook):
+            raise top.error("on_finish", "an argument list must be a non-empty list of strings")
+        hook = tuple(hook)
+    elif isinstance(hook, str) and not hook.strip():
+        raise top.error("on_finish", "must not be empty (remove the key to run no hook)")
+    timeout = float(top.get("on_finish_timeout_seconds", (int, float), 300.0, _positive))
+    return FinishConfig(archive_done=done, archive_failed=failed, remote_cleanup=cleanup,
+                        on_finish=hook, on_finish_timeout_seconds=timeout)
 
 
 def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:

@@ -14,9 +14,9 @@ import threading
 import time
 from pathlib import Path
 
-from . import casefolder
+from . import casefolder, wrapup
 from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, make_backend
-from .case_model import Case, job_log_path, job_ref
+from .case_model import Case, job_ref
 from .errors import HostError, PermanentError, StaleCase, TransientError
 from .machine import CaseMachine, MachineError
 from .spec import POLL, MachineSpec, load_spec
@@ -28,6 +28,7 @@ from .workers import WorkerPool
 log = logging.getLogger("caseflow.engine")
 
 REQUESTS = ("cancel", "retry")
+FINISH = {SUCCESS: "complete", FAILURE: "fail", NOT_FOUND: "lose"}  # how a job's end ends a case
 
 
 def _short(exc: BaseException) -> str:
@@ -103,6 +104,10 @@ class Engine:
             self._transport.close()
         return done
 
+    def forget_folder(self, path: str, inode: str | None) -> None:
+        """A case folder left the inbox (archived): a folder brought back there is a new case."""
+        self._seen.discard((path, inode))
+
     def last_activity(self, name: str) -> float | None:
         return self.watcher.last_activity(name) if self.watcher else None
 
@@ -119,7 +124,9 @@ class Engine:
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
         for row in due:
             state = self._steps[row.state]
-            if state.step == POLL:
+            if state.step == POLL and row.job_outcome:
+                self._finish(row)
+            elif state.step == POLL:
                 polled.append(row)
             elif state.worker and self.pool is not None:
                 self._dispatch(row, state.step)
@@ -130,6 +137,8 @@ class Engine:
         if polled and now - self._last_poll >= self.config.poll_seconds:
             self._last_poll = now
             self.poll(polled)
+        for row in self.store.wrapups_due(now):
+            self._dispatch_call(row, wrapup.wrap_up, self, row)
 
     def next_wakeup(self) -> float:
         """Seconds until something is due (at most one tick).
@@ -141,9 +150,10 @@ class Engine:
         now = self.clock()
         wait = self.config.tick_seconds
         states = [s for s, st in self._steps.items() if st.step != POLL]
-        nxt = self.store.next_due(states, after=self._tick_started)
-        if nxt is not None:
-            wait = min(wait, nxt - now)
+        for nxt in (self.store.next_due(states, after=self._tick_started),
+                    self.store.next_wrapup(after=self._tick_started)):
+            if nxt is not None:
+                wait = min(wait, nxt - now)
         if self.store.next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
             wait = min(wait, self._last_poll + self.config.poll_seconds - now)
         return max(0.02, wait)
@@ -265,24 +275,37 @@ class Engine:
         with self._inflight_lock:
             return case_id in self._inflight
 
-    def _dispatch(self, row: CaseRow, trigger: str) -> None:
+    def _dispatch(self, row: CaseRow, trigger: str, **kwargs) -> None:
+        self._dispatch_call(row, self._step_in_worker, row, trigger, kwargs)
+
+    def _step_in_worker(self, row: CaseRow, trigger: str, kwargs: dict) -> None:
+        if self.step(row, trigger, **kwargs):
+            self._host_ok()
+
+    def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
+        """Run `fn(*args)` for the case in the worker pool (inline without one), at most
+        one piece of work per case at a time."""
         with self._inflight_lock:
             if row.id in self._inflight:
                 return
             self._inflight.add(row.id)
+        if self.pool is None:
+            self._run_in_worker(fn, row.id, args)
+            return
         try:
-            self.pool.submit(self._run_in_worker, row, trigger)
+            self.pool.submit(self._run_in_worker, fn, row.id, args)
         except RuntimeError:
             with self._inflight_lock:
                 self._inflight.discard(row.id)
 
-    def _run_in_worker(self, row: CaseRow, trigger: str) -> None:
+    def _run_in_worker(self, fn, case_id: int, args: tuple) -> None:
         try:
-            if self.step(row, trigger):
-                self._host_ok()
+            fn(*args)
+        except Exception:  # a bug; the case stays where it is and is tried again
+            log.exception("case %s: unexpected error in %s", case_id, fn.__name__)
         finally:
             with self._inflight_lock:
-                self._inflight.discard(row.id)
+                self._inflight.discard(case_id)
             self.wake()
 
     def idle(self) -> bool:
@@ -311,6 +334,7 @@ class Engine:
             return
         self._host_ok()
         self._note(self.backend.notice())
+        now = self.clock()
         for row in rows:
             status = answers.get(row.id)
             if status is None:
@@ -319,28 +343,18 @@ class Engine:
                 if status.detail != row.queue_status:
                     self.store.set_queue_status(row.id, row.state, status.detail)
                 continue
-            self.save_job_log(row)
-            if status.outcome == SUCCESS:
-                self.step(row, "complete", detail=status.detail)
-            elif status.outcome == FAILURE:
-                self.step(row, "fail", reason=status.detail)
-            elif status.outcome == NOT_FOUND:
-                self.step(row, "lose", reason=status.detail)
+            # remembered first, so that fetching the results survives a restart
+            self.store.record_job_end(row.id, row.state, status.outcome, status.detail,
+                                      status.exit_code, now)
+            ended = self.store.get(row.id)
+            if ended is not None and ended.job_outcome:
+                self._finish(ended)
 
-    def save_job_log(self, row: CaseRow) -> None:
-        """Keep the job's output next to the case's record; a failed job's above all."""
-        try:
-            text = self.backend.job_log(job_ref(row, self.instance))
-        except (TransientError, PermanentError, HostError) as exc:
-            log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
-            return
-        if text is None:
-            return
-        path = job_log_path(self.config.database, row)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8", errors="replace")
-        os.replace(tmp, path)
+    def _finish(self, row: CaseRow) -> None:
+        """The job of a running case ended: fetch its results, then end the case."""
+        trigger = FINISH[row.job_outcome]
+        key = "detail" if trigger == "complete" else "reason"
+        self._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
 
     # -- operator requests ---------------------------------------------------------------
     def apply_requests(self) -> None:

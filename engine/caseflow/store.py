@@ -88,12 +88,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cases ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;
     """,
+    # v5: results come home. How the job ended (kept while its results are fetched), where
+    # the results went, and the wrap-up (remote clean-up, archiving, hook) still to do.
+    """
+    ALTER TABLE cases ADD COLUMN job_outcome TEXT;
+    ALTER TABLE cases ADD COLUMN job_detail TEXT;
+    ALTER TABLE cases ADD COLUMN exit_code INTEGER;
+    ALTER TABLE cases ADD COLUMN results_path TEXT;
+    ALTER TABLE cases ADD COLUMN results_fetched INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cases ADD COLUMN wrapup INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cases ADD COLUMN wrapup_note TEXT;
+    CREATE INDEX cases_wrapup ON cases (next_attempt_at) WHERE wrapup = 1;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # columns a transition may change besides the state
 CHANGEABLE = {"grp", "host", "remote_path", "task_id", "reason", "last_error", "file_count",
-              "size_bytes", "request", "attempts", "run", "priority"}
+              "size_bytes", "request", "attempts", "run", "priority", "job_outcome",
+              "job_detail", "exit_code", "results_path", "results_fetched", "wrapup",
+              "wrapup_note"}
 
 
 @dataclass(frozen=True)
@@ -122,6 +136,13 @@ class CaseRow:
     progress_total: int | None
     queue_status: str | None
     priority: int
+    job_outcome: str | None
+    job_detail: str | None
+    exit_code: int | None
+    results_path: str | None
+    results_fetched: bool
+    wrapup: bool
+    wrapup_note: str | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -352,6 +373,56 @@ class Store:
         with self.transaction() as conn:
             conn.execute("UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
                          (next_attempt_at, case_id, state))
+
+    def record_job_end(self, case_id: int, state: str, outcome: str, detail: str,
+                       exit_code: int | None, now: float) -> None:
+        """The queue said the job ended: keep how, and make the case due for its results."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET job_outcome = ?, job_detail = ?, exit_code = ?,"
+                         " queue_status = NULL, next_attempt_at = ?, updated_at = ?"
+                         " WHERE id = ? AND state = ?",
+                         (outcome, detail, exit_code, now, now, case_id, state))
+
+    def set_results_path(self, case_id: int, state: str, path: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET results_path = ? WHERE id = ? AND state = ?",
+                         (path, case_id, state))
+
+    def results_paths(self) -> set[str]:
+        return {r[0] for r in self._conn().execute(
+            "SELECT results_path FROM cases WHERE results_path IS NOT NULL")}
+
+    def wrapups_due(self, now: float) -> list[CaseRow]:
+        """Terminal cases whose wrap-up (clean-up, archiving, hook) is still to do."""
+        rows = self._conn().execute(_CASE_SELECT + " WHERE c.wrapup = 1 AND c.next_attempt_at <= ?"
+                                    " ORDER BY c.id", (now,)).fetchall()
+        return [self._case(r) for r in rows]
+
+    def next_wrapup(self, after: float) -> float | None:
+        return self._conn().execute("SELECT MIN(next_attempt_at) FROM cases WHERE wrapup = 1"
+                                    " AND next_attempt_at > ?", (after,)).fetchone()[0]
+
+    def wrapup_progress(self, case_id: int, state: str, *, local_path: str | None = None,
+                        note: str | None = None, done: bool = False,
+                        retry_at: float | None = None) -> None:
+        """Record a wrap-up step: the case folder's new place, a note, done or retry later."""
+        sets, values = [], []
+        if local_path is not None:
+            sets.append("local_path = ?")
+            values.append(local_path)
+        if note is not None:
+            sets.append("wrapup_note = ?")
+            values.append(note)
+        if done:
+            sets.append("wrapup = 0")
+        if retry_at is not None:
+            sets.append("next_attempt_at = ?")
+            values.append(retry_at)
+        if not sets:
+            return
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?"
+                         " AND wrapup = 1", (*values, case_id, state))
 
     def set_queue_status(self, case_id: int, state: str, text: str | None) -> None:
         with self.transaction() as conn:

@@ -18,6 +18,16 @@ from typing import Sequence
 from ..casefolder import Manifest
 
 
+BOOKKEEPING = ".caseflow"  # caseflow's own folder at the top of a remote case folder
+UPLOADED_MARKER = f"{BOOKKEEPING}/uploaded"  # made when the upload was complete and verified
+
+
+def mark_uploaded(folder) -> None:
+    """Mark a local stand-in of a remote case folder as completely uploaded, now."""
+    (Path(folder) / BOOKKEEPING).mkdir(exist_ok=True)
+    (Path(folder) / UPLOADED_MARKER).write_bytes(b"")
+
+
 def remove_local(path) -> None:
     """Remove a local file, link or folder tree."""
     if os.path.isdir(path) and not os.path.islink(path):
@@ -67,6 +77,17 @@ class Transport(ABC):
         relative paths. Patterns are shell-style, matched like `find -path`: `*`
         also matches `/` (`output/*` is everything under output/, `*.log` any log).
         An existing `local_path` is replaced only once the new copy is complete.
+        """
+
+    @abstractmethod
+    def fetch_results(self, remote_path: str, local_path: Path,
+                      patterns: Sequence[str] | None = None) -> int:
+        """Copy a job's results from its case folder to `local_path`; return the file count.
+
+        Without `patterns`: every regular file the job created or changed, i.e.
+        changed after the upload's mark (all files when there is no mark). With
+        `patterns`: the files matching one of them (as for `download`). The
+        bookkeeping folder is left out. Atomic like `download`.
         """
 
     @abstractmethod

@@ -11,13 +11,14 @@ import fnmatch
 import hashlib
 import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 from typing import Sequence
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport, remove_local
+from . import BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, mark_uploaded, remove_local
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                      errno.EROFS}
@@ -45,6 +46,8 @@ def local_manifest(path: Path) -> set[tuple[str, str, int]]:
     out = set()
     for dirpath, dirnames, filenames in os.walk(path):
         rel_dir = os.path.relpath(dirpath, path)
+        if rel_dir == "." and BOOKKEEPING in dirnames:
+            dirnames.remove(BOOKKEEPING)  # caseflow's own files, not the case's
         for name in dirnames + filenames:
             full = os.path.join(dirpath, name)
             rel = name if rel_dir == "." else f"{rel_dir}/{name}"
@@ -112,6 +115,7 @@ class LocalTransport(Transport):
                 diff = sorted((expected - got) | (got - expected))[:3]
                 raise TransientError(f"upload of {local_dir} did not verify (differs at "
                                      f"{diff or 'checksums'}); will upload again")
+            mark_uploaded(staging)
             os.rename(staging, final)
             if progress:
                 progress(manifest.size_bytes, manifest.size_bytes)
@@ -153,6 +157,48 @@ class LocalTransport(Transport):
             raise PermanentError(f"{remote_path} does not exist on {self.name}") from exc
         except OSError as exc:
             raise _os_error(f"download of {remote_path}", exc) from exc
+
+    def fetch_results(self, remote_path: str, local_path: Path,
+                      patterns: Sequence[str] | None = None) -> int:
+        src, local_path = Path(remote_path), Path(local_path)
+        staging = local_path.parent / f".staging-{local_path.name}"
+        try:
+            if not src.is_dir():
+                raise FileNotFoundError(errno.ENOENT, "no such folder", str(src))
+            marker = src / UPLOADED_MARKER
+            since = marker.stat().st_ctime_ns if not patterns and marker.exists() else None
+            if os.path.lexists(staging):
+                remove_local(staging)
+            staging.mkdir(parents=True)
+            count = 0
+            for dirpath, dirnames, filenames in os.walk(src):
+                if dirpath == str(src) and BOOKKEEPING in dirnames:
+                    dirnames.remove(BOOKKEEPING)
+                for name in filenames:
+                    full = os.path.join(dirpath, name)
+                    st = os.lstat(full)
+                    if not stat.S_ISREG(st.st_mode):
+                        continue
+                    rel = os.path.relpath(full, src)
+                    if patterns and not any(fnmatch.fnmatchcase(f"./{rel}", f"./{p}")
+                                            for p in patterns):
+                        continue
+                    if since is not None and st.st_ctime_ns <= since:
+                        continue
+                    target = staging / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(full, target)
+                    count += 1
+            if os.path.lexists(local_path):
+                remove_local(local_path)
+            os.rename(staging, local_path)
+            return count
+        except FileNotFoundError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PermanentError(f"{remote_path} does not exist on {self.name}") from exc
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise _os_error(f"fetching results from {remote_path}", exc) from exc
 
     def remove_tree(self, remote_path: str) -> None:
         try:

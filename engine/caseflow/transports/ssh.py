@@ -38,9 +38,14 @@ SFTP_REQUEST = 255 * 1024   # OpenSSH's sftp-server takes up to 256 KiB per requ
 CHUNK = 1024 * 1024
 Progress = Callable[[int, int], None]
 
-# one NUL-terminated "<type> <size> <relative path>" per entry of folder $1 (size 0 unless a file)
-_FIND = (r'find "$1" -mindepth 1 \( -type f -printf "f %s %P\0" \) -o \( -type d -printf '
-         r'"d 0 %P\0" \) -o \( -type l -printf "l 0 %P\0" \) -o -printf "? 0 %P\0"')
+# one NUL-terminated "<type> <size> <relative path>" per entry of folder $1 (size 0 unless a
+# file), leaving out caseflow's bookkeeping folder at its top
+_FIND = (r'(cd -- "$1" && find . -mindepth 1 -path ./.caseflow -prune -o \( -type f -printf '
+         r'"f %s %P\0" \) -o \( -type d -printf "d 0 %P\0" \) -o \( -type l -printf '
+         r'"l 0 %P\0" \) -o -printf "? 0 %P\0")')
+# $1 = a verified staging folder: mark when the upload was complete (results are what changed
+# after this mark)
+_MARK = r'mkdir -p -- "$1/.caseflow" && : > "$1/.caseflow/uploaded"'
 LIST = r'[ -d "$1" ] || exit 3; ' + _FIND
 # $1 = target, $2 = staging: recreate the staging folder, then list the target (exit 3: none)
 PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3; '
@@ -50,10 +55,17 @@ PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3
 UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || { rm -rf -- "$1"; exit 10; }; '
           r'[ "$3" = - ] && exit 0; '
           r'got=$(list "$1" | LC_ALL=C sort -z | sha256sum | cut -d" " -f1); '
-          r'if [ "$got" != "$3" ]; then list "$1"; exit 4; fi; '
+          r'if [ "$got" != "$3" ]; then list "$1"; exit 4; fi; ' + _MARK + r' && '
           r'{ [ ! -e "$2" ] || rm -rf -- "$2"; } && mv -- "$1" "$2" || exit 5; echo committed')
+# $1 = parent folder, $2 = the case folder's name in it, $3 = "changed" (only what changed
+# after the upload's mark, when there is one) or "all"; then find's tests. Packs the regular
+# files found, their paths starting with ./$2/ (exit 20: no such folder).
+FETCH = (r'cd -- "$1" 2>/dev/null || exit 20; d=./$2; mode=$3; shift 3; [ -d "$d" ] || exit 20; '
+         r'm=$d/.caseflow/uploaded; if [ "$mode" = changed ] && [ -e "$m" ]; then '
+         r'set -- "$@" -cnewer "$m"; fi; '
+         r'find "$d" "$@" -print0 | tar --null --no-recursion -c -f - -T -')
 # $1 = folder: "<sha256>  ./<path>" per file (sha256sum escapes odd names with a leading \)
-SUMS = r'cd "$1" && find . -type f -print0 | xargs -0 -r sha256sum --'
+SUMS = r'cd "$1" && find . -path ./.caseflow -prune -o -type f -print0 | xargs -0 -r sha256sum --'
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -304,8 +316,8 @@ class SSHTransport(Transport):
             wrong = sorted(p for p, d in sums.items() if remote.get(p) != d)
             if wrong:
                 raise TransientError(f"upload to {self.name}: checksum mismatch for {wrong[:3]}")
-        res = self._sh('[ ! -e "$2" ] || rm -rf -- "$2"; mv -- "$1" "$2"', staging, remote_path,
-                       what="rename")
+        res = self._sh(_MARK + ' && { [ ! -e "$2" ] || rm -rf -- "$2"; } && mv -- "$1" "$2"',
+                       staging, remote_path, what="rename")
         if res.returncode != 0:
             raise TransientError(f"renaming {staging} failed: {res.stderr.strip()[:300]}")
         return True
@@ -432,6 +444,31 @@ class SSHTransport(Transport):
         os.rename(fetched, local_path)
         staging.rmdir()
 
+    def fetch_results(self, remote_path: str, local_path: Path,
+                      patterns: Sequence[str] | None = None) -> int:
+        local_path = Path(local_path)
+        staging = local_path.parent / f".staging-{local_path.name}"
+        parent, base = posixpath.split(remote_path.rstrip("/"))
+        here = f"./{_glob_literal(base)}"
+        tests = ["(", "-path", f"{here}/.caseflow", "-prune", ")", "-o", "-type", "f"]
+        if patterns:
+            tests += ["("]
+            for i, pattern in enumerate(patterns):
+                tests += (["-o"] if i else []) + ["-path", f"{here}/{pattern}"]
+            tests += [")"]
+        argv = ["sh", "-c", FETCH, "caseflow", parent, base,
+                "all" if patterns else "changed", *tests]
+        self._guard(lambda: self._tar_download(argv, base, staging, remote_path), "fetching results")
+        fetched = staging / base
+        if not fetched.exists():
+            fetched.mkdir()  # nothing new: an empty folder
+        count = sum(len(files) for _, _, files in os.walk(fetched))
+        if os.path.lexists(local_path):
+            remove_local(local_path)
+        os.rename(fetched, local_path)
+        staging.rmdir()
+        return count
+
     def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str) -> None:
         if os.path.lexists(staging):
             remove_local(staging)
@@ -457,7 +494,10 @@ class SSHTransport(Transport):
             chan.close()
         self.commands += 1
         if rc != 0:
-            if "No such file" in err or "Cannot stat" in err or rc == 2:
+            if "Permission denied" in err:
+                raise PermanentError(f"reading {remote_path} on {self.name}: "
+                                     f"{err.strip()[:300]}")
+            if rc in (2, 20) or "No such file" in err or "Cannot stat" in err:
                 raise PermanentError(f"{remote_path} does not exist on {self.name}")
             raise TransientError(f"remote tar on {self.name} exited {rc}: {err.strip()[:300]}")
 
@@ -485,6 +525,11 @@ def _tarinfo(full: Path, entry) -> tarfile.TarInfo:
     else:
         info.size = st.st_size
     return info
+
+
+def _glob_literal(text: str) -> str:
+    """`text` as a find -path pattern that matches only itself."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
 def _parse_listing(text: str) -> set[tuple[str, str, int]]:
