@@ -18,6 +18,20 @@ Feature: Jobs run in the GPU host's pueue queue
       | 3.4.1   |
       | 4.0.4   |
 
+  Scenario: Results come home over SSH; only a success's folder on the GPU host is removed
+    Given the GPU host runs pueue 4.0.4
+    And caseflow removes a case's folder on the GPU host after a success
+    And caseflow is running
+    When the case folder "heart_0009" is dropped into the inbox
+    And the case folder "heart_0010" whose job exits with code 4 is dropped into the inbox
+    Then the case "heart_0009" ends in success
+    And the case "heart_0010" ends in failure
+    And the results of "heart_0009" are output/result.txt, job_env.txt and caseflow-job.log
+    And the results of "heart_0010" are output/result.txt, job_env.txt and caseflow-job.log
+    And the job log among the results of "heart_0010" says "job of case"
+    And the folder of "heart_0009" is gone from the GPU host
+    And the folder of "heart_0010" is still on the GPU host
+
   Scenario: A failing job reports its exit code
     Given the GPU host runs pueue 4.0.4
     And caseflow is running

@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from pytest_bdd import given, parsers, then, when
@@ -146,7 +147,8 @@ def caseflow_stopped(ws: Workspace):
 # -- cases ---------------------------------------------------------------------------------
 CASE_FOLDER = (r'the case folder "(?P<name>[^"]+)"(?: of (?P<size>\d+) (?P<unit>KB|MB))?'
                r'(?: for (?P<group>[\w.-]+))?'
-               r'(?: whose job (?P<job>exits with code \d+|waits to be released))?')
+               r'(?: whose job (?P<job>exits with code \d+|waits to be released|'
+               r'writes \d+ (?:KB|MB) of results))?')
 
 
 def drop(ws: Workspace, name: str, size=None, unit=None, group=None, job=None):
@@ -155,6 +157,9 @@ def drop(ws: Workspace, name: str, size=None, unit=None, group=None, job=None):
         kwargs["files"] = {"data.bin": b"d" * (int(size) * (1024 if unit == "KB" else 1024 ** 2))}
     if job and job.startswith("exits with code"):
         kwargs["exit_code"] = int(job.rsplit(" ", 1)[1])
+    elif job and job.startswith("writes"):
+        _, amount, scale, _ = job.split(" ", 3)
+        kwargs["write_bytes"] = int(amount) * (1024 if scale == "KB" else 1024 ** 2)
     elif job:
         kwargs["hold"] = name  # the job waits for the release token named like the case
     return ws.drop_case(name, **kwargs)
@@ -243,6 +248,14 @@ def lists_only(ws: Workspace, name):
     assert [c["name"] for c in cli_json(ws, "status")] == [name]
 
 
+# -- the operator ----------------------------------------------------------------------------
+@when(parsers.parse('the operator retries "{name}"'))
+def operator_retries(ws: Workspace, name):
+    proc = ws.cli("retry", name)
+    assert proc.returncode == 0, f"caseflow retry exited {proc.returncode}: {proc.stderr}"
+    assert "failure ->" in proc.stdout, proc.stdout
+
+
 # -- jobs ----------------------------------------------------------------------------------
 @given(parsers.parse('the job of "{name}" is running'))
 @then(parsers.parse('the job of "{name}" is running'))
@@ -268,6 +281,65 @@ def job_ends_with(ws: Workspace, name, code):
 def job_gone(ws: Workspace, name):
     pid = ws.job_pid(name)
     wait_for(lambda: not process_alive(pid), what=f"the job of {name!r} (pid {pid}) to end")
+
+
+
+
+# -- results and the folder on the GPU host ---------------------------------------------------
+@given("caseflow removes a case's folder on the GPU host when the case has ended")
+def cleanup_always(ws):
+    ws.write_config(remote_cleanup="always")
+
+
+@given("caseflow removes a case's folder on the GPU host after a success")
+def cleanup_on_success(ws):
+    ws.write_config(remote_cleanup="on_success")
+
+
+def _names(text: str) -> list[str]:
+    return sorted(n.strip() for n in text.replace(" and ", ", ").split(","))
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def results_folder(ws, name) -> Path:
+    case = shown(ws, name)
+    assert case["results"], f"no results recorded for {name!r}"
+    folder = Path(case["results"])
+    assert folder.parent == ws.root / "results"
+    return folder
+
+
+@then(parsers.parse('the results of "{name}" are {files}'))
+def results_are(ws, name, files):
+    folder = results_folder(ws, name)
+    assert _files(folder) == _names(files)
+    case = shown(ws, name)
+    assert (folder / "output" / "result.txt").read_text().strip() == f"result of {case['id']}"
+
+
+@then(parsers.parse('the job log among the results of "{name}" says "{words}"'))
+def job_log_says(ws, name, words):
+    assert words in (results_folder(ws, name) / "caseflow-job.log").read_text()
+
+
+@given(parsers.parse('the folder of "{name}" is gone from the GPU host'))
+@then(parsers.parse('the folder of "{name}" is gone from the GPU host'))
+def remote_gone(ws, name):
+    folder = Path(shown(ws, name)["remote_path"])
+    wait_for(lambda: not folder.exists(), what=f"{folder} to be removed")
+
+
+@then(parsers.parse('the folder of "{name}" is still on the GPU host'))
+def remote_kept(ws, name):
+    folder = ws.remote_folder(name)
+    assert (folder / "output" / "result.txt").exists()
+    row = ws.case(name)
+    if row.state in TERMINAL:  # removal would come with the wrap-up: wait for it to be done
+        wait_for(lambda: not ws.case(name).wrapup, what=f"the wrap-up of {name!r}")
+        assert (folder / "output" / "result.txt").exists()
 
 
 # -- slots ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 # The test job. A case steers it with files of its own:
 #   hold       wait until <ctl>/release-<content of hold> exists
 #   exit_code  exit with this code
+#   write_bytes  write a result file output/big.bin of this many bytes
 JOB = r"""
 echo "job of case $CASEFLOW_CASE_ID started"
 env | grep '^CASEFLOW_\|^CUDA_VISIBLE_DEVICES' | sort > job_env.txt
@@ -32,6 +33,7 @@ if [ -e hold ]; then
   while [ ! -e "{ctl}/release-$(cat hold)" ]; do sleep 0.05; done
 fi
 mkdir -p output && echo "result of $CASEFLOW_CASE_ID" > output/result.txt
+if [ -e write_bytes ]; then head -c "$(cat write_bytes)" /dev/zero > output/big.bin; fi
 if [ -e exit_code ]; then exit "$(cat exit_code)"; fi
 exit 0
 """
@@ -110,13 +112,17 @@ class Workspace:
     # -- cases -------------------------------------------------------------------------
     def make_case(self, name: str, files: dict | None = None, where: Path | None = None,
                   group: str | None = None, exit_code: int | None = None,
-                  hold: str | None = None) -> Path:
+                  hold: str | None = None, priority: int | None = None,
+                  write_bytes: int | None = None) -> Path:
         """Write a case folder (by default somewhere outside the inbox) and return its path."""
         folder = (where or self.root / "staging") / name
         folder.mkdir(parents=True, exist_ok=True)
         files = dict(files or {"data.bin": b"x" * 1000, "sub/more.txt": "more"})
-        if group:
-            files["case.yaml"] = f"group: {group}\n"
+        if group or priority is not None:
+            files["case.yaml"] = (f"group: {group}\n" if group else "") + \
+                (f"priority: {priority}\n" if priority is not None else "")
+        if write_bytes is not None:
+            files["write_bytes"] = str(write_bytes)
         if exit_code is not None:
             files["exit_code"] = str(exit_code)
         if hold is not None:

@@ -17,13 +17,6 @@ def delete_file(ws, file, name):
     (ws.inbox / name / file).unlink()
 
 
-@when(parsers.parse('the operator retries "{name}"'))
-def operator_retries(ws, name):
-    proc = ws.cli("retry", name)
-    assert proc.returncode == 0, f"caseflow retry exited {proc.returncode}: {proc.stderr}"
-    assert "failure ->" in proc.stdout, proc.stdout
-
-
 @when(parsers.parse('the operator cancels "{name}"'))
 def operator_cancels(ws, name):
     proc = ws.cli("cancel", name)

@@ -167,3 +167,61 @@ def test_large_outputs_arrive_whole(transport, size, stderr):
         assert len(res.stdout) == size and res.stdout[-3:] == "".join(
             chr(97 + i % 26) for i in range(size - 3, size))
         assert res.stderr == "e" * stderr
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def test_results_are_what_the_job_created_or_changed(transport, case, tmp_path):
+    m = casefolder.scan(case)
+    target = Path(transport.path("14-case"))
+    transport.upload_dir(case, str(target), m)
+    assert (target / ".caseflow" / "uploaded").exists()
+    # the "job": new files (odd names too), one input rewritten, bookkeeping of its own
+    (target / "output" / "sub").mkdir(parents=True)
+    (target / "output" / "sub" / "mask.nii").write_bytes(b"m" * 5000)
+    for name in HOSTILE:
+        (target / "output" / name).write_text(name)
+    (target / "top.txt").write_text("TOP, changed by the job")
+    (target / ".caseflow" / "job.log").write_text("bookkeeping")
+    os.symlink("top.txt", target / "new-link")
+    dest = tmp_path / "results"
+    dest.mkdir()
+    count = transport.fetch_results(str(target), dest / "14-case")
+    expected = sorted(["output/sub/mask.nii", "top.txt"] + [f"output/{n}" for n in HOSTILE])
+    assert _files(dest / "14-case") == expected and count == len(expected)
+    assert (dest / "14-case" / "top.txt").read_text() == "TOP, changed by the job"
+    assert list(tmp_path.rglob("CANARY")) == []
+    # again (a retried fetch): the same result, replaced whole, no staging left behind
+    assert transport.fetch_results(str(target), dest / "14-case") == count
+    assert _files(dest / "14-case") == expected
+    assert sorted(p.name for p in dest.iterdir()) == ["14-case"]
+
+
+def test_results_by_pattern_and_without_an_upload_mark(transport, case, tmp_path):
+    m = casefolder.scan(case)
+    target = Path(transport.path("15-case"))
+    transport.upload_dir(case, str(target), m)
+    (target / "out").mkdir()
+    (target / "out" / "a.txt").write_text("a")
+    dest = tmp_path / "results"
+    dest.mkdir()
+    # patterns pick files whether the job changed them or not
+    transport.fetch_results(str(target), dest / "p", patterns=["out/*", "nested/deeper/*"])
+    assert _files(dest / "p") == ["nested/deeper/data.bin", "out/a.txt"]
+    # a folder uploaded before there were marks: everything comes home
+    shutil.rmtree(target / ".caseflow")
+    transport.fetch_results(str(target), dest / "all")
+    assert "out/a.txt" in _files(dest / "all") and "top.txt" in _files(dest / "all")
+    with pytest.raises(PermanentError, match="does not exist"):
+        transport.fetch_results(str(target) + "-absent", dest / "absent")
+    assert sorted(p.name for p in dest.iterdir()) == ["all", "p"]
+
+
+def test_the_upload_mark_is_not_part_of_the_case(transport, case):
+    """A re-upload of an unchanged case finds it complete, mark or no mark."""
+    m = casefolder.scan(case)
+    target = transport.path("16-case")
+    assert transport.upload_dir(case, target, m) is True
+    assert transport.upload_dir(case, target, m) is False

@@ -57,6 +57,11 @@ def case_json(row: CaseRow) -> dict:
             "file_count": row.file_count,
             "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
             "queue_status": row.queue_status,
+            "exit_code": row.exit_code,
+            "job_outcome": row.job_outcome,
+            "results": row.results_path if row.results_fetched else None,
+            "wrapup": "pending" if row.wrapup else None,
+            "wrapup_note": row.wrapup_note,
             "size_bytes": row.size_bytes, "next_attempt_at": _iso(row.next_attempt_at),
             "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
 
@@ -124,6 +129,8 @@ def cmd_status(args) -> int:
         return 0
     table = [[str(r.id), printable(r.name), r.state + _progress(r) +
               (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
+              (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
+               r.state == "running" else "") +
               (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", "-" if r.slot_index is None else str(r.slot_index),
               r.task_id or "-", _iso(r.updated_at) or "-",
@@ -149,6 +156,10 @@ def cmd_show(args) -> int:
         return 0
     for key, value in case_json(row).items():
         print(f"{key + ':':17} {printable(value if value is None else str(value))}")
+    if row.results_fetched and row.results_path:
+        print(f"\nresults are in {printable(row.results_path)}")
+    elif row.results_path and row.job_outcome:
+        print(f"\nresults are being fetched into {printable(row.results_path)}")
     log_file = job_log_path(config.database, row)
     if log_file.exists():
         lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()

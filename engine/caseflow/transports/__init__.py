@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import posixpath
 import shutil
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,12 @@ UPLOADED_MARKER = f"{BOOKKEEPING}/uploaded"  # made when the upload was complete
 
 
 def mark_uploaded(folder) -> None:
-    """Mark a local stand-in of a remote case folder as completely uploaded, now."""
+    """Mark a local stand-in of a remote case folder as completely uploaded, now; then let
+    the file system's clock tick (coarse: 4-10 ms), so that nothing written after this
+    shares the mark's timestamp (results are the files changed after the mark)."""
     (Path(folder) / BOOKKEEPING).mkdir(exist_ok=True)
     (Path(folder) / UPLOADED_MARKER).write_bytes(b"")
+    time.sleep(0.02)
 
 
 def remove_local(path) -> None:

@@ -198,6 +198,9 @@ class LocalTransport(Transport):
             raise PermanentError(f"{remote_path} does not exist on {self.name}") from exc
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # room can be made: try again later
+                raise TransientError(f"fetching results into {local_path.parent}: no space "
+                                     "left on the device") from exc
             raise _os_error(f"fetching results from {remote_path}", exc) from exc
 
     def remove_tree(self, remote_path: str) -> None:

@@ -12,11 +12,13 @@ The remote host needs a POSIX shell, GNU find, tar and coreutils (sha256sum).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import posixpath
 import shlex
+import shutil
 import socket
 import stat
 import tarfile
@@ -44,8 +46,9 @@ _FIND = (r'(cd -- "$1" && find . -mindepth 1 -path ./.caseflow -prune -o \( -typ
          r'"f %s %P\0" \) -o \( -type d -printf "d 0 %P\0" \) -o \( -type l -printf '
          r'"l 0 %P\0" \) -o -printf "? 0 %P\0")')
 # $1 = a verified staging folder: mark when the upload was complete (results are what changed
-# after this mark)
-_MARK = r'mkdir -p -- "$1/.caseflow" && : > "$1/.caseflow/uploaded"'
+# after this mark), then let the file system's clock tick (4 ms here, at most 10 ms) so that
+# nothing the job writes can share the mark's timestamp
+_MARK = r'mkdir -p -- "$1/.caseflow" && : > "$1/.caseflow/uploaded" && sleep 0.02'
 LIST = r'[ -d "$1" ] || exit 3; ' + _FIND
 # $1 = target, $2 = staging: recreate the staging folder, then list the target (exit 3: none)
 PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3; '
@@ -435,7 +438,12 @@ class SSHTransport(Transport):
             argv = ["sh", "-c", 'cd -- "$1" || exit 2; shift; [ -d "$1" ] || exit 2; '
                     'find "$@" -print0 | tar --null --no-recursion -c -f - -T -',
                     "caseflow", parent, f"./{base}", *expr]
-        self._guard(lambda: self._tar_download(argv, base, staging, remote_path), "downloading")
+        try:
+            self._guard(lambda: self._tar_download(argv, base, staging, remote_path),
+                        "downloading")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         if os.path.lexists(local_path):
             remove_local(local_path)
         fetched = staging / base
@@ -458,7 +466,12 @@ class SSHTransport(Transport):
             tests += [")"]
         argv = ["sh", "-c", FETCH, "caseflow", parent, base,
                 "all" if patterns else "changed", *tests]
-        self._guard(lambda: self._tar_download(argv, base, staging, remote_path), "fetching results")
+        try:
+            self._guard(lambda: self._tar_download(argv, base, staging, remote_path),
+                        "fetching results")
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         fetched = staging / base
         if not fetched.exists():
             fetched.mkdir()  # nothing new: an empty folder
@@ -477,10 +490,15 @@ class SSHTransport(Transport):
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         chan.settimeout(self.cfg.command_timeout)
         chan.exec_command(shlex.join(argv))
+        unreadable: tarfile.TarError | None = None
         try:
             reader = chan.makefile("rb")
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for member in tar:
+            try:
+                tar = tarfile.open(fileobj=reader, mode="r|")
+            except tarfile.ReadError as exc:  # no stream at all: the exit code says why
+                unreadable, tar = exc, None
+            with tar or contextlib.nullcontext([]):
+                for member in tar or []:
                     _check_member(member, base)
                     # checked above; attributes are not taken (no remote owners, no setuid)
                     tar.extract(member, staging, set_attrs=False,
@@ -493,6 +511,8 @@ class SSHTransport(Transport):
         finally:
             chan.close()
         self.commands += 1
+        if rc == 0 and unreadable is not None:
+            raise TransientError(f"download from {self.name}: no tar stream ({unreadable})")
         if rc != 0:
             if "Permission denied" in err:
                 raise PermanentError(f"reading {remote_path} on {self.name}: "
