@@ -30,4 +30,4 @@ diagram: $(STAMP)
 	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd
 
 clean:
-	rm -rf $(VENV) var inbox
+	rm -rf $(VENV) var inbox results

@@ -127,6 +127,8 @@ def test_the_shipped_pueue_example_is_valid(tmp_path):
     data["inbox"] = str(tmp_path / "inbox")
     data["database"] = str(tmp_path / "caseflow.db")
     data["log"]["file"] = str(tmp_path / "caseflow.log")
+    data["results"]["folder"] = str(tmp_path / "results")
+    data["archive"] = {k: str(tmp_path / k) for k in data["archive"]}
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     config = load_config(path)
@@ -134,6 +136,8 @@ def test_the_shipped_pueue_example_is_valid(tmp_path):
     assert [g.name for g in config.groups] == ["gpu_a", "gpu_big"]
     assert config.group("gpu_big").devices == ("2,3",)
     assert config.retry.give_up_after_seconds == 86400
+    assert config.finish.remote_cleanup == "on_success"
+    assert config.finish.archive_done == tmp_path / "done" and config.results.folder.is_dir()
 
 
 def test_the_local_example_is_valid(tmp_path):

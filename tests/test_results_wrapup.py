@@ -162,3 +162,20 @@ def test_archive_on_another_file_system_is_refused(ws):
             load_config(ws.config_path)
     finally:
         os.system(f"umount {other}")
+
+
+def test_a_restart_fetches_the_results_without_asking_the_queue_again(ws, make_engine):
+    t = FetchTransport(str(ws.remote), errors=[TransientError("connection reset")])
+    engine, clock = make_engine(transport=t, workers=False,
+                                retry={"initial_seconds": 30, "max_seconds": 30})
+    ws.drop_case("restarted")
+    run_until(engine, clock, lambda: t.fetches >= 1, step=0.5)
+    engine.shutdown()
+    again, clock2 = make_engine(transport=FetchTransport(str(ws.remote)), workers=False)
+    clock2.now = clock.now + 31
+    asked = []
+    status = again.backend.status
+    again.backend.status = lambda refs: asked.append(refs) or status(refs)
+    again.tick()
+    row = ws.case("restarted")
+    assert (row.state, row.results_fetched, asked) == ("success", 1, [])
