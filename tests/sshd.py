@@ -13,6 +13,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -55,10 +56,22 @@ def _kill(pids: list[int]) -> None:
 
 
 class SSHServer:
-    def __init__(self, root: Path, port: int | None = None):
+    """`port` is where clients connect (127.0.0.1). The optional keywords serve servers that
+    are not directly on the host's loopback (tests/slurm_cluster.py: an sshd in a network
+    namespace behind a relay): `launcher` is an argv prefix for sshd (e.g. `nsenter --net=F`),
+    `listen_port` the port sshd itself listens on (default: `port`), `env` extra variables of
+    remote sessions, `extra_config` extra sshd_config lines."""
+
+    def __init__(self, root: Path, port: int | None = None, *, listen_port: int | None = None,
+                 launcher: Sequence[str] = (), env: Mapping[str, str] | None = None,
+                 extra_config: Sequence[str] = ()):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
+        self.listen_port = listen_port or self.port
+        self.launcher = list(launcher)
+        self.env = dict(env or {})
+        self.extra_config = list(extra_config)
         self.host_key = self.root / "host_key"
         self.client_key = self.root / "client_key"
         self.known_hosts = self.root / "known_hosts"
@@ -90,8 +103,11 @@ class SSHServer:
 
     def config_text(self) -> str:
         r = self.root
+        # sshd honours only the first SetEnv line: every variable goes on this one.
+        env = {"PATH": f"{self.bin}:/usr/local/bin:/usr/bin:/bin", "HOME": str(self.home),
+               **self.env}
         return "\n".join([
-            f"Port {self.port}",
+            f"Port {self.listen_port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {self.host_key}",
             f"AuthorizedKeysFile {r / 'authorized_keys'}",
@@ -112,7 +128,8 @@ class SSHServer:
             # SSH, and this machine's root .bashrc runs `pyenv init`, whose `pyenv rehash` waits
             # up to 60 s on a lock that a killed session can leave behind. A test host has
             # plain shell start-up, as a GPU host would.
-            f"SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin HOME={self.home}",
+            "SetEnv " + " ".join(f"{k}={v}" for k, v in env.items()),
+            *self.extra_config,
             "",
         ])
 
@@ -120,7 +137,7 @@ class SSHServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         conf = self.root / "sshd_config"
         conf.write_text(self.config_text())
-        self.proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(conf)],
+        self.proc = subprocess.Popen([*self.launcher, SSHD, "-D", "-e", "-f", str(conf)],
                                      stderr=open(self.root / "sshd.log", "ab"))
         deadline = time.monotonic() + 30
         while True:
@@ -158,10 +175,15 @@ class SSHServer:
 
 class Relay:
     """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection,
-    `refuse()`/`accept()` turn new connections away or let them through again."""
+    `refuse()`/`accept()` turn new connections away or let them through again.
+    The server is 127.0.0.1:`target_port`, or the unix socket `unix_socket` (a path)."""
 
-    def __init__(self, target_port: int, rate: float | None = None):
+    def __init__(self, target_port: int | None = None, rate: float | None = None, *,
+                 unix_socket: str | Path | None = None):
+        if (target_port is None) == (unix_socket is None):
+            raise ValueError("give exactly one of target_port and unix_socket")
         self.target = ("127.0.0.1", target_port)
+        self.unix_socket = None if unix_socket is None else str(unix_socket)
         self.rate = rate  # bytes per second and direction, per connection (None: unlimited)
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -188,13 +210,25 @@ class Relay:
                 client.close()
                 continue
             try:
-                upstream = socket.create_connection(self.target, timeout=10)
+                upstream = self._connect()
             except OSError:
                 client.close()
                 continue
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _connect(self) -> socket.socket:
+        if self.unix_socket is None:
+            return socket.create_connection(self.target, timeout=10)
+        upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            upstream.settimeout(10)
+            upstream.connect(self.unix_socket)
+        except OSError:
+            upstream.close()
+            raise
+        return upstream
 
     def _pump(self, a, b):
         try:
