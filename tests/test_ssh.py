@@ -212,10 +212,10 @@ def test_polling_many_running_cases_is_one_command_per_tick(ssh_ws):
     try:
         rows = ssh_ws.store.cases(["running"])
         assert len(rows) == 8
-        engine.poll(rows)
+        engine.poll(engine.first_host, rows)
         t = engine.transport
         before = (t.connects, t.commands)
-        engine.poll(rows)
+        engine.poll(engine.first_host, rows)
         assert (t.connects - before[0], t.commands - before[1]) == (0, 1)
     finally:
         ssh_ws.release("later")

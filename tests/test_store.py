@@ -5,18 +5,22 @@ import sqlite3
 
 import pytest
 
-from caseflow.config import GroupConfig
+from caseflow.config import GroupConfig, HostConfig
 from caseflow.errors import StaleCase, StoreError
 from caseflow.store import SCHEMA_VERSION, Store
 
 GROUPS = (GroupConfig("gpu_a", 2, ("0", "1")), GroupConfig("gpu_b", 1))
 
 
+def hosts(groups, name="h1"):
+    return (HostConfig(name, None, None, tuple(groups)),)
+
+
 @pytest.fixture
 def store(tmp_path):
     s = Store(tmp_path / "db.sqlite")
     s.migrate()
-    s.sync_slots(GROUPS)
+    s.sync_slots(hosts(GROUPS))
     yield s
     s.close()
 
@@ -121,13 +125,13 @@ def test_slot_taking_is_atomic_across_processes(store):
 
 
 def test_sync_slots_is_idempotent_and_retires_held_slots(store):
-    assert store.sync_slots(GROUPS) == []
+    assert store.sync_slots(hosts(GROUPS)) == []
     cid = _case(store)
     b = store.free_slot("gpu_b")
     store.commit_transition(cid, "queued", "gpu_locked", "lock_gpu", 101.0, take_slot=b.id)
-    changes = store.sync_slots((GroupConfig("gpu_a", 3),))
-    assert "slot gpu_a[2] added" in changes
-    assert any("gpu_b[0] retired" in c for c in changes)
+    changes = store.sync_slots(hosts([GroupConfig("gpu_a", 3)]))
+    assert "slot gpu_a[2] on h1 added" in changes
+    assert any("gpu_b[0] on h1 retired" in c for c in changes)
     by_key = {(s.grp, s.idx): s for s in store.slots()}
     assert by_key[("gpu_b", 0)].retired and by_key[("gpu_b", 0)].case_id == cid
     assert by_key[("gpu_a", 0)].device is None  # devices were dropped from the config
@@ -149,3 +153,44 @@ def test_reconcile_frees_slots_of_terminal_and_missing_cases(store):
     assert [(f[3], f[4]) for f in freed] == [(b, "success")]
     assert store.get(a).slot_index == 0
     assert store.reconcile_slots(holding) == []
+
+
+def test_slots_belong_to_hosts_and_a_free_one_is_taken_where_most_are_free(store):
+    two = (HostConfig("h1", None, None, (GroupConfig("gpu_a", 1),)),
+           HostConfig("h2", None, None, (GroupConfig("gpu_a", 2), GroupConfig("gpu_b", 1))))
+    store.sync_slots(two)
+    assert sorted((s.host, s.grp, s.idx) for s in store.slots()) == [
+        ("h1", "gpu_a", 0), ("h2", "gpu_a", 0), ("h2", "gpu_a", 1), ("h2", "gpu_b", 0)]
+    first = store.free_slot("gpu_a", ["h1", "h2"])
+    assert (first.host, first.idx) == ("h2", 0)  # h2 has two free, h1 one
+    cid = _case(store)
+    store.commit_transition(cid, "queued", "gpu_locked", "lock_gpu", 101.0, take_slot=first.id)
+    tie = store.free_slot("gpu_a", ["h1", "h2"])
+    assert tie.host == "h1"  # one free on each: the earlier host
+    assert store.free_slot("gpu_a", ["h2"]).host == "h2"
+    assert store.free_slot("gpu_b", ["h1"]) is None
+    row = store.get(cid)
+    assert (row.slot_host, row.slot_index) == ("h2", 0)
+
+
+def test_slots_of_an_older_database_get_their_host_from_the_config(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    from caseflow.store import MIGRATIONS
+    for v, script in enumerate(MIGRATIONS[:5]):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {v + 1}")
+    conn.execute("INSERT INTO cases (name, local_path, state, next_attempt_at, created_at,"
+                 " updated_at) VALUES ('held', '/x', 'running', 0, 0, 0)")
+    conn.execute("INSERT INTO slots (grp, idx, device, case_id) VALUES ('gpu_a', 0, '0', 1)")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.migrate() == SCHEMA_VERSION
+    changes = store.sync_slots(hosts(GROUPS, name="gpu1"))
+    slots = {(s.host, s.grp, s.idx): s for s in store.slots()}
+    assert slots[("gpu1", "gpu_a", 0)].case_id == 1  # the running case keeps its slot
+    assert set(slots) == {("gpu1", "gpu_a", 0), ("gpu1", "gpu_a", 1), ("gpu1", "gpu_b", 0)}
+    assert "slot gpu_a[0] on gpu1 added" not in changes
+    assert store.get(1).slot_host == "gpu1"
+    store.close()

@@ -98,11 +98,16 @@ class Case:
         if eng.config.group(group) is None:
             raise PermanentError(f"group {group!r} is no longer configured; configured groups: "
                                  + ", ".join(g.name for g in eng.config.groups))
-        slot = eng.store.free_slot(group)
+        now = eng.clock()
+        hosts = [h.name for h in eng.hosts.values()
+                 if h.serves(group) and h.takes_new_cases(now)]
+        slot = eng.store.free_slot(group, hosts) if hosts else None
         if slot is None:
             return False
         self.slot_to_take = slot.id
-        event.kwargs.setdefault("detail", f"slot {group}[{slot.idx}]"
+        self.changes["host"] = slot.host
+        where = f" on {slot.host}" if len(eng.hosts) > 1 else ""
+        event.kwargs.setdefault("detail", f"slot {group}[{slot.idx}]{where}"
                                           + (f" device {slot.device}" if slot.device else ""))
         return True
 
@@ -119,8 +124,9 @@ class Case:
 
     def upload_case(self, event) -> None:
         eng, row = self.engine, self.row
+        host = eng.host_of(row)
         manifest = casefolder.scan(Path(row.local_path))
-        remote = eng.transport.path(remote_name(row))
+        remote = host.transport.path(remote_name(row))
         last = [0.0]
 
         def progress(sent: int, total: int) -> None:  # at most one store write a second
@@ -129,16 +135,17 @@ class Case:
                 last[0] = now
                 eng.store.set_progress(row.id, sent, total)
 
-        uploaded = eng.transport.upload_dir(Path(row.local_path), remote, manifest,
-                                            progress=progress)
-        self.changes.update(remote_path=remote, host=eng.transport.name,
+        uploaded = host.transport.upload_dir(Path(row.local_path), remote, manifest,
+                                             progress=progress)
+        self.changes.update(remote_path=remote, host=host.name,
                             file_count=manifest.file_count, size_bytes=manifest.size_bytes)
         event.kwargs.setdefault("detail", f"{manifest.file_count} files, {manifest.size_bytes} "
                                           f"bytes{'' if uploaded else ' (already there)'}")
 
     def submit_job(self, event) -> None:
         eng, row = self.engine, self.row
-        group = eng.config.group(row.grp)
+        host = eng.host_of(row)
+        group = host.cfg.group(row.grp)
         env = {"CASEFLOW_CASE_ID": str(row.id), "CASEFLOW_CASE_NAME": row.name,
                "CASEFLOW_GPU_GROUP": row.grp or "", "CASEFLOW_GPU_SLOT": str(row.slot_index)}
         device = row.slot_device or (group.device_of(row.slot_index) if group and
@@ -147,8 +154,8 @@ class Case:
             env["CUDA_VISIBLE_DEVICES"] = device
         job = JobSpec(case_id=row.id, label=job_label(row, eng.instance),
                       remote_path=row.remote_path, group=row.grp,
-                      command=eng.config.backend.command, env=env, priority=row.priority)
-        task_id = eng.backend.submit(job)
+                      command=host.cfg.backend.command, env=env, priority=row.priority)
+        task_id = host.backend.submit(job)
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")
 
@@ -163,8 +170,9 @@ class Case:
             return
         eng, row = self.engine, self.row
         ref = job_ref(row, eng.instance)
+        host = eng.host_of(row)
         try:
-            text = eng.backend.job_log(ref)
+            text = host.backend.job_log(ref)
         except PermanentError as exc:
             log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
             text = None
@@ -178,7 +186,7 @@ class Case:
             target = free_name(folder, row.name, row.id, eng.store.results_paths())
             eng.store.set_results_path(row.id, row.state, str(target))  # before anything lands
         try:
-            count = eng.transport.fetch_results(row.remote_path, target,
+            count = host.transport.fetch_results(row.remote_path, target,
                                                 eng.config.results.patterns)
         except PermanentError as exc:
             if row.job_outcome == NOT_FOUND:  # nothing more to lose; say so and go on
@@ -199,11 +207,11 @@ class Case:
     def kill_job(self, event) -> None:
         row = self.row
         if row.task_id:
-            self.engine.backend.cancel(job_ref(row, self.engine.instance))
+            self.engine.host_of(row).backend.cancel(job_ref(row, self.engine.instance))
         self.changes["reason"] = "cancelled"
 
     def reset_for_retry(self, event) -> None:
-        self.changes.update(reason=None, task_id=None, last_error=None, run=self.row.run + 1,
+        self.changes.update(host=None, reason=None, task_id=None, last_error=None, run=self.row.run + 1,
                             job_outcome=None, job_detail=None, exit_code=None,
                             results_fetched=0, wrapup=0, wrapup_note=None)
 

@@ -1,4 +1,4 @@
-"""`caseflow check`: can the configured host be used? A report a person can act on.
+"""`caseflow check`: can the configured hosts be used? A report a person can act on.
 
 Connects (verifying the host key), checks the remote root (exists or can be
 created, writable, free space) and the tools the transport and backend need.
@@ -24,10 +24,11 @@ class Line:
         return f"  {'ok  ' if self.ok else 'FAIL'}  {self.text}"
 
 
-def check_host(config) -> tuple[str, list[Line]]:
-    t = make_transport(config)
-    title = f"host {t.name} ({config.transport.kind}"
-    if config.transport.kind == "ssh":
+def check_host(host) -> tuple[str, list[Line]]:
+    """Check one host (a `config.HostConfig`)."""
+    t = make_transport(host.transport)
+    title = f"host {t.name} ({host.transport.kind}"
+    if host.transport.kind == "ssh":
         ep = t.conn.endpoint
         title += f", {ep}{', via ' + ep.proxy_jump if ep.proxy_jump else ''}"
     title += ")"
@@ -36,7 +37,7 @@ def check_host(config) -> tuple[str, list[Line]]:
         try:
             t.run(["true"])
             root = t.path()
-            if config.transport.kind == "ssh":
+            if host.transport.kind == "ssh":
                 lines.append(Line(True, f"connected; host key verified against "
                                         f"{t.conn.endpoint.known_hosts}"))
         except (HostError, TransientError, PermanentError) as exc:
@@ -54,7 +55,7 @@ def check_host(config) -> tuple[str, list[Line]]:
                 free = int(fields[3]) * 1024
                 lines.append(Line(free > 1 << 30, f"free space: {free / (1 << 30):.1f} GiB"
                                   + ("" if free > 1 << 30 else " (less than 1 GiB)")))
-        tools = TOOLS.get(config.transport.kind, []) + BACKEND_TOOLS.get(config.backend.kind, [])
+        tools = TOOLS.get(host.transport.kind, []) + BACKEND_TOOLS.get(host.backend.kind, [])
         if tools:
             res = t.run(["sh", "-c", 'for t in "$@"; do command -v "$t" >/dev/null 2>&1 || '
                                      'echo "$t"; done', "check", *tools])

@@ -50,7 +50,7 @@ def printable(text: str | None) -> str:
 def case_json(row: CaseRow) -> dict:
     return {"id": row.id, "name": row.name, "state": row.state, "group": row.grp,
             "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
-            "host": row.host, "remote_path": row.remote_path, "local_path": row.local_path,
+            "host": row.slot_host or row.host, "remote_path": row.remote_path, "local_path": row.local_path,
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "failing_since": _iso(row.failing_since),
             "run": row.run, "priority": row.priority, "request": row.request,
@@ -132,13 +132,14 @@ def cmd_status(args) -> int:
               (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
                r.state == "running" else "") +
               (f" ({r.request} requested)" if r.request else ""),
-              r.grp or "-", "-" if r.slot_index is None else str(r.slot_index),
-              r.task_id or "-", _iso(r.updated_at) or "-",
+              r.grp or "-", r.slot_host or r.host or "-",
+              "-" if r.slot_index is None else str(r.slot_index), r.task_id or "-", _iso(r.updated_at) or "-",
               printable(r.reason or (f"retrying since {_iso(r.failing_since)} "
                                      f"({r.attempts} attempts): {r.last_error}"
                                      if r.last_error else None))]
              for r in rows]
-    print(_table(["ID", "NAME", "STATE", "GROUP", "SLOT", "TASK", "UPDATED", "REASON"], table))
+    print(_table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+                 table))
     return 0
 
 
@@ -177,13 +178,13 @@ def cmd_resources(args) -> int:
     config, store = _open(args)
     slots = store.slots()
     if args.json:
-        print(json.dumps([{"group": s.grp, "slot": s.idx, "device": s.device,
+        print(json.dumps([{"host": s.host, "group": s.grp, "slot": s.idx, "device": s.device,
                            "case_id": s.case_id, "case_name": s.case_name,
                            "case_state": s.case_state, "retired": s.retired} for s in slots],
                          indent=2, ensure_ascii=False))
         return 0
-    print(_table(["GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
-                 [[s.grp, str(s.idx), s.device or "-",
+    print(_table(["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
+                 [[s.host or "-", s.grp, str(s.idx), s.device or "-",
                    f"{s.case_id} {printable(s.case_name)}" if s.case_id else "free",
                    s.case_state or "-", "retired" if s.retired else ""] for s in slots]))
     return 0
@@ -238,11 +239,13 @@ def _report(trigger: str, row: CaseRow, before: str) -> int:
 def cmd_check(args) -> int:
     from .check import check_host
     config = load_config(config_path_from(args.config))
-    title, lines = check_host(config)
-    print(title)
-    for line in lines:
-        print(line)
-    ok = all(line.ok for line in lines)
+    ok = True
+    for host in config.hosts:
+        title, lines = check_host(host)
+        print(title)
+        for line in lines:
+            print(line)
+        ok = ok and all(line.ok for line in lines)
     print("all checks passed" if ok else "some checks failed")
     return 0 if ok else 1
 

@@ -66,6 +66,21 @@ class BackendConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """One GPU host: how it is reached, its queue, and the slots of each group it serves."""
+    name: str
+    transport: TransportConfig
+    backend: BackendConfig
+    groups: tuple[GroupConfig, ...]
+
+    def group(self, name: str) -> GroupConfig | None:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        return None
+
+
+@dataclass(frozen=True)
 class RetryConfig:
     initial_seconds: float = 5.0
     max_seconds: float = 300.0
@@ -98,9 +113,7 @@ class Config:
     path: Path
     inbox: Path
     database: Path
-    groups: tuple[GroupConfig, ...]
-    transport: TransportConfig
-    backend: BackendConfig
+    hosts: tuple[HostConfig, ...]
     quiet_seconds: float = 5.0
     rescan_seconds: float = 30.0
     tick_seconds: float = 2.0
@@ -114,14 +127,42 @@ class Config:
     finish: FinishConfig = field(default_factory=FinishConfig)
 
     @property
+    def groups(self) -> tuple[GroupConfig, ...]:
+        """Every group served by some host, in config order; slots summed over the hosts."""
+        out: dict[str, GroupConfig] = {}
+        for h in self.hosts:
+            for g in h.groups:
+                seen = out.get(g.name)
+                out[g.name] = g if seen is None else GroupConfig(g.name, seen.slots + g.slots)
+        return tuple(out.values())
+
+    @property
     def default_group(self) -> str:
-        return self.groups[0].name
+        return self.hosts[0].groups[0].name
 
     def group(self, name: str) -> GroupConfig | None:
         for g in self.groups:
             if g.name == name:
                 return g
         return None
+
+    def host(self, name: str | None) -> HostConfig | None:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        return None
+
+    def hosts_serving(self, group: str) -> list[HostConfig]:
+        return [h for h in self.hosts if h.group(group) is not None]
+
+    # the first host's ports (the only host of a single-host config)
+    @property
+    def transport(self) -> TransportConfig:
+        return self.hosts[0].transport
+
+    @property
+    def backend(self) -> BackendConfig:
+        return self.hosts[0].backend
 
 
 class _Reader:
@@ -239,9 +280,7 @@ def load_config(path: Path | str) -> Config:
     rescan = float(stab.get("rescan_seconds", number, 30.0, _positive))
     stab.finish()
 
-    groups = _read_groups(top)
-    transport = _read_transport(top, base)
-    backend = _read_backend(top)
+    hosts = _read_hosts(top, base)
 
     rr = top.sub("retry")
     retry = RetryConfig(
@@ -264,8 +303,8 @@ def load_config(path: Path | str) -> Config:
     log_file = lg.get("file", str, None)
     lg.finish()
     top.finish()
-    return Config(path=path.resolve(), inbox=inbox, database=database, groups=groups,
-                  transport=transport, backend=backend, quiet_seconds=quiet,
+    return Config(path=path.resolve(), inbox=inbox, database=database, hosts=hosts,
+                  quiet_seconds=quiet,
                   rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
                   shutdown_grace_seconds=grace, retry=retry, log_level=level,
                   log_file=_resolve(base, log_file) if log_file else None,
@@ -342,6 +381,35 @@ def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
                         on_finish=hook, on_finish_timeout_seconds=timeout)
 
 
+def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
+    """Either one host (top-level groups, transport, backend) or `hosts:`, a mapping of host
+    names to their own groups, transport and backend."""
+    if "hosts" not in top.data:
+        transport = _read_transport(top, base)
+        return (HostConfig(transport.name, transport, _read_backend(top), _read_groups(top)),)
+    for key in ("groups", "transport", "backend"):
+        if key in top.data:
+            raise top.error(key, "not allowed next to hosts: give each host its own")
+    raw = top.get("hosts", dict, what="a mapping of host names to their settings")
+    if not raw:
+        raise top.error("hosts", "needs at least one host")
+    hosts = []
+    for name, settings in raw.items():
+        if not isinstance(name, str) or not _GROUP_NAME.match(name):
+            raise top.error("hosts", f"not a valid host name: {_show(name)} "
+                                     "(letters, digits, _ . - ; not starting with . or -)")
+        if not isinstance(settings, dict):
+            raise top.error(f"hosts.{name}", f"expected a mapping with groups, transport and "
+                                             f"backend, got {_show(settings)}")
+        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.")
+        transport = _read_transport(hr, base, name=name)
+        backend = _read_backend(hr)
+        groups = _read_groups(hr)
+        hr.finish()
+        hosts.append(HostConfig(name, transport, backend, groups))
+    return tuple(hosts)
+
+
 def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:
     raw = top.get("groups", (dict, list), what="a mapping of group names to settings, "
                                                 "or a list of group names")
@@ -384,8 +452,12 @@ def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:
     return tuple(groups)
 
 
-def _read_transport(top: _Reader, base: Path) -> TransportConfig:
+def _read_transport(top: _Reader, base: Path, name: str | None = None) -> TransportConfig:
+    """`name`: the host's name in a `hosts:` mapping (then transport.name may not differ)."""
     tr = top.sub("transport", required=True)
+    if name is not None and tr.data.get("name", name) != name:
+        raise tr.error("name", f"the host is named {name!r} by its key in hosts; "
+                               "remove transport.name")
     for secret in ("password", "passphrase"):
         if secret in tr.data:
             raise tr.error(secret, "passwords are not accepted in a config file; use a key "
@@ -396,7 +468,7 @@ def _read_transport(top: _Reader, base: Path) -> TransportConfig:
     verify = tr.get("verify", str, "size", lambda v: None if v in VERIFY_MODES
                     else f"must be one of {', '.join(VERIFY_MODES)}")
     if kind == "local":
-        name = tr.get("name", str, "local")
+        name = tr.get("name", str, name or "local")
         tr.finish()
         root_path = _resolve(base, root)
         if not root_path.parent.is_dir():
@@ -408,7 +480,7 @@ def _read_transport(top: _Reader, base: Path) -> TransportConfig:
         raise tr.error("root", "must be an absolute path on the remote host (or start with ~/)")
     port = tr.get("port", int, None, lambda v: None if 0 < v < 65536 else "not a port number")
     user = tr.get("user", str, None)
-    name = tr.get("name", str, host)
+    name = tr.get("name", str, name or host)
     identity = tr.get("identity_file", str, None)
     known_hosts = tr.get("known_hosts", str, None)
     ssh_config = tr.get("ssh_config", str, None)

@@ -104,8 +104,9 @@ class Daemon:
         try:
             self.engine.start()
             self.watcher.start()
-            log.info("caseflow running: inbox %s, database %s, %d group(s)", self.config.inbox,
-                     self.config.database, len(self.config.groups))
+            log.info("caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",
+                     self.config.inbox, self.config.database, len(self.config.groups),
+                     len(self.config.hosts))
             self.ready.set()
             while not self.stop_event.is_set():
                 self.engine.wake_event.clear()

@@ -15,19 +15,20 @@ import time
 from pathlib import Path
 
 from . import casefolder, wrapup
-from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, make_backend
+from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS
 from .case_model import Case, job_ref
 from .errors import HostError, PermanentError, StaleCase, TransientError
 from .machine import CaseMachine, MachineError
 from .spec import POLL, MachineSpec, load_spec
 from .store import CaseRow, Store
-from .transports import make_transport
+from .hosts import Host, is_unreachable
 from .watcher import is_hidden
 from .workers import WorkerPool
 
 log = logging.getLogger("caseflow.engine")
 
 REQUESTS = ("cancel", "retry")
+REQUEUE = "requeue"  # a case not uploaded yet leaves a host that cannot be reached
 FINISH = {SUCCESS: "complete", FAILURE: "fail", NOT_FOUND: "lose"}  # how a job's end ends a case
 
 
@@ -45,33 +46,45 @@ class Engine:
         self.clock = clock
         self.watcher = watcher
         self.machine = CaseMachine(self.spec)
-        self._transport = transport
-        self._backend = backend
+        # the hosts, in config order; `transport`/`backend` given here are the first host's
+        self.hosts: dict[str, Host] = {}
+        for i, h in enumerate(config.hosts):
+            self.hosts[h.name] = Host(h, transport if i == 0 else None,
+                                      backend if i == 0 else None)
         self.pool: WorkerPool | None = None
         self._inflight: set[int] = set()
         self._inflight_lock = threading.Lock()
         self._seen: set[tuple[str, str | None]] = set()
         self._next_rescan = 0.0
-        self._last_poll = float("-inf")
         self.wake_event = threading.Event()
-        self._host_issue: str | None = None
         self._tick_started = float("-inf")
         self.instance = ""
-        self._notice: str | None = None
         self._steps = {s.name: s for s in self.spec.states if s.step}
 
-    # -- ports, created lazily so that read-only commands never connect ------------------
+    # -- hosts and their ports (created lazily: read-only commands never connect) ---------
+    @property
+    def first_host(self) -> Host:
+        return next(iter(self.hosts.values()))
+
     @property
     def transport(self):
-        if self._transport is None:
-            self._transport = make_transport(self.config)
-        return self._transport
+        """The first host's transport (the only host of a single-host config)."""
+        return self.first_host.transport
 
     @property
     def backend(self):
-        if self._backend is None:
-            self._backend = make_backend(self.config, self.transport)
-        return self._backend
+        return self.first_host.backend
+
+    def host_of(self, row: CaseRow) -> Host:
+        """The host a case's slot (or upload) belongs to."""
+        name = row.slot_host or row.host
+        if name is None:
+            return self.first_host
+        host = self.hosts.get(name)
+        if host is None:
+            raise PermanentError(f"host {name!r} is no longer configured; configured hosts: "
+                                 + ", ".join(self.hosts))
+        return host
 
     # -- life cycle --------------------------------------------------------------------
     def start(self, workers: bool = True) -> None:
@@ -79,12 +92,12 @@ class Engine:
         self.store.migrate()
         self.instance = self.store.instance_id()
         for name, problem, _ in self.store.host_problems():
-            if name == self.config.transport.name:
-                self._host_issue = problem
+            if name in self.hosts:
+                self.hosts[name].problem = problem
         for name, notice in self.store.host_notices():
-            if name == self.config.transport.name:
-                self._notice = notice
-        for line in self.store.sync_slots(self.config.groups):
+            if name in self.hosts:
+                self.hosts[name].notice = notice
+        for line in self.store.sync_slots(self.config.hosts):
             log.info("%s", line)
         for slot_id, grp, idx, case_id, state in self.store.reconcile_slots(self.spec.slot_states):
             log.warning("freed slot %s[%s] held by case %s (%s)", grp, idx, case_id, state)
@@ -100,8 +113,8 @@ class Engine:
                 log.warning("abandoned %d unfinished step(s); they run again at the next start",
                             len(self._inflight))
             self.pool = None
-        if self._transport is not None:
-            self._transport.close()
+        for host in self.hosts.values():
+            host.close()
         return done
 
     def forget_folder(self, path: str, inode: str | None) -> None:
@@ -120,23 +133,28 @@ class Engine:
         self.detect(now)
         self.apply_requests()
         due = self.store.due_cases(now, self._steps)
-        polled: list[CaseRow] = []
+        polled: dict[str, list[CaseRow]] = {}
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
         for row in due:
             state = self._steps[row.state]
             if state.step == POLL and row.job_outcome:
                 self._finish(row)
             elif state.step == POLL:
-                polled.append(row)
+                try:
+                    polled.setdefault(self.host_of(row).name, []).append(row)
+                except PermanentError as exc:
+                    self.fail(row.id, _short(exc))
             elif state.worker and self.pool is not None:
                 self._dispatch(row, state.step)
             elif not self._is_inflight(row.id) and (row.state, row.grp) not in blocked:
                 if self.step(row, state.step) is None:
                     # e.g. no free slot of the group: the younger cases behind it wait too
                     blocked.add((row.state, row.grp))
-        if polled and now - self._last_poll >= self.config.poll_seconds:
-            self._last_poll = now
-            self.poll(polled)
+        for name, rows in polled.items():  # one status command per host
+            host = self.hosts[name]
+            if now - host.last_poll >= self.config.poll_seconds:
+                host.last_poll = now
+                self.poll(host, rows)
         for row in self.store.wrapups_due(now):
             self._dispatch_call(row, wrapup.wrap_up, self, row)
 
@@ -155,7 +173,8 @@ class Engine:
             if nxt is not None:
                 wait = min(wait, nxt - now)
         if self.store.next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
-            wait = min(wait, self._last_poll + self.config.poll_seconds - now)
+            last = min(h.last_poll for h in self.hosts.values())
+            wait = min(wait, last + self.config.poll_seconds - now)
         return max(0.02, wait)
 
     # -- detection ---------------------------------------------------------------------
@@ -211,7 +230,7 @@ class Engine:
         except TransientError as exc:
             self._transient(row, trigger, exc)
         except HostError as exc:
-            self._host_problem([row], exc)
+            self._host_problem(self.host_of(row), [row], exc)
         except StaleCase as exc:
             log.info("case %s: %s skipped: %s", row.id, trigger, exc)
         except MachineError as exc:
@@ -232,30 +251,55 @@ class Engine:
         except StaleCase:
             return False
 
-    def _host_problem(self, rows: list[CaseRow], exc: HostError) -> None:
-        """Pause work on the host: the cases wait (they do not fail) and the problem is shown."""
+    def _host_problem(self, host: Host, rows: list[CaseRow], exc: HostError) -> None:
+        """Pause work on the host: its cases wait (they do not fail) and the problem is shown;
+        cases not uploaded yet go to another host serving their group, if there is one."""
         now = self.clock()
         message = _short(exc)
-        if message != self._host_issue:
-            log.error("host %s: work paused: %s", self.transport.name, message)
-            self._host_issue = message
-            self.store.set_host_problem(self.transport.name, message, now)
+        host.avoid_until = now + self.config.retry.max_seconds
+        if message != host.problem:
+            log.error("host %s: work paused: %s", host.name, message)
+            host.problem = message
+            self.store.set_host_problem(host.name, message, now)
         for row in rows:
-            self.store.reschedule(row.id, row.state, now + self.config.retry.max_seconds)
+            if not self._move_elsewhere(row, host, message):
+                self.store.reschedule(row.id, row.state, now + self.config.retry.max_seconds)
 
-    def _host_ok(self) -> None:
-        if self._host_issue is not None:
-            log.info("host %s: reachable again; work resumes", self.transport.name)
-            self._host_issue = None
-            self.store.set_host_problem(self.transport.name, None, self.clock())
+    def _host_ok(self, host: Host) -> None:
+        host.avoid_until = float("-inf")
+        if host.problem is not None:
+            log.info("host %s: reachable again; work resumes", host.name)
+            host.problem = None
+            self.store.set_host_problem(host.name, None, self.clock())
 
-    def _note(self, notice: str | None) -> None:
-        if notice != self._notice:
-            self._notice = notice
-            self.store.set_host_notice(self.transport.name, notice, self.clock())
+    def _note(self, host: Host, notice: str | None) -> None:
+        if notice != host.notice:
+            host.notice = notice
+            self.store.set_host_notice(host.name, notice, self.clock())
+
+    def _move_elsewhere(self, row: CaseRow, host: Host, why: str) -> bool:
+        """A case holding a slot on `host` but not uploaded yet goes back to the queue, to
+        take a slot on another host serving its group (cases already uploaded stay)."""
+        if row.state not in self.spec.sources_of(REQUEUE):
+            return False
+        now = self.clock()
+        others = [h for h in self.hosts.values()
+                  if h is not host and h.serves(row.grp) and h.takes_new_cases(now)]
+        if not others:
+            return False
+        return bool(self.step(row, REQUEUE, detail=f"host {host.name}: {why}"))
 
     def _transient(self, row: CaseRow, trigger: str, exc: Exception) -> None:
         now = self.clock()
+        if is_unreachable(exc):
+            try:
+                host = self.host_of(row)
+            except PermanentError:
+                host = None
+            if host is not None:
+                host.avoid_until = now + self.config.retry.max_seconds
+                if self._move_elsewhere(row, host, _short(exc)):
+                    return
         delay = self.config.retry.delay(row.attempts + 1)
         updated = self.store.note_transient(row.id, row.state, f"{trigger}: {_short(exc)}", now,
                                             now + delay)
@@ -278,17 +322,32 @@ class Engine:
     def _dispatch(self, row: CaseRow, trigger: str, **kwargs) -> None:
         self._dispatch_call(row, self._step_in_worker, row, trigger, kwargs)
 
+    def _still(self, row: CaseRow) -> CaseRow | None:
+        """The case as the store has it now, if it is still where `row` saw it: a step that
+        finished after this tick read its due cases must not be run again on a stale row."""
+        fresh = self.store.get(row.id)
+        if fresh is None or fresh.state != row.state or fresh.run != row.run or \
+                fresh.updated_at != row.updated_at:
+            return None
+        return fresh
+
     def _step_in_worker(self, row: CaseRow, trigger: str, kwargs: dict) -> None:
         if self.step(row, trigger, **kwargs):
-            self._host_ok()
+            fresh = self.store.get(row.id)
+            if fresh is not None and (fresh.slot_host or fresh.host) in self.hosts:
+                self._host_ok(self.hosts[fresh.slot_host or fresh.host])
 
     def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
         """Run `fn(*args)` for the case in the worker pool (inline without one), at most
-        one piece of work per case at a time."""
+        one piece of work per case at a time, and never for a row that is out of date."""
         with self._inflight_lock:
             if row.id in self._inflight:
                 return
             self._inflight.add(row.id)
+        if self._still(row) is None:
+            with self._inflight_lock:
+                self._inflight.discard(row.id)
+            return
         if self.pool is None:
             self._run_in_worker(fn, row.id, args)
             return
@@ -314,26 +373,26 @@ class Engine:
             return not self._inflight
 
     # -- polling -------------------------------------------------------------------------
-    def poll(self, rows: list[CaseRow]) -> None:
-        """Ask the queue about all running cases in one call, and act on the answers."""
+    def poll(self, host: Host, rows: list[CaseRow]) -> None:
+        """Ask the host's queue about all its running cases in one call; act on the answers."""
         rows = [r for r in rows if not self._is_inflight(r.id)]
         if not rows:
             return
         try:
-            answers = self.backend.status([job_ref(r, self.instance) for r in rows])
+            answers = host.backend.status([job_ref(r, self.instance) for r in rows])
         except TransientError as exc:
             for row in rows:
                 self._transient(row, "poll", exc)
             return
         except HostError as exc:
-            self._host_problem(rows, exc)
+            self._host_problem(host, rows, exc)
             return
         except PermanentError as exc:
             for row in rows:
                 self.fail(row.id, f"the queue's status could not be read: {_short(exc)}")
             return
-        self._host_ok()
-        self._note(self.backend.notice())
+        self._host_ok(host)
+        self._note(host, host.backend.notice())
         now = self.clock()
         for row in rows:
             status = answers.get(row.id)

@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from .errors import StaleCase, StoreError
 
@@ -100,6 +100,24 @@ MIGRATIONS: list[str] = [
     ALTER TABLE cases ADD COLUMN wrapup_note TEXT;
     CREATE INDEX cases_wrapup ON cases (next_attempt_at) WHERE wrapup = 1;
     """,
+    # v6: several hosts; a slot belongs to a host (slots of older databases get theirs from
+    # the config at the next start: the first host serving their group)
+    """
+    CREATE TABLE slots_v6 (
+        id       INTEGER PRIMARY KEY AUTOINCREMENT,
+        host     TEXT NOT NULL DEFAULT '',
+        grp      TEXT NOT NULL,
+        idx      INTEGER NOT NULL,
+        device   TEXT,
+        case_id  INTEGER UNIQUE REFERENCES cases (id),
+        retired  INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (host, grp, idx)
+    );
+    INSERT INTO slots_v6 (id, host, grp, idx, device, case_id, retired)
+        SELECT id, '', grp, idx, device, case_id, retired FROM slots;
+    DROP TABLE slots;
+    ALTER TABLE slots_v6 RENAME TO slots;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,6 +164,7 @@ class CaseRow:
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
+    slot_host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,7 @@ class SlotRow:
     retired: bool
     case_name: str | None = None
     case_state: str | None = None
+    host: str = ""
 
 
 @dataclass(frozen=True)
@@ -171,9 +191,14 @@ class HistoryRow:
     detail: str | None
 
 
-_CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-3]
+_CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-4]
 _CASE_SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in _CASE_COLUMNS) +
-                ", s.id, s.idx, s.device FROM cases c LEFT JOIN slots s ON s.case_id = c.id")
+                ", s.id, s.idx, s.device, s.host FROM cases c LEFT JOIN slots s"
+                " ON s.case_id = c.id")
+
+
+def _slot_name(host: str, grp: str, idx: int) -> str:
+    return f"{grp}[{idx}] on {host}" if host else f"{grp}[{idx}]"
 
 
 class Store:
@@ -487,53 +512,71 @@ class Store:
         return [HistoryRow(*r) for r in rows]
 
     # -- slots -----------------------------------------------------------------------
-    def sync_slots(self, groups) -> list[str]:
-        """Make the slot table match the configured groups; idempotent.
+    def sync_slots(self, hosts) -> list[str]:
+        """Make the slot table match the configured hosts and their groups; idempotent.
 
-        New slots appear; slots of removed groups (or beyond a lowered count) are
-        retired: deleted when free, kept until released when a case holds them.
+        New slots appear; slots of removed hosts or groups (or beyond a lowered count)
+        are retired: deleted when free, kept until released when a case holds them.
         Returns a line per change, for the log.
         """
         changes = []
         with self.transaction() as conn:
+            # slots from before there were several hosts: the first host serving the group
+            for grp, in conn.execute("SELECT DISTINCT grp FROM slots WHERE host = ''").fetchall():
+                owner = next((h.name for h in hosts if h.group(grp) is not None), None)
+                if owner is not None:
+                    conn.execute("UPDATE slots SET host = ? WHERE host = '' AND grp = ?",
+                                 (owner, grp))
             wanted = {}
-            for g in groups:
-                for i in range(g.slots):
-                    wanted[(g.name, i)] = g.device_of(i)
-            existing = {(r[1], r[2]): r for r in
-                        conn.execute("SELECT id, grp, idx, device, case_id, retired FROM slots")}
+            for h in hosts:
+                for g in h.groups:
+                    for i in range(g.slots):
+                        wanted[(h.name, g.name, i)] = g.device_of(i)
+            existing = {(r[1], r[2], r[3]): r for r in conn.execute(
+                "SELECT id, host, grp, idx, device, case_id, retired FROM slots")}
             for key, device in wanted.items():
                 row = existing.get(key)
                 if row is None:
-                    conn.execute("INSERT INTO slots (grp, idx, device) VALUES (?, ?, ?)",
-                                 (key[0], key[1], device))
-                    changes.append(f"slot {key[0]}[{key[1]}] added")
-                elif row[3] != device or row[5]:
+                    conn.execute("INSERT INTO slots (host, grp, idx, device) VALUES (?, ?, ?, ?)",
+                                 (*key, device))
+                    changes.append(f"slot {_slot_name(*key)} added")
+                elif row[4] != device or row[6]:
                     conn.execute("UPDATE slots SET device = ?, retired = 0 WHERE id = ?",
                                  (device, row[0]))
-                    changes.append(f"slot {key[0]}[{key[1]}] updated")
+                    changes.append(f"slot {_slot_name(*key)} updated")
             for key, row in existing.items():
                 if key in wanted:
                     continue
-                if row[4] is None:
+                if row[5] is None:
                     conn.execute("DELETE FROM slots WHERE id = ?", (row[0],))
-                    changes.append(f"slot {key[0]}[{key[1]}] removed")
-                elif not row[5]:
+                    changes.append(f"slot {_slot_name(*key)} removed")
+                elif not row[6]:
                     conn.execute("UPDATE slots SET retired = 1 WHERE id = ?", (row[0],))
-                    changes.append(f"slot {key[0]}[{key[1]}] retired; case {row[4]} still holds it")
+                    changes.append(f"slot {_slot_name(*key)} retired; case {row[5]} still "
+                                   "holds it")
         return changes
 
-    def free_slot(self, group: str) -> SlotRow | None:
-        row = self._conn().execute(
-            "SELECT id, grp, idx, device, case_id, retired FROM slots WHERE grp = ?"
-            " AND case_id IS NULL AND retired = 0 ORDER BY idx LIMIT 1", (group,)).fetchone()
-        return SlotRow(*row[:5], bool(row[5])) if row else None
+    def free_slot(self, group: str, hosts: Sequence[str] | None = None) -> SlotRow | None:
+        """A free slot of the group, on one of `hosts` (all when None): on the host with
+        the most free slots of the group (spreading the load), the earlier host on a tie."""
+        rows = self._conn().execute(
+            "SELECT id, grp, idx, device, case_id, retired, host FROM slots WHERE grp = ?"
+            " AND case_id IS NULL AND retired = 0 ORDER BY idx", (group,)).fetchall()
+        if hosts is not None:
+            rows = [r for r in rows if r[6] in hosts]
+        if not rows:
+            return None
+        order = list(hosts) if hosts is not None else sorted({r[6] for r in rows})
+        free = {h: sum(1 for r in rows if r[6] == h) for h in order}
+        best = max(order, key=lambda h: (free.get(h, 0), -order.index(h)))
+        r = next(r for r in rows if r[6] == best)
+        return SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), host=r[6])
 
     def slots(self) -> list[SlotRow]:
         rows = self._conn().execute(
-            "SELECT s.id, s.grp, s.idx, s.device, s.case_id, s.retired, c.name, c.state"
-            " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.grp, s.idx")
-        return [SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7]) for r in rows]
+            "SELECT s.id, s.grp, s.idx, s.device, s.case_id, s.retired, c.name, c.state, s.host"
+            " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.host, s.grp, s.idx")
+        return [SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
         """Free slots held by missing cases or by cases in a state that holds none

@@ -46,7 +46,7 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
     if not cleanup_wanted(engine.config.finish.remote_cleanup, row):
         return True
     try:
-        engine.transport.remove_tree(row.remote_path)
+        engine.host_of(row).transport.remove_tree(row.remote_path)
     except (TransientError, HostError) as exc:
         retry_at = engine.clock() + engine.config.retry.max_seconds
         log.warning("case %s: the remote folder %s could not be removed yet: %s", row.id,

@@ -63,13 +63,14 @@ class QueueBackend(ABC):
         return None
 
 
-def make_backend(config, transport) -> QueueBackend:
-    kind = config.backend.kind
+def make_backend(host, transport) -> QueueBackend:
+    """The queue of one host (a `config.HostConfig`), reached through `transport`."""
+    kind = host.backend.kind
     if kind == "direct":
         from .direct import DirectBackend
         return DirectBackend(transport)
     if kind == "pueue":
         from .pueue import PueueBackend
-        return PueueBackend(transport, config.groups, pueue=config.backend.pueue,
-                            manage_groups=config.backend.manage_groups)
+        return PueueBackend(transport, host.groups, pueue=host.backend.pueue,
+                            manage_groups=host.backend.manage_groups)
     raise ValueError(f"unknown backend kind {kind!r}")

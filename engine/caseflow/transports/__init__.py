@@ -102,13 +102,13 @@ class Transport(ABC):
         """Release connections; the transport may be used again afterwards."""
 
 
-def make_transport(config) -> Transport:
-    kind = config.transport.kind
+def make_transport(cfg) -> Transport:
+    """The transport for a `config.TransportConfig`."""
+    kind = cfg.kind
     if kind == "local":
         from .local import LocalTransport
-        return LocalTransport(config.transport.name, config.transport.root,
-                              verify=config.transport.verify)
+        return LocalTransport(cfg.name, cfg.root, verify=cfg.verify)
     if kind == "ssh":
         from .ssh import SSHTransport
-        return SSHTransport(config.transport)
+        return SSHTransport(cfg)
     raise ValueError(f"unknown transport kind {kind!r}")

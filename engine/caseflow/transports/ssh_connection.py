@@ -27,7 +27,9 @@ log = logging.getLogger("caseflow.ssh")
 
 
 class Unreachable(TransientError):
-    """The host could not be reached recently; not retried again before the reconnect interval."""
+    """The host cannot be reached (connecting failed); not tried again before the reconnect
+    interval. The engine sends cases that are not uploaded yet to other hosts."""
+    unreachable = True
 
 
 class _GcmFirstTransport(paramiko.Transport):
@@ -157,6 +159,8 @@ class Connection:
                 self._client = self._open()
             except Exception as exc:
                 err = classify(exc, f"connecting to {self.endpoint}")
+                if isinstance(err, TransientError):
+                    err = Unreachable(str(err))
                 self._failed_at = self.clock()
                 self._failure = str(err)
                 self._drop()
