@@ -226,7 +226,8 @@ class Workspace:
 
     def kill_jobs(self) -> None:
         """Kill every job still running under the remote root (cleanup after a test)."""
-        for pid_file in self.remote.glob("*/.caseflow/pid"):
+        for pid_file in [*self.remote.glob("*/.caseflow/pid"),
+                         *self.remote.glob("*/*/.caseflow/pid")]:  # several hosts: one root each
             try:
                 pid = int(pid_file.read_text().strip())
             except (OSError, ValueError):

@@ -262,6 +262,8 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: expected a mapping of settings at the top")
     base = path.resolve().parent
     top = _Reader(path, data)
+    # top-level keys starting with "x-" are the user's own (e.g. YAML anchors to share)
+    top.used |= {k for k in data if isinstance(k, str) and k.startswith("x-")}
 
     inbox = _resolve(base, top.get("inbox", str))
     if not inbox.is_dir():
