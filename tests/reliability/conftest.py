@@ -1,0 +1,117 @@
+"""Shared by the reliability suites: a GPU host (real sshd, pueue emulator, a relay to cut it
+off), and `caseflow run` as a real process that can be killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import DEADLINE, wait_for
+from pueue_emulator import install, run as emulator, stop_tasks
+from sshd import Relay, SSHServer, transport_settings
+
+# The job of the reliability suites: checks that its case arrived whole (every file listed in
+# inputs.sha256 with its checksum), records its start, works a little, writes a result.
+#   exit_code  exit with this code;  work  seconds to work (default 0.3)
+JOB = r"""
+echo "$CASEFLOW_CASE_ID $(date +%s.%N)" >> "{ctl}/starts"
+if ! sha256sum --quiet -c inputs.sha256 > /dev/null 2>&1; then
+  echo "$CASEFLOW_CASE_ID" >> "{ctl}/partial"; exit 99
+fi
+sleep "$(cat work 2>/dev/null || echo 0.3)"
+mkdir -p output && echo "result of $CASEFLOW_CASE_ID" > output/result.txt
+if [ -e exit_code ]; then exit "$(cat exit_code)"; fi
+"""
+
+
+class GpuHost:
+    """A real sshd with the pueue emulator first on its PATH, behind a relay."""
+
+    def __init__(self, root: Path, version: str = "4.0.4"):
+        self.server = SSHServer(root / "gpuhost").start()
+        self.state = install(self.server.bin, state_dir=root / "pueue-state", version=version)
+        self.relay = Relay(self.server.port)
+        self.known_hosts = self.server.write_known_hosts(root / "gpuhost" / "known_hosts_relay",
+                                                         port=self.relay.port)
+
+    def transport(self, remote_root: Path, **extra) -> dict:
+        return transport_settings(self.server, remote_root, port=self.relay.port,
+                                  known_hosts=str(self.known_hosts), **extra)
+
+    def tasks(self) -> dict:
+        return json.loads(emulator(self.state, "status", "--json").stdout)["tasks"]
+
+    def close(self) -> None:
+        stop_tasks(self.state)
+        self.relay.close()
+        self.server.stop()
+
+
+@pytest.fixture
+def gpu_host(ws):
+    host = GpuHost(ws.root)
+    yield host
+    host.close()
+
+
+def write_case(folder: Path, files: dict) -> Path:
+    """A case folder with its files and inputs.sha256 listing them (the job checks it)."""
+    import hashlib
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for rel, content in files.items():
+        p = folder / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        data = content if isinstance(content, bytes) else content.encode()
+        p.write_bytes(data)
+        lines.append(f"{hashlib.sha256(data).hexdigest()}  {rel}")
+    (folder / "inputs.sha256").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+class Daemon:
+    """`caseflow run` as a real process, its stderr in a log file of its own."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.log = ws.root / f"daemon-{len(list(ws.root.glob('daemon-*.log'))):03d}.log"
+        self.p = subprocess.Popen([sys.executable, "-m", "caseflow.cli", "run", "-c",
+                                   str(ws.config_path)], stdout=subprocess.DEVNULL,
+                                  stderr=open(self.log, "wb"), start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_running(self) -> None:
+        wait_for(lambda: "caseflow running" in self.text() or self.p.poll() is not None,
+                 what="the daemon to start")
+        assert self.p.poll() is None, f"the daemon exited at start:\n{self.text()[-3000:]}"
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGKILL)
+        self.p.wait(timeout=DEADLINE)
+
+    def stop(self) -> int:
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+        return self.p.wait(timeout=DEADLINE)
+
+
+@pytest.fixture
+def daemons(ws):
+    started: list[Daemon] = []
+
+    def start() -> Daemon:
+        d = Daemon(ws)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.kill()
