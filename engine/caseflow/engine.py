@@ -157,6 +157,9 @@ class Engine:
                 self.poll(host, rows)
         for row in self.store.wrapups_due(now):
             self._dispatch_call(row, wrapup.wrap_up, self, row)
+        for host in self.hosts.values():
+            if host.down and now >= host.next_probe and not host.probing:
+                self._probe(host, now)
 
     def next_wakeup(self) -> float:
         """Seconds until something is due (at most one tick).
@@ -257,6 +260,7 @@ class Engine:
         now = self.clock()
         message = _short(exc)
         host.avoid_until = now + self.config.retry.max_seconds
+        host.down, host.next_probe = True, now + self.config.retry.max_seconds
         if message != host.problem:
             log.error("host %s: work paused: %s", host.name, message)
             host.problem = message
@@ -271,6 +275,46 @@ class Engine:
             log.info("host %s: reachable again; work resumes", host.name)
             host.problem = None
             self.store.set_host_problem(host.name, None, self.clock())
+        if host.down:
+            host.down = False
+            woken = self.store.wake_host(host.name, self.spec.slot_states, self.clock())
+            log.info("host %s answers again; %d waiting case(s) go on now", host.name, woken)
+            self.wake()
+
+    def _host_down(self, host: Host, now: float) -> None:
+        """The host could not be reached: no new cases for a while, and a cheap probe every
+        reconnect interval, so its cases go on as soon as it answers (not after the rest of
+        their backoff)."""
+        host.avoid_until = now + self.config.retry.max_seconds
+        if not host.down:
+            host.down = True
+            host.next_probe = now + self._probe_interval(host)
+
+    def _probe_interval(self, host: Host) -> float:
+        return max(1.0, getattr(host.cfg.transport, "reconnect_min_interval", 5.0))
+
+    def _probe(self, host: Host, now: float) -> None:
+        host.probing = True
+        host.next_probe = now + self._probe_interval(host)
+
+        def probe():
+            try:
+                host.transport.run(["true"], timeout=30)
+            except HostError as exc:
+                self._host_problem(host, [], exc)
+            except (TransientError, PermanentError) as exc:
+                log.debug("host %s: still not answering: %s", host.name, exc)
+            else:
+                self._host_ok(host)
+            finally:
+                host.probing = False
+        if self.pool is None:
+            probe()
+        else:
+            try:
+                self.pool.submit(probe)
+            except RuntimeError:
+                host.probing = False
 
     def _note(self, host: Host, notice: str | None) -> None:
         if notice != host.notice:
@@ -297,7 +341,7 @@ class Engine:
             except PermanentError:
                 host = None
             if host is not None:
-                host.avoid_until = now + self.config.retry.max_seconds
+                self._host_down(host, now)
                 if self._move_elsewhere(row, host, _short(exc)):
                     return
         delay = self.config.retry.delay(row.attempts + 1)

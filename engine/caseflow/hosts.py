@@ -20,6 +20,9 @@ class Host:
         self.notice: str | None = None    # something a person should know (a paused group)
         self.avoid_until = float("-inf")  # unreachable or paused: no new cases before this
         self.last_poll = float("-inf")
+        self.down = False                 # the last contact failed: probed until it answers
+        self.next_probe = float("-inf")
+        self.probing = False
 
     @property
     def transport(self):

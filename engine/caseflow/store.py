@@ -449,6 +449,19 @@ class Store:
             conn.execute(f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?"
                          " AND wrapup = 1", (*values, case_id, state))
 
+    def wake_host(self, host: str, holding_states: Iterable[str], now: float) -> int:
+        """The host answers again: its cases waiting out a backoff are due now (not after
+        the rest of a long backoff). Returns how many."""
+        states = list(holding_states)
+        marks = ",".join("?" * len(states))
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE cases SET next_attempt_at = ? WHERE next_attempt_at > ? AND"
+                f" (state IN ({marks}) OR wrapup = 1) AND (host = ? OR id IN"
+                " (SELECT case_id FROM slots WHERE host = ? AND case_id IS NOT NULL))",
+                (now, now, *states, host, host))
+            return cur.rowcount
+
     def set_queue_status(self, case_id: int, state: str, text: str | None) -> None:
         with self.transaction() as conn:
             conn.execute("UPDATE cases SET queue_status = ? WHERE id = ? AND state = ?",

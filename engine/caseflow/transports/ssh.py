@@ -77,7 +77,8 @@ def _retryable(exc: BaseException) -> bool:
 
 def _space_or_permission(text: str, action: str) -> Exception | None:
     low = text.lower()
-    if "no space left" in low or "disk quota" in low:
+    # GNU tar reports a write cut short by a full disk as "Wrote only N of M bytes"
+    if "no space left" in low or "disk quota" in low or "wrote only" in low:
         return PermanentError(f"{action}: no space left on the remote side ({text.strip()[:200]})")
     if "permission denied" in low or "read-only file system" in low:
         return PermanentError(f"{action}: {text.strip()[:300]}")

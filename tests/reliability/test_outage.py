@@ -1,0 +1,134 @@
+"""The outage suite: the GPU host's sshd stops for a minute while cases upload and run; the
+remote disk fills; pueue's daemon restarts. Over the real sshd and the pueue emulator, with
+`caseflow run` as a real process.
+
+CASEFLOW_OUTAGE_SECONDS (default 60) sets how long the sshd stays down.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from harness import wait_for
+from pueue_emulator import run as emulator
+from reliability.conftest import JOB, write_case
+
+pytestmark = [pytest.mark.reliability, pytest.mark.slow]
+
+TERMINAL = ("success", "failure", "not_found")
+
+
+def drop(ws, name: str, files: dict) -> None:
+    staging = ws.root / "staging" / name
+    write_case(staging, files)
+    os.rename(staging, ws.inbox / name)
+
+
+def configure(ws, gpu_host, **transport):
+    ws.write_config(
+        transport=gpu_host.transport(ws.remote, **transport),
+        backend={"kind": "pueue", "command": JOB.replace("{ctl}", str(ws.ctl))},
+        groups={"gpu_a": {"slots": 4}, "gpu_b": {"slots": 1}},
+        tick_seconds=0.2, poll_seconds=0.5,
+        stability={"quiet_seconds": 0.3, "rescan_seconds": 2})
+
+
+def test_an_sshd_outage_during_uploads_and_polling_fails_no_case(ws, gpu_host, daemons):
+    outage = float(os.environ.get("CASEFLOW_OUTAGE_SECONDS", "60"))
+    interval = 5.0
+    configure(ws, gpu_host, reconnect_min_interval=interval)  # retry: the defaults (5 .. 300 s)
+    d = daemons()
+    d.wait_running()
+    for name in ("polled_1", "polled_2"):  # running (polled) when the outage starts
+        drop(ws, name, {"in.bin": os.urandom(1000), "work": "2"})
+    for name in ("polled_1", "polled_2"):
+        ws.wait_state(name, "running")
+    gpu_host.relay.rate = 4 * 1024 * 1024  # slow enough to catch uploads under way
+    for name in ("uploading_1", "uploading_2"):
+        drop(ws, name, {"big.bin": os.urandom(24 * 1024 * 1024), "work": "0.2"})
+
+    def uploading():
+        return [p for p in ws.remote.glob(".staging-*/big.bin") if p.stat().st_size > 1 << 20]
+    wait_for(uploading, interval=0.01, what="an upload to be under way")
+
+    gpu_host.server.stop()   # the sshd goes away ...
+    gpu_host.relay.cut()     # ... and with it every open connection
+    before = gpu_host.relay.accepted
+    stopped = time.monotonic()
+    while time.monotonic() - stopped < outage:  # the outage itself: nothing to wait for
+        time.sleep(1)
+        failed = [(r.name, r.reason) for r in ws.cases() if r.state in TERMINAL]
+        assert failed == [], f"cases ended during the outage: {failed}"
+    attempts = gpu_host.relay.accepted - before
+    gpu_host.relay.rate = None
+    gpu_host.server.start()
+    back = time.monotonic()
+
+    # well before the longest backoff (300 s): a probe finds the host and work goes on
+    wait_for(lambda: all(r.state == "success" for r in ws.cases()) and len(ws.cases()) == 4,
+             timeout=90, what="every case to succeed after the outage")
+    resumed = time.monotonic() - back
+    assert d.stop() == 0
+    rows = ws.cases()
+    assert all(r.state == "success" and r.results_fetched for r in rows), rows
+    # one connection attempt per reconnect interval at most, whatever the cases' backoff
+    assert attempts <= outage / interval + 2, (attempts, outage)
+    labels = sorted(t["label"] for t in gpu_host.tasks().values())
+    assert len(labels) == len(set(labels)) == 4
+    assert not (ws.ctl / "partial").exists()
+    print(f"\noutage suite: sshd down {outage:.0f} s during 2 uploads and 2 polled jobs: "
+          f"{attempts} connection attempts (reconnect interval {interval:.0f} s), 0 cases "
+          f"failed, all 4 succeeded {resumed:.1f} s after the sshd came back")
+
+
+def test_a_full_remote_disk_fails_only_the_case_that_does_not_fit(ws, gpu_host, daemons):
+    root = ws.root / "small-remote"
+    root.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(root)]).returncode:
+        pytest.fail("mounting a tmpfs failed (the tests run as root)")
+    try:
+        configure(ws, gpu_host)
+        ws.write_config(transport=gpu_host.transport(root))
+        d = daemons()
+        d.wait_running()
+        drop(ws, "too_big", {"scan.bin": os.urandom(6 * 1024 * 1024)})
+        for i in range(3):
+            drop(ws, f"fits_{i}", {"scan.bin": os.urandom(100_000)})
+        for name in ("too_big", "fits_0", "fits_1", "fits_2"):
+            ws.wait_state(name, *TERMINAL)
+        assert d.stop() == 0
+        big = ws.case("too_big")
+        assert big.state == "failure" and "no space left" in big.reason, big.reason
+        assert all(ws.case(f"fits_{i}").state == "success" for i in range(3))
+        assert not list(root.glob(".staging-*")), "a half upload was left filling the disk"
+        assert all(s.case_id is None for s in ws.store.slots())
+    finally:
+        subprocess.run(["umount", "-l", str(root)])
+
+
+def test_a_pueue_daemon_restart_mid_run_ends_cases_as_the_spec_says(ws, gpu_host, daemons):
+    configure(ws, gpu_host)
+    ws.write_config(groups={"gpu_a": {"slots": 1}})
+    d = daemons()
+    d.wait_running()
+    drop(ws, "killed", {"in.bin": b"x", "work": "600"})
+    ws.wait_state("killed", "running")
+    wait_for(lambda: any(t["status"] == "Running" or "Running" in str(t["status"])
+                         for t in gpu_host.tasks().values()), what="the task to run")
+    # a task of another user waits behind it in the same group
+    emulator(gpu_host.state, "add", "-g", "gpu_a", "--", "true")
+    emulator(gpu_host.state, "_emulator", "restart")
+    row = ws.wait_state("killed", *TERMINAL)
+    assert row.state == "failure" and "killed" in row.reason.lower(), row.reason
+    wait_for(lambda: "gpu_a" in (ws.cli("status").stdout.split("PAUSED")[0]
+                                  if "PAUSED" in ws.cli("status").stdout else ""),
+             what="status to report the paused group")
+    drop(ws, "after", {"in.bin": b"y", "work": "0.1"})
+    ws.wait_state("after", "running")  # submitted into the paused group: it waits there
+    emulator(gpu_host.state, "start", "-g", "gpu_a")
+    assert ws.wait_state("after", *TERMINAL).state == "success"
+    assert d.stop() == 0
