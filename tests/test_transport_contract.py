@@ -225,3 +225,20 @@ def test_the_upload_mark_is_not_part_of_the_case(transport, case):
     target = transport.path("16-case")
     assert transport.upload_dir(case, target, m) is True
     assert transport.upload_dir(case, target, m) is False
+
+
+def test_a_case_larger_than_the_free_space_fails_before_anything_is_sent(transport, tmp_path):
+    root = Path(transport.path())
+    small = root / "small"
+    small.mkdir()
+    assert os.system(f"mount -t tmpfs -o size=1m tmpfs {small}") == 0
+    try:
+        case = tmp_path / "big-case"
+        case.mkdir()
+        with open(case / "sparse.bin", "wb") as f:
+            f.truncate(50 * 1024 * 1024)  # sparse here, 50 MB there
+        with pytest.raises(PermanentError, match=r"needs 52\.\d MB but .* has only 1\.\d MB free"):
+            transport.upload_dir(case, str(small / "17-case"), casefolder.scan(case))
+        assert list(small.iterdir()) == []  # no staging folder, not a byte written
+    finally:
+        os.system(f"umount {small}")

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
-from .config import config_path_from, load_config
+from .config import config_path_from, load_config, permission_warnings
 from .daemon import Daemon, DaemonLock
 from .diagram import FORMATS, render
 from .case_model import job_log_path
@@ -237,9 +237,15 @@ def _report(trigger: str, row: CaseRow, before: str) -> int:
 
 
 def cmd_check(args) -> int:
-    from .check import check_host
+    from .check import Line, check_host
     config = load_config(config_path_from(args.config))
     ok = True
+    local = [Line(False, w) for w in permission_warnings(config)]
+    if local:
+        print("this machine")
+        for line in local:
+            print(line)
+        ok = False
     for host in config.hosts:
         title, lines = check_host(host)
         print(title)

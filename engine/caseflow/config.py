@@ -241,6 +241,24 @@ def _resolve(base: Path, value: str) -> Path:
     return p if p.is_absolute() else (base / p).resolve()
 
 
+def permission_warnings(config: "Config") -> list[str]:
+    """What anyone on this machine could change: a config that says which commands run,
+    a database folder where the database (and its lock) could be replaced."""
+    out = []
+    checks = [(config.path, "the configuration", "chmod o-w"),
+              (config.path.parent, "the configuration's folder", "chmod o-w"),
+              (config.database.parent, "the database's folder", "chmod o-w")]
+    for path, what, fix in checks:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & 0o002:
+            out.append(f"{what} {path} is writable by every user of this machine: anyone could "
+                       f"change what caseflow runs or records ({fix} {path})")
+    return out
+
+
 def config_path_from(arg: str | None) -> Path:
     value = arg or os.environ.get(ENV_VAR)
     if not value:

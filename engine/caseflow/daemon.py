@@ -17,6 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
+from .config import permission_warnings
 from .engine import Engine
 from .errors import AlreadyRunning
 from .watcher import InboxWatcher
@@ -102,6 +103,8 @@ class Daemon:
     def run(self) -> int:
         self.lock.acquire()
         try:
+            for warning in permission_warnings(self.config):
+                log.warning("%s", warning)
             self.engine.start()
             self.watcher.start()
             log.info("caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",

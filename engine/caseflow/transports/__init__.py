@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..casefolder import Manifest
+from ..errors import PermanentError
 
 
 BOOKKEEPING = ".caseflow"  # caseflow's own folder at the top of a remote case folder
@@ -30,6 +31,25 @@ def mark_uploaded(folder) -> None:
     (Path(folder) / BOOKKEEPING).mkdir(exist_ok=True)
     (Path(folder) / UPLOADED_MARKER).write_bytes(b"")
     time.sleep(0.02)
+
+
+def space_needed(manifest: Manifest, block: int = 4096) -> int:
+    """Bytes a copy of the case takes at least: files rounded up to blocks, a block per entry."""
+    return sum(-(-e.size // block) * block for e in manifest.entries if e.kind == "f") + \
+        block * len(manifest.entries)
+
+
+def check_room(manifest: Manifest, free: int, where: str) -> None:
+    """Fail at once, before sending anything, a case that cannot fit: it would fill the
+    disk that other cases' uploads and jobs need too."""
+    needed = space_needed(manifest)
+    if needed > free:
+        raise PermanentError(f"the case needs {_mb(needed)} but {where} has only {_mb(free)} "
+                             "free: no space left on the remote side")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
 def remove_local(path) -> None:

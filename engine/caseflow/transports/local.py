@@ -18,7 +18,8 @@ from typing import Sequence
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, mark_uploaded, remove_local
+from . import (BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, check_room, mark_uploaded,
+               remove_local)
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                      errno.EROFS}
@@ -109,6 +110,7 @@ class LocalTransport(Transport):
                 shutil.rmtree(final)
             if staging.exists():
                 shutil.rmtree(staging)
+            check_room(manifest, shutil.disk_usage(final.parent).free, str(final.parent))
             shutil.copytree(local_dir, staging, symlinks=True)
             if not self._same(Path(local_dir), staging, expected):
                 got = local_manifest(staging)

@@ -31,7 +31,7 @@ from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_aft
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport, remove_local
+from . import RunResult, Transport, check_room, remove_local
 from .ssh_connection import Connection, Unreachable, classify
 
 log = logging.getLogger("caseflow.ssh")
@@ -50,9 +50,11 @@ _FIND = (r'(cd -- "$1" && find . -mindepth 1 -path ./.caseflow -prune -o \( -typ
 # nothing the job writes can share the mark's timestamp
 _MARK = r'mkdir -p -- "$1/.caseflow" && : > "$1/.caseflow/uploaded" && sleep 0.02'
 LIST = r'[ -d "$1" ] || exit 3; ' + _FIND
-# $1 = target, $2 = staging: recreate the staging folder, then list the target (exit 3: none)
-PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; [ -d "$1" ] || exit 3; '
-           + _FIND)
+# $1 = target, $2 = staging: recreate the staging folder, print the KiB free there (then a
+# NUL), then list the target (exit 3: none)
+PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; '
+           r'df -Pk -- "$2" 2>/dev/null | awk "NR==2 {printf \"%s\", \$4}"; printf "\0"; '
+           r'[ -d "$1" ] || exit 3; ' + _FIND)
 # stdin = tar stream; $1 = staging, $2 = target, $3 = digest of the expected listing, or "-"
 # to only unpack. Unpacks, verifies the listing against the digest, renames into place.
 UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || { rm -rf -- "$1"; exit 10; }; '
@@ -288,7 +290,14 @@ class SSHTransport(Transport):
         if res.returncode not in (0, 3):
             raise _space_or_permission(res.stderr, f"preparing {staging}") or \
                 TransientError(f"preparing {staging} failed: {res.stderr.strip()[:300]}")
-        if res.returncode == 0 and _parse_listing(res.stdout) == expected and (
+        free_kib, _, listing = res.stdout.partition("\0")
+        if free_kib.strip().isdigit():
+            try:
+                check_room(manifest, int(free_kib) * 1024, f"{self.name}:{parent}")
+            except PermanentError:
+                self._discard(staging)
+                raise
+        if res.returncode == 0 and _parse_listing(listing) == expected and (
                 not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest)):
             self.run(["rm", "-rf", "--", staging])
             return False
