@@ -1,7 +1,7 @@
 """The `ssh` transport: a remote host reached with paramiko over one long-lived connection.
 
-Uploads go into a staging folder next to the target, as one tar stream over one
-channel (remote `tar -x`) plus SFTP with large requests for large files; the
+Uploads go into a staging folder next to the target, as one tar stream (written
+here, files of every size) over one channel into the remote `tar -x`; the
 staging folder is verified (file count and sizes, SHA-256 with
 `verify: checksum`) and only then renamed into place. Every remote command is
 built from an argument list and quoted with shlex; short outages are retried
@@ -21,6 +21,7 @@ import shlex
 import shutil
 import socket
 import stat
+import struct
 import tarfile
 import time
 from pathlib import Path
@@ -36,8 +37,7 @@ from .ssh_connection import Connection, Unreachable, classify
 
 log = logging.getLogger("caseflow.ssh")
 
-SFTP_REQUEST = 255 * 1024   # OpenSSH's sftp-server takes up to 256 KiB per request
-CHUNK = 1024 * 1024
+CHUNK = 1024 * 1024         # the upload's send buffer; also the remote tar's record size
 Progress = Callable[[int, int], None]
 
 # one NUL-terminated "<type> <size> <relative path>" per entry of folder $1 (size 0 unless a
@@ -57,7 +57,10 @@ PREPARE = (r'rm -rf -- "$2" && mkdir -p -- "$2" || exit 2; '
            r'[ -d "$1" ] || exit 3; ' + _FIND)
 # stdin = tar stream; $1 = staging, $2 = target, $3 = digest of the expected listing, or "-"
 # to only unpack. Unpacks, verifies the listing against the digest, renames into place.
-UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -x -f - -C "$1" || { rm -rf -- "$1"; exit 10; }; '
+# The remote tar reads and writes 1 MiB records (-b 2048): with its default 10 KiB records
+# a 1 GiB file costs 100,000 writes on the remote side (1 GiB took 3.9 s instead of 3.0 s).
+UNPACK = (r'list() { ' + _FIND + r'; }; tar --no-same-owner -b 2048 -x -f - -C "$1" || '
+          r'{ rm -rf -- "$1"; exit 10; }; '
           r'[ "$3" = - ] && exit 0; '
           r'got=$(list "$1" | LC_ALL=C sort -z | sha256sum | cut -d" " -f1); '
           r'if [ "$got" != "$3" ]; then list "$1"; exit 4; fi; ' + _MARK + r' && '
@@ -87,32 +90,6 @@ def _space_or_permission(text: str, action: str) -> Exception | None:
     return None
 
 
-class _ChannelWriter:
-    """A write-only, buffered file object over a channel's stdin (tarfile writes it
-    directly: many small header writes become few large channel sends)."""
-
-    def __init__(self, channel, size: int = CHUNK):
-        self.channel = channel
-        self.size = size
-        self.buf = bytearray()
-        self.offset = 0
-
-    def write(self, data) -> int:
-        self.buf += data
-        self.offset += len(data)
-        if len(self.buf) >= self.size:
-            self.flush()
-        return len(data)
-
-    def tell(self) -> int:
-        return self.offset
-
-    def flush(self) -> None:
-        if self.buf:
-            self.channel.sendall(bytes(self.buf))
-            self.buf.clear()
-
-
 class _Counter:
     """Counts file bytes sent and reports them as progress (bytes sent, bytes in all)."""
 
@@ -127,20 +104,131 @@ class _Counter:
             self.progress(self.sent, self.total)
 
 
-class _HashingReader:
-    """Reads a local file for tar, hashing (when asked) and counting as it goes."""
+class _TarStream:
+    """A GNU tar stream of local files, written straight into a channel.
 
-    def __init__(self, f, digest, counter: _Counter):
-        self.f = f
-        self.digest = digest
+    Headers are made here (tarfile's cost 30 us a file); file data is read into one
+    buffer and sent from it as memoryview slices: paramiko cuts what it is given into
+    32 KiB packets, and a bytes object is copied whole at every cut (1 GiB cost 5.2 s
+    instead of 2.2 s). No per-file round trips: the remote tar reads the stream as it
+    comes. Progress is the file bytes sent, reported as each buffer goes out.
+    """
+
+    def __init__(self, chan, counter: _Counter, size: int = CHUNK):
+        self.chan = chan
         self.counter = counter
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.pos = 0
+        self.unreported = 0  # file bytes in the buffer, not sent yet
 
-    def read(self, n=-1):
-        data = self.f.read(n)
-        if self.digest is not None:
-            self.digest.update(data)
-        self.counter.add(len(data))
-        return data
+    def _send(self) -> None:
+        if self.pos:
+            self.chan.sendall(self.view[:self.pos])
+            self.pos = 0
+        if self.unreported:
+            self.counter.add(self.unreported)
+            self.unreported = 0
+
+    def _put(self, data: bytes) -> None:
+        if self.pos + len(data) > len(self.buf):
+            self._send()
+        self.view[self.pos:self.pos + len(data)] = data
+        self.pos += len(data)
+
+    def add(self, local_dir: str, entry, sums: dict | None) -> None:
+        """One manifest entry. A file that is no longer a regular file, or that shrinks
+        while it is read, raises (before the end-of-archive: the remote tar fails)."""
+        full = os.path.join(local_dir, entry.path)
+        name = os.fsencode(entry.path)
+        if entry.kind == "d":
+            st = os.lstat(full)
+            self._put(_tar_header(name + b"/", st.st_mode, 0, st.st_mtime, b"5"))
+            return
+        if entry.kind == "l":
+            st = os.lstat(full)
+            self._put(_tar_header(name, st.st_mode, 0, st.st_mtime, b"2",
+                                  os.fsencode(os.readlink(full))))
+            return
+        # O_NONBLOCK: a file replaced by a fifo since the scan must not block the upload
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise _NotAFile(entry.path)
+            self._put(_tar_header(name, st.st_mode, st.st_size, st.st_mtime, b"0"))
+            digest = hashlib.sha256() if sums is not None else None
+            left, size = st.st_size, len(self.buf)
+            while left:
+                if self.pos == size:
+                    self._send()
+                n = os.readv(fd, [self.view[self.pos:self.pos + min(left, size - self.pos)]])
+                if n == 0:
+                    raise OSError(f"{full}: unexpected end of data (it shrank while it was sent)")
+                if digest is not None:
+                    digest.update(self.view[self.pos:self.pos + n])
+                self.pos += n
+                self.unreported += n
+                left -= n
+            self._put(_ZEROS[:-st.st_size % 512])
+            if digest is not None:
+                sums[entry.path] = digest.hexdigest()
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """The end-of-archive blocks; everything is sent."""
+        self._put(_ZEROS + _ZEROS)
+        self._send()
+
+    def abort(self) -> None:
+        """End the stream with a block that is no tar header (nor valid data to its end):
+        the remote tar fails, and the remote side removes the staging folder."""
+        self._put(b"caseflow: upload aborted\n".ljust(512, b"\xff"))
+        self._send()
+
+
+class _NotAFile(Exception):
+    def __init__(self, path: str):
+        super().__init__(f"cannot send {path!r}: it is no longer a regular file")
+
+
+_ZEROS = bytes(512)
+# a ustar header with GNU's magic: name, mode, uid, gid, size, mtime, checksum, type, link
+# name, magic+version, owner and group names, device numbers, prefix and padding
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s167s")
+_OCTAL_ZERO = b"0000000\0"
+
+
+def _tar_number(value: int, width: int) -> bytes:
+    """A header number as tar (and tarfile) writes it: octal digits and a NUL, or GNU's
+    base-256 when it does not fit (files of 8 GiB and more, odd mtimes)."""
+    if 0 <= value < 8 ** (width - 1):
+        return b"%0*o\0" % (width - 1, value)
+    if value >= 0:
+        return b"\x80" + value.to_bytes(width - 1, "big")
+    return (256 ** width + value).to_bytes(width, "big")
+
+
+def _tar_header(name: bytes, mode: int, size: int, mtime: float, kind: bytes,
+                link: bytes = b"") -> bytes:
+    """The header block(s) of one member in GNU format, as tarfile.GNU_FORMAT writes them:
+    names and link targets longer than 100 bytes go first in ././@LongLink members."""
+    out = b""
+    if len(name) > 100:
+        out += _long_name(name, b"L")
+    if len(link) > 100:
+        out += _long_name(link, b"K")
+    block = _HEADER.pack(name, _tar_number(stat.S_IMODE(mode), 8), _OCTAL_ZERO, _OCTAL_ZERO,
+                         _tar_number(size, 12), _tar_number(int(mtime), 12), b" " * 8, kind,
+                         link, b"ustar  \0", b"", b"", b"", b"", b"")
+    return out + block[:148] + b"%06o\0 " % sum(block) + block[156:]
+
+
+def _long_name(value: bytes, kind: bytes) -> bytes:
+    data = value + b"\0"
+    return _tar_header(b"././@LongLink", 0, len(data), 0, kind) + data + \
+        _ZEROS[:-len(data) % 512]
 
 
 def _parse_sums(text: str) -> dict[str, str]:
@@ -301,25 +389,15 @@ class SSHTransport(Transport):
                 not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest)):
             self.run(["rm", "-rf", "--", staging])
             return False
-        large = {e.path for e in manifest.entries
-                 if e.kind == "f" and e.size >= self.cfg.large_file_bytes}
-        one_pass = not large and not checksum  # else: verify and rename in later commands
+        one_pass = not checksum  # else: verify and rename in later commands
         counter = _Counter(progress, manifest.size_bytes)
         sums: dict[str, str] = {}
         self._guard(lambda: self._tar_upload(
-            local_dir, staging, remote_path, manifest, large, counter,
+            local_dir, staging, remote_path, manifest, counter,
             sums if checksum else None, listing_digest(expected) if one_pass else "-"),
             "uploading")
         if one_pass:
             return True
-        if large:
-            try:
-                self._guard(lambda: self._sftp_upload(local_dir, staging, sorted(large),
-                                                      counter, sums if checksum else None),
-                            "uploading large files")
-            except PermanentError:
-                self._discard(staging)  # e.g. a full disk: do not leave the half copy there
-                raise
         got = self.listing(staging)
         if got != expected:
             raise TransientError(f"upload to {self.name} did not verify "
@@ -342,38 +420,34 @@ class SSHTransport(Transport):
             log.warning("could not remove %s on %s: %s", path, self.name, exc)
 
     def _tar_upload(self, local_dir: Path, staging: str, target: str, manifest: Manifest,
-                    skip: set[str], counter: _Counter, sums: dict | None, digest: str) -> None:
+                    counter: _Counter, sums: dict | None, digest: str) -> None:
         client = self.conn.client()
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         chan.settimeout(self.cfg.command_timeout)
         chan.exec_command(shlex.join(["sh", "-c", UNPACK, "caseflow", staging, target, digest]))
-        writer = _ChannelWriter(chan)
         stream_error: Exception | None = None
+        local_error: PermanentError | None = None
+        tar = _TarStream(chan, counter)
         try:
-            # GNU format with whole-second times: no per-file PAX header (half the cost of
-            # a small file); long and non-ASCII names are still exact
-            with tarfile.open(fileobj=writer, mode="w", format=tarfile.GNU_FORMAT,
-                              encoding="utf-8", errors="surrogateescape") as tar:
-                for entry in manifest.entries:
-                    if entry.path in skip:
-                        continue
-                    full = local_dir / entry.path
-                    info = _tarinfo(full, entry)
-                    if info.isreg():
-                        with open(full, "rb") as f:
-                            digest = hashlib.sha256() if sums is not None else None
-                            tar.addfile(info, _HashingReader(f, digest, counter))
-                            if digest is not None:
-                                sums[entry.path] = digest.hexdigest()
-                    else:
-                        tar.addfile(info)
-            writer.flush()
+            base = os.fspath(local_dir)
+            for entry in manifest.entries:
+                tar.add(base, entry, sums)
+            tar.close()
+        except _NotAFile as exc:
+            local_error = PermanentError(str(exc))
         except (OSError, EOFError, socket.timeout) as exc:
             if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
                                                     exc.filename):
-                chan.close()
-                raise PermanentError(f"cannot read {exc.filename}: {exc.strerror}") from exc
-            stream_error = exc
+                local_error = PermanentError(f"cannot read {exc.filename}: {exc.strerror}")
+            else:
+                stream_error = exc
+        if local_error is not None:  # the remote side cleans up before the case fails
+            with contextlib.suppress(OSError, EOFError, socket.timeout):
+                tar.abort()
+                chan.shutdown_write()
+                self._drain(chan)
+            chan.close()
+            raise local_error
         try:
             chan.shutdown_write()
             out, err = self._drain(chan)
@@ -397,40 +471,6 @@ class SSHTransport(Transport):
                                      "will upload again")
             raise TransientError(f"unpacking on {self.name} failed (exit {rc}): "
                                  f"{text.strip()[:300]}")
-
-    def _sftp_upload(self, local_dir: Path, staging: str, paths: list[str], counter: _Counter,
-                     sums: dict | None) -> None:
-        sftp = self.conn.client().open_sftp()
-        try:
-            for rel in paths:
-                src = local_dir / rel
-                digest = hashlib.sha256() if sums is not None else None
-                try:
-                    with open(src, "rb") as f, sftp.open(posixpath.join(staging, rel), "wb") as out:
-                        out.MAX_REQUEST_SIZE = SFTP_REQUEST
-                        out.set_pipelined(True)
-                        while True:
-                            chunk = f.read(CHUNK)
-                            if not chunk:
-                                break
-                            if digest is not None:
-                                digest.update(chunk)
-                            out.write(chunk)
-                            counter.add(len(chunk))
-                except PermissionError as exc:
-                    raise PermanentError(f"cannot read {src}: {exc.strerror}") from exc
-                except OSError as exc:
-                    text = str(exc)
-                    if "Failure" in text or getattr(exc, "errno", None) == 28:
-                        # sftp reports a full disk as a bare "Failure"
-                        raise PermanentError(f"upload of {rel} to {self.name} failed ({text}); "
-                                             "the remote disk may be full") from exc
-                    raise
-                sftp.chmod(posixpath.join(staging, rel), stat.S_IMODE(os.stat(src).st_mode))
-                if digest is not None:
-                    sums[rel] = digest.hexdigest()
-        finally:
-            sftp.close()
 
     # -- download ----------------------------------------------------------------------------
     def download(self, remote_path: str, local_path: Path,
@@ -539,22 +579,6 @@ class SSHTransport(Transport):
 
     def close(self) -> None:
         self.conn.close()
-
-
-def _tarinfo(full: Path, entry) -> tarfile.TarInfo:
-    """A tar header from one lstat: no owner names looked up, none sent."""
-    st = os.lstat(full)
-    info = tarfile.TarInfo(entry.path)
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.mtime = int(st.st_mtime)
-    if entry.kind == "d":
-        info.type = tarfile.DIRTYPE
-    elif entry.kind == "l":
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(full)
-    else:
-        info.size = st.st_size
-    return info
 
 
 def _glob_literal(text: str) -> str:
