@@ -60,6 +60,8 @@ class Engine:
         self._tick_started = float("-inf")
         self.instance = ""
         self._steps = {s.name: s for s in self.spec.states if s.step}
+        self._step_states = [n for n, st in self._steps.items() if st.step != POLL]
+        self._poll_states = [n for n, st in self._steps.items() if st.step == POLL]
 
     # -- hosts and their ports (created lazily: read-only commands never connect) ---------
     @property
@@ -132,7 +134,11 @@ class Engine:
         now = self._tick_started = self.clock()
         self.detect(now)
         self.apply_requests()
-        due = self.store.due_cases(now, self._steps)
+        # running cases are read only when a host's poll is due (or their job has ended):
+        # with a thousand of them running, most ticks need not load them at all
+        poll_due = any(now - h.last_poll >= self.config.poll_seconds for h in self.hosts.values())
+        due = self.store.due_cases(now, self._step_states)
+        due += self.store.due_cases(now, self._poll_states, ended_only=not poll_due)
         polled: dict[str, list[CaseRow]] = {}
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
         for row in due:

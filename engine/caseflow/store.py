@@ -318,11 +318,17 @@ class Store:
                                 states).fetchall()
         return [self._case(r) for r in rows]
 
-    def due_cases(self, now: float, states: Iterable[str]) -> list[CaseRow]:
+    def due_cases(self, now: float, states: Iterable[str],
+                  ended_only: bool = False) -> list[CaseRow]:
+        """Cases in `states` whose next step is due, highest priority first, then oldest.
+        `ended_only`: only those whose job has ended (their results are still to fetch)."""
         states = list(states)
+        if not states:
+            return []
         marks = ",".join("?" * len(states))
+        ended = " AND c.job_outcome IS NOT NULL" if ended_only else ""
         rows = self._conn().execute(
-            _CASE_SELECT + f" WHERE c.state IN ({marks}) AND c.next_attempt_at <= ?"
+            _CASE_SELECT + f" WHERE c.state IN ({marks}) AND c.next_attempt_at <= ?{ended}"
             " ORDER BY c.priority DESC, c.created_at, c.id", (*states, now)).fetchall()
         return [self._case(r) for r in rows]
 
