@@ -12,7 +12,8 @@ from .errors import CaseflowError, HostError, PermanentError, TransientError
 from .transports import make_transport
 
 TOOLS = {"ssh": ["tar", "find", "sha256sum", "xargs"], "local": []}
-BACKEND_TOOLS = {"direct": ["setsid", "sh"]}
+BACKEND_TOOLS = {"direct": ["setsid", "sh"],
+                 "slurm": ["sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"]}
 
 
 @dataclass

@@ -73,4 +73,7 @@ def make_backend(host, transport) -> QueueBackend:
         from .pueue import PueueBackend
         return PueueBackend(transport, host.groups, pueue=host.backend.pueue,
                             manage_groups=host.backend.manage_groups)
+    if kind == "slurm":
+        from .slurm import SlurmBackend
+        return SlurmBackend(transport, host.backend)
     raise ValueError(f"unknown backend kind {kind!r}")

@@ -1,0 +1,401 @@
+"""The `slurm` backend: each case is one Slurm batch job, submitted with `sbatch`.
+
+Every call is ONE remote command through the transport: a small `sh` script that takes every
+variable part (case folder, job name, job id, the job's environment) as a positional parameter,
+so nothing from a case name or path is ever parsed by a shell.
+
+- The job's name is the case's label (`caseflow-<instance>-<case id>-<run>`). Before submitting,
+  the submit script looks for a job of that name (the record `.caseflow/slurm-job` in the case
+  folder, then `squeue --name`) and adopts it: a case never gets two jobs, even when caseflow
+  died between `sbatch` and recording the id.
+- The batch script is caseflow's own wrapper (`.caseflow/slurm-job.sh`, no case data in it); the
+  job's command line `env CASEFLOW_...=... COMMAND` is passed as the script's arguments (sbatch
+  keeps them verbatim: quotes, commas, newlines). The wrapper records "NAME ID" in
+  `.caseflow/slurm-job` when it starts and "ID EXIT_CODE" in `.caseflow/slurm-exit_code` when the
+  command ends; stdout and stderr go to `.caseflow/slurm.out`. CUDA_VISIBLE_DEVICES is Slurm's
+  (from the GPUs it allocated), never caseflow's.
+- Polling is one command per host per tick: `squeue --json` (in 22.05 it lists every job the
+  controller remembers and ignores filters), and only for the ids it no longer lists, `sacct`
+  (the accounting database, else `sacct -c`, the completion log) and the exit code files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Sequence
+
+from ..errors import PermanentError, TransientError
+from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
+
+log = logging.getLogger("caseflow.slurm")
+
+BOOKKEEPING = ".caseflow"
+OUTPUT = f"{BOOKKEEPING}/slurm.out"
+EXIT_FILE = f"{BOOKKEEPING}/slurm-exit_code"
+WRAPPER = f"{BOOKKEEPING}/slurm-job.sh"
+
+# Slurm's job states (squeue, sacct). Everything not yet ended counts as running.
+RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "REQUEUED",
+                  "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "RESIZING", "SIGNALING",
+                  "STAGE_OUT", "STOPPED", "SPECIAL_EXIT"}
+FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
+                 "BOOT_FAIL", "DEADLINE", "REVOKED"}
+
+# The batch script (the same for every case). Its arguments: the job's command line.
+JOB_WRAPPER = r"""#!/bin/sh
+# caseflow's batch script: runs its arguments (env NAME=VALUE ... COMMAND) in the case folder
+# and records the job's name and id, then its exit code, in .caseflow/.
+mkdir -p .caseflow
+printf '%s %s\n' "$SLURM_JOB_NAME" "$SLURM_JOB_ID" > .caseflow/slurm-job.tmp &&
+  mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
+"$@"
+rc=$?
+printf '%s %s\n' "$SLURM_JOB_ID" "$rc" > .caseflow/slurm-exit_code.tmp &&
+  mv -f .caseflow/slurm-exit_code.tmp .caseflow/slurm-exit_code
+exit "$rc"
+"""
+
+# $1 = case folder, $2 = job name (the label), $3 = the batch script's text,
+# $4... = sbatch's arguments (options, the batch script's path, the job's command line).
+# Prints "adopted ID" or "submitted ID".
+SUBMIT = r"""
+cd -- "$1" 2>/dev/null || { echo "case folder $1 is missing" >&2; exit 97; }
+label=$2; script=$3; shift 3
+mkdir -p .caseflow || exit 98
+record() {
+  printf '%s %s\n' "$label" "$1" > .caseflow/slurm-job.tmp &&
+    mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
+}
+if [ -r .caseflow/slurm-job ] && read -r name id < .caseflow/slurm-job &&
+    [ "$name" = "$label" ]; then
+  echo "adopted $id"; exit 0
+fi
+ids=$(squeue -h -t all --name="$label" -o %i) || { [ "$?" -eq 127 ] && exit 127; exit 96; }
+for id in $ids; do record "$id"; echo "adopted $id"; exit 0; done
+rm -f .caseflow/slurm-exit_code
+printf '%s' "$script" > .caseflow/slurm-job.sh.tmp &&
+  mv -f .caseflow/slurm-job.sh.tmp .caseflow/slurm-job.sh || exit 98
+out=$(sbatch --parsable "$@") || { [ "$?" -eq 127 ] && exit 127; exit 95; }
+id=${out%%;*}
+case $id in ''|*[!0-9]*) echo "sbatch --parsable printed: $out" >&2; exit 94 ;; esac
+record "$id"
+echo "submitted $id"
+"""
+
+# $1 $2, $3 $4, ...: the job id and case folder of every job asked about.
+# Sections, each after a line "@@caseflow ...": squeue (its JSON) or squeue-failed RC,
+# exit N LINE (the exit code file of the N-th job, when squeue does not list it),
+# sacct RC IDS (sacct's lines for those ids), end.
+POLL = r"""
+out=$(squeue --json); rc=$?
+if [ "$rc" -ne 0 ]; then printf '@@caseflow squeue-failed %s\n' "$rc"; exit 0; fi
+printf '@@caseflow squeue\n%s\n' "$out"
+known=" $(printf '%s' "$out" | tr -d ' \t\r\n' | grep -o '"job_id":[0-9]*' |
+  tr -cd '0-9\n' | tr '\n' ' ')"
+missing=; n=0
+while [ "$#" -ge 2 ]; do
+  case "$known " in
+    *" $1 "*) ;;
+    *) missing="$missing${missing:+,}$1"
+       f=$2/.caseflow/slurm-exit_code
+       if [ -r "$f" ] && { IFS= read -r line || [ -n "$line" ]; } < "$f"; then
+         printf '@@caseflow exit %s %s\n' "$n" "$line"
+       fi ;;
+  esac
+  n=$((n+1)); shift 2
+done
+if [ -n "$missing" ]; then
+  fields=JobID,JobName,State,ExitCode
+  acct=$(sacct -X -P -n -j "$missing" -o "$fields" 2>/dev/null); rc=$?
+  if [ "$rc" -ne 0 ] || [ -z "$acct" ]; then  # no accounting database: the completion log
+    acct=$(sacct -c -X -P -n -j "$missing" -o "$fields"); rc=$?
+  fi
+  printf '@@caseflow sacct %s %s\n%s\n' "$rc" "$missing" "$acct"
+fi
+echo "@@caseflow end"
+"""
+
+# $1 = job id, $2 = job name: cancel the job only if it is still the case's.
+CANCEL = r"""
+err=$(scancel --name="$2" "$1" 2>&1) && exit 0
+case $err in *"Invalid job id"*|*"already complet"*) exit 0 ;; esac
+printf '%s\n' "$err" >&2; exit 1
+"""
+
+# sbatch's messages that are worth trying again; anything else it refuses is permanent
+TRANSIENT_SBATCH = ("Unable to contact", "timed out", "temporarily", "Connection refused",
+                    "Zero Bytes were transmitted", "Communication", "try again",
+                    "Resource temporarily unavailable", "Slurm backup controller")
+
+
+class BadOutput(TransientError):
+    """Slurm printed something caseflow cannot read. Often a truncated read after a dropped
+    connection, so it is retried a few times; then the case fails, quoting it."""
+    max_attempts = 3
+
+
+def _quote_start(text: str, n: int = 120) -> str:
+    text = text.strip().replace("\n", "\\n")
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+def _short(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text[:n] + ("..." if len(text) > n else "")
+
+
+def job_argv(job: JobSpec) -> list[str]:
+    """The job's command line: its environment (without CUDA_VISIBLE_DEVICES: Slurm sets that
+    from the GPUs it allocated) and its command."""
+    env = [f"{k}={v}" for k, v in sorted(job.env.items()) if k != "CUDA_VISIBLE_DEVICES"]
+    command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
+    return ["env", *env, *command]
+
+
+def _slurm_path(path: str) -> str:
+    """A path for sbatch's --output: `%` starts one of Slurm's file name patterns."""
+    return path.replace("%", "%%")
+
+
+# -- reading Slurm's answers -------------------------------------------------------------------
+def _number(value) -> int | None:
+    """An integer of squeue's JSON: a plain number (22.05) or {"set":..,"number":..} (23.x+)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, dict) and value.get("set", True) and isinstance(value.get("number"), int):
+        return value["number"]
+    return None
+
+
+def _state(value) -> str | None:
+    """squeue's job_state: "RUNNING" (22.05) or ["RUNNING", ...flags] (23.x+)."""
+    if isinstance(value, list) and value and isinstance(value[0], str):
+        return value[0]
+    return value if isinstance(value, str) and value else None
+
+
+def _exit_of(value) -> tuple[int | None, int | None]:
+    """(exit code, signal) of squeue's exit_code: the raw wait status (22.05: 1792 = exit 7,
+    15 = killed by SIGTERM), or an object with return_code and signal (23.x+)."""
+    raw = _number(value)
+    if raw is not None:
+        return (raw >> 8) & 0xFF, raw & 0x7F
+    if isinstance(value, dict):
+        code = _number(value.get("return_code"))
+        sig = value.get("signal")
+        sig = _number(sig.get("id") if isinstance(sig, dict) and "id" in sig else
+                      (sig.get("signal_id") if isinstance(sig, dict) else sig))
+        return code, sig or 0
+    return None, None
+
+
+def parse_squeue(text: str) -> dict[str, dict]:
+    """`squeue --json` output -> {job id: job}; BadOutput if it cannot be read."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise BadOutput(f"squeue --json printed something that is not JSON: "
+                        f"{_quote_start(text)}") from None
+    jobs = data.get("jobs") if isinstance(data, dict) else None
+    if not isinstance(jobs, list):
+        raise BadOutput(f"squeue --json printed no job list: {_quote_start(text)}")
+    out = {}
+    for job in jobs:
+        job_id = _number(job.get("job_id")) if isinstance(job, dict) else None
+        if job_id is None:
+            raise BadOutput(f"squeue --json lists a job without a job_id: "
+                            f"{_quote_start(json.dumps(job))}")
+        out[str(job_id)] = job
+    return out
+
+
+def ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobStatus:
+    """The outcome of a job Slurm says has ended in `state`."""
+    if state == "COMPLETED":
+        return JobStatus(SUCCESS, f"slurm job {job_id} COMPLETED, exit code 0", 0)
+    if state not in FAILED_STATES:
+        raise BadOutput(f"unknown Slurm job state {state!r} of job {job_id}")
+    detail = f"slurm job {job_id} {state}"
+    if signal:
+        detail += f", signal {signal}"
+    elif code is not None and (code or state == "FAILED"):
+        detail += f", exit code {code}"
+    exit_code = code if not signal and state == "FAILED" else None
+    return JobStatus(FAILURE, detail, exit_code)
+
+
+def squeue_outcome(job_id: str, job: dict) -> JobStatus:
+    state = _state(job.get("job_state"))
+    if state is None:
+        raise BadOutput(f"squeue --json shows job {job_id} without a job_state")
+    if state in RUNNING_STATES:
+        reason = job.get("state_reason")
+        detail = state
+        if isinstance(reason, str) and reason and reason != "None":
+            detail += f" ({reason})"
+        elif state == "RUNNING":
+            where = job.get("nodes") or job.get("batch_host")
+            gres = [g for g in job.get("gres_detail") or [] if isinstance(g, str)]
+            detail += (f" on {where}" if isinstance(where, str) and where else "") + \
+                (f", {' '.join(gres)}" if gres else "")
+        return JobStatus(RUNNING, detail)
+    code, signal = _exit_of(job.get("exit_code"))
+    return ended(job_id, state, code, signal)
+
+
+def parse_sacct(text: str) -> dict[str, list[tuple[str, str, int | None, int | None]]]:
+    """`sacct -X -P -n -o JobID,JobName,State,ExitCode` lines -> {id: [(name, state, exit,
+    signal), ...]} in the order printed (an id may repeat when Slurm's ids started over)."""
+    out: dict[str, list] = {}
+    for line in text.splitlines():
+        parts = line.split("|")
+        if len(parts) != 4 or not parts[0].isdigit():
+            continue
+        job_id, name, state, exit_code = parts
+        state = state.split()[0] if state.strip() else ""  # "CANCELLED by 1000"
+        code = sig = None
+        m = re.fullmatch(r"(\d+):(\d+)", exit_code.strip())
+        if m:
+            code, sig = int(m.group(1)), int(m.group(2))
+        out.setdefault(job_id, []).append((name, state, code, sig))
+    return out
+
+
+def parse_poll(text: str) -> tuple[str, dict[int, str], dict[str, list], set[str] | None]:
+    """The poll script's output -> (squeue's JSON text, {job index: exit file line},
+    sacct's lines by id, the ids the script found missing from squeue (None if none asked))."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("@@caseflow "):
+            sections.append((line[len("@@caseflow "):], []))
+        elif sections:
+            sections[-1][1].append(line)
+    if not sections or sections[-1][0] != "end":
+        raise BadOutput(f"the Slurm poll's output is incomplete: {_quote_start(text)}")
+    squeue_text, exits, sacct, missing = None, {}, {}, None
+    for head, body in sections:
+        words = head.split(" ", 2)
+        if words[0] == "squeue":
+            squeue_text = "\n".join(body)
+        elif words[0] == "exit" and len(words) == 3 and words[1].isdigit():
+            exits[int(words[1])] = words[2]
+        elif words[0] == "sacct" and len(words) == 3:
+            missing = set(words[2].split(","))
+            sacct = parse_sacct("\n".join(body))
+    if squeue_text is None:
+        raise BadOutput(f"the Slurm poll printed no squeue section: {_quote_start(text)}")
+    return squeue_text, exits, sacct, missing
+
+
+class SlurmBackend(QueueBackend):
+    def __init__(self, transport, backend_config=None):
+        self.transport = transport
+        self.config = backend_config
+
+    def sbatch_args(self, job: JobSpec) -> list[str]:
+        options = self.config.slurm_options(job.group).sbatch_args() if self.config else []
+        return [f"--job-name={job.label}", f"--chdir={job.remote_path}",
+                f"--output={_slurm_path(job.remote_path)}/{OUTPUT}", *options,
+                f"{job.remote_path}/{WRAPPER}", *job_argv(job)]
+
+    # -- the port ------------------------------------------------------------------------
+    def submit(self, job: JobSpec) -> str:
+        res = self.transport.run(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
+                                  job.label, JOB_WRAPPER, *self.sbatch_args(job)])
+        lines = res.stdout.strip().splitlines()  # the last line: a login shell may chatter
+        out = lines[-1].split() if lines else []
+        if res.returncode == 0 and len(out) == 2 and out[1].isdigit() and \
+                out[0] in ("adopted", "submitted"):
+            if out[0] == "adopted":
+                log.info("case %s: adopted slurm job %s (name %s) instead of submitting "
+                         "another", job.case_id, out[1], job.label)
+            return out[1]
+        message = _short(res.stderr or res.stdout)
+        if res.returncode == 97:
+            raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
+        if res.returncode == 127:
+            raise PermanentError(f"Slurm's commands are missing on {self.transport.name}: "
+                                 f"{message}")
+        if res.returncode == 96:
+            raise TransientError(f"squeue failed on {self.transport.name}, so it is not known "
+                                 f"whether the case has a job already: {message}")
+        if res.returncode == 95:
+            if any(t.lower() in message.lower() for t in TRANSIENT_SBATCH):
+                raise TransientError(f"sbatch failed: {message}")
+            raise PermanentError(f"Slurm refused the job: {message}")
+        if res.returncode in (0, 94):
+            raise BadOutput(f"sbatch --parsable printed no job id: "
+                            f"{_quote_start(res.stdout + res.stderr)}")
+        raise TransientError(f"submitting to Slurm failed (exit {res.returncode}): {message}")
+
+    def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
+        if not jobs:
+            return {}
+        out: dict[int, JobStatus] = {}
+        asked = [j for j in jobs if j.task_id.isdigit()]
+        for j in jobs:
+            if not j.task_id.isdigit():
+                out[j.case_id] = JobStatus(NOT_FOUND, f"no slurm job id recorded ({j.task_id!r})")
+        if not asked:
+            return out
+        args = [a for j in asked for a in (j.task_id, j.remote_path)]
+        res = self.transport.run(["sh", "-c", POLL, "caseflow-poll", *args])
+        if res.returncode != 0:
+            raise TransientError(f"the Slurm poll failed on {self.transport.name} (exit "
+                                 f"{res.returncode}): {_short(res.stderr or res.stdout)}")
+        if res.stdout.startswith("@@caseflow squeue-failed"):
+            raise TransientError(f"squeue failed on {self.transport.name}: "
+                                 f"{_short(res.stderr or res.stdout)}")
+        squeue_text, exits, sacct, missing = parse_poll(res.stdout)
+        queue = parse_squeue(squeue_text)
+        for index, job in enumerate(asked):
+            out[job.case_id] = self._outcome(job, queue.get(job.task_id), exits.get(index),
+                                             sacct.get(job.task_id, []),
+                                             missing is not None and job.task_id in missing)
+        return out
+
+    def _outcome(self, job: JobRef, queued: dict | None, exit_line: str | None,
+                 accounted: list, asked_sacct: bool) -> JobStatus:
+        jid = job.task_id
+        if queued is not None:
+            if queued.get("name") != job.label:
+                return JobStatus(NOT_FOUND, f"slurm job {jid} is not this case's (it is named "
+                                            f"{queued.get('name')!r}, not {job.label})")
+            return squeue_outcome(jid, queued)
+        if not asked_sacct:  # the poll script saw the id in squeue's output, the parser did not
+            raise BadOutput(f"squeue --json output lists job {jid} in a form caseflow cannot "
+                            "read")
+        words = (exit_line or "").split()
+        exited = len(words) == 2 and words[0] == jid and words[1].lstrip("-").isdigit()
+        ours = [a for a in accounted if a[0] == job.label]
+        if ours:
+            _, state, code, signal = ours[-1]
+            if state not in RUNNING_STATES:
+                return ended(jid, state, code, signal)
+            if not exited:  # accounting says it runs, though squeue lost sight of it
+                return JobStatus(RUNNING, f"{state} (says sacct; squeue does not list it)")
+        if exited:
+            code = int(words[1])
+            where = "its exit code file; Slurm no longer lists it"
+            if code == 0:
+                return JobStatus(SUCCESS, f"slurm job {jid} ended, exit code 0 ({where})", 0)
+            return JobStatus(FAILURE, f"slurm job {jid} ended, exit code {code} ({where})", code)
+        return JobStatus(NOT_FOUND, f"Slurm no longer knows job {jid} ({job.label}) and it left "
+                                    f"no exit code in {EXIT_FILE}")
+
+    def cancel(self, job: JobRef) -> None:
+        if not job.task_id.isdigit():
+            return
+        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", job.task_id,
+                                  job.label])
+        if res.returncode != 0:
+            raise TransientError(f"scancel {job.task_id} failed on {self.transport.name}: "
+                                 f"{_short(res.stderr or res.stdout)}")
+
+    def job_log(self, job: JobRef) -> str | None:
+        res = self.transport.run(["tail", "-c", "1000000", "--", f"{job.remote_path}/{OUTPUT}"])
+        return res.stdout if res.returncode == 0 else None

@@ -1,0 +1,404 @@
+"""The `slurm` backend against the real one-node Slurm cluster (2 fake GPUs), over the real sshd.
+
+Every job here is a real Slurm batch job; what Slurm says is read back with Slurm's own
+commands inside the cluster's namespace (`slurm_cluster.run`), not through the backend.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec,
+                               JobStatus)
+from caseflow.backends.slurm import (BadOutput, SlurmBackend, _exit_of, parse_poll,
+                                     parse_sacct, squeue_outcome)
+from caseflow.config import BackendConfig, SlurmOptions, load_config
+from caseflow.errors import ConfigError, PermanentError, TransientError
+from harness import wait_for
+
+pytestmark = pytest.mark.slow
+DEADLINE = 60
+ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED"}
+# what a case name may carry: quotes, $(...), backticks, ;, commas, =, a newline, %, \
+HOSTILE = "it's $(touch CANARY) `touch CANARY`; a,b,c=d\nsecond line %j \\ \"q\" -x"
+HOLD = "while [ ! -e release ]; do sleep 0.05; done"
+
+
+class Cluster:
+    """The backend under test, and Slurm's own view of the jobs (inside the namespace)."""
+
+    def __init__(self, cluster, transport, root: Path):
+        self.cluster = cluster
+        self.transport = transport
+        self.root = root
+
+    def backend(self, **options) -> SlurmBackend:
+        groups = options.pop("groups", {})
+        base = SlurmOptions(**options)
+        return SlurmBackend(self.transport, BackendConfig(
+            kind="slurm", command="true", slurm=base,
+            slurm_groups=tuple((g, SlurmOptions(**{**base.__dict__, **o}))
+                               for g, o in groups.items())))
+
+    def folder(self, name: str) -> Path:
+        folder = self.root / name
+        (folder / ".caseflow").mkdir(parents=True, exist_ok=True)  # as the upload leaves it
+        return folder
+
+    def spec(self, case_id: int, command: str, *, name: str | None = None, group="gpu_a",
+             env=None, run: int = 1) -> JobSpec:
+        folder = self.folder(name or f"case{case_id}")
+        return JobSpec(case_id=case_id, label=f"caseflow-test-{case_id}-{run}",
+                       remote_path=str(folder), group=group, command=command,
+                       env={"CASEFLOW_CASE_ID": str(case_id), **(env or {})})
+
+    def queue(self) -> dict[str, dict]:
+        res = self.cluster.run(["squeue", "--json"], check=True)
+        return {str(j["job_id"]): j for j in json.loads(res.stdout)["jobs"]}
+
+    def accounted(self, job_id: str) -> list[str]:
+        res = self.cluster.run(["sacct", "-c", "-X", "-P", "-n", "-j", job_id, "-o",
+                                "JobID,JobName,State,ExitCode"], check=True)
+        return [line for line in res.stdout.splitlines() if line.split("|")[0] == job_id]
+
+    def cancel_everything(self) -> None:
+        self.cluster.run(["scancel", "--user=root"])
+        wait_for(lambda: not [j for j in self.queue().values() if j["job_state"] in ACTIVE],
+                 DEADLINE, interval=0.1, what="every job of the test to end")
+
+
+@pytest.fixture
+def slurm(slurm_cluster, slurm_transport, tmp_path):
+    c = Cluster(slurm_cluster, slurm_transport, tmp_path / "remote")
+    assert not [j for j in c.queue().values() if j["job_state"] in ACTIVE], \
+        "jobs of an earlier test are still queued"
+    yield c
+    c.cancel_everything()
+
+
+def ref(spec: JobSpec, task_id: str) -> JobRef:
+    return JobRef(spec.case_id, task_id, spec.label, spec.remote_path)
+
+
+def until(backend, refs, check, what: str):
+    """Poll like the engine does (all jobs in one call) until `check(answers)` holds."""
+    def poll():
+        answers = backend.status(refs)
+        return answers if check(answers) else None
+    return wait_for(poll, DEADLINE, interval=0.1, what=what)
+
+
+def ended(backend, r: JobRef):
+    return until(backend, [r], lambda a: a[r.case_id].outcome != RUNNING,
+                 f"slurm job {r.task_id} to end")[r.case_id]
+
+
+def canaries(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in Path(root).rglob("CANARY*")]
+
+
+# -- submit, run, succeed -------------------------------------------------------------------
+def test_a_job_runs_in_its_folder_with_its_env_and_the_gpus_slurm_gives_it(slurm_cluster, slurm):
+    backend = slurm.backend(groups={"gpu_big": {"gpus_per_job": 2, "time": "5"}})
+    dump = ('printf %s "$CASEFLOW_CASE_NAME" > name.txt; printf %s "$CUDA_VISIBLE_DEVICES" '
+            '> gpu.txt; pwd > pwd.txt; echo "hello from the job"; echo "to stderr" >&2')
+    env = {"CASEFLOW_CASE_NAME": HOSTILE, "CUDA_VISIBLE_DEVICES": "7"}  # Slurm's, not this
+    one = slurm.spec(1, dump, name="case 'one' 100% $(x)", env=env)
+    job = backend.submit(one)
+    assert job.isdigit()
+    status = ended(backend, ref(one, job))
+    assert status == JobStatus(SUCCESS, f"slurm job {job} COMPLETED, exit code 0", 0)
+    folder = Path(one.remote_path)
+    assert (folder / "name.txt").read_text() == HOSTILE
+    assert (folder / "gpu.txt").read_text() in {"0", "1"}  # one GPU, chosen by Slurm
+    assert (folder / "pwd.txt").read_text().strip() == str(folder)
+    assert not canaries(slurm.root, Path(slurm_cluster.sshd.home))
+    log = backend.job_log(ref(one, job))
+    assert "hello from the job" in log and "to stderr" in log
+    assert (folder / ".caseflow" / "slurm.out").read_text() == log
+    assert (folder / ".caseflow" / "slurm-exit_code").read_text() == f"{job} 0\n"
+    queued = slurm.queue().get(job)
+    if queued is not None:  # until Slurm forgets it (MinJobAge)
+        assert queued["name"] == one.label and queued["job_state"] == "COMPLETED"
+    wait_for(lambda: slurm.accounted(job), DEADLINE, what="the completion record")
+    assert slurm.accounted(job) == [f"{job}|{one.label}|COMPLETED|0:0"]
+
+    # a group with its own options: two GPUs and a time limit of 5 minutes
+    big = slurm.spec(2, dump + f"; {HOLD}", group="gpu_big", env=env)
+    job = backend.submit(big)
+    wait_for(lambda: slurm.queue()[job]["job_state"] == "RUNNING", DEADLINE,
+             what="the two-GPU job to run")
+    seen = slurm.queue()[job]
+    assert seen["time_limit"] == 5 and seen["tres_per_node"] == "gres:gpu:2"
+    wait_for(lambda: (Path(big.remote_path) / "pwd.txt").exists(), DEADLINE,
+             what="the job to write its files")
+    assert (Path(big.remote_path) / "gpu.txt").read_text() == "0,1"
+    (Path(big.remote_path) / "release").touch()
+    assert ended(backend, ref(big, job)).outcome == SUCCESS
+
+
+def test_a_failing_job_reports_its_exit_code_and_its_log(slurm):
+    backend = slurm.backend(gpus_per_job=0)
+    spec = slurm.spec(3, 'echo "about to fail"; exit 7')
+    job = backend.submit(spec)
+    status = ended(backend, ref(spec, job))
+    assert status == JobStatus(FAILURE, f"slurm job {job} FAILED, exit code 7", 7)
+    assert "about to fail" in backend.job_log(ref(spec, job))
+
+
+# -- waiting for GPUs, one command per poll --------------------------------------------------
+def test_a_third_gpu_job_waits_for_resources_and_one_poll_is_one_command(slurm):
+    backend = slurm.backend()
+    specs = [slurm.spec(10 + i, HOLD) for i in range(3)]
+    refs = []
+    for spec in specs:  # one after the other: the third is the one that waits
+        refs.append(ref(spec, backend.submit(spec)))
+
+    def two_run_one_waits(answers):
+        details = [answers[r.case_id].detail for r in refs]
+        return [d.split()[0] for d in details] == ["RUNNING", "RUNNING", "PENDING"] and \
+            details[2] == "PENDING (Resources)"
+    answers = until(backend, refs, two_run_one_waits, "two jobs running and one waiting")
+    assert all(a.outcome == RUNNING for a in answers.values())
+    assert sorted(answers[r.case_id].detail.rsplit("IDX:", 1)[1] for r in refs[:2]) == \
+        ["0)", "1)"]  # "RUNNING on NODE, gpu:1(IDX:0)": each its own GPU
+
+    # one remote command for all of them, also when some are unknown to squeue
+    gone = JobRef(99, "999999", "caseflow-test-99-1", str(slurm.folder("case99")))
+    before = slurm.transport.commands
+    answers = backend.status([*refs, gone])
+    assert slurm.transport.commands - before == 1
+    assert answers[99].outcome == NOT_FOUND
+    assert [answers[r.case_id].outcome for r in refs] == [RUNNING] * 3
+
+    for spec in specs:
+        (Path(spec.remote_path) / "release").touch()
+    until(backend, refs, lambda a: all(s.outcome == SUCCESS for s in a.values()),
+          "all three to succeed")
+
+
+# -- cancel -----------------------------------------------------------------------------------
+def test_cancel_ends_a_running_and_a_pending_job_as_cancelled(slurm):
+    backend = slurm.backend(gpus_per_job=0)
+    running = slurm.spec(20, HOLD)
+    r = ref(running, backend.submit(running))
+    until(backend, [r], lambda a: a[r.case_id].detail.startswith("RUNNING"), "the job to run")
+    # not the case's job (another name): left alone
+    backend.cancel(JobRef(r.case_id, r.task_id, "caseflow-test-other-1", r.remote_path))
+    assert backend.status([r])[r.case_id].outcome == RUNNING
+    backend.cancel(r)
+    status = ended(backend, r)
+    assert status.outcome == FAILURE and status.exit_code is None
+    assert status.detail.startswith(f"slurm job {r.task_id} CANCELLED"), status.detail
+    backend.cancel(r)  # again: it has ended, no error
+
+    later = slurm.backend(gpus_per_job=0, extra_args=("--begin=now+3600",))
+    pending = slurm.spec(21, "true")
+    p = ref(pending, later.submit(pending))
+    assert until(later, [p], lambda a: a[p.case_id].detail == "PENDING (BeginTime)",
+                 "the job to wait for its begin time")
+    later.cancel(p)
+    assert ended(later, p).detail == f"slurm job {p.task_id} CANCELLED"
+    wait_for(lambda: slurm.accounted(p.task_id), DEADLINE, what="the completion record")
+    assert slurm.accounted(p.task_id)[0].split("|")[2] == "CANCELLED"
+
+
+# -- after Slurm forgot the job ----------------------------------------------------------------
+def _drop_completion_record(cluster, job_id: str, label: str) -> None:
+    """Remove one job's line from the completion log (sacct -c), in place: slurmctld keeps
+    the file open and appends to it."""
+    with open(cluster.jobcomp, "r+") as f:
+        lines = f.readlines()
+        keep = [ln for ln in lines if not (ln.startswith(f"JobId={job_id} ") and
+                                           f" Name={label} " in ln)]
+        assert len(keep) == len(lines) - 1
+        f.seek(0)
+        f.writelines(keep)
+        f.truncate()
+
+
+def test_a_job_slurm_has_forgotten_is_read_from_sacct_then_its_exit_file(slurm_cluster, slurm):
+    backend = slurm.backend(gpus_per_job=0)
+    failing, passing = slurm.spec(30, "exit 3"), slurm.spec(31, "true")
+    f, p = (ref(s, backend.submit(s)) for s in (failing, passing))
+    until(backend, [f, p], lambda a: all(s.outcome != RUNNING for s in a.values()),
+          "both jobs to end")
+    wait_for(lambda: not {f.task_id, p.task_id} & set(slurm.queue()), DEADLINE, interval=0.2,
+             what="Slurm to forget both jobs (MinJobAge, a purge every 10 s)")
+
+    exit_file = Path(failing.remote_path) / ".caseflow" / "slurm-exit_code"
+    recorded = exit_file.read_text()
+    assert recorded == f"{f.task_id} 3\n"
+    exit_file.unlink()  # so the answer can only come from sacct
+    (Path(passing.remote_path) / ".caseflow" / "slurm-exit_code").unlink()
+    answers = backend.status([f, p])
+    assert answers[30] == JobStatus(FAILURE, f"slurm job {f.task_id} FAILED, exit code 3", 3)
+    assert answers[31] == JobStatus(SUCCESS, f"slurm job {p.task_id} COMPLETED, exit code 0",
+                                    0)
+
+    _drop_completion_record(slurm_cluster, f.task_id, f.label)
+    assert slurm.accounted(f.task_id) == []
+    exit_file.write_text(recorded)  # now only the exit code file knows
+    status = backend.status([f])[30]
+    assert status.outcome == FAILURE and status.exit_code == 3
+    assert "exit code 3" in status.detail and "exit code file" in status.detail
+
+    exit_file.write_text("12345 0\n")  # another job's: does not count
+    assert backend.status([f])[30].outcome == NOT_FOUND
+    exit_file.unlink()
+    status = backend.status([f])[30]
+    assert status.outcome == NOT_FOUND and "no longer knows" in status.detail
+
+
+# -- a case never gets two jobs ----------------------------------------------------------------
+def test_submitting_again_adopts_the_cases_job(slurm):
+    backend = slurm.backend(gpus_per_job=0)
+    spec = slurm.spec(40, HOLD)
+    job = backend.submit(spec)
+    assert backend.submit(spec) == job  # from the record in .caseflow/
+    until(backend, [ref(spec, job)], lambda a: a[40].detail.startswith("RUNNING"), "running")
+    record = Path(spec.remote_path) / ".caseflow" / "slurm-job"
+    assert record.read_text() == f"{spec.label} {job}\n"
+    record.unlink()  # as if the submit had died between sbatch and writing the record
+    assert backend.submit(spec) == job  # found by its name with squeue
+    assert record.read_text() == f"{spec.label} {job}\n"
+    named = [j for j in slurm.queue().values() if j["name"] == spec.label]
+    assert [str(j["job_id"]) for j in named] == [job]
+
+    rerun = slurm.spec(40, "true", run=2)  # the next run of the case: a job of its own
+    second = backend.submit(rerun)
+    assert second != job
+    assert ended(backend, ref(rerun, second)).outcome == SUCCESS
+
+
+# -- Slurm refusing, and answers that cannot be read --------------------------------------------
+def test_what_slurm_refuses_fails_the_case_with_slurms_message(slurm):
+    with pytest.raises(PermanentError, match="Requested node configuration is not available"):
+        slurm.backend(gpus_per_job=3).submit(slurm.spec(50, "true"))
+    with pytest.raises(PermanentError, match="(?i)invalid partition"):
+        slurm.backend(partition="nope").submit(slurm.spec(51, "true"))
+    missing = JobSpec(52, "caseflow-test-52-1", str(slurm.root / "not there"), "gpu_a", "true")
+    with pytest.raises(PermanentError, match="case folder is missing"):
+        slurm.backend().submit(missing)
+
+
+@pytest.fixture
+def fake_squeue(slurm_cluster, tmp_path):
+    """`squeue` on the host answers with the file `answer` (and its exit code `rc`) when it
+    exists; else the real squeue runs."""
+    control = tmp_path / "fake-squeue"
+    control.mkdir()
+    wrapper = Path(slurm_cluster.sshd.bin) / "squeue"
+    wrapper.write_text(f"#!/bin/sh\nif [ -f {control}/answer ]; then cat {control}/answer; "
+                       f"exit \"$(cat {control}/rc 2>/dev/null || echo 0)\"; fi\n"
+                       f"exec {shutil.which('squeue')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    yield control
+    wrapper.unlink()
+
+
+def test_unreadable_squeue_output_is_retried_then_fails_and_a_failing_squeue_is_transient(
+        slurm, fake_squeue):
+    backend = slurm.backend()
+    r = JobRef(60, "5", "caseflow-test-60-1", str(slurm.folder("case60")))
+    (fake_squeue / "answer").write_text("<html>502 Bad Gateway\n")
+    with pytest.raises(BadOutput, match="not JSON: '<html>502 Bad Gateway'") as err:
+        backend.status([r])
+    assert err.value.max_attempts == 3  # the engine fails the case after 3 such polls
+    (fake_squeue / "answer").write_text('{"jobs": {"5": "RUNNING"}}\n')
+    with pytest.raises(BadOutput, match="no job list"):
+        backend.status([r])
+    (fake_squeue / "answer").write_text("slurm_load_jobs error: Unable to contact slurm "
+                                        "controller (connect failure)\n")
+    (fake_squeue / "rc").write_text("1")
+    with pytest.raises(TransientError, match="squeue failed") as err:
+        backend.status([r])
+    assert not isinstance(err.value, BadOutput)
+
+
+# -- reading Slurm's answers (no cluster needed) ---------------------------------------------------
+def test_states_exit_codes_and_newer_json_forms_are_read():
+    assert _exit_of(1792) == (7, 0) and _exit_of(15) == (0, 15)
+    newer = {"status": ["EXITED"], "return_code": {"set": True, "infinite": False, "number": 4},
+             "signal": {"id": {"set": False, "infinite": False, "number": 0}, "name": ""}}
+    assert _exit_of(newer) == (4, 0)
+    assert squeue_outcome("8", {"job_state": ["FAILED"], "exit_code": newer}) == \
+        JobStatus(FAILURE, "slurm job 8 FAILED, exit code 4", 4)
+    assert squeue_outcome("8", {"job_state": "TIMEOUT", "exit_code": 15}) == \
+        JobStatus(FAILURE, "slurm job 8 TIMEOUT, signal 15", None)
+    assert squeue_outcome("8", {"job_state": "PENDING", "state_reason": "Priority"}).detail == \
+        "PENDING (Priority)"
+    with pytest.raises(BadOutput, match="unknown Slurm job state 'EXPLODED'"):
+        squeue_outcome("8", {"job_state": "EXPLODED", "exit_code": 0})
+    assert parse_sacct("4|caseflow-x-1-1|CANCELLED by 0|0:0\nJobID|JobName|State|ExitCode\n"
+                       "sacct: error: something\n") == \
+        {"4": [("caseflow-x-1-1", "CANCELLED", 0, 0)]}
+    with pytest.raises(BadOutput, match="incomplete"):
+        parse_poll('@@caseflow squeue\n{"jobs": []}\n')  # cut off before its end
+
+
+def test_which_answer_counts_when_squeue_no_longer_lists_the_job():
+    outcome = SlurmBackend(None)._outcome
+    r = JobRef(1, "5", "caseflow-x-1-1", "/cases/1-x")
+    running = [("caseflow-x-1-1", "RUNNING", 0, 0)]
+    assert outcome(r, None, None, running, True).outcome == RUNNING
+    assert outcome(r, None, "5 2", running, True) == JobStatus(
+        FAILURE, "slurm job 5 ended, exit code 2 (its exit code file; Slurm no longer lists it)",
+        2)
+    other = [("caseflow-x-9-1", "COMPLETED", 0, 0)]  # the same id, another job's record
+    assert outcome(r, None, None, other, True).outcome == NOT_FOUND
+    assert outcome(r, {"name": "someone-else", "job_state": "RUNNING"}, "5 0", [],
+                   False).outcome == NOT_FOUND
+    with pytest.raises(BadOutput, match="cannot read"):
+        outcome(r, None, None, [], False)  # the poll script saw it in squeue's JSON
+
+
+# -- configuration ---------------------------------------------------------------------------------
+def test_the_shipped_slurm_example_is_valid(tmp_path):
+    """config/slurm.yaml, with its host-specific paths pointed at a temp folder, loads."""
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load((root / "config" / "slurm.yaml").read_text())
+    (tmp_path / "inbox").mkdir()
+    data["inbox"] = str(tmp_path / "inbox")
+    data["database"] = str(tmp_path / "caseflow.db")
+    data["log"]["file"] = str(tmp_path / "caseflow.log")
+    data["results"]["folder"] = str(tmp_path / "results")
+    data["archive"] = {k: str(tmp_path / k) for k in data["archive"]}
+    path = tmp_path / "slurm.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    assert config.backend.kind == "slurm" and config.transport.kind == "ssh"
+    assert [g.name for g in config.groups] == ["gpu_a", "gpu_big"]
+    assert config.backend.slurm_options("gpu_a").sbatch_args() == [
+        "--gres=gpu:1", "--partition=gpu", "--time=4:00:00", "--mem=32G", "--cpus-per-task=8"]
+    assert config.backend.slurm_options("gpu_big").sbatch_args() == [
+        "--gres=gpu:4", "--partition=gpu-large", "--time=1-00:00:00", "--mem=128G",
+        "--cpus-per-task=32"]
+
+
+@pytest.mark.parametrize("backend, message", [
+    ({"groups": {"gpu_z": {"gpus_per_job": 2}}},
+     r"backend\.groups\.gpu_z: not a configured group \(configured: gpu_a\)"),
+    ({"time": 240}, r"backend\.time: expected a quoted Slurm time limit"),
+    ({"time": "four hours"}, r"backend\.time: not a Slurm time limit"),
+    ({"gpus_per_job": -1}, r"backend\.gpus_per_job: must not be negative"),
+    ({"extra_args": ["--job-name=mine"]}, r"backend\.extra_args: '--job-name=mine': caseflow "
+                                          r"sets the job's name"),
+    ({"extra_args": ["--qos", "normal"]}, r"backend\.extra_args: not an sbatch option: "
+                                          r"str 'normal'"),
+    ({"groups": {"gpu_a": {"partiton": "x"}}},
+     r"backend\.groups\.gpu_a\.partiton: unknown key \(did you mean 'partition'\?\)"),
+    ({"pueue": "pueue"}, r"backend\.pueue: unknown key"),
+])
+def test_slurm_settings_are_checked_naming_file_and_key(tmp_path, backend, message):
+    (tmp_path / "inbox").mkdir()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({
+        "inbox": "inbox", "groups": {"gpu_a": 1},
+        "transport": {"kind": "local", "root": "remote"},
+        "backend": {"kind": "slurm", "command": "true", **backend}}))
+    with pytest.raises(ConfigError, match=f"^{path}: {message}"):
+        load_config(path)
