@@ -256,6 +256,13 @@ def operator_retries(ws: Workspace, name):
     assert "failure ->" in proc.stdout, proc.stdout
 
 
+@when(parsers.parse('the operator cancels "{name}"'))
+def operator_cancels(ws: Workspace, name):
+    proc = ws.cli("cancel", name)
+    assert proc.returncode == 0, f"caseflow cancel exited {proc.returncode}: {proc.stderr}"
+    assert "running -> failure (cancelled)" in proc.stdout, proc.stdout
+
+
 # -- jobs ----------------------------------------------------------------------------------
 @given(parsers.parse('the job of "{name}" is running'))
 @then(parsers.parse('the job of "{name}" is running'))

@@ -17,13 +17,6 @@ def delete_file(ws, file, name):
     (ws.inbox / name / file).unlink()
 
 
-@when(parsers.parse('the operator cancels "{name}"'))
-def operator_cancels(ws, name):
-    proc = ws.cli("cancel", name)
-    assert proc.returncode == 0, f"caseflow cancel exited {proc.returncode}: {proc.stderr}"
-    assert "running -> failure (cancelled)" in proc.stdout, proc.stdout
-
-
 @then(parsers.parse('the case "{name}" is on its second run'))
 def second_run(ws, name):
     assert shown(ws, name)["run"] == 2

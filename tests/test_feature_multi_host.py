@@ -1,7 +1,6 @@
 """Steps of features/multi_host.feature: two real sshd hosts, each behind a relay that can
 cut it off, with the direct runner on each."""
 
-import json
 from pathlib import Path
 
 import pytest

@@ -172,3 +172,12 @@ def test_the_shipped_multi_host_example_is_valid(tmp_path):
     assert config.hosts[1].backend.command == config.hosts[0].backend.command
     assert [(g.name, g.slots) for g in config.groups] == [("gpu_a", 6), ("gpu_big", 1)]
     assert config.host("gpu2").transport.name == "gpu2"
+
+
+def test_slurm_groups_do_not_take_devices(ws):
+    from caseflow.config import load_config
+    from caseflow.errors import ConfigError
+    ws.write_config(backend={"kind": "slurm", "command": "true"},
+                    groups={"gpu_a": {"slots": 2, "devices": [0, 1]}})
+    with pytest.raises(ConfigError, match=r"groups\.gpu_a\.devices: not used with the slurm"):
+        load_config(ws.config_path)

@@ -430,7 +430,9 @@ def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
     names to their own groups, transport and backend."""
     if "hosts" not in top.data:
         transport = _read_transport(top, base)
-        return (HostConfig(transport.name, transport, _read_backend(top), _read_groups(top)),)
+        host = HostConfig(transport.name, transport, _read_backend(top), _read_groups(top))
+        _check_devices(top, host)
+        return (host,)
     for key in ("groups", "transport", "backend"):
         if key in top.data:
             raise top.error(key, "not allowed next to hosts: give each host its own")
@@ -451,7 +453,19 @@ def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
         groups = _read_groups(hr)
         hr.finish()
         hosts.append(HostConfig(name, transport, backend, groups))
+        _check_devices(hr, hosts[-1])
     return tuple(hosts)
+
+
+def _check_devices(reader: _Reader, host: HostConfig) -> None:
+    """Slurm chooses the GPUs of a job itself (and sets CUDA_VISIBLE_DEVICES)."""
+    if host.backend.kind != "slurm":
+        return
+    for g in host.groups:
+        if g.devices:
+            raise reader.error(f"groups.{g.name}.devices",
+                               "not used with the slurm backend: Slurm picks the GPUs and sets "
+                               "CUDA_VISIBLE_DEVICES (use backend.gpus_per_job); remove devices")
 
 
 def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:

@@ -12,7 +12,6 @@ import logging
 import os
 import threading
 import time
-from pathlib import Path
 
 from . import casefolder, wrapup
 from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS

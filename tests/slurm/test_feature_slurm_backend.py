@@ -118,13 +118,6 @@ def exit_code_is(ws, name, code):
     assert shown(ws, name)["exit_code"] == code
 
 
-@when(parsers.parse('the operator cancels "{name}"'))
-def operator_cancels(ws, name):
-    proc = ws.cli("cancel", name)
-    assert proc.returncode == 0, f"caseflow cancel exited {proc.returncode}: {proc.stderr}"
-    assert "running -> failure (cancelled)" in proc.stdout, proc.stdout
-
-
 # -- what the job and Slurm saw -------------------------------------------------------------------
 @then(parsers.parse('the job of "{name}" saw the one GPU Slurm gave it'))
 def saw_its_gpu(ws, name):
