@@ -30,8 +30,29 @@ def slurm_cluster(tmp_path_factory):
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), min_job_age=MIN_JOB_AGE, gpus=2,
                            cpus=max(4, os.cpu_count() or 1))
     cluster.start()
+    _TIMES["start"] = cluster.start_seconds
     yield cluster
     cluster.stop()
+
+
+_TIMES: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    if "slurm" in report.nodeid.split("::")[0]:
+        _TIMES["tests"] = _TIMES.get("tests", 0.0) + report.duration
+        if report.when == "call":
+            _TIMES["count"] = _TIMES.get("count", 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The cluster's start-up time and the Slurm tests' time, in the summary of every run that
+    started the cluster (CI's too)."""
+    if "start" in _TIMES:
+        terminalreporter.write_line(
+            f"slurm cluster (munge, slurmctld, slurmd, sshd in a network namespace) up in "
+            f"{_TIMES['start']:.2f} s; {_TIMES.get('count', 0):.0f} Slurm tests took "
+            f"{_TIMES.get('tests', 0.0):.1f} s in all")
 
 
 @pytest.fixture
