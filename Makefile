@@ -22,9 +22,11 @@ test: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python -m pytest
 
+# every benchmark, a table of ratios to the alternatives, bench/last_run.json (about 10
+# minutes; `make bench BENCH=--quick` for a small smoke run)
 bench: $(STAMP)
 	bash .ci/system-deps
-	$(BIN)/python bench/upload_bench.py --json bench/last_run.json
+	$(BIN)/python bench/run.py --json bench/last_run.json $(BENCH)
 
 diagram: $(STAMP)
 	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd

@@ -1,0 +1,165 @@
+"""All the benchmarks, one command: a table of ratios to the alternatives measured in this run.
+
+    python bench/run.py [--quick] [--only upload,polling,admission,engine,pipeline]
+                        [--quiet-load L] [--json bench/last_run.json]
+
+1. upload     caseflow vs `scp -r` and `rsync -a` (bench/upload_bench.py)
+2. polling    one tick with 1,000 running cases vs one `ssh` per case (bench/polling_bench.py)
+3. admission  last write into a case folder -> stable, 1 and 100 folders at once
+              (bench/admission_latency.py --at-once 1,100)
+4. engine     10,000 cases in the store, 1,000 active: tick CPU, transitions/s, RSS
+              (bench/engine_bench.py)
+5. pipeline   200 tiny cases end to end vs the naive script (bench/pipeline_bench.py)
+
+--quick runs a small version of each (a smoke test; its figures mean little). Each line
+of the table says what was measured, caseflow's figure, the alternative's, their ratio and
+the target. The machine, the load average before each part, and every run's figures go
+to the JSON file. Other work on the machine skews the wall times: --quiet-load L waits
+(up to 5 minutes) before each part until the 1-minute load average is at most L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import admission_latency  # noqa: E402
+import engine_bench  # noqa: E402
+import pipeline_bench  # noqa: E402
+import polling_bench  # noqa: E402
+import upload_bench  # noqa: E402
+from benchlib import load, machine, ratio, wait_for_quiet  # noqa: E402
+
+PARTS = ["upload", "polling", "admission", "engine", "pipeline"]
+
+
+def _row(what, ours, theirs, ratio_, target, met) -> dict:
+    return {"what": what, "caseflow": ours, "alternative": theirs, "ratio": ratio_,
+            "target": target, "met": met}
+
+
+def summary(results: dict) -> list[dict]:
+    rows = []
+    up = results.get("upload")
+    if up:
+        for key, target in (("small", 0.8), ("large", 1.1)):
+            r = up[key]
+            t = r["tools"]
+            ours = f"{t['caseflow']['median_s']:.2f} s"
+            if key == "small":
+                name, ratio_ = "rsync -a", r["caseflow_vs_rsync"]
+            else:
+                name = r["caseflow_vs_fastest_scp"]["tool"]
+                ratio_ = r["caseflow_vs_fastest_scp"]["ratio"]
+            rows.append(_row(f"upload {r['data']}", ours,
+                             f"{t[name]['median_s']:.2f} s {name}", ratio_, f"<= {target}",
+                             ratio_ <= target))
+            for other in t:
+                if other not in ("caseflow", name):
+                    rows.append(_row("", "", f"{t[other]['median_s']:.2f} s {other}",
+                                     ratio(t["caseflow"]["median_s"], t[other]["median_s"]),
+                                     "", None))
+    po = results.get("polling")
+    if po:
+        n = f"{po['running_cases']:,}"
+        rows.append(_row(f"poll {n} running cases: commands / new connections per tick",
+                         f"{po['commands_per_tick']} / {po['connections_per_tick']}",
+                         f"{po['naive']['commands_per_tick']} / "
+                         f"{po['naive']['connections_per_tick']} ssh per case", None, "1 / 0",
+                         po["commands_per_tick"] == 1 and po["connections_per_tick"] == 0))
+        rows.append(_row(f"poll {n} running cases: wall time per tick",
+                         f"{po['tick_wall_s']:.2f} s",
+                         f"{po['naive']['tick_wall_s']:.1f} s ssh per case",
+                         ratio(po["tick_wall_s"], po["naive"]["tick_wall_s"]), "", None))
+    ad = results.get("admission")
+    if ad:
+        for count, r in ad.items():
+            d = r["delay_beyond_quiet_s"]
+            rows.append(_row(f"admit {count} folder(s) copied at once: last write -> stable",
+                             f"Q + {d['max']:.3f} s", f"Q = {r['quiet_seconds']:g} s quiet "
+                             "period", None, "Q + 0.5 s", d["max"] <= 0.5))
+    en = results.get("engine")
+    if en:
+        t = en["tick_cpu_ms"]
+        head = f"engine, {en['cases']:,} cases, {en['active']:,} active:"
+        rows.append(_row(f"{head} CPU per tick with a poll, median / max",
+                         f"{t['with_poll']['median']} / {t['with_poll']['max']} ms", "", None,
+                         "<= 20 ms", (t["with_poll"]["max"] or 0) <= 20))
+        rows.append(_row(f"{head} CPU per tick without a poll",
+                         f"{t['without_poll']['median']} / {t['without_poll']['max']} ms", "",
+                         None, "<= 20 ms", (t["without_poll"]["max"] or 0) <= 20))
+        rows.append(_row(f"{head} transitions persisted per second, store",
+                         f"{en['store_build']['transitions_per_s']:,}",
+                         f"{en['sqlite_insert_tx_per_s']:,} SQLite 1-row transactions",
+                         en["store_vs_sqlite"], "", None))
+        rows.append(_row(f"{head} transitions per second, burst end to end",
+                         f"{en['burst']['transitions_per_s']:,}", "", None, "", None))
+        rows.append(_row(f"{head} daemon RSS", f"{en['rss_mib']} MiB",
+                         f"{en['bare_python_rss_mib']} MiB bare python",
+                         ratio(en["rss_mib"], en["bare_python_rss_mib"]), "<= 120 MB",
+                         en["rss_mib"] * 1.048576 <= 120))
+    pi = results.get("pipeline")
+    if pi:
+        rows.append(_row(f"pipeline, {pi['cases']} tiny cases end to end: cases per minute",
+                         f"{pi['caseflow']['cases_per_minute']:g}",
+                         f"{pi['naive']['cases_per_minute']:g} naive script",
+                         pi["caseflow_vs_naive"], ">= 10", pi["caseflow_vs_naive"] >= 10))
+    return rows
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ("measure", "caseflow", "alternative (same run)", "caseflow ÷ alt.", "target", "met")
+    cells = [[r["what"], str(r["caseflow"]), str(r["alternative"]),
+              "" if r["ratio"] is None else str(r["ratio"]), r["target"],
+              "" if r["met"] is None else ("yes" if r["met"] else "NO")] for r in rows]
+    widths = [max(len(head[i]), *(len(c[i]) for c in cells)) for i in range(len(head))]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
+    print(line)
+    print("-" * len(line))
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="a small version of each (smoke test)")
+    p.add_argument("--only", help=f"comma-separated parts of {','.join(PARTS)}")
+    p.add_argument("--quiet-load", type=float, help="wait before each part for this load")
+    p.add_argument("--json", default=str(Path(__file__).resolve().parent / "last_run.json"))
+    args = p.parse_args()
+    parts = args.only.split(",") if args.only else PARTS
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s): {', '.join(sorted(unknown))}")
+    started = time.time()
+    out = {"machine": machine(), "quick": args.quick, "started": time.strftime(
+        "%Y-%m-%d %H:%M:%S"), "load_before": {}, "results": {}}
+    runners = {"upload": lambda: upload_bench.run(args.quick),
+               "polling": lambda: polling_bench.run(args.quick),
+               "admission": lambda: admission_latency.run(args.quick),
+               "engine": lambda: engine_bench.run(args.quick),
+               "pipeline": lambda: pipeline_bench.run(args.quick)}
+    for part in parts:
+        if args.quiet_load is not None:
+            wait_for_quiet(args.quiet_load, patience=300)
+        out["load_before"][part] = load()
+        out["results"][part] = runners[part]()
+    out["seconds"] = round(time.time() - started)
+    out["summary"] = summary(out["results"])
+    m = out["machine"]
+    print(f"\n{m['cores']} cores ({m['cpu']}), {m['memory_mib']:,} MiB, {m['kernel']}, "
+          f"{m['openssh']}, Python {m['python']}, paramiko {m['paramiko']}; load average "
+          f"before each part: {out['load_before']}; {out['seconds']} s"
+          + ("; QUICK run: the figures mean little" if args.quick else ""))
+    print_table(out["summary"])
+    Path(args.json).write_text(json.dumps(out, indent=2))
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
