@@ -21,7 +21,6 @@ import shlex
 import shutil
 import socket
 import stat
-import struct
 import tarfile
 import time
 from pathlib import Path
@@ -46,9 +45,13 @@ _FIND = (r'(cd -- "$1" && find . -mindepth 1 -path ./.caseflow -prune -o \( -typ
          r'"f %s %P\0" \) -o \( -type d -printf "d 0 %P\0" \) -o \( -type l -printf '
          r'"l 0 %P\0" \) -o -printf "? 0 %P\0")')
 # $1 = a verified staging folder: mark when the upload was complete (results are what changed
-# after this mark), then let the file system's clock tick (4 ms here, at most 10 ms) so that
-# nothing the job writes can share the mark's timestamp
-_MARK = r'mkdir -p -- "$1/.caseflow" && : > "$1/.caseflow/uploaded" && sleep 0.02'
+# after this mark), then wait until the file system's clock has moved past the mark's time
+# (a probe file newer than the mark), so that nothing the job writes can share it: at most a
+# clock tick (4 ms here with coarse timestamps, 10 ms at most; ~1 ms with fine-grained ones)
+# instead of a fixed 20 ms sleep
+_MARK = (r'm="$1/.caseflow/uploaded"; t="$1/.caseflow/.tick"; mkdir -p -- "$1/.caseflow" && '
+         r': > "$m" && i=0 && while : > "$t" && [ -z "$(find "$t" -newer "$m")" ] && '
+         r'[ "$i" -lt 200 ]; do i=$((i + 1)); done && rm -f -- "$t"')
 LIST = r'[ -d "$1" ] || exit 3; ' + _FIND
 # $1 = target, $2 = staging: recreate the staging folder, print the KiB free there (then a
 # NUL), then list the target (exit 3: none)
@@ -139,7 +142,7 @@ class _TarStream:
     def add(self, local_dir: str, entry, sums: dict | None) -> None:
         """One manifest entry. A file that is no longer a regular file, or that shrinks
         while it is read, raises (before the end-of-archive: the remote tar fails)."""
-        full = os.path.join(local_dir, entry.path)
+        full = f"{local_dir}/{entry.path}"
         name = os.fsencode(entry.path)
         if entry.kind == "d":
             st = os.lstat(full)
@@ -194,10 +197,12 @@ class _NotAFile(Exception):
 
 
 _ZEROS = bytes(512)
-# a ustar header with GNU's magic: name, mode, uid, gid, size, mtime, checksum, type, link
-# name, magic+version, owner and group names, device numbers, prefix and padding
-_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s8s32s32s8s8s167s")
-_OCTAL_ZERO = b"0000000\0"
+# A ustar header block with GNU's magic. Built from its variable fields (name, mode, size,
+# mtime, type, link name) around constant ones: uid and gid 0, no owner or group names, no
+# device numbers or prefix. The checksum is the byte sum with its own field as spaces.
+_IDS = b"0000000\0" * 2                              # uid, gid
+_TAIL = b"ustar  \0".ljust(255, b"\0")               # magic+version ... the end of the block
+_FIXED_SUM = sum(_IDS) + sum(_TAIL) + 8 * ord(" ")
 
 
 def _tar_number(value: int, width: int) -> bytes:
@@ -212,17 +217,22 @@ def _tar_number(value: int, width: int) -> bytes:
 
 def _tar_header(name: bytes, mode: int, size: int, mtime: float, kind: bytes,
                 link: bytes = b"") -> bytes:
-    """The header block(s) of one member in GNU format, as tarfile.GNU_FORMAT writes them:
-    names and link targets longer than 100 bytes go first in ././@LongLink members."""
+    """The header block(s) of one member in GNU format, byte for byte as tarfile.GNU_FORMAT
+    writes them: names and link targets longer than 100 bytes go first in ././@LongLink
+    members (and are cut to 100 bytes in the header)."""
     out = b""
     if len(name) > 100:
         out += _long_name(name, b"L")
+        name = name[:100]
     if len(link) > 100:
         out += _long_name(link, b"K")
-    block = _HEADER.pack(name, _tar_number(stat.S_IMODE(mode), 8), _OCTAL_ZERO, _OCTAL_ZERO,
-                         _tar_number(size, 12), _tar_number(int(mtime), 12), b" " * 8, kind,
-                         link, b"ustar  \0", b"", b"", b"", b"", b"")
-    return out + block[:148] + b"%06o\0 " % sum(block) + block[156:]
+        link = link[:100]
+    fields = (_tar_number(stat.S_IMODE(mode), 8), _tar_number(size, 12),
+              _tar_number(int(mtime), 12))
+    check = _FIXED_SUM + sum(name) + sum(link) + sum(fields[0]) + sum(fields[1]) + \
+        sum(fields[2]) + kind[0]
+    return b"".join((out, name.ljust(100, b"\0"), fields[0], _IDS, fields[1], fields[2],
+                     b"%06o\0 " % check, kind, link.ljust(100, b"\0"), _TAIL))
 
 
 def _long_name(value: bytes, kind: bytes) -> bytes:
