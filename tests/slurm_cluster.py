@@ -395,9 +395,17 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
 
 
 def _serve(client: socket.socket, port: int) -> None:
-    try:
-        upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
-    except OSError:
+    # the bridge stands in for a network path, which does not drop a connection attempt
+    # because the server was busy for a moment: try a few times before giving up
+    for attempt in range(5):
+        try:
+            upstream = socket.create_connection(("127.0.0.1", port), timeout=10)
+            break
+        except OSError as exc:
+            print(f"relay: connecting to sshd failed ({exc}), attempt {attempt + 1}",
+                  file=sys.stderr, flush=True)
+            time.sleep(0.1 * (attempt + 1))
+    else:
         client.close()
         return
     _pump(client, upstream)

@@ -212,8 +212,15 @@ class Relay:
             try:
                 upstream = self._connect()
             except OSError:
-                client.close()
-                continue
+                if self.unix_socket is None:  # a refused TCP server: pass the refusal on
+                    client.close()
+                    continue
+                try:  # a unix-socket bridge stands in for a network path: try again, once
+                    time.sleep(0.2)
+                    upstream = self._connect()
+                except OSError:
+                    client.close()
+                    continue
             with self._lock:
                 self._pairs.append((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
