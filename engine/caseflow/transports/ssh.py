@@ -127,7 +127,10 @@ class _TarStream:
 
     def _send(self) -> None:
         if self.pos:
-            self.chan.sendall(self.view[:self.pos])
+            try:
+                self.chan.sendall(self.view[:self.pos])
+            except (OSError, EOFError) as exc:  # the channel, not a local file
+                raise _SendFailed() from exc
             self.pos = 0
         if self.unreported:
             self.counter.add(self.unreported)
@@ -194,6 +197,10 @@ class _TarStream:
 class _NotAFile(Exception):
     def __init__(self, path: str):
         super().__init__(f"cannot send {path!r}: it is no longer a regular file")
+
+
+class _SendFailed(Exception):
+    """Sending into the channel failed (its cause says why); local files raise OSError."""
 
 
 _ZEROS = bytes(512)
@@ -316,8 +323,12 @@ class SSHTransport(Transport):
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         try:
             chan.settimeout(timeout or self.cfg.command_timeout)
-            chan.exec_command(command)
-            chan.shutdown_write()
+            # The command's stdin is /dev/null on the remote side instead of an EOF sent
+            # from here: paramiko can send that EOF after the channel's close when the
+            # command ends at once, and OpenSSH then drops the whole connection ("ieof
+            # packet referred to nonexistent channel", paramiko issue #1705): four threads
+            # running short commands lost the connection every second or two.
+            chan.exec_command("exec </dev/null; " + command)
             out, err = self._drain(chan, timeout)
             rc = chan.recv_exit_status()
         except socket.timeout as exc:
@@ -435,31 +446,37 @@ class SSHTransport(Transport):
         chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
         chan.settimeout(self.cfg.command_timeout)
         chan.exec_command(shlex.join(["sh", "-c", UNPACK, "caseflow", staging, target, digest]))
-        stream_error: Exception | None = None
-        local_error: PermanentError | None = None
+        stream_error: BaseException | None = None
+        local_error: Exception | None = None
         tar = _TarStream(chan, counter)
         try:
             base = os.fspath(local_dir)
             for entry in manifest.entries:
                 tar.add(base, entry, sums)
             tar.close()
+        except _SendFailed as exc:
+            stream_error = exc.__cause__
         except _NotAFile as exc:
             local_error = PermanentError(str(exc))
-        except (OSError, EOFError, socket.timeout) as exc:
+        except OSError as exc:  # reading a local file
             if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
                                                     exc.filename):
                 local_error = PermanentError(f"cannot read {exc.filename}: {exc.strerror}")
-            else:
-                stream_error = exc
+            else:  # e.g. a file that shrank while it was read: try again later
+                local_error = TransientError(f"reading the case folder {local_dir} for the "
+                                             f"upload to {self.name} failed: {exc}")
         if local_error is not None:  # the remote side cleans up before the case fails
-            with contextlib.suppress(OSError, EOFError, socket.timeout):
+            with contextlib.suppress(_SendFailed, OSError, EOFError):
                 tar.abort()
                 chan.shutdown_write()
                 self._drain(chan)
             chan.close()
             raise local_error
         try:
-            chan.shutdown_write()
+            # The remote tar reads until this EOF, so it cannot race with the channel's close
+            # (see _exec); after a failed send, only while the remote side has not ended.
+            if stream_error is None or not (chan.closed or chan.eof_received):
+                chan.shutdown_write()
             out, err = self._drain(chan)
             rc = chan.recv_exit_status()
         except (OSError, EOFError, socket.timeout) as exc:
