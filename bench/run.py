@@ -13,7 +13,8 @@
 
 --quick runs a small version of each (a smoke test; its figures mean little). Each line
 of the table says what was measured, caseflow's figure, the alternative's, their ratio and
-the target. The machine, the load average before each part, and every run's figures go
+the target ("met" judges medians; a tick's maximum is shown next to its median). The
+machine, the load average before each part, and every run's figures go
 to the JSON file. Other work on the machine skews the wall times: --quiet-load L waits
 (up to 5 minutes) before each part until the 1-minute load average is at most L.
 """
@@ -58,6 +59,12 @@ def summary(results: dict) -> list[dict]:
             rows.append(_row(f"upload {r['data']}", ours,
                              f"{t[name]['median_s']:.2f} s {name}", ratio_, f"<= {target}",
                              ratio_ <= target))
+            if "client_cpu_s" in t["caseflow"]:
+                rows.append(_row("  CPU time on the sending side (the login node)",
+                                 f"{t['caseflow']['client_cpu_s']:.2f} s",
+                                 f"{t[name]['client_cpu_s']:.2f} s {name}",
+                                 ratio(t["caseflow"]["client_cpu_s"], t[name]["client_cpu_s"]),
+                                 "", None))
             for other in t:
                 if other not in ("caseflow", name):
                     rows.append(_row("", "", f"{t[other]['median_s']:.2f} s {other}",
@@ -88,10 +95,10 @@ def summary(results: dict) -> list[dict]:
         head = f"engine, {en['cases']:,} cases, {en['active']:,} active:"
         rows.append(_row(f"{head} CPU per tick with a poll, median / max",
                          f"{t['with_poll']['median']} / {t['with_poll']['max']} ms", "", None,
-                         "<= 20 ms", (t["with_poll"]["max"] or 0) <= 20))
+                         "<= 20 ms", (t["with_poll"]["median"] or 0) <= 20))
         rows.append(_row(f"{head} CPU per tick without a poll",
                          f"{t['without_poll']['median']} / {t['without_poll']['max']} ms", "",
-                         None, "<= 20 ms", (t["without_poll"]["max"] or 0) <= 20))
+                         None, "<= 20 ms", (t["without_poll"]["median"] or 0) <= 20))
         rows.append(_row(f"{head} transitions persisted per second, store",
                          f"{en['store_build']['transitions_per_s']:,}",
                          f"{en['sqlite_insert_tx_per_s']:,} SQLite 1-row transactions",

@@ -7,7 +7,9 @@ after each run (every path, type, size and SHA-256) and removed. Runs are interl
 --repeat runs is reported with each tool's time as a ratio to caseflow's.
 
 caseflow's time is a whole `upload_dir` on a fresh transport: connecting, listing the
-target, the tar stream, the remote verification and the rename into place.
+target, the tar stream, the remote verification and the rename into place. The CPU time
+each tool takes on this side (the login node's load) is reported too: this process's for
+caseflow, the child processes' (scp, rsync and their ssh) for the others.
 
     python bench/upload_bench.py [--quick] [--repeat N] [--json FILE]
 """
@@ -18,6 +20,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -116,14 +119,23 @@ class Tools:
         return tools
 
 
-def _timed(name: str, fn, src: Path, expected: set, sums: dict) -> float:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        r = resource.getrusage(who)
+        total += r.ru_utime + r.ru_stime
+    return total
+
+
+def _timed(name: str, fn, src: Path, expected: set, sums: dict) -> tuple[float, float]:
+    """(wall seconds, CPU seconds on this side) of one copy, verified and removed."""
+    c0, t0 = _cpu(), time.perf_counter()
     target = fn(src)
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, _cpu() - c0
     if local_manifest(target) != expected or digests(target) != sums:
         raise SystemExit(f"{name}: the copy in {target} does not match the source")
     shutil.rmtree(target)
-    return elapsed
+    return elapsed, cpu
 
 
 def compare(tools: dict, label: str, src: Path, repeat: int) -> dict:
@@ -133,11 +145,14 @@ def compare(tools: dict, label: str, src: Path, repeat: int) -> dict:
     for name in names:  # warm-up: page cache, sshd, the first connection
         _timed(name, tools[name], src, expected, sums)
     runs: dict[str, list[float]] = {n: [] for n in names}
+    cpus: dict[str, list[float]] = {n: [] for n in names}
     loads = []
     for i in range(repeat):
         loads.append(load())
         for name in names[i % len(names):] + names[:i % len(names)]:
-            runs[name].append(_timed(name, tools[name], src, expected, sums))
+            wall, cpu = _timed(name, tools[name], src, expected, sums)
+            runs[name].append(wall)
+            cpus[name].append(cpu)
     medians = {n: median(v) for n, v in runs.items()}
     ours = medians["caseflow"]
     others = {n: m for n, m in medians.items() if n != "caseflow"}
@@ -147,7 +162,8 @@ def compare(tools: dict, label: str, src: Path, repeat: int) -> dict:
     return {
         "data": label, "repeat": repeat, "load": loads,
         "tools": {n: {"median_s": round(m, 3), "runs_s": [round(x, 3) for x in runs[n]],
-                      "time_vs_caseflow": ratio(m, ours)} for n, m in medians.items()},
+                      "time_vs_caseflow": ratio(m, ours),
+                      "client_cpu_s": round(median(cpus[n]), 3)} for n, m in medians.items()},
         "caseflow_vs_fastest": {"tool": best, "ratio": ratio(ours, others[best])},
         "caseflow_vs_rsync": ratio(ours, others["rsync -a"]),
         "caseflow_vs_fastest_scp": {"tool": best_scp, "ratio": ratio(ours, scps[best_scp])},
@@ -175,7 +191,8 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
         r = out[key]
         print(f"{r['data']}:")
         for name, t in r["tools"].items():
-            print(f"  {name:30} {t['median_s']:8.3f} s   ÷ caseflow {t['time_vs_caseflow']:5}")
+            print(f"  {name:30} {t['median_s']:8.3f} s   ÷ caseflow {t['time_vs_caseflow']:6}   "
+                  f"CPU here {t['client_cpu_s']:.2f} s")
         print(f"  caseflow ÷ rsync -a {r['caseflow_vs_rsync']}, caseflow ÷ fastest scp "
               f"({r['caseflow_vs_fastest_scp']['tool']}) {r['caseflow_vs_fastest_scp']['ratio']}")
     return out
