@@ -26,6 +26,9 @@ from ..errors import HostError, TransientError
 log = logging.getLogger("caseflow.ssh")
 
 
+REKEY_BYTES = 1 << 37  # 128 GiB each way (see _open)
+
+
 class Unreachable(TransientError):
     """The host cannot be reached (connecting failed); not tried again before the reconnect
     interval. The engine sends cases that are not uploaded yet to other hosts."""
@@ -194,6 +197,12 @@ class Connection:
             sock.close()
             raise
         transport = client.get_transport()
+        # paramiko starts a key re-exchange after every 512 MiB; a channel closing in that
+        # moment stalls its transport thread for 30 s and then drops the connection (paramiko
+        # issue #822; two 1 GiB uploads in ranges hit it in their first runs). With a limit
+        # above OpenSSH's own (2^32 cipher blocks: 64 GiB), the server starts each
+        # re-exchange, which is safe: nothing of a channel can arrive during it.
+        transport.packetizer.REKEY_BYTES = REKEY_BYTES
         if cfg.keepalive_seconds:
             transport.set_keepalive(int(max(1, cfg.keepalive_seconds)))
         log.info("connected to %s (%s, cipher %s)", ep.alias, ep,
