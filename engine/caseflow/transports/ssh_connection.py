@@ -230,6 +230,7 @@ class Connection:
                        look_for_keys=not ep.identity_files, allow_agent=True,
                        timeout=self.cfg.connect_timeout, banner_timeout=self.cfg.connect_timeout,
                        auth_timeout=self.cfg.connect_timeout, transport_factory=_GcmFirstTransport)
+        client.get_transport().packetizer.REKEY_BYTES = REKEY_BYTES  # it carries the uploads too
         return client
 
     def _fallback_keys(self):
