@@ -409,7 +409,9 @@ class SSHTransport(Transport):
                    progress: Progress | None = None) -> bool:
         """Two round trips in the common case: prepare (list the target, recreate the
         staging folder), then one tar stream that the remote side unpacks, verifies
-        against the listing's digest and renames into place."""
+        against the listing's digest and renames into place. Files of large_file_bytes
+        or more follow as byte ranges over parallel channels; then the listing is checked
+        (and checksums with verify: checksum) and a last command marks and renames."""
         local_dir = Path(local_dir)
         expected = manifest.as_set()
         checksum = self.cfg.verify == "checksum"
