@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from .errors import CaseflowError, HostError, PermanentError, TransientError
 from .transports import make_transport
 
-TOOLS = {"ssh": ["tar", "find", "sha256sum", "xargs"], "local": []}
+TOOLS = {"ssh": ["tar", "find", "sha256sum", "xargs", "dd", "sed", "df", "awk"], "local": []}
 BACKEND_TOOLS = {"direct": ["setsid", "sh"],
                  "slurm": ["sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"]}
 

@@ -426,7 +426,7 @@ class Store:
     def wrapups_due(self, now: float) -> list[CaseRow]:
         """Terminal cases whose wrap-up (clean-up, archiving, hook) is still to do."""
         rows = self._conn().execute(_CASE_SELECT + " WHERE c.wrapup = 1 AND c.next_attempt_at <= ?"
-                                    " ORDER BY c.id", (now,)).fetchall()
+                                    " ORDER BY +c.id", (now,)).fetchall()  # + : the index serves
         return [self._case(r) for r in rows]
 
     def next_wrapup(self, after: float) -> float | None:
@@ -522,7 +522,8 @@ class Store:
             conn.execute("UPDATE cases SET request = ? WHERE id = ?", (request, case_id))
 
     def requested(self) -> list[CaseRow]:
-        rows = self._conn().execute(_CASE_SELECT + " WHERE c.request IS NOT NULL ORDER BY c.id")
+        rows = self._conn().execute(_CASE_SELECT + " WHERE c.request IS NOT NULL"
+                                    " ORDER BY +c.id")  # + : the partial index serves
         return [self._case(r) for r in rows.fetchall()]
 
     def history(self, case_id: int) -> list[HistoryRow]:

@@ -29,8 +29,19 @@ def mark_uploaded(folder) -> None:
     the file system's clock tick (coarse: 4-10 ms), so that nothing written after this
     shares the mark's timestamp (results are the files changed after the mark)."""
     (Path(folder) / BOOKKEEPING).mkdir(exist_ok=True)
-    (Path(folder) / UPLOADED_MARKER).write_bytes(b"")
-    time.sleep(0.02)
+    marker = Path(folder) / UPLOADED_MARKER
+    marker.write_bytes(b"")
+    mark = os.stat(marker).st_ctime_ns
+    probe = Path(folder) / BOOKKEEPING / ".clock-probe"
+    deadline = time.monotonic() + 0.1
+    try:  # until a file written now is newer than the mark (1-4 ms), not a fixed sleep
+        while True:
+            probe.write_bytes(b"")
+            if os.stat(probe).st_ctime_ns > mark or time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+    finally:
+        probe.unlink(missing_ok=True)
 
 
 def space_needed(manifest: Manifest, block: int = 4096) -> int:
