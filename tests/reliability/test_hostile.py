@@ -59,6 +59,21 @@ class Unprivileged(Daemon):
 
 
 @pytest.fixture
+def unprivileged():
+    """Starts `caseflow run` without the DAC capabilities; kills what is left at the end
+    (also when the test fails half-way)."""
+    started: list[Unprivileged] = []
+
+    def start(ws) -> Unprivileged:
+        d = Unprivileged(ws)
+        started.append(d)
+        return d
+    yield start
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
 def hostile(tmp_path):
     root = tmp_path / "fs"
     _mount(root, "2g")
@@ -98,7 +113,7 @@ def _write(folder: Path, files: dict) -> None:
             p.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def test_hostile_case_folders(hostile):
+def test_hostile_case_folders(hostile, unprivileged):
     ws, server = hostile
     expect: dict[str, tuple[str, str]] = {}
     cases: dict[str, dict] = {}
@@ -134,7 +149,7 @@ def test_hostile_case_folders(hostile):
     cases["fifty_thousand_files"] = many
     expect["fifty_thousand_files"] = ("success", "")
 
-    d = Unprivileged(ws)
+    d = unprivileged(ws)
     d.wait_running()
     for name, files in cases.items():
         staging = ws.root / "staging" / name
@@ -185,7 +200,7 @@ def test_hostile_case_folders(hostile):
         print(f"  {repr(name)[:60]:{min(width, 60)}}  {state:8} {(reason or '')[:90]}")
 
 
-def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile):
+def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile, unprivileged):
     ws, server = hostile
     other = ws.root / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -193,7 +208,7 @@ def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile):
     known = ws.root / "known_hosts_changed"
     known.write_text(f"[127.0.0.1]:{server.port} {' '.join(fake)}\n")
     ws.write_config(transport={**ws.settings["transport"], "known_hosts": str(known)})
-    d = Unprivileged(ws)
+    d = unprivileged(ws)
     d.wait_running()
     _write(ws.root / "staging" / "sent_nowhere", {"data.txt": "private"})
     os.rename(ws.root / "staging" / "sent_nowhere", ws.inbox / "sent_nowhere")
@@ -206,7 +221,7 @@ def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile):
     assert d.stop() == 0
 
 
-def test_careless_permissions_are_warned_about(ws):
+def test_careless_permissions_are_warned_about(ws, daemons):
     os.chmod(ws.config_path, 0o666)
     os.chmod(ws.var, 0o777)
     try:
@@ -214,7 +229,7 @@ def test_careless_permissions_are_warned_about(ws):
         assert out.returncode == 1
         assert f"the configuration {ws.config_path} is writable by every user" in out.stdout
         assert f"the database's folder {ws.var} is writable by every user" in out.stdout
-        d = Daemon(ws)
+        d = daemons()
         d.wait_running()
         assert "is writable by every user" in d.text()
         assert d.stop() == 0
