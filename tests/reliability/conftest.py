@@ -76,12 +76,13 @@ def write_case(folder: Path, files: dict) -> Path:
 
 
 class Daemon:
-    """`caseflow run` as a real process, its stderr in a log file of its own."""
+    """`caseflow run` as a real process, its stderr in a log file of its own; `prefix` runs
+    it through a wrapper (e.g. setpriv)."""
 
-    def __init__(self, ws):
+    def __init__(self, ws, prefix: tuple[str, ...] = ()):
         self.ws = ws
         self.log = ws.root / f"daemon-{len(list(ws.root.glob('daemon-*.log'))):03d}.log"
-        self.p = subprocess.Popen([sys.executable, "-m", "caseflow.cli", "run", "-c",
+        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "caseflow.cli", "run", "-c",
                                    str(ws.config_path)], stdout=subprocess.DEVNULL,
                                   stderr=open(self.log, "wb"), start_new_session=True)
 
@@ -106,10 +107,12 @@ class Daemon:
 
 @pytest.fixture
 def daemons(ws):
+    """Starts daemons (on `ws`, or on the workspace given); kills what is left at the end,
+    also when the test fails half-way."""
     started: list[Daemon] = []
 
-    def start() -> Daemon:
-        d = Daemon(ws)
+    def start(workspace=None, prefix: tuple[str, ...] = ()) -> Daemon:
+        d = Daemon(workspace or ws, prefix)
         started.append(d)
         return d
     yield start

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import unicodedata
 from pathlib import Path
 
@@ -21,7 +20,6 @@ import pytest
 
 from harness import JOB, Workspace, wait_for
 from pueue_emulator import install, stop_tasks
-from reliability.conftest import Daemon
 from sshd import SSHServer, transport_settings
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -46,31 +44,8 @@ def _mount(path: Path, size: str) -> None:
         pytest.fail("mounting a tmpfs failed (the tests run as root)")
 
 
-class Unprivileged(Daemon):
-    """`caseflow run` as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH."""
-
-    def __init__(self, ws):
-        self.ws = ws
-        self.log = ws.root / "daemon.log"
-        self.p = subprocess.Popen(
-            ["setpriv", "--bounding-set=-dac_override,-dac_read_search", sys.executable,
-             "-m", "caseflow.cli", "run", "-c", str(ws.config_path)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"), start_new_session=True)
-
-
-@pytest.fixture
-def unprivileged():
-    """Starts `caseflow run` without the DAC capabilities; kills what is left at the end
-    (also when the test fails half-way)."""
-    started: list[Unprivileged] = []
-
-    def start(ws) -> Unprivileged:
-        d = Unprivileged(ws)
-        started.append(d)
-        return d
-    yield start
-    for d in started:
-        d.kill()
+# `caseflow run` as root without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH
+UNPRIVILEGED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
 
 
 @pytest.fixture
@@ -113,7 +88,7 @@ def _write(folder: Path, files: dict) -> None:
             p.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
-def test_hostile_case_folders(hostile, unprivileged):
+def test_hostile_case_folders(hostile, daemons):
     ws, server = hostile
     expect: dict[str, tuple[str, str]] = {}
     cases: dict[str, dict] = {}
@@ -149,7 +124,7 @@ def test_hostile_case_folders(hostile, unprivileged):
     cases["fifty_thousand_files"] = many
     expect["fifty_thousand_files"] = ("success", "")
 
-    d = unprivileged(ws)
+    d = daemons(ws, UNPRIVILEGED)
     d.wait_running()
     for name, files in cases.items():
         staging = ws.root / "staging" / name
@@ -200,7 +175,7 @@ def test_hostile_case_folders(hostile, unprivileged):
         print(f"  {repr(name)[:60]:{min(width, 60)}}  {state:8} {(reason or '')[:90]}")
 
 
-def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile, unprivileged):
+def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile, daemons):
     ws, server = hostile
     other = ws.root / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
@@ -208,7 +183,7 @@ def test_a_changed_host_key_is_refused_before_anything_is_sent(hostile, unprivil
     known = ws.root / "known_hosts_changed"
     known.write_text(f"[127.0.0.1]:{server.port} {' '.join(fake)}\n")
     ws.write_config(transport={**ws.settings["transport"], "known_hosts": str(known)})
-    d = unprivileged(ws)
+    d = daemons(ws, UNPRIVILEGED)
     d.wait_running()
     _write(ws.root / "staging" / "sent_nowhere", {"data.txt": "private"})
     os.rename(ws.root / "staging" / "sent_nowhere", ws.inbox / "sent_nowhere")
