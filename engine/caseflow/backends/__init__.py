@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_found"
+# What the queue said about one job could not be read (an entry in a form caseflow does not
+# know, a Slurm job without an id, ...). It is that job's problem alone: the engine charges its
+# case a transient attempt (`detail` is the reason) and judges every other job on its own entry.
+UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -36,7 +40,7 @@ class JobRef:
 
 @dataclass(frozen=True)
 class JobStatus:
-    outcome: str                  # RUNNING, SUCCESS, FAILURE or NOT_FOUND
+    outcome: str                  # RUNNING, SUCCESS, FAILURE, NOT_FOUND or UNREADABLE
     detail: str = ""              # what a person should read (e.g. "exit code 3")
     exit_code: int | None = None
 
