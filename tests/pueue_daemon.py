@@ -15,7 +15,8 @@ short folder of /tmp of its own (a unix socket path must be under 108 bytes; pyt
 can be longer). It is waited for until `pueue status` answers. The client wrapper
 (`root/bin/pueue`) runs the same version's `pueue -c CONFIG`; with `kill_before_add()` it
 SIGKILLs the daemon right before the next `pueue add` reaches it (a daemon that dies between
-caseflow's status query and its add).
+caseflow's status query and its add), with `kill_after_add(pid)` it SIGKILLs that process (caseflow)
+right after the add.
 """
 
 from __future__ import annotations
@@ -37,15 +38,22 @@ DEADLINE = 60.0
 START_TIMES: dict[str, list[float]] = {}
 
 CLIENT = """#!/bin/sh
-# pueue {version}, bound to the test daemon's config
-if [ "$1" = add ] && [ -e {hook} ]; then
-  rm -f {hook}
+# pueue {version}, bound to the test daemon's config. Two switches for fault tests:
+#   kill-before-add         SIGKILL pueued right before an add reaches it
+#   kill-after-add (a pid)  SIGKILL that process right after a successful add
+if [ "$1" = add ] && [ -e {hooks}/kill-before-add ]; then
+  rm -f {hooks}/kill-before-add
   pid=$(cat {pid})
   kill -9 "$pid"
   # until it is gone (a zombie: the test reaps it), so the add finds no daemon
   while [ -e "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do
     sleep 0.01
   done
+fi
+if [ "$1" = add ] && [ -e {hooks}/kill-after-add ]; then
+  {binary} -c {config} "$@"; rc=$?
+  if [ "$rc" = 0 ]; then kill -9 "$(cat {hooks}/kill-after-add)"; rm -f {hooks}/kill-after-add; fi
+  exit "$rc"
 fi
 exec {binary} -c {config} "$@"
 """
@@ -100,7 +108,7 @@ class PueueDaemon:
             "  use_unix_socket: true\n")
         q = shlex.quote
         self.client.write_text(CLIENT.format(
-            version=version, hook=q(str(self.root / "kill-before-add")),
+            version=version, hooks=q(str(self.root)),
             pid=q(str(self.runtime / "pueue.pid")), binary=q(str(self.pueue)),
             config=q(str(self.config))))
         self.client.chmod(0o755)
@@ -159,6 +167,10 @@ class PueueDaemon:
     def kill_before_add(self) -> None:
         """SIGKILL the daemon right before the next `pueue add` of the client reaches it."""
         (self.root / "kill-before-add").touch()
+
+    def kill_after_add(self, pid: int) -> None:
+        """SIGKILL process `pid` (e.g. caseflow) right after the next successful `pueue add`."""
+        (self.root / "kill-after-add").write_text(str(pid))
 
     def reap(self) -> None:
         """Collect a daemon that the client wrapper killed (kill_before_add)."""

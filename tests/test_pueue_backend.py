@@ -468,7 +468,7 @@ def test_an_answer_that_is_not_pueues_json_is_bad_output(text):
 
 
 def test_a_poll_answer_cut_short_is_bad_output():
-    head = '@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 none -\n'
+    head = '@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 none\n'
     assert parse_poll(head + "@@caseflow end\n", 1)[1] == [("none", None)]
     with pytest.raises(BadOutput, match="ended early"):
         parse_poll(head, 1)

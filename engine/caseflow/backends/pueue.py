@@ -76,27 +76,28 @@ echo "added $out"
 """
 
 # $1 = pueue client; $2 $3, $4 $5, ...: the label and case folder of every job asked about.
-# "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES EXIT": PROCESSES
-# is none (no start record of this label), gone, or the process group id when `kill -0` finds
-# the group; EXIT is the recorded exit code or -. Then "@@caseflow live PGID" for each of those
-# groups with a process that is not a zombie (`kill -0` also finds zombies, which an init that
-# reaps slowly, e.g. in a container, leaves for a while), or "@@caseflow ps-failed".
+# "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES": none (no start
+# record of this label), gone, or the process group id when `kill -0` finds the group; then
+# "@@caseflow live PGID" for each of those groups with a process that is not a zombie (`kill
+# -0` also finds zombies, which an init that reaps slowly, e.g. in a container, leaves for a
+# while), or "@@caseflow ps-failed"; then "@@caseflow exit N CODE" for each job's exit record.
+# The exit records are read last: a job seen gone has written its record before it ended.
 POLL = r"""
 p=$1; shift
 echo "@@caseflow status"
 "$p" status --json || exit "$?"
 n=0; groups=
-while [ "$#" -ge 2 ]; do
-  f=$2/.caseflow; procs=none; code=-
-  if [ -r "$f/pueue-job" ] && read -r l g < "$f/pueue-job" && [ "$l" = "$1" ]; then
+for a in "$@"; do
+  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
+  procs=none
+  if [ -r "$a/.caseflow/pueue-job" ] && read -r l g < "$a/.caseflow/pueue-job" &&
+      [ "$l" = "$label" ]; then
     case $g in
       ''|*[!0-9]*) ;;
       *) procs=gone; if kill -0 -"$g" 2>/dev/null; then procs=$g; groups="$groups $g"; fi ;;
     esac
   fi
-  if [ -r "$f/pueue-exit" ] && read -r l c < "$f/pueue-exit" && [ "$l" = "$1" ]; then code=$c; fi
-  echo "@@caseflow job $n $procs $code"
-  n=$((n+1)); shift 2
+  echo "@@caseflow job $((n / 2 - 1)) $procs"
 done
 if [ -n "$groups" ]; then
   ps -A -o pgid= -o stat= > /dev/null 2>&1 || echo "@@caseflow ps-failed"
@@ -104,6 +105,14 @@ if [ -n "$groups" ]; then
     BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) g[w[i]] = 1 }
     ($1 in g) && $2 !~ /^Z/ { print "@@caseflow live " $1; delete g[$1] }'
 fi
+n=0
+for a in "$@"; do
+  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
+  if [ -r "$a/.caseflow/pueue-exit" ] && read -r l c < "$a/.caseflow/pueue-exit" &&
+      [ "$l" = "$label" ]; then
+    echo "@@caseflow exit $((n / 2 - 1)) $c"
+  fi
+done
 echo "@@caseflow end"
 """
 
@@ -217,13 +226,16 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]
         body.append(lines[i])
         i += 1
     data = parse_status("\n".join(body))
-    jobs: dict[int, tuple[str, int | None]] = {}
+    procs: dict[int, str] = {}
+    codes: dict[int, int] = {}
     live, ps_failed, ended = set(), False, False
     for line in lines[i:]:
         parts = line.split()
-        if len(parts) == 5 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
-            code = int(parts[4]) if re.fullmatch(r"-?\d+", parts[4]) else None
-            jobs[int(parts[2])] = (parts[3], code)
+        if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
+            procs[int(parts[2])] = parts[3]
+        elif len(parts) == 4 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit() \
+                and re.fullmatch(r"-?\d+", parts[3]):
+            codes[int(parts[2])] = int(parts[3])
         elif len(parts) == 3 and parts[:2] == ["@@caseflow", "live"]:
             live.add(parts[2])
         ps_failed = ps_failed or line == "@@caseflow ps-failed"
@@ -232,10 +244,10 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]
         raise BadOutput(f"the answer to the poll ended early: {_quote_start(text[-120:])}")
     records = []
     for n in range(count):
-        procs, code = jobs.get(n, ("none", None))
-        if procs.isdigit():  # `kill -0` found the group: alive unless all of it are zombies
-            procs = "alive" if ps_failed or procs in live else "gone"
-        records.append((procs, code))
+        seen = procs.get(n, "none")
+        if seen.isdigit():  # `kill -0` found the group: alive unless all of it are zombies
+            seen = "alive" if ps_failed or seen in live else "gone"
+        records.append((seen, codes.get(n)))
     return data, records
 
 
