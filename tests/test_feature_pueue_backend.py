@@ -98,10 +98,14 @@ def log_kept(ws, name):
 # -- the daemon ------------------------------------------------------------------------------
 def _caseflow_tasks_run(daemon):
     """Before a fault: caseflow's tasks have left pueue's queue (pueue starts a task within
-    200 ms of its add); a restart would otherwise find them queued, not running."""
+    200 ms of its add) and their jobs have started (caseflow's wrapper wrote its record); a
+    restart would otherwise find them queued, not running."""
     def running():
         tasks = [t for t in daemon.tasks().values() if (t["label"] or "").startswith("caseflow-")]
-        return tasks and all(status_name(t) in ("Running", "Done") for t in tasks)
+        return tasks and all(status_name(t) == "Done" or (status_name(t) == "Running" and
+                                                          Path(t["path"], ".caseflow",
+                                                               "pueue-job").exists())
+                             for t in tasks)
     wait_for(running, what="caseflow's pueue tasks to run")
 
 
