@@ -1,7 +1,6 @@
 """Steps of features/pueue_backend.feature: caseflow over the real sshd to a real pueued
 (tests/pueue_daemon.py) of the scenario's version, whose client is `pueue` on the sessions' PATH."""
 
-import json
 import shlex
 import signal
 import subprocess

@@ -5,7 +5,6 @@ other major version, `pueue clean`, `pueue reset`, a group removed, the daemon k
 caseflow's status query and its `pueue add`.
 """
 
-import json
 import os
 import shlex
 from pathlib import Path
@@ -13,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec
-from caseflow.backends.pueue import (BadOutput, DaemonNotRunning, PueueBackend, parse_poll,
-                                     parse_status, task_outcome)
+from caseflow.backends.pueue import DaemonNotRunning, PueueBackend
+from caseflow.backends.pueue_status import BadOutput, parse_poll, parse_status, task_outcome
 from caseflow.config import GroupConfig, TransportConfig
 from caseflow.errors import HostError, PermanentError
 from caseflow.transports.ssh import SSHTransport

@@ -32,21 +32,22 @@ import time
 from typing import Sequence
 
 from ..errors import HostError, PermanentError, TransientError
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
-               QueueBackend)
+from . import NOT_FOUND, RUNNING, UNREADABLE, JobRef, JobSpec, JobStatus, QueueBackend
+from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_poll, parse_status,
+                           quote_start, status_name, task_outcome)
 
 log = logging.getLogger("caseflow.pueue")
 
-RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
 WRAPPER = ".caseflow/pueue-job.sh"
 
 # The task's command (the same for every case); its arguments: LABEL, then the job's argv.
+# pueue starts the task's shell as the leader of a new process group and the task's command
+# execs this script, so its $$ is the group's id.
 JOB_WRAPPER = r"""# caseflow's wrapper of a pueue task: runs its arguments after the label and records
 # the task's process group, then the exit code, in .caseflow/ (so that caseflow knows when
 # the job really ended even if the pueue daemon lost track of it)
 label=$1; shift
-pgid=$(ps -o pgid= -p "$$" 2>/dev/null | tr -d ' ')
-printf '%s %s\n' "$label" "${pgid:-$$}" > .caseflow/pueue-job.tmp &&
+printf '%s %s\n' "$label" "$$" > .caseflow/pueue-job.tmp &&
   mv -f .caseflow/pueue-job.tmp .caseflow/pueue-job
 "$@"
 rc=$?
@@ -75,47 +76,6 @@ printf '%s %s\n' "$label" "$out" > .caseflow/pueue-task.tmp &&
 echo "added $out"
 """
 
-# $1 = pueue client; $2 $3, $4 $5, ...: the label and case folder of every job asked about.
-# "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES": none (no start
-# record of this label), gone, or the process group id when `kill -0` finds the group; then
-# "@@caseflow live PGID" for each of those groups with a process that is not a zombie (`kill
-# -0` also finds zombies, which an init that reaps slowly, e.g. in a container, leaves for a
-# while), or "@@caseflow ps-failed"; then "@@caseflow exit N CODE" for each job's exit record.
-# The exit records are read last: a job seen gone has written its record before it ended.
-POLL = r"""
-p=$1; shift
-echo "@@caseflow status"
-"$p" status --json || exit "$?"
-n=0; groups=
-for a in "$@"; do
-  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
-  procs=none
-  if [ -r "$a/.caseflow/pueue-job" ] && read -r l g < "$a/.caseflow/pueue-job" &&
-      [ "$l" = "$label" ]; then
-    case $g in
-      ''|*[!0-9]*) ;;
-      *) procs=gone; if kill -0 -"$g" 2>/dev/null; then procs=$g; groups="$groups $g"; fi ;;
-    esac
-  fi
-  echo "@@caseflow job $((n / 2 - 1)) $procs"
-done
-if [ -n "$groups" ]; then
-  ps -A -o pgid= -o stat= > /dev/null 2>&1 || echo "@@caseflow ps-failed"
-  ps -A -o pgid= -o stat= 2>/dev/null | awk -v want="$groups" '
-    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) g[w[i]] = 1 }
-    ($1 in g) && $2 !~ /^Z/ { print "@@caseflow live " $1; delete g[$1] }'
-fi
-n=0
-for a in "$@"; do
-  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
-  if [ -r "$a/.caseflow/pueue-exit" ] && read -r l c < "$a/.caseflow/pueue-exit" &&
-      [ "$l" = "$label" ]; then
-    echo "@@caseflow exit $((n / 2 - 1)) $c"
-  fi
-done
-echo "@@caseflow end"
-"""
-
 # $1 = case folder, $2 = label: SIGKILL the job's process group if its record is this label's.
 KILL_GROUP = r"""
 [ -r "$1/.caseflow/pueue-job" ] && read -r l g < "$1/.caseflow/pueue-job" || exit 0
@@ -129,126 +89,8 @@ DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)")
 LOST = "pueue lost track of the task; waiting for its processes to end"
 
 
-class BadOutput(TransientError):
-    """pueue printed something caseflow cannot read. Often a truncated read after a
-    dropped connection, so it is retried a few times; then the case fails, quoting it."""
-    max_attempts = 3
-
-
 class DaemonNotRunning(HostError):
     """pueued does not answer on the host: its cases wait (none fails) and it is shown."""
-
-
-def _quote_start(text: str, n: int = 120) -> str:
-    text = text.strip().replace("\n", "\\n")
-    return repr(text[:n] + ("..." if len(text) > n else ""))
-
-
-def parse_status(text: str) -> dict:
-    """`pueue status --json` output → {"tasks": {id: task}, "groups": {...}}; BadOutput if not."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise BadOutput(f"pueue status printed something that is not JSON: "
-                        f"{_quote_start(text)}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or \
-            not isinstance(data.get("groups", {}), dict):
-        raise BadOutput(f"pueue status JSON has no tasks map: {_quote_start(text)}")
-    return data
-
-
-def status_name(task: dict) -> str | None:
-    """The name of a task's status in either encoding (3.x "Running", 4.x {"Running": {...}})."""
-    status = task.get("status")
-    if isinstance(status, str):
-        return status
-    if isinstance(status, dict) and len(status) == 1:
-        return next(iter(status))
-    return None
-
-
-def done_result(task: dict):
-    """The result of a Done task in either encoding: "Success", {"Failed": 3}, "Killed", ..."""
-    body = task["status"]["Done"]
-    return body.get("result") if isinstance(body, dict) and "result" in body else body
-
-
-def _unreadable(task: dict, what) -> JobStatus:
-    return JobStatus(UNREADABLE, f"pueue reports task {task.get('id')} in a form caseflow does "
-                                 f"not know: {_quote_start(json.dumps(what))}")
-
-
-def task_outcome(task: dict) -> JobStatus:
-    """Map a task's status (3.x or 4.x encoding) to caseflow's outcome; UNREADABLE (for this
-    task alone) when pueue says something caseflow does not know."""
-    name = status_name(task)
-    if name in RUNNING_STATES:
-        body = task["status"].get(name) if isinstance(task["status"], dict) else None
-        if name == "Stashed" and isinstance(body, dict) and body.get("enqueue_at"):
-            return JobStatus(RUNNING, f"stashed until {body['enqueue_at']}")
-        return JobStatus(RUNNING, name.lower())
-    if name != "Done":
-        return _unreadable(task, task.get("status"))
-    result = done_result(task)
-    if result == "Success":
-        return JobStatus(SUCCESS, "exit code 0", 0)
-    if isinstance(result, dict) and len(result) == 1:
-        kind, value = next(iter(result.items()))
-        if kind == "Failed" and isinstance(value, int):
-            return JobStatus(FAILURE, f"job exited with code {value}", value)
-        if kind == "FailedToSpawn":
-            return JobStatus(FAILURE, f"pueue could not start the job: {value}")
-    if result == "Killed":
-        return JobStatus(FAILURE, "killed (by pueue kill, pueue reset or a pueue daemon "
-                                  "restart)")
-    if result == "Errored":
-        return JobStatus(FAILURE, "pueue reports the task as errored")
-    if result == "DependencyFailed":
-        return JobStatus(FAILURE, "a task it depended on failed")
-    return _unreadable(task, result)
-
-
-def _by_exit_code(code: int, why: str) -> JobStatus:
-    if code == 0:
-        return JobStatus(SUCCESS, f"exit code 0 ({why})", 0)
-    return JobStatus(FAILURE, f"job exited with code {code} ({why})", code)
-
-
-def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]]]:
-    """The POLL script's output → (pueue's status, per job (processes, recorded exit code));
-    BadOutput when pueue's part cannot be read or the answer ended early."""
-    lines = text.split("\n")
-    if "@@caseflow status" not in lines:
-        raise BadOutput(f"pueue status printed something that is not JSON: {_quote_start(text)}")
-    i = lines.index("@@caseflow status") + 1
-    body = []
-    while i < len(lines) and not lines[i].startswith("@@caseflow "):
-        body.append(lines[i])
-        i += 1
-    data = parse_status("\n".join(body))
-    procs: dict[int, str] = {}
-    codes: dict[int, int] = {}
-    live, ps_failed, ended = set(), False, False
-    for line in lines[i:]:
-        parts = line.split()
-        if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
-            procs[int(parts[2])] = parts[3]
-        elif len(parts) == 4 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit() \
-                and re.fullmatch(r"-?\d+", parts[3]):
-            codes[int(parts[2])] = int(parts[3])
-        elif len(parts) == 3 and parts[:2] == ["@@caseflow", "live"]:
-            live.add(parts[2])
-        ps_failed = ps_failed or line == "@@caseflow ps-failed"
-        ended = ended or line == "@@caseflow end"
-    if not ended:
-        raise BadOutput(f"the answer to the poll ended early: {_quote_start(text[-120:])}")
-    records = []
-    for n in range(count):
-        seen = procs.get(n, "none")
-        if seen.isdigit():  # `kill -0` found the group: alive unless all of it are zombies
-            seen = "alive" if ps_failed or seen in live else "gone"
-        records.append((seen, codes.get(n)))
-    return data, records
 
 
 class PueueBackend(QueueBackend):
@@ -438,7 +280,7 @@ class PueueBackend(QueueBackend):
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
         if res.returncode == 94:
-            raise BadOutput(f"`pueue add -p` printed no task id: {_quote_start(res.stdout)}")
+            raise BadOutput(f"`pueue add -p` printed no task id: {quote_start(res.stdout)}")
         if "doesn't exist" in message or "does not exist" in message or \
                 "No such file" in message or "working directory" in message.lower():
             raise PermanentError(f"pueue refused the job: {message}")
@@ -458,7 +300,7 @@ class PueueBackend(QueueBackend):
         if procs == "alive":
             return JobStatus(RUNNING, f"{LOST} ({why})")
         if code is not None:
-            return _by_exit_code(code, f"the job's own record; {why}")
+            return by_exit_code(code, f"the job's own record; {why}")
         if ours:
             return status
         return JobStatus(NOT_FOUND, f"pueue no longer knows task {job.task_id} with label "
@@ -497,6 +339,9 @@ class PueueBackend(QueueBackend):
         data, records = self._poll([job])
         task = data["tasks"].get(str(job.task_id))
         status = self._judge(job, task, records[0])
+        if status.outcome == UNREADABLE:  # it may run: stop it if pueue can
+            self._run("kill", str(job.task_id))
+            return
         if status.outcome != RUNNING:
             return  # ended (or not ours any more): nothing to stop
         if status.detail.startswith(LOST):  # pueue cannot stop it: its process group is killed
