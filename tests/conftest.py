@@ -2,6 +2,7 @@ import logging
 
 import pytest
 
+import pueue_daemon
 from harness import Workspace
 from sshd import SSHServer, transport_settings
 
@@ -35,3 +36,7 @@ def _caseflow_logs(caplog):
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     logging.getLogger("paramiko").setLevel(logging.WARNING)
+
+
+def pytest_terminal_summary(terminalreporter):
+    pueue_daemon.summary(terminalreporter)  # how long the real pueued took to start

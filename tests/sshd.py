@@ -75,7 +75,7 @@ class SSHServer:
         self.host_key = self.root / "host_key"
         self.client_key = self.root / "client_key"
         self.known_hosts = self.root / "known_hosts"
-        self.bin = self.root / "bin"  # first on the PATH of remote sessions (emulators)
+        self.bin = self.root / "bin"  # first on the PATH of remote sessions (e.g. `pueue`)
         self.bin.mkdir(exist_ok=True)
         self.home = self.root / "home"  # HOME of remote sessions
         self.home.mkdir(exist_ok=True)

@@ -8,6 +8,7 @@ import yaml
 
 from caseflow.config import load_config
 from caseflow.errors import ConfigError
+from pueue_daemon import VERSIONS, PueueDaemon
 
 
 def _config(ws, **changes):
@@ -138,6 +139,43 @@ def test_the_shipped_pueue_example_is_valid(tmp_path):
     assert config.retry.give_up_after_seconds == 86400
     assert config.finish.remote_cleanup == "on_success"
     assert config.finish.archive_done == tmp_path / "done" and config.results.folder.is_dir()
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_shipped_pueue_example_runs_a_case_on_real_pueue(ws, sshd, version):
+    """config/config.yaml as shipped, with only its ADJUST values (paths, the host, the job)
+    pointed at this test's folders, the test sshd and a real pueued, and its waits shortened:
+    a case in group gpu_big runs to success in a pueue group the example made."""
+    root = Path(__file__).resolve().parents[1]
+    data = yaml.safe_load((root / "config" / "config.yaml").read_text())
+    daemon = PueueDaemon(ws.root / "pueue", version).start()
+    try:
+        data.update(inbox=str(ws.inbox), database=str(ws.database), tick_seconds=0.2,
+                    poll_seconds=0.2, stability={"quiet_seconds": 0.5, "rescan_seconds": 5})
+        data["log"]["file"] = str(ws.root / "caseflow.log")
+        data["results"]["folder"] = str(ws.root / "results")
+        data["archive"] = {k: str(ws.root / k) for k in data["archive"]}
+        data["transport"].update(host="127.0.0.1", port=sshd.port, user=sshd.user,
+                                 identity_file=str(sshd.client_key),
+                                 known_hosts=str(sshd.known_hosts), root=str(ws.remote))
+        data["backend"].update(pueue=str(daemon.client),
+                               command='mkdir -p output && echo "$CUDA_VISIBLE_DEVICES" > '
+                                       'output/devices.txt')
+        data["retry"].update(initial_seconds=0.2, max_seconds=1)
+        ws.settings = data
+        ws.write_config()
+        ws.start()
+        ws.drop_case("example", group="gpu_big")
+        row = ws.wait_state("example", "success", "failure", "not_found")
+        assert row.state == "success", row.reason
+        assert (ws.root / "done" / "example").is_dir()  # archived as the example says
+        assert Path(row.results_path, "output", "devices.txt").read_text() == "2,3\n"
+        groups = daemon.groups()
+        assert groups["gpu_a"]["parallel_tasks"] == 2 and groups["gpu_big"]["parallel_tasks"] == 1
+        assert daemon.tasks()[row.task_id]["group"] == "gpu_big"
+    finally:
+        ws.stop()
+        daemon.close()
 
 
 def test_the_local_example_is_valid(tmp_path):

@@ -1,6 +1,7 @@
-"""Steps of features/pueue_backend.feature: caseflow over the real sshd to the pueue emulator."""
+"""Steps of features/pueue_backend.feature: caseflow over the real sshd to a real pueued
+(tests/pueue_daemon.py) of the scenario's version, whose client is `pueue` on the sessions' PATH."""
 
-import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -14,42 +15,25 @@ pytest.register_assert_rewrite("bdd_steps")
 from bdd_steps import *  # noqa: E402,F401,F403
 from bdd_steps import shown  # noqa: E402
 from harness import DEADLINE, JOB, wait_for  # noqa: E402
-from pueue_emulator import install, run as emulator, stop_tasks  # noqa: E402
+from pueue_daemon import PueueDaemon, result_of, status_name  # noqa: E402
 from sshd import SSHServer, transport_settings  # noqa: E402
 
 scenarios("pueue_backend.feature")
 
-# `pueue` on the host: the emulator, behind a wrapper with two switches for the scenarios:
-#   <state>/answer-<command>  print this file instead of running <command>
-#   <state>/kill-after-add    kill -9 the pid in it right after a successful `pueue add`
-WRAPPER = r"""#!/bin/sh
-state={state}
-if [ -f "$state/answer-$1" ]; then cat "$state/answer-$1"; exit 0; fi
-out=$({inner} "$@"); rc=$?
-printf '%s\n' "$out"
-if [ "$1" = add ] && [ $rc = 0 ] && [ -f "$state/kill-after-add" ]; then
-  kill -9 "$(cat "$state/kill-after-add")"; rm -f "$state/kill-after-add"
-fi
-exit $rc
-"""
-
 
 class PueueHost:
+    """A GPU host: a real sshd whose sessions find the test daemon's `pueue` first on PATH."""
+
     def __init__(self, root: Path, version: str):
         self.server = SSHServer(root / "pueuehost").start()
-        self.state = install(self.server.bin, state_dir=root / "pueue-state", version=version)
-        inner = self.server.bin / "pueue-inner"
-        (self.server.bin / "pueue").rename(inner)
-        wrapper = self.server.bin / "pueue"
-        wrapper.write_text(WRAPPER.replace("{state}", str(self.state))
-                           .replace("{inner}", str(inner)))
-        wrapper.chmod(0o755)
+        self.daemon = PueueDaemon(root / "pueue", version)
+        (self.server.bin / "pueue").symlink_to(self.daemon.client)
 
     def tasks(self) -> dict:
-        return json.loads(emulator(self.state, "status", "--json").stdout)["tasks"]
+        return self.daemon.tasks()
 
     def close(self):
-        stop_tasks(self.state)
+        self.daemon.close()
         self.server.stop()
 
 
@@ -71,28 +55,36 @@ def daemon_procs(ws):
             p.wait()
 
 
-@given(parsers.parse("the GPU host runs pueue {version}"))
-def host_runs_pueue(ws, pueue_host, version):
+def _host(ws, pueue_host, version) -> PueueHost:
     host = PueueHost(ws.root, version)
     pueue_host.append(host)
     ws.write_config(transport=transport_settings(host.server, ws.remote),
                     backend={"kind": "pueue", "command": JOB.replace("{ctl}", str(ws.ctl))})
+    return host
+
+
+@given(parsers.parse("the GPU host runs pueue {version}, but its daemon is not started"))
+def host_without_daemon(ws, pueue_host, version):
+    _host(ws, pueue_host, version)
+
+
+@given(parsers.parse("the GPU host runs pueue {version}"))
+def host_runs_pueue(ws, pueue_host, version):
+    _host(ws, pueue_host, version).daemon.start()
 
 
 def _label_tasks(host, ws, name):
     row = ws.case(name)
-    return [t for t in host.tasks().values()
-            if t.get("label", "") and t["label"].endswith(f"-{row.id}-{row.run}")]
+    return {tid: t for tid, t in host.tasks().items()
+            if t.get("label") and t["label"].endswith(f"-{row.id}-{row.run}")}
 
 
 @then(parsers.parse('pueue holds exactly one task for "{name}", and it succeeded'))
 def one_task(ws, pueue_host, name):
     tasks = _label_tasks(pueue_host[0], ws, name)
     assert len(tasks) == 1, tasks
-    status = tasks[0]["status"]
-    result = status["Done"]["result"] if isinstance(status["Done"], dict) else status["Done"]
-    assert result == "Success"
-    assert str(tasks[0]["id"]) == ws.case(name).task_id
+    (tid, task), = tasks.items()
+    assert result_of(task) == "Success" and tid == ws.case(name).task_id
 
 
 @then(parsers.parse('the job log of "{name}" is kept with the case'))
@@ -102,44 +94,144 @@ def log_kept(ws, name):
     assert "job log" in ws.cli("show", name, check=True).stdout
 
 
+# -- the daemon ------------------------------------------------------------------------------
+def _caseflow_tasks_run(daemon):
+    """Before a fault: caseflow's tasks have left pueue's queue (pueue starts a task within
+    200 ms of its add) and their jobs have started (caseflow's wrapper wrote its record); a
+    restart would otherwise find them queued, not running."""
+    def running():
+        tasks = [t for t in daemon.tasks().values() if (t["label"] or "").startswith("caseflow-")]
+        return tasks and all(status_name(t) == "Done" or (status_name(t) == "Running" and
+                                                          Path(t["path"], ".caseflow",
+                                                               "pueue-job").exists())
+                             for t in tasks)
+    wait_for(running, what="caseflow's pueue tasks to run")
+
+
+@when("the pueue daemon is started")
+def daemon_started(pueue_host):
+    pueue_host[0].daemon.reap()
+    pueue_host[0].daemon.start()
+
+
+@when("the pueue daemon is stopped and started again")
+def daemon_restarted(pueue_host):
+    _caseflow_tasks_run(pueue_host[0].daemon)
+    pueue_host[0].daemon.stop()
+    pueue_host[0].daemon.start()
+
+
+@when("the pueue daemon is killed with SIGKILL and started again")
+def daemon_killed(pueue_host):
+    _caseflow_tasks_run(pueue_host[0].daemon)
+    pueue_host[0].daemon.kill()
+    pueue_host[0].daemon.start()
+
+
+@when("the pueue daemon is stopped, its state file removed, and started again")
+def daemon_state_lost(pueue_host):
+    daemon = pueue_host[0].daemon
+    _caseflow_tasks_run(daemon)
+    daemon.stop()
+    daemon.state_file.unlink()
+    daemon.start()
+    assert daemon.tasks() == {} and set(daemon.groups()) == {"default"}
+
+
+@given(parsers.parse("pueue's daemon will be killed right before the next \"pueue add\" "
+                     "reaches it"))
+def killed_before_add(pueue_host):
+    pueue_host[0].daemon.kill_before_add()
+
+
+@then(parsers.parse('pueue says the task of "{name}" was killed, but its job still runs'))
+def killed_but_running(ws, pueue_host, name):
+    daemon = pueue_host[0].daemon
+    task = daemon.tasks()[ws.case(name).task_id]
+    assert status_name(task) == "Done" and result_of(task) == "Killed", task
+    assert daemon.task_processes(), "the job's processes are gone"
+
+
+@then(parsers.parse("pueue's group {group} has {count:d} parallel task again"))
+def group_back(pueue_host, group, count):
+    assert pueue_host[0].daemon.groups()[group]["parallel_tasks"] == count
+
+
+# -- what people run on the host -----------------------------------------------------------
 @when("its pueue task has finished")
 def task_finished(ws, pueue_host):
-    wait_for(lambda: all("Done" in t["status"] for t in pueue_host[0].tasks().values()),
+    wait_for(lambda: all(status_name(t) == "Done" for t in pueue_host[0].tasks().values()),
              what="the pueue task to finish")
 
 
 @when('someone runs "pueue clean" on the GPU host')
 def pueue_clean(pueue_host):
-    assert emulator(pueue_host[0].state, "clean").returncode == 0
+    pueue_host[0].daemon.run("clean", check=True)
     assert pueue_host[0].tasks() == {}
 
 
-@when(parsers.parse('pueue starts answering "{command}" with "{text}"'))
-def pueue_garbage(pueue_host, command, text):
-    (pueue_host[0].state / f"answer-{command}").write_text(text + "\n")
+@when(parsers.parse('someone runs "pueue {command}" on the task of "{name}"'))
+def pueue_on_task(ws, pueue_host, command, name):
+    pueue_host[0].daemon.run(command, ws.case(name).task_id, check=True)
+
+
+@when(parsers.parse('someone runs "pueue {command}" on the GPU host'))
+def pueue_on_host(pueue_host, command):
+    pueue_host[0].daemon.run(*command.split(), check=True)
 
 
 @given(parsers.parse("another user's task waits in pueue group {group}"))
 def foreign_task(pueue_host, group):
-    res = emulator(pueue_host[0].state, "add", "-g", group, "-l", "someone-else", "--", "true")
-    assert res.returncode == 0, res.stderr
-    tasks = pueue_host[0].tasks().values()
-    assert any(t["label"] == "someone-else" and "Queued" in json.dumps(t["status"]) for t in tasks)
+    daemon = pueue_host[0].daemon
+    daemon.run("add", "-g", group, "-l", "someone-else", "--", "true", check=True)
+    assert any(t["label"] == "someone-else" and status_name(t) == "Queued"
+               for t in daemon.tasks().values())
 
 
-@when("the pueue daemon restarts")
-def pueue_restarts(pueue_host):
-    assert emulator(pueue_host[0].state, "_emulator", "restart").returncode == 0
+@when(parsers.parse('the pueue command on the GPU host starts printing "{text}" before its '
+                    'answers'))
+def chatty_pueue(pueue_host, text):
+    """A site wrapper in front of the real client that announces itself on stdout."""
+    host = pueue_host[0]
+    wrapper = host.server.bin / "pueue"
+    wrapper.unlink()
+    wrapper.write_text(f"#!/bin/sh\nprintf '%s\\n' {shlex.quote(text)}\n"
+                       f"exec {shlex.quote(str(host.daemon.client))} \"$@\"\n")
+    wrapper.chmod(0o755)
 
 
-@then(parsers.parse("caseflow status says that pueue group {group} is paused"))
-def status_paused(ws, group):
+# -- what caseflow status says ---------------------------------------------------------------
+@then(parsers.parse('caseflow status shows the host with "{words}"'))
+def status_host(ws, words):
     def said():
         out = ws.cli("status", check=True).stdout
-        return f"pueue group(s) {group} PAUSED" in out and out
-    wait_for(said, what="caseflow status to report the paused group")
+        return any(line.startswith("host testhost: ") and words in line
+                   for line in out.splitlines()) and out
+    wait_for(said, what=f"caseflow status to show the host with {words!r}")
 
 
+@then(parsers.parse('caseflow status no longer shows "{words}"'))
+def status_not(ws, words):
+    wait_for(lambda: words not in ws.cli("status", check=True).stdout,
+             what=f"caseflow status to stop showing {words!r}")
+
+
+@then(parsers.parse('caseflow status shows "{words}" for "{name}"'))
+def status_case(ws, words, name):
+    def said():
+        out = ws.cli("status", check=True).stdout
+        return any(f" {name} " in f" {line} " and words in line for line in out.splitlines())
+    wait_for(said, what=f"caseflow status to show {words!r} for {name!r}")
+
+
+@then(parsers.parse('the case "{name}" waits for a GPU slot'))
+def waits_for_slot(ws, name):
+    ws.wait_state(name, "queued")
+    row = ws.case(name)
+    assert row.slot_index is None and row.task_id is None, row
+
+
+# -- caseflow as a process that dies ---------------------------------------------------------
 def _start_process(ws, procs):
     log = open(ws.root / f"daemon-{len(procs)}.log", "wb")
     p = subprocess.Popen([sys.executable, "-m", "caseflow.cli", "run", "-c", str(ws.config_path)],
@@ -155,7 +247,7 @@ def _start_process(ws, procs):
                      '"pueue add"'))
 def process_to_be_killed(ws, pueue_host, daemon_procs):
     p = _start_process(ws, daemon_procs)
-    (pueue_host[0].state / "kill-after-add").write_text(str(p.pid))
+    pueue_host[0].daemon.kill_after_add(p.pid)
 
 
 @then(parsers.parse('caseflow dies right after adding the task for "{name}"'))

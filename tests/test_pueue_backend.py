@@ -1,23 +1,30 @@
-"""The pueue backend against the pueue emulator, over the real sshd, for pueue 3.x and 4.x."""
+"""The pueue backend against real pueue 3.4.1 and 4.0.4 (pueued per test), over the real sshd.
 
-import json
+Faults are produced for real: pueued SIGKILLed or stopped, its state file removed or from the
+other major version, `pueue clean`, `pueue reset`, a group removed, the daemon killed between
+caseflow's status query and its `pueue add`.
+"""
+
 import os
+import shlex
 from pathlib import Path
 
 import pytest
 
-from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec
-from caseflow.backends.pueue import BadOutput, PueueBackend, parse_status, task_outcome
+from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec
+from caseflow.backends.pueue import DaemonNotRunning, PueueBackend
+from caseflow.backends.pueue_status import BadOutput, parse_poll, parse_status, task_outcome
 from caseflow.config import GroupConfig, TransportConfig
-from caseflow.errors import PermanentError
+from caseflow.errors import HostError, PermanentError
 from caseflow.transports.ssh import SSHTransport
 from harness import wait_for
-from pueue_emulator import install, run as emulator, stop_tasks
+from pueue_daemon import VERSIONS, PueueDaemon, result_of, status_name
 from sshd import SSHServer, transport_settings
 
-VERSIONS = ["3.4.1", "4.0.4"]
 GROUPS = (GroupConfig("gpu_a", 2), GroupConfig("gpu_b", 1))
-SHARED = Path(__file__).resolve().parent / "data" / "pueue"  # pueue's own state files
+HOSTILE = ["with space", "quote'single", 'quote"double', "$(touch CANARY)", "`touch CANARY`",
+           "semi;touch CANARY", "new\nline", "tab\there", "-leading-dash", "café_ünï",
+           "glob*?[x]", "back\\slash", "x" * 220]
 
 
 @pytest.fixture(scope="module")
@@ -28,177 +35,439 @@ def host(tmp_path_factory):
 
 
 @pytest.fixture(params=VERSIONS)
-def pueue(request, host, tmp_path):
-    """A fresh pueue (emulator) of the given version on the host; the backend and transport."""
-    state = install(host.bin, state_dir=tmp_path / "pueue-state", version=request.param)
-    transport = SSHTransport(TransportConfig(**transport_settings(host, tmp_path)))
-    backend = PueueBackend(transport, GROUPS)
-    backend.state = state
-    yield backend
-    stop_tasks(state)
-    transport.close()
+def daemon(request, tmp_path):
+    d = PueueDaemon(tmp_path / "pueue", request.param).start()
+    yield d
+    d.close()
 
 
-def job(tmp_path, case_id, command="true", group="gpu_a", label=None, env=None):
-    folder = tmp_path / f"case{case_id}"
-    folder.mkdir(exist_ok=True)
-    return JobSpec(case_id=case_id, label=label or f"caseflow-t-{case_id}-1",
-                   remote_path=str(folder), group=group, command=command, env=env or {})
+@pytest.fixture
+def transport(host, tmp_path):
+    t = SSHTransport(TransportConfig(**transport_settings(host, tmp_path)))
+    yield t
+    t.close()
+
+
+@pytest.fixture
+def pueue(daemon, transport):
+    """The backend of a host whose `pueue` is the test daemon's client (backend.pueue)."""
+    backend = PueueBackend(transport, GROUPS, pueue=str(daemon.client))
+    backend.daemon = daemon
+    return backend
+
+
+class Jobs:
+    """Case folders and jobs of a test; a held job waits for `release(case_id)`."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.ctl = root / "ctl"
+        self.ctl.mkdir(exist_ok=True)
+
+    def spec(self, case_id, command="true", group="gpu_a", env=None, priority=0, hold=False):
+        folder = self.root / f"case{case_id}"
+        folder.mkdir(exist_ok=True)
+        if hold:
+            command = (f"while [ ! -e {shlex.quote(str(self.ctl))}/release-{case_id} ]; do "
+                       f"sleep 0.05; done; {command}")
+        return JobSpec(case_id=case_id, label=f"caseflow-t-{case_id}-1", remote_path=str(folder),
+                       group=group, command=command, env=env or {}, priority=priority)
+
+    def release(self, case_id):
+        (self.ctl / f"release-{case_id}").touch()
+
+
+@pytest.fixture
+def jobs(tmp_path):
+    return Jobs(tmp_path)
 
 
 def ref(spec, task_id):
     return JobRef(spec.case_id, task_id, spec.label, spec.remote_path)
 
 
-def outcome(backend, r, wanted):
-    return wait_for(lambda: (s := backend.status([r])[r.case_id]).outcome == wanted and s,
-                    what=f"the task to be {wanted}")
+def outcome(backend, r, wanted, detail=""):
+    def check():
+        s = backend.status([r])[r.case_id]
+        return s.outcome == wanted and detail in s.detail and s
+    return wait_for(check, what=f"the task to be {wanted} {detail}")
 
 
-def test_version_is_detected_and_groups_are_made_to_match_the_slots(pueue):
-    pueue.prepare()
-    assert pueue.version == json.loads((pueue.state / "emulator.json").read_text())["version"]
-    groups = json.loads(emulator(pueue.state, "group", "--json").stdout)
+def started(spec) -> int:
+    """The job's process group, from the wrapper's start record (once it runs)."""
+    record = Path(spec.remote_path, ".caseflow", "pueue-job")
+    return int(wait_for(lambda: record.exists() and record.read_text().split()[1:],
+                        what="the job to start")[0])
+
+
+def alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+# -- groups and submission -----------------------------------------------------------------
+def test_version_is_detected_and_groups_are_made_with_their_slots_before_the_first_add(
+        pueue, jobs):
+    pueue.daemon.run("group", "add", "gpu_b", "-p", "5", check=True)  # one exists, wrong count
+    spec = jobs.spec(1, group="gpu_a")
+    task = pueue.submit(spec)  # a fresh daemon: group add, then at once the first add to it
+    assert pueue.version == pueue.daemon.version
+    groups = pueue.daemon.groups()
     assert groups["gpu_a"]["parallel_tasks"] == 2 and groups["gpu_b"]["parallel_tasks"] == 1
+    assert pueue.daemon.tasks()[task]["group"] == "gpu_a"
+    outcome(pueue, ref(spec, task), SUCCESS)
     commands = pueue.transport.commands
     pueue.prepare()  # once per connection
     assert pueue.transport.commands == commands
 
 
-def test_submit_run_succeed_with_label_env_and_log(pueue, tmp_path):
-    spec = job(tmp_path, 1, 'echo "hi $CASEFLOW_CASE_NAME"; pwd',
-               env={"CASEFLOW_CASE_NAME": "it's $(odd)"})
+def test_submit_run_succeed_with_label_env_and_log(pueue, jobs):
+    spec = jobs.spec(1, 'echo "hi $CASEFLOW_CASE_NAME"; pwd', env={"CASEFLOW_CASE_NAME": "x"})
     task = pueue.submit(spec)
     assert task.isdigit()
     status = outcome(pueue, ref(spec, task), SUCCESS)
     assert status.exit_code == 0
-    tasks = json.loads(emulator(pueue.state, "status", "--json").stdout)["tasks"]
-    assert tasks[task]["label"] == spec.label and tasks[task]["group"] == "gpu_a"
-    assert tasks[task]["path"] == spec.remote_path
+    t = pueue.daemon.tasks()[task]
+    assert (t["label"], t["group"], t["path"]) == (spec.label, "gpu_a", spec.remote_path)
     log = pueue.job_log(ref(spec, task))
-    assert "hi it's $(odd)" in log and spec.remote_path in log
+    assert "hi x" in log and spec.remote_path in log
 
 
-def test_a_failing_job_reports_its_exit_code(pueue, tmp_path):
-    spec = job(tmp_path, 2, "exit 7")
+def test_everything_a_case_may_say_reaches_pueue_unchanged(pueue, jobs):
+    """Every case name (in the job's environment), each group and priority the case.yaml may
+    give, as pueue stores them and as the job sees them."""
+    refs = {}
+    for i, name in enumerate(HOSTILE):
+        group, priority = ("gpu_a", 1000) if i % 2 else ("gpu_b", -1000 + i)
+        spec = jobs.spec(100 + i, 'printf "%s" "$CASEFLOW_CASE_NAME" > name.txt', group=group,
+                         env={"CASEFLOW_CASE_NAME": name, "CASEFLOW_CASE_ID": str(100 + i)},
+                         priority=priority)
+        refs[name] = (spec, pueue.submit(spec), group, priority)
+    tasks = pueue.daemon.tasks()
+    for name, (spec, task, group, priority) in refs.items():
+        t = tasks[task]
+        assert (t["envs"]["CASEFLOW_CASE_NAME"], t["group"], t["priority"], t["label"]) == \
+            (name, group, priority, spec.label)
+    for name, (spec, task, _, _) in refs.items():
+        outcome(pueue, ref(spec, task), SUCCESS)
+        assert Path(spec.remote_path, "name.txt").read_text() == name
+    assert not list(Path(jobs.root).rglob("CANARY"))
+
+
+def test_a_failing_job_reports_its_exit_code(pueue, jobs):
+    spec = jobs.spec(2, "exit 7")
     status = outcome(pueue, ref(spec, pueue.submit(spec)), FAILURE)
     assert (status.exit_code, status.detail) == (7, "job exited with code 7")
 
 
-def test_submit_adopts_the_task_already_added_for_the_label(pueue, tmp_path):
-    spec = job(tmp_path, 3, "sleep 30")
+def test_submit_adopts_the_task_already_added_for_the_label(pueue, jobs):
+    spec = jobs.spec(3, "sleep 30")
     first = pueue.submit(spec)
-    second = pueue.submit(spec)  # as after a crash between `pueue add` and the commit
-    assert first == second
-    tasks = json.loads(emulator(pueue.state, "status", "--json").stdout)["tasks"]
-    assert [t["label"] for t in tasks.values()].count(spec.label) == 1
+    assert pueue.submit(spec) == first  # as after a crash between `pueue add` and the commit
+    labels = [t["label"] for t in pueue.daemon.tasks().values()]
+    assert labels.count(spec.label) == 1
 
 
-def test_a_reused_id_with_another_label_is_not_found(pueue, tmp_path):
-    spec = job(tmp_path, 4, "true")
-    task = pueue.submit(spec)
-    outcome(pueue, ref(spec, task), SUCCESS)
-    assert emulator(pueue.state, "clean").returncode == 0
-    other = job(tmp_path, 5, "sleep 30", label="someone-else")
-    assert pueue.submit(other) == task  # pueue reuses the id
-    status = pueue.status([ref(spec, task)])[4]
-    assert status.outcome == NOT_FOUND and "no longer knows" in status.detail
+def test_an_unknown_group_is_refused_permanently_with_pueues_words(pueue, jobs):
+    pueue.manage_groups = False
+    with pytest.raises(PermanentError, match="pueue refused the job: Group nowhere doesn't exist"):
+        pueue.submit(jobs.spec(30, group="nowhere"))
 
 
-def test_polling_many_tasks_is_one_command(pueue, tmp_path):
-    specs = [job(tmp_path, i, "sleep 30", group="gpu_a") for i in range(10, 16)]
-    refs = [ref(s, pueue.submit(s)) for s in specs]
+def test_a_missing_case_folder_is_refused_permanently(pueue, jobs):
+    spec = jobs.spec(31)
+    os.rmdir(spec.remote_path)
+    with pytest.raises(PermanentError, match="case folder is missing"):
+        pueue.submit(spec)
+    assert pueue.daemon.tasks() == {}
+
+
+# -- polling -------------------------------------------------------------------------------
+def test_polling_many_tasks_is_one_command(pueue, jobs):
+    refs = [ref(s, pueue.submit(s)) for s in (jobs.spec(i, "sleep 30") for i in range(10, 16))]
+    wait_for(lambda: sum(status_name(t) == "Running" for t in pueue.daemon.tasks().values()) == 2,
+             what="two tasks to run")
     before = (pueue.transport.commands, pueue.transport.connects)
     answers = pueue.status(refs)
     assert (pueue.transport.commands - before[0], pueue.transport.connects - before[1]) == (1, 0)
-    assert all(a.outcome == RUNNING for a in answers.values())
     details = sorted(a.detail for a in answers.values())
-    assert details.count("running") == 2 and details.count("queued") == 4  # 2 slots
+    assert details == ["queued"] * 4 + ["running"] * 2  # gpu_a has 2 slots
 
 
-def test_cancel_kills_a_running_task_and_removes_a_queued_one(pueue, tmp_path):
-    running = job(tmp_path, 20, "sleep 60", group="gpu_b")
-    queued = job(tmp_path, 21, "sleep 60", group="gpu_b")
+def test_one_entry_caseflow_cannot_read_is_that_jobs_problem_alone(pueue, daemon, jobs, tmp_path):
+    """Real pueue's answer with one task's status changed to a form caseflow does not know."""
+    specs = [jobs.spec(40, "true"), jobs.spec(41, "exit 4"), jobs.spec(42, "sleep 30"),
+             jobs.spec(43, "true")]
+    refs = [ref(s, pueue.submit(s)) for s in specs]
+    wait_for(lambda: [status_name(t) for t in daemon.tasks().values()] ==
+             ["Done", "Done", "Running", "Done"], what="the tasks to end or run")
+    odd = tmp_path / "odd-pueue"
+    odd.write_text(f"""#!/bin/sh
+if [ "$1 $2" = "status --json" ]; then
+  {shlex.quote(str(daemon.client))} status --json | python3 -c '
+import json, sys
+data = json.load(sys.stdin)
+data["tasks"]["{refs[3].task_id}"]["status"] = {{"Exploded": {{"at": "noon"}}}}
+print(json.dumps(data))'
+else exec {shlex.quote(str(daemon.client))} "$@"; fi
+""")
+    odd.chmod(0o755)
+    pueue.pueue = str(odd)
+    answers = pueue.status(refs)
+    assert answers[43].outcome == UNREADABLE and "Exploded" in answers[43].detail
+    assert [answers[i].outcome for i in (40, 41, 42)] == [SUCCESS, FAILURE, RUNNING]
+    assert answers[41].exit_code == 4
+
+
+def test_cancel_kills_a_running_task_and_removes_a_queued_one(pueue, jobs):
+    running, queued = jobs.spec(20, "sleep 60", group="gpu_b"), jobs.spec(21, "sleep 60",
+                                                                          group="gpu_b")
     r1, r2 = ref(running, pueue.submit(running)), ref(queued, pueue.submit(queued))
-    outcome(pueue, r1, RUNNING)
+    outcome(pueue, r1, RUNNING, "running")
     assert pueue.status([r2])[21].detail == "queued"
     pueue.cancel(r2)
-    assert pueue.status([r2])[21].outcome == NOT_FOUND  # removed from the queue
+    assert pueue.status([r2])[21].outcome == NOT_FOUND  # removed from the queue, never ran
+    pgid = started(running)
     pueue.cancel(r1)
     assert "killed" in outcome(pueue, r1, FAILURE).detail
+    assert not alive(pgid)
     pueue.cancel(r1)  # already ended: nothing to do, no error
 
 
-def test_an_unknown_group_is_refused_permanently_with_pueues_words(pueue, tmp_path):
-    pueue.manage_groups = False
-    with pytest.raises(PermanentError, match="pueue refused the job: Group nowhere doesn't exist"):
-        pueue.submit(job(tmp_path, 30, group="nowhere"))
+def test_stashed_paused_and_paused_group_tasks_are_shown_as_such(pueue, daemon, jobs):
+    own, blocker = jobs.spec(50, "sleep 60", group="gpu_a"), jobs.spec(53, "sleep 60")
+    stashed, in_group = jobs.spec(51, "true", group="gpu_a"), jobs.spec(52, "sleep 60",
+                                                                        group="gpu_b")
+    r_own, r_blocker, r_stash, r_group = (ref(s, pueue.submit(s))
+                                          for s in (own, blocker, stashed, in_group))
+    outcome(pueue, r_own, RUNNING, "running")
+    outcome(pueue, r_blocker, RUNNING, "running")  # gpu_a's 2 slots: the third one queues
+    outcome(pueue, r_group, RUNNING, "running")
+    daemon.run("stash", r_stash.task_id, check=True)
+    daemon.run("pause", r_own.task_id, check=True)
+    daemon.run("pause", "-g", "gpu_b", check=True)
+    assert outcome(pueue, r_own, RUNNING, "paused").detail == "paused"
+    answers = pueue.status([r_own, r_stash, r_group])
+    assert answers[51].detail == "stashed"
+    assert answers[52].detail.endswith("; pueue group gpu_b is PAUSED")
+    notice = pueue.notice()
+    assert "gpu_b PAUSED" in notice and "1 task(s) STASHED" in notice and \
+        "1 task(s) PAUSED" in notice, notice
+    daemon.run("start", "-g", "gpu_b", check=True)
+    daemon.run("start", r_own.task_id, check=True)
+    daemon.run("enqueue", r_stash.task_id, check=True)
+    pueue.cancel(r_blocker)
+    outcome(pueue, r_stash, SUCCESS)
+    outcome(pueue, r_own, RUNNING, "running")
+    assert outcome(pueue, r_group, RUNNING, "running").detail == "running"
+    assert pueue.notice() is None
 
 
-def test_a_paused_group_is_reported(pueue, tmp_path):
-    spec = job(tmp_path, 40, "sleep 60", group="gpu_b")
-    waiting = job(tmp_path, 41, "true", group="gpu_b")
-    r1, r2 = ref(spec, pueue.submit(spec)), ref(waiting, pueue.submit(waiting))
-    outcome(pueue, r1, RUNNING)
-    assert emulator(pueue.state, "_emulator", "restart").returncode == 0
+# -- what happens to pueued, for real ------------------------------------------------------
+@pytest.mark.parametrize("version", VERSIONS)
+def test_pueued_not_running_at_first_contact_is_a_host_problem(version, transport, jobs,
+                                                              tmp_path):
+    daemon = PueueDaemon(tmp_path / "never-started", version)  # no state, no secret yet
+    try:
+        backend = PueueBackend(transport, GROUPS, pueue=str(daemon.client))
+        spec = jobs.spec(60)
+        with pytest.raises(DaemonNotRunning, match="pueue daemon not running") as err:
+            backend.submit(spec)
+        assert isinstance(err.value, HostError)  # the engine pauses the host, fails no case
+        with pytest.raises(DaemonNotRunning):
+            backend.probe()
+        daemon.start()
+        backend.probe()
+        outcome(backend, ref(spec, backend.submit(spec)), SUCCESS)
+    finally:
+        daemon.close()
+
+
+def test_pueued_stopped_later_is_a_host_problem_until_it_runs_again(pueue, daemon, jobs):
+    spec = jobs.spec(61)
+    r = ref(spec, pueue.submit(spec))
+    outcome(pueue, r, SUCCESS)
+    daemon.stop()
+    with pytest.raises(DaemonNotRunning, match="pueue daemon not running"):
+        pueue.status([r])
+    with pytest.raises(DaemonNotRunning):
+        pueue.submit(jobs.spec(62))
+    daemon.start()
+    assert pueue.status([r])[61].outcome == SUCCESS
+
+
+def test_pueued_killed_between_status_and_add_is_transient_and_adds_once(pueue, daemon, jobs):
+    spec = jobs.spec(63)
+    pueue.prepare()
+    daemon.kill_before_add()
+    with pytest.raises(DaemonNotRunning):
+        pueue.submit(spec)  # the status query answered; the add found no daemon
+    daemon.reap()
+    daemon.start()
+    task = pueue.submit(spec)
+    outcome(pueue, ref(spec, task), SUCCESS)
+    assert [t["label"] for t in daemon.tasks().values()] == [spec.label]
+
+
+def test_pueued_sigkilled_while_a_job_runs_keeps_its_slot_until_its_processes_end(
+        pueue, daemon, jobs):
+    """The restarted daemon marks the task Killed, but its process group runs on: the case
+    stays running until the job really ends, then its own exit record decides."""
+    spec, other = jobs.spec(70, "exit 0", hold=True), jobs.spec(71, "sleep 60", hold=False)
+    r, r_other = ref(spec, pueue.submit(spec)), ref(other, pueue.submit(other))
+    pgid, other_pgid = started(spec), started(other)
+    daemon.kill()
+    daemon.start()
+    assert result_of(daemon.tasks()[r.task_id]) == "Killed" and alive(pgid)
+    status = pueue.status([r])[70]
+    assert status.outcome == RUNNING and status.detail.startswith(
+        "pueue lost track of the task; waiting for its processes to end"), status
+    assert "lost track" in pueue.notice()
+    pueue.cancel(r_other)  # pueue cannot stop it any more: caseflow kills its process group
+    wait_for(lambda: not alive(other_pgid), what="the lost job to be killed")
+    assert outcome(pueue, r_other, FAILURE).detail.startswith("killed")
+    jobs.release(70)
+    status = outcome(pueue, r, SUCCESS)
+    assert "the job's own record" in status.detail and status.exit_code == 0
+    assert pueue.notice() is None
+
+
+@pytest.mark.parametrize("loss", ["removed", "corrupted"])
+def test_pueued_restarted_with_its_state_lost(pueue, daemon, jobs, loss):
+    """As after an upgrade: stopped (its tasks killed), the state file gone or unreadable.
+    The groups come back before the next add; the running case's task is not found."""
+    held = jobs.spec(80, "sleep 60", group="gpu_b")
+    r = ref(held, pueue.submit(held))
+    outcome(pueue, r, RUNNING, "running")
+    daemon.stop()
+    if loss == "removed":
+        daemon.state_file.unlink()
+    else:
+        daemon.state_file.write_text(daemon.state_file.read_text()[:50])
+    daemon.start()
+    assert daemon.tasks() == {} and set(daemon.groups()) == {"default"}
+    status = pueue.status([r])[80]
+    assert status.outcome == NOT_FOUND and "no longer knows" in status.detail
+    new = jobs.spec(81, "true", group="gpu_b")
+    task = pueue.submit(new)
+    assert daemon.groups()["gpu_b"]["parallel_tasks"] == 1
+    assert daemon.groups()["gpu_a"]["parallel_tasks"] == 2
+    outcome(pueue, ref(new, task), SUCCESS)
+
+
+def test_a_state_file_of_the_other_major_version_starts_pueued_empty(daemon, tmp_path):
+    """pueue's own state files (tests/data/pueue): the daemon of the other major version cannot
+    read them and starts empty (caseflow then sets its groups up again)."""
+    data = Path(__file__).resolve().parent / "data" / "pueue"
+    own, other = ("v2.0.0_state.json", "v4.0.0_state.json") if daemon.version < "4" else \
+        ("v4.0.0_state.json", "v2.0.0_state.json")
+    daemon.stop()
+    daemon.state_file.write_text((data / other).read_text())
+    daemon.start()
+    assert daemon.tasks() == {}
+    daemon.stop()
+    daemon.state_file.write_text((data / own).read_text())
+    daemon.start()
+    tasks = daemon.tasks()
+    assert tasks, f"pueue {daemon.version} did not load {own}"
+
+
+def test_pueue_clean_reset_and_a_removed_group(pueue, daemon, jobs):
+    """`pueue clean` after the job ended: its own record still says how it ended. `pueue
+    reset` kills and forgets a running task: not found. A removed group comes back."""
+    done = jobs.spec(90, "exit 3", group="gpu_a")
+    r_done = ref(done, pueue.submit(done))
+    outcome(pueue, r_done, FAILURE)
+    daemon.run("clean", check=True)
+    status = pueue.status([r_done])[90]
+    assert (status.outcome, status.exit_code) == (FAILURE, 3) and \
+        "pueue no longer knows task" in status.detail
+    reused = jobs.spec(91, "sleep 60", group="gpu_b")
+    r_reused = ref(reused, pueue.submit(reused))
+    assert r_reused.task_id == r_done.task_id  # pueue reuses the id; the label tells them apart
+    assert pueue.status([r_done])[90].exit_code == 3
+    pgid = started(reused)
+    daemon.run("reset", "--force", check=True)
+    wait_for(lambda: daemon.tasks() == {}, what="pueue reset to forget the tasks")
+    assert not alive(pgid)
+    status = pueue.status([r_reused])[91]
+    assert status.outcome == NOT_FOUND, status
+    daemon.run("group", "remove", "gpu_b", check=True)
+    wait_for(lambda: "gpu_b" not in daemon.groups(), what="the group to be removed")
+    new = jobs.spec(92, "true", group="gpu_b")
+    outcome(pueue, ref(new, pueue.submit(new)), SUCCESS)
+    assert daemon.groups()["gpu_b"]["parallel_tasks"] == 1
+
+
+def test_a_paused_group_after_a_daemon_restart_is_reported(pueue, daemon, jobs):
+    running, waiting = jobs.spec(95, "sleep 60", group="gpu_b"), jobs.spec(96, "true",
+                                                                          group="gpu_b")
+    r1, r2 = ref(running, pueue.submit(running)), ref(waiting, pueue.submit(waiting))
+    outcome(pueue, r1, RUNNING, "running")
+    daemon.stop()   # pueued kills its tasks on SIGTERM ...
+    daemon.start()  # ... and pauses groups with queued tasks when it starts again
     answers = pueue.status([r1, r2])
-    assert answers[40].outcome == FAILURE and "killed" in answers[40].detail
-    assert answers[41].outcome == RUNNING and "gpu_b is PAUSED" in answers[41].detail
+    assert answers[95].outcome == FAILURE and "killed" in answers[95].detail
+    assert answers[96].outcome == RUNNING and "gpu_b is PAUSED" in answers[96].detail
     assert "gpu_b" in pueue.notice() and "PAUSED" in pueue.notice()
 
 
-def test_a_wiped_pueue_state_makes_tasks_not_found(pueue, tmp_path):
-    spec = job(tmp_path, 50, "sleep 60")
-    r = ref(spec, pueue.submit(spec))
-    emulator(pueue.state, "_emulator", "wipe")
-    assert pueue.status([r])[50].outcome == NOT_FOUND
-
-
-# -- parsing, on canned and real pueue output --------------------------------------------------
+# -- reading pueue's answers (canned: the forms real pueue prints, per FORMAT.md) ---------------
 @pytest.mark.parametrize("status, expected", [
-    ("Queued", (RUNNING, None)), ("Running", (RUNNING, None)), ("Locked", (RUNNING, None)),
-    ({"Stashed": {"enqueue_at": None}}, (RUNNING, None)),
-    ({"Done": "Success"}, (SUCCESS, 0)), ({"Done": {"Failed": 3}}, (FAILURE, 3)),
-    ({"Done": "Killed"}, (FAILURE, None)), ({"Done": {"FailedToSpawn": "no dir"}}, (FAILURE, None)),
-    ({"Done": "Errored"}, (FAILURE, None)), ({"Done": "DependencyFailed"}, (FAILURE, None)),
-    ({"Queued": {"enqueued_at": "2026-01-01T00:00:00.123456789Z"}}, (RUNNING, None)),
-    ({"Running": {"enqueued_at": "x", "start": "y"}}, (RUNNING, None)),
-    ({"Paused": {"enqueued_at": "x", "start": "y"}}, (RUNNING, None)),
-    ({"Locked": {"previous_status": "Queued"}}, (RUNNING, None)),
-    ({"Done": {"enqueued_at": "x", "start": "y", "end": "z", "result": "Success"}}, (SUCCESS, 0)),
+    ("Queued", (RUNNING, "queued")), ("Running", (RUNNING, "running")),
+    ("Locked", (RUNNING, "locked")), ("Paused", (RUNNING, "paused")),
+    ({"Stashed": {"enqueue_at": None}}, (RUNNING, "stashed")),
+    ({"Stashed": {"enqueue_at": "2026-01-01T00:00:00Z"}},
+     (RUNNING, "stashed until 2026-01-01T00:00:00Z")),
+    ({"Done": "Success"}, (SUCCESS, "exit code 0")),
+    ({"Done": {"Failed": 3}}, (FAILURE, "job exited with code 3")),
+    ({"Done": "Killed"}, (FAILURE, "killed (by pueue kill, pueue reset or a pueue daemon "
+                                   "restart)")),
+    ({"Done": {"FailedToSpawn": "no dir"}}, (FAILURE, "pueue could not start the job: no dir")),
+    ({"Done": "Errored"}, (FAILURE, "pueue reports the task as errored")),
+    ({"Done": "DependencyFailed"}, (FAILURE, "a task it depended on failed")),
+    ({"Queued": {"enqueued_at": "2026-01-01T00:00:00.123456789Z"}}, (RUNNING, "queued")),
+    ({"Running": {"enqueued_at": "x", "start": "y"}}, (RUNNING, "running")),
+    ({"Paused": {"enqueued_at": "x", "start": "y"}}, (RUNNING, "paused")),
+    ({"Locked": {"previous_status": "Queued"}}, (RUNNING, "locked")),
+    ({"Done": {"enqueued_at": "x", "start": "y", "end": "z", "result": "Success"}},
+     (SUCCESS, "exit code 0")),
     ({"Done": {"enqueued_at": "x", "start": "y", "end": "z", "result": {"Failed": 2}}},
-     (FAILURE, 2)),
+     (FAILURE, "job exited with code 2")),
 ])
 def test_task_status_mapping_3x_and_4x(status, expected):
-    got = task_outcome({"status": status})
-    assert (got.outcome, got.exit_code) == expected
+    got = task_outcome({"id": 1, "status": status})
+    assert (got.outcome, got.detail) == expected
 
 
-@pytest.mark.parametrize("text", ["", "garbage", '{"tasks": ', '{"groups": {}}', "[1, 2]",
-                                  '{"tasks": {"0": {"status": {"Exploded": 1}}}}'])
-def test_unreadable_output_is_bad_output(text):
+@pytest.mark.parametrize("status", [{"Exploded": 1}, "Sleeping", None, 7, {"Done": "Vanished"},
+                                    {"Done": {"Failed": "x"}}, {"Queued": {}, "Running": {}}])
+def test_a_task_status_caseflow_does_not_know_is_unreadable_for_that_task(status):
+    got = task_outcome({"id": 4, "status": status})
+    assert got.outcome == UNREADABLE and "task 4 in a form caseflow does not know" in got.detail
+
+
+@pytest.mark.parametrize("text", ["", "garbage", '{"tasks": ', '{"groups": {}}', "[1, 2]"])
+def test_an_answer_that_is_not_pueues_json_is_bad_output(text):
     with pytest.raises(BadOutput):
-        data = parse_status(text)
-        for task in data["tasks"].values():
-            task_outcome(task)
+        parse_status(text)
+    with pytest.raises(BadOutput):
+        parse_poll(f"@@caseflow status\n{text}\n@@caseflow end\n", 0)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("state_file", ["v4.0.0_state.json", "v2.0.0_state.json"])
-def test_real_pueue_state_files_parse(tmp_path, version, state_file):
-    state = tmp_path / "state"
-    install(tmp_path / "bin", state_dir=state, version=version)
-    assert emulator(state, "_emulator", "load", str(SHARED / state_file)).returncode == 0
-    data = parse_status(emulator(state, "status", "--json").stdout)
-    outcomes = [task_outcome(t).outcome for t in data["tasks"].values()]
-    assert outcomes and set(outcomes) <= {RUNNING, SUCCESS, FAILURE}
-
-
-def test_priority_is_passed_to_pueue(pueue, tmp_path):
-    folder = tmp_path / "prio"
-    folder.mkdir()
-    spec = JobSpec(case_id=60, label="caseflow-t-60-1", remote_path=str(folder), group="gpu_a",
-                   command="true", priority=5)
-    task = pueue.submit(spec)
-    tasks = json.loads(emulator(pueue.state, "status", "--json").stdout)["tasks"]
-    assert tasks[task]["priority"] == 5
+def test_a_poll_answer_cut_short_is_bad_output():
+    head = '@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 none\n'
+    assert parse_poll(head + "@@caseflow end\n", 1)[1] == [("none", None)]
+    with pytest.raises(BadOutput, match="ended early"):
+        parse_poll(head, 1)

@@ -305,6 +305,7 @@ class Engine:
         def probe():
             try:
                 host.transport.run(["true"], timeout=30)
+                host.backend.probe()  # and its queue answers (e.g. pueue's daemon runs)
             except HostError as exc:
                 self._host_problem(host, [], exc)
             except (TransientError, PermanentError) as exc:

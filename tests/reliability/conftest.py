@@ -1,9 +1,8 @@
-"""Shared by the reliability suites: a GPU host (real sshd, pueue emulator, a relay to cut it
+"""Shared by the reliability suites: a GPU host (real sshd, a real pueued, a relay to cut it
 off), and `caseflow run` as a real process that can be killed."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from harness import DEADLINE, wait_for
-from pueue_emulator import install, run as emulator, stop_tasks
+from pueue_daemon import PueueDaemon
 from sshd import Relay, SSHServer, transport_settings
 
 # The job of the reliability suites: checks that its case arrived whole (every file listed in
@@ -31,11 +30,13 @@ if [ -e exit_code ]; then exit "$(cat exit_code)"; fi
 
 
 class GpuHost:
-    """A real sshd with the pueue emulator first on its PATH, behind a relay."""
+    """A real sshd whose sessions find a real pueue (the test daemon's client) first on their
+    PATH, behind a relay."""
 
     def __init__(self, root: Path, version: str = "4.0.4"):
         self.server = SSHServer(root / "gpuhost").start()
-        self.state = install(self.server.bin, state_dir=root / "pueue-state", version=version)
+        self.pueue = PueueDaemon(root / "pueue", version).start()
+        (self.server.bin / "pueue").symlink_to(self.pueue.client)
         self.relay = Relay(self.server.port)
         self.known_hosts = self.server.write_known_hosts(root / "gpuhost" / "known_hosts_relay",
                                                          port=self.relay.port)
@@ -45,17 +46,19 @@ class GpuHost:
                                   known_hosts=str(self.known_hosts), **extra)
 
     def tasks(self) -> dict:
-        return json.loads(emulator(self.state, "status", "--json").stdout)["tasks"]
+        return self.pueue.tasks()
 
     def close(self) -> None:
-        stop_tasks(self.state)
+        self.pueue.close()
         self.relay.close()
         self.server.stop()
 
 
 @pytest.fixture
-def gpu_host(ws):
-    host = GpuHost(ws.root)
+def gpu_host(ws, request):
+    """pueue 4.0.4, or each version with @pytest.mark.parametrize("gpu_host", VERSIONS,
+    indirect=True)."""
+    host = GpuHost(ws.root, getattr(request, "param", "4.0.4"))
     yield host
     host.close()
 

@@ -1,6 +1,6 @@
-"""The crash suite: `caseflow run` (a real process, over the real sshd, pueue emulator) is
-SIGKILLed at random moments while 20 cases flow, and restarted, again and again. Then the
-invariants are checked from the store and from the remote side.
+"""The crash suite: `caseflow run` (a real process, over the real sshd, to real pueue 3.4.1
+and 4.0.4) is SIGKILLed at random moments while 20 cases flow, and restarted, again and again.
+Then the invariants are checked from the store and from the remote side.
 
 CASEFLOW_CRASH_KILLS (default 12, the CI size; the full run uses 60) and CASEFLOW_CRASH_SEED
 (default: random, printed) steer it:
@@ -18,6 +18,7 @@ import pytest
 
 from caseflow.spec import load_spec
 from harness import wait_for
+from pueue_daemon import VERSIONS
 from reliability.conftest import JOB, write_case
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -26,6 +27,7 @@ CASES = 20
 TERMINAL = ("success", "failure", "not_found")
 
 
+@pytest.mark.parametrize("gpu_host", VERSIONS, indirect=True)
 def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(ws, gpu_host, daemons):
     kills = int(os.environ.get("CASEFLOW_CRASH_KILLS", "12"))
     seed = int(os.environ.get("CASEFLOW_CRASH_SEED", random.randrange(1 << 30)))

@@ -1,7 +1,7 @@
 """The hostile-input suite: case folders with names and contents meant to break things, bad
 case.yaml files, a folder replaced by a file, a changed host key, careless permissions.
 
-`caseflow run` is a real process over the real sshd to the pueue emulator, run as root
+`caseflow run` is a real process over the real sshd to real pueue (4.0.4), run as root
 *without* the capabilities that let root read anything (so an unreadable file is unreadable),
 on a tmpfs (50,000 files are created and sent) with a 400 MB remote root (one case does not
 fit). Each case either runs correctly or fails with a reason naming its problem; no CANARY
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from harness import JOB, Workspace, wait_for
-from pueue_emulator import install, stop_tasks
+from pueue_daemon import PueueDaemon
 from sshd import SSHServer, transport_settings
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -55,14 +55,15 @@ def hostile(tmp_path):
     ws = Workspace(root)
     _mount(ws.remote, "400m")
     server = SSHServer(tmp_path / "gpuhost").start()
-    state = install(server.bin, state_dir=tmp_path / "pueue-state")
+    pueue = PueueDaemon(tmp_path / "pueue", "4.0.4").start()
+    (server.bin / "pueue").symlink_to(pueue.client)
     ws.write_config(transport=transport_settings(server, ws.remote),
                     backend={"kind": "pueue", "command": NAME_JOB + JOB.replace("{ctl}",
                                                                                  str(ws.ctl))},
                     stability={"quiet_seconds": 1.0, "rescan_seconds": 2},
                     groups={"gpu_a": {"slots": 4}, "gpu_b": {"slots": 1}})
     yield ws, server
-    stop_tasks(state)
+    pueue.close()
     server.stop()
     ws.close()
     subprocess.run(["umount", "-l", str(ws.remote)])

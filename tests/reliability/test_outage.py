@@ -1,6 +1,6 @@
 """The outage suite: the GPU host's sshd stops for a minute while cases upload and run; the
-remote disk fills; pueue's daemon restarts. Over the real sshd and the pueue emulator, with
-`caseflow run` as a real process.
+remote disk fills; pueue's daemon restarts. Over the real sshd to real pueue (the restart on
+3.4.1 and 4.0.4), with `caseflow run` as a real process.
 
 CASEFLOW_OUTAGE_SECONDS (default 60) sets how long the sshd stays down.
 """
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness import wait_for
-from pueue_emulator import run as emulator
+from pueue_daemon import VERSIONS, status_name
 from reliability.conftest import JOB, write_case
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -110,6 +110,7 @@ def test_a_full_remote_disk_fails_only_the_case_that_does_not_fit(ws, gpu_host, 
         subprocess.run(["umount", "-l", str(root)])
 
 
+@pytest.mark.parametrize("gpu_host", VERSIONS, indirect=True)
 def test_a_pueue_daemon_restart_mid_run_ends_cases_as_the_spec_says(ws, gpu_host, daemons):
     configure(ws, gpu_host)
     ws.write_config(groups={"gpu_a": {"slots": 1}})
@@ -117,18 +118,18 @@ def test_a_pueue_daemon_restart_mid_run_ends_cases_as_the_spec_says(ws, gpu_host
     d.wait_running()
     drop(ws, "killed", {"in.bin": b"x", "work": "600"})
     ws.wait_state("killed", "running")
-    wait_for(lambda: any(t["status"] == "Running" or "Running" in str(t["status"])
-                         for t in gpu_host.tasks().values()), what="the task to run")
+    wait_for(lambda: any(status_name(t) == "Running" for t in gpu_host.tasks().values()),
+             what="the task to run")
     # a task of another user waits behind it in the same group
-    emulator(gpu_host.state, "add", "-g", "gpu_a", "--", "true")
-    emulator(gpu_host.state, "_emulator", "restart")
+    gpu_host.pueue.run("add", "-g", "gpu_a", "--", "true", check=True)
+    gpu_host.pueue.stop()   # SIGTERM: pueued kills its tasks ...
+    gpu_host.pueue.start()  # ... and pauses the groups with queued tasks when it starts
     row = ws.wait_state("killed", *TERMINAL)
     assert row.state == "failure" and "killed" in row.reason.lower(), row.reason
-    wait_for(lambda: "gpu_a" in (ws.cli("status").stdout.split("PAUSED")[0]
-                                  if "PAUSED" in ws.cli("status").stdout else ""),
+    wait_for(lambda: "pueue group(s) gpu_a PAUSED" in ws.cli("status").stdout,
              what="status to report the paused group")
     drop(ws, "after", {"in.bin": b"y", "work": "0.1"})
     ws.wait_state("after", "running")  # submitted into the paused group: it waits there
-    emulator(gpu_host.state, "start", "-g", "gpu_a")
+    gpu_host.pueue.run("start", "-g", "gpu_a", check=True)
     assert ws.wait_state("after", *TERMINAL).state == "success"
     assert d.stop() == 0

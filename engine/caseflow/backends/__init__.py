@@ -58,6 +58,10 @@ class QueueBackend(ABC):
     def cancel(self, job: JobRef) -> None:
         """Stop the job; no error when it has already ended."""
 
+    def probe(self) -> None:
+        """Raise HostError (or TransientError) while the queue cannot take work although the
+        host answers; the engine asks this before it resumes a host whose work is paused."""
+
     def notice(self) -> str | None:
         """What the queue said last that a person should know (e.g. a paused group)."""
         return None

@@ -1,15 +1,25 @@
-"""The `pueue` backend: jobs go to the pueue daemon on the GPU host.
+"""The `pueue` backend: jobs go to the pueue daemon on the GPU host (pueue 3.x and 4.x).
 
-Every call is one `pueue` command through the transport (argument lists, quoted
-there). The contract (pueue 3.x and 4.x) is in shared/pueue/FORMAT.md:
+Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMAT.md.
 
-- Task ids are reused by pueue after `clean`/`remove`, so a task is the case's
-  only if its label matches; submit first looks for a task with the case's label
-  and adopts it (the daemon may have died between `pueue add` and the store's
-  commit), so a case never gets two tasks.
-- Polling is one `pueue status --json` for all running cases of the host.
-- A group that pueue paused (it does after its daemon restarts) is reported,
-  never waited on silently.
+- Task ids are reused by pueue after `clean`/`remove`/`reset`, so a task is the case's only if
+  its label matches; submit first looks for a task with the case's label and adopts it (the
+  daemon may have died between `pueue add` and the store's commit): a case never gets two tasks.
+- The task runs caseflow's wrapper `.caseflow/pueue-job.sh` (no case data in it) with the job's
+  command as its arguments. It records "LABEL PGID" in `.caseflow/pueue-job` when it starts and
+  "LABEL EXIT_CODE" in `.caseflow/pueue-exit` when the command ends. pueue starts every task as
+  the leader of its own process group, so a SIGKILLed pueued leaves its tasks running, and the
+  restarted daemon marks them Killed (or knows nothing of them when its state file was lost).
+  Then caseflow believes the records, not pueue: the case stays `running` ("pueue lost track of
+  the task; waiting for its processes to end") while any process of the group is alive, so its
+  GPU slot is not handed on, and ends by the exit code the job recorded.
+- Polling is one remote command for all running cases of the host: `pueue status --json`, then
+  one line per job from those records.
+- pueued not running is a problem of the host (HostError): no case fails, `caseflow status`
+  shows "pueue daemon not running", and work goes on when it answers again.
+- Groups are created with their parallel count (`group add NAME -p N`; 3.x creates groups
+  asynchronously, so caseflow waits until the group is listed) on first contact and again before
+  an `add` whenever the daemon lost them (a restart with its state file gone or unreadable).
 """
 
 from __future__ import annotations
@@ -18,87 +28,106 @@ import json
 import logging
 import re
 import shlex
+import time
 from typing import Sequence
 
-from ..errors import PermanentError, TransientError
-from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
+from ..errors import HostError, PermanentError, TransientError
+from . import NOT_FOUND, RUNNING, UNREADABLE, JobRef, JobSpec, JobStatus, QueueBackend
+from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_poll, parse_status,
+                           quote_start, status_name, task_outcome)
 
 log = logging.getLogger("caseflow.pueue")
 
-RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
+WRAPPER = ".caseflow/pueue-job.sh"
+
+# The task's command (the same for every case); its arguments: LABEL, then the job's argv.
+# pueue starts the task's shell as the leader of a new process group and the task's command
+# execs this script, so its $$ is the group's id.
+JOB_WRAPPER = r"""# caseflow's wrapper of a pueue task: runs its arguments after the label and records
+# the task's process group, then the exit code, in .caseflow/ (so that caseflow knows when
+# the job really ended even if the pueue daemon lost track of it)
+label=$1; shift
+printf '%s %s\n' "$label" "$$" > .caseflow/pueue-job.tmp &&
+  mv -f .caseflow/pueue-job.tmp .caseflow/pueue-job
+"$@"
+rc=$?
+printf '%s %s\n' "$label" "$rc" > .caseflow/pueue-exit.tmp &&
+  mv -f .caseflow/pueue-exit.tmp .caseflow/pueue-exit
+exit "$rc"
+"""
+
+# $1 = case folder, $2 = label, $3 = the wrapper's text, $4... = `env NAME=VALUE... pueue add ...`.
+# Prints "added ID", or "adopted ID" when this label's task was added before (its record).
+SUBMIT = r"""
+cd -- "$1" 2>/dev/null || { echo "case folder $1 is missing" >&2; exit 97; }
+label=$2; wrapper=$3; shift 3
+mkdir -p .caseflow || exit 98
+if [ -r .caseflow/pueue-task ] && read -r l id < .caseflow/pueue-task && [ "$l" = "$label" ]
+then echo "adopted $id"; exit 0
+fi
+rm -f .caseflow/pueue-job .caseflow/pueue-exit
+printf '%s' "$wrapper" > .caseflow/pueue-job.sh.tmp &&
+  mv -f .caseflow/pueue-job.sh.tmp .caseflow/pueue-job.sh || exit 98
+out=$("$@"); rc=$?
+if [ "$rc" -ne 0 ]; then printf '%s\n' "$out"; exit "$rc"; fi
+case $out in ''|*[!0-9]*) printf '%s\n' "$out"; exit 94 ;; esac
+printf '%s %s\n' "$label" "$out" > .caseflow/pueue-task.tmp &&
+  mv -f .caseflow/pueue-task.tmp .caseflow/pueue-task
+echo "added $out"
+"""
+
+# $1 = case folder, $2 = label: SIGKILL the job's process group if its record is this label's.
+KILL_GROUP = r"""
+[ -r "$1/.caseflow/pueue-job" ] && read -r l g < "$1/.caseflow/pueue-job" || exit 0
+[ "$l" = "$2" ] || exit 0
+case $g in ''|*[!0-9]*) exit 0 ;; esac
+kill -KILL -"$g" 2>/dev/null
+exit 0
+"""
+
+DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)")
+LOST = "pueue lost track of the task; waiting for its processes to end"
 
 
-class BadOutput(TransientError):
-    """pueue printed something caseflow cannot read. Often a truncated read after a
-    dropped connection, so it is retried a few times; then the case fails, quoting it."""
-    max_attempts = 3
-
-
-def _quote_start(text: str, n: int = 120) -> str:
-    text = text.strip().replace("\n", "\\n")
-    return repr(text[:n] + ("..." if len(text) > n else ""))
-
-
-def parse_status(text: str) -> dict:
-    """`pueue status --json` output → {"tasks": {id: task}, "groups": {...}}; BadOutput if not."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise BadOutput(f"pueue status printed something that is not JSON: "
-                        f"{_quote_start(text)}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or \
-            not isinstance(data.get("groups", {}), dict):
-        raise BadOutput(f"pueue status JSON has no tasks map: {_quote_start(text)}")
-    return data
-
-
-def task_outcome(task: dict) -> JobStatus:
-    """Map a task's status (3.x or 4.x encoding) to caseflow's outcome."""
-    status = task.get("status")
-    if isinstance(status, str):  # 3.x: "Queued", "Running", "Paused", "Locked"
-        name, body = status, None
-    elif isinstance(status, dict) and len(status) == 1:
-        name, body = next(iter(status.items()))
-    else:
-        raise BadOutput(f"unknown pueue task status {_quote_start(json.dumps(status))}")
-    if name in RUNNING_STATES:
-        return JobStatus(RUNNING, name.lower())
-    if name != "Done":
-        raise BadOutput(f"unknown pueue task status {name!r}")
-    result = body.get("result") if isinstance(body, dict) and "result" in body else body
-    if result == "Success":
-        return JobStatus(SUCCESS, "exit code 0", 0)
-    if isinstance(result, dict) and len(result) == 1:
-        kind, value = next(iter(result.items()))
-        if kind == "Failed" and isinstance(value, int):
-            return JobStatus(FAILURE, f"job exited with code {value}", value)
-        if kind == "FailedToSpawn":
-            return JobStatus(FAILURE, f"pueue could not start the job: {value}")
-    if result == "Killed":
-        return JobStatus(FAILURE, "killed (by pueue kill or a pueue daemon restart)")
-    if result == "Errored":
-        return JobStatus(FAILURE, "pueue reports the task as errored")
-    if result == "DependencyFailed":
-        return JobStatus(FAILURE, "a task it depended on failed")
-    raise BadOutput(f"unknown pueue result {_quote_start(json.dumps(result))}")
+class DaemonNotRunning(HostError):
+    """pueued does not answer on the host: its cases wait (none fails) and it is shown."""
 
 
 class PueueBackend(QueueBackend):
-    def __init__(self, transport, groups, pueue: str = "pueue", manage_groups: bool = True):
+    def __init__(self, transport, groups, pueue: str = "pueue", manage_groups: bool = True,
+                 sleep=time.sleep, clock=time.monotonic):
         self.transport = transport
         self.groups = {g.name: g.slots for g in groups}
         self.pueue = pueue
         self.manage_groups = manage_groups
         self.version: str | None = None
+        self.major = 0
         self._prepared_on: int | None = None  # the transport connection count it was done on
+        self._sleep, self._clock = sleep, clock
         self.paused_groups: set[str] = set()
+        self._counts: dict[str, int] = {}       # of caseflow's tasks: stashed, paused, lost
 
     # -- plumbing ------------------------------------------------------------------------
-    def _run(self, *args: str, env: dict | None = None):
-        argv = [self.pueue, *args]
-        if env:
-            argv = ["env", *(f"{k}={v}" for k, v in sorted(env.items())), *argv]
-        return self.transport.run(argv)
+    def _run(self, *args: str):
+        return self._checked(self.transport.run([self.pueue, *args]), args[0])
+
+    def _checked(self, res, what: str):
+        """`res`, unless it says that pueued is not running: then DaemonNotRunning."""
+        text = f"{res.stdout}\n{res.stderr}"
+        if res.returncode != 0 and DAEMON_DOWN.search(text):
+            lines = [ln.strip() for ln in text.splitlines()]
+            i = next(i for i, ln in enumerate(lines) if DAEMON_DOWN.search(ln))
+            words = re.sub(r"^\d+: ", "", lines[i]) + " " + (lines[i + 1] if i + 1 < len(lines)
+                                                              else "")
+            raise DaemonNotRunning(f"pueue daemon not running on {self.transport.name} "
+                                   f"(`pueue {what}`: {words.strip()[:200]}); its cases wait "
+                                   "until pueued answers")
+        return res
+
+    @staticmethod
+    def _error(res) -> str:
+        out = "\n".join(ln for ln in res.stdout.splitlines() if not ln.startswith("@@caseflow"))
+        return (res.stderr.strip() or out.strip())[:300]
 
     def _connection_id(self) -> int:
         return getattr(self.transport, "connects", 0)
@@ -107,54 +136,79 @@ class PueueBackend(QueueBackend):
         """Once per connection: detect pueue's version; create groups and set their slots."""
         if self._prepared_on == self._connection_id() and self.version:
             return
-        res = self._run("--version")
+        res = self.transport.run([self.pueue, "--version"])
         match = re.search(r"(\d+)\.(\d+)\.(\d+)", res.stdout)
         if res.returncode != 0 or not match:
             if res.returncode == 127 or "not found" in res.stderr:
                 raise PermanentError(f"pueue is not installed on {self.transport.name} "
                                      f"(`{self.pueue} --version`: {res.stderr.strip()[:200]})")
             raise TransientError(f"`pueue --version` failed on {self.transport.name}: "
-                                 f"{(res.stderr or res.stdout).strip()[:200]}")
-        self.version = match.group(0)
+                                 f"{self._error(res)}")
+        self.version, self.major = match.group(0), int(match.group(1))
         log.info("pueue %s on %s", self.version, self.transport.name)
         if self.manage_groups:
-            self._manage_groups()
+            self._manage_groups(self._groups())
         self._prepared_on = self._connection_id()
 
-    def _manage_groups(self) -> None:
+    def probe(self) -> None:
+        """The daemon answers (the engine asks this of a host whose work is paused)."""
+        self.prepare()
+        self._status()
+
+    def _groups(self) -> dict:
         res = self._run("group", "--json")
         try:
-            existing = json.loads(res.stdout) if res.returncode == 0 else None
+            groups = json.loads(res.stdout) if res.returncode == 0 else None
         except ValueError:
-            existing = None
-        if not isinstance(existing, dict):
-            existing = parse_status(self._run("status", "--json").stdout).get("groups", {})
+            groups = None
+        if not isinstance(groups, dict):  # before 3.2.0: no `group --json`
+            groups = self._status().get("groups", {})
+        return groups
+
+    def _manage_groups(self, existing: dict) -> None:
+        """Create the missing groups with their parallel count, set the count of the others."""
+        added = []
         for name, slots in self.groups.items():
-            if name not in existing:
-                res = self._run("group", "add", name)
+            current = existing.get(name)
+            if not isinstance(current, dict):
+                res = self._run("group", "add", name, "-p", str(slots))
                 if res.returncode != 0 and "already exists" not in res.stdout + res.stderr:
-                    raise TransientError(f"`pueue group add {name}` failed: "
-                                         f"{(res.stderr or res.stdout).strip()[:200]}")
-                log.info("created pueue group %s on %s", name, self.transport.name)
-            current = existing.get(name, {}).get("parallel_tasks")
-            if current != slots:
+                    raise TransientError(f"`pueue group add {name}` failed: {self._error(res)}")
+                log.info("created pueue group %s on %s (parallel tasks %s)", name,
+                         self.transport.name, slots)
+                added.append(name)
+            elif current.get("parallel_tasks") != slots:
                 res = self._run("parallel", str(slots), "-g", name)
                 if res.returncode != 0:
                     raise TransientError(f"`pueue parallel {slots} -g {name}` failed: "
-                                         f"{(res.stderr or res.stdout).strip()[:200]}")
+                                         f"{self._error(res)}")
                 log.info("pueue group %s on %s: parallel tasks %s -> %s", name,
-                         self.transport.name, current, slots)
+                         self.transport.name, current.get("parallel_tasks"), slots)
+        if added and self.major < 4:  # 3.x: `group add` only asks the daemon's task handler
+            deadline = self._clock() + 30
+            while not all(n in self._groups() for n in added):
+                if self._clock() > deadline:
+                    raise TransientError(f"pueue did not create the group(s) {added} on "
+                                         f"{self.transport.name} within 30 s")
+                self._sleep(0.05)
 
     def _status(self) -> dict:
         res = self._run("status", "--json")
         if res.returncode != 0:
             raise TransientError(f"`pueue status` failed on {self.transport.name} (exit "
-                                 f"{res.returncode}): {(res.stderr or res.stdout).strip()[:200]}")
-        data = parse_status(res.stdout)
-        self._note_groups(data.get("groups", {}))
-        return data
+                                 f"{res.returncode}): {self._error(res)}")
+        return parse_status(res.stdout)
 
-    def _note_groups(self, groups: dict) -> None:
+    def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | None]]]:
+        args = [a for j in jobs for a in (j.label, j.remote_path or "/nonexistent")]
+        res = self._checked(self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll",
+                                                self.pueue, *args]), "status")
+        if res.returncode != 0:
+            raise TransientError(f"`pueue status` failed on {self.transport.name} (exit "
+                                 f"{res.returncode}): {self._error(res)}")
+        return parse_poll(res.stdout, len(jobs))
+
+    def _note(self, groups: dict, counts: dict) -> None:
         paused = {name for name, g in groups.items()
                   if isinstance(g, dict) and g.get("status") == "Paused" and name in self.groups}
         for name in sorted(paused - self.paused_groups):
@@ -163,14 +217,24 @@ class PueueBackend(QueueBackend):
                         name, self.transport.name, name)
         for name in sorted(self.paused_groups - paused):
             log.info("pueue group %s on %s runs again", name, self.transport.name)
-        self.paused_groups = paused
+        self.paused_groups, self._counts = paused, counts
 
     def notice(self) -> str | None:
-        if not self.paused_groups:
-            return None
-        names = ", ".join(sorted(self.paused_groups))
-        return (f"pueue group(s) {names} PAUSED: queued tasks wait until `pueue start -g NAME` "
-                "(pueue pauses groups with queued tasks when its daemon restarts)")
+        parts = []
+        if self.paused_groups:
+            parts.append(f"pueue group(s) {', '.join(sorted(self.paused_groups))} PAUSED: queued "
+                         "tasks wait until `pueue start -g NAME` (pueue pauses groups with "
+                         "queued tasks when its daemon restarts)")
+        c = self._counts
+        if c.get("stashed"):
+            parts.append(f"{c['stashed']} task(s) STASHED in pueue: they wait for "
+                         "`pueue enqueue ID`")
+        if c.get("paused"):
+            parts.append(f"{c['paused']} task(s) PAUSED in pueue: they wait for `pueue start ID`")
+        if c.get("lost"):
+            parts.append(f"{c['lost']} job(s) that pueue lost track of: their slots stay held "
+                         "until their processes end")
+        return "; ".join(parts) or None
 
     @staticmethod
     def _find_label(tasks: dict, label: str) -> str | None:
@@ -182,62 +246,115 @@ class PueueBackend(QueueBackend):
     # -- the port ------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
         self.prepare()
-        adopted = self._find_label(self._status()["tasks"], job.label)
+        data = self._status()
+        adopted = self._find_label(data["tasks"], job.label)
         if adopted is not None:
             log.info("case %s: adopted pueue task %s (label %s) instead of adding another",
                      job.case_id, adopted, job.label)
             return adopted
-        command = job.command if isinstance(job.command, str) else shlex.join(job.command)
-        args = ["add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
-        if job.priority:
-            args += ["-o", str(job.priority)]
-        res = self._run(*args, "--", command, env=job.env)
-        task_id = res.stdout.strip()
-        if res.returncode == 0 and task_id.isdigit():
+        group = data.get("groups", {}).get(job.group)
+        if self.manage_groups and job.group in self.groups and \
+                (not isinstance(group, dict) or group.get("parallel_tasks") !=
+                 self.groups[job.group]):
+            log.warning("pueue on %s lost group %s or its parallel count (a restart without "
+                        "its state?): setting the groups up again", self.transport.name, job.group)
+            self._manage_groups(data.get("groups", {}))
+        argv = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
+        command = "exec " + shlex.join(["sh", WRAPPER, job.label, *argv])
+        add = [self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
+        if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
+            add.append(f"--priority={job.priority}")
+        env = [f"{k}={v}" for k, v in sorted(job.env.items())]
+        res = self._checked(self.transport.run(
+            ["sh", "-c", SUBMIT, "caseflow-pueue-add", job.remote_path, job.label, JOB_WRAPPER,
+             "env", *env, *add, "--", command]), "add")
+        last = res.stdout.strip().splitlines()[-1:] or [""]
+        verb, _, task_id = last[0].partition(" ")
+        if res.returncode == 0 and verb in ("added", "adopted") and task_id.isdigit():
+            if verb == "adopted":
+                log.warning("case %s: pueue no longer lists task %s (label %s) that caseflow "
+                            "added before; its records in the case folder decide", job.case_id,
+                            task_id, job.label)
             return task_id
-        message = (res.stderr.strip() or res.stdout.strip())[:300]
-        if res.returncode == 0:
-            raise BadOutput(f"`pueue add -p` printed no task id: {_quote_start(res.stdout)}")
+        message = self._error(res)
+        if res.returncode == 97:
+            raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
+        if res.returncode == 94:
+            raise BadOutput(f"`pueue add -p` printed no task id: {quote_start(res.stdout)}")
         if "doesn't exist" in message or "does not exist" in message or \
                 "No such file" in message or "working directory" in message.lower():
             raise PermanentError(f"pueue refused the job: {message}")
         raise TransientError(f"`pueue add` failed (exit {res.returncode}): {message}")
 
+    def _judge(self, job: JobRef, task, record: tuple[str, int | None]) -> JobStatus:
+        """The job's status from pueue's entry and the job's own records."""
+        procs, code = record
+        ours = isinstance(task, dict) and task.get("label") == job.label
+        if ours:
+            status = task_outcome(task)
+            if status_name(task) != "Done" or done_result(task) != "Killed":
+                return status
+            why = "pueue marked the task Killed when its daemon restarted"
+        else:
+            why = f"pueue no longer knows task {job.task_id}"
+        if procs == "alive":
+            return JobStatus(RUNNING, f"{LOST} ({why})")
+        if code is not None:
+            return by_exit_code(code, f"the job's own record; {why}")
+        if ours:
+            return status
+        return JobStatus(NOT_FOUND, f"pueue no longer knows task {job.task_id} with label "
+                                    f"{job.label} (cleaned, removed, reset, or the pueue state "
+                                    "was lost)")
+
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         if not jobs:
             return {}
         self.prepare()
-        data = self._status()
+        data, records = self._poll(jobs)
         tasks = data["tasks"]
+        paused = {name for name, g in data.get("groups", {}).items()
+                  if isinstance(g, dict) and g.get("status") == "Paused"}
         out: dict[int, JobStatus] = {}
-        for job in jobs:
+        counts = {"stashed": 0, "paused": 0, "lost": 0}
+        for job, record in zip(jobs, records):
             task = tasks.get(str(job.task_id))
-            if not isinstance(task, dict) or task.get("label") != job.label:
-                out[job.case_id] = JobStatus(
-                    NOT_FOUND, f"pueue no longer knows task {job.task_id} with label "
-                               f"{job.label} (cleaned, removed, or the pueue state was lost)")
-                continue
-            status = task_outcome(task)
-            group = task.get("group")
-            if status.outcome == RUNNING and group in self.paused_groups:
-                status = JobStatus(RUNNING, f"{status.detail}; pueue group {group} is PAUSED")
+            status = self._judge(job, task, record)
+            group = task.get("group") if isinstance(task, dict) else None
+            if status.outcome == RUNNING and status.detail.startswith(LOST):
+                counts["lost"] += 1
+            elif status.outcome == RUNNING:
+                if status.detail.startswith("stashed"):
+                    counts["stashed"] += 1
+                elif status.detail == "paused" and group not in paused:
+                    counts["paused"] += 1  # paused on its own (`pueue pause ID`)
+                if group in paused:
+                    status = JobStatus(RUNNING, f"{status.detail}; pueue group {group} is PAUSED")
             out[job.case_id] = status
+        self._note(data.get("groups", {}), counts)
         return out
 
     def cancel(self, job: JobRef) -> None:
         self.prepare()
-        tasks = self._status()["tasks"]
-        task = tasks.get(str(job.task_id))
-        if not isinstance(task, dict) or task.get("label") != job.label:
-            return  # not ours (any more): nothing to stop
-        outcome = task_outcome(task)
-        if outcome.outcome != RUNNING:
+        data, records = self._poll([job])
+        task = data["tasks"].get(str(job.task_id))
+        status = self._judge(job, task, records[0])
+        if status.outcome == UNREADABLE:  # it may run: stop it if pueue can
+            self._run("kill", str(job.task_id))
             return
-        verb = "kill" if outcome.detail in ("running", "paused") else "remove"
+        if status.outcome != RUNNING:
+            return  # ended (or not ours any more): nothing to stop
+        if status.detail.startswith(LOST):  # pueue cannot stop it: its process group is killed
+            res = self.transport.run(["sh", "-c", KILL_GROUP, "caseflow-pueue-kill",
+                                      job.remote_path, job.label])
+            if res.returncode != 0:
+                raise TransientError(f"killing the processes of {job.label} failed: "
+                                     f"{self._error(res)}")
+            return
+        verb = "kill" if status_name(task) in ("Running", "Paused") else "remove"
         res = self._run(verb, str(job.task_id))
         if res.returncode != 0:
-            raise TransientError(f"`pueue {verb} {job.task_id}` failed: "
-                                 f"{(res.stderr or res.stdout).strip()[:200]}")
+            raise TransientError(f"`pueue {verb} {job.task_id}` failed: {self._error(res)}")
 
     def job_log(self, job: JobRef) -> str | None:
         res = self._run("log", str(job.task_id), "--json", "--full")

@@ -1,0 +1,175 @@
+"""Reading pueue's answers: the task states of pueue 3.x and 4.x, and the poll, one remote
+command that prints `pueue status --json` and what the jobs' own records say (see pueue.py).
+
+What cannot be read about one task is that task's problem alone (UNREADABLE); only an answer
+that is not pueue's JSON at all, or that ended early, is a problem of the whole poll (BadOutput).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from ..errors import TransientError
+from . import FAILURE, RUNNING, SUCCESS, UNREADABLE, JobStatus
+
+RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
+
+# $1 = pueue client; $2 $3, $4 $5, ...: the label and case folder of every job asked about.
+# "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES": none (no start
+# record of this label), gone, or the process group id when `kill -0` finds the group; then
+# "@@caseflow live PGID" for each of those groups with a process that is not a zombie (`kill
+# -0` also finds zombies, which an init that reaps slowly, e.g. in a container, leaves for a
+# while), or "@@caseflow ps-failed"; then "@@caseflow exit N CODE" for each job's exit record.
+# The exit records are read last: a job seen gone has written its record before it ended.
+POLL = r"""
+p=$1; shift
+echo "@@caseflow status"
+"$p" status --json || exit "$?"
+n=0; groups=
+for a in "$@"; do
+  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
+  procs=none
+  if [ -r "$a/.caseflow/pueue-job" ] && read -r l g < "$a/.caseflow/pueue-job" &&
+      [ "$l" = "$label" ]; then
+    case $g in
+      ''|*[!0-9]*) ;;
+      *) procs=gone; if kill -0 -"$g" 2>/dev/null; then procs=$g; groups="$groups $g"; fi ;;
+    esac
+  fi
+  echo "@@caseflow job $((n / 2 - 1)) $procs"
+done
+if [ -n "$groups" ]; then
+  ps -A -o pgid= -o stat= > /dev/null 2>&1 || echo "@@caseflow ps-failed"
+  ps -A -o pgid= -o stat= 2>/dev/null | awk -v want="$groups" '
+    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) g[w[i]] = 1 }
+    ($1 in g) && $2 !~ /^Z/ { print "@@caseflow live " $1; delete g[$1] }'
+fi
+n=0
+for a in "$@"; do
+  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
+  if [ -r "$a/.caseflow/pueue-exit" ] && read -r l c < "$a/.caseflow/pueue-exit" &&
+      [ "$l" = "$label" ]; then
+    echo "@@caseflow exit $((n / 2 - 1)) $c"
+  fi
+done
+echo "@@caseflow end"
+"""
+
+
+class BadOutput(TransientError):
+    """pueue printed something caseflow cannot read. Often a truncated read after a
+    dropped connection, so it is retried a few times; then the case fails, quoting it."""
+    max_attempts = 3
+
+
+def quote_start(text: str, n: int = 120) -> str:
+    text = text.strip().replace("\n", "\\n")
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+def parse_status(text: str) -> dict:
+    """`pueue status --json` output → {"tasks": {id: task}, "groups": {...}}; BadOutput if not."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise BadOutput(f"pueue status printed something that is not JSON: "
+                        f"{quote_start(text)}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or \
+            not isinstance(data.get("groups", {}), dict):
+        raise BadOutput(f"pueue status JSON has no tasks map: {quote_start(text)}")
+    return data
+
+
+def status_name(task: dict) -> str | None:
+    """The name of a task's status in either encoding (3.x "Running", 4.x {"Running": {...}})."""
+    status = task.get("status")
+    if isinstance(status, str):
+        return status
+    if isinstance(status, dict) and len(status) == 1:
+        return next(iter(status))
+    return None
+
+
+def done_result(task: dict):
+    """The result of a Done task in either encoding: "Success", {"Failed": 3}, "Killed", ..."""
+    body = task["status"]["Done"]
+    return body.get("result") if isinstance(body, dict) and "result" in body else body
+
+
+def _unreadable(task: dict, what) -> JobStatus:
+    return JobStatus(UNREADABLE, f"pueue reports task {task.get('id')} in a form caseflow does "
+                                 f"not know: {quote_start(json.dumps(what))}")
+
+
+def task_outcome(task: dict) -> JobStatus:
+    """Map a task's status (3.x or 4.x encoding) to caseflow's outcome; UNREADABLE (for this
+    task alone) when pueue says something caseflow does not know."""
+    name = status_name(task)
+    if name in RUNNING_STATES:
+        body = task["status"].get(name) if isinstance(task["status"], dict) else None
+        if name == "Stashed" and isinstance(body, dict) and body.get("enqueue_at"):
+            return JobStatus(RUNNING, f"stashed until {body['enqueue_at']}")
+        return JobStatus(RUNNING, name.lower())
+    if name != "Done":
+        return _unreadable(task, task.get("status"))
+    result = done_result(task)
+    if result == "Success":
+        return JobStatus(SUCCESS, "exit code 0", 0)
+    if isinstance(result, dict) and len(result) == 1:
+        kind, value = next(iter(result.items()))
+        if kind == "Failed" and isinstance(value, int):
+            return JobStatus(FAILURE, f"job exited with code {value}", value)
+        if kind == "FailedToSpawn":
+            return JobStatus(FAILURE, f"pueue could not start the job: {value}")
+    if result == "Killed":
+        return JobStatus(FAILURE, "killed (by pueue kill, pueue reset or a pueue daemon "
+                                  "restart)")
+    if result == "Errored":
+        return JobStatus(FAILURE, "pueue reports the task as errored")
+    if result == "DependencyFailed":
+        return JobStatus(FAILURE, "a task it depended on failed")
+    return _unreadable(task, result)
+
+
+def by_exit_code(code: int, why: str) -> JobStatus:
+    if code == 0:
+        return JobStatus(SUCCESS, f"exit code 0 ({why})", 0)
+    return JobStatus(FAILURE, f"job exited with code {code} ({why})", code)
+
+
+def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]]]:
+    """The POLL script's output → (pueue's status, per job (processes, recorded exit code));
+    BadOutput when pueue's part cannot be read or the answer ended early."""
+    lines = text.split("\n")
+    if "@@caseflow status" not in lines:
+        raise BadOutput(f"pueue status printed something that is not JSON: {quote_start(text)}")
+    i = lines.index("@@caseflow status") + 1
+    body = []
+    while i < len(lines) and not lines[i].startswith("@@caseflow "):
+        body.append(lines[i])
+        i += 1
+    data = parse_status("\n".join(body))
+    procs: dict[int, str] = {}
+    codes: dict[int, int] = {}
+    live, ps_failed, ended = set(), False, False
+    for line in lines[i:]:
+        parts = line.split()
+        if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
+            procs[int(parts[2])] = parts[3]
+        elif len(parts) == 4 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit() \
+                and re.fullmatch(r"-?\d+", parts[3]):
+            codes[int(parts[2])] = int(parts[3])
+        elif len(parts) == 3 and parts[:2] == ["@@caseflow", "live"]:
+            live.add(parts[2])
+        ps_failed = ps_failed or line == "@@caseflow ps-failed"
+        ended = ended or line == "@@caseflow end"
+    if not ended:
+        raise BadOutput(f"the answer to the poll ended early: {quote_start(text[-120:])}")
+    records = []
+    for n in range(count):
+        seen = procs.get(n, "none")
+        if seen.isdigit():  # `kill -0` found the group: alive unless all of it are zombies
+            seen = "alive" if ps_failed or seen in live else "gone"
+        records.append((seen, codes.get(n)))
+    return data, records
