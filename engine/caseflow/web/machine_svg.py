@@ -109,7 +109,7 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
         if (src, dst) in back:  # under everything, from the bottom of one to the other's
             x1, y1, x2, y2 = sx + W / 2 + 8, sy + H, dx + W / 2 - 8, dy + H
             path = f"M{x1},{y1} C{x1},{below} {x2},{below} {x2},{y2}"
-            lx, ly = (x1 + x2) / 2, below - 4
+            lx, ly = (x1 + x2) / 2, (y1 + 6 * below + y2) / 8 - 4  # the curve's middle
             below += 18
             cls += " back"
         elif sr == dr and dc == sc + 1:
@@ -119,7 +119,7 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
         else:
             x1, y1, x2, y2 = sx + W / 2, sy + H, dx, dy + H / 2
             path = f"M{x1},{y1} C{x1},{y2} {x2 - GAP_X},{y2} {x2},{y2}"
-            lx, ly = (x1 + x2) / 2, y2 - 6
+            lx, ly = (4 * x1 + 4 * x2 - 3 * GAP_X) / 8, (y1 + 7 * y2) / 8 - 6
         many = fan[(label, dst)] >= FAN_IN
         if many:
             cls += " fan"

@@ -61,6 +61,7 @@ def page(title: str, body: str, now: float, kind: str, current: str = "/") -> st
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)} · caseflow</title>"
             "<link rel=\"stylesheet\" href=\"/static/style.css\">"
+            "<link rel=\"icon\" href=\"/static/favicon.svg\" type=\"image/svg+xml\">"
             "<script src=\"/static/app.js\" defer></script></head>"
             f"<body data-page=\"{kind}\"><a class=\"skip\" href=\"#main\">Skip to content</a>"
             f"<header><p class=\"brand\">caseflow</p><nav aria-label=\"Main\">{nav}</nav>"
