@@ -80,11 +80,22 @@ class StatusReader:
         return self._store._conn().execute(sql, params).fetchall()
 
     # -- counts --------------------------------------------------------------------------
-    def counts(self) -> list[Count]:
+    def counts(self, states: Sequence[str] | None = None) -> list[Count]:
+        """Cases per state and group, of `states` (found by the state index: quick for the
+        active ones) or of every state (a scan: 25 ms with 10,000 cases on a loaded machine)."""
+        where, params = "", []
+        if states is not None:
+            where, params = f" WHERE state IN ({','.join('?' * len(states))})", list(states)
         with self.lock:
             rows = self._rows("SELECT state, grp, COUNT(*), SUM(last_error IS NOT NULL)"
-                              " FROM cases GROUP BY state, grp ORDER BY state, grp")
+                              f" FROM cases{where} GROUP BY state, grp ORDER BY state, grp",
+                              params)
         return [Count(s, g, n, r or 0) for s, g, n, r in rows]
+
+    def state_counts(self) -> dict[str, int]:
+        """Cases per state, from the state index alone (no row is read)."""
+        with self.lock:
+            return dict(self._rows("SELECT state, COUNT(*) FROM cases GROUP BY state"))
 
     def oldest_waiting(self, state: str) -> list[tuple[str | None, float]]:
         """(group, the earliest last change) of the cases in `state`, per group: for a
@@ -106,8 +117,8 @@ class StatusReader:
     def page(self, states: Sequence[str] | None = None, search: str | None = None,
              offset: int = 0, limit: int = 50,
              active_first: Sequence[str] | None = None) -> tuple[int, list[CaseRow]]:
-        """(how many cases match, one page of them): newest first, or with `active_first`
-        (the terminal states) the active ones oldest first, then the ended ones newest first."""
+        """(how many cases match, one page of them), newest first; with `active_first` (the
+        terminal states) the active ones oldest first, then the ended ones newest first."""
         where, params = [], []
         if states:
             where.append(f"c.state IN ({','.join('?' * len(states))})")
@@ -115,18 +126,33 @@ class StatusReader:
         if search:
             where.append("c.name LIKE ? ESCAPE '\\'")
             params.append(like_pattern(search))
-        clause = (" WHERE " + " AND ".join(where)) if where else ""
-        order = " ORDER BY c.id DESC"
-        order_params: list = []
-        if active_first:
-            marks = ",".join("?" * len(active_first))
-            order = (f" ORDER BY c.state IN ({marks}), CASE WHEN c.state IN ({marks})"
-                     " THEN -c.id ELSE c.id END")
-            order_params = [*active_first, *active_first]
         with self.lock:
-            total = self._rows("SELECT COUNT(*) FROM cases c" + clause, params)[0][0]
-            rows = self._rows(_CASE_SELECT + clause + order + " LIMIT ? OFFSET ?",
-                              [*params, *order_params, limit, offset])
+            if not active_first:
+                return self._slice(where, params, "c.id DESC", offset, limit)
+            # two queries that each stop after a page (one sort of every case took 60 ms
+            # with 10,000 of them): the active ones by the state index, then the ended ones
+            marks = ",".join("?" * len(active_first))
+            active_total, active = self._slice(where + [f"c.state NOT IN ({marks})"],
+                                               params + list(active_first), "c.id",
+                                               offset, limit)
+            ended_total, ended = self._slice(where + [f"c.state IN ({marks})"],
+                                             params + list(active_first), "c.id DESC",
+                                             max(0, offset - active_total), limit - len(active),
+                                             by_id=True)
+        return active_total + ended_total, active + ended
+
+    def _slice(self, where: list[str], params: list, order: str, offset: int,
+               limit: int, by_id: bool = False) -> tuple[int, list[CaseRow]]:
+        """How many match (counted by the state index) and one page of them; `by_id`: the
+        page read along the ids, not the state index (which would sort every ended case)."""
+        clause = (" WHERE " + " AND ".join(where)) if where else ""
+        total = self._rows("SELECT COUNT(*) FROM cases c" + clause, params)[0][0]
+        if limit <= 0:
+            return total, []
+        if by_id:
+            clause = clause.replace("c.state IN", "+c.state IN")
+        rows = self._rows(_CASE_SELECT + clause + f" ORDER BY {order} LIMIT ? OFFSET ?",
+                          [*params, limit, offset])
         return total, [CaseRow(*r) for r in rows]
 
     def case(self, case_id: int) -> CaseRow | None:

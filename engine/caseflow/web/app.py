@@ -26,7 +26,8 @@ MAX_PER_PAGE = 1000   # per JSON page
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 API = {
-    "/api/summary": "cases per state and per group and state, the hosts (refreshed by the page)",
+    "/api/summary": "cases per state; per group of the active states; the hosts and their "
+                    "slots per group (the page asks for it every second)",
     "/api/cases": "cases as `caseflow status --json` lists them, a page at a time: ?state=S "
                   "&q=TEXT (name contains) &page=N &per_page=N (at most 1000) "
                   "&order=active (active ones oldest first, then ended ones newest first)",
@@ -147,11 +148,13 @@ class App:
         return state, search, number, per_page, pages_count, total, rows
 
     def counts(self) -> tuple[dict[str, int], dict[str, dict[str, int]], int]:
+        """Cases per state; per group and state of the active states (what waits and runs
+        where); how many of them wait out a backoff. Quick: the page asks every second."""
         states = {s: 0 for s in self.spec.state_names}
+        states.update(self.reader.state_counts())
         groups: dict[str, dict[str, int]] = {}
         retrying = 0
-        for c in self.reader.counts():
-            states[c.state] = states.get(c.state, 0) + c.cases
+        for c in self.reader.counts(self.spec.active_states):
             per = groups.setdefault(c.group or "", {})
             per[c.state] = per.get(c.state, 0) + c.cases
             retrying += c.retrying

@@ -139,6 +139,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request, client_address):
+        # a browser that went to another page while an answer was on its way: not news
+        log.debug("status page: a request from %s ended early", client_address, exc_info=True)
+
 
 class StatusServer:
     """The status page and /metrics of one daemon."""
