@@ -97,9 +97,12 @@ def gave_up(step: str) -> None:
     GIVE_UPS.labels(step).inc()
 
 
-def declare_hosts(config) -> None:
-    """Every configured host's series exist from the start (at 0), so rates and alerts see
-    them before the first event."""
+def declare(config, spec) -> None:
+    """Every configured host's and every step's series exist from the start (at 0), so that
+    rates and alerts (`increase(...) > 0`) see the first event."""
+    for step in [*spec.triggers, "poll"]:
+        FAILED_ATTEMPTS.labels(step)
+        GIVE_UPS.labels(step)
     for h in config.hosts:
         if h.transport.kind == "ssh":
             for counter in (SSH_COMMANDS, SSH_ERRORS, SSH_CONNECTS):
@@ -121,7 +124,10 @@ class StoreCollector:
         self.clock = clock
         self._lock = threading.Lock()
         self._history_seen = 0
-        self._transitions: dict[tuple[str, str], int] = {}
+        # every move of the spec from the start, at 0 (see declare)
+        self._transitions: dict[tuple[str, str], int] = {("detect", spec.initial): 0}
+        for t in spec.transitions:
+            self._transitions[(t.trigger, t.dest)] = 0
 
     def describe(self):
         return []  # nothing to check at registration; names are fixed below

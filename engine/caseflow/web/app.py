@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
 
 from .. import metrics
 from ..case_model import job_log_path
@@ -23,6 +23,9 @@ from . import machine_svg, pages
 
 PER_PAGE = 50         # cases per HTML page
 MAX_PER_PAGE = 1000   # per JSON page
+# the classic text format, which every Prometheus 2.x reads (Debian 12 has 2.42); newer
+# prometheus_client announce version 1.0.0, whose only change is UTF-8 names (not ours)
+METRICS_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", CONTENT_TYPE_LATEST)
 STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
 API = {
@@ -69,7 +72,7 @@ class App:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(metrics.StoreCollector(self.reader, spec, config, engine, clock))
         self.registry.register(_Forward(metrics.REGISTRY))
-        metrics.declare_hosts(config)
+        metrics.declare(config, spec)
 
     def close(self) -> None:
         self.reader.close()
@@ -100,7 +103,7 @@ class App:
                 hosts, groups, slots = self.hosts_data(now)
                 return self.json({"hosts": hosts, "groups": groups, "slots": slots})
             if path == "/metrics":
-                return Response(200, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+                return Response(200, generate_latest(self.registry), METRICS_TYPE)
             if m := re.fullmatch(r"/static/([A-Za-z0-9_-]+\.[a-z]+)", path):
                 if m.group(1) in self.static:
                     body, kind = self.static[m.group(1)]
