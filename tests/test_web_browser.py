@@ -216,3 +216,42 @@ def test_first_paint_with_10000_cases(ws, browser_page, tmp_path):
               f"{f['first_byte']:.0f} ms, DOM ready {f['dom']:.0f} ms, load {f['load']:.0f} ms, "
               f"{f['bytes']} bytes; load average {os.getloadavg()[0]:.1f})")
     assert all(f["paint"] < 5000 for f in figures.values()), figures
+
+
+def test_a_busy_overview(ws, browser_page, tmp_path):
+    """The picture in docs/status-page.md: cases in most states at once, the diagram's
+    numbers those of the store. ($CASEFLOW_SCREENSHOTS=docs writes docs/status-page.png.)"""
+    import threading
+    fill_cases(ws.database, 40, name="done-{i:02d}")
+    fill_cases(ws.database, 3, state="failure", name="broken-{i}", reason="job exited with code 2")
+    ws.write_config(web=WEB, stability={"quiet_seconds": 2, "rescan_seconds": 5})
+    url = ws.start().web.url
+    for i in range(4):
+        ws.drop_case(f"sim-{i}", hold="busy")          # gpu_a has 2 slots: 2 run, 2 wait
+    ws.drop_case("render", group="gpu_b", hold="busy")  # gpu_b has 1
+    copying = ws.inbox / "still-copying"
+    copying.mkdir()
+    stop = threading.Event()
+
+    def keep_writing():  # a copy in progress: never quiet, so it stays detected
+        n = 0
+        while not stop.is_set():
+            (copying / f"part-{n % 5}").write_bytes(b"z" * 1000)
+            n += 1
+            stop.wait(0.2)
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        expected = {"detected": 1, "queued": 2, "running": 3, "success": 40, "failure": 3}
+        wait_for(lambda: all(sum(r.state == s for r in ws.cases()) == n
+                             for s, n in expected.items()), what="the scene")
+        page = browser_page
+        page.goto(url)
+        wait_for(lambda: {s: n for s, n in counts(page).items() if n} == expected,
+                 what="the diagram to show the scene")
+        shot(page, tmp_path, "page")
+    finally:
+        stop.set()
+        writer.join()
+        ws.release("busy")
+    assert not page.script_errors

@@ -106,7 +106,7 @@ def case_rows(rows: list[CaseRow], now: float) -> str:
                    f'<td class="name"><a href="/cases/{r.id}">{esc(r.name)}</a></td>'
                    f'<td class="state s-{esc(r.state)}">{esc(state_text(r))}</td>'
                    f'<td>{esc(r.grp)}</td><td>{esc(r.slot_host or r.host)}</td>'
-                   f'<td>{slot}</td><td>{age(now - r.created_at)}</td>'
+                   f'<td>{slot}</td><td class="age">{age(now - r.created_at)}</td>'
                    f'<td class="reason">{esc(reason_text(r))}</td></tr>')
     return "".join(out)
 

@@ -82,7 +82,7 @@
     const slot = c.slot === null ? "–" : c.slot + (c.device ? " (device " + show(c.device) + ")" : "");
     tr.append(id, name, el("td", show(stateText(c)), "state s-" + c.state.replace(/[^a-z_]/g, "")),
       el("td", show(c.group)), el("td", show(c.host)), el("td", slot),
-      el("td", age((now - Date.parse(c.created_at)) / 1000)),
+      el("td", age((now - Date.parse(c.created_at)) / 1000), "age"),
       el("td", show(reasonText(c)), "reason"));
     return tr;
   }
