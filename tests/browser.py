@@ -51,5 +51,7 @@ def browser_page(chromium):
         dialog.dismiss()
     page.on("dialog", on_dialog)
     page.on("pageerror", lambda exc: page.script_errors.append(str(exc)))
+    page.requests = []  # every address the page asked for (all must be the status page's)
+    page.on("request", lambda request: page.requests.append(request.url))
     yield page
     context.close()

@@ -186,7 +186,8 @@ def _exported(text: str) -> set[str]:
     return names
 
 
-def test_the_dashboard_the_rules_and_the_docs_name_real_metrics(ws):
+def test_the_dashboard_the_rules_and_the_docs_name_real_metrics(ssh_ws):
+    ws = ssh_ws  # a host over SSH: its series exist from the start
     ws.write_config(web=WEB)
     exported = _exported(scrape(ws.start().web.url))
     dashboard = json.loads(DASHBOARD.read_text())

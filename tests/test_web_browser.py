@@ -83,6 +83,11 @@ def test_a_case_moves_across_the_live_diagram(site, browser_page, tmp_path):
     assert ["detected"] in seen and ["running"] in seen, seen
     assert page.locator("#recent tbody tr").count() == 2
     assert not page.script_errors and not page.dialogs
+    # nothing from the internet: the page, its script, style and icon, and its JSON
+    assert page.requests and all(u.startswith(url) for u in page.requests), page.requests
+    assert {u.split("?")[0][len(url) - 1:] for u in page.requests} == {
+        "/", "/static/style.css", "/static/app.js", "/static/favicon.svg", "/api/summary",
+        "/api/cases"}
 
 
 def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
