@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import DEADLINE, wait_for
-from sshd import free_port, transport_settings
+from sshd import free_port
 from webtools import WEB, get_json, request
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from browser import browser_page, chromium  # noqa: F401 (fixtures)
+from browser import browser_page, chromium  # noqa: F401,F811 (fixtures the tests take by name)
 from caseflow.views import printable
 from harness import DEADLINE, wait_for
 from webtools import WEB, fill_cases
