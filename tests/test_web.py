@@ -5,6 +5,7 @@ the token and the Host check; config mistakes; a stuck client never holds up the
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import time
@@ -187,11 +188,13 @@ def test_only_loopback_names_on_a_loopback_address(site):
     ({"listen": "8765"}, "web.listen: expected an address and port"),
     ({"listen": "127.0.0.1:99999"}, "web.listen: expected an address and port"),
     ({"listen": "127.0.0.1:8765", "token_file": "missing"}, "web.token_file: cannot read"),
-    ({"listen": "127.0.0.1:8765", "token_file": "short"}, "at least 16 characters"),
+    ({"listen": "127.0.0.1:8765", "token_file": "short"}, "at least 16 letters"),
+    ({"listen": "127.0.0.1:8765", "token_file": "spaced"}, "at least 16 letters"),
     ({"listen": "127.0.0.1:8765", "colour": "red"}, "web.colour: unknown key"),
 ])
 def test_config_mistakes_name_the_key_and_touch_nothing(ws, settings, words):
     (ws.root / "short").write_text("abc\n")
+    (ws.root / "spaced").write_text("a token; with spaces and a semicolon\n")
     ws.write_config(web=settings)
     proc = ws.cli("run", timeout=DEADLINE)
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr
@@ -239,3 +242,26 @@ def test_the_overview_counts_and_the_summary_agree(site):
     assert '<td class="num" id="n-failure">4</td>' in html
     assert {s.name for s in load_spec().states} <= {
         part.split('"')[0] for part in html.split('id="state-')[1:]}
+
+
+def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
+    """Work on the host paused (as the engine records it: a problem with its time)."""
+    ws, url = site
+    since = time.time() - 1200
+    ws.store.set_host_problem("local", "authentication failed <b>(check the key)</b>", since)
+    ws.store.set_host_notice("local", "pueue group gpu_a is paused", since)
+    hosts = get_json(url, "/api/hosts")["hosts"]
+    assert hosts == [{"name": "local", "transport": "local", "backend": "direct",
+                      "status": "paused", "problem": "authentication failed <b>(check the key)</b>",
+                      "paused_since": hosts[0]["paused_since"],
+                      "notice": "pueue group gpu_a is paused", "probing": False}]
+    assert hosts[0]["paused_since"].endswith("Z")
+    for path in ("/", "/hosts"):
+        html = request(url, path)[2].decode()
+        assert "authentication failed &lt;b&gt;(check the key)&lt;/b&gt;" in html
+        assert "<b>(check" not in html and "pueue group gpu_a is paused" in html
+    text = request(url, "/metrics")[2].decode()
+    assert 'caseflow_host_paused{host="local"} 1.0' in text
+    paused_for = float(re.search(r'caseflow_host_paused_seconds\{host="local"\} (\S+)',
+                                 text).group(1))
+    assert 1190 < paused_for < 1200 + DEADLINE

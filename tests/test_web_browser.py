@@ -112,8 +112,11 @@ def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
     assert results and page.get_by_text(results).count() >= 1
     shot(page, tmp_path, "case")
     page.goto(f"{url}hosts")
+    wait_for(lambda: page.locator("#live").inner_text() == "· live", what="a live refresh")
     assert page.locator("#hosts tbody tr").count() == 1
+    assert page.locator("#hosts tbody td").nth(1).inner_text() == "up"
     assert page.locator("#groups tbody tr").count() == 2
+    assert page.locator("#slots tbody tr").count() == 3
     shot(page, tmp_path, "hosts")
     page.goto(f"{url}cases?state=failure")
     assert page.locator("#cases tbody tr").count() == 1

@@ -409,9 +409,10 @@ def _read_web(top: _Reader, base: Path) -> WebConfig | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise wr.error("token_file", f"cannot read {token_file}: "
                                          f"{getattr(exc, 'strerror', None) or exc}") from exc
-        if len(text) < 16 or any(c.isspace() for c in text):
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", text):  # also a valid cookie value
             raise wr.error("token_file", f"{token_file} must hold one token of at least 16 "
-                                         "characters without spaces (e.g. `openssl rand -hex 32`)")
+                                         "letters, digits or -._~+/= (e.g. `openssl rand -hex "
+                                         "32`)")
     return WebConfig(host=host, port=int(port), token_file=token_file)
 
 

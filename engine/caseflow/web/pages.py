@@ -236,7 +236,8 @@ def hosts_page(hosts: list[dict], groups: list[dict], slots: list[dict], now: fl
     host_rows = "".join(
         f'<tr><th scope="row">{esc(h["name"])}</th><td>{esc(h["transport"])} / '
         f'{esc(h["backend"])}</td><td class="host-{esc(h["status"])}">{esc(h["status"])}</td>'
-        f'<td>{esc(h["paused_since"])}</td><td>{esc(h["problem"] or h["notice"])}</td></tr>'
+        f'<td>{esc(h["paused_since"])}</td>'
+        f'<td>{esc(" · ".join(t for t in (h["problem"], h["notice"]) if t) or None)}</td></tr>'
         for h in hosts)
     group_rows = "".join(
         f'<tr><td>{esc(g["host"])}</td><td>{esc(g["group"])}</td><td class="num">'

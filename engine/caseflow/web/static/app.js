@@ -179,7 +179,37 @@
     return null;
   }
 
-  const refresh = { overview: overview, cases: cases, case: oneCase }[kind];
+  function cells(values) {
+    const tr = el("tr");
+    for (const [v, cls] of values) tr.appendChild(el("td", v, cls));
+    return tr;
+  }
+  async function hosts() {
+    const h = await getJSON("/api/hosts");
+    document.querySelector("#hosts tbody").replaceChildren(...h.hosts.map((x) => {
+      const tr = cells([[show(x.transport) + " / " + show(x.backend)],
+        [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [show(x.paused_since)],
+        [show([x.problem, x.notice].filter((t) => t).join(" · ") || null)]]);
+      const th = el("th", show(x.name));
+      th.scope = "row";
+      tr.prepend(th);
+      return tr;
+    }));
+    document.querySelector("#groups tbody").replaceChildren(...h.groups.map((g) => cells(
+      [[show(g.host)], [show(g.group)], [String(g.in_use), "num"], [String(g.free), "num"],
+       [String(g.slots), "num"]])));
+    document.querySelector("#slots tbody").replaceChildren(...h.slots.map((s) => {
+      const tr = cells([[show(s.host)], [show(s.group)], [String(s.slot), "num"],
+        [show(s.device)], [s.case_id === null ? "free" : ""], [show(s.case_state)],
+        [s.retired ? "retired" : ""]]);
+      if (s.case_id !== null)
+        tr.children[4].appendChild(caseLink(s.case_id, s.case_id + " " + show(s.case_name)));
+      return tr;
+    }));
+    return null;
+  }
+
+  const refresh = { overview: overview, cases: cases, case: oneCase, hosts: hosts }[kind];
   if (!refresh) return;
   const live = document.getElementById("live");
   const updated = document.getElementById("updated");
