@@ -14,7 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from . import casefolder
+from . import casefolder, metrics
 from .backends import NOT_FOUND, JobRef, JobSpec
 from .errors import PermanentError
 from .store import CaseRow
@@ -135,8 +135,11 @@ class Case:
                 last[0] = now
                 eng.store.set_progress(row.id, sent, total)
 
+        started = time.monotonic()
         uploaded = host.transport.upload_dir(Path(row.local_path), remote, manifest,
                                              progress=progress)
+        if uploaded:
+            metrics.uploaded(host.name, manifest.size_bytes, time.monotonic() - started)
         self.changes.update(remote_path=remote, host=host.name,
                             file_count=manifest.file_count, size_bytes=manifest.size_bytes)
         event.kwargs.setdefault("detail", f"{manifest.file_count} files, {manifest.size_bytes} "

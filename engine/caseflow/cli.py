@@ -11,7 +11,6 @@ import json
 import logging
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from . import __version__
@@ -23,47 +22,13 @@ from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
 from .spec import load_spec
 from .store import CaseRow, Store
+from .views import case_detail, case_json, iso as _iso, printable, slot_json
 
 log = logging.getLogger("caseflow")
 
 
 class UsageError(CaseflowError):
     pass
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
-
-
-def printable(text: str | None) -> str:
-    """A name as it can be shown on one terminal line (control characters escaped)."""
-    if text is None:
-        return "-"
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-def case_json(row: CaseRow) -> dict:
-    return {"id": row.id, "name": row.name, "state": row.state, "group": row.grp,
-            "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
-            "host": row.slot_host or row.host, "remote_path": row.remote_path, "local_path": row.local_path,
-            "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
-            "failing_since": _iso(row.failing_since),
-            "run": row.run, "priority": row.priority, "request": row.request,
-            "file_count": row.file_count,
-            "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
-            "queue_status": row.queue_status,
-            "exit_code": row.exit_code,
-            "job_outcome": row.job_outcome,
-            "results": row.results_path if row.results_fetched else None,
-            "wrapup": "pending" if row.wrapup else None,
-            "wrapup_note": row.wrapup_note,
-            "size_bytes": row.size_bytes, "next_attempt_at": _iso(row.next_attempt_at),
-            "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
 
 
 def _progress(row: CaseRow) -> str:
@@ -115,6 +80,11 @@ def cmd_status(args) -> int:
     if args.state and args.state not in spec.state_names:
         raise UsageError(f"--state: unknown state {args.state!r}; states: "
                          + ", ".join(spec.state_names))
+    if args.watch:
+        if args.json:
+            raise UsageError("--watch redraws the table; it cannot be combined with --json")
+        from .watch import watch
+        return watch(store, spec, args.state)
     rows = store.cases([args.state] if args.state else None)
     if not args.json:
         for name, problem, since in store.host_problems():
@@ -127,6 +97,12 @@ def cmd_status(args) -> int:
     if not rows:
         print("no cases")
         return 0
+    print(status_table(rows))
+    return 0
+
+
+def status_table(rows: list[CaseRow]) -> str:
+    """The table `caseflow status` prints (and `--watch` redraws)."""
     table = [[str(r.id), printable(r.name), r.state + _progress(r) +
               (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
               (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
@@ -138,9 +114,8 @@ def cmd_status(args) -> int:
                                      f"({r.attempts} attempts): {r.last_error}"
                                      if r.last_error else None))]
              for r in rows]
-    print(_table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
-                 table))
-    return 0
+    return _table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+                  table)
 
 
 def cmd_show(args) -> int:
@@ -148,11 +123,7 @@ def cmd_show(args) -> int:
     row = resolve(store, args.case)
     history = store.history(row.id)
     if args.json:
-        out = case_json(row)
-        log_file = job_log_path(config.database, row)
-        out["job_log"] = str(log_file) if log_file.exists() else None
-        out["history"] = [{"from": h.src, "to": h.dst, "trigger": h.trigger, "at": _iso(h.at),
-                           "detail": h.detail} for h in history]
+        out = case_detail(config.database, row, history, time.time())
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for key, value in case_json(row).items():
@@ -178,10 +149,7 @@ def cmd_resources(args) -> int:
     config, store = _open(args)
     slots = store.slots()
     if args.json:
-        print(json.dumps([{"host": s.host, "group": s.grp, "slot": s.idx, "device": s.device,
-                           "case_id": s.case_id, "case_name": s.case_name,
-                           "case_state": s.case_state, "retired": s.retired} for s in slots],
-                         indent=2, ensure_ascii=False))
+        print(json.dumps([slot_json(s) for s in slots], indent=2, ensure_ascii=False))
         return 0
     print(_table(["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
                  [[s.host or "-", s.grp, str(s.idx), s.device or "-",
@@ -297,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", parents=[common], help="list cases")
     s.add_argument("--json", action="store_true")
     s.add_argument("--state", help="only cases in this state")
+    s.add_argument("--watch", action="store_true",
+                   help="redraw the table every second, counts per state on top, until Ctrl-C")
     s = sub.add_parser("show", parents=[common], help="one case and its history")
     s.add_argument("case", help="case id or unique name")
     s.add_argument("--json", action="store_true")

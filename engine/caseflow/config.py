@@ -133,6 +133,28 @@ class FinishConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The status page and /metrics (`web:`); None in Config when the key is absent."""
+    host: str                      # the address to listen on, loopback unless configured
+    port: int                      # 0: any free port (the log says which)
+    token_file: Path | None = None  # a bearer token is required when set (always off loopback)
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     inbox: Path
@@ -149,6 +171,7 @@ class Config:
     log_file: Path | None = None
     results: ResultsConfig = field(default_factory=lambda: ResultsConfig(folder=None))
     finish: FinishConfig = field(default_factory=FinishConfig)
+    web: WebConfig | None = None
 
     @property
     def groups(self) -> tuple[GroupConfig, ...]:
@@ -280,6 +303,10 @@ def permission_warnings(config: "Config") -> list[str]:
         if mode & 0o002:
             out.append(f"{what} {path} is writable by every user of this machine: anyone could "
                        f"change what caseflow runs or records ({fix} {path})")
+    token = config.web.token_file if config.web else None
+    if token is not None and token.exists() and token.stat().st_mode & 0o004:
+        out.append(f"the status page's token file {token} is readable by every user of this "
+                   f"machine (chmod o-r {token})")
     return out
 
 
@@ -340,6 +367,8 @@ def load_config(path: Path | str) -> Config:
         raise top.error("remote_cleanup", "removes remote case folders only after their results "
                                           "are home, but results.fetch is false; set it to never")
 
+    web = _read_web(top, base)
+
     lg = top.sub("log")
     level = lg.get("level", str, "INFO",
                    lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -352,7 +381,39 @@ def load_config(path: Path | str) -> Config:
                   rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
                   shutdown_grace_seconds=grace, retry=retry, log_level=level,
                   log_file=_resolve(base, log_file) if log_file else None,
-                  results=results, finish=finish)
+                  results=results, finish=finish, web=web)
+
+
+def _read_web(top: _Reader, base: Path) -> WebConfig | None:
+    """`web: {listen: 127.0.0.1:8765, token_file: ...}`: the status page, off when absent."""
+    if top.data.get("web") is None:
+        top.used.add("web")
+        return None
+    wr = top.sub("web")
+    listen = wr.get("listen", str, what='an address and port such as "127.0.0.1:8765"')
+    host, sep, port = listen.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise wr.error("listen", f'expected an address and port such as "127.0.0.1:8765" or '
+                                 f'"[::1]:8765", got {listen!r}')
+    token = wr.get("token_file", str, None)
+    token_file = _resolve(base, token) if token else None
+    wr.finish()
+    if token_file is None and not is_loopback(host):
+        raise wr.error("token_file", f"is required when listen is not a loopback address "
+                                     f"({host}): the page and /metrics then need a bearer "
+                                     "token read from this file")
+    if token_file is not None:
+        try:
+            text = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise wr.error("token_file", f"cannot read {token_file}: "
+                                         f"{getattr(exc, 'strerror', None) or exc}") from exc
+        if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", text):  # also a valid cookie value
+            raise wr.error("token_file", f"{token_file} must hold one token of at least 16 "
+                                         "letters, digits or -._~+/= (e.g. `openssl rand -hex "
+                                         "32`)")
+    return WebConfig(host=host, port=int(port), token_file=token_file)
 
 
 def _outside_inbox(reader: _Reader, key: str, folder: Path, inbox: Path) -> None:

@@ -17,6 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
+from . import metrics, web
 from .config import permission_warnings
 from .engine import Engine
 from .errors import AlreadyRunning
@@ -91,6 +92,7 @@ class Daemon:
         self.watcher = InboxWatcher(config.inbox, clock=self.engine.clock, wake=self.engine.wake)
         self.engine.watcher = self.watcher
         self.ready = threading.Event()
+        self.web: web.StatusServer | None = None  # the status page, with `web:` in the config
 
     def request_stop(self, *_):
         self.stop_event.set()
@@ -106,6 +108,7 @@ class Daemon:
             for warning in permission_warnings(self.config):
                 log.warning("%s", warning)
             self.engine.start()
+            self.web = web.start(self.config, self.engine.spec, self.engine)
             self.watcher.start()
             log.info("caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",
                      self.config.inbox, self.config.database, len(self.config.groups),
@@ -114,7 +117,8 @@ class Daemon:
             while not self.stop_event.is_set():
                 self.engine.wake_event.clear()
                 try:
-                    self.engine.tick()
+                    with metrics.tick_timer():
+                        self.engine.tick()
                     wait = self.engine.next_wakeup()
                 except Exception:
                     log.exception("tick failed; trying again at the next tick")
@@ -123,6 +127,8 @@ class Daemon:
             log.info("stopping: no new work is admitted; waiting up to %.0f s for steps in flight",
                      self.config.shutdown_grace_seconds)
         finally:
+            if self.web is not None:
+                self.web.stop()
             self.watcher.stop()
             self.engine.shutdown()
             self.engine.store.close()

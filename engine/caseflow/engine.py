@@ -13,7 +13,7 @@ import os
 import threading
 import time
 
-from . import casefolder, wrapup
+from . import casefolder, metrics, wrapup
 from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS
 from .case_model import Case, job_ref
 from .errors import HostError, PermanentError, StaleCase, TransientError
@@ -353,14 +353,17 @@ class Engine:
         delay = self.config.retry.delay(row.attempts + 1)
         updated = self.store.note_transient(row.id, row.state, f"{trigger}: {_short(exc)}", now,
                                             now + delay)
+        metrics.attempt_failed(trigger)
         limit = getattr(exc, "max_attempts", None)
         if limit and updated and updated.attempts >= limit:
+            metrics.gave_up(trigger)
             self.fail(row.id, f"{_short(exc)} (after {updated.attempts} attempts)")
             return
         log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
                     row.name, trigger, row.attempts + 1, delay, _short(exc))
         if updated and updated.failing_since is not None and \
                 now - updated.failing_since >= self.config.retry.give_up_after_seconds:
+            metrics.gave_up(trigger)
             self.fail(row.id, f"gave up after {updated.attempts} attempts over "
                               f"{now - updated.failing_since:.0f} s; last error: {_short(exc)}")
 
@@ -429,7 +432,8 @@ class Engine:
         if not rows:
             return
         try:
-            answers = host.backend.status([job_ref(r, self.instance) for r in rows])
+            with metrics.poll_timer(host.name):
+                answers = host.backend.status([job_ref(r, self.instance) for r in rows])
         except TransientError as exc:
             for row in rows:
                 self._transient(row, "poll", exc)

@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
 
+from .. import metrics
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
 from . import RunResult, Transport, check_room, remove_local
@@ -310,6 +311,7 @@ class SSHTransport(Transport):
             err = classify(exc, f"{what} on {self.name}")
             if err is exc:
                 raise
+            metrics.ssh_error(self.name)
             if isinstance(err, TransientError):
                 self.conn.reset()
             raise err from exc
@@ -352,11 +354,13 @@ class SSHTransport(Transport):
             out, err = self._drain(chan, timeout)
             rc = chan.recv_exit_status()
         except socket.timeout as exc:
+            metrics.ssh_error(self.name)
             raise TransientError(f"a command on {self.name} did not finish within "
                                  f"{timeout or self.cfg.command_timeout:.0f} s") from exc
         finally:
             chan.close()
         self.commands += 1
+        metrics.ssh_command(self.name)
         return RunResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
     def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import paramiko
 
+from .. import metrics
 from ..errors import HostError, TransientError
 
 log = logging.getLogger("caseflow.ssh")
@@ -161,6 +162,7 @@ class Connection:
             try:
                 self._client = self._open()
             except Exception as exc:
+                metrics.ssh_error(self.cfg.name)
                 err = classify(exc, f"connecting to {self.endpoint}")
                 if isinstance(err, TransientError):
                     err = Unreachable(str(err))
@@ -185,6 +187,7 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = self._new_client(ep.known_hosts)
         self.connects += 1
+        metrics.ssh_connect(cfg.name)
         try:
             client.connect(ep.hostname, ep.port, username=ep.user,
                            key_filename=list(ep.identity_files) or None,

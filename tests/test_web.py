@@ -1,0 +1,267 @@
+"""The status page over plain HTTP: served by the real daemon from the real store; the JSON
+is what the command line prints; read-only; nothing outside the status data is served;
+the token and the Host check; config mistakes; a stuck client never holds up the tick."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sqlite3
+import time
+
+import pytest
+
+from caseflow import web
+from caseflow.spec import load_spec
+from harness import DEADLINE, wait_for
+from webtools import WEB, fill_cases, get_json, request
+
+
+@pytest.fixture
+def site(ws):
+    ws.write_config(web=WEB)
+    daemon = ws.start()
+    return ws, daemon.web.url
+
+
+def test_off_by_default(ws):
+    daemon = ws.start()
+    assert daemon.web is None
+    assert ws.config().web is None
+
+
+def test_json_is_what_the_command_line_prints(site):
+    ws, url = site
+    ws.drop_case("good")
+    ws.drop_case("bad", exit_code=3)
+    ws.wait_state("good", "success")
+    ws.wait_state("bad", "failure")
+    wait_for(lambda: not any(r.wrapup for r in ws.cases()), what="the wrap-ups")  # then still
+    for name in ("good", "bad"):
+        row = ws.case(name)
+        cli = json.loads(ws.cli("show", "--json", str(row.id), check=True).stdout)
+        assert get_json(url, f"/api/cases/{row.id}") == cli
+        assert [h["trigger"] for h in cli["history"]][-1] == ("complete" if name == "good"
+                                                              else "fail")
+    listed = get_json(url, "/api/cases?per_page=1000")
+    status = json.loads(ws.cli("status", "--json", check=True).stdout)
+    assert sorted(listed["cases"], key=lambda c: c["id"]) == status
+    assert listed["total"] == 2 and listed["pages"] == 1
+    resources = json.loads(ws.cli("resources", "--json", check=True).stdout)
+    assert get_json(url, "/api/hosts")["slots"] == resources
+
+
+def test_tables_filter_search_and_pages_without_a_script(site):
+    ws, url = site
+    fill_cases(ws.database, 120, name="alpha-{i:03d}")
+    fill_cases(ws.database, 5, state="failure", name="beta-{i}", reason="job exited with code 3")
+    status, _, body = request(url, "/cases?state=failure")
+    text = body.decode()
+    assert status == 200 and text.count('<tr data-id="') == 5
+    assert "beta-4" in text and "alpha-" not in text and "job exited with code 3" in text
+    text = request(url, "/cases?q=ALPHA-11")[2].decode()  # name contains, any case
+    assert text.count('<tr data-id="') == 10  # alpha-110 .. alpha-119
+    first = request(url, "/cases")[2].decode()
+    assert "page 1 of 3, 125 cases" in first and 'rel="next"' in first
+    third = request(url, "/cases?page=3")[2].decode()
+    assert third.count('<tr data-id="') == 25 and 'rel="prev"' in third
+    page = get_json(url, "/api/cases?state=success&per_page=7&page=2")
+    assert page["total"] == 120 and page["pages"] == 18 and len(page["cases"]) == 7
+    status, _, body = request(url, "/cases?state=nonsense")
+    assert status == 400 and b"unknown state" in body
+
+
+def test_upload_progress_on_the_case_page(ws):
+    """A case in the middle of its upload (written into a real store the way the engine does:
+    a transition, then progress), served by a status server of its own (no engine)."""
+    ws.write_config(web=WEB)
+    store = ws.store
+    store.migrate()
+    store.sync_slots(ws.config().hosts)
+    now = time.time()
+    case_id = store.create_case("big", str(ws.inbox / "big"), "1", "detected", now - 30, now)
+    for src, dst, trigger in (("detected", "stable", "stabilize"), ("stable", "queued", "enqueue"),
+                              ("queued", "gpu_locked", "lock_gpu")):
+        store.commit_transition(case_id, src, dst, trigger, now - 20,
+                                {"grp": "gpu_a"} if dst == "queued" else None)
+    store.set_progress(case_id, 250_000_000, 1_000_000_000)
+    server = web.start(ws.config(), load_spec())
+    try:
+        detail = get_json(server.url, f"/api/cases/{case_id}")
+        up = detail["upload"]
+        assert up["bytes"] == 250_000_000 and up["total"] == 1_000_000_000
+        assert up["percent"] == 25.0
+        assert 8e6 < up["rate_bytes_per_second"] < 13e6  # 250 MB in about 20 s
+        assert 40 < up["seconds_left"] < 120
+        html = request(server.url, f"/cases/{case_id}")[2].decode()
+        assert "250.0 MB of 1.0 GB (25.0 %)" in html and "MB/s" in html and "left" in html
+    finally:
+        server.stop()
+
+
+def test_read_only_no_request_changes_anything(site):
+    ws, url = site
+    ws.drop_case("kept")
+    ws.wait_state("kept", "success")
+    wait_for(lambda: not ws.case("kept").wrapup, what="the wrap-up")  # then nothing moves
+
+    def snapshot():
+        conn = sqlite3.connect(ws.database)
+        try:
+            return [conn.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall()
+                    for t in ("cases", "history", "slots", "hosts", "meta")]
+        finally:
+            conn.close()
+    before = snapshot()
+    row = ws.case("kept")
+    for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"):
+        for path in ("/", f"/cases/{row.id}", f"/api/cases/{row.id}", "/metrics"):
+            status, headers, _ = request(url, path, method=method,
+                                         body=b'{"request": "retry"}' if method != "TRACE" else None)
+            assert status == 405, (method, path, status)
+            assert headers["allow"] == "GET, HEAD"
+    for path in (f"/cases/{row.id}?request=retry", f"/api/cases/{row.id}?state=stable&retry=1"):
+        assert request(url, path)[0] == 200
+    assert request(url, "/", method="HEAD")[2] == b""
+    assert snapshot() == before
+    # and the page's own connection could not write if it tried
+    reader = ws.daemon.web.app.reader
+    with reader.lock, pytest.raises(sqlite3.OperationalError, match="readonly|read-only"):
+        reader._store._conn().execute("UPDATE cases SET state = 'stable'")
+
+
+TRAVERSAL = ["/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+             "/static/..%2f..%2f..%2fetc%2fpasswd", "/static/....//....//etc/passwd",
+             "/static/%252e%252e/etc/passwd", "/static/../server.py", "/static/..%2fserver.py",
+             "/static/%2e%2e%2fapp.py", "/static//etc/passwd", "/static/./app.js/../../app.py",
+             "/../../etc/passwd", "//etc/passwd", "/etc/passwd", "/cases/../../../etc/passwd",
+             "/cases/1/../../../../etc/passwd", "/api/cases/..%2f..%2fetc%2fpasswd",
+             "/static/app.js%00.png", "/static/%00", "/static/", "/static", "/static/APP.JS",
+             "/../caseflow.yaml", "/caseflow.yaml", "/var/caseflow.db", "/static/../../var/caseflow.db",
+             "http://evil.example/etc/passwd", "/static/\\..\\..\\etc\\passwd"]
+
+
+def test_nothing_outside_the_status_data_is_served(site):
+    ws, url = site
+    assert request(url, "/static/app.js")[0] == 200  # the control: a file that is served
+    db_head = ws.database.read_bytes()[:16]
+    for path in TRAVERSAL:
+        status, _, body = request(url, path)
+        assert status in (400, 404, 421), (path, status)
+        assert b"root:" not in body and db_head not in body and b"import " not in body and \
+            b"inbox:" not in body, path
+
+
+def test_a_token_when_configured(ws, tmp_path):
+    token = "s3cret-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o600)
+    ws.write_config(web={**WEB, "token_file": str(tmp_path / "token")})
+    url = ws.start().web.url
+    for path in ("/", "/api/summary", "/metrics", "/static/app.js"):
+        status, headers, _ = request(url, path)
+        assert status == 401 and headers["www-authenticate"].startswith("Bearer")
+        assert request(url, path, headers={"Authorization": "Bearer wrong-token-0123456789"})[0] == 401
+        assert request(url, path, headers={"Authorization": f"Bearer {token}"})[0] == 200
+    status, headers, _ = request(url, f"/cases?state=success&token={token}")
+    assert status == 303 and headers["location"] == "/cases?state=success"
+    cookie = headers["set-cookie"].split(";")[0]
+    assert "HttpOnly" in headers["set-cookie"] and "SameSite=Strict" in headers["set-cookie"]
+    assert request(url, "/cases", headers={"Cookie": cookie})[0] == 200
+    assert request(url, "/cases", headers={"Cookie": "caseflow_token=nope"})[0] == 401
+    assert request(url, "/?token=wrong")[0] == 401
+
+
+def test_only_loopback_names_on_a_loopback_address(site):
+    """A page elsewhere whose own name resolves to 127.0.0.1 (DNS rebinding) reads nothing."""
+    ws, url = site
+    port = ws.daemon.web.port
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", ""):
+        assert request(url, "/api/summary", headers={"Host": host})[0] == 421, host
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        assert request(url, "/api/summary", headers={"Host": host})[0] == 200, host
+
+
+@pytest.mark.parametrize("settings, words", [
+    ({"listen": "0.0.0.0:8765"}, "web.token_file: is required when listen is not a loopback"),
+    ({"listen": "8765"}, "web.listen: expected an address and port"),
+    ({"listen": "127.0.0.1:99999"}, "web.listen: expected an address and port"),
+    ({"listen": "127.0.0.1:8765", "token_file": "missing"}, "web.token_file: cannot read"),
+    ({"listen": "127.0.0.1:8765", "token_file": "short"}, "at least 16 letters"),
+    ({"listen": "127.0.0.1:8765", "token_file": "spaced"}, "at least 16 letters"),
+    ({"listen": "127.0.0.1:8765", "colour": "red"}, "web.colour: unknown key"),
+])
+def test_config_mistakes_name_the_key_and_touch_nothing(ws, settings, words):
+    (ws.root / "short").write_text("abc\n")
+    (ws.root / "spaced").write_text("a token; with spaces and a semicolon\n")
+    ws.write_config(web=settings)
+    proc = ws.cli("run", timeout=DEADLINE)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr
+    assert not ws.database.exists()
+
+
+def test_a_taken_port_is_a_clear_error(ws):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ws.write_config(web={"listen": f"127.0.0.1:{taken.getsockname()[1]}"})
+        proc = ws.cli("run", timeout=DEADLINE)
+    assert proc.returncode == 1
+    assert "web.listen 127.0.0.1:" in proc.stderr and "cannot listen there" in proc.stderr
+
+
+def test_a_stuck_client_does_not_hold_up_the_daemon(site):
+    ws, url = site
+    port = ws.daemon.web.port
+    stuck = []
+    try:
+        for _ in range(5):  # half a request each, then nothing
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /api/summary HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            stuck.append(s)
+        ticks = ws.ticks
+        ws.drop_case("through")
+        ws.wait_state("through", "success")
+        assert ws.ticks > ticks
+        assert get_json(url, "/api/summary")["states"]["success"] == 1
+    finally:
+        for s in stuck:
+            s.close()
+
+
+def test_the_overview_counts_and_the_summary_agree(site):
+    ws, url = site
+    fill_cases(ws.database, 30)
+    fill_cases(ws.database, 4, state="failure", name="f-{i}", reason="x")
+    summary = get_json(url, "/api/summary")
+    assert summary["states"]["success"] == 30 and summary["states"]["failure"] == 4
+    assert summary["total"] == 34 and summary["groups"] == {}  # per group: the active ones
+    html = request(url, "/")[2].decode()
+    assert 'id="count-success" x=' in html and '>30</text>' in html
+    assert '<td class="num" id="n-failure">4</td>' in html
+    assert {s.name for s in load_spec().states} <= {
+        part.split('"')[0] for part in html.split('id="state-')[1:]}
+
+
+def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
+    """Work on the host paused (as the engine records it: a problem with its time)."""
+    ws, url = site
+    since = time.time() - 1200
+    ws.store.set_host_problem("local", "authentication failed <b>(check the key)</b>", since)
+    ws.store.set_host_notice("local", "pueue group gpu_a is paused", since)
+    hosts = get_json(url, "/api/hosts")["hosts"]
+    assert hosts == [{"name": "local", "transport": "local", "backend": "direct",
+                      "status": "paused", "problem": "authentication failed <b>(check the key)</b>",
+                      "paused_since": hosts[0]["paused_since"],
+                      "notice": "pueue group gpu_a is paused", "probing": False}]
+    assert hosts[0]["paused_since"].endswith("Z")
+    for path in ("/", "/hosts"):
+        html = request(url, path)[2].decode()
+        assert "authentication failed &lt;b&gt;(check the key)&lt;/b&gt;" in html
+        assert "<b>(check" not in html and "pueue group gpu_a is paused" in html
+    text = request(url, "/metrics")[2].decode()
+    assert 'caseflow_host_paused{host="local"} 1.0' in text
+    paused_for = float(re.search(r'caseflow_host_paused_seconds\{host="local"\} (\S+)',
+                                 text).group(1))
+    assert 1190 < paused_for < 1200 + DEADLINE

@@ -1,0 +1,265 @@
+"""The status page in a real browser: headless Chromium (Debian's package) driven by
+Playwright, against the real daemon serving the real store.
+
+A case copied into the inbox moves across the live diagram and the counts change without a
+reload; the case page shows its history; hostile names show verbatim and run no script;
+first paint with 10,000 cases is measured. A screenshot of each page goes into the test's
+temporary folder (and into $CASEFLOW_SCREENSHOTS when set, which is how docs/ gets its
+picture).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+import unicodedata
+from pathlib import Path
+
+import pytest
+
+from browser import browser_page, chromium  # noqa: F401,F811 (fixtures the tests take by name)
+from caseflow.views import printable
+from harness import DEADLINE, wait_for
+from webtools import WEB, fill_cases
+
+pytestmark = pytest.mark.slow
+
+
+def shot(page, tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    extra = os.environ.get("CASEFLOW_SCREENSHOTS")
+    if extra:
+        shutil.copy(path, Path(extra) / f"status-{name}.png")
+    return path
+
+
+def counts(page) -> dict[str, int]:
+    return page.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
+        'svg.machine g.state')].map(g => [g.dataset.state,
+        Number(g.querySelector('text.count').textContent)]))""")
+
+
+@pytest.fixture
+def site(ws):
+    ws.write_config(web=WEB, stability={"quiet_seconds": 3, "rescan_seconds": 5})
+    return ws, ws.start().web.url
+
+
+def test_a_case_moves_across_the_live_diagram(site, browser_page, tmp_path):
+    ws, url = site
+    page = browser_page
+    page.goto(url)
+    page.evaluate("window.__sameDocument = 'yes'")  # gone if the page ever reloads
+    assert counts(page)["success"] == 0
+    ws.drop_case("flowing", hold="go")
+    seen = []
+
+    def watch(state: str):
+        def check():
+            now = counts(page)
+            busy = sorted(s for s, n in now.items() if n)
+            if not seen or seen[-1] != busy:
+                seen.append(busy)
+            return now[state] == 1
+        wait_for(check, interval=0.1, what=f"the diagram to show the case {state}")
+    watch("detected")  # the 3 s quiet period
+    watch("running")   # held there by its job
+    ws.drop_case("second", hold="go")
+    wait_for(lambda: counts(page)["detected"] == 1 and counts(page)["running"] == 1,
+             what="a second case on the diagram")
+    shot(page, tmp_path, "overview")
+    assert page.locator("#live").inner_text() == "· live"
+    ws.release("go")
+    watch("success")
+    wait_for(lambda: counts(page)["success"] == 2, what="both cases to succeed")
+    assert page.evaluate("window.__sameDocument") == "yes"
+    assert page.locator("#n-success").inner_text() == "2"
+    assert page.locator("#state-success").get_attribute("class").endswith("busy")
+    assert "2 cases, 0 active." in page.locator("#summary").inner_text()
+    assert ["detected"] in seen and ["running"] in seen, seen
+    assert page.locator("#recent tbody tr").count() == 2
+    assert not page.script_errors and not page.dialogs
+    # nothing from the internet: the page, its script, style and icon, and its JSON
+    assert page.requests and all(u.startswith(url) for u in page.requests), page.requests
+    assert {u.split("?")[0][len(url) - 1:] for u in page.requests} == {
+        "/", "/static/style.css", "/static/app.js", "/static/favicon.svg", "/api/summary",
+        "/api/cases"}
+
+
+def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
+    ws, url = site
+    page = browser_page
+    ws.drop_case("story", hold="end", exit_code=3)
+    row = ws.wait_state("story", "running")
+    page.goto(f"{url}cases/{row.id}")
+    history = page.locator("#history li")
+    assert history.count() == 6  # detect .. submit
+    ws.release("end")
+    ws.wait_state("story", "failure")
+    wait_for(lambda: history.count() == 7, what="the fail to appear without a reload")
+    wait_for(lambda: page.locator('[data-field="state"]').inner_text() == "failure",
+             what="the state field")
+    assert page.locator('[data-field="reason"]').inner_text() == "job exited with code 3"
+    triggers = [t for t in page.locator("#history .trigger").all_inner_texts()]
+    assert triggers == [h[2] for h in ws.history("story")]
+    page.reload()  # now with the job log and where the results are
+    assert "job of case" in page.locator("pre.log").inner_text()
+    results = ws.case("story").results_path
+    assert results and page.get_by_text(results).count() >= 1
+    shot(page, tmp_path, "case")
+    page.goto(f"{url}hosts")
+    wait_for(lambda: page.locator("#live").inner_text() == "· live", what="a live refresh")
+    assert page.locator("#hosts tbody tr").count() == 1
+    assert page.locator("#hosts tbody td").nth(1).inner_text() == "up"
+    assert page.locator("#groups tbody tr").count() == 2
+    assert page.locator("#slots tbody tr").count() == 3
+    shot(page, tmp_path, "hosts")
+    page.goto(f"{url}cases?state=failure")
+    assert page.locator("#cases tbody tr").count() == 1
+    shot(page, tmp_path, "cases")
+    assert not page.script_errors and not page.dialogs
+
+
+# The hostile suite's names (tests/reliability/test_hostile.py), and markup meant to run a
+# script wherever a name is shown. A folder name cannot hold "/": those are written into the
+# store directly (a name is only data there), as are reasons and errors that carry markup.
+HOSTILE = ["with space", "quote'single", 'quote"double', "$(touch CANARY)", "`touch CANARY`",
+           "semi;touch CANARY", "pipe|touch CANARY", "new\nline", "tab\there", "-leading-dash",
+           "long_" + "x" * 215, unicodedata.normalize("NFC", "café_ünï"),
+           unicodedata.normalize("NFD", "café_ünï"), "amp&touch CANARY&", "glob*?[x]",
+           "<img src=x onerror=alert(1)>", "<svg onload=alert(2)>", "\"><b onmouseover=alert(3)>x",
+           "'><iframe srcdoc=&lt;script&gt;alert(4)&lt;&#47;script&gt;>", "{{7*7}}${7*7}",
+           "&lt;b&gt;entity&amp;", "<!--", "]]><x>", "\u202eevil\u202c", "zero\u200bwidth"]
+IN_STORE = ["<script>alert(5)</script>", "</td></tr></table><script>alert(6)</script>",
+            "javascript:alert(7)//", "<a href=javascript:alert(8)>x</a>"]
+
+
+def test_hostile_names_are_shown_verbatim_and_run_nothing(site, browser_page, tmp_path):
+    ws, url = site
+    page = browser_page
+    for i, name in enumerate(HOSTILE):
+        staging = ws.root / "staging" / f"h{i}"
+        staging.mkdir(parents=True)
+        (staging / "data.txt").write_text(name)
+        os.rename(staging, ws.inbox / name)
+    conn = sqlite3.connect(ws.database)
+    with conn:
+        for name in IN_STORE:
+            conn.execute("INSERT INTO cases (name, local_path, state, next_attempt_at, created_at,"
+                         " updated_at, reason, last_error) VALUES (?, '/nonexistent', 'failure',"
+                         " 0, ?, ?, ?, ?)", (name, time.time(), time.time(), name, name))
+    conn.close()
+    names = HOSTILE + IN_STORE
+    wait_for(lambda: sum(r.state == "success" for r in ws.cases()) == len(HOSTILE),
+             timeout=DEADLINE * 3, what="the hostile cases to succeed")
+
+    def assert_clean(where: str):
+        assert not page.dialogs, (where, page.dialogs)
+        assert page.evaluate("document.querySelectorAll('img, iframe, svg:not(.machine), "
+                             "b:not(.trigger), x, a[href^=javascript]').length") == 0, where
+        assert page.evaluate("document.scripts.length") == 1, where
+        assert not page.script_errors, (where, page.script_errors)
+
+    page.goto(f"{url}cases?per_page=50")
+    wait_for(lambda: page.locator("#live").inner_text() == "· live", what="a live refresh")
+    shown = page.locator("#cases td.name").all_text_contents()
+    assert sorted(shown) == sorted(printable(n) for n in names)
+    assert_clean("/cases")
+    shot(page, tmp_path, "hostile-cases")
+    page.goto(url)
+    wait_for(lambda: page.locator("#live").inner_text() == "· live", what="a live refresh")
+    assert_clean("/")
+    for row in ws.cases():
+        page.goto(f"{url}cases/{row.id}")
+        assert page.locator("#case-name").text_content() == printable(row.name)
+        if row.name in IN_STORE:
+            assert page.locator('[data-field="reason"]').text_content() == printable(row.name)
+        assert_clean(f"/cases/{row.id}")
+    page.goto(f"{url}cases?q=" + "%3Cscript%3E")  # the search is echoed in the form
+    assert page.locator("#q").input_value() == "<script>"
+    assert sorted(page.locator("#cases td.name").all_text_contents()) == sorted(IN_STORE[:2])
+    assert_clean("/cases?q=")
+    page.goto(f"{url}hosts")
+    assert_clean("/hosts")
+
+
+def test_first_paint_with_10000_cases(ws, browser_page, tmp_path):
+    """Printed, not a timed assertion: the bound is generous (a loaded 2-core machine)."""
+    fill_cases(ws.database, 9_900)
+    fill_cases(ws.database, 100, state="failure", name="failed-{i:03d}", reason="job exited with code 1")
+    ws.write_config(web=WEB)
+    url = ws.start().web.url
+    page = browser_page
+    page.goto(url)  # a first visit: the browser learns the script and the style
+    figures = {}
+    for path in ("", "cases", "cases?state=failure&q=failed-0"):
+        page.goto(url + path, wait_until="load")
+        paint = page.evaluate("""() => new Promise((resolve) => {
+            const done = (p) => {
+                const n = performance.getEntriesByType('navigation')[0];
+                resolve({paint: p ? p.startTime : null, load: n.loadEventEnd,
+                         first_byte: n.responseStart, dom: n.domContentLoadedEventEnd,
+                         bytes: n.transferSize});
+            };
+            new PerformanceObserver((list) => {
+                const p = list.getEntriesByName('first-contentful-paint')[0];
+                if (p) done(p);
+            }).observe({type: 'paint', buffered: true});
+            setTimeout(() => done(null), 20000);
+        })""")
+        figures["/" + path] = paint
+        assert paint["paint"] is not None
+    rows = page.locator("#cases tbody tr").count()
+    assert rows == 50 and page.locator("#pageinfo").first.inner_text() == \
+        "page 1 of 2, 100 cases"
+    page.goto(url + "cases")
+    assert "page 1 of 200, 10000 cases" in page.locator("#pageinfo").first.inner_text()
+    shot(page, tmp_path, "cases-10000")
+    for path, f in figures.items():
+        print(f"first paint with 10,000 cases, {path}: {f['paint']:.0f} ms (first byte "
+              f"{f['first_byte']:.0f} ms, DOM ready {f['dom']:.0f} ms, load {f['load']:.0f} ms, "
+              f"{f['bytes']} bytes; load average {os.getloadavg()[0]:.1f})")
+    assert all(f["paint"] < 5000 for f in figures.values()), figures
+
+
+def test_a_busy_overview(ws, browser_page, tmp_path):
+    """The picture in docs/status-page.md: cases in most states at once, the diagram's
+    numbers those of the store. ($CASEFLOW_SCREENSHOTS=docs writes docs/status-page.png.)"""
+    import threading
+    fill_cases(ws.database, 40, name="done-{i:02d}")
+    fill_cases(ws.database, 3, state="failure", name="broken-{i}", reason="job exited with code 2")
+    ws.write_config(web=WEB, stability={"quiet_seconds": 2, "rescan_seconds": 5})
+    url = ws.start().web.url
+    for i in range(4):
+        ws.drop_case(f"sim-{i}", hold="busy")          # gpu_a has 2 slots: 2 run, 2 wait
+    ws.drop_case("render", group="gpu_b", hold="busy")  # gpu_b has 1
+    copying = ws.inbox / "still-copying"
+    copying.mkdir()
+    stop = threading.Event()
+
+    def keep_writing():  # a copy in progress: never quiet, so it stays detected
+        n = 0
+        while not stop.is_set():
+            (copying / f"part-{n % 5}").write_bytes(b"z" * 1000)
+            n += 1
+            stop.wait(0.2)
+    writer = threading.Thread(target=keep_writing, daemon=True)
+    writer.start()
+    try:
+        expected = {"detected": 1, "queued": 2, "running": 3, "success": 40, "failure": 3}
+        wait_for(lambda: all(sum(r.state == s for r in ws.cases()) == n
+                             for s, n in expected.items()), what="the scene")
+        page = browser_page
+        page.goto(url)
+        wait_for(lambda: {s: n for s, n in counts(page).items() if n} == expected,
+                 what="the diagram to show the scene")
+        shot(page, tmp_path, "page")
+    finally:
+        stop.set()
+        writer.join()
+        ws.release("busy")
+    assert not page.script_errors
