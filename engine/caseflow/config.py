@@ -1,8 +1,11 @@
 """Reads and checks the YAML configuration.
 
-Every mistake is reported as a `ConfigError` that names the file and the key,
-before the daemon touches anything. Relative paths are resolved against the
-config file's folder, so the daemon works from any working directory.
+Every mistake is reported as a `ConfigError` that names the file and the key.
+Loading changes nothing on disk: a folder that `caseflow run` will need (the
+database's, results, archives, a local transport's root) may be missing if it can
+be made; `make_run_folders` makes them, once the daemon is sure to run. Relative
+paths are resolved against the config file's folder, so the daemon works from any
+working directory.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlfile
 from .errors import ConfigError
 
 ENV_VAR = "CASEFLOW_CONFIG"
@@ -208,6 +212,7 @@ class _Reader:
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             if default is ...:
+                self._misspelt(name)
                 raise self.error(name, "is required")
             return default
         value = self.data[name]
@@ -227,6 +232,15 @@ class _Reader:
     def sub(self, name: str, required: bool = False) -> "_Reader":
         value = self.get(name, dict, default=... if required else {}, what="a mapping")
         return _Reader(self.file, value, prefix=f"{self.key(name)}.")
+
+    def _misspelt(self, name: str) -> None:
+        """A required key is missing: a key not read yet that looks like it (`kidn` for
+        `kind`) is the mistake to name, not the missing key."""
+        others = [str(k) for k in self.data if k not in self.used]
+        close = difflib.get_close_matches(name, others, n=1, cutoff=0.7)
+        if close:
+            raise self.error(close[0], f"unknown key (did you mean {name!r}? "
+                                       f"{self.key(name)} is required)")
 
     def finish(self) -> None:
         unknown = [k for k in self.data if k not in self.used]
@@ -297,7 +311,9 @@ def load_config(path: Path | str) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text)
+    except yamlfile.DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -308,11 +324,16 @@ def load_config(path: Path | str) -> Config:
     top.used |= {k for k in data if isinstance(k, str) and k.startswith("x-")}
 
     inbox = _resolve(base, top.get("inbox", str))
+    if inbox.exists() and not inbox.is_dir():
+        raise top.error("inbox", f"{inbox} is a file, not a folder (each case is a folder in "
+                                 "the inbox: give the folder that holds them)")
     if not inbox.is_dir():
         raise top.error("inbox", f"folder {inbox} does not exist (create it, or fix the path)")
     database = _resolve(base, top.get("database", str, default="caseflow.db"))
-    if not database.parent.is_dir():
-        raise top.error("database", f"folder {database.parent} does not exist")
+    if database.is_dir():
+        raise top.error("database", f"{database} is a folder; give the database's file name "
+                                    f"(e.g. {database / 'caseflow.db'})")
+    _can_make(top, "database", database.parent)
     number = (int, float)
     tick = float(top.get("tick_seconds", number, 2.0, _positive))
     poll = float(top.get("poll_seconds", number, 10.0, _positive))
@@ -345,6 +366,12 @@ def load_config(path: Path | str) -> Config:
                    lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
                    else "must be one of DEBUG, INFO, WARNING, ERROR").upper()
     log_file = lg.get("file", str, None)
+    if log_file is not None:
+        log_path = _resolve(base, log_file)
+        if log_path.is_dir():
+            raise lg.error("file", f"{log_path} is a folder; give the log's file name")
+        if not log_path.parent.is_dir():
+            raise lg.error("file", f"folder {log_path.parent} does not exist")
     lg.finish()
     top.finish()
     return Config(path=path.resolve(), inbox=inbox, database=database, hosts=hosts,
@@ -361,20 +388,66 @@ def _outside_inbox(reader: _Reader, key: str, folder: Path, inbox: Path) -> None
                                 "case; choose a folder next to the inbox")
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_make(reader: _Reader, key: str, folder: Path) -> None:
+    """`folder` is a folder, or `caseflow run` can make it (with its missing parents)."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise reader.error(key, f"{folder} is a file, not a folder")
+    parent = _existing_ancestor(folder)
+    if not parent.is_dir():
+        raise reader.error(key, f"cannot make {folder}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise reader.error(key, f"cannot make {folder}: {parent} is not writable")
+
+
 def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -> Path | None:
-    """A local folder setting: created when its parent exists."""
+    """A local folder setting: it exists, or `caseflow run` can make it."""
     value = reader.get(key, str, default)
     if value is None:
         return None
     folder = _resolve(base, value)
-    if not folder.is_dir():
-        if not folder.parent.is_dir():
-            raise reader.error(key, f"folder {folder.parent} does not exist")
-        try:
-            folder.mkdir()
-        except OSError as exc:
-            raise reader.error(key, f"cannot create {folder}: {exc.strerror}") from exc
+    _can_make(reader, key, folder)
     return folder
+
+
+def run_folders(config: Config) -> list[tuple[str, Path]]:
+    """(key, folder) of every local folder `caseflow run` works in, the database's first."""
+    out = [("database", config.database.parent)]
+    if config.results.folder is not None:
+        out.append(("results.folder", config.results.folder))
+    for key, folder in (("archive.done", config.finish.archive_done),
+                        ("archive.failed", config.finish.archive_failed)):
+        if folder is not None:
+            out.append((key, folder))
+    for h in config.hosts:
+        if h.transport.kind == "local":
+            prefix = f"hosts.{h.name}." if len(config.hosts) > 1 else ""
+            out.append((f"{prefix}transport.root", Path(h.transport.root)))
+    return out
+
+
+def make_run_folders(config: Config, only: tuple[str, ...] | None = None) -> list[str]:
+    """Make the missing folders of `run_folders` (of the keys in `only`, when given);
+    returns a line per folder made, for the log. Raises ConfigError naming the key
+    when one cannot be made (the file system changed since the config was read)."""
+    made = []
+    for key, folder in run_folders(config):
+        if (only is not None and key not in only) or folder.is_dir():
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{config.path}: {key}: cannot make {folder}: "
+                              f"{exc.strerror or exc}") from exc
+        made.append(f"made the folder {folder} ({key})")
+    return made
 
 
 def _read_results(top: _Reader, base: Path, inbox: Path) -> ResultsConfig:
@@ -406,7 +479,8 @@ def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
         if folder is None:
             continue
         _outside_inbox(ar, key, folder, inbox)
-        if os.stat(folder).st_dev != inbox_dev:
+        # a folder still to be made will be on the file system of its nearest ancestor
+        if os.stat(_existing_ancestor(folder)).st_dev != inbox_dev:
             raise ar.error(key, f"{folder} is on another file system than the inbox; "
                                 "archiving moves folders by renaming, so it must be on the same")
     cleanup = top.get("remote_cleanup", str, "never",
@@ -529,8 +603,7 @@ def _read_transport(top: _Reader, base: Path, name: str | None = None) -> Transp
         name = tr.get("name", str, name or "local")
         tr.finish()
         root_path = _resolve(base, root)
-        if not root_path.parent.is_dir():
-            raise tr.error("root", f"folder {root_path.parent} does not exist")
+        _can_make(tr, "root", root_path)
         return TransportConfig(kind=kind, root=str(root_path), name=name, verify=verify)
     number = (int, float)
     host = tr.get("host", str)

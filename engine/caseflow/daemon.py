@@ -17,7 +17,7 @@ import signal
 import threading
 from pathlib import Path
 
-from .config import permission_warnings
+from .config import make_run_folders, permission_warnings
 from .engine import Engine
 from .errors import AlreadyRunning
 from .watcher import InboxWatcher
@@ -101,8 +101,14 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> int:
+        # the folders run works in are made only now, the config being checked: the
+        # database's first (its lock lives there), the others once no daemon runs on it
+        made = make_run_folders(self.config, only=("database",))
         self.lock.acquire()
         try:
+            made += make_run_folders(self.config)
+            for line in made:
+                log.info("%s", line)
             for warning in permission_warnings(self.config):
                 log.warning("%s", warning)
             self.engine.start()

@@ -87,8 +87,7 @@ def _sha256(path: Path) -> str:
 class LocalTransport(Transport):
     def __init__(self, name: str, root: str, verify: str = "size"):
         super().__init__(name, root)
-        self.verify = verify
-        Path(root).mkdir(parents=True, exist_ok=True)
+        self.verify = verify  # the root is made by the first upload: `check` makes nothing
 
     def _same(self, local_dir: Path, copy: Path, expected) -> bool:
         if local_manifest(copy) != expected:
@@ -110,6 +109,7 @@ class LocalTransport(Transport):
                 shutil.rmtree(final)
             if staging.exists():
                 shutil.rmtree(staging)
+            final.parent.mkdir(parents=True, exist_ok=True)
             check_room(manifest, shutil.disk_usage(final.parent).free, str(final.parent))
             shutil.copytree(local_dir, staging, symlinks=True)
             if not self._same(Path(local_dir), staging, expected):
