@@ -47,7 +47,7 @@ def case_json(row: CaseRow, terminal: bool) -> dict:
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "failing_since": iso(row.failing_since),
             "run": row.run, "priority": row.priority, "request": row.request,
-            "file_count": row.file_count,
+            "file_count": row.file_count, "size_bytes": row.size_bytes,
             "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
             "queue_status": row.queue_status,
             "exit_code": row.exit_code,
@@ -55,7 +55,6 @@ def case_json(row: CaseRow, terminal: bool) -> dict:
             "results": row.results_path if row.results_fetched else None,
             "wrapup": "pending" if row.wrapup else None,
             "wrapup_note": row.wrapup_note,
-            "size_bytes": row.size_bytes,
             "next_attempt_at": None if terminal else iso(row.next_attempt_at),
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
 
