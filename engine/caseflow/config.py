@@ -310,6 +310,9 @@ def load_config(path: Path | str) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is it the "
+                          "configuration?") from exc
     try:
         data = yamlfile.load(text)
     except yamlfile.DuplicateKey as exc:
