@@ -17,6 +17,7 @@ import pytest
 from markdown_it import MarkdownIt
 
 from harness import DEADLINE, wait_for
+from repo_copy import copy_of_the_repository
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -146,23 +147,11 @@ def _make_run_recipe() -> list[str]:
             if line.startswith("\t")]
 
 
-def _copy_of_the_repository(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
-                           check=True).stdout.split(b"\0")
-    for rel in filter(None, files):
-        src = ROOT / os.fsdecode(rel)
-        if src.is_file():
-            target = dest / os.fsdecode(rel)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(src.read_bytes())
-    return dest
-
-
 @pytest.mark.slow
 def test_the_five_minute_walk_through_works_as_written(tmp_path):
     """In a fresh copy of the repository (no var/, no results/): `make run`'s recipe, then
     every command of the README's walk-through as it stands, waiting where a person would."""
-    repo = _copy_of_the_repository(tmp_path / "clone")
+    repo = copy_of_the_repository(tmp_path / "clone")
     os.symlink(sys.prefix, repo / ".venv")  # the test's venv, as `make` would have made it
     assert not (repo / "var").exists()
     assert _make_run_recipe() == [".venv/bin/caseflow run -c config/local.yaml"]
