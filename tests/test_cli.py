@@ -345,3 +345,24 @@ def test_json_logs_for_a_collector(ws):
     assert [r.get("trigger") for r in mine] == [t for _, _, t in history]
     assert {r["case_id"] for r in mine} == {row.id}
     assert any(r["message"].startswith("resumed 0 active case(s)") for r in records)
+
+
+def test_text_logs_are_one_line_per_event(ws):
+    """A reason of several lines (PyYAML's) is one line of the log, like every event."""
+    log_file = ws.root / "daemon.log"
+    with open(log_file, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "caseflow.cli", "run", "-c",
+                                 str(ws.config_path)], stdout=subprocess.DEVNULL, stderr=err,
+                                start_new_session=True)
+    try:
+        wait_for(lambda: "caseflow running" in log_file.read_text(), what="the daemon to run")
+        ws.drop_case("folded", files={"data.bin": b"x", "case.yaml": "group: [gpu_a\nx: 1\n"})
+        row = ws.wait_state("folded", "failure")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=DEADLINE) == 0
+    lines = log_file.read_text().splitlines()
+    stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR) ")
+    assert all(stamp.match(line) for line in lines), [l for l in lines if not stamp.match(l)]
+    failed = [line for line in lines if f"case {row.id} 'folded': stable -> failure" in line]
+    assert len(failed) == 1 and 'in "case.yaml", line 1, column 8' in failed[0], failed

@@ -104,7 +104,7 @@ def read_case_file(folder: Path, known_groups: list[str], default_group: str) ->
     if not path.exists():
         return settings
     try:
-        data = yamlfile.load(path.read_text(encoding="utf-8"))
+        data = yamlfile.load(path.read_text(encoding="utf-8"), name=CASE_FILE)
     except (OSError, UnicodeDecodeError) as exc:
         raise PermanentError(f"{CASE_FILE}: cannot be read: {exc}") from exc
     except yamlfile.DuplicateKey as exc:

@@ -314,7 +314,7 @@ def load_config(path: Path | str) -> Config:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is it the "
                           "configuration?") from exc
     try:
-        data = yamlfile.load(text)
+        data = yamlfile.load(text, name=str(path))
     except yamlfile.DuplicateKey as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import socket
 import sys
 from datetime import datetime, timezone
@@ -20,6 +21,16 @@ LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # attributes a log call may add with `extra=` that the JSON form shows as fields
 CASE_FIELDS = ("case_id", "case_name", "from_state", "to_state", "trigger", "host")
+
+
+class TextFormatter(logging.Formatter):
+    """One line per event: a message of several lines (a YAML error in a case's reason, a
+    hook's output) has its line breaks and indentation folded into single spaces. A
+    traceback (a bug) still follows on lines of its own."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        line = super().formatMessage(record)
+        return re.sub(r"\s*\n\s*", " ", line) if "\n" in line else line
 
 
 class JsonFormatter(logging.Formatter):
@@ -44,7 +55,7 @@ def setup_logging(level: str = "INFO", file: Path | None = None, fmt: str = "tex
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file:
         handlers.append(logging.FileHandler(file, encoding="utf-8"))
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for h in handlers:
         h.setFormatter(formatter)
     logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=handlers,

@@ -46,10 +46,12 @@ def _check(node: yaml.Node, path: list[str], seen_nodes: set[int]) -> None:
             _check(item, path[:-1] + [f"{path[-1]}[{i}]"] if path else [f"[{i}]"], seen_nodes)
 
 
-def load(text: str) -> Any:
+def load(text: str, name: str = "<unicode string>") -> Any:
     """Like `yaml.safe_load`, but a mapping with a key given twice raises `DuplicateKey`
-    (a `yaml.YAMLError`), as a syntax error raises PyYAML's own."""
+    (a `yaml.YAMLError`), as a syntax error raises PyYAML's own. `name` is the file's name
+    in PyYAML's messages (`in "case.yaml", line 2, column 9`)."""
     loader = yaml.SafeLoader(text)
+    loader.name = name  # PyYAML names a string "<unicode string>"
     try:
         node = loader.get_single_node()
         if node is None:
