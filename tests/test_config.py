@@ -178,7 +178,7 @@ def test_read_only_commands_make_nothing(ws):
     ws.wait_state("seen", "success")
     ws.stop()
     ws.close()
-    ws.write_config(results={"folder": "res/ults"}, archive={"done": "arch/done"},
+    ws.write_config(results={"folder": "res"}, archive={"done": "arch"},
                     database="var/caseflow.db")
     before = _tree(ws.root)
     for args in (["status"], ["status", "--json"], ["show", "seen"], ["show", "--json", "seen"],
@@ -193,7 +193,7 @@ def test_read_only_commands_make_nothing(ws):
 
 
 def test_check_makes_no_missing_folder_and_says_it_would(ws):
-    ws.write_config(transport={"kind": "local", "root": "later/remote"},
+    ws.write_config(transport={"kind": "local", "root": "later"},
                     archive={"done": "nosuch"})
     before = _tree(ws.root)
     proc = ws.cli("check")
@@ -206,13 +206,13 @@ def test_run_makes_its_folders_after_the_checks_and_logs_them(ws, tmp_path):
     import shutil
     shutil.rmtree(ws.var)
     shutil.rmtree(ws.remote)
-    ws.write_config(results={"folder": "out/results"}, archive={"failed": "out/failed"},
-                    transport={"kind": "local", "root": "var/remote"})
+    ws.write_config(results={"folder": "out"}, archive={"failed": "failed"},
+                    transport={"kind": "local", "root": "var/remote"})  # var/: the database's
     config = ws.config()
     assert not ws.var.exists() and not (ws.root / "out").exists()  # reading made nothing
     ws.start()
-    for folder, key in ((ws.var, "database"), (ws.root / "out/results", "results.folder"),
-                        (ws.root / "out/failed", "archive.failed"),
+    for folder, key in ((ws.var, "database"), (ws.root / "out", "results.folder"),
+                        (ws.root / "failed", "archive.failed"),
                         (ws.var / "remote", "transport.root")):
         assert folder.is_dir(), folder
     ws.drop_case("fine")
@@ -226,6 +226,12 @@ def test_run_logs_the_folders_it_made(ws, caplog):
     ws.start()
     assert f"made the folder {ws.var} (database)" in caplog.text
     assert f"made the folder {ws.root / 'results'} (results.folder)" in caplog.text
+
+
+def test_a_folder_below_a_missing_one_is_taken_for_a_typo(ws):
+    ws.write_config(results={"folder": "resluts/here"})
+    with pytest.raises(ConfigError, match=r": results\.folder: folder .*/resluts does not exist"):
+        load_config(ws.config_path)
 
 
 def test_a_folder_that_cannot_be_made_is_named(ws):

@@ -196,11 +196,15 @@ class Config:
 class _Reader:
     """Takes values out of one mapping, naming file and key in every error."""
 
-    def __init__(self, file: Path, data: dict, prefix: str = ""):
+    def __init__(self, file: Path, data: dict, prefix: str = "",
+                 planned: set[Path] | None = None):
         self.file = file
         self.data = data
         self.prefix = prefix
         self.used: set[str] = set()
+        # folders that do not exist yet and that `caseflow run` will make (shared by the
+        # readers of one file: a folder may be missing if its parent exists or is one)
+        self.planned: set[Path] = set() if planned is None else planned
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -231,7 +235,7 @@ class _Reader:
 
     def sub(self, name: str, required: bool = False) -> "_Reader":
         value = self.get(name, dict, default=... if required else {}, what="a mapping")
-        return _Reader(self.file, value, prefix=f"{self.key(name)}.")
+        return _Reader(self.file, value, prefix=f"{self.key(name)}.", planned=self.planned)
 
     def _misspelt(self, name: str) -> None:
         """A required key is missing: a key not read yet that looks like it (`kidn` for
@@ -398,7 +402,9 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _can_make(reader: _Reader, key: str, folder: Path) -> None:
-    """`folder` is a folder, or `caseflow run` can make it (with its missing parents)."""
+    """`folder` is a folder, or `caseflow run` can make it: its parent exists (a typo in a
+    path is not taken for a folder to make) or is another folder run makes first (the
+    database's `var/` for a local root `var/remote`)."""
     if folder.is_dir():
         return
     if folder.exists():
@@ -406,8 +412,11 @@ def _can_make(reader: _Reader, key: str, folder: Path) -> None:
     parent = _existing_ancestor(folder)
     if not parent.is_dir():
         raise reader.error(key, f"cannot make {folder}: {parent} is a file, not a folder")
+    if folder.parent != parent and folder.parent not in reader.planned:
+        raise reader.error(key, f"folder {folder.parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise reader.error(key, f"cannot make {folder}: {parent} is not writable")
+    reader.planned.add(folder)
 
 
 def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -> Path | None:
@@ -524,7 +533,8 @@ def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
         if not isinstance(settings, dict):
             raise top.error(f"hosts.{name}", f"expected a mapping with groups, transport and "
                                              f"backend, got {_show(settings)}")
-        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.")
+        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.",
+                     planned=top.planned)
         transport = _read_transport(hr, base, name=name)
         backend = _read_backend(hr)
         groups = _read_groups(hr)
