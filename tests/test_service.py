@@ -1,8 +1,9 @@
 """caseflow outside `make`: installed with pip and with pipx into fresh environments, and
 run as the example systemd unit (config/caseflow.service) says.
 
-The installs are real (the Python packages come from the package index, ~1 minute); the copy of the repository they install from is removed before anything runs, so
-the installed `caseflow` can only use what was installed (the machine spec above all).
+The installs are real (the Python packages come from the package index once, ~1 minute);
+the copy of the repository they install from is removed before anything runs, so the
+installed `caseflow` can only use what was installed (the machine spec above all).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every mistake is reported as a `ConfigError` that names the file and the key.
 Loading changes nothing on disk: a folder that `caseflow run` will need (the
 database's, results, archives, a local transport's root) may be missing if it can
-be made; `make_run_folders` makes them, once the daemon is sure to run. Relative
+be made; `folders.make_run_folders` makes them, once the daemon is sure to run. Relative
 paths are resolved against the config file's folder, so the daemon works from any
 working directory.
 """
@@ -427,39 +427,6 @@ def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -
     folder = _resolve(base, value)
     _can_make(reader, key, folder)
     return folder
-
-
-def run_folders(config: Config) -> list[tuple[str, Path]]:
-    """(key, folder) of every local folder `caseflow run` works in, the database's first."""
-    out = [("database", config.database.parent)]
-    if config.results.folder is not None:
-        out.append(("results.folder", config.results.folder))
-    for key, folder in (("archive.done", config.finish.archive_done),
-                        ("archive.failed", config.finish.archive_failed)):
-        if folder is not None:
-            out.append((key, folder))
-    for h in config.hosts:
-        if h.transport.kind == "local":
-            prefix = f"hosts.{h.name}." if len(config.hosts) > 1 else ""
-            out.append((f"{prefix}transport.root", Path(h.transport.root)))
-    return out
-
-
-def make_run_folders(config: Config, only: tuple[str, ...] | None = None) -> list[str]:
-    """Make the missing folders of `run_folders` (of the keys in `only`, when given);
-    returns a line per folder made, for the log. Raises ConfigError naming the key
-    when one cannot be made (the file system changed since the config was read)."""
-    made = []
-    for key, folder in run_folders(config):
-        if (only is not None and key not in only) or folder.is_dir():
-            continue
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise ConfigError(f"{config.path}: {key}: cannot make {folder}: "
-                              f"{exc.strerror or exc}") from exc
-        made.append(f"made the folder {folder} ({key})")
-    return made
 
 
 def _read_results(top: _Reader, base: Path, inbox: Path) -> ResultsConfig:

@@ -18,7 +18,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
-from .config import make_run_folders, permission_warnings
+from .config import permission_warnings
+from .folders import make_run_folders
 from .engine import Engine
 from .errors import AlreadyRunning
 from .watcher import InboxWatcher
