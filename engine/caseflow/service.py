@@ -20,7 +20,7 @@ from pathlib import Path
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # attributes a log call may add with `extra=` that the JSON form shows as fields
-CASE_FIELDS = ("case_id", "case_name", "from_state", "to_state", "trigger", "host")
+CASE_FIELDS = ("case_id", "case_name", "from_state", "to_state", "trigger")
 
 
 class TextFormatter(logging.Formatter):
