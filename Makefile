@@ -14,8 +14,8 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# the daemon makes var/ (database, "remote" root) itself; inbox/ is in the repository
 run: $(STAMP)
-	mkdir -p inbox var
 	$(BIN)/caseflow run -c config/local.yaml
 
 test: $(STAMP)
@@ -32,4 +32,5 @@ diagram: $(STAMP)
 	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd
 
 clean:
-	rm -rf $(VENV) var inbox results
+	rm -rf $(VENV) var results
+	find inbox -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +

@@ -8,6 +8,7 @@ import yaml
 
 from caseflow.config import load_config
 from caseflow.errors import ConfigError
+from harness import wait_for
 from pueue_daemon import VERSIONS, PueueDaemon
 
 
@@ -138,7 +139,8 @@ def test_the_shipped_pueue_example_is_valid(tmp_path):
     assert config.group("gpu_big").devices == ("2,3",)
     assert config.retry.give_up_after_seconds == 86400
     assert config.finish.remote_cleanup == "on_success"
-    assert config.finish.archive_done == tmp_path / "done" and config.results.folder.is_dir()
+    assert config.finish.archive_done == tmp_path / "done"
+    assert not config.results.folder.exists()  # made by `caseflow run`, not by reading
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -168,7 +170,8 @@ def test_the_shipped_pueue_example_runs_a_case_on_real_pueue(ws, sshd, version):
         ws.drop_case("example", group="gpu_big")
         row = ws.wait_state("example", "success", "failure", "not_found")
         assert row.state == "success", row.reason
-        assert (ws.root / "done" / "example").is_dir()  # archived as the example says
+        # archived as the example says, by the wrap-up that follows the terminal state
+        wait_for(lambda: (ws.root / "done" / "example").is_dir(), what="the case archived")
         assert Path(row.results_path, "output", "devices.txt").read_text() == "2,3\n"
         groups = daemon.groups()
         assert groups["gpu_a"]["parallel_tasks"] == 2 and groups["gpu_big"]["parallel_tasks"] == 1
@@ -187,3 +190,143 @@ def test_the_local_example_is_valid(tmp_path):
     path = tmp_path / "local.yaml"
     path.write_text(yaml.safe_dump(data))
     assert load_config(path).backend.kind == "direct"
+
+
+# -- loading changes nothing on disk -------------------------------------------------------
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"results": {"folder": "inbox/res"}}, "results.folder"),
+    ({"archive": {"done": "inbox/done"}}, "archive.done"),
+    ({"archive": {"done": "done"}, "log": {"level": "LOUD"}}, "log.level"),
+])
+def test_a_refused_config_makes_nothing(ws, changes, key):
+    ws.write_config(**changes)
+    before = _tree(ws.root)
+    proc = ws.cli("run")
+    assert proc.returncode == 2 and f"{key}:" in proc.stderr, proc.stderr
+    assert _tree(ws.root) == before
+
+
+def test_read_only_commands_make_nothing(ws):
+    """status, show, check, resources and diagram leave the disk as they found it, also
+    with folders configured that `run` would make."""
+    ws.start()
+    ws.drop_case("seen")
+    ws.wait_state("seen", "success")
+    ws.stop()
+    ws.close()
+    ws.write_config(results={"folder": "res"}, archive={"done": "arch"},
+                    database="var/caseflow.db")
+    before = _tree(ws.root)
+    for args in (["status"], ["status", "--json"], ["show", "seen"], ["show", "--json", "seen"],
+                 ["resources"], ["resources", "--json"], ["diagram"]):
+        proc = ws.cli(*args)
+        assert proc.returncode == 0, (args, proc.stderr)
+        assert _tree(ws.root) == before, args
+    proc = ws.cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all checks passed" in proc.stdout
+    assert _tree(ws.root) == before
+
+
+def test_check_makes_no_missing_folder_and_says_it_would(ws):
+    ws.write_config(transport={"kind": "local", "root": "later"},
+                    archive={"done": "nosuch"})
+    before = _tree(ws.root)
+    proc = ws.cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "made by `caseflow run`" in proc.stdout, proc.stdout
+    assert _tree(ws.root) == before
+
+
+def test_run_makes_its_folders_after_the_checks_and_logs_them(ws, tmp_path):
+    import shutil
+    shutil.rmtree(ws.var)
+    shutil.rmtree(ws.remote)
+    ws.write_config(results={"folder": "out"}, archive={"failed": "failed"},
+                    transport={"kind": "local", "root": "var/remote"})  # var/: the database's
+    config = ws.config()
+    assert not ws.var.exists() and not (ws.root / "out").exists()  # reading made nothing
+    ws.start()
+    for folder, key in ((ws.var, "database"), (ws.root / "out", "results.folder"),
+                        (ws.root / "failed", "archive.failed"),
+                        (ws.var / "remote", "transport.root")):
+        assert folder.is_dir(), folder
+    ws.drop_case("fine")
+    ws.wait_state("fine", "success")
+    assert config.database.exists()
+
+
+def test_run_logs_the_folders_it_made(ws, caplog):
+    import shutil
+    shutil.rmtree(ws.var)
+    ws.start()
+    assert f"made the folder {ws.var} (database)" in caplog.text
+    assert f"made the folder {ws.root / 'results'} (results.folder)" in caplog.text
+
+
+def test_a_folder_below_a_missing_one_is_taken_for_a_typo(ws):
+    ws.write_config(results={"folder": "resluts/here"})
+    with pytest.raises(ConfigError, match=r": results\.folder: folder .*/resluts does not exist"):
+        load_config(ws.config_path)
+
+
+def test_a_folder_that_cannot_be_made_is_named(ws):
+    (ws.root / "afile").write_text("x")
+    for changes, key in (({"database": "afile/db/caseflow.db"}, "database"),
+                         ({"results": {"folder": "afile/results"}}, "results.folder"),
+                         ({"transport": {"kind": "local", "root": "afile/r"}}, "transport.root")):
+        ws.write_config(**changes)
+        with pytest.raises(ConfigError) as err:
+            load_config(ws.config_path)
+        assert str(err.value).startswith(f"{ws.config_path}: {key}:"), str(err.value)
+        assert "is a file, not a folder" in str(err.value)
+        ws.write_config(database="var/caseflow.db", results={},
+                        transport={"kind": "local", "root": "remote"})
+
+
+# -- mistakes that used to pass or were named wrong --------------------------------------
+def test_a_key_given_twice_is_refused_naming_it(ws):
+    ws.config_path.write_text(ws.config_path.read_text() + "tick_seconds: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(ws.config_path)
+    assert str(err.value).startswith(f"{ws.config_path}: tick_seconds: given twice (lines ")
+    text = ws.config_path.read_text().replace("kind: local", "kind: local\n  kind: ssh")
+    ws.config_path.write_text(text)
+    with pytest.raises(ConfigError, match=r": transport\.kind: given twice \(lines \d+ and \d+\)"):
+        load_config(ws.config_path)
+
+
+def test_anchors_and_merge_keys_are_not_taken_for_duplicates(ws):
+    text = ws.config_path.read_text()
+    text = text.replace("retry:", "x-base: &base\n  initial_seconds: 0.2\nretry:\n  <<: *base", 1)
+    text = text.replace("  initial_seconds: 0.2\n  max_seconds: 1", "  max_seconds: 1")
+    ws.config_path.write_text(text)
+    assert load_config(ws.config_path).retry.initial_seconds == 0.2
+
+
+def test_an_inbox_that_is_a_file_says_so(ws):
+    (ws.root / "inbox.txt").write_text("not a folder")
+    path = _config(ws, inbox="inbox.txt")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: inbox: ") and "is a file, not a folder" in str(
+        err.value)
+
+
+@pytest.mark.parametrize("section, typo, right", [
+    ("transport", "kidn", "kind"),
+    ("transport", "roots", "root"),
+    ("backend", "comand", "command"),
+])
+def test_a_typo_of_a_required_key_names_the_typo(ws, section, typo, right):
+    settings = dict(ws.settings[section])
+    settings[typo] = settings.pop(right)
+    path = _config(ws, **{section: settings})
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value).startswith(f"{path}: {section}.{typo}: unknown key (did you mean "
+                                     f"{right!r}?"), str(err.value)

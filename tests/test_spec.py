@@ -105,11 +105,48 @@ def test_committed_diagram_matches_the_spec(spec):
         "specs/case_machine.mmd is stale: run `make diagram`"
 
 
+def _fences(path: Path) -> list:
+    """The fenced code blocks of a Markdown file, as a CommonMark parser reads them."""
+    from markdown_it import MarkdownIt
+    return [t for t in MarkdownIt("commonmark").parse(path.read_text(encoding="utf-8"))
+            if t.type == "fence"]
+
+
 def test_readme_shows_the_current_diagram(spec):
-    readme = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```mermaid\n(.*?)```", readme, re.S)
-    assert any(b.strip() == render(spec, "mermaid").strip() for b in blocks), \
-        "the README's mermaid diagram differs from the spec: paste specs/case_machine.mmd"
+    """Parsed as GitHub does (CommonMark): the Mermaid block is exactly the committed
+    diagram, so it closes where the diagram ends (a fence on the diagram's last line
+    would not close it and swallow the rest of the page)."""
+    blocks = [t for t in _fences(ROOT / "README.md") if t.info.strip() == "mermaid"]
+    assert len(blocks) == 1, "the README shows the diagram once"
+    assert blocks[0].content == (ROOT / "specs" / "case_machine.mmd").read_text(), \
+        "the README's mermaid diagram differs from specs/case_machine.mmd: paste it"
+    assert blocks[0].content == render(spec, "mermaid").rstrip("\n") + "\n"
+
+
+def test_every_fenced_block_closes_where_it_should():
+    """A fence left open runs to the end of the page; a closing fence glued to a line is
+    content. Each block a parser finds must end at a line that is only a fence, and no
+    block's text may hold a fence of its own."""
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for block in _fences(page):
+            start, end = block.map
+            closing = lines[end - 1].strip() if end - 1 < len(lines) else ""
+            assert end - 1 > start and re.fullmatch(r"(`{3,}|~{3,})", closing), \
+                f"{page.name}: the block opened on line {start + 1} does not close on a line " \
+                "of its own"
+            assert "```" not in block.content, f"{page.name}: line {start + 1}: a fence inside " \
+                "a block"
+
+
+def test_the_diagram_file_ends_with_a_newline(tmp_path):
+    import subprocess
+    import sys
+    target = tmp_path / "m.mmd"
+    subprocess.run([sys.executable, "-m", "caseflow.cli", "diagram", "-o", str(target)],
+                   check=True, timeout=60)
+    assert target.read_text().endswith("detected\n")
+    assert (ROOT / "specs" / "case_machine.mmd").read_text() == target.read_text()
 
 
 def test_diagram_shows_every_transition(spec):

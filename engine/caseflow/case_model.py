@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import casefolder, metrics
 from .backends import NOT_FOUND, JobRef, JobSpec
-from .errors import PermanentError
+from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
 
 log = logging.getLogger("caseflow.case")
@@ -208,9 +208,21 @@ class Case:
                                  f"file{'' if count == 1 else 's'} in {target}"
 
     def kill_job(self, event) -> None:
-        row = self.row
+        row, eng = self.row, self.engine
         if row.task_id:
-            self.engine.host_of(row).backend.cancel(job_ref(row, self.engine.instance))
+            backend = eng.host_of(row).backend
+            ref = job_ref(row, eng.instance)
+            backend.cancel(ref)
+            # what the job wrote until it was stopped is kept like a finished job's log
+            # (`caseflow show`); a log that cannot be had does not stop the cancel
+            try:
+                text = backend.job_log(ref)
+            except (PermanentError, TransientError, HostError) as exc:
+                log.warning("case %s: the cancelled job's log could not be fetched: %s",
+                            row.id, exc)
+                text = None
+            if text is not None:
+                write_atomic(job_log_path(eng.config.database, row), text)
         self.changes["reason"] = "cancelled"
 
     def reset_for_retry(self, event) -> None:
@@ -238,6 +250,8 @@ class Case:
                                     take_slot=self.slot_to_take, release_slot=self.release,
                                     detail=detail)
         log.info("case %s %r: %s -> %s (%s)%s", row.id, row.name, src, dst, trigger,
-                 f": {detail}" if detail else "")
+                 f": {detail}" if detail else "",
+                 extra={"case_id": row.id, "case_name": row.name, "from_state": src,
+                        "to_state": dst, "trigger": trigger})
         if self.release:
             eng.wake()  # a slot is free: cases waiting for one need not wait for the tick

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from . import yamlfile
 from .errors import PermanentError
 
 CASE_FILE = "case.yaml"
@@ -103,9 +104,11 @@ def read_case_file(folder: Path, known_groups: list[str], default_group: str) ->
     if not path.exists():
         return settings
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yamlfile.load(path.read_text(encoding="utf-8"), name=CASE_FILE)
     except (OSError, UnicodeDecodeError) as exc:
         raise PermanentError(f"{CASE_FILE}: cannot be read: {exc}") from exc
+    except yamlfile.DuplicateKey as exc:
+        raise PermanentError(f"{CASE_FILE}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise PermanentError(f"{CASE_FILE}: not valid YAML: {exc}") from exc
     if data is None:

@@ -1,7 +1,9 @@
 """`caseflow check`: can the configured hosts be used? A report a person can act on.
 
 Connects (verifying the host key), checks the remote root (exists or can be
-created, writable, free space) and the tools the transport and backend need.
+made, writable, free space) and the tools the transport and backend need. It
+makes nothing, here or on the host: a missing folder is reported as one that
+can be made.
 """
 
 from __future__ import annotations
@@ -14,6 +16,23 @@ from .transports import make_transport
 TOOLS = {"ssh": ["tar", "find", "sha256sum", "xargs", "dd", "sed", "df", "awk"], "local": []}
 BACKEND_TOOLS = {"direct": ["setsid", "sh"],
                  "slurm": ["sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"]}
+
+
+# prints "exists" (the root is a writable folder) or the nearest existing folder above it
+# (writable, so the root can be made there), then df's line for that folder; makes nothing
+_ROOT_SCRIPT = r'''
+d=$1
+if [ -d "$d" ]; then
+  [ -w "$d" ] || { echo "$d is not writable" >&2; exit 1; }
+  echo exists
+else
+  while [ ! -e "$d" ]; do d=$(dirname -- "$d"); done
+  [ -d "$d" ] || { echo "$d is a file, not a folder" >&2; exit 1; }
+  [ -w "$d" ] || { echo "it does not exist and $d is not writable" >&2; exit 1; }
+  printf '%s\n' "$d"
+fi
+df -Pk -- "$d" | tail -1
+'''
 
 
 @dataclass
@@ -44,14 +63,18 @@ def check_host(host) -> tuple[str, list[Line]]:
         except (HostError, TransientError, PermanentError) as exc:
             lines.append(Line(False, f"cannot connect: {exc}"))
             return title, lines
-        res = t.run(["sh", "-c", 'mkdir -p -- "$1" && [ -w "$1" ] && df -Pk -- "$1" | tail -1',
-                     "check", root])
-        if res.returncode != 0:
+        res = t.run(["sh", "-c", _ROOT_SCRIPT, "check", root])
+        out = res.stdout.splitlines()
+        if res.returncode != 0 or not out:
             lines.append(Line(False, f"remote root {root} is not a writable folder: "
                                      f"{res.stderr.strip() or 'not writable'}"))
         else:
-            lines.append(Line(True, f"remote root {root} exists and is writable"))
-            fields = res.stdout.split()
+            if out[0] == "exists":
+                lines.append(Line(True, f"remote root {root} exists and is writable"))
+            else:
+                lines.append(Line(True, f"remote root {root} does not exist yet; it can be "
+                                        f"made ({out[0]} is writable)"))
+            fields = (out[1] if len(out) > 1 else "").split()
             if len(fields) >= 4 and fields[3].isdigit():
                 free = int(fields[3]) * 1024
                 lines.append(Line(free > 1 << 30, f"free space: {free / (1 << 30):.1f} GiB"
@@ -68,3 +91,15 @@ def check_host(host) -> tuple[str, list[Line]]:
     finally:
         t.close()
     return title, lines
+
+
+def check_local(config) -> list[Line]:
+    """This machine: what anyone could change, and the folders `caseflow run` will make."""
+    from .config import permission_warnings
+    from .folders import run_folders
+    lines = [Line(False, w) for w in permission_warnings(config)]
+    for key, folder in run_folders(config):
+        if not folder.is_dir():
+            lines.append(Line(True, f"{key}: {folder} does not exist yet; made by "
+                                    "`caseflow run` at start"))
+    return lines

@@ -1,56 +1,48 @@
 """The `caseflow` command line.
 
 Exit codes: 0 done, 1 a failure (unknown case, refused request, daemon already
-running, ...), 2 bad configuration or usage. Errors go to stderr.
+running, a database that cannot be read, ...), 2 bad configuration or usage.
+Errors go to stderr as one line; an ordinary mistake never shows a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
+import os
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
 from . import __version__
-from .config import config_path_from, load_config, permission_warnings
+from .case_model import job_log_path
+from .config import config_path_from, load_config
 from .daemon import Daemon, DaemonLock
 from .diagram import FORMATS, render
-from .case_model import job_log_path
 from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
+from .service import LOG_FORMATS, notify_systemd, setup_logging
 from .spec import load_spec
 from .store import CaseRow, Store
-from .views import case_detail, case_json, iso as _iso, printable, slot_json
-
-log = logging.getLogger("caseflow")
+from .views import (case_detail, case_json, iso, one_line, printable, reason_cell, slot_json,
+                    state_cell, table, upload_text)
 
 
 class UsageError(CaseflowError):
     pass
 
 
-def _progress(row: CaseRow) -> str:
-    if row.progress_total:
-        return f" ({100 * (row.progress_bytes or 0) // row.progress_total}% sent)"
-    return ""
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    return "\n".join(lines)
+_open_stores: list[Store] = []  # closed when the command ends (no -wal/-shm left behind)
 
 
 def _open(args) -> tuple:
     config = load_config(config_path_from(args.config))
-    store = Store(config.database)
-    if not config.database.exists():
+    if not config.database.is_file():
         raise CaseflowError(f"no database at {config.database} yet: start `caseflow run` first")
+    store = Store(config.database)
+    _open_stores.append(store)
     store.migrate()
     return config, store
 
@@ -68,9 +60,14 @@ def resolve(store: Store, ref: str) -> CaseRow:
 # -- commands ------------------------------------------------------------------------------
 def cmd_run(args) -> int:
     config = load_config(config_path_from(args.config))
-    setup_logging(config.log_level, config.log_file)
+    setup_logging(config.log_level, config.log_file, args.log_format)
     daemon = Daemon(config)
     daemon.install_signal_handlers()
+
+    def ready():  # a Type=notify systemd unit counts as started from here
+        daemon.ready.wait()
+        notify_systemd("READY=1")
+    threading.Thread(target=ready, name="notify-ready", daemon=True).start()
     return daemon.run()
 
 
@@ -86,14 +83,15 @@ def cmd_status(args) -> int:
         from .watch import watch
         return watch(store, spec, args.state)
     rows = store.cases([args.state] if args.state else None)
-    if not args.json:
-        for name, problem, since in store.host_problems():
-            print(f"host {name}: work PAUSED since {_iso(since)}: {problem}")
-        for name, notice in store.host_notices():
-            print(f"host {name}: {notice}")
+    terminal = set(spec.terminal_states)
     if args.json:
-        print(json.dumps([case_json(r) for r in rows], indent=2, ensure_ascii=False))
+        print(json.dumps([case_json(r, r.state in terminal) for r in rows], indent=2,
+                         ensure_ascii=False))
         return 0
+    for name, problem, since in store.host_problems():
+        print(f"host {name}: work PAUSED since {iso(since)}: {one_line(problem, 10_000)}")
+    for name, notice in store.host_notices():
+        print(f"host {name}: {one_line(notice, 10_000)}")
     if not rows:
         print("no cases")
         return 0
@@ -101,47 +99,52 @@ def cmd_status(args) -> int:
     return 0
 
 
-def status_table(rows: list[CaseRow]) -> str:
+def status_table(rows: list[CaseRow], now: float | None = None) -> str:
     """The table `caseflow status` prints (and `--watch` redraws)."""
-    table = [[str(r.id), printable(r.name), r.state + _progress(r) +
-              (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
-              (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
-               r.state == "running" else "") +
-              (f" ({r.request} requested)" if r.request else ""),
-              r.grp or "-", r.slot_host or r.host or "-",
-              "-" if r.slot_index is None else str(r.slot_index), r.task_id or "-", _iso(r.updated_at) or "-",
-              printable(r.reason or (f"retrying since {_iso(r.failing_since)} "
-                                     f"({r.attempts} attempts): {r.last_error}"
-                                     if r.last_error else None))]
-             for r in rows]
-    return _table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
-                  table)
+    now = time.time() if now is None else now
+    return table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+                 [[str(r.id), printable(r.name), state_cell(r, now), r.grp or "-",
+                   r.slot_host or r.host or "-", "-" if r.slot_index is None else str(r.slot_index),
+                   r.task_id or "-", iso(r.updated_at) or "-", reason_cell(r)] for r in rows])
+
+
+def _field(key: str, value) -> str:
+    """`key: value`, a value of several lines (a YAML error, a hook's output) in full, its
+    further lines indented under the first."""
+    lines = [printable(v) for v in str(value).splitlines()] if value is not None else ["-"]
+    return "\n".join([f"{key + ':':17} {lines[0] if lines else ''}"] +
+                     [f"{'':17} {line}" for line in lines[1:]])
 
 
 def cmd_show(args) -> int:
     config, store = _open(args)
+    spec = load_spec()
     row = resolve(store, args.case)
     history = store.history(row.id)
+    log_file = job_log_path(config.database, row)
+    out = case_json(row, row.state in spec.terminal_states)
     if args.json:
         out = case_detail(config.database, row, history, time.time())
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
-    for key, value in case_json(row).items():
-        print(f"{key + ':':17} {printable(value if value is None else str(value))}")
+    for key, value in out.items():
+        print(_field(key, value))
+    progress = upload_text(row, time.time())
+    if progress:
+        print(_field("uploading", progress))
     if row.results_fetched and row.results_path:
         print(f"\nresults are in {printable(row.results_path)}")
     elif row.results_path and row.job_outcome:
         print(f"\nresults are being fetched into {printable(row.results_path)}")
-    log_file = job_log_path(config.database, row)
     if log_file.exists():
         lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
         print(f"\njob log ({log_file}), last {min(10, len(lines))} of {len(lines)} lines:")
         for line in lines[-10:]:
             print(f"  {printable(line)}")
     print("\nhistory:")
-    print(_table(["AT", "FROM", "TO", "TRIGGER", "DETAIL"],
-                 [[_iso(h.at), h.src or "-", h.dst, h.trigger, printable(h.detail)]
-                  for h in history]))
+    print(table(["AT", "FROM", "TO", "TRIGGER", "DETAIL"],
+                [[iso(h.at), h.src or "-", h.dst, h.trigger, one_line(h.detail, 10_000)]
+                 for h in history]))
     return 0
 
 
@@ -149,17 +152,20 @@ def cmd_resources(args) -> int:
     config, store = _open(args)
     slots = store.slots()
     if args.json:
-        print(json.dumps([slot_json(s) for s in slots], indent=2, ensure_ascii=False))
+        print(json.dumps([slot_json(s) for s in slots],
+                         indent=2, ensure_ascii=False))
         return 0
-    print(_table(["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
-                 [[s.host or "-", s.grp, str(s.idx), s.device or "-",
-                   f"{s.case_id} {printable(s.case_name)}" if s.case_id else "free",
-                   s.case_state or "-", "retired" if s.retired else ""] for s in slots]))
+    print(table(["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
+                [[s.host or "-", s.grp, str(s.idx), s.device or "-",
+                  f"{s.case_id} {printable(s.case_name)}" if s.case_id else "free",
+                  s.case_state or "-", "retired" if s.retired else ""] for s in slots]))
     return 0
 
 
 def cmd_request(args) -> int:
-    """retry / cancel: recorded in the store; the daemon applies it (or we do, if none runs)."""
+    """retry / cancel: recorded in the store; the daemon applies it (or we do, if none runs).
+    What is printed is what happened: the transition the request made (found in the
+    history, not guessed from the state, which may have moved on) and where the case is."""
     trigger = args.command
     config, store = _open(args)
     spec = load_spec()
@@ -167,6 +173,7 @@ def cmd_request(args) -> int:
     if row.state not in spec.sources_of(trigger):
         raise CaseflowError(f"case {row.id} {printable(row.name)!s} is {row.state}; {trigger} "
                             f"applies to: {', '.join(spec.sources_of(trigger))}")
+    mark = max((h.id for h in store.history(row.id)), default=0)
     store.set_request(row.id, trigger)
     lock = DaemonLock(config.database)
     try:
@@ -177,13 +184,13 @@ def cmd_request(args) -> int:
         if args.no_wait:
             return 0
         deadline = time.monotonic() + args.wait
-        while time.monotonic() < deadline:
-            now = store.get(row.id)
-            if now.request is None:
-                return _report(trigger, now, row.state)
+        while store.get(row.id).request is not None:
+            if time.monotonic() >= deadline:
+                print(f"not applied within {args.wait:.0f} s; it stays requested and the "
+                      "daemon applies it when it can", file=sys.stderr)
+                return 1
             time.sleep(0.2)
-        print(f"not applied within {args.wait:.0f} s; it stays requested", file=sys.stderr)
-        return 1
+        return _report(store, trigger, row, mark, daemon_pid=exc.pid)
     try:
         engine = Engine(config, spec=spec, store=store)
         engine.start(workers=False)
@@ -191,29 +198,47 @@ def cmd_request(args) -> int:
         engine.shutdown()
     finally:
         lock.release()
-    return _report(trigger, store.get(row.id), row.state)
+    return _report(store, trigger, row, mark, daemon_pid=None)
 
 
-def _report(trigger: str, row: CaseRow, before: str) -> int:
-    if row.request is not None or row.state == before:
-        print(f"case {row.id}: {trigger} could not be applied yet"
-              + (f": {row.last_error}" if row.last_error else ""), file=sys.stderr)
+def _report(store: Store, trigger: str, before: CaseRow, mark: int,
+            daemon_pid: int | None) -> int:
+    now = store.get(before.id)
+    name = printable(before.name)
+    done = next((h for h in store.history(before.id) if h.id > mark and h.trigger == trigger),
+                None)
+    if done is None:
+        why = f": {one_line(now.last_error)}" if now.last_error else ""
+        still = "; it stays requested" if now.request else ""
+        print(f"case {before.id} {name}: {trigger} was not applied; it is {now.state}{why}{still}",
+              file=sys.stderr)
         return 1
-    print(f"case {row.id} {printable(row.name)}: {before} -> {row.state}"
-          + (f" ({row.reason})" if row.reason else ""))
+    line = f"case {before.id} {name}: {done.src} -> {done.dst}"
+    if trigger == "cancel":
+        line = f"case {before.id} {name}: cancelled: {done.src} -> {done.dst}"
+        if now.reason:
+            line += f" ({one_line(now.reason)})"
+        if now.state != done.dst:
+            line += f"; it is now {now.state}"
+    else:
+        line = (f"case {before.id} {name}: retry accepted (run {now.run}): {done.src} -> "
+                f"{done.dst}; it is now {now.state}")
+        line += (f" and goes on in the running daemon (pid {daemon_pid})" if daemon_pid else
+                 " and goes on when `caseflow run` runs")
+        line += f"; follow it with `caseflow show {before.id}`"
+    print(line)
     return 0
 
 
 def cmd_check(args) -> int:
-    from .check import Line, check_host
+    from .check import check_host, check_local
     config = load_config(config_path_from(args.config))
-    ok = True
-    local = [Line(False, w) for w in permission_warnings(config)]
+    local = check_local(config)
     if local:
         print("this machine")
         for line in local:
             print(line)
-        ok = False
+    ok = all(line.ok for line in local)
     for host in config.hosts:
         title, lines = check_host(host)
         print(title)
@@ -226,27 +251,21 @@ def cmd_check(args) -> int:
 
 def cmd_diagram(args) -> int:
     out = render(load_spec(), args.format)
-    if args.output:
-        Path(args.output).write_bytes(out if isinstance(out, bytes) else out.encode())
-    elif isinstance(out, bytes):
-        sys.stdout.buffer.write(out)
-    else:
-        sys.stdout.write(out if out.endswith("\n") else out + "\n")
+    data = out if isinstance(out, bytes) else (out if out.endswith("\n") else out + "\n").encode()
+    if not args.output:
+        sys.stdout.buffer.write(data)
+        return 0
+    target = Path(args.output)
+    if not target.parent.is_dir():
+        raise UsageError(f"-o {target}: folder {target.parent} does not exist")
+    try:
+        target.write_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"-o {target}: cannot write: {exc.strerror or exc}") from exc
     return 0
 
 
 # -- plumbing ------------------------------------------------------------------------------
-def setup_logging(level: str = "INFO", file: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if file:
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-    logging.getLogger("transitions").setLevel(logging.WARNING)
-    logging.getLogger("watchdog").setLevel(logging.WARNING)
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
@@ -254,36 +273,62 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+CONFIG_HELP = "the configuration file (default: $CASEFLOW_CONFIG)"
+JSON_STATUS = ("print the cases as a JSON list of objects, one per case, with the keys "
+               "listed in docs/cli.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # -c works before the command (`caseflow -c FILE status`) and after it; SUPPRESS keeps
+    # a command's parser from overwriting the one given before it with its own default
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-c", "--config", help="config file (default: $CASEFLOW_CONFIG)")
+    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help=CONFIG_HELP)
     p = _Parser(prog="caseflow", description="Ferries compute cases from an inbox folder to a "
-                                             "GPU host's queue.")
+                                             "GPU host's queue and brings their results back.")
     p.add_argument("--version", action="version", version=f"caseflow {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    sub.add_parser("run", parents=[common], help="run the daemon in the foreground")
-    s = sub.add_parser("status", parents=[common], help="list cases")
-    s.add_argument("--json", action="store_true")
+    p.add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
+                           metavar="COMMAND")
+
+    def command(name: str, text: str, config: bool = True):
+        return sub.add_parser(name, parents=[common] if config else [], help=text,
+                              description=text[0].upper() + text[1:] + ".")
+
+    s = command("run", "run the daemon in the foreground until SIGTERM or SIGINT")
+    s.add_argument("--log-format", choices=LOG_FORMATS, default="text",
+                   help="text: one line per event for a person (default); json: one JSON "
+                        "object per line for a log collector")
+    s = command("status", "list the cases: state, group, host, slot, task, reason")
+    s.add_argument("--json", action="store_true", help=JSON_STATUS)
     s.add_argument("--state", help="only cases in this state")
     s.add_argument("--watch", action="store_true",
                    help="redraw the table every second, counts per state on top, until Ctrl-C")
-    s = sub.add_parser("show", parents=[common], help="one case and its history")
-    s.add_argument("case", help="case id or unique name")
-    s.add_argument("--json", action="store_true")
-    s = sub.add_parser("resources", parents=[common], help="GPU slots and who holds them")
-    s.add_argument("--json", action="store_true")
-    for name, text in (("retry", "run a failed or lost case again"),
-                       ("cancel", "stop a case (kills its job if one runs)")):
-        s = sub.add_parser(name, parents=[common], help=text)
+    s = command("show", "show one case: every field, its results, its job log, its history")
+    s.add_argument("case", help="case id or unique name (`--` before a name starting with -)")
+    s.add_argument("--json", action="store_true",
+                   help="print the case as one JSON object: the keys of `status --json`, "
+                        "job_log (the kept log's path), upload (bytes, total, percent, rate, "
+                        "seconds left, or null) and history (a list of transitions)")
+    s = command("resources", "list the GPU slots and the case holding each")
+    s.add_argument("--json", action="store_true",
+                   help="print the slots as a JSON list of objects with host, group, slot, "
+                        "device, case_id, case_name, case_state and retired")
+    for name, text in (("retry", "run a failed or lost case again, validated and uploaded "
+                                 "afresh"),
+                       ("cancel", "stop an active case (kills its job if one runs); it ends "
+                                  "in failure")):
+        s = command(name, text)
         s.add_argument("case", help="case id or unique name")
         s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
                        help="how long to wait for a running daemon to apply it (default 60)")
         s.add_argument("--no-wait", action="store_true", help="only record the request")
-    sub.add_parser("check", parents=[common],
-                   help="check the host: connection, host key, remote root, tools")
-    s = sub.add_parser("diagram", help="export the case state machine")
-    s.add_argument("--format", choices=FORMATS, default="mermaid")
-    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    command("check", "check this machine's folders and each host: connection, host key, "
+                     "remote root, free space, tools")
+    s = command("diagram", "export the case state machine as a diagram", config=False)
+    s.add_argument("--format", choices=FORMATS, default="mermaid",
+                   help="mermaid (default), dot, or svg (needs Graphviz's dot)")
+    s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     return p
 
 
@@ -302,8 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     except CaseflowError as exc:
         print(f"caseflow: {exc}", file=sys.stderr)
         return 1
+    except sqlite3.Error as exc:  # a file that is not a database, or one that cannot be read
+        where = _open_stores[-1].path if _open_stores else "the database"
+        print(f"caseflow: {where}: cannot use the database: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `caseflow status | head`: the reader has gone; so do we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as exc:
+        print(f"caseflow: {exc.filename + ': ' if exc.filename else ''}"
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        while _open_stores:
+            _open_stores.pop().close()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Reads and checks the YAML configuration.
 
-Every mistake is reported as a `ConfigError` that names the file and the key,
-before the daemon touches anything. Relative paths are resolved against the
-config file's folder, so the daemon works from any working directory.
+Every mistake is reported as a `ConfigError` that names the file and the key.
+Loading changes nothing on disk: a folder that `caseflow run` will need (the
+database's, results, archives, a local transport's root) may be missing if it can
+be made; `folders.make_run_folders` makes them, once the daemon is sure to run. Relative
+paths are resolved against the config file's folder, so the daemon works from any
+working directory.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from . import yamlfile
 from .errors import ConfigError
 
 ENV_VAR = "CASEFLOW_CONFIG"
@@ -215,11 +219,15 @@ class Config:
 class _Reader:
     """Takes values out of one mapping, naming file and key in every error."""
 
-    def __init__(self, file: Path, data: dict, prefix: str = ""):
+    def __init__(self, file: Path, data: dict, prefix: str = "",
+                 planned: set[Path] | None = None):
         self.file = file
         self.data = data
         self.prefix = prefix
         self.used: set[str] = set()
+        # folders that do not exist yet and that `caseflow run` will make (shared by the
+        # readers of one file: a folder may be missing if its parent exists or is one)
+        self.planned: set[Path] = set() if planned is None else planned
 
     def key(self, name: str) -> str:
         return f"{self.prefix}{name}"
@@ -231,6 +239,7 @@ class _Reader:
         self.used.add(name)
         if name not in self.data or self.data[name] is None:
             if default is ...:
+                self._misspelt(name)
                 raise self.error(name, "is required")
             return default
         value = self.data[name]
@@ -249,7 +258,16 @@ class _Reader:
 
     def sub(self, name: str, required: bool = False) -> "_Reader":
         value = self.get(name, dict, default=... if required else {}, what="a mapping")
-        return _Reader(self.file, value, prefix=f"{self.key(name)}.")
+        return _Reader(self.file, value, prefix=f"{self.key(name)}.", planned=self.planned)
+
+    def _misspelt(self, name: str) -> None:
+        """A required key is missing: a key not read yet that looks like it (`kidn` for
+        `kind`) is the mistake to name, not the missing key."""
+        others = [str(k) for k in self.data if k not in self.used]
+        close = difflib.get_close_matches(name, others, n=1, cutoff=0.7)
+        if close:
+            raise self.error(close[0], f"unknown key (did you mean {name!r}? "
+                                       f"{self.key(name)} is required)")
 
     def finish(self) -> None:
         unknown = [k for k in self.data if k not in self.used]
@@ -323,8 +341,13 @@ def load_config(path: Path | str) -> Config:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is it the "
+                          "configuration?") from exc
     try:
-        data = yaml.safe_load(text)
+        data = yamlfile.load(text, name=str(path))
+    except yamlfile.DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
@@ -335,11 +358,16 @@ def load_config(path: Path | str) -> Config:
     top.used |= {k for k in data if isinstance(k, str) and k.startswith("x-")}
 
     inbox = _resolve(base, top.get("inbox", str))
+    if inbox.exists() and not inbox.is_dir():
+        raise top.error("inbox", f"{inbox} is a file, not a folder (each case is a folder in "
+                                 "the inbox: give the folder that holds them)")
     if not inbox.is_dir():
         raise top.error("inbox", f"folder {inbox} does not exist (create it, or fix the path)")
     database = _resolve(base, top.get("database", str, default="caseflow.db"))
-    if not database.parent.is_dir():
-        raise top.error("database", f"folder {database.parent} does not exist")
+    if database.is_dir():
+        raise top.error("database", f"{database} is a folder; give the database's file name "
+                                    f"(e.g. {database / 'caseflow.db'})")
+    _can_make(top, "database", database.parent)
     number = (int, float)
     tick = float(top.get("tick_seconds", number, 2.0, _positive))
     poll = float(top.get("poll_seconds", number, 10.0, _positive))
@@ -374,6 +402,12 @@ def load_config(path: Path | str) -> Config:
                    lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
                    else "must be one of DEBUG, INFO, WARNING, ERROR").upper()
     log_file = lg.get("file", str, None)
+    if log_file is not None:
+        log_path = _resolve(base, log_file)
+        if log_path.is_dir():
+            raise lg.error("file", f"{log_path} is a folder; give the log's file name")
+        if not log_path.parent.is_dir():
+            raise lg.error("file", f"folder {log_path.parent} does not exist")
     lg.finish()
     top.finish()
     return Config(path=path.resolve(), inbox=inbox, database=database, hosts=hosts,
@@ -422,19 +456,37 @@ def _outside_inbox(reader: _Reader, key: str, folder: Path, inbox: Path) -> None
                                 "case; choose a folder next to the inbox")
 
 
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _can_make(reader: _Reader, key: str, folder: Path) -> None:
+    """`folder` is a folder, or `caseflow run` can make it: its parent exists (a typo in a
+    path is not taken for a folder to make) or is another folder run makes first (the
+    database's `var/` for a local root `var/remote`)."""
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise reader.error(key, f"{folder} is a file, not a folder")
+    parent = _existing_ancestor(folder)
+    if not parent.is_dir():
+        raise reader.error(key, f"cannot make {folder}: {parent} is a file, not a folder")
+    if folder.parent != parent and folder.parent not in reader.planned:
+        raise reader.error(key, f"folder {folder.parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise reader.error(key, f"cannot make {folder}: {parent} is not writable")
+    reader.planned.add(folder)
+
+
 def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -> Path | None:
-    """A local folder setting: created when its parent exists."""
+    """A local folder setting: it exists, or `caseflow run` can make it."""
     value = reader.get(key, str, default)
     if value is None:
         return None
     folder = _resolve(base, value)
-    if not folder.is_dir():
-        if not folder.parent.is_dir():
-            raise reader.error(key, f"folder {folder.parent} does not exist")
-        try:
-            folder.mkdir()
-        except OSError as exc:
-            raise reader.error(key, f"cannot create {folder}: {exc.strerror}") from exc
+    _can_make(reader, key, folder)
     return folder
 
 
@@ -467,7 +519,8 @@ def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
         if folder is None:
             continue
         _outside_inbox(ar, key, folder, inbox)
-        if os.stat(folder).st_dev != inbox_dev:
+        # a folder still to be made will be on the file system of its nearest ancestor
+        if os.stat(_existing_ancestor(folder)).st_dev != inbox_dev:
             raise ar.error(key, f"{folder} is on another file system than the inbox; "
                                 "archiving moves folders by renaming, so it must be on the same")
     cleanup = top.get("remote_cleanup", str, "never",
@@ -508,7 +561,8 @@ def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
         if not isinstance(settings, dict):
             raise top.error(f"hosts.{name}", f"expected a mapping with groups, transport and "
                                              f"backend, got {_show(settings)}")
-        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.")
+        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.",
+                     planned=top.planned)
         transport = _read_transport(hr, base, name=name)
         backend = _read_backend(hr)
         groups = _read_groups(hr)
@@ -590,8 +644,7 @@ def _read_transport(top: _Reader, base: Path, name: str | None = None) -> Transp
         name = tr.get("name", str, name or "local")
         tr.finish()
         root_path = _resolve(base, root)
-        if not root_path.parent.is_dir():
-            raise tr.error("root", f"folder {root_path.parent} does not exist")
+        _can_make(tr, "root", root_path)
         return TransportConfig(kind=kind, root=str(root_path), name=name, verify=verify)
     number = (int, float)
     host = tr.get("host", str)

@@ -15,10 +15,12 @@ import logging
 import os
 import signal
 import threading
+from collections import Counter
 from pathlib import Path
 
 from . import metrics, web
 from .config import permission_warnings
+from .folders import make_run_folders
 from .engine import Engine
 from .errors import AlreadyRunning
 from .watcher import InboxWatcher
@@ -83,6 +85,24 @@ class DaemonLock:
         return False
 
 
+def resumed(config, engine: Engine) -> list[str]:
+    """What a start takes over: the active cases per state, the slots freed, the hosts."""
+    active = engine.spec.active_states
+    counts = Counter(r.state for r in engine.store.cases(active))
+    cases = ", ".join(f"{counts[s]} {s}" for s in active if counts[s]) or "none"
+    lines = [f"resumed {sum(counts.values())} active case(s): {cases}; "
+             f"{getattr(engine, 'slots_reclaimed', 0)} slot(s) reclaimed"]
+    for h in config.hosts:
+        t = h.transport
+        where = (f"{t.user + '@' if t.user else ''}{t.host}{':' + str(t.port) if t.port else ''}"
+                 if t.kind == "ssh" else t.root)
+        groups = ", ".join(f"{g.name} ({g.slots} slot{'s' if g.slots != 1 else ''})"
+                           for g in h.groups)
+        lines.append(f"host {h.name}: {t.kind} {where}, {h.backend.kind} backend, "
+                     f"groups {groups}")
+    return lines
+
+
 class Daemon:
     def __init__(self, config, engine: Engine | None = None):
         self.config = config
@@ -103,8 +123,14 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
 
     def run(self) -> int:
+        # the folders run works in are made only now, the config being checked: the
+        # database's first (its lock lives there), the others once no daemon runs on it
+        made = make_run_folders(self.config, only=("database",))
         self.lock.acquire()
         try:
+            made += make_run_folders(self.config)
+            for line in made:
+                log.info("%s", line)
             for warning in permission_warnings(self.config):
                 log.warning("%s", warning)
             self.engine.start()
@@ -113,6 +139,8 @@ class Daemon:
             log.info("caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",
                      self.config.inbox, self.config.database, len(self.config.groups),
                      len(self.config.hosts))
+            for line in resumed(self.config, self.engine):
+                log.info("%s", line)
             self.ready.set()
             while not self.stop_event.is_set():
                 self.engine.wake_event.clear()

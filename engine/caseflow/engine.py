@@ -100,8 +100,10 @@ class Engine:
                 self.hosts[name].notice = notice
         for line in self.store.sync_slots(self.config.hosts):
             log.info("%s", line)
-        for slot_id, grp, idx, case_id, state in self.store.reconcile_slots(self.spec.slot_states):
+        freed = self.store.reconcile_slots(self.spec.slot_states)
+        for slot_id, grp, idx, case_id, state in freed:
             log.warning("freed slot %s[%s] held by case %s (%s)", grp, idx, case_id, state)
+        self.slots_reclaimed = len(freed)  # for the daemon's start-up summary
         self._seen = {(p, i) for p, i, _ in self.store.folders()}
         if workers:
             self.pool = WorkerPool(self.config.workers)
@@ -208,7 +210,9 @@ class Engine:
                                              now + self.config.quiet_seconds)
             self._seen.add(key)
             created.append(case_id)
-            log.info("case %s %r: detected in the inbox", case_id, name)
+            log.info("case %s %r: detected in the inbox", case_id, name,
+                     extra={"case_id": case_id, "case_name": name, "to_state": initial,
+                            "trigger": "detect"})
         for name in gone:
             path = str(self.config.inbox / name)
             for row in self.store.cases([self.spec.initial]):

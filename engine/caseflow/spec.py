@@ -24,6 +24,18 @@ _CORE_STATES = ("detected", "stable", "queued", "gpu_locked", "uploaded", "runni
                 "success", "failure", "not_found")
 
 
+def _installed_spec() -> list[Path]:
+    """The spec as the installed distribution recorded it (pip, pipx: a data file under
+    share/caseflow/specs of wherever it installed, a venv, ~/.local or /usr/local)."""
+    from importlib import metadata
+    try:
+        files = metadata.distribution("caseflow").files or []
+    except metadata.PackageNotFoundError:
+        return []
+    return [Path(f.locate()).resolve() for f in files
+            if f.name == SPEC_NAME and f.parent.name == "specs"]
+
+
 def default_spec_path() -> Path:
     """Where the spec is: $CASEFLOW_SPEC, the source checkout, or the installed data file."""
     env = os.environ.get("CASEFLOW_SPEC")
@@ -31,6 +43,7 @@ def default_spec_path() -> Path:
         return Path(env)
     candidates = [
         Path(__file__).resolve().parents[2] / "specs" / SPEC_NAME,
+        *_installed_spec(),
         Path(sys.prefix) / "share" / "caseflow" / "specs" / SPEC_NAME,
     ]
     for path in candidates:

@@ -1,18 +1,22 @@
 """What a case, a slot and a host look like to a person or a program: the dicts behind
 `caseflow status --json`, `show --json` and `resources --json`, which the status page's
-JSON endpoints serve unchanged (one definition, so the two never drift apart).
+JSON endpoints serve unchanged (one definition, so the two never drift apart), and the
+one-line cells of the status table.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .case_model import job_log_path
+from .spec import load_spec
 from .store import CaseRow, HistoryRow, SlotRow
 
 LOG_TAIL_LINES = 10
+REASON_WIDTH = 120  # characters of a reason in the status table (`show` has all of it)
 _TAIL_BYTES = 64 * 1024  # enough for the last lines; a job log may be gigabytes
 
 
@@ -32,15 +36,38 @@ def printable(text: str | None) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
-def case_json(row: CaseRow) -> dict:
-    """One case as `caseflow status --json` lists it."""
+def one_line(text: str | None, width: int = REASON_WIDTH) -> str:
+    """A message of several lines (PyYAML's, a remote command's stderr) as one line: runs
+    of white space become one space, and a long one is cut, saying so."""
+    if text is None:
+        return "-"
+    flat = printable(re.sub(r"\s+", " ", text).strip())
+    return flat if len(flat) <= width else flat[:width - 1].rstrip() + "…"
+
+
+_terminal: frozenset[str] | None = None
+
+
+def _is_terminal(state: str) -> bool:
+    global _terminal
+    if _terminal is None:
+        _terminal = frozenset(load_spec().terminal_states)
+    return state in _terminal
+
+
+def case_json(row: CaseRow, terminal: bool | None = None) -> dict:
+    """One case as `caseflow status --json` lists it: the keys documented in docs/cli.md (a
+    test holds them to it). `terminal`: the case has ended, so no next attempt is due (by
+    default, whether its state is a final one of the spec)."""
+    if terminal is None:
+        terminal = _is_terminal(row.state)
     return {"id": row.id, "name": row.name, "state": row.state, "group": row.grp,
             "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
             "host": row.slot_host or row.host, "remote_path": row.remote_path, "local_path": row.local_path,
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "failing_since": iso(row.failing_since),
             "run": row.run, "priority": row.priority, "request": row.request,
-            "file_count": row.file_count,
+            "file_count": row.file_count, "size_bytes": row.size_bytes,
             "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
             "queue_status": row.queue_status,
             "exit_code": row.exit_code,
@@ -48,23 +75,42 @@ def case_json(row: CaseRow) -> dict:
             "results": row.results_path if row.results_fetched else None,
             "wrapup": "pending" if row.wrapup else None,
             "wrapup_note": row.wrapup_note,
-            "size_bytes": row.size_bytes, "next_attempt_at": iso(row.next_attempt_at),
+            "next_attempt_at": None if terminal else iso(row.next_attempt_at),
             "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
 
 
 def upload_progress(row: CaseRow, now: float) -> dict | None:
-    """Bytes sent of the case's upload in flight, the average rate since its slot was taken
-    (or since its last failed attempt: both set updated_at) and the time left at that rate."""
-    if not row.progress_total or row.state not in ("gpu_locked",):
+    """Bytes sent of the case's upload in flight (the store clears them at every transition),
+    the average rate and the time left at that rate, or None when nothing is uploading.
+
+    The attempt began at the later of the case's last change (the slot was taken, or the
+    last attempt failed) and its next attempt's time: the upload is dispatched at once
+    then. Progress is stored at most once a second, so the rate may read up to a second
+    of sending low.
+    """
+    if not row.progress_total or row.progress_bytes is None:
         return None
-    sent = row.progress_bytes or 0
-    elapsed = now - row.updated_at
+    sent = row.progress_bytes
+    elapsed = now - max(row.updated_at, row.next_attempt_at or 0.0)
     rate = sent / elapsed if elapsed > 0 and sent else None
     left = (row.progress_total - sent) / rate if rate else None
     return {"bytes": sent, "total": row.progress_total,
             "percent": round(100 * sent / row.progress_total, 1),
             "rate_bytes_per_second": round(rate) if rate else None,
             "seconds_left": round(left, 1) if left is not None else None}
+
+
+def upload_text(row: CaseRow, now: float) -> str | None:
+    """"1.2 GB of 1.5 GB (80%), 410.3 MB/s, 1 s left" while the case uploads, else None."""
+    p = upload_progress(row, now)
+    if p is None:
+        return None
+    text = f"{size(p['bytes'])} of {size(p['total'])} ({100 * p['bytes'] // p['total']}%)"
+    if p["rate_bytes_per_second"]:
+        text += f", {size(p['rate_bytes_per_second'])}/s"
+        if p["seconds_left"]:
+            text += f", {duration(p['seconds_left'])} left"
+    return text
 
 
 def history_json(history: list[HistoryRow]) -> list[dict]:
@@ -105,3 +151,53 @@ def slot_json(s: SlotRow) -> dict:
     return {"host": s.host, "group": s.grp, "slot": s.idx, "device": s.device,
             "case_id": s.case_id, "case_name": s.case_name, "case_state": s.case_state,
             "retired": s.retired}
+
+
+def size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # not reached
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def state_cell(row: CaseRow, now: float) -> str:
+    """The STATE column: the state and what it is doing inside it."""
+    text = row.state
+    progress = upload_text(row, now)
+    if progress:
+        text += f" ({progress})"
+    if row.queue_status and row.queue_status != "running":
+        text += f" ({row.queue_status})"
+    if row.job_outcome and row.state == "running":
+        text += f" (job ended: {row.job_outcome}; fetching results)"
+    if row.request:
+        text += f" ({row.request} requested)"
+    return one_line(text, width=10_000)
+
+
+def reason_cell(row: CaseRow) -> str:
+    if row.reason:
+        return one_line(row.reason)
+    if row.last_error:
+        return one_line(f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): "
+                        f"{row.last_error}")
+    return "-"

@@ -75,6 +75,7 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
         notes.append(f"case folder not archived: {src} is no longer there")
         return row
     try:
+        dest.mkdir(parents=True, exist_ok=True)  # made by `caseflow run`; again if it went
         target = free_name(dest, row.name, row.id)
         os.rename(src, target)
     except (OSError, PermanentError) as exc:
