@@ -169,7 +169,7 @@ class SSHTransport(StagedUpload, Transport):
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
         if patterns is None:
-            argv = ["tar", "-c", "-f", "-", "-C", parent, "--", base]
+            argv = ["tar", "--hard-dereference", "-c", "-f", "-", "-C", parent, "--", base]
         else:  # find matches (no shell sees the patterns), tar packs the list it gets
             expr = ["("]
             for i, pattern in enumerate(patterns):
@@ -177,8 +177,8 @@ class SSHTransport(StagedUpload, Transport):
             expr += [")", "(", "-type", "f", "-o", "-type", "l", ")"]
             argv = ["sh", "-c", DOWNLOAD, "caseflow", parent, f"./{base}", *expr]
         try:
-            self._guard(lambda: self._tar_download(argv, base, staging, remote_path),
-                        "downloading")
+            self._guard(lambda: self._tar_download(argv, base, staging, remote_path,
+                                                   links=True), "downloading")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -213,6 +213,10 @@ class SSHTransport(StagedUpload, Transport):
         fetched = staging / base
         if not fetched.exists():
             fetched.mkdir()  # nothing new: an empty folder
+        elif not fetched.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PermanentError(f"refusing the results of {remote_path} on {self.name}: the "
+                                 "host sent a file in place of the case folder")
         count = sum(len(files) for _, _, files in os.walk(fetched))
         if os.path.lexists(local_path):
             remove_local(local_path)
@@ -220,13 +224,14 @@ class SSHTransport(StagedUpload, Transport):
         staging.rmdir()
         return count
 
-    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str) -> None:
+    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str,
+                      links: bool = False) -> None:
         if os.path.lexists(staging):
             remove_local(staging)
         staging.mkdir(parents=True)
         chan = self._channel(argv)
         try:
-            unreadable = extract(chan.makefile("rb"), base, staging)
+            unreadable = extract(chan.makefile("rb"), base, staging, links=links)
             err = chan.makefile_stderr("rb").read().decode("utf-8", "replace")
             rc = chan.recv_exit_status()
         finally:
