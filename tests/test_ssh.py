@@ -1,6 +1,7 @@
 """The ssh transport against a real OpenSSH server: keys, config, connections, outages, jobs."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,40 @@ def test_during_an_outage_reconnects_are_spaced_out(sshd, relay, tmp_path):
     t.conn._failed_at -= 3600  # the interval passes
     relay.accept()
     assert t.run(["echo", "back"]).stdout == "back\n"
+    t.close()
+
+
+def test_a_command_not_safe_to_repeat_runs_once_when_its_reply_is_lost(sshd, relay, tmp_path):
+    """run() repeats a command after a lost connection (fine for a read); run_once() never
+    does: the connection is cut while the command runs, it is not sent again."""
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    t = make(sshd, tmp_path, port=relay.port, known_hosts=str(tmp_path / "kh"),
+             reconnect_min_interval=0)
+    runs, started, release = tmp_path / "runs", tmp_path / "started", tmp_path / "release"
+    # the first run waits (until released) after it has done its part: its reply is lost
+    script = ('echo run >> "$1"; if [ "$(wc -l < "$1")" -eq 1 ]; then : > "$2"; '
+              'while [ ! -e "$3" ]; do sleep 0.05; done; fi; echo done')
+    argv = ["sh", "-c", script, "caseflow-test", str(runs), str(started), str(release)]
+
+    def cut_once_started():
+        wait_for(started.exists, what="the command to start")
+        relay.cut()
+    try:
+        for method, lines in ((t.run_once, 1), (t.run, 2)):
+            runs.unlink(missing_ok=True)
+            started.unlink(missing_ok=True)
+            cutter = threading.Thread(target=cut_once_started)
+            cutter.start()
+            if method == t.run_once:
+                with pytest.raises(TransientError):
+                    method(argv)
+            else:
+                assert method(argv).stdout == "done\n"  # the second run answered
+            cutter.join()
+            assert runs.read_text() == "run\n" * lines, method
+    finally:
+        release.touch()
+    assert t.run_once(["echo", "again"]).stdout == "again\n"  # it reconnects, as run() does
     t.close()
 
 
