@@ -97,6 +97,48 @@ def test_proxyjump_through_one_bastion(sshd, tmp_path):
     t.close()
 
 
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # the listing's own fd, closed meanwhile
+            pass
+    return count
+
+
+def _live_ssh_transports() -> int:
+    import paramiko
+    return sum(1 for t in threading.enumerate() if isinstance(t, paramiko.Transport) and
+               t.is_active())
+
+
+@pytest.mark.parametrize("refusing", ["bastion", "inner"])
+def test_a_failed_jump_host_connection_leaves_no_client_open(sshd, tmp_path, refusing):
+    """The bastion (or the host behind it) refuses the key: every attempt fails, and none
+    leaves a client (a paramiko transport thread and its socket) behind."""
+    stranger = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    keys = {name: stranger if name == refusing else sshd.client_key
+            for name in ("bastion", "inner")}
+    conf = tmp_path / "ssh_config"
+    conf.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {keys['bastion']}\n"
+                    f"Host inner\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {keys['inner']}\n  ProxyJump bastion\n")
+    cfg = TransportConfig(kind="ssh", name="inner", root=str(tmp_path), host="inner",
+                          ssh_config=str(conf), known_hosts=str(sshd.known_hosts),
+                          user=sshd.user, reconnect_min_interval=0)
+    t = SSHTransport(cfg, sleep=lambda s: None)
+    sockets, transports = _open_sockets(), _live_ssh_transports()
+    for _ in range(5):
+        with pytest.raises(HostError, match="authentication failed"):
+            t.run(["true"])
+    assert t.connects == (5 if refusing == "bastion" else 10)  # each attempt was made
+    assert (_open_sockets(), _live_ssh_transports()) == (sockets, transports)
+    t.close()
+
+
 def test_passwords_are_refused_in_the_config(ssh_ws, sshd):
     settings = dict(ssh_ws.settings["transport"], password="hunter2")
     ssh_ws.write_config(transport=settings)
