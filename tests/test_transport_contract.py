@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,18 @@ def test_run_passes_every_argument_verbatim(transport, tmp_path):
     assert res.returncode == 0
     assert res.stdout.split("\0")[:-1] == HOSTILE
     assert list(tmp_path.rglob("CANARY")) == [] and not Path("/root/CANARY").exists()
+
+
+def test_run_once_passes_every_argument_verbatim_and_reports_exit_code(transport, tmp_path):
+    """run_once (a command that must not run twice: a submit) answers like run."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    os.chdir(cwd)
+    res = transport.run_once(["sh", "-c", 'printf "%s\\0" "$@"; echo err >&2; exit 3', "x",
+                              *HOSTILE])
+    assert (res.returncode, res.stderr) == (3, "err\n")
+    assert res.stdout.split("\0")[:-1] == HOSTILE
+    assert list(tmp_path.rglob("CANARY")) == []
 
 
 def test_run_reports_exit_code_and_stderr(transport):
@@ -197,6 +210,24 @@ def test_results_are_what_the_job_created_or_changed(transport, case, tmp_path):
     assert transport.fetch_results(str(target), dest / "14-case") == count
     assert _files(dest / "14-case") == expected
     assert sorted(p.name for p in dest.iterdir()) == ["14-case"]
+
+
+def test_hard_linked_results_arrive_as_files_of_their_own(transport, case, tmp_path):
+    """The results reader takes files and folders only; files the job hard-linked come as
+    copies (the remote tar dereferences hard links), by default and by pattern alike."""
+    target = Path(transport.path("18-case"))
+    transport.upload_dir(case, str(target), casefolder.scan(case))
+    (target / "out").mkdir()
+    (target / "out" / "a.txt").write_text("linked")
+    os.link(target / "out" / "a.txt", target / "out" / "b.txt")
+    dest = tmp_path / "results"
+    dest.mkdir()
+    for name, patterns in (("changed", None), ("by-pattern", ["out/*"])):
+        assert transport.fetch_results(str(target), dest / name, patterns=patterns) == 2
+        for f in ("a.txt", "b.txt"):
+            st = os.lstat(dest / name / "out" / f)
+            assert (stat.S_ISREG(st.st_mode), st.st_nlink) == (True, 1)
+            assert (dest / name / "out" / f).read_text() == "linked"
 
 
 def test_results_by_pattern_and_without_an_upload_mark(transport, case, tmp_path):

@@ -3,71 +3,26 @@
 It keeps its bookkeeping in `<case folder>/.caseflow/`: `pid` (the job's
 session leader), `exit_code` (written when the job ends) and `job.log` (stdout
 and stderr). All of it goes through the transport's `run` with argument lists;
-the shell scripts below take every variable part as a positional parameter, so
+the shell scripts (scripts/direct-*.sh) take every variable part as a positional parameter, so
 nothing from a case name or path is ever parsed by a shell.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from ..errors import PermanentError, TransientError
-from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
+from ..transports.shell import script
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
+               QueueBackend)
 
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
 
-# $1 = case folder, $2 = marker, $3... = the job's argv (env K=V ... command).
-LAUNCH = r"""
-cd -- "$1" || { echo "case folder $1 is missing" >&2; exit 97; }
-marker=$2; shift 2
-mkdir -p .caseflow || exit 98
-if ! mkdir .caseflow/launched 2>/dev/null; then
-  i=0
-  while [ ! -s .caseflow/pid ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-  if [ -s .caseflow/pid ]; then cat .caseflow/pid; exit 0; fi
-  echo "a launch was started here before but left no pid" >&2; exit 99
-fi
-setsid sh -c 'echo $$ > .caseflow/pid.tmp && mv .caseflow/pid.tmp .caseflow/pid
-"$@" > .caseflow/job.log 2>&1 < /dev/null
-rc=$?
-echo "$rc" > .caseflow/exit_code.tmp && mv .caseflow/exit_code.tmp .caseflow/exit_code' \
-  "$marker" "$@" < /dev/null > /dev/null 2>&1 &
-i=0
-while [ ! -s .caseflow/pid ] && [ "$i" -lt 200 ]; do sleep 0.05; i=$((i+1)); done
-if [ -s .caseflow/pid ]; then cat .caseflow/pid; exit 0; fi
-echo "the job did not start within 10 s" >&2; exit 99
-"""
-
-# one line per folder argument: "<n> exit <code>" | "<n> running" | "<n> gone"
-STATUS = r"""
-n=0
-alive() {
-  [ -n "$1" ] && kill -0 "$1" 2>/dev/null || return 1
-  [ -r "/proc/$1/cmdline" ] || return 0
-  tr '\000' ' ' < "/proc/$1/cmdline" | grep -q "caseflow-job"
-}
-for d in "$@"; do
-  b=$d/.caseflow
-  if [ -s "$b/exit_code" ]; then echo "$n exit $(cat "$b/exit_code")"
-  elif [ -d "$b/launched" ] && [ ! -s "$b/pid" ]; then echo "$n running"
-  elif alive "$(cat "$b/pid" 2>/dev/null)"; then echo "$n running"
-  elif [ -s "$b/exit_code" ]; then echo "$n exit $(cat "$b/exit_code")"
-  else echo "$n gone"
-  fi
-  n=$((n+1))
-done
-"""
-
-# $1 = pid: stop the job's whole session, if it is still our job
-CANCEL = r"""
-pid=$1
-kill -0 "$pid" 2>/dev/null || exit 0
-if [ -r "/proc/$pid/cmdline" ]; then
-  tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q "caseflow-job" || exit 0
-fi
-kill -s TERM -- "-$pid" 2>/dev/null || kill -s TERM "$pid" 2>/dev/null
-exit 0
-"""
+# the remote scripts: scripts/direct-*.sh
+LAUNCH = script(__package__, "direct-launch.sh")
+STATUS = script(__package__, "direct-status.sh")
+CANCEL = script(__package__, "direct-cancel.sh")
 
 
 def job_argv(job: JobSpec) -> list[str]:
@@ -81,8 +36,9 @@ class DirectBackend(QueueBackend):
         self.transport = transport
 
     def submit(self, job: JobSpec) -> str:
-        res = self.transport.run(["sh", "-c", LAUNCH, "caseflow-launch", job.remote_path,
-                                  f"{MARK}-{job.case_id}", *job_argv(job)])
+        # never repeated by the transport: a step tried again later finds the first launch
+        res = self.transport.run_once(["sh", "-c", LAUNCH, "caseflow-launch", job.remote_path,
+                                       f"{MARK}-{job.case_id}", *job_argv(job)])
         pid = res.stdout.strip()
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
@@ -99,25 +55,7 @@ class DirectBackend(QueueBackend):
         if res.returncode != 0:
             raise TransientError(f"job status query failed (exit {res.returncode}): "
                                  f"{res.stderr.strip()}")
-        out: dict[int, JobStatus] = {}
-        for line in res.stdout.splitlines():
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].isdigit() or int(parts[0]) >= len(jobs):
-                continue
-            job = jobs[int(parts[0])]
-            if parts[1] == "running":
-                out[job.case_id] = JobStatus(RUNNING, "running")
-            elif parts[1] == "exit" and len(parts) == 3 and parts[2].lstrip("-").isdigit():
-                code = int(parts[2])
-                out[job.case_id] = (JobStatus(SUCCESS, "exit code 0", 0) if code == 0 else
-                                    JobStatus(FAILURE, f"job exited with code {code}", code))
-            else:
-                out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left "
-                                                        "no exit code")
-        missing = [j.case_id for j in jobs if j.case_id not in out]
-        if missing:
-            raise TransientError(f"job status query answered for {len(out)} of {len(jobs)} jobs")
-        return out
+        return parse_status(res.stdout, jobs)
 
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--",
@@ -130,3 +68,32 @@ class DirectBackend(QueueBackend):
         res = self.transport.run(["sh", "-c", CANCEL, "caseflow-cancel", job.task_id])
         if res.returncode != 0:
             raise TransientError(f"cancelling job {job.task_id} failed: {res.stderr.strip()}")
+
+
+def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
+    """The status script's lines -> every job's status. A line that cannot be read, or no line
+    at all, is that job's problem alone (UNREADABLE): the others keep their real outcomes."""
+    lines: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        index = line.split(" ", 1)[0]
+        if index.isdigit() and int(index) < len(jobs):
+            lines.setdefault(int(index), []).append(line)
+    out: dict[int, JobStatus] = {}
+    for i, job in enumerate(jobs):
+        said = lines.get(i, [])
+        parts = said[0].split() if len(said) == 1 else []
+        if parts[1:] == ["running"]:
+            out[job.case_id] = JobStatus(RUNNING, "running")
+        elif parts[1:] == ["gone"]:
+            out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left no "
+                                                    "exit code")
+        elif len(parts) == 3 and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
+            code = int(parts[2])
+            out[job.case_id] = (JobStatus(SUCCESS, "exit code 0", 0) if code == 0 else
+                                JobStatus(FAILURE, f"job exited with code {code}", code))
+        else:
+            what = f"printed {said[0][:120]!r}" if len(said) == 1 else \
+                f"printed {len(said)} lines" if said else "printed nothing"
+            out[job.case_id] = JobStatus(UNREADABLE, f"the status script {what} for the job "
+                                                     f"in {job.remote_path}")
+    return out

@@ -265,7 +265,9 @@ class PueueBackend(QueueBackend):
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
         env = [f"{k}={v}" for k, v in sorted(job.env.items())]
-        res = self._checked(self.transport.run(
+        # sent once: a lost reply is a transient error, and the step's next try finds the
+        # task by its label (the script looks first) instead of adding a second one
+        res = self._checked(self.transport.run_once(
             ["sh", "-c", SUBMIT, "caseflow-pueue-add", job.remote_path, job.label, JOB_WRAPPER,
              "env", *env, *add, "--", command]), "add")
         last = res.stdout.strip().splitlines()[-1:] or [""]
