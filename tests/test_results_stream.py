@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from caseflow.config import TransportConfig
-from caseflow.errors import PermanentError
+from caseflow.errors import PermanentError, TransientError
 from caseflow.transports.ssh import SSHTransport
 from sshd import transport_settings
 
@@ -154,3 +154,21 @@ def test_download_keeps_links_only_when_they_stay_inside(lying_host, tmp_path, c
     transport.download(str(tmp_path / "remote" / CASE), tmp_path / "results" / CASE)
     assert os.readlink(tmp_path / "results" / CASE / "d") == "sub"
     assert (tmp_path / "results" / CASE / "d" / "x").read_bytes() == b"x"
+
+
+def test_a_full_local_disk_while_results_arrive_is_transient_not_a_clash(lying_host, tmp_path):
+    """A local disk that fills while a genuine stream is unpacked is not the stream's fault:
+    the case waits (transient), it does not fail with "clashes with an earlier member"."""
+    transport, answer = lying_host
+    answer.unlink(missing_ok=True)  # the real tar answers
+    (tmp_path / "remote" / CASE / "output.bin").write_bytes(os.urandom(512 * 1024))
+    results = tmp_path / "results"
+    results.mkdir()
+    if os.system(f"mount -t tmpfs -o size=128k tmpfs {results}") != 0:
+        pytest.fail("mounting a tmpfs failed (the tests run as root)")
+    try:
+        with pytest.raises(TransientError, match="No space left"):
+            transport.fetch_results(str(tmp_path / "remote" / CASE), results / CASE)
+        assert not (results / CASE).exists() and not list(results.iterdir())  # staging gone
+    finally:
+        os.system(f"umount -l {results}")

@@ -7,6 +7,7 @@ download or of a job's results into a local staging folder, checking every membe
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -190,6 +191,10 @@ def _long_name(value: bytes, kind: bytes) -> bytes:
 # file is ever written through one; each must stay inside `base` without passing through
 # another link. Python's own tarfile extraction is not used: before 3.12 its default trusts the
 # archive, and even its "data" filter lets one member write through a link made by another.
+# what an earlier member of the same stream can make a member's path fail with; any other OSError
+# (the channel timing out, a full local disk) is not the stream's fault and is raised as it is,
+# for the transport to judge (transient)
+_CLASHES = {errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENOTEMPTY}
 _KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
           tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
           tarfile.FIFOTYPE: "a fifo"}
@@ -225,6 +230,8 @@ def extract(fileobj, base: str, staging: Path, *, links: bool = False
                     raise PermanentError(f"refusing {name!r}: it is {kind}; only files and "
                                          "folders are taken")
             except OSError as exc:  # e.g. a file where the stream already made a folder
+                if exc.errno not in _CLASHES:
+                    raise
                 raise PermanentError(f"refusing {name!r}: it clashes with an earlier member "
                                      f"({exc.strerror})") from exc
     for name, target in symlinks.items():
