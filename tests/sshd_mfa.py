@@ -139,3 +139,23 @@ def pty_login(server: MFAServer, config: Path, host: str | None = None, timeout:
 
 def prompts_in(text: str) -> int:
     return len(re.findall(PROMPT, text))
+
+
+def open_master(server: MFAServer, master, timeout: float = 60) -> int:
+    """Open `master` (an openssh_master.Master) as a person would, answering the code prompt
+    in a pseudo-terminal: for tests that make transports without a config file. Returns the
+    master's pid."""
+    import pexpect
+    master.prepare_folder()
+    master.remove_stale()
+    argv = master.opening(interactive=True)
+    # SIGHUP ignored, as `caseflow login` does (see Master.login)
+    child = pexpect.spawn("sh", ["-c", 'trap "" HUP; exec "$@"', "ssh", *argv],
+                          encoding="utf-8", timeout=timeout)
+    child.expect(PROMPT)
+    child.sendline(server.next_code())
+    child.expect(pexpect.EOF)
+    child.close()
+    pid = master.pid()
+    assert child.exitstatus == 0 and pid, f"no master: {child.before!r}"
+    return pid
