@@ -125,14 +125,15 @@ def pty_login(server: MFAServer, config: Path, host: str | None = None, timeout:
     args = ["-m", "caseflow.cli", "login", "-c", str(config), *([host] if host else [])]
     child = pexpect.spawn(sys.executable, args, encoding="utf-8", timeout=timeout,
                           env={**os.environ, "TERM": "dumb"})
-    shown = ""
+    shown, found = "", 1
     if answer:
         found = child.expect([PROMPT, pexpect.EOF])
         shown += child.before + (child.after if found == 0 else "")
         if found == 0:
             child.sendline(server.next_code())
-    child.expect(pexpect.EOF)
-    shown += child.before
+    if found == 0 or not answer:
+        child.expect(pexpect.EOF)
+        shown += child.before
     child.close()
     return child.exitstatus, shown
 
