@@ -27,6 +27,7 @@ import re
 from typing import Sequence
 
 from ..errors import PermanentError, TransientError
+from ..transports.shell import script, source
 from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
 
 log = logging.getLogger("caseflow.slurm")
@@ -43,86 +44,12 @@ RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                  "BOOT_FAIL", "DEADLINE", "REVOKED"}
 
-# The batch script (the same for every case). Its arguments: the job's command line.
-JOB_WRAPPER = r"""#!/bin/sh
-# caseflow's batch script: runs its arguments (env NAME=VALUE ... COMMAND) in the case folder
-# and records the job's name and id, then its exit code, in .caseflow/.
-mkdir -p .caseflow
-printf '%s %s\n' "$SLURM_JOB_NAME" "$SLURM_JOB_ID" > .caseflow/slurm-job.tmp &&
-  mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
-"$@"
-rc=$?
-printf '%s %s\n' "$SLURM_JOB_ID" "$rc" > .caseflow/slurm-exit_code.tmp &&
-  mv -f .caseflow/slurm-exit_code.tmp .caseflow/slurm-exit_code
-exit "$rc"
-"""
-
-# $1 = case folder, $2 = job name (the label), $3 = the batch script's text,
-# $4... = sbatch's arguments (options, the batch script's path, the job's command line).
-# Prints "adopted ID" or "submitted ID".
-SUBMIT = r"""
-cd -- "$1" 2>/dev/null || { echo "case folder $1 is missing" >&2; exit 97; }
-label=$2; script=$3; shift 3
-mkdir -p .caseflow || exit 98
-record() {
-  printf '%s %s\n' "$label" "$1" > .caseflow/slurm-job.tmp &&
-    mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
-}
-if [ -r .caseflow/slurm-job ] && read -r name id < .caseflow/slurm-job &&
-    [ "$name" = "$label" ]; then
-  echo "adopted $id"; exit 0
-fi
-ids=$(squeue -h -t all --name="$label" -o %i) || { [ "$?" -eq 127 ] && exit 127; exit 96; }
-for id in $ids; do record "$id"; echo "adopted $id"; exit 0; done
-rm -f .caseflow/slurm-exit_code
-printf '%s' "$script" > .caseflow/slurm-job.sh.tmp &&
-  mv -f .caseflow/slurm-job.sh.tmp .caseflow/slurm-job.sh || exit 98
-out=$(sbatch --parsable "$@") || { [ "$?" -eq 127 ] && exit 127; exit 95; }
-id=${out%%;*}
-case $id in ''|*[!0-9]*) echo "sbatch --parsable printed: $out" >&2; exit 94 ;; esac
-record "$id"
-echo "submitted $id"
-"""
-
-# $1 $2, $3 $4, ...: the job id and case folder of every job asked about.
-# Sections, each after a line "@@caseflow ...": squeue (its JSON) or squeue-failed RC,
-# exit N LINE (the exit code file of the N-th job, when squeue does not list it),
-# sacct RC IDS (sacct's lines for those ids), end.
-POLL = r"""
-out=$(squeue --json); rc=$?
-if [ "$rc" -ne 0 ]; then printf '@@caseflow squeue-failed %s\n' "$rc"; exit 0; fi
-printf '@@caseflow squeue\n%s\n' "$out"
-known=" $(printf '%s' "$out" | tr -d ' \t\r\n' | grep -o '"job_id":[0-9]*' |
-  tr -cd '0-9\n' | tr '\n' ' ')"
-missing=; n=0
-while [ "$#" -ge 2 ]; do
-  case "$known " in
-    *" $1 "*) ;;
-    *) missing="$missing${missing:+,}$1"
-       f=$2/.caseflow/slurm-exit_code
-       if [ -r "$f" ] && { IFS= read -r line || [ -n "$line" ]; } < "$f"; then
-         printf '@@caseflow exit %s %s\n' "$n" "$line"
-       fi ;;
-  esac
-  n=$((n+1)); shift 2
-done
-if [ -n "$missing" ]; then
-  fields=JobID,JobName,State,ExitCode
-  acct=$(sacct -X -P -n -j "$missing" -o "$fields" 2>/dev/null); rc=$?
-  if [ "$rc" -ne 0 ] || [ -z "$acct" ]; then  # no accounting database: the completion log
-    acct=$(sacct -c -X -P -n -j "$missing" -o "$fields"); rc=$?
-  fi
-  printf '@@caseflow sacct %s %s\n%s\n' "$rc" "$missing" "$acct"
-fi
-echo "@@caseflow end"
-"""
-
-# $1 = job id, $2 = job name: cancel the job only if it is still the case's.
-CANCEL = r"""
-err=$(scancel --name="$2" "$1" 2>&1) && exit 0
-case $err in *"Invalid job id"*|*"already complet"*) exit 0 ;; esac
-printf '%s\n' "$err" >&2; exit 1
-"""
+# The remote scripts: scripts/slurm-*.sh. The batch script (the same for every case) is written
+# to the case folder as it is; its arguments are the job's command line.
+JOB_WRAPPER = source(__package__, "slurm-job.sh")
+SUBMIT = script(__package__, "slurm-submit.sh")
+POLL = script(__package__, "slurm-poll.sh")
+CANCEL = script(__package__, "slurm-cancel.sh")
 
 # sbatch's messages that are worth trying again; anything else it refuses is permanent
 TRANSIENT_SBATCH = ("Unable to contact", "timed out", "temporarily", "Connection refused",

@@ -1,0 +1,7 @@
+#!/bin/sh
+# $1 = parent folder, $2 = ./NAME of the folder in it, then find's tests (no shell sees the
+# patterns): packs the files and links found (exit 2: no such folder).
+cd -- "$1" || exit 2
+shift
+[ -d "$1" ] || exit 2
+find "$@" -print0 | tar --null --no-recursion -c -f - -T -
