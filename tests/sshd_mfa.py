@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from sshd import SSHD, SSHServer
+from sshd import SSHD, Relay, SSHServer
 
 STEP = 30        # seconds per TOTP code (the authenticator apps' default)
 WINDOW = 40      # how many steps around the present a code may be from (pam_oath's window)
@@ -105,6 +105,29 @@ class MFAServer(SSHServer):
             f"  UserKnownHostsFile {known_hosts or self.known_hosts}",
             ""]))
         return self.ssh_config
+
+
+class LoginNode:
+    """An MFAServer behind a relay (to count or cut connections); the alias of its
+    ssh_config points at the relay."""
+
+    def __init__(self, root: Path):
+        self.server = MFAServer(root / "login-node").start()
+        self.relay = Relay(self.server.port)
+        self.known_hosts = self.server.write_known_hosts(
+            root / "login-node" / "known_hosts_relay", port=self.relay.port)
+        self.server.write_ssh_config(port=self.relay.port, known_hosts=self.known_hosts)
+
+    def close(self, *configs: Path) -> None:
+        """Close the masters of these caseflow configs, then the relay and the server."""
+        from caseflow.config import load_config
+        from caseflow.transports.openssh_master import Master
+        for config in configs:
+            for host in load_config(config).hosts:
+                if host.transport.kind == "openssh":
+                    Master(host.transport).exit()
+        self.relay.close()
+        self.server.close()
 
 
 def openssh_settings(server: MFAServer, root: Path, **extra) -> dict:

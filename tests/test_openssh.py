@@ -15,38 +15,19 @@ from caseflow.transports.openssh import OpenSSHTransport
 from caseflow.transports.openssh_master import Master
 from harness import JOB, wait_for
 from reliability.conftest import Daemon
-from sshd import Relay, SSHServer
-from sshd_mfa import MFAServer, open_master, openssh_settings, prompts_in, pty_login
+from sshd import SSHServer
+from sshd_mfa import LoginNode, open_master, openssh_settings, prompts_in, pty_login
 
 pytestmark = pytest.mark.slow
 
 HOOK = 'printf "%s|%s\\n" "$CASEFLOW_HOST" "$CASEFLOW_PROBLEM" >> "$0/paused"'
 
 
-class LoginNode:
-    """An MFA sshd behind a relay; its ssh_config alias points at the relay."""
-
-    def __init__(self, root):
-        self.server = MFAServer(root / "login-node").start()
-        self.relay = Relay(self.server.port)
-        known = self.server.write_known_hosts(root / "login-node" / "known_hosts_relay",
-                                              port=self.relay.port)
-        self.server.write_ssh_config(port=self.relay.port, known_hosts=known)
-        self.masters: list[Master] = []
-
-    def close(self):
-        for m in self.masters:
-            m.exit()
-        self.relay.close()
-        self.server.close()
-
-
 @pytest.fixture
 def node(ws):
     n = LoginNode(ws.root)
     yield n
-    n.masters.append(_master(ws))
-    n.close()
+    n.close(ws.config_path)
 
 
 @pytest.fixture
