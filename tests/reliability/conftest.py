@@ -1,5 +1,6 @@
 """Shared by the reliability suites: a GPU host (real sshd, pueue emulator, a relay to cut it
-off), and `caseflow run` as a real process that can be killed."""
+off) reached over `ssh` or `openssh`, and `caseflow run` as a real process that can be
+killed."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 
 from harness import DEADLINE, wait_for
 from pueue_emulator import install, run as emulator, stop_tasks
+from caseflow.config import TransportConfig
+from caseflow.transports.openssh_master import Master
 from sshd import Relay, SSHServer, transport_settings
+from sshd_mfa import MFAServer, open_master, openssh_settings
 
 # The job of the reliability suites: checks that its case arrived whole (every file listed in
 # inputs.sha256 with its checksum), records its start, works a little, writes a result.
@@ -31,31 +35,52 @@ if [ -e exit_code ]; then exit "$(cat exit_code)"; fi
 
 
 class GpuHost:
-    """A real sshd with the pueue emulator first on its PATH, behind a relay."""
+    """A real sshd with the pueue emulator first on its PATH, behind a relay. `kind` is the
+    transport: `ssh` (paramiko), or `openssh` (the system ssh through a master connection;
+    the sshd then asks for a one-time code, and a person's login is `login()`)."""
 
-    def __init__(self, root: Path, version: str = "4.0.4"):
-        self.server = SSHServer(root / "gpuhost").start()
+    def __init__(self, root: Path, version: str = "4.0.4", kind: str = "ssh"):
+        self.kind = kind
+        self.server = (MFAServer if kind == "openssh" else SSHServer)(root / "gpuhost").start()
         self.state = install(self.server.bin, state_dir=root / "pueue-state", version=version)
         self.relay = Relay(self.server.port)
         self.known_hosts = self.server.write_known_hosts(root / "gpuhost" / "known_hosts_relay",
                                                          port=self.relay.port)
+        self.master = None
+        if kind == "openssh":
+            self.server.write_ssh_config(port=self.relay.port, known_hosts=self.known_hosts)
+            self.control_path = str(root / "cm")
 
     def transport(self, remote_root: Path, **extra) -> dict:
+        if self.kind == "openssh":
+            settings = openssh_settings(self.server, remote_root, control_path=self.control_path,
+                                        **extra)
+            if self.master is None:
+                self.master = Master(TransportConfig(**settings))
+                self.login()
+            return settings
         return transport_settings(self.server, remote_root, port=self.relay.port,
                                   known_hosts=str(self.known_hosts), **extra)
+
+    def login(self) -> None:
+        """openssh: a person opens the master connection, answering the one-time code."""
+        if self.master is not None and self.master.pid() is None:
+            open_master(self.server, self.master)
 
     def tasks(self) -> dict:
         return json.loads(emulator(self.state, "status", "--json").stdout)["tasks"]
 
     def close(self) -> None:
         stop_tasks(self.state)
+        if self.master is not None:
+            self.master.exit()
         self.relay.close()
-        self.server.stop()
+        self.server.close() if self.kind == "openssh" else self.server.stop()
 
 
-@pytest.fixture
-def gpu_host(ws):
-    host = GpuHost(ws.root)
+@pytest.fixture(params=["ssh", "openssh"])
+def gpu_host(ws, request):
+    host = GpuHost(ws.root, kind=request.param)
     yield host
     host.close()
 
