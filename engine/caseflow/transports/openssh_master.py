@@ -75,7 +75,7 @@ class Master:
         self.ssh = ssh
         self.clock = clock
         self.alias = cfg.host
-        self._socket: str | None = None   # the control socket's path, as ssh expands it
+        self._effective: dict[str, str] | None = None  # `ssh -G`
         self._lock = threading.Lock()     # one opening at a time (master: daemon)
         self._failed_at: float | None = None
         self._failure = ""
@@ -106,7 +106,7 @@ class Master:
     def opening(self, interactive: bool) -> list[str]:
         """`ssh` that opens the master and goes to the background once authenticated."""
         cfg = self.cfg
-        argv = [self.ssh, *self.options(), "-o", "ControlMaster=yes",
+        argv = [self.ssh, *self.options(), *self._gcm_first(), "-o", "ControlMaster=yes",
                 "-o", f"ControlPersist={cfg.control_persist}",
                 "-o", f"ConnectTimeout={max(1, round(cfg.connect_timeout))}"]
         if cfg.keepalive_seconds:  # a dead link ends the master, so the host is paused
@@ -118,20 +118,35 @@ class Master:
     def control(self, operation: str) -> list[str]:
         return [self.ssh, *self.options(), "-O", operation, self.alias]
 
+    def _gcm_first(self) -> list[str]:
+        """The ciphers the config allows, AES-GCM first (as the ssh transport does): the
+        master encrypts every channel in one process, and 512 MiB through ssh into `cat`
+        took 3.8-6.0 s (median 4.5) with aes128-gcm, 4.8-7.5 s (median 5.1) with OpenSSH's
+        default chacha20-poly1305 (4 runs each, AES-NI, 2 cores under other load). The set
+        stays the user's; only the order of preference changes."""
+        ciphers = self.effective().get("ciphers", "").split(",")
+        gcm = [c for c in ciphers if "gcm" in c]
+        if not gcm or ciphers[0] in gcm:
+            return []
+        return ["-o", "Ciphers=" + ",".join(gcm + [c for c in ciphers if c not in gcm])]
+
     # -- the control socket ------------------------------------------------------------
-    def socket_path(self) -> str:
-        """The control socket's path with OpenSSH's tokens expanded (`ssh -G`)."""
-        if self._socket is None:
+    def effective(self) -> dict[str, str]:
+        """The client config as ssh applies it to this host (`ssh -G`): tokens expanded."""
+        if self._effective is None:
             res = subprocess.run([self.ssh, *self.options(), "-G", self.alias],
                                  capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                  timeout=30)
-            found = [line.split(" ", 1)[1] for line in res.stdout.splitlines()
-                     if line.startswith("controlpath ")]
-            if res.returncode != 0 or not found:
+            found = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
+            if res.returncode != 0 or "controlpath" not in found:
                 raise HostError(f"the OpenSSH client config for {self.alias} cannot be read: "
                                 f"{res.stderr.strip()[:300] or 'no control path'}")
-            self._socket = found[0]
-        return self._socket
+            self._effective = found
+        return self._effective
+
+    def socket_path(self) -> str:
+        """The control socket's path with OpenSSH's tokens expanded."""
+        return self.effective()["controlpath"]
 
     def prepare_folder(self) -> None:
         """The control socket's folder exists and only this user can reach into it (whoever
