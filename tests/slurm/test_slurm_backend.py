@@ -6,6 +6,7 @@ commands inside the cluster's namespace (`slurm_cluster.run`), not through the b
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
@@ -272,6 +273,61 @@ def test_submitting_again_adopts_the_cases_job(slurm):
     second = backend.submit(rerun)
     assert second != job
     assert ended(backend, ref(rerun, second)).outcome == SUCCESS
+
+
+@pytest.fixture
+def slow_sbatch(slurm_cluster, tmp_path):
+    """`sbatch` on the host notes each call in `calls`, then waits for the file `go` before it
+    submits (a controller slow to answer)."""
+    control = tmp_path / "slow-sbatch"
+    control.mkdir()
+    wrapper = Path(slurm_cluster.sshd.bin) / "sbatch"
+    wrapper.write_text(f"#!/bin/sh\necho call >> {control}/calls\n"
+                       f"while [ ! -e {control}/go ]; do sleep 0.05; done\n"
+                       f"exec {shutil.which('sbatch')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    yield control
+    (control / "go").touch()
+    wrapper.unlink()
+
+
+def test_a_submit_whose_reply_is_late_is_not_sent_again_and_the_retry_adopts(
+        slurm_cluster, slurm, slow_sbatch):
+    """sbatch answers after the command timeout: the transport does not send the submit again
+    (a second sbatch, before the first job exists, would add a second job); the step's later
+    retry adopts the one job."""
+    from caseflow.config import TransportConfig
+    from caseflow.transports.ssh import SSHTransport
+    transport = SSHTransport(TransportConfig(**slurm_cluster.transport_settings(
+        slurm.root, command_timeout=5)))
+    backend = SlurmBackend(transport, None)
+    spec = slurm.spec(45, HOLD)
+    calls, gave_up = slow_sbatch / "calls", threading.Event()
+
+    def release():  # once the submit has given up, or a second sbatch has come
+        wait_for(lambda: gave_up.is_set() or (calls.exists() and
+                                               len(calls.read_text().splitlines()) >= 2),
+                 DEADLINE, what="the submit to give up or to call sbatch again")
+        (slow_sbatch / "go").touch()
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        try:
+            with pytest.raises(TransientError, match="did not finish within 5 s"):
+                backend.submit(spec)
+        finally:
+            gave_up.set()
+            releaser.join()
+        assert calls.read_text() == "call\n"
+        named = wait_for(lambda: [j for j in slurm.queue().values() if j["name"] == spec.label],
+                         DEADLINE, what="the first sbatch's job")
+        job = str(named[0]["job_id"])
+        assert backend.submit(spec) == job  # the step, later: adopted, not submitted again
+        assert [str(j["job_id"]) for j in slurm.queue().values() if j["name"] == spec.label] \
+            == [job]
+        assert calls.read_text() == "call\n"
+    finally:
+        transport.close()
 
 
 # -- Slurm refusing, and answers that cannot be read --------------------------------------------

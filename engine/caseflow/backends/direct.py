@@ -34,8 +34,9 @@ class DirectBackend(QueueBackend):
         self.transport = transport
 
     def submit(self, job: JobSpec) -> str:
-        res = self.transport.run(["sh", "-c", LAUNCH, "caseflow-launch", job.remote_path,
-                                  f"{MARK}-{job.case_id}", *job_argv(job)])
+        # never repeated by the transport: a step tried again later finds the first launch
+        res = self.transport.run_once(["sh", "-c", LAUNCH, "caseflow-launch", job.remote_path,
+                                       f"{MARK}-{job.case_id}", *job_argv(job)])
         pid = res.stdout.strip()
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")

@@ -231,8 +231,10 @@ class SlurmBackend(QueueBackend):
 
     # -- the port ------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
-        res = self.transport.run(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
-                                  job.label, JOB_WRAPPER, *self.sbatch_args(job)])
+        # never repeated by the transport: while a first sbatch may still be on its way, a
+        # repeat would not find its job yet and add a second; the step tries again later
+        res = self.transport.run_once(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
+                                       job.label, JOB_WRAPPER, *self.sbatch_args(job)])
         lines = res.stdout.strip().splitlines()  # the last line: a login shell may chatter
         out = lines[-1].split() if lines else []
         if res.returncode == 0 and len(out) == 2 and out[1].isdigit() and \

@@ -97,13 +97,28 @@ class SSHTransport(StagedUpload, Transport):
 
     # -- commands ------------------------------------------------------------------------
     def run(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        """Run a command that is safe to repeat: short outages are retried (tenacity), also
+        when the command may have run already."""
         command = shlex.join(argv)
         return self._retrying(lambda: self._guard(lambda: self._exec(command, timeout),
                                                   f"running {argv[0]}"), f"running {argv[0]}")
 
-    def _exec(self, command: str, timeout: float | None) -> RunResult:
-        client = self.conn.client()
-        chan = client.get_transport().open_session(timeout=self.cfg.connect_timeout)
+    def run_once(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        """Run a command that must not run twice (a submit). Connecting and opening its
+        channel are retried: nothing has been sent yet. Once the command is sent, a lost
+        connection is a TransientError: it may have run, so the step is tried again later, and
+        it adopts what the first run left (issue 13: a submit retried here after a lost reply
+        added a second job)."""
+        command, what = shlex.join(argv), f"running {argv[0]}"
+        chan = self._retrying(lambda: self._guard(self._session, what), what)
+        return self._guard(lambda: self._exec(command, timeout, chan), what)
+
+    def _session(self):
+        return self.conn.client().get_transport().open_session(timeout=self.cfg.connect_timeout)
+
+    def _exec(self, command: str, timeout: float | None, chan=None) -> RunResult:
+        if chan is None:
+            chan = self._session()
         try:
             chan.settimeout(timeout or self.cfg.command_timeout)
             # The command's stdin is /dev/null on the remote side instead of an EOF sent
@@ -114,6 +129,11 @@ class SSHTransport(StagedUpload, Transport):
             chan.exec_command("exec </dev/null; " + command)
             out, err = self._drain(chan, timeout)
             rc = chan.recv_exit_status()
+            if rc == -1 and not chan.get_transport().is_active():
+                # no exit status because the connection was lost (-1 with a live connection:
+                # the command was killed by a signal); it may have run, or run in part
+                raise TransientError(f"the connection to {self.name} was lost while a "
+                                     "command ran")
         except socket.timeout as exc:
             raise TransientError(f"a command on {self.name} did not finish within "
                                  f"{timeout or self.cfg.command_timeout:.0f} s") from exc
@@ -153,7 +173,7 @@ class SSHTransport(StagedUpload, Transport):
     def _channel(self, argv: Sequence[str]):
         """A new channel with the command `argv` started on it (its stdin is the channel:
         the caller sends, then shuts the channel's write side down)."""
-        chan = self.conn.client().get_transport().open_session(timeout=self.cfg.connect_timeout)
+        chan = self._session()
         try:
             chan.settimeout(self.cfg.command_timeout)
             chan.exec_command(shlex.join(argv))
@@ -169,7 +189,7 @@ class SSHTransport(StagedUpload, Transport):
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
         if patterns is None:
-            argv = ["tar", "-c", "-f", "-", "-C", parent, "--", base]
+            argv = ["tar", "--hard-dereference", "-c", "-f", "-", "-C", parent, "--", base]
         else:  # find matches (no shell sees the patterns), tar packs the list it gets
             expr = ["("]
             for i, pattern in enumerate(patterns):
@@ -177,8 +197,8 @@ class SSHTransport(StagedUpload, Transport):
             expr += [")", "(", "-type", "f", "-o", "-type", "l", ")"]
             argv = ["sh", "-c", DOWNLOAD, "caseflow", parent, f"./{base}", *expr]
         try:
-            self._guard(lambda: self._tar_download(argv, base, staging, remote_path),
-                        "downloading")
+            self._guard(lambda: self._tar_download(argv, base, staging, remote_path,
+                                                   links=True), "downloading")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -213,6 +233,10 @@ class SSHTransport(StagedUpload, Transport):
         fetched = staging / base
         if not fetched.exists():
             fetched.mkdir()  # nothing new: an empty folder
+        elif not fetched.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
+            raise PermanentError(f"refusing the results of {remote_path} on {self.name}: the "
+                                 "host sent a file in place of the case folder")
         count = sum(len(files) for _, _, files in os.walk(fetched))
         if os.path.lexists(local_path):
             remove_local(local_path)
@@ -220,13 +244,14 @@ class SSHTransport(StagedUpload, Transport):
         staging.rmdir()
         return count
 
-    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str) -> None:
+    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str,
+                      links: bool = False) -> None:
         if os.path.lexists(staging):
             remove_local(staging)
         staging.mkdir(parents=True)
         chan = self._channel(argv)
         try:
-            unreadable = extract(chan.makefile("rb"), base, staging)
+            unreadable = extract(chan.makefile("rb"), base, staging, links=links)
             err = chan.makefile_stderr("rb").read().decode("utf-8", "replace")
             rc = chan.recv_exit_status()
         finally:

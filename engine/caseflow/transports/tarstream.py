@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
+import shutil
 import stat
 import tarfile
 import threading
@@ -182,36 +182,110 @@ def _long_name(value: bytes, kind: bytes) -> bytes:
 
 
 # -- reading -------------------------------------------------------------------------------------
-def extract(fileobj, base: str, staging: Path) -> tarfile.ReadError | None:
-    """Unpack the tar stream read from `fileobj` into `staging`; every member must lie
-    under `base` (see check_member). Returns the error when there was no tar stream at all
-    (the command's exit code then says why), else None."""
+# What a host sends back is not trusted (issue 13, item 10): a compromised or buggy host must not
+# be able to create or change anything outside the folder it is unpacked into. So this reader
+# makes only folders and regular files (new ones, opened with O_NOFOLLOW), never hard links,
+# devices or fifos, and no path with "..", an absolute path or a name outside `base`. Symbolic
+# links (only with `links=True`, for `download`) are made last, after every file, so that no
+# file is ever written through one; each must stay inside `base` without passing through
+# another link. Python's own tarfile extraction is not used: before 3.12 its default trusts the
+# archive, and even its "data" filter lets one member write through a link made by another.
+_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
+          tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
+          tarfile.FIFOTYPE: "a fifo"}
+
+
+def extract(fileobj, base: str, staging: Path, *, links: bool = False
+            ) -> tarfile.ReadError | None:
+    """Unpack the tar stream read from `fileobj` into the new, empty folder `staging`; every
+    member must lie under `base` (a name without "/"). Raises PermanentError, naming the
+    member, for anything else. Returns the error when there was no tar stream at all (the
+    command's exit code then says why), else None."""
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|")
     except tarfile.ReadError as exc:  # no stream at all: the exit code says why
         return exc
+    symlinks: dict[str, str] = {}
     with tar:
         for member in tar:
-            check_member(member, base)
-            # checked above; attributes are not taken (no remote owners, no setuid)
-            tar.extract(member, staging, set_attrs=False,
-                        **({"filter": "fully_trusted"} if hasattr(tarfile, "data_filter")
-                           else {}))
-            if member.isreg():
-                os.chmod(staging / member.name, member.mode & 0o755)
+            parts = member_parts(member.name, base)
+            name = "/".join(parts)
+            try:
+                if member.isdir():
+                    os.makedirs(staging.joinpath(*parts), exist_ok=True)
+                elif member.isreg():
+                    _write(tar, member, staging, parts)
+                elif member.issym() and links:
+                    if len(parts) == 1 or name in symlinks:
+                        raise PermanentError(f"refusing link {name!r}: it would replace "
+                                             "the folder or another link")
+                    symlinks[name] = member.linkname
+                else:
+                    kind = _KINDS.get(member.type, f"of tar type {member.type!r}")
+                    raise PermanentError(f"refusing {name!r}: it is {kind}; only files and "
+                                         "folders are taken")
+            except OSError as exc:  # e.g. a file where the stream already made a folder
+                raise PermanentError(f"refusing {name!r}: it clashes with an earlier member "
+                                     f"({exc.strerror})") from exc
+    for name, target in symlinks.items():
+        _check_link(name, target, symlinks)
+        try:
+            os.makedirs(staging.joinpath(*name.split("/")[:-1]), exist_ok=True)
+            os.symlink(target, staging / name)
+        except OSError as exc:
+            raise PermanentError(f"refusing link {name!r}: it clashes with an earlier member "
+                                 f"({exc.strerror})") from exc
     return None
 
 
-def check_member(member: tarfile.TarInfo, base: str) -> None:
-    """Refuse anything that would land outside the download folder."""
-    name = member.name[2:] if member.name.startswith("./") else member.name
-    member.name = name
-    parts = name.split("/")
-    if name.startswith("/") or ".." in parts or parts[0] != base:
+def member_parts(name: str, base: str) -> list[str]:
+    """The path components of a member's name, checked: relative, no ".", ".." or empty
+    component, and under `base`."""
+    while name.startswith("./"):
+        name = name[2:]
+    parts = name.rstrip("/").split("/")
+    if name.startswith("/") or parts[0] != base or \
+            any(p in ("", ".", "..") for p in parts):
         raise PermanentError(f"refusing to extract {name!r}: outside {base!r}")
-    if member.issym() or member.islnk():
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), member.linkname))
-        if member.linkname.startswith("/") or target.split("/")[0] != base:
-            raise PermanentError(f"refusing link {name!r} -> {member.linkname!r}: outside")
-    if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-        raise PermanentError(f"refusing {name!r}: not a file, folder or link")
+    return parts
+
+
+def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path,
+           parts: list[str]) -> None:
+    """A member's data as a new regular file (attributes are not taken: no remote owners, no
+    setuid; the mode keeps its read and execute bits)."""
+    os.makedirs(staging.joinpath(*parts[:-1]), exist_ok=True)
+    path = staging.joinpath(*parts)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        os.unlink(path)  # a member sent twice: the last one counts, as with tar
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with open(fd, "wb") as out:
+        source = tar.extractfile(member)
+        if source is not None:
+            shutil.copyfileobj(source, out, CHUNK)
+        os.fchmod(out.fileno(), member.mode & 0o755)
+
+
+def _check_link(name: str, target: str, symlinks: dict[str, str]) -> None:
+    """A link must point inside `base`, and neither it nor the way to its target may pass
+    through another link: then where it points is what its text says."""
+    if not target or target.startswith("/"):
+        raise PermanentError(f"refusing link {name!r} -> {target!r}: outside")
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in symlinks:
+            raise PermanentError(f"refusing link {name!r}: it lies in the link "
+                                 f"{'/'.join(parts[:i])!r}")
+    path = parts[:-1]
+    steps = [p for p in target.split("/") if p not in ("", ".")]
+    for i, step in enumerate(steps):
+        if step == "..":
+            if len(path) <= 1:
+                raise PermanentError(f"refusing link {name!r} -> {target!r}: outside")
+            path.pop()
+            continue
+        path.append(step)
+        if "/".join(path) in symlinks and i < len(steps) - 1:
+            raise PermanentError(f"refusing link {name!r} -> {target!r}: it passes through "
+                                 f"the link {'/'.join(path)!r}")
