@@ -200,3 +200,60 @@ def test_master_daemon_opens_it_without_prompts_and_refuses_an_unknown_host_key(
     with pytest.raises(HostError, match="host key of 127.0.0.1 was refused"):
         t.run(["true"])
     assert t.master.pid() is None
+
+
+def test_run_once_never_runs_a_command_twice_when_the_master_dies_under_it(tmp_path, sshd):
+    """A submit whose master ends while it runs is an error, not a second submit; a command
+    that could not start (no master yet) does start once the master is open."""
+    from sshd import transport_settings
+    from caseflow.errors import TransientError
+    settings = {**transport_settings(sshd, tmp_path / "remote"), "kind": "openssh",
+                "master": "daemon", "control_path": str(tmp_path / "cm")}
+    t = OpenSSHTransport(TransportConfig(**settings))
+    runs = tmp_path / "runs"
+    submit = ["sh", "-c", f'echo run >> {runs}; sleep 3']
+    errors: list[Exception] = []
+    thread = threading.Thread(target=lambda: _catch(errors, t.run_once, submit))
+    thread.start()  # no master yet: it is opened, then the command runs (once)
+    wait_for(lambda: runs.exists(), what="the command to start")
+    os.kill(t.master.pid(), signal.SIGKILL)
+    thread.join()
+    assert len(errors) == 1 and isinstance(errors[0], TransientError), errors
+    assert "ended while a command ran" in str(errors[0])
+    assert runs.read_text() == "run\n" and t.connects == 1
+    assert t.run_once(["true"]).returncode == 0 and t.connects == 2
+    t.master.exit()
+
+
+def _catch(errors, fn, *args):
+    try:
+        fn(*args)
+    except Exception as exc:  # the test looks at it
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("size", [8 << 20, 80 << 20])  # one tar stream; byte ranges
+def test_a_master_lost_during_an_upload_needs_a_login_and_leaves_no_case_behind(
+        ws, node, size):
+    from caseflow import casefolder
+    from caseflow.transports.openssh import NeedsLogin
+    _configure(ws, node)
+    assert pty_login(node.server, ws.config_path)[0] == 0
+    t = OpenSSHTransport(load_config(ws.config_path).transport)
+    case = ws.root / "big"
+    case.mkdir()
+    (case / "scan.bin").write_bytes(os.urandom(size))
+    node.relay.rate = 4 * 1024 * 1024
+    errors: list[Exception] = []
+    target = ws.remote / "1-big"
+    thread = threading.Thread(target=lambda: _catch(
+        errors, t.upload_dir, case, str(target), casefolder.scan(case)))
+    thread.start()
+    staged = ws.remote / ".staging-1-big" / "scan.bin"
+    wait_for(lambda: staged.exists() and staged.stat().st_size > 1 << 20, interval=0.01,
+             what="the upload to be under way")
+    os.kill(t.master.pid(), signal.SIGKILL)
+    thread.join(timeout=60)
+    assert len(errors) == 1 and isinstance(errors[0], NeedsLogin), errors
+    assert str(errors[0]) == "needs login: caseflow login testhost"
+    assert not target.exists()

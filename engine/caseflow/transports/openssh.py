@@ -25,6 +25,7 @@ import select
 import shlex
 import socket
 import subprocess
+import tarfile
 import tempfile
 import threading
 import time
@@ -43,6 +44,9 @@ F_SETPIPE_SZ = 1031
 _SSH_SAID = re.compile(r"control ?socket|mux_client|kex_exchange_identification|"
                        r"connection closed by|^ssh: ", re.I | re.M)
 _REFUSED = ("session open refused", "administratively prohibited")
+# what an ssh says that found no master and so, with ProxyCommand=false, sent nothing (when
+# the master dies under a running command, ssh exits 255 and says nothing)
+_NOTHING_SENT = "connection closed by unknown port 65535"
 
 
 class OpenSSHTransport(SSHTransport):
@@ -70,7 +74,7 @@ class OpenSSHTransport(SSHTransport):
             return fn()
         except (PermanentError, TransientError, HostError):
             raise
-        except (OSError, EOFError) as exc:
+        except (OSError, EOFError, tarfile.ReadError) as exc:  # ReadError: a stream cut short
             raise self._lost(f"{what} on {self.name}: {type(exc).__name__}: {exc}") from exc
 
     def _lost(self, text: str) -> Exception:
@@ -82,13 +86,16 @@ class OpenSSHTransport(SSHTransport):
         """After an exit code 255: the error, when ssh failed rather than the command."""
         text = " ".join(stderr.split())[:300]
         if any(s in text.lower() for s in _REFUSED):
-            return TransientError(f"{self.name} refused one more session (its sshd's "
-                                  f"MaxSessions; transport.max_sessions is "
-                                  f"{self.cfg.max_sessions}): {text}")
+            return _NotStarted(f"{self.name} refused one more session (its sshd's "
+                               f"MaxSessions; transport.max_sessions is "
+                               f"{self.cfg.max_sessions}): {text}")
         if not self.master.is_up():
             if self.cfg.master == "login":
                 return NeedsLogin(self.name, self.master.probe_seconds)
-            return _MasterGone(f"no master connection to {self.name}: {text}")
+            if _NOTHING_SENT in text.lower():
+                return _MasterGone(f"no master connection to {self.name}: {text}")
+            return TransientError(f"the master connection to {self.name} ended while a "
+                                  "command ran")
         if _SSH_SAID.search(stderr):
             return TransientError(f"ssh to {self.name} failed: {text}")
         return None
@@ -97,6 +104,20 @@ class OpenSSHTransport(SSHTransport):
     def run(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
         command = shlex.join(argv)
         return self._retrying(lambda: self._exec(command, timeout), f"running {argv[0]}")
+
+    def run_once(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        """A command that must not run twice (a submit): run again only when it cannot have
+        started (no master yet, or the host refused the session); a master lost while it
+        ran is an error (the step tries again later, adopting what the first run left)."""
+        command = shlex.join(argv)
+        for attempt in range(4):
+            try:
+                return self._exec(command, timeout)
+            except _NotStarted:
+                if attempt == 3:
+                    raise
+                self.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")
 
     def _exec(self, command: str, timeout: float | None) -> RunResult:
         try:
@@ -145,8 +166,12 @@ class OpenSSHTransport(SSHTransport):
         """The master stays: it is the person's login (or closes itself when unused)."""
 
 
-class _MasterGone(TransientError):
-    """master: daemon and no master: open it and run the command again."""
+class _NotStarted(TransientError):
+    """The command did not start (nothing ran on the host): safe to run again."""
+
+
+class _MasterGone(_NotStarted):
+    """master: daemon and no master (nothing was sent): open it and run the command again."""
 
 
 class _Channel:
@@ -277,7 +302,8 @@ class _Reader:
                     return b"".join(chunks)
                 chunks.append(data)
         if not select.select([fd], [], [], self.timeout)[0]:
-            raise socket.timeout(f"nothing arrived for {self.timeout:.0f} s")
+            # not an OSError: the tar reader would take that for a local file's problem
+            raise TransientError(f"nothing arrived for {self.timeout:.0f} s")
         return os.read(fd, size)
 
 
