@@ -1,6 +1,7 @@
 """The `openssh` transport's settings: mistakes name the file and the key; the control socket
 caseflow owns fits a unix socket's path; `caseflow login` is only for openssh hosts."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -64,10 +65,14 @@ def test_the_default_control_socket_is_in_the_state_folder_and_short_enough(ws, 
     # a state folder too deep for a unix socket's path: the user's runtime folder
     deep = tmp_path / ("d" * 60) / "var"
     deep.mkdir(parents=True)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/4242")
     ws.write_config(database=str(deep / "caseflow.db"), hosts={"a": ws.settings["hosts"]["a"]})
     path = load_config(ws.config_path).transport.control_path
-    assert Path(path).parent == tmp_path / "run" / "caseflow"
+    assert Path(path).parent == Path("/run/user/4242/caseflow")
+    # and in /tmp (a folder of this user's) when the runtime folder is too deep as well
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(deep))
+    path = load_config(ws.config_path).transport.control_path
+    assert Path(path).parent == Path(f"/tmp/caseflow-{os.getuid()}")
     assert len(path) <= CONTROL_PATH_MAX
 
 

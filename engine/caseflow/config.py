@@ -651,12 +651,12 @@ def _place_control_sockets(hosts: tuple[HostConfig, ...], state: Path
         t = h.transport
         if t.kind == "openssh" and t.control_path is None:
             digest = hashlib.sha256(f"{state}\0{h.name}".encode()).hexdigest()[:12]
-            path = state / "ssh" / f"cm-{digest}"
-            if len(os.fsencode(path)) > CONTROL_PATH_MAX:
-                runtime = os.environ.get("XDG_RUNTIME_DIR")
-                folder = Path(runtime) / "caseflow" if runtime else \
-                    Path("/tmp") / f"caseflow-{os.getuid()}"
-                path = folder / f"cm-{digest}"
+            runtime = os.environ.get("XDG_RUNTIME_DIR")
+            folders = [state / "ssh", *([Path(runtime) / "caseflow"] if runtime else []),
+                       Path("/tmp") / f"caseflow-{os.getuid()}"]
+            path = next((f / f"cm-{digest}" for f in folders
+                         if len(os.fsencode(f / f"cm-{digest}")) <= CONTROL_PATH_MAX),
+                        folders[-1] / f"cm-{digest}")
             # a literal path: OpenSSH would read a % in it as a token
             h = dataclasses.replace(h, transport=dataclasses.replace(
                 t, control_path=str(path).replace("%", "%%")))
