@@ -100,27 +100,36 @@ def round_trips(transports: dict, count: int) -> dict:
     return {"commands": count, "ms": out, "openssh_vs_ssh": ratio(out["openssh"], out["ssh"])}
 
 
-def poll_setup(kind: str, server, work: Path, n: int, job_pid: int) -> Engine:
-    """An engine with n running cases (direct runner) on one host reached over `kind`."""
+def start_jobs(remote: Path, n: int) -> list[subprocess.Popen]:
+    """n case folders on the host, each with a job of its own as the direct runner starts
+    them (working in the case folder, the marker in its command line; bench/polling_bench.py)."""
+    jobs = []
+    for i in range(n):
+        folder = remote / f"{i + 1}-case{i}"
+        (folder / ".caseflow" / "launched").mkdir(parents=True)
+        jobs.append(subprocess.Popen([f"caseflow-job-{i + 1}", "3600"], executable="sleep",
+                                     cwd=folder, start_new_session=True))
+        (folder / ".caseflow" / "pid").write_text(f"{jobs[-1].pid}\n")
+    return jobs
+
+
+def poll_setup(kind: str, server, work: Path, remote: Path, jobs: list) -> Engine:
+    """An engine whose store holds a running case for each job, on one host over `kind`
+    (both engines poll the same case folders)."""
     base = work / f"poll-{kind}"
-    remote = base / "remote"
     (base / "inbox").mkdir(parents=True)
-    remote.mkdir()
     config = write_config(base / "caseflow.yaml", {
         "inbox": "inbox", "database": "caseflow.db", "poll_seconds": 1,
-        "groups": {"gpu_a": {"slots": n}},
+        "groups": {"gpu_a": {"slots": len(jobs)}},
         "transport": settings(kind, server, remote, work),
         "backend": {"kind": "direct", "command": "true"}})
     engine = Engine(config)
     engine.start(workers=False)
-    host = engine.first_host
     now = time.time()
-    for i in range(n):
-        folder = remote / f"{i + 1}-case{i}"
-        (folder / ".caseflow" / "launched").mkdir(parents=True)
-        (folder / ".caseflow" / "pid").write_text(f"{job_pid}\n")
+    for i, job in enumerate(jobs):
         add_case(engine.store, f"case{i}", str(base / "inbox" / f"case{i}"), "running", now,
-                 group="gpu_a", host=host.name, remote_path=str(folder), task_id=str(job_pid))
+                 group="gpu_a", host=engine.first_host.name,
+                 remote_path=str(remote / f"{i + 1}-case{i}"), task_id=str(job.pid))
     return engine
 
 
@@ -173,18 +182,20 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
             finally:
                 transports["openssh"].master.exit()
             out["target_on_tmpfs"] = on_tmpfs
-            job = subprocess.Popen(["bash", "-c", "exec -a caseflow-job-bench sleep 3600"],
-                                   start_new_session=True)
-            engines = {}
+            remote = work / "poll-remote"
+            remote.mkdir()
+            jobs, engines = [], {}
             try:
+                jobs = start_jobs(remote, n)
                 for kind in KINDS:
-                    engines[kind] = poll_setup(kind, server, work, n, job.pid)
+                    engines[kind] = poll_setup(kind, server, work, remote, jobs)
                 out["poll"] = {"running_cases": n, **poll(engines, ticks)}
             finally:
                 for engine in engines.values():
                     engine.shutdown()
-                os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
+                for job in jobs:
+                    os.killpg(job.pid, signal.SIGKILL)
+                    job.wait()
                 subprocess.run(transports["openssh"].master.control("exit"),
                                capture_output=True)
             p = out["poll"]
