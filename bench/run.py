@@ -1,6 +1,6 @@
 """All the benchmarks, one command: a table of ratios to the alternatives measured in this run.
 
-    python bench/run.py [--quick] [--only upload,polling,admission,engine,pipeline]
+    python bench/run.py [--quick] [--only upload,polling,admission,engine,pipeline,openssh]
                         [--quiet-load L] [--json bench/last_run.json]
 
 1. upload     caseflow vs `scp -r` and `rsync -a` (bench/upload_bench.py)
@@ -10,6 +10,9 @@
 4. engine     10,000 cases in the store, 1,000 active: tick CPU, transitions/s, RSS
               (bench/engine_bench.py)
 5. pipeline   200 tiny cases end to end vs the naive script (bench/pipeline_bench.py)
+6. openssh    the openssh transport (system ssh through a master connection) vs the ssh
+              transport (paramiko): uploads, a poll of 1,000 running cases, one command
+              (bench/openssh_bench.py)
 
 --quick runs a small version of each (a smoke test; its figures mean little). Each line
 of the table says what was measured, caseflow's figure, the alternative's, their ratio and
@@ -30,12 +33,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import admission_latency  # noqa: E402
 import engine_bench  # noqa: E402
+import openssh_bench  # noqa: E402
 import pipeline_bench  # noqa: E402
 import polling_bench  # noqa: E402
 import upload_bench  # noqa: E402
 from benchlib import load, machine, ratio, wait_for_quiet  # noqa: E402
 
-PARTS = ["upload", "polling", "admission", "engine", "pipeline"]
+PARTS = ["upload", "polling", "admission", "engine", "pipeline", "openssh"]
 
 
 def _row(what, ours, theirs, ratio_, target, met) -> dict:
@@ -115,6 +119,36 @@ def summary(results: dict) -> list[dict]:
                          f"{pi['caseflow']['cases_per_minute']:g}",
                          f"{pi['naive']['cases_per_minute']:g} naive script",
                          pi["caseflow_vs_naive"], ">= 10", pi["caseflow_vs_naive"] >= 10))
+    rows += openssh_rows(results.get("openssh"))
+    return rows
+
+
+def openssh_rows(op: dict | None) -> list[dict]:
+    """The openssh transport in the caseflow column, the ssh transport (paramiko) as the
+    alternative: the same speed is the target (within 10 %)."""
+    if not op:
+        return []
+    rows = []
+    for key in ("small", "large"):
+        r = op[key]
+        t = r["tools"]
+        rows.append(_row(f"openssh transport: upload {r['data']}",
+                         f"{t['openssh']['median_s']:.2f} s",
+                         f"{t['ssh']['median_s']:.2f} s ssh transport (paramiko)",
+                         r["openssh_vs_ssh"], "<= 1.1", r["openssh_vs_ssh"] <= 1.1))
+        rows.append(_row("  CPU time on the sending side (with the ssh master)",
+                         f"{t['openssh']['client_cpu_s']:.2f} s",
+                         f"{t['ssh']['client_cpu_s']:.2f} s paramiko", r["cpu_openssh_vs_ssh"],
+                         "", None))
+    p = op["poll"]
+    rows.append(_row(f"openssh transport: poll {p['running_cases']:,} running cases, tick wall",
+                     f"{p['openssh']['tick_wall_s']:.2f} s",
+                     f"{p['ssh']['tick_wall_s']:.2f} s ssh transport (paramiko)",
+                     p["openssh_vs_ssh"], "<= 1.1", p["openssh_vs_ssh"] <= 1.1))
+    rt = op["round_trip"]
+    rows.append(_row("openssh transport: one short command's round trip",
+                     f"{rt['ms']['openssh']} ms", f"{rt['ms']['ssh']} ms paramiko",
+                     rt["openssh_vs_ssh"], "", None))
     return rows
 
 
@@ -149,7 +183,8 @@ def main() -> int:
                "polling": lambda: polling_bench.run(args.quick),
                "admission": lambda: admission_latency.run(args.quick),
                "engine": lambda: engine_bench.run(args.quick),
-               "pipeline": lambda: pipeline_bench.run(args.quick)}
+               "pipeline": lambda: pipeline_bench.run(args.quick),
+               "openssh": lambda: openssh_bench.run(args.quick)}
     for part in parts:
         if args.quiet_load is not None:
             wait_for_quiet(args.quiet_load, patience=300)

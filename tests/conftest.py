@@ -5,6 +5,7 @@ import pytest
 import pueue_daemon
 from harness import Workspace
 from sshd import SSHServer, transport_settings
+from sshd_mfa import MFAServer
 
 
 @pytest.fixture
@@ -21,6 +22,14 @@ def sshd(tmp_path_factory):
     server = SSHServer(tmp_path_factory.mktemp("sshd")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def mfa_sshd(tmp_path_factory):
+    """A real OpenSSH server that asks for the client key and a one-time code (PAM)."""
+    server = MFAServer(tmp_path_factory.mktemp("mfa")).start()
+    yield server
+    server.close()
 
 
 @pytest.fixture

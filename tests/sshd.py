@@ -80,6 +80,7 @@ class SSHServer:
         self.home = self.root / "home"  # HOME of remote sessions
         self.home.mkdir(exist_ok=True)
         self.proc: subprocess.Popen | None = None
+        self.program = SSHD  # the sshd binary (its name is the PAM service: tests/sshd_mfa.py)
         if not self.host_key.exists():
             _keygen(self.host_key)
         if not self.client_key.exists():
@@ -137,7 +138,7 @@ class SSHServer:
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
         conf = self.root / "sshd_config"
         conf.write_text(self.config_text())
-        self.proc = subprocess.Popen([*self.launcher, SSHD, "-D", "-e", "-f", str(conf)],
+        self.proc = subprocess.Popen([*self.launcher, self.program, "-D", "-e", "-f", str(conf)],
                                      stderr=open(self.root / "sshd.log", "ab"))
         deadline = time.monotonic() + 30
         while True:

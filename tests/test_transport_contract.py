@@ -1,4 +1,6 @@
-"""One suite, every transport: `local` and `ssh` (against the real sshd) must behave alike."""
+"""One suite, every transport: `local`, `ssh` (against the real sshd) and `openssh` (the
+system ssh through a master connection, against an sshd that asks for a one-time code) must
+behave alike."""
 
 import os
 import shutil
@@ -11,22 +13,40 @@ from caseflow import casefolder
 from caseflow.config import TransportConfig
 from caseflow.errors import PermanentError
 from caseflow.transports.local import LocalTransport, local_manifest
+from caseflow.transports.openssh import OpenSSHTransport
+from caseflow.transports.openssh_master import Master
 from caseflow.transports.ssh import SSHTransport
 from sshd import transport_settings
+from sshd_mfa import open_master, openssh_settings
 
 HOSTILE = ["with space", "quote'\"s", "$(touch CANARY)", "`touch CANARY`", "semi;touch CANARY",
            "new\nline", "-leading-dash", "ünïcödé ✓", "tab\tand|pipe&amp"]
 
 
-@pytest.fixture(params=["local", "ssh"])
+@pytest.fixture(scope="session")
+def openssh_login(mfa_sshd, tmp_path_factory):
+    """The `openssh` transport's settings, with a master opened once (one code) for the
+    whole suite."""
+    settings = openssh_settings(mfa_sshd, "/unused", control_path=str(
+        tmp_path_factory.mktemp("cm") / "cm-%C"))
+    master = Master(TransportConfig(**settings))
+    open_master(mfa_sshd, master)
+    yield settings
+    master.exit()
+
+
+@pytest.fixture(params=["local", "ssh", "openssh"])
 def transport(request, tmp_path):
     root = tmp_path / "remote"
     root.mkdir()
     if request.param == "local":
         t = LocalTransport("local", str(root))
-    else:
+    elif request.param == "ssh":
         sshd = request.getfixturevalue("sshd")
         t = SSHTransport(TransportConfig(**transport_settings(sshd, root)))
+    else:
+        settings = request.getfixturevalue("openssh_login")
+        t = OpenSSHTransport(TransportConfig(**{**settings, "root": str(root)}))
     yield t
     t.close()
 

@@ -249,6 +249,42 @@ def cmd_check(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_login(args) -> int:
+    """Open a host's OpenSSH master connection here, in the terminal (transport openssh)."""
+    from .transports.openssh_master import Master
+    config = load_config(config_path_from(args.config))
+    hosts = [h for h in config.hosts if h.transport.kind == "openssh"]
+    if args.host is not None:
+        hosts = [h for h in config.hosts if h.name == args.host]
+        if not hosts:
+            raise UsageError(f"no host {args.host!r}; configured: "
+                             + ", ".join(h.name for h in config.hosts))
+        if hosts[0].transport.kind != "openssh":
+            raise UsageError(f"host {args.host} uses the {hosts[0].transport.kind} transport; "
+                             "caseflow login is for transport kind openssh")
+    elif len(hosts) != 1:
+        raise UsageError("name the host: caseflow login HOST (openssh hosts: "
+                         + (", ".join(h.name for h in hosts) or "none") + ")")
+    host = hosts[0]
+    master = Master(host.transport)
+    pid = master.pid()
+    if pid is None:
+        print(f"logging in to {host.name} ({host.transport.host}) ...", flush=True)
+        rc = master.login()
+        pid = master.pid()
+        if pid is None:
+            print(f"caseflow: not logged in to {host.name}: ssh exited {rc}", file=sys.stderr)
+            return 1
+        print(f"logged in to {host.name}: master connection up (pid {pid}, "
+              f"{master.socket_path()}); it closes after {host.transport.control_persist} "
+              "unused (control_persist)")
+    else:
+        print(f"{host.name}: already logged in (master connection pid {pid}, "
+              f"{master.socket_path()})")
+    print(f"a running caseflow daemon uses it within {master.probe_seconds:.0f} s")
+    return 0
+
+
 def cmd_diagram(args) -> int:
     out = render(load_spec(), args.format)
     data = out if isinstance(out, bytes) else (out if out.endswith("\n") else out + "\n").encode()
@@ -324,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="how long to wait for a running daemon to apply it (default 60)")
         s.add_argument("--no-wait", action="store_true", help="only record the request")
     command("check", "check this machine's folders and each host: connection, host key, "
-                     "remote root, free space, tools")
+                     "remote root, free space, tools, an openssh host's master connection")
+    s = command("login", "open a host's SSH master connection here, answering its login "
+                         "prompts (transport openssh)")
+    s.add_argument("host", nargs="?", help="the host's name (needed with several)")
     s = command("diagram", "export the case state machine as a diagram", config=False)
     s.add_argument("--format", choices=FORMATS, default="mermaid",
                    help="mermaid (default), dot, or svg (needs Graphviz's dot)")
@@ -333,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "resources": cmd_resources,
-            "retry": cmd_request, "cancel": cmd_request, "check": cmd_check,
+            "retry": cmd_request, "cancel": cmd_request, "check": cmd_check, "login": cmd_login,
             "diagram": cmd_diagram}
 
 

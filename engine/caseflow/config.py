@@ -10,7 +10,9 @@ working directory.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -24,7 +26,7 @@ from .errors import ConfigError
 
 ENV_VAR = "CASEFLOW_CONFIG"
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-TRANSPORT_KINDS = ("local", "ssh")
+TRANSPORT_KINDS = ("local", "ssh", "openssh")
 VERIFY_MODES = ("size", "checksum")
 BACKEND_KINDS = ("direct", "pueue", "slurm")
 CLEANUP_MODES = ("never", "on_success", "always")
@@ -59,6 +61,12 @@ class TransportConfig:
     keepalive_seconds: float = 30.0
     reconnect_min_interval: float = 5.0
     large_file_bytes: int = 64 * 1024 * 1024
+    # openssh only (read by _read_openssh)
+    control_path: str | None = None       # None: one under the state folder (see below)
+    control_persist: str = "12h"          # the master's idle time before it closes
+    max_sessions: int = 10                # channels at once over the master (sshd's MaxSessions)
+    strict_host_key_checking: str = "yes"
+    master: str = "login"                 # who opens the master: a person, or the daemon
 
 
 @dataclass(frozen=True)
@@ -134,6 +142,8 @@ class FinishConfig:
     remote_cleanup: str = "never"
     on_finish: tuple[str, ...] | str | None = None
     on_finish_timeout_seconds: float = 300.0
+    # run when work on a host pauses (e.g. `needs login`); same form and timeout as on_finish
+    on_host_paused: tuple[str, ...] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -379,7 +389,7 @@ def load_config(path: Path | str) -> Config:
     rescan = float(stab.get("rescan_seconds", number, 30.0, _positive))
     stab.finish()
 
-    hosts = _read_hosts(top, base)
+    hosts = _place_control_sockets(_read_hosts(top, base), database.parent)
 
     rr = top.sub("retry")
     retry = RetryConfig(
@@ -526,17 +536,23 @@ def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
     cleanup = top.get("remote_cleanup", str, "never",
                       lambda v: None if v in CLEANUP_MODES
                       else f"must be one of {', '.join(CLEANUP_MODES)}")
-    hook = top.get("on_finish", (str, list), None,
-                   what="a shell command string or an argument list")
-    if isinstance(hook, list):
-        if not hook or not all(isinstance(c, str) for c in hook):
-            raise top.error("on_finish", "an argument list must be a non-empty list of strings")
-        hook = tuple(hook)
-    elif isinstance(hook, str) and not hook.strip():
-        raise top.error("on_finish", "must not be empty (remove the key to run no hook)")
+    hook = _hook(top, "on_finish")
     timeout = float(top.get("on_finish_timeout_seconds", (int, float), 300.0, _positive))
     return FinishConfig(archive_done=done, archive_failed=failed, remote_cleanup=cleanup,
-                        on_finish=hook, on_finish_timeout_seconds=timeout)
+                        on_finish=hook, on_finish_timeout_seconds=timeout,
+                        on_host_paused=_hook(top, "on_host_paused"))
+
+
+def _hook(top: _Reader, key: str) -> tuple[str, ...] | str | None:
+    """A command caseflow runs on this machine: a shell string or an argument list."""
+    hook = top.get(key, (str, list), None, what="a shell command string or an argument list")
+    if isinstance(hook, list):
+        if not hook or not all(isinstance(c, str) for c in hook):
+            raise top.error(key, "an argument list must be a non-empty list of strings")
+        hook = tuple(hook)
+    elif isinstance(hook, str) and not hook.strip():
+        raise top.error(key, "must not be empty (remove the key to run no hook)")
+    return hook
 
 
 def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
@@ -640,6 +656,8 @@ def _read_transport(top: _Reader, base: Path, name: str | None = None) -> Transp
     root = tr.get("root", str)
     verify = tr.get("verify", str, "size", lambda v: None if v in VERIFY_MODES
                     else f"must be one of {', '.join(VERIFY_MODES)}")
+    if kind == "openssh":
+        return _read_openssh(tr, base, root, verify, name)
     if kind == "local":
         name = tr.get("name", str, name or "local")
         tr.finish()
@@ -674,6 +692,100 @@ def _read_transport(top: _Reader, base: Path, name: str | None = None) -> Transp
         if path and not Path(path).is_file():
             raise tr.error(key, f"file {path} does not exist")
     return cfg
+
+
+OPENSSH_MASTERS = ("login", "daemon")
+OPENSSH_HOST_KEY_CHECKS = ("yes", "accept-new", "ask")
+# ControlPersist: "yes" (no idle limit) or an OpenSSH time such as 30m, 12h, 1h30m
+_OPENSSH_TIME = re.compile(r"^(yes|(\d+[sSmMhHdDwW]?)+)$")
+
+
+def _read_openssh(tr: _Reader, base: Path, root: str, verify: str,
+                  name: str | None) -> TransportConfig:
+    """The `openssh` transport: the system `ssh` through one master connection per host.
+    `host` may be an alias of the OpenSSH client config, which then applies as a whole."""
+    number = (int, float)
+    host = tr.get("host", str, check=lambda v: None if v.strip() and not v.startswith("-")
+                  and not re.search(r"\s", v) else "must be a host name or ssh config alias "
+                  "(no spaces, not starting with -)")
+    if not root.startswith("/") and not root.startswith("~"):
+        raise tr.error("root", "must be an absolute path on the remote host (or start with ~/)")
+    if "accept_new_host_keys" in tr.data:
+        raise tr.error("accept_new_host_keys", "not used by the openssh transport; set "
+                       "strict_host_key_checking: accept-new to trust a new host key")
+    paths = {}
+    for key in ("identity_file", "known_hosts", "ssh_config"):
+        value = tr.get(key, str, None)
+        paths[key] = str(_resolve(base, value)) if value else None
+    control_path = tr.get("control_path", str, None, lambda v: None if v.strip() and
+                          '"' not in v else "must be a path (OpenSSH's %-tokens allowed)")
+    cfg = TransportConfig(
+        kind="openssh", root=root, name=tr.get("name", str, name or host), verify=verify,
+        host=host,
+        port=tr.get("port", int, None, lambda v: None if 0 < v < 65536 else "not a port number"),
+        user=tr.get("user", str, None), **paths,
+        connect_timeout=float(tr.get("connect_timeout", number, 15.0, _positive)),
+        command_timeout=float(tr.get("command_timeout", number, 600.0, _positive)),
+        keepalive_seconds=float(tr.get("keepalive_seconds", number, 30.0, _not_negative)),
+        reconnect_min_interval=float(tr.get("reconnect_min_interval", number, 5.0,
+                                            _not_negative)),
+        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive),
+        control_path=os.path.expanduser(control_path) if control_path else None,
+        control_persist=_yes_or_text(tr, "control_persist", "12h", lambda v: None if
+                                     _OPENSSH_TIME.match(v) else "must be yes or a time such "
+                                     "as 30m, 12h or 1h30m (OpenSSH's ControlPersist)"),
+        max_sessions=tr.get("max_sessions", int, 10, _positive),
+        strict_host_key_checking=_yes_or_text(
+            tr, "strict_host_key_checking", "yes", lambda v: None if v in
+            OPENSSH_HOST_KEY_CHECKS else f"must be one of {', '.join(OPENSSH_HOST_KEY_CHECKS)}"
+            " (not no: a changed host key must stop caseflow)"),
+        master=tr.get("master", str, "login", lambda v: None if v in OPENSSH_MASTERS else
+                      "must be login (a person opens it: caseflow login HOST) or daemon "
+                      "(caseflow opens it itself, without prompts)"))
+    tr.finish()
+    for key in ("identity_file", "ssh_config"):
+        if paths[key] and not Path(paths[key]).is_file():
+            raise tr.error(key, f"file {paths[key]} does not exist")
+    return cfg
+
+
+# A unix socket's path holds at most 107 bytes, and OpenSSH first binds "<path>.<16 random
+# characters>" and renames it: a control path may have at most 90.
+CONTROL_PATH_MAX = 90
+
+
+def _place_control_sockets(hosts: tuple[HostConfig, ...], state: Path
+                           ) -> tuple[HostConfig, ...]:
+    """The openssh hosts without a control_path get one caseflow owns: in the state folder
+    (the database's), named by a digest of the folder and the host (OpenSSH's %C is 40
+    characters: too long for most paths); in the user's runtime folder when that path would
+    be too long for a unix socket."""
+    out = []
+    for h in hosts:
+        t = h.transport
+        if t.kind == "openssh" and t.control_path is None:
+            digest = hashlib.sha256(f"{state}\0{h.name}".encode()).hexdigest()[:12]
+            runtime = os.environ.get("XDG_RUNTIME_DIR")
+            folders = [state / "ssh", *([Path(runtime) / "caseflow"] if runtime else []),
+                       Path("/tmp") / f"caseflow-{os.getuid()}"]
+            path = next((f / f"cm-{digest}" for f in folders
+                         if len(os.fsencode(f / f"cm-{digest}")) <= CONTROL_PATH_MAX),
+                        folders[-1] / f"cm-{digest}")
+            # a literal path: OpenSSH would read a % in it as a token
+            h = dataclasses.replace(h, transport=dataclasses.replace(
+                t, control_path=str(path).replace("%", "%%")))
+        out.append(h)
+    return tuple(out)
+
+
+def _yes_or_text(reader: _Reader, key: str, default: str, check) -> str:
+    """A setting in OpenSSH's words; YAML reads an unquoted yes/no as true/false."""
+    value = reader.get(key, (str, bool, int), default, what="a string")
+    text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
+    message = check(text)
+    if message:
+        raise reader.error(key, message)
+    return text
 
 
 def _read_backend(top: _Reader) -> BackendConfig:

@@ -269,11 +269,15 @@ class Engine:
         now = self.clock()
         message = _short(exc)
         host.avoid_until = now + self.config.retry.max_seconds
-        host.down, host.next_probe = True, now + self.config.retry.max_seconds
+        # probed again after the longest backoff, or sooner when the error says so (a master
+        # connection a person opens: checking for it costs nothing on the host)
+        host.down = True
+        host.next_probe = now + getattr(exc, "probe_seconds", self.config.retry.max_seconds)
         if message != host.problem:
             log.error("host %s: work paused: %s", host.name, message)
             host.problem = message
             self.store.set_host_problem(host.name, message, now)
+            wrapup.host_paused(self, host.name, message)
         for row in rows:
             if not self._move_elsewhere(row, host, message):
                 self.store.reschedule(row.id, row.state, now + self.config.retry.max_seconds)

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from .case_model import free_name
@@ -105,34 +106,52 @@ def _run_hook(engine, row: CaseRow, notes: list[str]) -> None:
     finish = engine.config.finish
     if not finish.on_finish:
         return
-    argv = list(finish.on_finish) if isinstance(finish.on_finish, tuple) else \
-        ["sh", "-c", finish.on_finish]
-    env = {**os.environ, **hook_env(row)}
+    note = run_command(finish.on_finish, hook_env(row), engine.config.path.parent,
+                       finish.on_finish_timeout_seconds, f"case {row.id}: on_finish hook")
+    if note:
+        notes.append(note)
+
+
+def run_command(command, env: dict[str, str], cwd, timeout: float, what: str) -> str | None:
+    """Run a hook (a shell string or an argument list) with `env` added, in its own session,
+    killed after `timeout` s; its output goes to the log. Returns a note when it failed."""
+    argv = list(command) if isinstance(command, tuple) else ["sh", "-c", command]
+    name = what.rsplit(": ", 1)[-1]
     try:
-        proc = subprocess.Popen(argv, env=env, cwd=engine.config.path.parent,
+        proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd,
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as exc:
-        notes.append(f"on_finish hook could not start: {exc.strerror or exc}")
-        log.error("case %s: on_finish hook could not start: %s", row.id, exc)
-        return
+        log.error("%s could not start: %s", what, exc)
+        return f"{name} could not start: {exc.strerror or exc}"
     try:
-        out, _ = proc.communicate(timeout=finish.on_finish_timeout_seconds)
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         out, _ = proc.communicate()
-        notes.append(f"on_finish hook killed after {finish.on_finish_timeout_seconds:.0f} s")
-        log.error("case %s: on_finish hook did not finish within %.0f s; killed", row.id,
-                  finish.on_finish_timeout_seconds)
-        return
+        log.error("%s did not finish within %.0f s; killed", what, timeout)
+        return f"{name} killed after {timeout:.0f} s"
     text = out.decode("utf-8", "replace").strip()
     if proc.returncode != 0:
         tail = text[-OUTPUT_LIMIT:]
-        notes.append(f"on_finish hook exited {proc.returncode}" + (f": {tail}" if tail else ""))
-        log.error("case %s: on_finish hook exited %s%s", row.id, proc.returncode,
-                  f"\n{tail}" if tail else "")
-    else:
-        log.info("case %s: on_finish hook done%s", row.id, f": {text[-300:]}" if text else "")
+        log.error("%s exited %s%s", what, proc.returncode, f"\n{tail}" if tail else "")
+        return f"{name} exited {proc.returncode}" + (f": {tail}" if tail else "")
+    log.info("%s done%s", what, f": {text[-300:]}" if text else "")
+    return None
+
+
+def host_paused(engine, host: str, problem: str) -> None:
+    """Work on a host paused: run the on_host_paused hook, if any, in a thread of its own
+    (the tick and the workers do not wait for it)."""
+    command = engine.config.finish.on_host_paused
+    if not command:
+        return
+    env = {"CASEFLOW_HOST": host, "CASEFLOW_PROBLEM": problem,
+           "CASEFLOW_CONFIG": str(engine.config.path)}
+    threading.Thread(target=run_command, name="caseflow-host-hook", daemon=True,
+                     args=(command, env, engine.config.path.parent,
+                           engine.config.finish.on_finish_timeout_seconds,
+                           f"host {host}: on_host_paused hook")).start()

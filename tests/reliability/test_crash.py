@@ -18,8 +18,7 @@ import pytest
 
 from caseflow.spec import load_spec
 from harness import wait_for
-from pueue_daemon import VERSIONS
-from reliability.conftest import JOB, write_case
+from reliability.conftest import CRASH_HOSTS, JOB, host_id, write_case
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -27,7 +26,7 @@ CASES = 20
 TERMINAL = ("success", "failure", "not_found")
 
 
-@pytest.mark.parametrize("gpu_host", VERSIONS, indirect=True)
+@pytest.mark.parametrize("gpu_host", CRASH_HOSTS, indirect=True, ids=host_id)
 def test_sigkill_at_random_moments_loses_nothing_and_runs_nothing_twice(ws, gpu_host, daemons):
     kills = int(os.environ.get("CASEFLOW_CRASH_KILLS", "12"))
     seed = int(os.environ.get("CASEFLOW_CRASH_SEED", random.randrange(1 << 30)))

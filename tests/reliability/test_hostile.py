@@ -5,7 +5,8 @@ case.yaml files, a folder replaced by a file, a changed host key, careless permi
 *without* the capabilities that let root read anything (so an unreadable file is unreadable),
 on a tmpfs (50,000 files are created and sent) with a 400 MB remote root (one case does not
 fit). Each case either runs correctly or fails with a reason naming its problem; no CANARY
-file ever appears; the daemon never crashes.
+file ever appears; the daemon never crashes. The hostile case folders go over `ssh` and over
+`openssh` (the changed host key of `openssh` is refused by `caseflow login`: test_openssh.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ import pytest
 
 from harness import JOB, Workspace, wait_for
 from pueue_daemon import PueueDaemon
+from caseflow.config import TransportConfig
+from caseflow.transports.openssh_master import Master
 from sshd import SSHServer, transport_settings
+from sshd_mfa import MFAServer, open_master, openssh_settings
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -49,22 +53,34 @@ UNPRIVILEGED = ("setpriv", "--bounding-set=-dac_override,-dac_read_search")
 
 
 @pytest.fixture
-def hostile(tmp_path):
+def hostile(tmp_path, request):
+    """The tmp file systems, the host, and the config; over `ssh`, or over `openssh` (a login
+    node that asks for a one-time code, logged into once) when the test asks for it."""
+    kind = getattr(request, "param", "ssh")
     root = tmp_path / "fs"
     _mount(root, "2g")
     ws = Workspace(root)
     _mount(ws.remote, "400m")
-    server = SSHServer(tmp_path / "gpuhost").start()
+    server = (MFAServer if kind == "openssh" else SSHServer)(tmp_path / "gpuhost").start()
     pueue = PueueDaemon(tmp_path / "pueue", "4.0.4").start()
     (server.bin / "pueue").symlink_to(pueue.client)
-    ws.write_config(transport=transport_settings(server, ws.remote),
+    master = None
+    if kind == "openssh":
+        settings = openssh_settings(server, ws.remote, control_path=str(tmp_path / "cm"))
+        master = Master(TransportConfig(**settings))
+        open_master(server, master)
+    else:
+        settings = transport_settings(server, ws.remote)
+    ws.write_config(transport=settings,
                     backend={"kind": "pueue", "command": NAME_JOB + JOB.replace("{ctl}",
                                                                                  str(ws.ctl))},
                     stability={"quiet_seconds": 1.0, "rescan_seconds": 2},
                     groups={"gpu_a": {"slots": 4}, "gpu_b": {"slots": 1}})
     yield ws, server
     pueue.close()
-    server.stop()
+    if master is not None:
+        master.exit()
+    server.close() if kind == "openssh" else server.stop()
     ws.close()
     subprocess.run(["umount", "-l", str(ws.remote)])
     subprocess.run(["umount", "-l", str(root)])
@@ -89,6 +105,7 @@ def _write(folder: Path, files: dict) -> None:
             p.write_bytes(content if isinstance(content, bytes) else content.encode())
 
 
+@pytest.mark.parametrize("hostile", ["ssh", "openssh"], indirect=True)
 def test_hostile_case_folders(hostile, daemons):
     ws, server = hostile
     expect: dict[str, tuple[str, str]] = {}
@@ -121,7 +138,9 @@ def test_hostile_case_folders(hostile, daemons):
     for name, (files, state, words) in contents.items():
         cases[name] = files
         expect[name] = (state, words)
-    many = {f"d{i // 500:03d}/f{i:05d}": b"%d" % i for i in range(50_000)}
+    # 50,000 files over ssh; over openssh 10,000 cover its stream as well, in less CI time
+    count = 10_000 if isinstance(server, MFAServer) else 50_000
+    many = {f"d{i // 500:03d}/f{i:05d}": b"%d" % i for i in range(count)}
     cases["fifty_thousand_files"] = many
     expect["fifty_thousand_files"] = ("success", "")
 
@@ -162,8 +181,9 @@ def test_hostile_case_folders(hostile, daemons):
     names = {r.name: r for r in ws.store.cases()}
     assert names["SameName"].results_path != names["samename"].results_path
     assert names[NFC].results_path != names[NFD].results_path
-    assert Path(names["fifty_thousand_files"].remote_path, "d099", "f49999").read_text() == \
-        "49999"
+    last = count - 1
+    assert Path(names["fifty_thousand_files"].remote_path, f"d{last // 500:03d}",
+                f"f{last:05d}").read_text() == str(last)
     assert not list(ws.remote.glob(".staging-*")), "a half upload was left on the remote side"
     canaries = subprocess.run(["find", str(ws.root), str(server.root), "/root", "/tmp",
                                "-maxdepth", "6", "-name", "CANARY"],

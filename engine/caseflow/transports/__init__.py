@@ -151,4 +151,7 @@ def make_transport(cfg) -> Transport:
     if kind == "ssh":
         from .ssh import SSHTransport
         return SSHTransport(cfg)
+    if kind == "openssh":
+        from .openssh import OpenSSHTransport
+        return OpenSSHTransport(cfg)
     raise ValueError(f"unknown transport kind {kind!r}")

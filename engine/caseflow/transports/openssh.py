@@ -1,0 +1,318 @@
+"""The `openssh` transport: the system `ssh` client, every command and stream one channel over
+one master connection per host (openssh_master.py).
+
+For login nodes that ask for a one-time code at every login: a person authenticates once
+(`caseflow login HOST`) and caseflow reuses the connection; paramiko cannot use an OpenSSH
+master (paramiko issue #852), so the `ssh` transport cannot reach such hosts. Everything
+above the channels is the `ssh` transport's own (ssh.py, ssh_upload.py, tarstream.py and
+the remote scripts): the same tar stream upload, large files as byte ranges on parallel
+channels, verification and atomic rename, batched polling, results by pattern. Here a
+channel is an `ssh` process whose stdin and stdout carry the channel's data.
+
+At most `max_sessions` channels are open at once (sshd's MaxSessions, 10 by default, counts
+the sessions of one connection). When the master is gone the host pauses with `needs login:
+caseflow login HOST` (NeedsLogin): no case fails and none is charged an attempt, and the
+engine probes (a local `ssh -O check`) until the master is back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import select
+import shlex
+import socket
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from typing import Sequence
+
+from ..errors import HostError, PermanentError, TransientError
+from . import RunResult, Transport
+from .openssh_master import Master, NeedsLogin
+from .ssh import SSHTransport
+
+log = logging.getLogger("caseflow.openssh")
+
+PIPE_BYTES = 1 << 20  # the pipe into each ssh: 1 MiB (Linux's default is 64 KiB)
+F_SETPIPE_SZ = 1031
+# what the ssh client itself (not a remote command) says when it fails
+_SSH_SAID = re.compile(r"control ?socket|mux_client|kex_exchange_identification|"
+                       r"connection closed by|^ssh: ", re.I | re.M)
+_REFUSED = ("session open refused", "administratively prohibited")
+# what an ssh says that found no master and so, with ProxyCommand=false, sent nothing (when
+# the master dies under a running command, ssh exits 255 and says nothing)
+_NOTHING_SENT = "connection closed by unknown port 65535"
+
+
+class OpenSSHTransport(SSHTransport):
+    """The `ssh` transport with channels over an OpenSSH master instead of paramiko's."""
+
+    def __init__(self, cfg, sleep=time.sleep):
+        Transport.__init__(self, cfg.name, cfg.root)
+        self.cfg = cfg
+        self.master = Master(cfg)
+        self.sessions = threading.BoundedSemaphore(cfg.max_sessions)
+        self.sleep = sleep
+        self.commands = 0          # remote commands run (for tests and benchmarks)
+        self._root_resolved = not cfg.root.startswith("~")
+
+    @property
+    def connects(self) -> int:
+        """Master connections this process opened (master: daemon; `caseflow login` opens
+        them in a process of its own)."""
+        return self.master.opened
+
+    def _guard(self, fn, what: str):
+        """Run fn; an `ssh` that broke off (a pipe that closed, a timeout) is caseflow's
+        error: the host needs a login when its master is gone, else transient."""
+        try:
+            return fn()
+        except (PermanentError, TransientError, HostError):
+            raise
+        except (OSError, EOFError, tarfile.ReadError) as exc:  # ReadError: a stream cut short
+            raise self._lost(f"{what} on {self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def _lost(self, text: str) -> Exception:
+        if self.cfg.master == "login" and not self.master.is_up():
+            return NeedsLogin(self.name, self.master.probe_seconds)
+        return TransientError(text)
+
+    def _ssh_failed(self, stderr: str) -> Exception | None:
+        """After an exit code 255: the error, when ssh failed rather than the command."""
+        text = " ".join(stderr.split())[:300]
+        if any(s in text.lower() for s in _REFUSED):
+            return _NotStarted(f"{self.name} refused one more session (its sshd's "
+                               f"MaxSessions; transport.max_sessions is "
+                               f"{self.cfg.max_sessions}): {text}")
+        if not self.master.is_up():
+            if self.cfg.master == "login":
+                return NeedsLogin(self.name, self.master.probe_seconds)
+            if _NOTHING_SENT in text.lower():
+                return _MasterGone(f"no master connection to {self.name}: {text}")
+            return TransientError(f"the master connection to {self.name} ended while a "
+                                  "command ran")
+        if _SSH_SAID.search(stderr):
+            return TransientError(f"ssh to {self.name} failed: {text}")
+        return None
+
+    # -- commands ------------------------------------------------------------------------
+    def run(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        command = shlex.join(argv)
+        return self._retrying(lambda: self._exec(command, timeout), f"running {argv[0]}")
+
+    def run_once(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
+        """A command that must not run twice (a submit): run again only when it cannot have
+        started (no master yet, or the host refused the session); a master lost while it
+        ran is an error (the step tries again later, adopting what the first run left)."""
+        command = shlex.join(argv)
+        for attempt in range(4):
+            try:
+                return self._exec(command, timeout)
+            except _NotStarted:
+                if attempt == 3:
+                    raise
+                self.sleep(0.5 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _exec(self, command: str, timeout: float | None) -> RunResult:
+        try:
+            return self._exec_once(command, timeout)
+        except _MasterGone:  # master: daemon: open it (or say why not), then once more
+            self.master.ensure()
+            return self._exec_once(command, timeout)
+
+    def _exec_once(self, command: str, timeout: float | None) -> RunResult:
+        limit = timeout or self.cfg.command_timeout
+        with self.sessions:
+            try:
+                proc = subprocess.run(self.master.command(command), stdin=subprocess.DEVNULL,
+                                      capture_output=True, timeout=limit,
+                                      start_new_session=True)
+            except subprocess.TimeoutExpired as exc:
+                raise TransientError(f"a command on {self.name} did not finish within "
+                                     f"{limit:.0f} s") from exc
+            except OSError as exc:
+                raise HostError(f"cannot run the OpenSSH client: {exc}") from exc
+        err = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode == 255:
+            problem = self._ssh_failed(err)
+            if problem is not None:
+                raise problem
+        self.commands += 1
+        return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"), err)
+
+    def _channel(self, argv: Sequence[str]) -> "_Channel":
+        if self.cfg.master == "daemon":
+            self.master.ensure()  # a stream cannot be sent twice: the master first
+        return _Channel(self, shlex.join(argv))
+
+    def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
+        """All of a channel's stdout, then its stderr once the ssh has ended."""
+        out = bytearray()
+        reader = chan.makefile("rb", timeout)
+        while True:
+            data = reader.read(1 << 16)
+            if not data:
+                break
+            out += data
+        return bytes(out), chan.stderr_bytes()
+
+    def close(self) -> None:
+        """The master stays: it is the person's login (or closes itself when unused)."""
+
+
+class _NotStarted(TransientError):
+    """The command did not start (nothing ran on the host): safe to run again."""
+
+
+class _MasterGone(_NotStarted):
+    """master: daemon and no master (nothing was sent): open it and run the command again."""
+
+
+class _Channel:
+    """One channel over the master: an `ssh` process, its stdin and stdout the channel's data.
+    What the staged upload and the tar reader use of a paramiko channel: sendall,
+    shutdown_write, makefile, makefile_stderr, recv_exit_status, closed, eof_received, close.
+    Waits are bounded by the command timeout (sending, reading, the exit)."""
+
+    def __init__(self, transport: OpenSSHTransport, command: str):
+        self.t = transport
+        self.timeout = transport.cfg.command_timeout
+        self._released = False
+        self._closed = False
+        self._status: int | None = None
+        transport.sessions.acquire()
+        try:
+            self.err = tempfile.TemporaryFile()
+            self.proc = subprocess.Popen(transport.master.command(command),
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self.err, start_new_session=True, bufsize=0)
+        except BaseException:
+            self._release()
+            raise
+        self._stdin = self.proc.stdin.fileno()
+        try:  # 1 MiB at a time into ssh instead of 16 writes of 64 KiB
+            fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_BYTES)
+        except OSError:
+            pass
+        os.set_blocking(self._stdin, False)  # so that a stalled ssh cannot block a send
+
+    def settimeout(self, timeout: float) -> None:
+        self.timeout = timeout
+
+    @property
+    def closed(self) -> bool:
+        return self._closed or self.proc.poll() is not None
+
+    @property
+    def eof_received(self) -> bool:
+        return self.proc.poll() is not None
+
+    def sendall(self, data) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            try:
+                n = os.write(self._stdin, view)
+            except BlockingIOError:
+                if not select.select([], [self._stdin], [], self.timeout)[1]:
+                    raise socket.timeout(f"nothing could be sent for {self.timeout:.0f} s")
+                continue
+            view = view[n:]
+
+    def shutdown_write(self) -> None:
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+
+    def makefile(self, mode: str = "rb", timeout: float | None = None) -> "_Reader":
+        return _Reader(self.proc.stdout, timeout or self.timeout)
+
+    def makefile_stderr(self, mode: str = "rb"):
+        return _Stderr(self)
+
+    def _wait(self) -> int:
+        """The exit code, once ssh has ended; what it still writes to stdout is dropped."""
+        if self._status is None:
+            self.shutdown_write()
+            reader = self.makefile()
+            while reader.read(1 << 16):
+                pass
+            try:
+                self._status = self.proc.wait(timeout=self.timeout)
+            except subprocess.TimeoutExpired as exc:
+                self.proc.kill()
+                raise socket.timeout(f"ssh did not end within {self.timeout:.0f} s") from exc
+        return self._status
+
+    def stderr_bytes(self) -> bytes:
+        self._wait()
+        self.err.seek(0)
+        return self.err.read()
+
+    def recv_exit_status(self) -> int:
+        rc = self._wait()
+        if rc == 255:
+            problem = self.t._ssh_failed(self.stderr_bytes().decode("utf-8", "replace"))
+            if problem is not None:
+                raise problem
+        return rc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for f in (self.proc.stdin, self.proc.stdout, self.err):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.t.sessions.release()
+
+
+class _Reader:
+    """A channel's stdout for the tar reader: reads that wait at most `timeout` seconds."""
+
+    def __init__(self, pipe, timeout: float):
+        self.pipe = pipe
+        self.timeout = timeout
+
+    def read(self, size: int = -1) -> bytes:
+        if self.pipe.closed:
+            return b""
+        fd = self.pipe.fileno()
+        if size is None or size < 0:
+            chunks = []
+            while True:
+                data = self.read(1 << 16)
+                if not data:
+                    return b"".join(chunks)
+                chunks.append(data)
+        if not select.select([fd], [], [], self.timeout)[0]:
+            # not an OSError: the tar reader would take that for a local file's problem
+            raise TransientError(f"nothing arrived for {self.timeout:.0f} s")
+        return os.read(fd, size)
+
+
+class _Stderr:
+    def __init__(self, chan: _Channel):
+        self.chan = chan
+
+    def read(self, size: int = -1) -> bytes:
+        return self.chan.stderr_bytes()
+
+
+__all__ = ["OpenSSHTransport", "NeedsLogin"]
