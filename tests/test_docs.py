@@ -121,6 +121,9 @@ NOT_RUN = {
     "caseflow status --watch -c config/local.yaml":
         "read-only; tests/test_status_watch.py runs it through a real terminal",
     "caseflow status --watch --state queued -c ...": "the same, one state",
+    "caseflow login hpc-login -c caseflow.yaml":
+        "tests/test_openssh.py drives caseflow login through a real terminal, answering the code",
+    "caseflow check -c caseflow.yaml": "read-only; tests/test_openssh.py runs check on the master",
 }
 
 
