@@ -98,9 +98,7 @@ class Case:
         if eng.config.group(group) is None:
             raise PermanentError(f"group {group!r} is no longer configured; configured groups: "
                                  + ", ".join(g.name for g in eng.config.groups))
-        now = eng.clock()
-        hosts = [h.name for h in eng.hosts.values()
-                 if h.serves(group) and h.takes_new_cases(now)]
+        hosts = eng.health.usable_for(group)
         slot = eng.store.free_slot(group, hosts) if hosts else None
         if slot is None:
             return False

@@ -17,6 +17,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+from . import casefolder
 from .case_model import free_name
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
@@ -35,15 +36,20 @@ def wrap_up(engine, row: CaseRow) -> None:
     engine.store.wrapup_progress(row.id, row.state, note="; ".join(notes) or None, done=True)
 
 
-def cleanup_wanted(mode: str, row: CaseRow) -> bool:
+def cleanup_wanted(mode: str, row: CaseRow, succeeded: bool) -> bool:
     """Remove the remote case folder? Only once the results are safely home."""
     if mode == "never" or not row.remote_path or not row.results_fetched:
         return False
-    return mode == "always" or (mode == "on_success" and row.state == "success")
+    return mode == "always" or (mode == "on_success" and succeeded)
+
+
+def _succeeded(engine, row: CaseRow) -> bool:
+    """The case ended where the spec's job-success trigger leads."""
+    return row.state in engine.spec.succeeded_states
 
 
 def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
-    if not cleanup_wanted(engine.config.finish.remote_cleanup, row):
+    if not cleanup_wanted(engine.config.finish.remote_cleanup, row, _succeeded(engine, row)):
         return True
     try:
         engine.host_of(row).transport.remove_tree(row.remote_path)
@@ -65,13 +71,14 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
 
 def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     finish = engine.config.finish
-    dest = finish.archive_done if row.state == "success" else finish.archive_failed
+    dest = finish.archive_done if _succeeded(engine, row) else finish.archive_failed
     if dest is None:
         return row
     src = Path(row.local_path)
     if src.parent == dest:
         return row  # already there (a repeated wrap-up)
-    if not src.is_dir() or src.is_symlink():
+    if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
+        # gone, or another folder of that name now (a new case, whose folder stays)
         notes.append(f"case folder not archived: {src} is no longer there")
         return row
     try:
