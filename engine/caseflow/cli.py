@@ -21,6 +21,7 @@ from .diagram import FORMATS, render
 from .case_model import job_log_path
 from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
+from .machine import CaseMachine
 from .spec import load_spec
 from .store import CaseRow, Store
 
@@ -131,6 +132,8 @@ def cmd_status(args) -> int:
               (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
               (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
                r.state == "running" else "") +
+              (" (stopping its job before it fails)" if r.reason and not r.job_outcome and
+               r.state not in spec.terminal_states else "") +
               (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", r.slot_host or r.host or "-",
               "-" if r.slot_index is None else str(r.slot_index), r.task_id or "-", _iso(r.updated_at) or "-",
@@ -195,10 +198,11 @@ def cmd_request(args) -> int:
     trigger = args.command
     config, store = _open(args)
     spec = load_spec()
+    machine = CaseMachine(spec)
     row = resolve(store, args.case)
-    if row.state not in spec.sources_of(trigger):
+    if not machine.allowed(trigger, row.state):
         raise CaseflowError(f"case {row.id} {printable(row.name)!s} is {row.state}; {trigger} "
-                            f"applies to: {', '.join(spec.sources_of(trigger))}")
+                            f"applies to: {', '.join(machine.states_allowing(trigger))}")
     store.set_request(row.id, trigger)
     lock = DaemonLock(config.database)
     try:

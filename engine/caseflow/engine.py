@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
-from . import casefolder, wrapup
-from .backends import RUNNING, SUCCESS, UNREADABLE
-from .case_model import Case, job_ref
-from .errors import PermanentError, TransientError
-from .hosts import Host, HostHealth, is_unreachable
+from . import jobs, wrapup
+from .case_model import Case
+from .errors import PermanentError
+from .hosts import Host, HostHealth, is_unreachable, shut_down
 from .machine import CaseMachine, MachineError
 from .retry import BUG, HOST, PERMANENT, STALE, GiveUp, Policy, Streak, after_error, kind_of, short
 from .spec import FAIL, POLL, REQUEST, REQUEUE, MachineSpec, load_spec
 from .store import CaseRow, Store
-from .watcher import InboxFolders, is_hidden
-from .workers import WorkerPool
+from .watcher import InboxFolders
+from .workers import InFlight
 
 log = logging.getLogger("caseflow.engine")
 
@@ -52,8 +50,7 @@ class Engine:
         self.health = HostHealth(self.hosts, self.store, config.retry, clock, self.monotonic,
                                  self.spec.slot_states, self.wake)
         self.folders = InboxFolders()
-        self._inflight: set = set()  # case ids, and (work, host) of a host's own work
-        self._inflight_lock = threading.Lock()
+        self.inflight = InFlight(done=self.wake)
         self._request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
         self._next_rescan = float("-inf")
         self._tick_started = float("-inf")
@@ -110,28 +107,17 @@ class Engine:
         self.folders.seed(self.config.inbox, self.store.folders())
         if workers:
             for host in self.hosts.values():
-                host.lane = WorkerPool(self.config.workers, name=f"caseflow-{host.name}")
+                host.open_lane(self.config.workers)
 
     def shutdown(self, deadline: float | None = None) -> bool:
         """Let steps in flight finish for up to shutdown_grace_seconds, never past the
         monotonic `deadline` (default: shutdown_timeout_seconds from now); then close."""
         now = time.monotonic()
         deadline = now + self.config.shutdown_timeout_seconds if deadline is None else deadline
-        lanes = [h.lane for h in self.hosts.values() if h.lane is not None]
-        for lane in lanes:
-            lane.close()
         until = min(now + self.config.shutdown_grace_seconds, deadline)
-        left = sum(lane.wait(until) for lane in lanes)
+        left = shut_down(self.hosts.values(), until, deadline)
         if left:
             log.warning("abandoned %d unfinished step(s); they run again at the next start", left)
-        for host in self.hosts.values():
-            host.lane = None
-        closing = [threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
-                   for h in self.hosts.values()]
-        for t in closing:
-            t.start()
-        for t in closing:  # a connection stuck in a hung command may not close in time
-            t.join(max(0.0, deadline - time.monotonic()))
         return left == 0
 
     def forget_folder(self, path: str, inode: str | None) -> None:
@@ -157,7 +143,7 @@ class Engine:
             state = self._steps[row.state]
             if state.worker and self.pooled:
                 self._dispatch(row, state.step)
-            elif not self._is_inflight(row.id) and (row.state, row.grp) not in blocked:
+            elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
                 if self.step(row, state.step) is None:
                     # e.g. no free slot of the group: the younger cases behind it wait too
                     blocked.add((row.state, row.grp))
@@ -168,9 +154,9 @@ class Engine:
         polled: dict[str, list[CaseRow]] = {}
         for row in self.store.due_cases(now, self._poll_states, unpolled_only=not poll_due):
             if row.job_outcome:
-                self._finish(row)
+                jobs.finish(self, row)
             elif row.reason:  # to fail once its job is stopped
-                self._dispatch_call(row, self._stop_job, row)
+                self._dispatch_call(row, jobs.stop, self, row)
             else:
                 try:
                     polled.setdefault(self.host_of(row).name, []).append(row)
@@ -228,7 +214,7 @@ class Engine:
     def detect(self, now: float) -> list[int]:
         """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
         appeared, gone = self.watcher.drain() if self.watcher else (set(), set())
-        inbox = self.config.inbox
+        inbox, listing = self.config.inbox, None
         mono = self.monotonic()
         if mono >= self._next_rescan:
             self._next_rescan = mono + self.config.rescan_seconds
@@ -236,23 +222,12 @@ class Engine:
                 listing = {e.name for e in os.scandir(inbox)}
             except OSError as exc:
                 log.error("cannot list the inbox %s: %s", inbox, exc)
-            else:
-                gone |= self.folders.names() - listing
-                appeared |= listing
-        for name in gone:  # seen to leave: a folder of that name is a new case (even if it is
-            self.folders.left(name)  # back already, with the old folder's inode)
-            if os.path.lexists(inbox / name):
-                appeared.add(name)
+        new, gone = self.folders.changes(inbox, appeared, gone, listing)
+        for name in gone:
             for row in self.store.cases_at(str(inbox / name), [self.spec.initial]):
                 self.store.reschedule(row.id, row.state, now)
         created = []
-        for name in sorted(appeared):
-            path = inbox / name
-            if is_hidden(name) or path.is_symlink() or not path.is_dir():
-                continue
-            inode = casefolder.inode_of(path)
-            if inode is None or not self.folders.is_new(name, inode):
-                continue
+        for name, inode in new:
             created.append(self._admit(name, inode, now))
             self.folders.admit(name, inode)
         return created
@@ -310,25 +285,6 @@ class Engine:
             return False
         return bool(self.step(row, self.FAIL, reason=reason))
 
-    def _stop_job(self, row: CaseRow) -> None:
-        """Stop the job of a case that is to fail; then it fails (in the host's lane)."""
-        host, ref = self.host_of(row), job_ref(row, self.instance)
-        try:
-            host.backend.cancel(ref)
-        except Exception as exc:
-            try:  # it may have ended meanwhile: then that is the end it is seen to have
-                status = host.backend.status([ref]).get(row.id)
-            except Exception:
-                status = None
-            if status is None or status.outcome in (RUNNING, UNREADABLE):
-                self._settle(row, "stopping its job", exc, patient=True)
-                return
-            self.store.record_job_end(row.id, row.state, status.outcome, status.detail,
-                                      status.exit_code, self.clock())
-            self.step(self.store.get(row.id) or row, self.FAIL, job_ended=True, reason=row.reason)
-            return
-        self.step(row, self.FAIL, reason=row.reason, detail=f"{row.reason}; its job was stopped")
-
     def _settle(self, row: CaseRow, what: str, exc: BaseException, *, patient: bool = False,
                 bug_fails: bool = False, trace: bool = True) -> None:
         """What the case's work (`what`) ran into becomes its next move: the retry policy.
@@ -384,12 +340,25 @@ class Engine:
         return bool(self.step(row, self.REQUEUE, detail=f"host {host.name}: {why}"))
 
     # -- the lanes (each host's worker threads) ----------------------------------------------
-    def _is_inflight(self, key) -> bool:
-        with self._inflight_lock:
-            return key in self._inflight
-
     def _dispatch(self, row: CaseRow, trigger: str, **kwargs) -> None:
         self._dispatch_call(row, self._step_in_worker, row, trigger, kwargs)
+
+    def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
+        """Run `fn(*args)` for the case in its host's lane (inline without lanes), at most
+        one piece of work per case at a time, and never for a row that is out of date."""
+        if not self.inflight.claim(row.id):
+            return
+        if self._still(row) is None:
+            self.inflight.release(row.id)
+            return
+        host = self._host_or_none(row) or self.first_host
+        self.inflight.run(host.lane, row.id, fn, args)
+
+    def _dispatch_host(self, host: Host, work: str, fn, *args) -> None:
+        """A host's own work (a poll, a probe): one of each at a time; a shutdown does not
+        wait for it."""
+        if self.inflight.claim((work, host.name)):
+            self.inflight.run(host.lane, (work, host.name), fn, args, awaited=False)
 
     def _still(self, row: CaseRow) -> CaseRow | None:
         """The case as the store has it now, if it is still where `row` saw it: a step that
@@ -412,106 +381,14 @@ class Engine:
         except Exception as exc:  # a bug: backed off, logged once per backoff
             self._settle(row, "wrap-up", exc, patient=True)
 
-    def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
-        """Run `fn(*args)` for the case in its host's lane (inline without lanes), at most
-        one piece of work per case at a time, and never for a row that is out of date."""
-        if not self._claim(row.id):
-            return
-        if self._still(row) is None:
-            self._release(row.id)
-            return
-        host = self._host_or_none(row) or self.first_host
-        self._run(host, row.id, fn, args, awaited=True)
-
-    def _dispatch_host(self, host: Host, work: str, fn, *args) -> None:
-        """A host's own work (a poll, a probe): one of each at a time; a shutdown does not
-        wait for it."""
-        if self._claim((work, host.name)):
-            self._run(host, (work, host.name), fn, args, awaited=False)
-
-    def _claim(self, key) -> bool:
-        with self._inflight_lock:
-            if key in self._inflight:
-                return False
-            self._inflight.add(key)
-            return True
-
-    def _release(self, key) -> None:
-        with self._inflight_lock:
-            self._inflight.discard(key)
-
-    def _run(self, host: Host, key, fn, args: tuple, awaited: bool) -> None:
-        lane = host.lane
-        if lane is None:
-            self._run_in_worker(fn, key, args)
-            return
-        try:
-            lane.submit(self._run_in_worker, fn, key, args, awaited=awaited)
-        except RuntimeError:  # shutting down
-            self._release(key)
-
-    def _run_in_worker(self, fn, key, args: tuple) -> None:
-        try:
-            fn(*args)
-        except Exception:  # every piece of work settles its errors; this is a bug in that
-            log.exception("unexpected error in %s (%s)", fn.__name__, key)
-        finally:
-            self._release(key)
-            self.wake()
-
     def idle(self) -> bool:
         """No work is in flight in the lanes."""
-        with self._inflight_lock:
-            return not self._inflight
+        return not len(self.inflight)
 
-    # -- polling -------------------------------------------------------------------------
+    # -- the jobs of running cases (caseflow.jobs) --------------------------------------
     def poll(self, host: Host, rows: list[CaseRow]) -> None:
-        """Ask the host's queue about all its running cases in one call; act on the answers.
-        What cannot be read about one job is that job's problem alone."""
-        rows = [r for r in rows if not self._is_inflight(r.id)]
-        if not rows:
-            return
-        try:
-            answers = host.backend.status([job_ref(r, self.instance) for r in rows])
-        except Exception as exc:
-            if kind_of(exc) == PERMANENT:
-                exc = PermanentError(f"the queue's status could not be read: {short(exc)}")
-            for i, row in enumerate(rows):
-                self._settle(row, "poll", exc, trace=i == 0)
-            return
-        self.health.answered(host)
-        self.health.note(host, host.backend.notice())
-        now = self.clock()
-        for row in rows:
-            status = answers.get(row.id)
-            if status is None:
-                continue
-            if status.outcome == UNREADABLE:
-                self._settle(row, "poll", TransientError(
-                    status.detail or "its entry in the queue's answer could not be read"))
-                continue
-            if status.outcome == RUNNING:
-                if row.reason is None and Streak.of(row).broken:  # a good poll is a success
-                    self.store.reset_streak(row.id, row.state)
-                if status.detail != row.queue_status:
-                    self.store.set_queue_status(row.id, row.state, status.detail)
-                continue
-            # remembered first, so that fetching the results survives a restart
-            self.store.record_job_end(row.id, row.state, status.outcome, status.detail,
-                                      status.exit_code, now)
-            ended = self.store.get(row.id)
-            if ended is not None and ended.job_outcome:
-                self._finish(ended)
-
-    def _finish(self, row: CaseRow) -> None:
-        """The job of a running case ended: fetch its results, then end the case (in failure
-        with its reason when it was to fail)."""
-        if row.reason:
-            self._dispatch(row, self.FAIL, job_ended=True, reason=row.reason)
-            return
-        trigger = self.spec.job_end_trigger(row.job_outcome)
-        key = "detail" if trigger == self.spec.job_end_trigger(SUCCESS) else "reason"
-        self._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
+        """Ask the host's queue about all its running cases in one call; act on the answers."""
+        jobs.poll(self, host, rows)
 
     # -- operator requests ---------------------------------------------------------------
     def apply_requests(self) -> None:
@@ -520,7 +397,7 @@ class Engine:
         for case_id in set(self._request_wait) - {r.id for r in requested}:
             del self._request_wait[case_id]
         for row in requested:
-            if self._is_inflight(row.id) or mono < self._request_wait.get(row.id, (0, 0.0))[1]:
+            if row.id in self.inflight or mono < self._request_wait.get(row.id, (0, 0.0))[1]:
                 continue  # after the step in flight, or the backoff of a failed attempt
             self.apply_request(row)
 

@@ -16,12 +16,15 @@ a person should see is in the store.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 
 from .backends import make_backend
 from .config import HostConfig
 from .errors import HostError, PermanentError, TransientError
 from .retry import short
 from .transports import make_transport
+from .workers import WorkerPool
 
 log = logging.getLogger("caseflow.engine")
 
@@ -61,9 +64,33 @@ class Host:
         `now` is monotonic."""
         return now >= self.avoid_until
 
+    def open_lane(self, size: int) -> None:
+        self.lane = WorkerPool(size, name=f"caseflow-{self.name}")
+
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
+
+
+def shut_down(hosts, until: float, deadline: float) -> int:
+    """Close the hosts' lanes, wait for their steps in flight until the monotonic `until`,
+    then close their connections, never past `deadline`: a connection stuck in a hung
+    command may not close in time, and is left to the process's exit. Returns how many
+    steps were abandoned (each runs again at the next start)."""
+    hosts = list(hosts)
+    lanes = [h.lane for h in hosts if h.lane is not None]
+    for lane in lanes:
+        lane.close()
+    left = sum(lane.wait(until) for lane in lanes)
+    for host in hosts:
+        host.lane = None
+    closing = [threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
+               for h in hosts]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return left
 
 
 def is_unreachable(exc: BaseException) -> bool:

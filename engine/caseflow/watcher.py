@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 from watchdog.events import FileSystemEventHandler
+
+from .casefolder import inode_of
 from watchdog.observers import Observer
 
 log = logging.getLogger("caseflow.watcher")
@@ -63,6 +65,29 @@ class InboxFolders:
 
     def names(self) -> set[str]:
         return set(self._inode)
+
+    def changes(self, inbox: Path, appeared: set[str], gone: set[str],
+                listing: set[str] | None = None) -> tuple[list[tuple[str, str]], set[str]]:
+        """What the watcher saw (and a full `listing` of the inbox, when one was made) as
+        (the folders that are new cases, as (name, inode), in name order; the names seen to
+        leave). The caller admits each new one once its case exists."""
+        appeared, gone = set(appeared), set(gone)
+        if listing is not None:
+            gone |= self.names() - listing
+            appeared |= listing
+        for name in gone:  # it left: a folder of that name is a new case, even one that is
+            self.left(name)  # already back with the old folder's inode
+            if os.path.lexists(os.path.join(inbox, name)):
+                appeared.add(name)
+        new = []
+        for name in sorted(appeared):
+            path = Path(inbox) / name
+            if is_hidden(name) or path.is_symlink() or not path.is_dir():
+                continue
+            inode = inode_of(path)
+            if inode is not None and self.is_new(name, inode):
+                new.append((name, inode))
+        return new, gone
 
     def __len__(self) -> int:
         return len(self._inode)

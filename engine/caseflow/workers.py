@@ -88,3 +88,52 @@ class WorkerPool:
         """Stop taking work; wait up to `grace` seconds. True when nothing was abandoned."""
         self.close()
         return self.wait(time.monotonic() + grace) == 0
+
+
+class InFlight:
+    """Work by key (a case id, or (work, host name) for a host's own work): at most one
+    piece per key at a time, run in a pool (a host's lane) or inline without one; `done` is
+    called after each piece (it wakes the loop)."""
+
+    def __init__(self, done):
+        self._keys: set = set()
+        self._lock = threading.Lock()
+        self.done = done
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def claim(self, key) -> bool:
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+            return True
+
+    def release(self, key) -> None:
+        with self._lock:
+            self._keys.discard(key)
+
+    def run(self, pool: WorkerPool | None, key, fn, args: tuple, awaited: bool = True) -> None:
+        """Run fn(*args) for a claimed key; the key is released when it is done."""
+        if pool is None:
+            self._run(fn, key, args)
+            return
+        try:
+            pool.submit(self._run, fn, key, args, awaited=awaited)
+        except RuntimeError:  # shutting down
+            self.release(key)
+
+    def _run(self, fn, key, args: tuple) -> None:
+        try:
+            fn(*args)
+        except Exception:  # every piece of work settles its errors; this is a bug in that
+            log.exception("unexpected error in %s (%s)", fn.__name__, key)
+        finally:
+            self.release(key)
+            self.done()
