@@ -14,13 +14,13 @@ import logging
 import os
 import time
 
-from . import jobs, wrapup
+from . import jobs, operator_requests, wrapup
 from .case_model import Case
 from .errors import PermanentError
 from .hosts import Host, HostHealth, is_unreachable, shut_down
 from .machine import CaseMachine, MachineError
 from .retry import BUG, HOST, PERMANENT, STALE, GiveUp, Policy, Streak, after_error, kind_of, short
-from .spec import FAIL, POLL, REQUEST, REQUEUE, MachineSpec, load_spec
+from .spec import FAIL, POLL, REQUEUE, MachineSpec, load_spec
 from .store import CaseRow, Store
 from .watcher import InboxFolders
 from .workers import InFlight
@@ -51,7 +51,7 @@ class Engine:
                                  self.spec.slot_states, self.wake)
         self.folders = InboxFolders()
         self.inflight = InFlight(done=self.wake)
-        self._request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
+        self.request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
         self._next_rescan = float("-inf")
         self._tick_started = float("-inf")
         self._groups_checked = False
@@ -63,7 +63,6 @@ class Engine:
         self._slot_taking = set(self.spec.slot_taking_states)
         self.FAIL = self.spec.trigger_for(FAIL)
         self.REQUEUE = self.spec.trigger_for(REQUEUE)
-        self.REQUESTS = self.spec.triggers_for(REQUEST)
 
     # -- hosts and their ports (created lazily: read-only commands never connect) ---------
     @property
@@ -381,42 +380,14 @@ class Engine:
         except Exception as exc:  # a bug: backed off, logged once per backoff
             self._settle(row, "wrap-up", exc, patient=True)
 
-    def idle(self) -> bool:
-        """No work is in flight in the lanes."""
-        return not len(self.inflight)
-
     # -- the jobs of running cases (caseflow.jobs) --------------------------------------
     def poll(self, host: Host, rows: list[CaseRow]) -> None:
         """Ask the host's queue about all its running cases in one call; act on the answers."""
         jobs.poll(self, host, rows)
 
-    # -- operator requests ---------------------------------------------------------------
+    # -- operator requests (caseflow.operator_requests) ------------------------------
     def apply_requests(self) -> None:
-        mono = self.monotonic()
-        requested = self.store.requested()
-        for case_id in set(self._request_wait) - {r.id for r in requested}:
-            del self._request_wait[case_id]
-        for row in requested:
-            if row.id in self.inflight or mono < self._request_wait.get(row.id, (0, 0.0))[1]:
-                continue  # after the step in flight, or the backoff of a failed attempt
-            self.apply_request(row)
+        operator_requests.apply_all(self)
 
     def apply_request(self, row: CaseRow) -> bool:
-        trigger = row.request
-        if trigger not in self.REQUESTS or not self.machine.allowed(trigger, row.state):
-            log.warning("case %s %r: %s request dropped: not possible in state %s", row.id,
-                        row.name, trigger, row.state)
-            self.store.set_request(row.id, None)
-            return False
-        if self.pooled:  # a cancel stops the job on the host: in the host's lane
-            self._dispatch_call(row, self._request, row, trigger)
-            return False
-        return self._request(row, trigger)
-
-    def _request(self, row: CaseRow, trigger: str) -> bool:
-        moved = bool(self.step(row, trigger, requested=True))
-        if not moved:  # tried again after a backoff, not at every tick
-            attempts = self._request_wait.get(row.id, (0, 0.0))[0] + 1
-            self._request_wait[row.id] = (attempts,
-                                          self.monotonic() + self.policy.delay(attempts))
-        return moved
+        return operator_requests.apply(self, row)
