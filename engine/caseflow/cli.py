@@ -131,7 +131,7 @@ def cmd_status(args) -> int:
     table = [[str(r.id), printable(r.name), r.state + _progress(r) +
               (f" ({r.queue_status})" if r.queue_status and r.queue_status != "running" else "") +
               (f" (job ended: {r.job_outcome}; fetching results)" if r.job_outcome and
-               r.state == "running" else "") +
+               r.state not in spec.terminal_states else "") +
               (" (stopping its job before it fails)" if r.reason and not r.job_outcome and
                r.state not in spec.terminal_states else "") +
               (f" ({r.request} requested)" if r.request else ""),

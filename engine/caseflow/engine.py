@@ -106,7 +106,7 @@ class Engine:
         self.folders.seed(self.config.inbox, self.store.folders())
         if workers:
             for host in self.hosts.values():
-                host.open_lane(self.config.workers)
+                host.open_lanes(self.config.workers)
 
     def shutdown(self, deadline: float | None = None) -> bool:
         """Let steps in flight finish for up to shutdown_grace_seconds, never past the
@@ -155,7 +155,7 @@ class Engine:
             if row.job_outcome:
                 jobs.finish(self, row)
             elif row.reason:  # to fail once its job is stopped
-                self._dispatch_call(row, jobs.stop, self, row)
+                self._dispatch_call(row, jobs.stop, self, row, short=True)
             else:
                 try:
                     polled.setdefault(self.host_of(row).name, []).append(row)
@@ -342,22 +342,23 @@ class Engine:
     def _dispatch(self, row: CaseRow, trigger: str, **kwargs) -> None:
         self._dispatch_call(row, self._step_in_worker, row, trigger, kwargs)
 
-    def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
-        """Run `fn(*args)` for the case in its host's lane (inline without lanes), at most
-        one piece of work per case at a time, and never for a row that is out of date."""
+    def _dispatch_call(self, row: CaseRow, fn, *args, short: bool = False) -> None:
+        """Run `fn(*args)` for the case in its host's lane (its short lane for a short remote
+        call; inline without lanes), at most one piece of work per case at a time, and never
+        for a row that is out of date."""
         if not self.inflight.claim(row.id):
             return
         if self._still(row) is None:
             self.inflight.release(row.id)
             return
         host = self._host_or_none(row) or self.first_host
-        self.inflight.run(host.lane, row.id, fn, args)
+        self.inflight.run(host.short_lane if short else host.lane, row.id, fn, args)
 
     def _dispatch_host(self, host: Host, work: str, fn, *args) -> None:
-        """A host's own work (a poll, a probe): one of each at a time; a shutdown does not
-        wait for it."""
+        """A host's own work (a poll, a probe), in its short lane: one of each at a time; a
+        shutdown does not wait for it."""
         if self.inflight.claim((work, host.name)):
-            self.inflight.run(host.lane, (work, host.name), fn, args, awaited=False)
+            self.inflight.run(host.short_lane, (work, host.name), fn, args, awaited=False)
 
     def _still(self, row: CaseRow) -> CaseRow | None:
         """The case as the store has it now, if it is still where `row` saw it: a step that

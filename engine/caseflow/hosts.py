@@ -1,9 +1,10 @@
 """The GPU hosts as the engine sees them, and their health.
 
 Each host has its own transport and queue backend (created on first use, so read-only
-commands never connect) and its own lane of worker threads: every remote call for the host
-(upload, submit, poll, cancel, fetch, clean-up, probe) runs there, never on the tick thread,
-so a host whose commands hang delays only its own cases.
+commands never connect) and its own lanes of worker threads: every remote call for the host
+runs there, never on the tick thread, so a host whose commands hang delays only its own
+cases. Long steps (uploads, submits, fetching results, clean-up) go to `lane`; short calls
+(its poll, a probe, a cancel) to `short_lane`, so that no upload holds up a poll.
 
 Health is what is wrong with a host and what follows from it: a problem (authentication, a
 host key) pauses its work and is shown by `caseflow status`; a host that cannot be reached gets
@@ -35,7 +36,8 @@ class Host:
         self.name = cfg.name
         self._transport = transport
         self._backend = backend
-        self.lane = None                  # its worker threads (a WorkerPool), while running
+        self.lane = None                  # its worker threads (WorkerPools), while running
+        self.short_lane = None
         self.problem: str | None = None   # work paused (authentication, host key), shown
         self.notice: str | None = None    # something a person should know (a paused group)
         # monotonic times
@@ -64,8 +66,9 @@ class Host:
         `now` is monotonic."""
         return now >= self.avoid_until
 
-    def open_lane(self, size: int) -> None:
+    def open_lanes(self, size: int) -> None:
         self.lane = WorkerPool(size, name=f"caseflow-{self.name}")
+        self.short_lane = WorkerPool(1, name=f"caseflow-{self.name}-short")
 
     def close(self) -> None:
         if self._transport is not None:
@@ -78,12 +81,12 @@ def shut_down(hosts, until: float, deadline: float) -> int:
     command may not close in time, and is left to the process's exit. Returns how many
     steps were abandoned (each runs again at the next start)."""
     hosts = list(hosts)
-    lanes = [h.lane for h in hosts if h.lane is not None]
+    lanes = [lane for h in hosts for lane in (h.lane, h.short_lane) if lane is not None]
     for lane in lanes:
         lane.close()
     left = sum(lane.wait(until) for lane in lanes)
     for host in hosts:
-        host.lane = None
+        host.lane = host.short_lane = None
     closing = [threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
                for h in hosts]
     for t in closing:

@@ -1,8 +1,8 @@
 """The operator's requests (`caseflow retry`, `caseflow cancel`).
 
 The command line records a request in the store; the daemon applies it at its next tick,
-in the case's host lane (a cancel stops the job on the host), after any step in flight for
-the case. A request that cannot be applied yet (its host does not answer) is tried again
+in the short lane of the case's host (a cancel stops the job on the host), after any step in
+flight for the case. A request that cannot be applied yet (its host does not answer) is tried again
 after a backoff of the retry policy, not at every tick. Which triggers an operator may ask
 for is the spec's `request` role; whether one is possible now, the machine's answer.
 """
@@ -39,7 +39,7 @@ def apply(engine, row: CaseRow) -> bool:
         engine.store.set_request(row.id, None)
         return False
     if engine.pooled:
-        engine._dispatch_call(row, _apply_now, engine, row, trigger)
+        engine._dispatch_call(row, _apply_now, engine, row, trigger, short=True)
         return False
     return _apply_now(engine, row, trigger)
 
