@@ -136,32 +136,44 @@ def test_a_job_that_cannot_be_stopped_keeps_its_slot_and_the_case_says_so(ws, en
     ws.drop_case("waiting", group="gpu_b")
     ticks(engine, clock, 20, 1)
     row = ws.case("stuck")
-    assert (row.state, row.slot_index) == ("running", 0)  # the slot stays with the live job
-    assert "not JSON" in row.reason and "stopping its job" in row.last_error
+    assert row.state == "failure" and "not JSON" in row.reason  # it ends, saying why
+    assert row.slot_index == 0 and row.wrapup  # but its slot stays with the live job
+    assert "could not be stopped" in ws.store.history(row.id)[-1].detail
+    assert "stopping its job" in row.last_error and backend.cancels >= 3
     assert process_alive(pid) and state_of(ws, "waiting") == "queued"
     status = ws.cli("status", check=True).stdout
-    assert "stopping its job" in status and "not JSON" in status
-    backend.fail_cancel = None  # the host lets us stop it now
-    run_until(engine, clock, lambda: state_of(ws, "stuck") == "failure", step=5)
+    assert "keeps its slot" in status and "not JSON" in status
+    assert "stuck" in ws.cli("resources", check=True).stdout
+    # a restart keeps the slot with it (it is not a leaked slot)
+    engine.shutdown()
+    again, clock2, backend2 = engines()
+    assert ws.case("stuck").slot_index == 0
+    backend2.fail_status = PermanentError("the queue's answer is not JSON")
+    backend2.fail_cancel = TransientError("connection reset by peer")
+    ticks(again, clock2, 3, 10)
+    assert ws.case("stuck").slot_index == 0 and process_alive(pid)
+    backend2.fail_cancel = None  # the host lets us stop it now
+    run_until(again, clock2, lambda: ws.case("stuck").slot_index is None, step=5)
     wait_for(lambda: not process_alive(pid), what="the job to end")
-    assert "not JSON" in ws.case("stuck").reason
-    backend.fail_status = None
-    run_until(engine, clock, lambda: state_of(ws, "waiting") == "success", step=1)
+    assert ws.case("stuck").state == "failure" and not ws.case("stuck").wrapup
+    backend2.fail_status = None
+    run_until(again, clock2, lambda: state_of(ws, "waiting") == "success", step=1)
 
 
-def test_a_job_seen_to_end_while_it_could_not_be_stopped_ends_its_case(ws, engines):
+def test_a_kept_slot_is_freed_once_the_job_is_seen_to_end(ws, engines):
     engine, clock, backend = engines(retry={"initial_seconds": 1, "max_seconds": 5})
     ws.drop_case("ends", hold="ends")
     running(ws, engine, clock, "ends")
     backend.fail_status = PermanentError("the queue's answer is not JSON")
     backend.fail_cancel = TransientError("cancel refused")
     ticks(engine, clock, 3, 1)
-    assert ws.case("ends").state == "running"
-    backend.fail_status = None
-    ws.release("ends")  # the job ends by itself
-    run_until(engine, clock, lambda: state_of(ws, "ends") == "failure", step=1)
     row = ws.case("ends")
-    assert "not JSON" in row.reason and row.results_fetched and row.slot_index is None
+    assert row.state == "failure" and row.slot_index is not None
+    backend.fail_status = None  # the queue answers again; cancelling still fails
+    ws.release("ends")  # the job ends by itself
+    run_until(engine, clock, lambda: ws.case("ends").slot_index is None, step=1)
+    row = ws.case("ends")
+    assert "not JSON" in row.reason and not row.wrapup
 
 
 def test_an_internal_error_in_a_poll_backs_off_and_ends_the_case_only_after_the_window(

@@ -134,6 +134,8 @@ def cmd_status(args) -> int:
                r.state not in spec.terminal_states else "") +
               (" (stopping its job before it fails)" if r.reason and not r.job_outcome and
                r.state not in spec.terminal_states else "") +
+              (" (its job is being stopped; it keeps its slot until then)" if r.slot_index
+               is not None and r.state in spec.terminal_states else "") +
               (f" ({r.request} requested)" if r.request else ""),
               r.grp or "-", r.slot_host or r.host or "-",
               "-" if r.slot_index is None else str(r.slot_index), r.task_id or "-", _iso(r.updated_at) or "-",

@@ -270,12 +270,14 @@ class Engine:
         return False
 
     def fail(self, case_id: int, reason: str) -> bool:
-        """End the case in failure. A case whose job may still run keeps its slot (two jobs
-        would share a GPU) and shows the reason until the job is stopped or seen to end."""
+        """End the case in failure. A case whose job may still run first stops it (in its
+        host's short lane, caseflow.jobs.stop), showing the reason meanwhile; it keeps its
+        slot until the job is stopped or seen to end (two jobs would share a GPU)."""
         row = self.store.get(case_id)
         if row is None or not self.machine.allowed(self.FAIL, row.state):
             return False
-        if row.state in self._poll_states and row.task_id and not row.job_outcome:
+        if row.state in self._poll_states and row.task_id and not row.job_outcome and \
+                self._host_or_none(row) is not None:
             if row.reason is None and self.store.set_stopping(row.id, row.state, reason,
                                                               self.clock()):
                 log.warning("case %s %r: %s; stopping its job first (the case keeps its slot "

@@ -8,11 +8,15 @@ case's next move.
 
 from __future__ import annotations
 
+import logging
+
 from .backends import RUNNING, SUCCESS, UNREADABLE
 from .case_model import job_ref
 from .errors import PermanentError, TransientError
 from .retry import PERMANENT, Streak, kind_of, short
 from .store import CaseRow
+
+log = logging.getLogger("caseflow.engine")
 
 
 def poll(engine, host, rows: list[CaseRow]) -> None:
@@ -66,24 +70,58 @@ def finish(engine, row: CaseRow) -> None:
     engine._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
 
 
-def stop(engine, row: CaseRow) -> None:
-    """Stop the job of a case that is to fail (its reason is set); then the case fails and
-    its slot is free. Until the job is stopped or seen to end, the case keeps its slot: the
-    direct runner would otherwise start a second job on the same GPU."""
-    host, ref = engine.host_of(row), job_ref(row, engine.instance)
+def _stop(engine, row: CaseRow):
+    """Try to stop the case's job: (stopped, how it was seen to end if it had, the error).
+    A job whose host is no longer configured counts as stopped: its slots are retired."""
+    try:
+        host = engine.host_of(row)
+    except PermanentError:
+        return True, None, None
+    ref = job_ref(row, engine.instance)
     try:
         host.backend.cancel(ref)
+        return True, None, None
     except Exception as exc:
         try:  # it may have ended meanwhile: then that is the end it is seen to have
             status = host.backend.status([ref]).get(row.id)
         except Exception:
             status = None
-        if status is None or status.outcome in (RUNNING, UNREADABLE):
-            engine._settle(row, "stopping its job", exc, patient=True)
-            return
-        engine.store.record_job_end(row.id, row.state, status.outcome, status.detail,
-                                    status.exit_code, engine.clock())
+        if status is not None and status.outcome not in (RUNNING, UNREADABLE):
+            return True, status, exc
+        return False, None, exc
+
+
+def stop(engine, row: CaseRow) -> None:
+    """Stop the job of a running case that is to fail (its reason is set), then end the case.
+    A job that cannot be stopped now does not keep the case from ending, but its slot stays
+    held (the direct runner would otherwise start a second job on the same GPU) until the
+    case's wrap-up has stopped the job or seen it end (`stop_kept`)."""
+    stopped, ended, exc = _stop(engine, row)
+    if ended is not None:
+        engine.store.record_job_end(row.id, row.state, ended.outcome, ended.detail,
+                                    ended.exit_code, engine.clock())
         engine.step(engine.store.get(row.id) or row, engine.FAIL, job_ended=True,
                     reason=row.reason)
-        return
-    engine.step(row, engine.FAIL, reason=row.reason, detail=f"{row.reason}; its job was stopped")
+    elif stopped:
+        engine.step(row, engine.FAIL, reason=row.reason,
+                    detail=f"{row.reason}; its job was stopped")
+    else:
+        engine.step(row, engine.FAIL, reason=row.reason, keep_slot=True,
+                    detail=f"{row.reason}; its job could not be stopped ({short(exc)}): the "
+                           "case keeps its slot until the job is stopped or seen to end")
+
+
+def stop_kept(engine, row: CaseRow) -> bool:
+    """For the wrap-up of a case that ended keeping its slot: stop its job, then free the
+    slot. True when the slot is free (or was never kept); False: tried again later."""
+    if row.slot_id is None or not row.task_id or row.job_outcome:
+        return True
+    stopped, _, exc = _stop(engine, row)
+    if not stopped:
+        engine._settle(row, "stopping its job", exc, patient=True)
+        return False
+    engine.store.release_slot(row.id)
+    log.info("case %s %r: its job is stopped (or has ended); its slot is free", row.id,
+             row.name)
+    engine.wake()
+    return True

@@ -440,6 +440,11 @@ class Store:
             conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
                          " VALUES (?, ?, ?, ?, ?, ?)", (case_id, src, dst, trigger, now, detail))
 
+    def release_slot(self, case_id: int) -> None:
+        """Free the slot an ended case kept for a job that may have run on (see Case)."""
+        with self.transaction() as conn:
+            self._release(conn, case_id)
+
     @staticmethod
     def _release(conn, case_id: int) -> list[int]:
         ids = [r[0] for r in conn.execute("SELECT id FROM slots WHERE case_id = ?", (case_id,))]
@@ -680,16 +685,18 @@ class Store:
 
     def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
         """Free slots held by missing cases or by cases in a state that holds none
-        (terminal ones above all); returns (slot id, group, index, case id, state) per
-        freed slot, for the log."""
+        (terminal ones above all), except those an ended case keeps for a job that may
+        still run (its wrap-up stops the job first); returns (slot id, group, index, case
+        id, state) per freed slot, for the log."""
         holding = list(holding_states)
         marks = ",".join("?" * len(holding))
         freed = []
         with self.transaction() as conn:
             rows = conn.execute(
                 "SELECT s.id, s.grp, s.idx, s.case_id, c.state FROM slots s LEFT JOIN cases c"
-                f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR c.state"
-                f" NOT IN ({marks}))", holding).fetchall()
+                f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR (c.state"
+                f" NOT IN ({marks}) AND NOT (c.wrapup = 1 AND c.task_id IS NOT NULL AND"
+                " c.job_outcome IS NULL)))", holding).fetchall()
             for slot_id, grp, idx, case_id, state in rows:
                 conn.execute("UPDATE slots SET case_id = NULL WHERE id = ?", (slot_id,))
                 freed.append((slot_id, grp, idx, case_id, state or "missing"))

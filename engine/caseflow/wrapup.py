@@ -1,7 +1,9 @@
 """After a case reached its terminal state: remote clean-up, archiving, the on_finish hook.
 
 The terminal transition sets the case's `wrapup` flag in the same transaction, so
-the wrap-up survives a crash: it runs in the worker pool until it is done. Each
+the wrap-up survives a crash: it runs in the worker pool until it is done. A case that
+ended while its job could not be stopped kept its slot: the wrap-up first stops the job
+(or sees it end) and frees the slot. Each
 step is safe to repeat: the remote folder is removed only when the results are
 home (and removing it twice is harmless); the case folder's new place is stored
 as soon as it is moved; the hook runs last (after a crash in between it may run
@@ -17,7 +19,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from . import casefolder
+from . import casefolder, jobs
 from .case_model import free_name
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
@@ -29,6 +31,8 @@ OUTPUT_LIMIT = 2000  # characters of a failed hook's output kept in the note
 
 def wrap_up(engine, row: CaseRow) -> None:
     notes: list[str] = []
+    if not jobs.stop_kept(engine, row):
+        return  # its job may still run: the slot stays held, tried again later
     if not _clean_remote(engine, row, notes):
         return  # the host is unreachable: tried again later
     row = _archive(engine, row, notes)
