@@ -246,11 +246,6 @@ class Store:
                 self._open.add(held)
         return held.conn
 
-    def connections(self) -> int:
-        """How many connections are open (one per live thread that used the store)."""
-        with self._lock:
-            return len(self._open)
-
     def close(self) -> None:
         with self._lock:
             for held in list(self._open):
