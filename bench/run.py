@@ -7,8 +7,8 @@
 2. polling    one tick with 1,000 running cases vs one `ssh` per case (bench/polling_bench.py)
 3. admission  last write into a case folder -> stable, 1 and 100 folders at once
               (bench/admission_latency.py --at-once 1,100)
-4. engine     10,000 cases in the store, 1,000 active: tick CPU, transitions/s, RSS
-              (bench/engine_bench.py)
+4. engine     10,000 cases in the store, 1,000 active: tick CPU, transitions/s, RSS; and
+              a tick with 20,000 cases waiting for a slot (bench/engine_bench.py)
 5. pipeline   200 tiny cases end to end vs the naive script (bench/pipeline_bench.py)
 6. openssh    the openssh transport (system ssh through a master connection) vs the ssh
               transport (paramiko): uploads, a poll of 1,000 running cases, one command
@@ -109,6 +109,10 @@ def summary(results: dict) -> list[dict]:
                          en["store_vs_sqlite"], "", None))
         rows.append(_row(f"{head} transitions per second, burst end to end",
                          f"{en['burst']['transitions_per_s']:,}", "", None, "", None))
+        wt = en["waiting"]["tick_cpu_ms"]["without_poll"]
+        rows.append(_row(f"engine, {en['waiting']['queued']:,} cases waiting, no free slot: "
+                         "CPU per tick, median / max", f"{wt['median']} / {wt['max']} ms", "",
+                         None, "<= 20 ms", (wt["median"] or 0) <= 20))
         rows.append(_row(f"{head} daemon RSS", f"{en['rss_mib']} MiB",
                          f"{en['bare_python_rss_mib']} MiB bare python",
                          ratio(en["rss_mib"], en["bare_python_rss_mib"]), "<= 120 MB",

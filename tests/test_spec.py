@@ -163,3 +163,28 @@ def test_dot_and_svg_export(spec):
     svg = render(spec, "svg")
     assert svg.lstrip().startswith(b"<?xml") or b"<svg" in svg[:500]
     assert b"not_found" in svg
+
+
+def test_the_engine_finds_its_triggers_by_role(spec):
+    assert spec.trigger_for("fail") == "fail" and spec.trigger_for("requeue") == "requeue"
+    assert spec.triggers_for("request") == ["retry", "cancel"]
+    assert [spec.job_end_trigger(o) for o in ("success", "failure", "not_found")] == \
+        ["complete", "fail", "lose"]
+    assert spec.succeeded_states == ["success"] and spec.slot_taking_states == ["queued"]
+
+
+def test_roles_are_checked(tmp_path):
+    text = SPEC.read_text()
+    with pytest.raises(SpecError, match="unknown role 'retire'"):
+        load_spec(_write(tmp_path, text.replace("role: requeue", "role: retire")))
+    with pytest.raises(SpecError, match="role 'job_lost' is given to several"):
+        load_spec(_write(tmp_path, text.replace("role: job_success", "role: job_lost")))
+    with pytest.raises(SpecError, match="no transition has the role 'fail'"):
+        load_spec(_write(tmp_path, text.replace("role: [fail, job_failure]",
+                                                "role: job_failure")))
+
+
+def test_the_machine_answers_what_may_happen(spec):
+    m = CaseMachine(spec)
+    assert m.states_allowing("retry") == ["failure", "not_found"]
+    assert m.states_allowing("cancel") == spec.active_states

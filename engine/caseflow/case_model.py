@@ -98,9 +98,7 @@ class Case:
         if eng.config.group(group) is None:
             raise PermanentError(f"group {group!r} is no longer configured; configured groups: "
                                  + ", ".join(g.name for g in eng.config.groups))
-        now = eng.clock()
-        hosts = [h.name for h in eng.hosts.values()
-                 if h.serves(group) and h.takes_new_cases(now)]
+        hosts = eng.health.usable_for(group)
         slot = eng.store.free_slot(group, hosts) if hosts else None
         if slot is None:
             return False
@@ -226,13 +224,18 @@ class Case:
         self.changes["reason"] = "cancelled"
 
     def reset_for_retry(self, event) -> None:
+        if self.row.slot_id is not None:  # kept for an earlier job that may still run
+            raise TransientError("its earlier job is still being stopped (the case keeps its "
+                                 "slot until then); the retry follows")
         self.changes.update(host=None, reason=None, task_id=None, last_error=None, run=self.row.run + 1,
                             job_outcome=None, job_detail=None, exit_code=None,
                             results_fetched=0, wrapup=0, wrapup_note=None)
 
     # -- state callbacks ---------------------------------------------------------------
     def release_slot(self, event) -> None:
-        self.release = True
+        """`keep_slot`: the case ends while its job may still run (it could not be stopped):
+        the slot stays held until the wrap-up has stopped the job or seen it end."""
+        self.release = not event.kwargs.get("keep_slot")
 
     # -- the machine's after_state_change hook -------------------------------------------
     def persist(self, event) -> None:

@@ -23,6 +23,7 @@ from .daemon import Daemon, DaemonLock
 from .diagram import FORMATS, render
 from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
+from .machine import CaseMachine
 from .service import LOG_FORMATS, notify_systemd, setup_logging
 from .spec import load_spec
 from .store import CaseRow, Store
@@ -169,10 +170,11 @@ def cmd_request(args) -> int:
     trigger = args.command
     config, store = _open(args)
     spec = load_spec()
+    machine = CaseMachine(spec)
     row = resolve(store, args.case)
-    if row.state not in spec.sources_of(trigger):
+    if not machine.allowed(trigger, row.state):
         raise CaseflowError(f"case {row.id} {printable(row.name)!s} is {row.state}; {trigger} "
-                            f"applies to: {', '.join(spec.sources_of(trigger))}")
+                            f"applies to: {', '.join(machine.states_allowing(trigger))}")
     mark = max((h.id for h in store.history(row.id)), default=0)
     store.set_request(row.id, trigger)
     lock = DaemonLock(config.database)

@@ -180,6 +180,7 @@ class Config:
     poll_seconds: float = 10.0
     workers: int = 4
     shutdown_grace_seconds: float = 30.0
+    shutdown_timeout_seconds: float = 60.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     log_level: str = "INFO"
     log_file: Path | None = None
@@ -383,6 +384,9 @@ def load_config(path: Path | str) -> Config:
     poll = float(top.get("poll_seconds", number, 10.0, _positive))
     workers = top.get("workers", int, 4, _positive)
     grace = float(top.get("shutdown_grace_seconds", number, 30.0, _not_negative))
+    stop_timeout = float(top.get("shutdown_timeout_seconds", number, grace + 30.0,
+                                 lambda v: None if v >= grace else
+                                 f"must be at least shutdown_grace_seconds ({grace:g})"))
 
     stab = top.sub("stability")
     quiet = float(stab.get("quiet_seconds", number, 5.0, _not_negative))
@@ -423,7 +427,8 @@ def load_config(path: Path | str) -> Config:
     return Config(path=path.resolve(), inbox=inbox, database=database, hosts=hosts,
                   quiet_seconds=quiet,
                   rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
-                  shutdown_grace_seconds=grace, retry=retry, log_level=level,
+                  shutdown_grace_seconds=grace, shutdown_timeout_seconds=stop_timeout,
+                  retry=retry, log_level=level,
                   log_file=_resolve(base, log_file) if log_file else None,
                   results=results, finish=finish, web=web)
 

@@ -4,7 +4,7 @@ It holds an exclusive lock next to the database (so a second daemon refuses to
 start and names the first one's pid; the kernel drops the lock when the process
 dies, so no crash leaves a lock to clear by hand), runs the watcher and the
 tick loop, and on SIGTERM/SIGINT stops admitting work, gives in-flight steps a
-grace period, and exits 0.
+grace period, and exits 0 within shutdown_timeout_seconds whatever the hosts do.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import signal
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -103,30 +105,101 @@ def resumed(config, engine: Engine) -> list[str]:
     return lines
 
 
+class Waker:
+    """Wakes the daemon's loop: a self-pipe the loop waits on with select.
+
+    Threads wake it with `wake` (a lock keeps a late wake-up from writing into a reused
+    descriptor after `close`). A signal handler must take no lock the main thread may hold
+    (setting an Event does, and the main loop may be inside that Event's lock when the signal
+    arrives): it uses `wake_from_signal`, a bare write, and the kernel itself writes the
+    signal's number into the pipe (`signal.set_wakeup_fd`).
+    """
+
+    def __init__(self):
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def fileno(self) -> int:
+        """The descriptor to write to (for signal.set_wakeup_fd)."""
+        return self._w
+
+    def wake(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.wake_from_signal()
+
+    def wake_from_signal(self) -> None:
+        """No lock: for a signal handler, which runs in the main thread, the only one that
+        closes the pipe (it marks it closed first)."""
+        if self._closed:
+            return
+        try:
+            os.write(self._w, b"\0")
+        except OSError:  # full: a wake-up is pending anyway
+            pass
+
+    def wait(self, timeout: float) -> None:
+        """Until woken or `timeout` seconds passed; takes the pending wake-ups."""
+        ready, _, _ = select.select([self._r], [], [], max(0.0, timeout))
+        if ready:
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._r)
+                os.close(self._w)
+
+
 class Daemon:
     def __init__(self, config, engine: Engine | None = None):
         self.config = config
-        self.stop_event = threading.Event()
         self.lock = DaemonLock(config.database)
         self.engine = engine or Engine(config)
-        self.watcher = InboxWatcher(config.inbox, clock=self.engine.clock, wake=self.engine.wake)
+        self.waker = Waker()
+        self.engine.waker = self.waker
+        # activity older than this cannot hold up a quiet period any more: dropped
+        self.watcher = InboxWatcher(config.inbox, clock=self.engine.clock, wake=self.engine.wake,
+                                    keep_seconds=max(2 * config.quiet_seconds, 10.0))
         self.engine.watcher = self.watcher
         self.ready = threading.Event()
         self.web: web.StatusServer | None = None  # the status page, with `web:` in the config
+        self._stopping = False          # plain attributes: a signal handler sets them
+        self._stop_asked_at: float | None = None
+        self._signals = False
 
-    def request_stop(self, *_):
-        self.stop_event.set()
-        self.engine.wake()
+    def request_stop(self, signum=None, frame=None):
+        """Stop the daemon: from any thread, or as the signal handler (then it takes no
+        lock: only plain attributes and a write to the pipe)."""
+        if self._stop_asked_at is None:
+            self._stop_asked_at = time.monotonic()
+        self._stopping = True
+        if signum is None:
+            self.waker.wake()
+        else:
+            self.waker.wake_from_signal()
 
     def install_signal_handlers(self) -> None:
+        """For `caseflow run` (the main thread of the process): SIGTERM and SIGINT stop the
+        daemon within shutdown_timeout_seconds, whatever the hosts do."""
+        signal.set_wakeup_fd(self.waker.fileno, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        self._signals = True
 
     def run(self) -> int:
         # the folders run works in are made only now, the config being checked: the
         # database's first (its lock lives there), the others once no daemon runs on it
         made = make_run_folders(self.config, only=("database",))
         self.lock.acquire()
+        deadline = None
         try:
             made += make_run_folders(self.config)
             for line in made:
@@ -142,8 +215,7 @@ class Daemon:
             for line in resumed(self.config, self.engine):
                 log.info("%s", line)
             self.ready.set()
-            while not self.stop_event.is_set():
-                self.engine.wake_event.clear()
+            while not self._stopping:
                 try:
                     with metrics.tick_timer():
                         self.engine.tick()
@@ -151,15 +223,34 @@ class Daemon:
                 except Exception:
                     log.exception("tick failed; trying again at the next tick")
                     wait = self.config.tick_seconds
-                self.engine.wake_event.wait(wait)
+                if not self._stopping:
+                    self.waker.wait(wait)
+            deadline = (self._stop_asked_at or time.monotonic()) + \
+                self.config.shutdown_timeout_seconds
+            if self._signals:
+                self._exit_at(deadline)
             log.info("stopping: no new work is admitted; waiting up to %.0f s for steps in flight",
-                     self.config.shutdown_grace_seconds)
+                     min(self.config.shutdown_grace_seconds, deadline - time.monotonic()))
         finally:
             if self.web is not None:
                 self.web.stop()
             self.watcher.stop()
-            self.engine.shutdown()
+            self.engine.shutdown(deadline)
             self.engine.store.close()
+            if self._signals:
+                signal.set_wakeup_fd(-1)
+            self.waker.close()
             self.lock.release()
         log.info("stopped")
         return 0
+
+    @staticmethod
+    def _exit_at(deadline: float) -> None:
+        """The process ends at `deadline` even if something still holds it (a thread stuck in
+        a hung remote command that the interpreter would wait for at exit)."""
+        def backstop():
+            time.sleep(max(0.0, deadline - time.monotonic()))
+            os.write(2, b"caseflow: shutdown_timeout_seconds reached; exiting now, the work "
+                        b"still in flight runs again at the next start\n")
+            os._exit(0)
+        threading.Thread(target=backstop, name="caseflow-shutdown-timeout", daemon=True).start()

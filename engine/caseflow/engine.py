@@ -1,66 +1,70 @@
 """The engine: one tick advances every case that is due by one step.
 
-Which step a state takes comes from the spec (`step:`); whether a move is legal
-is decided by the machine built from the spec. The engine only schedules:
-detection of new folders, operator requests, due steps (long ones in the
-worker pool), batched polling, and persisted backoff for transient errors.
+Which step a state takes comes from the spec (`step:`); whether a move is legal is decided
+by the machine built from the spec, and the triggers the engine fires itself are found by
+their role in the spec. The engine only schedules: detection of new folders, operator
+requests, due steps, batched polling, wrap-ups. Every remote call runs in the lane of the
+case's host (caseflow.hosts), never on the tick thread; what a piece of work ran into becomes
+the case's next move in one place, the retry policy (caseflow.retry).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 
-from . import casefolder, metrics, wrapup
-from .backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS
-from .case_model import Case, job_ref
-from .errors import HostError, PermanentError, StaleCase, TransientError
+from . import jobs, metrics, operator_requests, wrapup
+from .case_model import Case
+from .errors import PermanentError
+from .hosts import Host, HostHealth, is_unreachable, shut_down
 from .machine import CaseMachine, MachineError
-from .spec import POLL, MachineSpec, load_spec
+from .retry import BUG, HOST, PERMANENT, STALE, GiveUp, Policy, Streak, after_error, kind_of, short
+from .spec import FAIL, POLL, REQUEUE, MachineSpec, load_spec
 from .store import CaseRow, Store
-from .hosts import Host, is_unreachable
-from .watcher import is_hidden
-from .workers import WorkerPool
+from .watcher import InboxFolders
+from .workers import InFlight
 
 log = logging.getLogger("caseflow.engine")
-
-REQUESTS = ("cancel", "retry")
-REQUEUE = "requeue"  # a case not uploaded yet leaves a host that cannot be reached
-FINISH = {SUCCESS: "complete", FAILURE: "fail", NOT_FOUND: "lose"}  # how a job's end ends a case
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
 
 
 class Engine:
     def __init__(self, config, spec: MachineSpec | None = None, store: Store | None = None,
-                 transport=None, backend=None, clock=time.time, watcher=None):
+                 transport=None, backend=None, clock=time.time, watcher=None, monotonic=None):
         self.config = config
         self.spec = spec or load_spec()
         self.store = store or Store(config.database)
-        self.clock = clock
+        self.clock = clock  # the wall clock: times kept in the store
+        # the in-memory timers (last poll, avoid-until, next probe, rescan) run on a clock that
+        # is never stepped back; a test clock can offer both faces (`clock.monotonic`)
+        self.monotonic = monotonic or getattr(clock, "monotonic", None) or time.monotonic
         self.watcher = watcher
+        self.waker = None  # the daemon's: wakes its loop
         self.machine = CaseMachine(self.spec)
+        self.policy = Policy.of(config.retry)
         # the hosts, in config order; `transport`/`backend` given here are the first host's
         self.hosts: dict[str, Host] = {}
         for i, h in enumerate(config.hosts):
             self.hosts[h.name] = Host(h, transport if i == 0 else None,
                                       backend if i == 0 else None)
-        self.pool: WorkerPool | None = None
-        self._inflight: set[int] = set()
-        self._inflight_lock = threading.Lock()
-        self._seen: set[tuple[str, str | None]] = set()
-        self._next_rescan = 0.0
-        self.wake_event = threading.Event()
+        self.health = HostHealth(self.hosts, self.store, config.retry, clock, self.monotonic,
+                                 self.spec.slot_states, self.wake,
+                                 on_pause=lambda name, problem: wrapup.host_paused(self, name,
+                                                                                   problem))
+        self.folders = InboxFolders()
+        self.inflight = InFlight(done=self.wake)
+        self.request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
+        self._next_rescan = float("-inf")
         self._tick_started = float("-inf")
+        self._groups_checked = False
         self.instance = ""
-        self._steps = {s.name: s for s in self.spec.states if s.step}
-        self._step_states = [n for n, st in self._steps.items() if st.step != POLL]
-        self._poll_states = [n for n, st in self._steps.items() if st.step == POLL]
+        steps = {s.name: s for s in self.spec.states if s.step}
+        self._steps = steps
+        self._step_states = [n for n, st in steps.items() if st.step != POLL]
+        self._poll_states = [n for n, st in steps.items() if st.step == POLL]
+        self._slot_taking = set(self.spec.slot_taking_states)
+        self.FAIL = self.spec.trigger_for(FAIL)
+        self.REQUEUE = self.spec.trigger_for(REQUEUE)
 
     # -- hosts and their ports (created lazily: read-only commands never connect) ---------
     @property
@@ -75,6 +79,10 @@ class Engine:
     @property
     def backend(self):
         return self.first_host.backend
+
+    @property
+    def pooled(self) -> bool:
+        return any(h.lane is not None for h in self.hosts.values())
 
     def host_of(self, row: CaseRow) -> Host:
         """The host a case's slot (or upload) belongs to."""
@@ -92,81 +100,100 @@ class Engine:
         """Migrate the store, sync the slot pool with the config, reclaim leaked slots."""
         self.store.migrate()
         self.instance = self.store.instance_id()
-        for name, problem, _ in self.store.host_problems():
-            if name in self.hosts:
-                self.hosts[name].problem = problem
-        for name, notice in self.store.host_notices():
-            if name in self.hosts:
-                self.hosts[name].notice = notice
+        self.health.load()
         for line in self.store.sync_slots(self.config.hosts):
             log.info("%s", line)
         freed = self.store.reconcile_slots(self.spec.slot_states)
         for slot_id, grp, idx, case_id, state in freed:
             log.warning("freed slot %s[%s] held by case %s (%s)", grp, idx, case_id, state)
         self.slots_reclaimed = len(freed)  # for the daemon's start-up summary
-        self._seen = {(p, i) for p, i, _ in self.store.folders()}
+        self.folders.seed(self.config.inbox, self.store.folders())
         if workers:
-            self.pool = WorkerPool(self.config.workers)
+            for host in self.hosts.values():
+                host.open_lanes(self.config.workers)
 
-    def shutdown(self) -> bool:
-        done = True
-        if self.pool is not None:
-            done = self.pool.shutdown(self.config.shutdown_grace_seconds)
-            if not done:
-                log.warning("abandoned %d unfinished step(s); they run again at the next start",
-                            len(self._inflight))
-            self.pool = None
-        for host in self.hosts.values():
-            host.close()
-        return done
+    def shutdown(self, deadline: float | None = None) -> bool:
+        """Let steps in flight finish for up to shutdown_grace_seconds, never past the
+        monotonic `deadline` (default: shutdown_timeout_seconds from now); then close."""
+        now = time.monotonic()
+        deadline = now + self.config.shutdown_timeout_seconds if deadline is None else deadline
+        until = min(now + self.config.shutdown_grace_seconds, deadline)
+        left = shut_down(self.hosts.values(), until, deadline)
+        if left:
+            log.warning("abandoned %d unfinished step(s); they run again at the next start", left)
+        return left == 0
 
     def forget_folder(self, path: str, inode: str | None) -> None:
         """A case folder left the inbox (archived): a folder brought back there is a new case."""
-        self._seen.discard((path, inode))
+        if os.path.dirname(path) == str(self.config.inbox):
+            self.folders.left(os.path.basename(path))
 
     def last_activity(self, name: str) -> float | None:
         return self.watcher.last_activity(name) if self.watcher else None
 
     def wake(self) -> None:
-        self.wake_event.set()
+        if self.waker is not None:
+            self.waker.wake()
 
     # -- the tick ----------------------------------------------------------------------
     def tick(self) -> None:
         now = self._tick_started = self.clock()
+        mono = self.monotonic()
         self.detect(now)
         self.apply_requests()
-        # running cases are read only when a host's poll is due (or their job has ended):
-        # with a thousand of them running, most ticks need not load them at all
-        poll_due = any(now - h.last_poll >= self.config.poll_seconds for h in self.hosts.values())
-        due = self.store.due_cases(now, self._step_states)
-        due += self.store.due_cases(now, self._poll_states, ended_only=not poll_due)
-        polled: dict[str, list[CaseRow]] = {}
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
-        for row in due:
+        for row in self._due_steps(now):
             state = self._steps[row.state]
-            if state.step == POLL and row.job_outcome:
-                self._finish(row)
-            elif state.step == POLL:
-                try:
-                    polled.setdefault(self.host_of(row).name, []).append(row)
-                except PermanentError as exc:
-                    self.fail(row.id, _short(exc))
-            elif state.worker and self.pool is not None:
+            if state.worker and self.pooled:
                 self._dispatch(row, state.step)
-            elif not self._is_inflight(row.id) and (row.state, row.grp) not in blocked:
+            elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
                 if self.step(row, state.step) is None:
                     # e.g. no free slot of the group: the younger cases behind it wait too
                     blocked.add((row.state, row.grp))
-        for name, rows in polled.items():  # one status command per host
-            host = self.hosts[name]
-            if now - host.last_poll >= self.config.poll_seconds:
-                host.last_poll = now
-                self.poll(host, rows)
+        # running cases are read only when a host's poll is due (or they need more than a
+        # poll): with a thousand of them running, most ticks need not load them at all
+        poll_due = {n for n, h in self.hosts.items()
+                    if mono - h.last_poll >= self.config.poll_seconds}
+        polled: dict[str, list[CaseRow]] = {}
+        for row in self.store.due_cases(now, self._poll_states, unpolled_only=not poll_due):
+            if row.job_outcome:
+                jobs.finish(self, row)
+            elif row.reason:  # to fail once its job is stopped
+                self._dispatch_call(row, jobs.stop, self, row, short=True)
+            else:
+                try:
+                    polled.setdefault(self.host_of(row).name, []).append(row)
+                except PermanentError as exc:
+                    self.fail(row.id, short(exc))
+        for name, rows in polled.items():  # one status command per host, in its lane
+            if name in poll_due:
+                host = self.hosts[name]
+                host.last_poll = mono
+                self._dispatch_host(host, "poll", self.poll, host, rows)
         for row in self.store.wrapups_due(now):
-            self._dispatch_call(row, wrapup.wrap_up, self, row)
-        for host in self.hosts.values():
-            if host.down and now >= host.next_probe and not host.probing:
-                self._probe(host, now)
+            self._dispatch_call(row, self._wrap_up, row)
+        for host in self.health.probes_due():
+            self._dispatch_host(host, "probe", self.health.probe, host)
+
+    def _due_steps(self, now: float) -> list[CaseRow]:
+        """The cases whose step is due. Cases waiting for a slot are read only as many as
+        there are usable free slots of their group: 20,000 of them waiting cost 330-440 ms
+        of CPU per tick when they were all read."""
+        rows: list[CaseRow] = []
+        for state in self._step_states:
+            if state not in self._slot_taking:
+                rows += self.store.due_cases(now, [state])
+                continue
+            if not self._groups_checked:  # the configured groups do not change while we run
+                self._groups_checked = True
+                rows += self.store.due_outside_groups(now, [state],
+                                                      [g.name for g in self.config.groups])
+            for group, free in self.store.free_slot_counts().items():
+                usable = self.health.usable_for(group)
+                n = sum(count for host, count in free.items() if host in usable)
+                if n:
+                    rows += self.store.due_cases(now, [state], group=group, limit=n)
+        return rows
 
     def next_wakeup(self) -> float:
         """Seconds until something is due (at most one tick).
@@ -177,52 +204,58 @@ class Engine:
         """
         now = self.clock()
         wait = self.config.tick_seconds
-        states = [s for s, st in self._steps.items() if st.step != POLL]
-        for nxt in (self.store.next_due(states, after=self._tick_started),
+        for nxt in (self.store.next_due(self._step_states, after=self._tick_started),
                     self.store.next_wrapup(after=self._tick_started)):
             if nxt is not None:
                 wait = min(wait, nxt - now)
-        if self.store.next_due([s for s, st in self._steps.items() if st.step == POLL]) is not None:
+        if self.store.next_due(self._poll_states) is not None:
             last = min(h.last_poll for h in self.hosts.values())
-            wait = min(wait, last + self.config.poll_seconds - now)
+            wait = min(wait, last + self.config.poll_seconds - self.monotonic())
         return max(0.02, wait)
 
     # -- detection ---------------------------------------------------------------------
     def detect(self, now: float) -> list[int]:
         """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
         appeared, gone = self.watcher.drain() if self.watcher else (set(), set())
-        if now >= self._next_rescan:
-            self._next_rescan = now + self.config.rescan_seconds
+        inbox, listing = self.config.inbox, None
+        mono = self.monotonic()
+        if mono >= self._next_rescan:
+            self._next_rescan = mono + self.config.rescan_seconds
             try:
-                appeared |= {e.name for e in os.scandir(self.config.inbox)}
+                listing = {e.name for e in os.scandir(inbox)}
             except OSError as exc:
-                log.error("cannot list the inbox %s: %s", self.config.inbox, exc)
-        created = []
-        for name in sorted(appeared):
-            path = self.config.inbox / name
-            if is_hidden(name) or path.is_symlink() or not path.is_dir():
-                continue
-            key = (str(path), casefolder.inode_of(path))
-            if key in self._seen or key[1] is None:
-                continue
-            initial = self.spec.initial
-            case_id = self.store.create_case(name, str(path), key[1], initial, now,
-                                             now + self.config.quiet_seconds)
-            self._seen.add(key)
-            created.append(case_id)
-            log.info("case %s %r: detected in the inbox", case_id, name,
-                     extra={"case_id": case_id, "case_name": name, "to_state": initial,
-                            "trigger": "detect"})
+                log.error("cannot list the inbox %s: %s", inbox, exc)
+        new, gone = self.folders.changes(inbox, appeared, gone, listing)
         for name in gone:
-            path = str(self.config.inbox / name)
-            for row in self.store.cases([self.spec.initial]):
-                if row.local_path == path:
-                    self.store.reschedule(row.id, row.state, now)
+            for row in self.store.cases_at(str(inbox / name), [self.spec.initial]):
+                self.store.reschedule(row.id, row.state, now)
+        created = []
+        for name, inode in new:
+            created.append(self._admit(name, inode, now))
+            self.folders.admit(name, inode)
         return created
 
-    # -- one step of one case ------------------------------------------------------------
+    def _admit(self, name: str, inode: str, now: float) -> int:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # the store keeps text; refuse it, saying so, and go on
+            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+            case_id = self.store.create_case(shown, str(self.config.inbox / shown), inode,
+                                             self.spec.initial, now, now)
+            log.warning("case %s %r: its folder name is not valid UTF-8", case_id, shown)
+            self.fail(case_id, f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
+                               "a backslash are not text); rename the folder to admit it")
+            return case_id
+        case_id = self.store.create_case(name, str(self.config.inbox / name), inode,
+                                         self.spec.initial, now, now + self.config.quiet_seconds)
+        log.info("case %s %r: detected in the inbox", case_id, name,
+                 extra={"case_id": case_id, "case_name": name, "to_state": self.spec.initial,
+                        "trigger": "detect"})
+        return case_id
+
+    # -- one step of one case, and what it ran into -----------------------------------------
     def step(self, row: CaseRow, trigger: str, **kwargs) -> bool | None:
-        """Fire `trigger` for the case; handle what its callbacks raise.
+        """Fire `trigger` for the case; what its callbacks raise goes to the retry policy.
 
         True if the case moved; None if a condition said "not now" without saying
         until when; False otherwise.
@@ -236,152 +269,106 @@ class Engine:
             if case.not_before is None:
                 return None
             self.store.reschedule(row.id, row.state, case.not_before)
-            return False
-        except PermanentError as exc:
-            self.fail(row.id, _short(exc))
-        except TransientError as exc:
-            self._transient(row, trigger, exc)
-        except HostError as exc:
-            self._host_problem(self.host_of(row), [row], exc)
-        except StaleCase as exc:
-            log.info("case %s: %s skipped: %s", row.id, trigger, exc)
         except MachineError as exc:
             log.warning("case %s: %s is not allowed now: %s", row.id, trigger, exc)
-        except Exception as exc:  # a bug: make it visible on the case, not a silent loop
-            log.exception("case %s: unexpected error in %s", row.id, trigger)
-            self.fail(row.id, f"internal error during {trigger}: {_short(exc)} (see the log)")
+        except Exception as exc:  # a bug in a step ends the case, visibly (not a silent loop)
+            self._settle(row, trigger, exc, bug_fails=True)
         return False
 
     def fail(self, case_id: int, reason: str) -> bool:
+        """End the case in failure. A case whose job may still run first stops it (in its
+        host's short lane, caseflow.jobs.stop), showing the reason meanwhile; it keeps its
+        slot until the job is stopped or seen to end (two jobs would share a GPU)."""
         row = self.store.get(case_id)
-        if row is None or row.state not in self.spec.sources_of("fail"):
+        if row is None or not self.machine.allowed(self.FAIL, row.state):
             return False
-        case = Case(row, self)
-        try:
-            with self.machine.bound(case):
-                return bool(case.trigger("fail", reason=reason))
-        except StaleCase:
+        if row.state in self._poll_states and row.task_id and not row.job_outcome and \
+                self._host_or_none(row) is not None:
+            if row.reason is None and self.store.set_stopping(row.id, row.state, reason,
+                                                              self.clock()):
+                log.warning("case %s %r: %s; stopping its job first (the case keeps its slot "
+                            "until then)", row.id, row.name, reason)
+                self.wake()
             return False
+        return bool(self.step(row, self.FAIL, reason=reason))
 
-    def _host_problem(self, host: Host, rows: list[CaseRow], exc: HostError) -> None:
-        """Pause work on the host: its cases wait (they do not fail) and the problem is shown;
-        cases not uploaded yet go to another host serving their group, if there is one."""
+    def _settle(self, row: CaseRow, what: str, exc: BaseException, *, patient: bool = False,
+                bug_fails: bool = False, trace: bool = True) -> None:
+        """What the case's work (`what`) ran into becomes its next move: the retry policy.
+        `patient`: never give up and never fail here (stopping a job, a wrap-up); `trace`:
+        log a bug's traceback (once per backoff: the case is not tried again before)."""
+        kind = kind_of(exc)
+        if kind == STALE:
+            log.info("case %s: %s skipped: %s", row.id, what, exc)
+            return
+        if kind == PERMANENT and not patient:
+            self.fail(row.id, short(exc))
+            return
+        if kind == BUG and bug_fails:
+            log.error("case %s: unexpected error in %s", row.id, what, exc_info=exc)
+            self.fail(row.id, f"internal error during {what}: {short(exc)} (see the log)")
+            return
+        host = self._host_or_none(row)
+        if kind == HOST and host is not None:
+            problem = self.health.pause(host, exc)
+            if not self._move_elsewhere(row, host, problem):
+                self.store.reschedule(row.id, row.state, self.clock() + self.policy.max_seconds)
+            return
+        if is_unreachable(exc) and host is not None:
+            self.health.unreachable(host)
+            if self._move_elsewhere(row, host, short(exc)):
+                return
         now = self.clock()
-        message = _short(exc)
-        host.avoid_until = now + self.config.retry.max_seconds
-        # probed again after the longest backoff, or sooner when the error says so (a master
-        # connection a person opens: checking for it costs nothing on the host)
-        host.down = True
-        host.next_probe = now + getattr(exc, "probe_seconds", self.config.retry.max_seconds)
-        if message != host.problem:
-            log.error("host %s: work paused: %s", host.name, message)
-            host.problem = message
-            self.store.set_host_problem(host.name, message, now)
-            wrapup.host_paused(self, host.name, message)
-        for row in rows:
-            if not self._move_elsewhere(row, host, message):
-                self.store.reschedule(row.id, row.state, now + self.config.retry.max_seconds)
+        fresh = self.store.get(row.id) or row  # the streak as it is now
+        verdict = after_error(self.policy, Streak.of(fresh), exc, now, what, patient=patient)
+        metrics.attempt_failed(what)
+        if isinstance(verdict, GiveUp):
+            metrics.gave_up(what)
+            self.fail(row.id, verdict.reason)
+            return
+        self.store.note_failure(row.id, row.state, verdict.streak.attempts,
+                                verdict.streak.failing_since, verdict.error,
+                                verdict.next_attempt_at, now)
+        log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
+                    row.name, what, verdict.streak.attempts, verdict.next_attempt_at - now,
+                    short(exc), exc_info=exc if kind == BUG and trace else None)
 
-    def _host_ok(self, host: Host) -> None:
-        host.avoid_until = float("-inf")
-        if host.problem is not None:
-            log.info("host %s: reachable again; work resumes", host.name)
-            host.problem = None
-            self.store.set_host_problem(host.name, None, self.clock())
-        if host.down:
-            host.down = False
-            woken = self.store.wake_host(host.name, self.spec.slot_states, self.clock())
-            log.info("host %s answers again; %d waiting case(s) go on now", host.name, woken)
-            self.wake()
-
-    def _host_down(self, host: Host, now: float) -> None:
-        """The host could not be reached: no new cases for a while, and a cheap probe every
-        reconnect interval, so its cases go on as soon as it answers (not after the rest of
-        their backoff)."""
-        host.avoid_until = now + self.config.retry.max_seconds
-        if not host.down:
-            host.down = True
-            host.next_probe = now + self._probe_interval(host)
-
-    def _probe_interval(self, host: Host) -> float:
-        return max(1.0, getattr(host.cfg.transport, "reconnect_min_interval", 5.0))
-
-    def _probe(self, host: Host, now: float) -> None:
-        host.probing = True
-        host.next_probe = now + self._probe_interval(host)
-
-        def probe():
-            try:
-                host.transport.run(["true"], timeout=30)
-                host.backend.probe()  # and its queue answers (e.g. pueue's daemon runs)
-            except HostError as exc:
-                self._host_problem(host, [], exc)
-            except (TransientError, PermanentError) as exc:
-                log.debug("host %s: still not answering: %s", host.name, exc)
-            else:
-                self._host_ok(host)
-            finally:
-                host.probing = False
-        if self.pool is None:
-            probe()
-        else:
-            try:
-                self.pool.submit(probe)
-            except RuntimeError:
-                host.probing = False
-
-    def _note(self, host: Host, notice: str | None) -> None:
-        if notice != host.notice:
-            host.notice = notice
-            self.store.set_host_notice(host.name, notice, self.clock())
+    def _host_or_none(self, row: CaseRow) -> Host | None:
+        try:
+            return self.host_of(row)
+        except PermanentError:
+            return None
 
     def _move_elsewhere(self, row: CaseRow, host: Host, why: str) -> bool:
         """A case holding a slot on `host` but not uploaded yet goes back to the queue, to
         take a slot on another host serving its group (cases already uploaded stay)."""
-        if row.state not in self.spec.sources_of(REQUEUE):
+        if self.REQUEUE is None or not self.machine.allowed(self.REQUEUE, row.state):
             return False
-        now = self.clock()
-        others = [h for h in self.hosts.values()
-                  if h is not host and h.serves(row.grp) and h.takes_new_cases(now)]
-        if not others:
+        if not [n for n in self.health.usable_for(row.grp) if n != host.name]:
             return False
-        return bool(self.step(row, REQUEUE, detail=f"host {host.name}: {why}"))
+        return bool(self.step(row, self.REQUEUE, detail=f"host {host.name}: {why}"))
 
-    def _transient(self, row: CaseRow, trigger: str, exc: Exception) -> None:
-        now = self.clock()
-        if is_unreachable(exc):
-            try:
-                host = self.host_of(row)
-            except PermanentError:
-                host = None
-            if host is not None:
-                self._host_down(host, now)
-                if self._move_elsewhere(row, host, _short(exc)):
-                    return
-        delay = self.config.retry.delay(row.attempts + 1)
-        updated = self.store.note_transient(row.id, row.state, f"{trigger}: {_short(exc)}", now,
-                                            now + delay)
-        metrics.attempt_failed(trigger)
-        limit = getattr(exc, "max_attempts", None)
-        if limit and updated and updated.attempts >= limit:
-            metrics.gave_up(trigger)
-            self.fail(row.id, f"{_short(exc)} (after {updated.attempts} attempts)")
-            return
-        log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
-                    row.name, trigger, row.attempts + 1, delay, _short(exc))
-        if updated and updated.failing_since is not None and \
-                now - updated.failing_since >= self.config.retry.give_up_after_seconds:
-            metrics.gave_up(trigger)
-            self.fail(row.id, f"gave up after {updated.attempts} attempts over "
-                              f"{now - updated.failing_since:.0f} s; last error: {_short(exc)}")
-
-    # -- the worker pool -----------------------------------------------------------------
-    def _is_inflight(self, case_id: int) -> bool:
-        with self._inflight_lock:
-            return case_id in self._inflight
-
+    # -- the lanes (each host's worker threads) ----------------------------------------------
     def _dispatch(self, row: CaseRow, trigger: str, **kwargs) -> None:
         self._dispatch_call(row, self._step_in_worker, row, trigger, kwargs)
+
+    def _dispatch_call(self, row: CaseRow, fn, *args, short: bool = False) -> None:
+        """Run `fn(*args)` for the case in its host's lane (its short lane for a short remote
+        call; inline without lanes), at most one piece of work per case at a time, and never
+        for a row that is out of date."""
+        if not self.inflight.claim(row.id):
+            return
+        if self._still(row) is None:
+            self.inflight.release(row.id)
+            return
+        host = self._host_or_none(row) or self.first_host
+        self.inflight.run(host.short_lane if short else host.lane, row.id, fn, args)
+
+    def _dispatch_host(self, host: Host, work: str, fn, *args) -> None:
+        """A host's own work (a poll, a probe), in its short lane: one of each at a time; a
+        shutdown does not wait for it."""
+        if self.inflight.claim((work, host.name)):
+            self.inflight.run(host.short_lane, (work, host.name), fn, args, awaited=False)
 
     def _still(self, row: CaseRow) -> CaseRow | None:
         """The case as the store has it now, if it is still where `row` saw it: a step that
@@ -396,99 +383,22 @@ class Engine:
         if self.step(row, trigger, **kwargs):
             fresh = self.store.get(row.id)
             if fresh is not None and (fresh.slot_host or fresh.host) in self.hosts:
-                self._host_ok(self.hosts[fresh.slot_host or fresh.host])
+                self.health.answered(self.hosts[fresh.slot_host or fresh.host])
 
-    def _dispatch_call(self, row: CaseRow, fn, *args) -> None:
-        """Run `fn(*args)` for the case in the worker pool (inline without one), at most
-        one piece of work per case at a time, and never for a row that is out of date."""
-        with self._inflight_lock:
-            if row.id in self._inflight:
-                return
-            self._inflight.add(row.id)
-        if self._still(row) is None:
-            with self._inflight_lock:
-                self._inflight.discard(row.id)
-            return
-        if self.pool is None:
-            self._run_in_worker(fn, row.id, args)
-            return
+    def _wrap_up(self, row: CaseRow) -> None:
         try:
-            self.pool.submit(self._run_in_worker, fn, row.id, args)
-        except RuntimeError:
-            with self._inflight_lock:
-                self._inflight.discard(row.id)
+            wrapup.wrap_up(self, row)
+        except Exception as exc:  # a bug: backed off, logged once per backoff
+            self._settle(row, "wrap-up", exc, patient=True)
 
-    def _run_in_worker(self, fn, case_id: int, args: tuple) -> None:
-        try:
-            fn(*args)
-        except Exception:  # a bug; the case stays where it is and is tried again
-            log.exception("case %s: unexpected error in %s", case_id, fn.__name__)
-        finally:
-            with self._inflight_lock:
-                self._inflight.discard(case_id)
-            self.wake()
-
-    def idle(self) -> bool:
-        """No step is in flight in the worker pool."""
-        with self._inflight_lock:
-            return not self._inflight
-
-    # -- polling -------------------------------------------------------------------------
+    # -- the jobs of running cases (caseflow.jobs) --------------------------------------
     def poll(self, host: Host, rows: list[CaseRow]) -> None:
         """Ask the host's queue about all its running cases in one call; act on the answers."""
-        rows = [r for r in rows if not self._is_inflight(r.id)]
-        if not rows:
-            return
-        try:
-            with metrics.poll_timer(host.name):
-                answers = host.backend.status([job_ref(r, self.instance) for r in rows])
-        except TransientError as exc:
-            for row in rows:
-                self._transient(row, "poll", exc)
-            return
-        except HostError as exc:
-            self._host_problem(host, rows, exc)
-            return
-        except PermanentError as exc:
-            for row in rows:
-                self.fail(row.id, f"the queue's status could not be read: {_short(exc)}")
-            return
-        self._host_ok(host)
-        self._note(host, host.backend.notice())
-        now = self.clock()
-        for row in rows:
-            status = answers.get(row.id)
-            if status is None:
-                continue
-            if status.outcome == RUNNING:
-                if status.detail != row.queue_status:
-                    self.store.set_queue_status(row.id, row.state, status.detail)
-                continue
-            # remembered first, so that fetching the results survives a restart
-            self.store.record_job_end(row.id, row.state, status.outcome, status.detail,
-                                      status.exit_code, now)
-            ended = self.store.get(row.id)
-            if ended is not None and ended.job_outcome:
-                self._finish(ended)
+        jobs.poll(self, host, rows)
 
-    def _finish(self, row: CaseRow) -> None:
-        """The job of a running case ended: fetch its results, then end the case."""
-        trigger = FINISH[row.job_outcome]
-        key = "detail" if trigger == "complete" else "reason"
-        self._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
-
-    # -- operator requests ---------------------------------------------------------------
+    # -- operator requests (caseflow.operator_requests) ------------------------------
     def apply_requests(self) -> None:
-        for row in self.store.requested():
-            if self._is_inflight(row.id):
-                continue  # after the step in flight has finished
-            self.apply_request(row)
+        operator_requests.apply_all(self)
 
     def apply_request(self, row: CaseRow) -> bool:
-        trigger = row.request
-        if trigger not in REQUESTS or not self.machine.allowed(trigger, row.state):
-            log.warning("case %s %r: %s request dropped: not possible in state %s", row.id,
-                        row.name, trigger, row.state)
-            self.store.set_request(row.id, None)
-            return False
-        return self.step(row, trigger, requested=True)
+        return operator_requests.apply(self, row)

@@ -1,13 +1,33 @@
-"""The GPU hosts as the engine sees them: each with its own transport and queue backend
-(created on first use, so read-only commands never connect), what is wrong with it, and
-when it was last polled.
+"""The GPU hosts as the engine sees them, and their health.
+
+Each host has its own transport and queue backend (created on first use, so read-only
+commands never connect) and its own lanes of worker threads: every remote call for the host
+runs there, never on the tick thread, so a host whose commands hang delays only its own
+cases. Long steps (uploads, submits, fetching results, clean-up) go to `lane`; short calls
+(its poll, a probe, a cancel) to `short_lane`, so that no upload holds up a poll.
+
+Health is what is wrong with a host and what follows from it: a problem (authentication, a
+host key) pauses its work and is shown by `caseflow status`; a host that cannot be reached gets
+no new cases for `retry.max_seconds` and is probed once per reconnect interval, and when it
+answers again its waiting cases go on at once; a notice (a paused pueue group) is shown. The
+timers live in memory on a monotonic clock (a wall clock stepped back would stall them); what
+a person should see is in the store.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+
 from .backends import make_backend
 from .config import HostConfig
+from .errors import HostError, PermanentError, TransientError
+from .retry import short
 from .transports import make_transport
+from .workers import WorkerPool
+
+log = logging.getLogger("caseflow.engine")
 
 
 class Host:
@@ -16,13 +36,15 @@ class Host:
         self.name = cfg.name
         self._transport = transport
         self._backend = backend
+        self.lane = None                  # its worker threads (WorkerPools), while running
+        self.short_lane = None
         self.problem: str | None = None   # work paused (authentication, host key), shown
         self.notice: str | None = None    # something a person should know (a paused group)
+        # monotonic times
         self.avoid_until = float("-inf")  # unreachable or paused: no new cases before this
         self.last_poll = float("-inf")
         self.down = False                 # the last contact failed: probed until it answers
         self.next_probe = float("-inf")
-        self.probing = False
 
     @property
     def transport(self):
@@ -40,14 +62,144 @@ class Host:
         return group is not None and self.cfg.group(group) is not None
 
     def takes_new_cases(self, now: float) -> bool:
-        """Not known to be unreachable or paused (after a while it is tried again)."""
+        """Not known to be unreachable or paused (after a while it is tried again);
+        `now` is monotonic."""
         return now >= self.avoid_until
+
+    def open_lanes(self, size: int) -> None:
+        self.lane = WorkerPool(size, name=f"caseflow-{self.name}")
+        self.short_lane = WorkerPool(1, name=f"caseflow-{self.name}-short")
 
     def close(self) -> None:
         if self._transport is not None:
             self._transport.close()
 
 
+def shut_down(hosts, until: float, deadline: float) -> int:
+    """Close the hosts' lanes, wait for their steps in flight until the monotonic `until`,
+    then close their connections, never past `deadline`: a connection stuck in a hung
+    command may not close in time, and is left to the process's exit. Returns how many
+    steps were abandoned (each runs again at the next start)."""
+    hosts = list(hosts)
+    lanes = [lane for h in hosts for lane in (h.lane, h.short_lane) if lane is not None]
+    for lane in lanes:
+        lane.close()
+    left = sum(lane.wait(until) for lane in lanes)
+    for host in hosts:
+        host.lane = host.short_lane = None
+    closing = [threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
+               for h in hosts]
+    for t in closing:
+        t.start()
+    for t in closing:
+        t.join(max(0.0, deadline - time.monotonic()))
+    return left
+
+
 def is_unreachable(exc: BaseException) -> bool:
     """The error says the host cannot be reached at all (not that one command failed)."""
     return bool(getattr(exc, "unreachable", False))
+
+
+class HostHealth:
+    """Problems, probes, avoid-until and notices of the hosts.
+
+    `clock` is the wall clock (times in the store), `monotonic` the one for the timers;
+    `slot_states` the states whose cases a host that answers again wakes; `wake` wakes the
+    loop.
+    """
+
+    def __init__(self, hosts: dict[str, Host], store, retry, clock, monotonic,
+                 slot_states, wake, on_pause=None):
+        self.hosts = hosts
+        self.store = store
+        self.retry = retry
+        self.clock = clock
+        self.monotonic = monotonic
+        self.slot_states = list(slot_states)
+        self.wake = wake
+        self.on_pause = on_pause  # (host name, problem): tells someone (on_host_paused)
+
+    def load(self) -> None:
+        """What the store says is wrong with the hosts (shown since an earlier run)."""
+        for name, problem, _ in self.store.host_problems():
+            if name in self.hosts:
+                self.hosts[name].problem = problem
+        for name, notice in self.store.host_notices():
+            if name in self.hosts:
+                self.hosts[name].notice = notice
+
+    def pause(self, host: Host, exc: HostError) -> str:
+        """The host cannot be used as configured: no new cases, probed, the problem shown
+        (logged once). Returns the problem."""
+        now = self.monotonic()
+        message = short(exc)
+        host.avoid_until = now + self.retry.max_seconds
+        # probed again after the longest backoff, or sooner when the error says so (a master
+        # connection a person opens: checking for it costs nothing on the host)
+        host.down = True
+        host.next_probe = now + getattr(exc, "probe_seconds", self.retry.max_seconds)
+        if message != host.problem:
+            log.error("host %s: work paused: %s", host.name, message)
+            host.problem = message
+            self.store.set_host_problem(host.name, message, self.clock())
+            if self.on_pause is not None:
+                self.on_pause(host.name, message)
+        return message
+
+    def unreachable(self, host: Host) -> None:
+        """The host could not be reached: no new cases for a while, and a cheap probe every
+        reconnect interval, so its cases go on as soon as it answers (not after the rest of
+        their backoff)."""
+        now = self.monotonic()
+        host.avoid_until = now + self.retry.max_seconds
+        if not host.down:
+            host.down = True
+            host.next_probe = now + self.probe_interval(host)
+
+    def answered(self, host: Host) -> None:
+        """A command on the host worked: its problem is over; its waiting cases go on."""
+        host.avoid_until = float("-inf")
+        if host.problem is not None:
+            log.info("host %s: reachable again; work resumes", host.name)
+            host.problem = None
+            self.store.set_host_problem(host.name, None, self.clock())
+        if host.down:
+            host.down = False
+            woken = self.store.wake_host(host.name, self.slot_states, self.clock())
+            log.info("host %s answers again; %d waiting case(s) go on now", host.name, woken)
+            self.wake()
+
+    def note(self, host: Host, notice: str | None) -> None:
+        if notice != host.notice:
+            host.notice = notice
+            self.store.set_host_notice(host.name, notice, self.clock())
+
+    @staticmethod
+    def probe_interval(host: Host) -> float:
+        return max(1.0, getattr(host.cfg.transport, "reconnect_min_interval", 5.0))
+
+    def probes_due(self) -> list[Host]:
+        """Hosts to probe now; each is due again one interval later."""
+        now = self.monotonic()
+        due = [h for h in self.hosts.values() if h.down and now >= h.next_probe]
+        for host in due:
+            host.next_probe = now + self.probe_interval(host)
+        return due
+
+    def probe(self, host: Host) -> None:
+        """One cheap command (in the host's lane)."""
+        try:
+            host.transport.run(["true"], timeout=30)
+            host.backend.probe()  # and its queue answers (e.g. pueue's daemon runs)
+        except HostError as exc:
+            self.pause(host, exc)
+        except (TransientError, PermanentError) as exc:
+            log.debug("host %s: still not answering: %s", host.name, exc)
+        else:
+            self.answered(host)
+
+    def usable_for(self, group: str | None) -> list[str]:
+        """The hosts serving `group` that take new cases now."""
+        now = self.monotonic()
+        return [h.name for h in self.hosts.values() if h.serves(group) and h.takes_new_cases(now)]

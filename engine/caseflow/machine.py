@@ -36,6 +36,8 @@ class CaseMachine:
         self.spec = spec
         self.machine = Machine(model=None, after_state_change="persist", **machine_kwargs(spec))
         self._lock = threading.Lock()
+        # what may happen in each state, as the machine says (asked once: it does not change)
+        self._triggers = {s: frozenset(self.machine.get_triggers(s)) for s in spec.state_names}
 
     @contextmanager
     def bound(self, case):
@@ -48,4 +50,9 @@ class CaseMachine:
                 self.machine.remove_model(case)
 
     def allowed(self, trigger: str, state: str) -> bool:
-        return state in self.spec.sources_of(trigger)
+        """Whether the machine has `trigger` in `state` (its conditions aside)."""
+        return trigger in self._triggers.get(state, ())
+
+    def states_allowing(self, trigger: str) -> list[str]:
+        """The states in which the machine has `trigger`, in spec order."""
+        return [s for s in self.spec.state_names if trigger in self._triggers[s]]

@@ -18,7 +18,14 @@ from .errors import SpecError
 SPEC_NAME = "case_machine.yaml"
 POLL = "poll"  # the special step of a state whose cases are polled in batches
 _CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
-_TRANSITION_KEYS = {"trigger", "source", "dest", "description", *_CALLBACK_KEYS}
+_TRANSITION_KEYS = {"trigger", "source", "dest", "description", "role", *_CALLBACK_KEYS}
+# what the engine uses a trigger for (`role:` of a transition): it asks the spec by role and
+# never names a trigger. The roles of ONE_TRIGGER are each one trigger's, and required.
+FAIL, REQUEST, REQUEUE = "fail", "request", "requeue"
+JOB_END_ROLES = {"success": "job_success", "failure": "job_failure", "not_found": "job_lost"}
+ONE_TRIGGER = (FAIL, REQUEUE, *JOB_END_ROLES.values())
+REQUIRED_ROLES = (FAIL, *JOB_END_ROLES.values())
+ROLES = (*ONE_TRIGGER, REQUEST)
 _STATE_KEYS = {"name", "description", "step", "worker", "terminal", "holds_slot", "on_enter", "on_exit", "why"}
 _CORE_STATES = ("detected", "stable", "queued", "gpu_locked", "uploaded", "running",
                 "success", "failure", "not_found")
@@ -71,6 +78,7 @@ class TransitionSpec:
     dest: str
     description: str = ""
     callbacks: dict = field(default_factory=dict)
+    roles: tuple[str, ...] = ()
 
     def as_transitions_dict(self) -> dict:
         d = {"trigger": self.trigger, "source": list(self.sources), "dest": self.dest}
@@ -102,6 +110,14 @@ class MachineSpec:
         return [s.name for s in self.states if s.holds_slot]
 
     @property
+    def slot_taking_states(self) -> list[str]:
+        """States whose step takes a slot (it leads into a state that holds one): their cases
+        can move only when a slot of their group is free."""
+        holding = set(self.slot_states)
+        return [s.name for s in self.states if s.step and s.step != POLL and
+                s.name not in holding and self.dest_of(s.step, s.name) in holding]
+
+    @property
     def triggers(self) -> list[str]:
         seen = []
         for t in self.transitions:
@@ -114,6 +130,30 @@ class MachineSpec:
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def triggers_for(self, role: str) -> list[str]:
+        """The triggers that play `role` (see ROLES), in spec order."""
+        out = []
+        for t in self.transitions:
+            if role in t.roles and t.trigger not in out:
+                out.append(t.trigger)
+        return out
+
+    def trigger_for(self, role: str) -> str | None:
+        """The one trigger that plays `role`, or None when the spec gives it to none."""
+        found = self.triggers_for(role)
+        return found[0] if found else None
+
+    def job_end_trigger(self, outcome: str) -> str:
+        """The trigger that ends a polled case whose job ended with `outcome` (a backend's
+        SUCCESS, FAILURE or NOT_FOUND)."""
+        return self.trigger_for(JOB_END_ROLES[outcome])
+
+    @property
+    def succeeded_states(self) -> list[str]:
+        """Where a case whose job succeeded ends (what `on_success` and `archive.done` mean)."""
+        trigger = self.trigger_for(JOB_END_ROLES["success"])
+        return [t.dest for t in self.transitions if t.trigger == trigger]
 
     def sources_of(self, trigger: str) -> list[str]:
         out = []
@@ -210,13 +250,24 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
             if s not in names:
                 raise SpecError(f"{where}: unknown state {s!r}")
         callbacks = {k: _names(raw[k], f"{where}.{k}") for k in _CALLBACK_KEYS if raw.get(k)}
+        roles = _names(raw.get("role"), where + ".role")
+        for role in roles:
+            if role not in ROLES:
+                raise SpecError(f"{where}.role: unknown role {role!r}; roles: {', '.join(ROLES)}")
         transitions.append(TransitionSpec(trigger=raw["trigger"], sources=sources, dest=raw["dest"],
                                           description=raw.get("description", ""),
-                                          callbacks=callbacks))
+                                          callbacks=callbacks, roles=roles))
     spec = MachineSpec(path=path, initial=data.get("initial", "detected"), states=tuple(states),
                        transitions=tuple(transitions))
     if spec.initial not in names:
         raise SpecError(f"{path}: initial state {spec.initial!r} is not declared")
+    for role in ONE_TRIGGER:
+        if len(spec.triggers_for(role)) > 1:
+            raise SpecError(f"{path}: role {role!r} is given to several triggers: "
+                            + ", ".join(spec.triggers_for(role)))
+    for role in REQUIRED_ROLES:
+        if not spec.triggers_for(role):
+            raise SpecError(f"{path}: no transition has the role {role!r}, which the engine needs")
     for s in states:
         if s.terminal and s.holds_slot:
             raise SpecError(f"{path}: terminal state {s.name!r} cannot hold a slot")

@@ -1,6 +1,8 @@
 """The SQLite store: cases, their transition history and the GPU slots, in one file.
 
-WAL mode, one connection per thread, schema versioned with `PRAGMA user_version`
+WAL mode, one connection per thread (closed when its thread ends: an upload's
+short-lived range threads report progress here, and 200 large-file uploads once left 306
+connections and 619 open fds behind), schema versioned with `PRAGMA user_version`
 and forward migrations. A transition, its history row and its slot bookkeeping
 commit in one transaction, guarded by the state the case was loaded in, so a
 crash at any point leaves every case in exactly one state.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -201,38 +204,53 @@ def _slot_name(host: str, grp: str, idx: int) -> str:
     return f"{grp}[{idx}] on {host}" if host else f"{grp}[{idx}]"
 
 
+class _ThreadConnection:
+    """One thread's connection. Only that thread's thread-local slot holds it, so it is
+    closed when the thread ends (CPython drops a thread's thread-local values then)."""
+
+    __slots__ = ("conn", "__weakref__")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def close(self) -> None:
+        try:
+            self.conn.close()
+        except sqlite3.Error:
+            pass
+
+    __del__ = close
+
+
 class Store:
     """All reads and writes of the database. Safe to share between threads."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
     # -- connection and schema -------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        held = getattr(self._local, "held", None)
+        if held is None:
             conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None,
                                    check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
+            held = self._local.held = _ThreadConnection(conn)
             with self._lock:
-                self._all.append(conn)
-        return conn
+                self._open.add(held)
+        return held.conn
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-            self._all.clear()
+            for held in list(self._open):
+                held.close()
+            self._open.clear()
         self._local = threading.local()
 
     def migrate(self) -> int:
@@ -318,18 +336,50 @@ class Store:
                                 states).fetchall()
         return [self._case(r) for r in rows]
 
-    def due_cases(self, now: float, states: Iterable[str],
-                  ended_only: bool = False) -> list[CaseRow]:
+    def due_cases(self, now: float, states: Iterable[str], *, unpolled_only: bool = False,
+                  group: str | None = None, limit: int | None = None) -> list[CaseRow]:
         """Cases in `states` whose next step is due, highest priority first, then oldest.
-        `ended_only`: only those whose job has ended (their results are still to fetch)."""
+        `unpolled_only`: only those with something to do besides a poll (their job has ended
+        and its results are still to fetch, or it is being stopped: `reason` is set before
+        the case ends); `group`, `limit`: only the first `limit` of that group."""
         states = list(states)
-        if not states:
+        if not states or limit == 0:
             return []
         marks = ",".join("?" * len(states))
-        ended = " AND c.job_outcome IS NOT NULL" if ended_only else ""
+        where = [f"c.state IN ({marks})", "c.next_attempt_at <= ?"]
+        values: list = [*states, now]
+        if unpolled_only:
+            where.append("(c.job_outcome IS NOT NULL OR c.reason IS NOT NULL)")
+        if group is not None:
+            where.append("c.grp = ?")
+            values.append(group)
+        tail = ""
+        if limit is not None:
+            tail = " LIMIT ?"
+            values.append(limit)
         rows = self._conn().execute(
-            _CASE_SELECT + f" WHERE c.state IN ({marks}) AND c.next_attempt_at <= ?{ended}"
-            " ORDER BY c.priority DESC, c.created_at, c.id", (*states, now)).fetchall()
+            _CASE_SELECT + " WHERE " + " AND ".join(where) +
+            " ORDER BY c.priority DESC, c.created_at, c.id" + tail, values).fetchall()
+        return [self._case(r) for r in rows]
+
+    def due_outside_groups(self, now: float, states: Iterable[str],
+                           groups: Iterable[str]) -> list[CaseRow]:
+        """Due cases in `states` whose group is none of `groups` (no longer configured)."""
+        states, groups = list(states), list(groups)
+        if not states:
+            return []
+        rows = self._conn().execute(
+            _CASE_SELECT + f" WHERE c.state IN ({','.join('?' * len(states))})"
+            f" AND c.next_attempt_at <= ? AND (c.grp IS NULL OR c.grp NOT IN"
+            f" ({','.join('?' * len(groups))})) ORDER BY c.id", (*states, now, *groups)).fetchall()
+        return [self._case(r) for r in rows]
+
+    def cases_at(self, local_path: str, states: Iterable[str]) -> list[CaseRow]:
+        """The cases in `states` made from the folder at `local_path`."""
+        states = list(states)
+        rows = self._conn().execute(
+            _CASE_SELECT + f" WHERE c.local_path = ? AND c.state IN ({','.join('?' * len(states))})"
+            " ORDER BY c.id", (local_path, *states)).fetchall()
         return [self._case(r) for r in rows]
 
     def next_due(self, states: Iterable[str], after: float | None = None) -> float | None:
@@ -344,8 +394,10 @@ class Store:
         ).fetchone()[0]
 
     def folders(self) -> list[tuple[str, str | None, str]]:
-        """(local_path, inode, state) of every case, for telling new folders from known ones."""
-        return self._conn().execute("SELECT local_path, inode, state FROM cases").fetchall()
+        """(local_path, inode, state) of every case, oldest first, for telling new folders
+        from known ones."""
+        return self._conn().execute("SELECT local_path, inode, state FROM cases"
+                                    " ORDER BY id").fetchall()
 
     def commit_transition(self, case_id: int, src: str, dst: str, trigger: str, now: float,
                           changes: dict | None = None, take_slot: int | None = None,
@@ -383,6 +435,11 @@ class Store:
             conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
                          " VALUES (?, ?, ?, ?, ?, ?)", (case_id, src, dst, trigger, now, detail))
 
+    def release_slot(self, case_id: int) -> None:
+        """Free the slot an ended case kept for a job that may have run on (see Case)."""
+        with self.transaction() as conn:
+            self._release(conn, case_id)
+
     @staticmethod
     def _release(conn, case_id: int) -> list[int]:
         ids = [r[0] for r in conn.execute("SELECT id FROM slots WHERE case_id = ?", (case_id,))]
@@ -390,15 +447,29 @@ class Store:
         conn.execute("DELETE FROM slots WHERE case_id IS NULL AND retired = 1")
         return ids
 
-    def note_transient(self, case_id: int, state: str, error: str, now: float,
-                       next_attempt_at: float) -> CaseRow | None:
-        """Count a failed attempt and schedule the next; returns the updated case."""
+    def note_failure(self, case_id: int, state: str, attempts: int, failing_since: float,
+                     error: str, next_attempt_at: float, now: float) -> None:
+        """The case's failure streak grew (see caseflow.retry): keep it and the next try."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE cases SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?,"
-                " failing_since = COALESCE(failing_since, ?), updated_at = ?"
-                " WHERE id = ? AND state = ?", (error, next_attempt_at, now, now, case_id, state))
-        return self.get(case_id)
+                "UPDATE cases SET attempts = ?, failing_since = ?, last_error = ?,"
+                " next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = ?",
+                (attempts, failing_since, error, next_attempt_at, now, case_id, state))
+
+    def reset_streak(self, case_id: int, state: str) -> None:
+        """Something worked for the case (a good poll): its failure streak is over."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE cases SET attempts = 0, failing_since = NULL, last_error = NULL"
+                         " WHERE id = ? AND state = ?", (case_id, state))
+
+    def set_stopping(self, case_id: int, state: str, reason: str, now: float) -> bool:
+        """The case is to fail with `reason` once its job is stopped (or seen to end); it
+        keeps its state and slot until then, and shows the reason meanwhile."""
+        with self.transaction() as conn:
+            cur = conn.execute("UPDATE cases SET reason = ?, next_attempt_at = ?, updated_at = ?"
+                               " WHERE id = ? AND state = ? AND reason IS NULL",
+                               (reason, now, now, case_id, state))
+            return cur.rowcount == 1
 
     def reschedule(self, case_id: int, state: str, next_attempt_at: float) -> None:
         with self.transaction() as conn:
@@ -576,6 +647,15 @@ class Store:
                                    "holds it")
         return changes
 
+    def free_slot_counts(self) -> dict[str, dict[str, int]]:
+        """{group: {host: free slots}}, for telling at once whether a queued case can move."""
+        out: dict[str, dict[str, int]] = {}
+        for grp, host, n in self._conn().execute(
+                "SELECT grp, host, COUNT(*) FROM slots WHERE case_id IS NULL AND retired = 0"
+                " GROUP BY grp, host"):
+            out.setdefault(grp, {})[host] = n
+        return out
+
     def free_slot(self, group: str, hosts: Sequence[str] | None = None) -> SlotRow | None:
         """A free slot of the group, on one of `hosts` (all when None): on the host with
         the most free slots of the group (spreading the load), the earlier host on a tie."""
@@ -600,16 +680,18 @@ class Store:
 
     def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
         """Free slots held by missing cases or by cases in a state that holds none
-        (terminal ones above all); returns (slot id, group, index, case id, state) per
-        freed slot, for the log."""
+        (terminal ones above all), except those an ended case keeps for a job that may
+        still run (its wrap-up stops the job first); returns (slot id, group, index, case
+        id, state) per freed slot, for the log."""
         holding = list(holding_states)
         marks = ",".join("?" * len(holding))
         freed = []
         with self.transaction() as conn:
             rows = conn.execute(
                 "SELECT s.id, s.grp, s.idx, s.case_id, c.state FROM slots s LEFT JOIN cases c"
-                f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR c.state"
-                f" NOT IN ({marks}))", holding).fetchall()
+                f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR (c.state"
+                f" NOT IN ({marks}) AND NOT (c.wrapup = 1 AND c.task_id IS NOT NULL AND"
+                " c.job_outcome IS NULL)))", holding).fetchall()
             for slot_id, grp, idx, case_id, state in rows:
                 conn.execute("UPDATE slots SET case_id = NULL WHERE id = ?", (slot_id,))
                 freed.append((slot_id, grp, idx, case_id, state or "missing"))

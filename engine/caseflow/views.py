@@ -187,8 +187,13 @@ def state_cell(row: CaseRow, now: float) -> str:
         text += f" ({progress})"
     if row.queue_status and row.queue_status != "running":
         text += f" ({row.queue_status})"
-    if row.job_outcome and row.state == "running":
+    ended = _is_terminal(row.state)
+    if row.job_outcome and not ended:
         text += f" (job ended: {row.job_outcome}; fetching results)"
+    if row.reason and not row.job_outcome and not ended:
+        text += " (stopping its job before it fails)"
+    if row.slot_index is not None and ended:
+        text += " (its job is being stopped; it keeps its slot until then)"
     if row.request:
         text += f" ({row.request} requested)"
     return one_line(text, width=10_000)

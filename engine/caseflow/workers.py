@@ -1,8 +1,10 @@
-"""A small bounded pool of daemon threads for long steps (uploads, submits).
+"""A small bounded pool of daemon threads for remote work (one per host: its lane).
 
-Unlike concurrent.futures' pool, its threads do not keep the process alive:
-on shutdown the engine waits a grace period for in-flight steps and then
-abandons the rest, which is safe because every step can be run again.
+Unlike concurrent.futures' pool, its threads do not keep the process alive: on shutdown
+the engine waits a grace period for in-flight steps and then abandons the rest, which is
+safe because every step can be run again. Work that need not be waited for (a poll, a
+probe: they change nothing a restart would miss) is abandoned at once, so a host whose
+commands hang cannot hold up a shutdown.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ log = logging.getLogger("caseflow.workers")
 class WorkerPool:
     def __init__(self, size: int, name: str = "caseflow-worker"):
         self._queue: queue.Queue = queue.Queue()
-        self._busy = 0
+        self._busy = 0       # submitted and not finished
+        self._awaited = 0    # of those, the ones a shutdown waits for
         self._cond = threading.Condition()
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
@@ -26,19 +29,22 @@ class WorkerPool:
         for t in self._threads:
             t.start()
 
-    def submit(self, fn, *args) -> None:
+    def submit(self, fn, *args, awaited: bool = True) -> None:
+        """Run fn(*args) in a thread of the pool. `awaited`: a shutdown waits for it (up to
+        its grace period); otherwise it is abandoned when the pool shuts down."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("the worker pool is shut down")
             self._busy += 1
-        self._queue.put((fn, args))
+            self._awaited += awaited
+        self._queue.put((fn, args, awaited))
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            fn, args = item
+            fn, args, awaited = item
             try:
                 fn(*args)
             except Exception:  # a step must never kill its worker
@@ -46,6 +52,7 @@ class WorkerPool:
             finally:
                 with self._cond:
                     self._busy -= 1
+                    self._awaited -= awaited
                     self._cond.notify_all()
 
     @property
@@ -53,21 +60,80 @@ class WorkerPool:
         with self._cond:
             return self._busy
 
-    def shutdown(self, grace: float) -> bool:
-        """Stop taking work; wait up to `grace` seconds. True when nothing was abandoned."""
-        deadline = time.monotonic() + grace
+    def close(self) -> None:
+        """Stop taking work; work not started yet is dropped (the next run does it)."""
         with self._cond:
             self._closed = True
-            while True:  # steps not started yet are dropped; the next run does them
+            while True:
                 try:
                     item = self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is not None:
                     self._busy -= 1
-            while self._busy and time.monotonic() < deadline:
-                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
-            done = self._busy == 0
+                    self._awaited -= item[2]
+
+    def wait(self, until: float) -> int:
+        """Wait until the awaited work in flight is done, or the monotonic time `until`;
+        then let the threads end. Returns how many awaited pieces of work were abandoned."""
+        with self._cond:
+            while self._awaited and time.monotonic() < until:
+                self._cond.wait(timeout=max(0.0, until - time.monotonic()))
+            left = self._awaited
         for _ in self._threads:
             self._queue.put(None)
-        return done
+        return left
+
+    def shutdown(self, grace: float) -> bool:
+        """Stop taking work; wait up to `grace` seconds. True when nothing was abandoned."""
+        self.close()
+        return self.wait(time.monotonic() + grace) == 0
+
+
+class InFlight:
+    """Work by key (a case id, or (work, host name) for a host's own work): at most one
+    piece per key at a time, run in a pool (a host's lane) or inline without one; `done` is
+    called after each piece (it wakes the loop)."""
+
+    def __init__(self, done):
+        self._keys: set = set()
+        self._lock = threading.Lock()
+        self.done = done
+
+    def __contains__(self, key) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._keys)
+
+    def claim(self, key) -> bool:
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys.add(key)
+            return True
+
+    def release(self, key) -> None:
+        with self._lock:
+            self._keys.discard(key)
+
+    def run(self, pool: WorkerPool | None, key, fn, args: tuple, awaited: bool = True) -> None:
+        """Run fn(*args) for a claimed key; the key is released when it is done."""
+        if pool is None:
+            self._run(fn, key, args)
+            return
+        try:
+            pool.submit(self._run, fn, key, args, awaited=awaited)
+        except RuntimeError:  # shutting down
+            self.release(key)
+
+    def _run(self, fn, key, args: tuple) -> None:
+        try:
+            fn(*args)
+        except Exception:  # every piece of work settles its errors; this is a bug in that
+            log.exception("unexpected error in %s (%s)", fn.__name__, key)
+        finally:
+            self.release(key)
+            self.done()

@@ -1,7 +1,9 @@
 """After a case reached its terminal state: remote clean-up, archiving, the on_finish hook.
 
 The terminal transition sets the case's `wrapup` flag in the same transaction, so
-the wrap-up survives a crash: it runs in the worker pool until it is done. Each
+the wrap-up survives a crash: it runs in the worker pool until it is done. A case that
+ended while its job could not be stopped kept its slot: the wrap-up first stops the job
+(or sees it end) and frees the slot. Each
 step is safe to repeat: the remote folder is removed only when the results are
 home (and removing it twice is harmless); the case folder's new place is stored
 as soon as it is moved; the hook runs last (after a crash in between it may run
@@ -18,6 +20,7 @@ import subprocess
 import threading
 from pathlib import Path
 
+from . import casefolder, jobs
 from .case_model import free_name
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
@@ -29,6 +32,8 @@ OUTPUT_LIMIT = 2000  # characters of a failed hook's output kept in the note
 
 def wrap_up(engine, row: CaseRow) -> None:
     notes: list[str] = []
+    if not jobs.stop_kept(engine, row):
+        return  # its job may still run: the slot stays held, tried again later
     if not _clean_remote(engine, row, notes):
         return  # the host is unreachable: tried again later
     row = _archive(engine, row, notes)
@@ -36,15 +41,20 @@ def wrap_up(engine, row: CaseRow) -> None:
     engine.store.wrapup_progress(row.id, row.state, note="; ".join(notes) or None, done=True)
 
 
-def cleanup_wanted(mode: str, row: CaseRow) -> bool:
+def cleanup_wanted(mode: str, row: CaseRow, succeeded: bool) -> bool:
     """Remove the remote case folder? Only once the results are safely home."""
     if mode == "never" or not row.remote_path or not row.results_fetched:
         return False
-    return mode == "always" or (mode == "on_success" and row.state == "success")
+    return mode == "always" or (mode == "on_success" and succeeded)
+
+
+def _succeeded(engine, row: CaseRow) -> bool:
+    """The case ended where the spec's job-success trigger leads."""
+    return row.state in engine.spec.succeeded_states
 
 
 def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
-    if not cleanup_wanted(engine.config.finish.remote_cleanup, row):
+    if not cleanup_wanted(engine.config.finish.remote_cleanup, row, _succeeded(engine, row)):
         return True
     try:
         engine.host_of(row).transport.remove_tree(row.remote_path)
@@ -66,13 +76,14 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
 
 def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     finish = engine.config.finish
-    dest = finish.archive_done if row.state == "success" else finish.archive_failed
+    dest = finish.archive_done if _succeeded(engine, row) else finish.archive_failed
     if dest is None:
         return row
     src = Path(row.local_path)
     if src.parent == dest:
         return row  # already there (a repeated wrap-up)
-    if not src.is_dir() or src.is_symlink():
+    if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
+        # gone, or another folder of that name now (a new case, whose folder stays)
         notes.append(f"case folder not archived: {src} is no longer there")
         return row
     try:

@@ -183,7 +183,8 @@ class App:
                           "problem": row.problem if row else None,
                           "paused_since": iso(row.since) if paused else None,
                           "notice": row.notice if row else None,
-                          "probing": bool(live is not None and live.probing)})
+                          # a host that does not answer is probed until it does
+                          "probing": down})
         slots = [slot_json(s) for s in self.reader.slots()]
         per: dict[tuple[str, str], dict] = {}
         for s in slots:

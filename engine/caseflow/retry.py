@@ -1,0 +1,123 @@
+"""The one retry policy: where what a step, a poll or other pooled work ran into becomes the
+case's next move.
+
+An outcome is one of five kinds. A success ends the case's failure streak (attempts and
+`failing_since` go back to none; a good poll is a success too). A transient error is one more
+attempt of the streak, with the next try after an exponential backoff that is persisted in the
+store; only an unbroken streak lasting `retry.give_up_after_seconds` (or an error's own
+`max_attempts`) ends the case. A permanent error ends the case at once, with the error as its
+reason. A host error pauses the host, not the case. A bug (an error caseflow did not expect)
+in pooled work is backed off like a transient one, so it is logged once per backoff instead of
+once per tick (a broken wrap-up ran 9,017 ticks in 2 s, each logging a traceback); inside a
+step it ends the case with "internal error" instead, so that it is seen.
+
+The policy is data (`Policy`), the clock is the caller's (`now`), and every function here is
+pure: the tests run them without sleeping or a store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import HostError, PermanentError, StaleCase, TransientError
+
+TRANSIENT, PERMANENT, HOST, STALE, BUG = "transient", "permanent", "host", "stale", "bug"
+
+
+def kind_of(exc: BaseException) -> str:
+    """Which kind of outcome an exception is (a bare Exception is a bug, never retried as
+    if it were a network error: it is backed off and logged)."""
+    if isinstance(exc, PermanentError):
+        return PERMANENT
+    if isinstance(exc, HostError):
+        return HOST
+    if isinstance(exc, TransientError):
+        return TRANSIENT
+    if isinstance(exc, StaleCase):
+        return STALE
+    return BUG
+
+
+def short(exc: BaseException) -> str:
+    """An error as one can show it on a case: its message, at most 500 characters."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How long to wait between attempts and when to stop trying (the `retry:` settings)."""
+    initial_seconds: float = 5.0
+    max_seconds: float = 300.0
+    give_up_after_seconds: float = 24 * 3600.0
+
+    @classmethod
+    def of(cls, retry_config) -> "Policy":
+        return cls(retry_config.initial_seconds, retry_config.max_seconds,
+                   retry_config.give_up_after_seconds)
+
+    def delay(self, attempts: int) -> float:
+        """The wait after the `attempts`-th failure in a row: doubling, capped."""
+        return min(self.max_seconds, self.initial_seconds * (2 ** max(0, attempts - 1)))
+
+
+@dataclass(frozen=True)
+class Streak:
+    """A case's unbroken run of failures, as the store keeps it."""
+    attempts: int = 0
+    failing_since: float | None = None
+
+    @classmethod
+    def of(cls, row) -> "Streak":
+        return cls(row.attempts, row.failing_since)
+
+    @property
+    def broken(self) -> bool:
+        """Something failed since the last success (a success has something to reset)."""
+        return self.attempts > 0 or self.failing_since is not None
+
+
+RESET = Streak()  # what any success leaves
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Try again at `next_attempt_at`; `error` is what the case shows meanwhile."""
+    streak: Streak
+    next_attempt_at: float
+    error: str
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """The streak is long enough: the case ends with `reason`."""
+    streak: Streak
+    reason: str
+
+
+def after_failure(policy: Policy, streak: Streak, error: str, now: float, *,
+                  what: str = "", max_attempts: int | None = None,
+                  patient: bool = False) -> Retry | GiveUp:
+    """One more failure of the streak. `error` is the failure's message, `what` the work that
+    failed (shown with it while the case waits); `max_attempts` an error's own limit (output
+    that stays unreadable); `patient`: never give up (stopping a job that may still run)."""
+    attempts = streak.attempts + 1
+    since = now if streak.failing_since is None else streak.failing_since
+    grown = Streak(attempts, since)
+    if not patient:
+        if max_attempts and attempts >= max_attempts:
+            return GiveUp(grown, f"{error} (after {attempts} attempts)")
+        if now - since >= policy.give_up_after_seconds:
+            return GiveUp(grown, f"gave up after {attempts} attempts over {now - since:.0f} s; "
+                                 f"last error: {error}")
+    return Retry(grown, now + policy.delay(attempts), f"{what}: {error}" if what else error)
+
+
+def after_error(policy: Policy, streak: Streak, exc: BaseException, now: float, what: str, *,
+                patient: bool = False) -> Retry | GiveUp:
+    """A transient error or a bug in pooled work: one more failure of the streak."""
+    if kind_of(exc) == BUG:
+        return after_failure(policy, streak, f"internal error: {short(exc)} (see the log)", now,
+                             what=what, patient=patient)
+    return after_failure(policy, streak, short(exc), now, what=what, patient=patient,
+                         max_attempts=getattr(exc, "max_attempts", None))
