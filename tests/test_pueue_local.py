@@ -33,4 +33,7 @@ def test_a_case_runs_in_pueue_on_this_machine_and_can_be_cancelled(ws, local_pue
     assert proc.returncode == 0, proc.stderr
     row = ws.wait_state("stopme", "failure")
     assert row.reason == "cancelled"
+    # pueue kills asynchronously: the task is marked once its process has gone
+    wait_for(lambda: status_name(local_pueue.tasks()[stuck.task_id]) == "Done",
+             what="pueue to mark the killed task done")
     assert result_of(local_pueue.tasks()[stuck.task_id]) == "Killed"
