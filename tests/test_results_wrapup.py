@@ -117,6 +117,31 @@ def test_the_wrap_up_is_safe_to_repeat_after_a_crash(ws, make_engine):
     assert (ws.root / "hook.log").read_text() == "x\nx\n"  # the hook: at least once
 
 
+
+def test_a_crash_between_archiving_and_its_record_finds_the_moved_folder(ws, make_engine):
+    """The daemon died after renaming the case folder into the archive but before the store
+    knew: the next wrap-up finds the folder there (its inode is the case's) and records it,
+    instead of noting it as gone and keeping the inbox path (seen in a crash-suite run)."""
+    engine, clock = make_engine(workers=False, archive={"failed": "failed"})
+    folder = ws.drop_case("moved", exit_code=1, hold="moved")
+    run_until(engine, clock, lambda: state_of(ws, "moved") == "running", step=0.5)
+    (ws.root / "failed").mkdir(exist_ok=True)
+    (ws.root / "failed" / "moved").mkdir()  # another case's folder of that name is there
+    ws.release("moved")
+    run_until(engine, clock, lambda: state_of(ws, "moved") == "failure" and
+              not ws.case("moved").wrapup, step=0.5)
+    row = ws.case("moved")
+    assert row.local_path == str(ws.root / "failed" / f"moved-{row.id}")
+    with ws.store.transaction() as conn:  # as if the daemon died right after the rename
+        conn.execute("UPDATE cases SET wrapup = 1, local_path = ? WHERE id = ?",
+                     (str(folder), row.id))
+    wrapup.wrap_up(engine, ws.case("moved"))
+    after = ws.case("moved")
+    assert after.local_path == str(ws.root / "failed" / f"moved-{row.id}")
+    assert (after.wrapup, after.wrapup_note) == (0, None)
+    assert not list((ws.root / "failed" / "moved").iterdir())  # the other one left alone
+
+
 def test_a_folder_gone_before_archiving_and_a_hook_that_hangs_are_noted(ws, make_engine):
     engine, clock = make_engine(workers=False, archive={"done": "done"},
                                 on_finish="sleep 60", on_finish_timeout_seconds=0.5)

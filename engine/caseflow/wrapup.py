@@ -83,6 +83,13 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     if src.parent == dest:
         return row  # already there (a repeated wrap-up)
     if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
+        moved = _moved_before(dest, row)
+        if moved is not None:  # an earlier wrap-up renamed it, then the daemon died
+            engine.store.wrapup_progress(row.id, row.state, local_path=str(moved))
+            engine.forget_folder(str(src), row.inode)
+            log.info("case %s %r: case folder found in %s, moved there before a restart",
+                     row.id, row.name, moved)
+            return engine.store.get(row.id) or row
         # gone, or another folder of that name now (a new case, whose folder stays)
         notes.append(f"case folder not archived: {src} is no longer there")
         return row
@@ -98,6 +105,18 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     engine.forget_folder(str(src), row.inode)
     log.info("case %s %r: case folder moved to %s", row.id, row.name, target)
     return engine.store.get(row.id) or row
+
+
+def _moved_before(dest: Path, row: CaseRow) -> Path | None:
+    """The case's folder in `dest` under a name the archive would have given it (free_name's
+    first two), when its inode is the case's: renamed there by a wrap-up that stopped before
+    it was recorded (a rename keeps the inode)."""
+    base = casefolder.short_name(row.name)
+    for name in (base, f"{base}-{row.id}"):
+        path = dest / name
+        if path.is_dir() and not path.is_symlink() and casefolder.inode_of(path) == row.inode:
+            return path
+    return None
 
 
 def hook_env(row: CaseRow) -> dict[str, str]:

@@ -151,11 +151,16 @@ def test_scancel_gives_cancelled(slurm):
     slurm.wait(job_id, "RUNNING")
     assert slurm.cmd("scancel", job_id).returncode == 0
     slurm.wait(job_id, "CANCELLED")
-    # squeue can show CANCELLED a moment before the exit status (seen once under load: 0)
-    job = wait_for(lambda: (j := slurm.job(job_id)) and j["signal"] == 15 and j, DEADLINE,
-                   interval=0.1, what=f"job {job_id}'s exit status")
-    assert job["source"] == "squeue" and job["signal"] == 15  # squeue: raw status 15
-    assert "ExitCode=0:15" in slurm.cmd("scontrol", "show", "job", job_id).stdout
+    # squeue can show CANCELLED a moment before the exit status (seen once under load: 0);
+    # on a loaded machine the job can also age out of squeue (MinJobAge) before that, and
+    # then only the completion log knows it, which keeps no signal (seen once: a timeout)
+    job = wait_for(lambda: (j := slurm.job(job_id)) and (j["signal"] == 15 or
+                                                         j["source"] == "sacct") and j,
+                   DEADLINE, interval=0.1, what=f"job {job_id}'s exit status")
+    if job["source"] == "squeue":
+        assert job["signal"] == 15  # squeue: raw status 15
+        shown = slurm.cmd("scontrol", "show", "job", job_id)
+        assert shown.returncode != 0 or "ExitCode=0:15" in shown.stdout
     # The completion log keeps the state but not the signal.
     assert slurm.completed(job_id) == {"state": "CANCELLED", "name": "wrap", "exit": 0,
                                        "signal": 0}

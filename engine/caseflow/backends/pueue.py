@@ -85,7 +85,10 @@ kill -KILL -"$g" 2>/dev/null
 exit 0
 """
 
-DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)")
+# pueued is not there ("Did you start it?"), or went away while the client shook hands with
+# it (SIGKILLed between caseflow's status query and its add: "Connection reset by peer")
+DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)|Failed to receive version during "
+                         r"handshake|Connection reset by peer")
 LOST = "pueue lost track of the task; waiting for its processes to end"
 
 
