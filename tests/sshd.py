@@ -176,7 +176,8 @@ class SSHServer:
 class Relay:
     """A TCP relay on 127.0.0.1 in front of a server: `cut()` drops every connection,
     `refuse()`/`accept()` turn new connections away or let them through again.
-    The server is 127.0.0.1:`target_port`, or the unix socket `unix_socket` (a path)."""
+    The server is 127.0.0.1:`target_port`, or the unix socket `unix_socket` (a path).
+    `to_server` and `to_client` count the bytes relayed each way (all connections)."""
 
     def __init__(self, target_port: int | None = None, rate: float | None = None, *,
                  unix_socket: str | Path | None = None):
@@ -191,6 +192,8 @@ class Relay:
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.accepted = 0
+        self.to_server = 0
+        self.to_client = 0
         self._refusing = False
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
@@ -246,6 +249,11 @@ class Relay:
                     if not data:
                         raise OSError("closed")
                     (b if s is a else a).sendall(data)
+                    with self._lock:
+                        if s is a:
+                            self.to_server += len(data)
+                        else:
+                            self.to_client += len(data)
                     if self.rate:
                         time.sleep(len(data) / self.rate)
         except (OSError, ValueError):  # ValueError: the other side was closed by cut()

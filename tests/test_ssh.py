@@ -1,6 +1,7 @@
 """The ssh transport against a real OpenSSH server: keys, config, connections, outages, jobs."""
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,48 @@ def test_proxyjump_through_one_bastion(sshd, tmp_path):
     t.close()
 
 
+def _open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:  # the listing's own fd, closed meanwhile
+            pass
+    return count
+
+
+def _live_ssh_transports() -> int:
+    import paramiko
+    return sum(1 for t in threading.enumerate() if isinstance(t, paramiko.Transport) and
+               t.is_active())
+
+
+@pytest.mark.parametrize("refusing", ["bastion", "inner"])
+def test_a_failed_jump_host_connection_leaves_no_client_open(sshd, tmp_path, refusing):
+    """The bastion (or the host behind it) refuses the key: every attempt fails, and none
+    leaves a client (a paramiko transport thread and its socket) behind."""
+    stranger = tmp_path / "stranger"
+    os.system(f"ssh-keygen -q -t ed25519 -N '' -f {stranger}")
+    keys = {name: stranger if name == refusing else sshd.client_key
+            for name in ("bastion", "inner")}
+    conf = tmp_path / "ssh_config"
+    conf.write_text(f"Host bastion\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {keys['bastion']}\n"
+                    f"Host inner\n  HostName 127.0.0.1\n  Port {sshd.port}\n"
+                    f"  IdentityFile {keys['inner']}\n  ProxyJump bastion\n")
+    cfg = TransportConfig(kind="ssh", name="inner", root=str(tmp_path), host="inner",
+                          ssh_config=str(conf), known_hosts=str(sshd.known_hosts),
+                          user=sshd.user, reconnect_min_interval=0)
+    t = SSHTransport(cfg, sleep=lambda s: None)
+    sockets, transports = _open_sockets(), _live_ssh_transports()
+    for _ in range(5):
+        with pytest.raises(HostError, match="authentication failed"):
+            t.run(["true"])
+    assert t.connects == (5 if refusing == "bastion" else 10)  # each attempt was made
+    assert (_open_sockets(), _live_ssh_transports()) == (sockets, transports)
+    t.close()
+
+
 def test_passwords_are_refused_in_the_config(ssh_ws, sshd):
     settings = dict(ssh_ws.settings["transport"], password="hunter2")
     ssh_ws.write_config(transport=settings)
@@ -139,6 +182,40 @@ def test_during_an_outage_reconnects_are_spaced_out(sshd, relay, tmp_path):
     t.conn._failed_at -= 3600  # the interval passes
     relay.accept()
     assert t.run(["echo", "back"]).stdout == "back\n"
+    t.close()
+
+
+def test_a_command_not_safe_to_repeat_runs_once_when_its_reply_is_lost(sshd, relay, tmp_path):
+    """run() repeats a command after a lost connection (fine for a read); run_once() never
+    does: the connection is cut while the command runs, it is not sent again."""
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    t = make(sshd, tmp_path, port=relay.port, known_hosts=str(tmp_path / "kh"),
+             reconnect_min_interval=0)
+    runs, started, release = tmp_path / "runs", tmp_path / "started", tmp_path / "release"
+    # the first run waits (until released) after it has done its part: its reply is lost
+    script = ('echo run >> "$1"; if [ "$(wc -l < "$1")" -eq 1 ]; then : > "$2"; '
+              'while [ ! -e "$3" ]; do sleep 0.05; done; fi; echo done')
+    argv = ["sh", "-c", script, "caseflow-test", str(runs), str(started), str(release)]
+
+    def cut_once_started():
+        wait_for(started.exists, what="the command to start")
+        relay.cut()
+    try:
+        for method, lines in ((t.run_once, 1), (t.run, 2)):
+            runs.unlink(missing_ok=True)
+            started.unlink(missing_ok=True)
+            cutter = threading.Thread(target=cut_once_started)
+            cutter.start()
+            if method == t.run_once:
+                with pytest.raises(TransientError):
+                    method(argv)
+            else:
+                assert method(argv).stdout == "done\n"  # the second run answered
+            cutter.join()
+            assert runs.read_text() == "run\n" * lines, method
+    finally:
+        release.touch()
+    assert t.run_once(["echo", "again"]).stdout == "again\n"  # it reconnects, as run() does
     t.close()
 
 

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import pytest
@@ -197,6 +198,24 @@ def test_results_are_what_the_job_created_or_changed(transport, case, tmp_path):
     assert transport.fetch_results(str(target), dest / "14-case") == count
     assert _files(dest / "14-case") == expected
     assert sorted(p.name for p in dest.iterdir()) == ["14-case"]
+
+
+def test_hard_linked_results_arrive_as_files_of_their_own(transport, case, tmp_path):
+    """The results reader takes files and folders only; files the job hard-linked come as
+    copies (the remote tar dereferences hard links), by default and by pattern alike."""
+    target = Path(transport.path("18-case"))
+    transport.upload_dir(case, str(target), casefolder.scan(case))
+    (target / "out").mkdir()
+    (target / "out" / "a.txt").write_text("linked")
+    os.link(target / "out" / "a.txt", target / "out" / "b.txt")
+    dest = tmp_path / "results"
+    dest.mkdir()
+    for name, patterns in (("changed", None), ("by-pattern", ["out/*"])):
+        assert transport.fetch_results(str(target), dest / name, patterns=patterns) == 2
+        for f in ("a.txt", "b.txt"):
+            st = os.lstat(dest / name / "out" / f)
+            assert (stat.S_ISREG(st.st_mode), st.st_nlink) == (True, 1)
+            assert (dest / name / "out" / f).read_text() == "linked"
 
 
 def test_results_by_pattern_and_without_an_upload_mark(transport, case, tmp_path):

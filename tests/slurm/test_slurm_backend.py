@@ -6,15 +6,16 @@ commands inside the cluster's namespace (`slurm_cluster.run`), not through the b
 
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
-from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec,
-                               JobStatus)
-from caseflow.backends.slurm import (BadOutput, SlurmBackend, _exit_of, parse_poll,
-                                     parse_sacct, squeue_outcome)
+from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef,
+                               JobSpec, JobStatus)
+from caseflow.backends.slurm import (BadOutput, Poll, SlurmBackend, _exit_of, parse_sacct,
+                                     parse_squeue, squeue_outcome)
 from caseflow.config import BackendConfig, SlurmOptions, load_config
 from caseflow.errors import ConfigError, PermanentError, TransientError
 from harness import wait_for
@@ -163,8 +164,11 @@ def test_a_third_gpu_job_waits_for_resources_and_one_poll_is_one_command(slurm):
             details[2] == "PENDING (Resources)"
     answers = until(backend, refs, two_run_one_waits, "two jobs running and one waiting")
     assert all(a.outcome == RUNNING for a in answers.values())
-    assert sorted(answers[r.case_id].detail.rsplit("IDX:", 1)[1] for r in refs[:2]) == \
-        ["0)", "1)"]  # "RUNNING on NODE, gpu:1(IDX:0)": each its own GPU
+    node = slurm.cluster.node
+    assert [answers[r.case_id].detail for r in refs[:2]] == [f"RUNNING on {node}, gres:gpu:1"] * 2
+    queue = slurm.queue()  # Slurm's own view: each its own GPU
+    assert sorted(g for r in refs[:2] for g in queue[r.task_id]["gres_detail"]) == \
+        ["gpu:1(IDX:0)", "gpu:1(IDX:1)"]
 
     # one remote command for all of them, also when some are unknown to squeue
     gone = JobRef(99, "999999", "caseflow-test-99-1", str(slurm.folder("case99")))
@@ -204,6 +208,42 @@ def test_cancel_ends_a_running_and_a_pending_job_as_cancelled(slurm):
     assert ended(later, p).detail == f"slurm job {p.task_id} CANCELLED"
     wait_for(lambda: slurm.accounted(p.task_id), DEADLINE, what="the completion record")
     assert slurm.accounted(p.task_id)[0].split("|")[2] == "CANCELLED"
+
+
+# -- at scale ----------------------------------------------------------------------------------
+FOREIGN = 300
+
+
+def test_a_poll_transfers_what_caseflows_jobs_need_not_the_whole_queue(slurm_cluster, slurm):
+    """300 foreign jobs join the queue: a poll of the case's 3 jobs transfers as many bytes as
+    before (counted on the wire, at the cluster's relay), while `squeue --json`, which lists
+    every job of the cluster (22.05 ignores its filters), grows by kilobytes per foreign job.
+    bench/slurm_poll_bench.py measures it with 5,000."""
+    backend = slurm.backend(gpus_per_job=0)
+    specs = [slurm.spec(80 + i, HOLD) for i in range(3)]
+    refs = [ref(s, backend.submit(s)) for s in specs]
+    until(backend, refs, lambda a: all(a[r.case_id].detail.startswith("RUNNING") for r in refs),
+          "three jobs running")
+    relay = slurm_cluster.bridge
+
+    def wire_bytes(call):
+        call()  # the same answer twice in a row: the second is measured
+        before = relay.to_client + relay.to_server
+        value = call()
+        return relay.to_client + relay.to_server - before, value
+
+    poll = lambda: backend.status(refs)  # noqa: E731
+    everything = lambda: slurm.transport.run(["squeue", "--json"])  # noqa: E731
+    (alone, answers), (json_alone, _) = wire_bytes(poll), wire_bytes(everything)
+    slurm_cluster.run(["sh", "-c", f'for i in $(seq {FOREIGN}); do sbatch --hold -J foreign-$i '
+                       '-o /dev/null --chdir=/tmp --wrap true >/dev/null || exit 1; done'],
+                      check=True, timeout=600)
+    (crowded, crowded_answers), (json_crowded, _) = wire_bytes(poll), wire_bytes(everything)
+    assert crowded_answers == answers
+    assert crowded <= alone * 1.1 + 300, (alone, crowded)  # SSH padding varies a little
+    assert json_crowded - json_alone > FOREIGN * 1000, (json_alone, json_crowded)
+    for spec in specs:
+        (Path(spec.remote_path) / "release").touch()
 
 
 # -- after Slurm forgot the job ----------------------------------------------------------------
@@ -274,6 +314,61 @@ def test_submitting_again_adopts_the_cases_job(slurm):
     assert ended(backend, ref(rerun, second)).outcome == SUCCESS
 
 
+@pytest.fixture
+def slow_sbatch(slurm_cluster, tmp_path):
+    """`sbatch` on the host notes each call in `calls`, then waits for the file `go` before it
+    submits (a controller slow to answer)."""
+    control = tmp_path / "slow-sbatch"
+    control.mkdir()
+    wrapper = Path(slurm_cluster.sshd.bin) / "sbatch"
+    wrapper.write_text(f"#!/bin/sh\necho call >> {control}/calls\n"
+                       f"while [ ! -e {control}/go ]; do sleep 0.05; done\n"
+                       f"exec {shutil.which('sbatch')} \"$@\"\n")
+    wrapper.chmod(0o755)
+    yield control
+    (control / "go").touch()
+    wrapper.unlink()
+
+
+def test_a_submit_whose_reply_is_late_is_not_sent_again_and_the_retry_adopts(
+        slurm_cluster, slurm, slow_sbatch):
+    """sbatch answers after the command timeout: the transport does not send the submit again
+    (a second sbatch, before the first job exists, would add a second job); the step's later
+    retry adopts the one job."""
+    from caseflow.config import TransportConfig
+    from caseflow.transports.ssh import SSHTransport
+    transport = SSHTransport(TransportConfig(**slurm_cluster.transport_settings(
+        slurm.root, command_timeout=5)))
+    backend = SlurmBackend(transport, None)
+    spec = slurm.spec(45, HOLD)
+    calls, gave_up = slow_sbatch / "calls", threading.Event()
+
+    def release():  # once the submit has given up, or a second sbatch has come
+        wait_for(lambda: gave_up.is_set() or (calls.exists() and
+                                               len(calls.read_text().splitlines()) >= 2),
+                 DEADLINE, what="the submit to give up or to call sbatch again")
+        (slow_sbatch / "go").touch()
+    releaser = threading.Thread(target=release)
+    releaser.start()
+    try:
+        try:
+            with pytest.raises(TransientError, match="did not finish within 5 s"):
+                backend.submit(spec)
+        finally:
+            gave_up.set()
+            releaser.join()
+        assert calls.read_text() == "call\n"
+        named = wait_for(lambda: [j for j in slurm.queue().values() if j["name"] == spec.label],
+                         DEADLINE, what="the first sbatch's job")
+        job = str(named[0]["job_id"])
+        assert backend.submit(spec) == job  # the step, later: adopted, not submitted again
+        assert [str(j["job_id"]) for j in slurm.queue().values() if j["name"] == spec.label] \
+            == [job]
+        assert calls.read_text() == "call\n"
+    finally:
+        transport.close()
+
+
 # -- Slurm refusing, and answers that cannot be read --------------------------------------------
 def test_what_slurm_refuses_fails_the_case_with_slurms_message(slurm):
     with pytest.raises(PermanentError, match="Requested node configuration is not available"):
@@ -288,29 +383,60 @@ def test_what_slurm_refuses_fails_the_case_with_slurms_message(slurm):
 @pytest.fixture
 def fake_squeue(slurm_cluster, tmp_path):
     """`squeue` on the host answers with the file `answer` (and its exit code `rc`) when it
-    exists; else the real squeue runs."""
+    exists; else the real squeue runs, its output edited by the sed script `sed` if there is
+    one."""
     control = tmp_path / "fake-squeue"
     control.mkdir()
     wrapper = Path(slurm_cluster.sshd.bin) / "squeue"
+    real = shutil.which("squeue")
     wrapper.write_text(f"#!/bin/sh\nif [ -f {control}/answer ]; then cat {control}/answer; "
                        f"exit \"$(cat {control}/rc 2>/dev/null || echo 0)\"; fi\n"
-                       f"exec {shutil.which('squeue')} \"$@\"\n")
+                       f"if [ -f {control}/sed ]; then out=$({real} \"$@\"); rc=$?\n"
+                       f"  printf '%s\\n' \"$out\" | sed -f {control}/sed; exit $rc; fi\n"
+                       f"exec {real} \"$@\"\n")
     wrapper.chmod(0o755)
     yield control
     wrapper.unlink()
 
 
-def test_unreadable_squeue_output_is_retried_then_fails_and_a_failing_squeue_is_transient(
+def test_one_odd_entry_in_a_poll_is_that_jobs_problem_alone(slurm, fake_squeue):
+    """squeue prints one job's line without its id and another's with a state caseflow does
+    not know: those two are UNREADABLE (the engine charges only them an attempt); the others,
+    running or ended, get their real outcomes in the same poll."""
+    backend = slurm.backend(gpus_per_job=0)
+    failed = slurm.spec(74, "exit 3")
+    done = ref(failed, backend.submit(failed))
+    ended(backend, done)
+    specs = [slurm.spec(70 + i, HOLD) for i in range(4)]  # one CPU each, the node has 4
+    refs = [ref(s, backend.submit(s)) for s in specs]
+    until(backend, refs, lambda a: all(a[r.case_id].detail.startswith("RUNNING") for r in refs),
+          "four jobs running")
+    refs.append(done)
+    no_id, odd_state = refs[2], refs[3]
+    (fake_squeue / "sed").write_text(f"s/^{no_id.task_id}|/|/\n"
+                                     f"s/^{odd_state.task_id}|RUNNING|/{odd_state.task_id}|"
+                                     f"EXPLODED|/\n")
+    answers = backend.status(refs)
+    assert [answers[r.case_id].outcome for r in refs] == \
+        [RUNNING, RUNNING, UNREADABLE, UNREADABLE, FAILURE]
+    assert "cannot read" in answers[no_id.case_id].detail and \
+        f"|RUNNING|None|" in answers[no_id.case_id].detail
+    assert answers[odd_state.case_id].detail == \
+        f"unknown Slurm job state 'EXPLODED' of job {odd_state.task_id}"
+    assert (answers[74].outcome, answers[74].exit_code) == (FAILURE, 3)
+    (fake_squeue / "sed").unlink()
+    assert [backend.status(refs)[r.case_id].outcome for r in refs] == [RUNNING] * 4 + [FAILURE]
+    for spec in specs:
+        (Path(spec.remote_path) / "release").touch()
+
+
+def test_unreadable_squeue_output_is_each_jobs_problem_and_a_failing_squeue_is_transient(
         slurm, fake_squeue):
     backend = slurm.backend()
     r = JobRef(60, "5", "caseflow-test-60-1", str(slurm.folder("case60")))
     (fake_squeue / "answer").write_text("<html>502 Bad Gateway\n")
-    with pytest.raises(BadOutput, match="not JSON: '<html>502 Bad Gateway'") as err:
-        backend.status([r])
-    assert err.value.max_attempts == 3  # the engine fails the case after 3 such polls
-    (fake_squeue / "answer").write_text('{"jobs": {"5": "RUNNING"}}\n')
-    with pytest.raises(BadOutput, match="no job list"):
-        backend.status([r])
+    status = backend.status([r])[60]
+    assert status.outcome == UNREADABLE and "'<html>502 Bad Gateway'" in status.detail
     (fake_squeue / "answer").write_text("slurm_load_jobs error: Unable to contact slurm "
                                         "controller (connect failure)\n")
     (fake_squeue / "rc").write_text("1")
@@ -320,24 +446,28 @@ def test_unreadable_squeue_output_is_retried_then_fails_and_a_failing_squeue_is_
 
 
 # -- reading Slurm's answers (no cluster needed) ---------------------------------------------------
-def test_states_exit_codes_and_newer_json_forms_are_read():
-    assert _exit_of(1792) == (7, 0) and _exit_of(15) == (0, 15)
-    newer = {"status": ["EXITED"], "return_code": {"set": True, "infinite": False, "number": 4},
-             "signal": {"id": {"set": False, "infinite": False, "number": 0}, "name": ""}}
-    assert _exit_of(newer) == (4, 0)
-    assert squeue_outcome("8", {"job_state": ["FAILED"], "exit_code": newer}) == \
+def test_states_exit_codes_and_odd_lines_are_read():
+    assert _exit_of("1792") == (7, 0) and _exit_of("15") == (0, 15)
+    assert _exit_of("4:0") == (4, 0) and _exit_of("") == (None, None)
+    assert squeue_outcome("8", {"state": "FAILED", "exit_code": "1024"}) == \
         JobStatus(FAILURE, "slurm job 8 FAILED, exit code 4", 4)
-    assert squeue_outcome("8", {"job_state": "TIMEOUT", "exit_code": 15}) == \
+    assert squeue_outcome("8", {"state": "TIMEOUT", "exit_code": "15"}) == \
         JobStatus(FAILURE, "slurm job 8 TIMEOUT, signal 15", None)
-    assert squeue_outcome("8", {"job_state": "PENDING", "state_reason": "Priority"}).detail == \
+    assert squeue_outcome("8", {"state": "PENDING", "reason": "Priority"}).detail == \
         "PENDING (Priority)"
+    assert squeue_outcome("8", {"state": "RUNNING", "reason": "None", "nodes": "n1",
+                                "gres": "N/A"}).detail == "RUNNING on n1"
     with pytest.raises(BadOutput, match="unknown Slurm job state 'EXPLODED'"):
-        squeue_outcome("8", {"job_state": "EXPLODED", "exit_code": 0})
+        squeue_outcome("8", {"state": "EXPLODED", "exit_code": "0"})
+    jobs, odd = parse_squeue(["5|RUNNING|None|0|n1|gres:gpu:1|caseflow-x|with|bars",
+                              "|RUNNING|None|0|n1|N/A|no id", "6|PENDING", "garbage"])
+    assert jobs["5"]["name"] == "caseflow-x|with|bars" and jobs["5"]["gres"] == "gres:gpu:1"
+    assert list(jobs) == ["5"] and len(odd) == 3
     assert parse_sacct("4|caseflow-x-1-1|CANCELLED by 0|0:0\nJobID|JobName|State|ExitCode\n"
                        "sacct: error: something\n") == \
         {"4": [("caseflow-x-1-1", "CANCELLED", 0, 0)]}
     with pytest.raises(BadOutput, match="incomplete"):
-        parse_poll('@@caseflow squeue\n{"jobs": []}\n')  # cut off before its end
+        Poll("@@caseflow squeue 0\n5|RUNNING|None|0|n1|N/A|x\n")  # cut off before its end
 
 
 def test_which_answer_counts_when_squeue_no_longer_lists_the_job():
@@ -350,10 +480,10 @@ def test_which_answer_counts_when_squeue_no_longer_lists_the_job():
         2)
     other = [("caseflow-x-9-1", "COMPLETED", 0, 0)]  # the same id, another job's record
     assert outcome(r, None, None, other, True).outcome == NOT_FOUND
-    assert outcome(r, {"name": "someone-else", "job_state": "RUNNING"}, "5 0", [],
+    assert outcome(r, {"name": "someone-else", "state": "RUNNING"}, "5 0", [],
                    False).outcome == NOT_FOUND
     with pytest.raises(BadOutput, match="cannot read"):
-        outcome(r, None, None, [], False)  # the poll script saw it in squeue's JSON
+        outcome(r, None, None, [], False)  # the poll script saw it in squeue's output
 
 
 # -- configuration ---------------------------------------------------------------------------------

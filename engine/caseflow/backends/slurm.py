@@ -14,20 +14,23 @@ so nothing from a case name or path is ever parsed by a shell.
   `.caseflow/slurm-job` when it starts and "ID EXIT_CODE" in `.caseflow/slurm-exit_code` when the
   command ends; stdout and stderr go to `.caseflow/slurm.out`. CUDA_VISIBLE_DEVICES is Slurm's
   (from the GPUs it allocated), never caseflow's.
-- Polling is one command per host per tick: `squeue --json` (in 22.05 it lists every job the
-  controller remembers and ignores filters), and only for the ids it no longer lists, `sacct`
-  (the accounting database, else `sacct -c`, the completion log) and the exit code files.
+- Polling is one command per host per tick: `squeue -j` for caseflow's own job ids in a text
+  format (not `squeue --json`: in 22.05 it lists every job on the cluster and ignores filters),
+  and only for the ids it no longer lists, `sacct` (the accounting database, else `sacct -c`, the
+  completion log) and the exit code files. What cannot be read about one job is that job's
+  answer alone (UNREADABLE); every other job gets its own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from typing import Sequence
 
 from ..errors import PermanentError, TransientError
-from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
+from ..transports.shell import script, source
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
+               QueueBackend)
 
 log = logging.getLogger("caseflow.slurm")
 
@@ -43,86 +46,12 @@ RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING"
 FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
                  "BOOT_FAIL", "DEADLINE", "REVOKED"}
 
-# The batch script (the same for every case). Its arguments: the job's command line.
-JOB_WRAPPER = r"""#!/bin/sh
-# caseflow's batch script: runs its arguments (env NAME=VALUE ... COMMAND) in the case folder
-# and records the job's name and id, then its exit code, in .caseflow/.
-mkdir -p .caseflow
-printf '%s %s\n' "$SLURM_JOB_NAME" "$SLURM_JOB_ID" > .caseflow/slurm-job.tmp &&
-  mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
-"$@"
-rc=$?
-printf '%s %s\n' "$SLURM_JOB_ID" "$rc" > .caseflow/slurm-exit_code.tmp &&
-  mv -f .caseflow/slurm-exit_code.tmp .caseflow/slurm-exit_code
-exit "$rc"
-"""
-
-# $1 = case folder, $2 = job name (the label), $3 = the batch script's text,
-# $4... = sbatch's arguments (options, the batch script's path, the job's command line).
-# Prints "adopted ID" or "submitted ID".
-SUBMIT = r"""
-cd -- "$1" 2>/dev/null || { echo "case folder $1 is missing" >&2; exit 97; }
-label=$2; script=$3; shift 3
-mkdir -p .caseflow || exit 98
-record() {
-  printf '%s %s\n' "$label" "$1" > .caseflow/slurm-job.tmp &&
-    mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
-}
-if [ -r .caseflow/slurm-job ] && read -r name id < .caseflow/slurm-job &&
-    [ "$name" = "$label" ]; then
-  echo "adopted $id"; exit 0
-fi
-ids=$(squeue -h -t all --name="$label" -o %i) || { [ "$?" -eq 127 ] && exit 127; exit 96; }
-for id in $ids; do record "$id"; echo "adopted $id"; exit 0; done
-rm -f .caseflow/slurm-exit_code
-printf '%s' "$script" > .caseflow/slurm-job.sh.tmp &&
-  mv -f .caseflow/slurm-job.sh.tmp .caseflow/slurm-job.sh || exit 98
-out=$(sbatch --parsable "$@") || { [ "$?" -eq 127 ] && exit 127; exit 95; }
-id=${out%%;*}
-case $id in ''|*[!0-9]*) echo "sbatch --parsable printed: $out" >&2; exit 94 ;; esac
-record "$id"
-echo "submitted $id"
-"""
-
-# $1 $2, $3 $4, ...: the job id and case folder of every job asked about.
-# Sections, each after a line "@@caseflow ...": squeue (its JSON) or squeue-failed RC,
-# exit N LINE (the exit code file of the N-th job, when squeue does not list it),
-# sacct RC IDS (sacct's lines for those ids), end.
-POLL = r"""
-out=$(squeue --json); rc=$?
-if [ "$rc" -ne 0 ]; then printf '@@caseflow squeue-failed %s\n' "$rc"; exit 0; fi
-printf '@@caseflow squeue\n%s\n' "$out"
-known=" $(printf '%s' "$out" | tr -d ' \t\r\n' | grep -o '"job_id":[0-9]*' |
-  tr -cd '0-9\n' | tr '\n' ' ')"
-missing=; n=0
-while [ "$#" -ge 2 ]; do
-  case "$known " in
-    *" $1 "*) ;;
-    *) missing="$missing${missing:+,}$1"
-       f=$2/.caseflow/slurm-exit_code
-       if [ -r "$f" ] && { IFS= read -r line || [ -n "$line" ]; } < "$f"; then
-         printf '@@caseflow exit %s %s\n' "$n" "$line"
-       fi ;;
-  esac
-  n=$((n+1)); shift 2
-done
-if [ -n "$missing" ]; then
-  fields=JobID,JobName,State,ExitCode
-  acct=$(sacct -X -P -n -j "$missing" -o "$fields" 2>/dev/null); rc=$?
-  if [ "$rc" -ne 0 ] || [ -z "$acct" ]; then  # no accounting database: the completion log
-    acct=$(sacct -c -X -P -n -j "$missing" -o "$fields"); rc=$?
-  fi
-  printf '@@caseflow sacct %s %s\n%s\n' "$rc" "$missing" "$acct"
-fi
-echo "@@caseflow end"
-"""
-
-# $1 = job id, $2 = job name: cancel the job only if it is still the case's.
-CANCEL = r"""
-err=$(scancel --name="$2" "$1" 2>&1) && exit 0
-case $err in *"Invalid job id"*|*"already complet"*) exit 0 ;; esac
-printf '%s\n' "$err" >&2; exit 1
-"""
+# The remote scripts: scripts/slurm-*.sh. The batch script (the same for every case) is written
+# to the case folder as it is; its arguments are the job's command line.
+JOB_WRAPPER = source(__package__, "slurm-job.sh")
+SUBMIT = script(__package__, "slurm-submit.sh")
+POLL = script(__package__, "slurm-poll.sh")
+CANCEL = script(__package__, "slurm-cancel.sh")
 
 # sbatch's messages that are worth trying again; anything else it refuses is permanent
 TRANSIENT_SBATCH = ("Unable to contact", "timed out", "temporarily", "Connection refused",
@@ -160,57 +89,36 @@ def _slurm_path(path: str) -> str:
 
 
 # -- reading Slurm's answers -------------------------------------------------------------------
-def _number(value) -> int | None:
-    """An integer of squeue's JSON: a plain number (22.05) or {"set":..,"number":..} (23.x+)."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, dict) and value.get("set", True) and isinstance(value.get("number"), int):
-        return value["number"]
-    return None
+SQUEUE_FIELDS = ("id", "state", "reason", "exit_code", "nodes", "gres", "name")
 
 
-def _state(value) -> str | None:
-    """squeue's job_state: "RUNNING" (22.05) or ["RUNNING", ...flags] (23.x+)."""
-    if isinstance(value, list) and value and isinstance(value[0], str):
-        return value[0]
-    return value if isinstance(value, str) and value else None
-
-
-def _exit_of(value) -> tuple[int | None, int | None]:
+def _exit_of(value: str) -> tuple[int | None, int | None]:
     """(exit code, signal) of squeue's exit_code: the raw wait status (22.05: 1792 = exit 7,
-    15 = killed by SIGTERM), or an object with return_code and signal (23.x+)."""
-    raw = _number(value)
-    if raw is not None:
+    15 = killed by SIGTERM), or "CODE:SIGNAL" as sacct writes it."""
+    value = value.strip()
+    if value.isdigit():
+        raw = int(value)
         return (raw >> 8) & 0xFF, raw & 0x7F
-    if isinstance(value, dict):
-        code = _number(value.get("return_code"))
-        sig = value.get("signal")
-        sig = _number(sig.get("id") if isinstance(sig, dict) and "id" in sig else
-                      (sig.get("signal_id") if isinstance(sig, dict) else sig))
-        return code, sig or 0
+    m = re.fullmatch(r"(\d+):(\d+)", value)
+    if m:
+        return int(m.group(1)), int(m.group(2))
     return None, None
 
 
-def parse_squeue(text: str) -> dict[str, dict]:
-    """`squeue --json` output -> {job id: job}; BadOutput if it cannot be read."""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        raise BadOutput(f"squeue --json printed something that is not JSON: "
-                        f"{_quote_start(text)}") from None
-    jobs = data.get("jobs") if isinstance(data, dict) else None
-    if not isinstance(jobs, list):
-        raise BadOutput(f"squeue --json printed no job list: {_quote_start(text)}")
-    out = {}
-    for job in jobs:
-        job_id = _number(job.get("job_id")) if isinstance(job, dict) else None
-        if job_id is None:
-            raise BadOutput(f"squeue --json lists a job without a job_id: "
-                            f"{_quote_start(json.dumps(job))}")
-        out[str(job_id)] = job
-    return out
+def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
+    """The poll's squeue lines ("ID|STATE|REASON|EXIT_CODE|NODES|GRES|NAME") -> ({job id:
+    fields}, the lines that name no job id caseflow can read)."""
+    jobs: dict[str, dict] = {}
+    unreadable = []
+    for line in lines:
+        values = line.split("|", len(SQUEUE_FIELDS) - 1)
+        if len(values) != len(SQUEUE_FIELDS) or not values[0].strip().isdigit():
+            unreadable.append(line)
+            continue
+        job = dict(zip(SQUEUE_FIELDS, (v.strip() for v in values)))
+        job["name"] = values[-1]  # as given (only the line's end is cut)
+        jobs[job["id"]] = job
+    return jobs, unreadable
 
 
 def ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobStatus:
@@ -229,21 +137,20 @@ def ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobS
 
 
 def squeue_outcome(job_id: str, job: dict) -> JobStatus:
-    state = _state(job.get("job_state"))
-    if state is None:
-        raise BadOutput(f"squeue --json shows job {job_id} without a job_state")
+    """The outcome of a job from its squeue line (see parse_squeue)."""
+    state = job.get("state", "").split(" ")[0]  # "CANCELLED by 0"
+    if not state:
+        raise BadOutput(f"squeue shows job {job_id} without a state")
     if state in RUNNING_STATES:
-        reason = job.get("state_reason")
-        detail = state
-        if isinstance(reason, str) and reason and reason != "None":
+        reason, detail = job.get("reason", ""), state
+        if reason and reason not in ("None", "(null)"):
             detail += f" ({reason})"
         elif state == "RUNNING":
-            where = job.get("nodes") or job.get("batch_host")
-            gres = [g for g in job.get("gres_detail") or [] if isinstance(g, str)]
-            detail += (f" on {where}" if isinstance(where, str) and where else "") + \
-                (f", {' '.join(gres)}" if gres else "")
+            nodes, gres = job.get("nodes", ""), job.get("gres", "")
+            detail += (f" on {nodes}" if nodes else "") + \
+                (f", {gres}" if gres and gres != "N/A" else "")
         return JobStatus(RUNNING, detail)
-    code, signal = _exit_of(job.get("exit_code"))
+    code, signal = _exit_of(job.get("exit_code", ""))
     return ended(job_id, state, code, signal)
 
 
@@ -265,30 +172,34 @@ def parse_sacct(text: str) -> dict[str, list[tuple[str, str, int | None, int | N
     return out
 
 
-def parse_poll(text: str) -> tuple[str, dict[int, str], dict[str, list], set[str] | None]:
-    """The poll script's output -> (squeue's JSON text, {job index: exit file line},
-    sacct's lines by id, the ids the script found missing from squeue (None if none asked))."""
-    sections: list[tuple[str, list[str]]] = []
-    for line in text.splitlines():
-        if line.startswith("@@caseflow "):
-            sections.append((line[len("@@caseflow "):], []))
-        elif sections:
-            sections[-1][1].append(line)
-    if not sections or sections[-1][0] != "end":
-        raise BadOutput(f"the Slurm poll's output is incomplete: {_quote_start(text)}")
-    squeue_text, exits, sacct, missing = None, {}, {}, None
-    for head, body in sections:
-        words = head.split(" ", 2)
-        if words[0] == "squeue":
-            squeue_text = "\n".join(body)
-        elif words[0] == "exit" and len(words) == 3 and words[1].isdigit():
-            exits[int(words[1])] = words[2]
-        elif words[0] == "sacct" and len(words) == 3:
-            missing = set(words[2].split(","))
-            sacct = parse_sacct("\n".join(body))
-    if squeue_text is None:
-        raise BadOutput(f"the Slurm poll printed no squeue section: {_quote_start(text)}")
-    return squeue_text, exits, sacct, missing
+class Poll:
+    """The poll script's output, read (see scripts/slurm-poll.sh)."""
+
+    def __init__(self, text: str):
+        sections: list[tuple[str, list[str]]] = []
+        for line in text.splitlines():
+            if line.startswith("@@caseflow "):
+                sections.append((line[len("@@caseflow "):], []))
+            elif sections:
+                sections[-1][1].append(line)
+        if not sections or sections[-1][0] != "end":
+            raise BadOutput(f"the Slurm poll's output is incomplete: {_quote_start(text)}")
+        self.squeue_rc: int | None = None
+        self.squeue_lines: list[str] = []
+        self.exits: dict[int, str] = {}         # job index -> its exit file's line
+        self.sacct: dict[str, list] = {}        # see parse_sacct
+        self.missing: set[str] | None = None    # ids squeue did not list (None: none)
+        for head, body in sections:
+            words = head.split(" ", 2)
+            if words[0] == "squeue" and len(words) == 2 and words[1].isdigit():
+                self.squeue_rc, self.squeue_lines = int(words[1]), body
+            elif words[0] == "exit" and len(words) == 3 and words[1].isdigit():
+                self.exits[int(words[1])] = words[2]
+            elif words[0] == "sacct" and len(words) == 3:
+                self.missing = set(words[2].split(","))
+                self.sacct = parse_sacct("\n".join(body))
+        if self.squeue_rc is None:
+            raise BadOutput(f"the Slurm poll printed no squeue section: {_quote_start(text)}")
 
 
 class SlurmBackend(QueueBackend):
@@ -304,8 +215,10 @@ class SlurmBackend(QueueBackend):
 
     # -- the port ------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
-        res = self.transport.run(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
-                                  job.label, JOB_WRAPPER, *self.sbatch_args(job)])
+        # never repeated by the transport: while a first sbatch may still be on its way, a
+        # repeat would not find its job yet and add a second; the step tries again later
+        res = self.transport.run_once(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
+                                       job.label, JOB_WRAPPER, *self.sbatch_args(job)])
         lines = res.stdout.strip().splitlines()  # the last line: a login shell may chatter
         out = lines[-1].split() if lines else []
         if res.returncode == 0 and len(out) == 2 and out[1].isdigit() and \
@@ -347,15 +260,28 @@ class SlurmBackend(QueueBackend):
         if res.returncode != 0:
             raise TransientError(f"the Slurm poll failed on {self.transport.name} (exit "
                                  f"{res.returncode}): {_short(res.stderr or res.stdout)}")
-        if res.stdout.startswith("@@caseflow squeue-failed"):
-            raise TransientError(f"squeue failed on {self.transport.name}: "
-                                 f"{_short(res.stderr or res.stdout)}")
-        squeue_text, exits, sacct, missing = parse_poll(res.stdout)
-        queue = parse_squeue(squeue_text)
+        poll = Poll(res.stdout)
+        # one id asked and Slurm has forgotten it: squeue fails, saying so; nothing is listed
+        if poll.squeue_rc != 0 and "Invalid job id" not in res.stderr:
+            raise TransientError(f"squeue failed on {self.transport.name} (exit "
+                                 f"{poll.squeue_rc}): {_short(res.stderr or res.stdout)}")
+        queue, unreadable = parse_squeue(poll.squeue_lines)
+        if unreadable:
+            log.warning("squeue on %s printed %d line(s) caseflow cannot read, e.g. %s",
+                        self.transport.name, len(unreadable), _quote_start(unreadable[0]))
         for index, job in enumerate(asked):
-            out[job.case_id] = self._outcome(job, queue.get(job.task_id), exits.get(index),
-                                             sacct.get(job.task_id, []),
-                                             missing is not None and job.task_id in missing)
+            try:
+                status = self._outcome(job, queue.get(job.task_id), poll.exits.get(index),
+                                       poll.sacct.get(job.task_id, []),
+                                       poll.missing is not None and job.task_id in poll.missing)
+            except BadOutput as exc:  # this job's problem alone
+                status = JobStatus(UNREADABLE, str(exc))
+            if status.outcome == NOT_FOUND and unreadable and job.task_id not in queue:
+                # one of the lines caseflow could not read may be this job's
+                status = JobStatus(UNREADABLE, f"squeue printed a line caseflow cannot read, "
+                                               f"maybe job {job.task_id}'s: "
+                                               f"{_quote_start(unreadable[0])}")
+            out[job.case_id] = status
         return out
 
     def _outcome(self, job: JobRef, queued: dict | None, exit_line: str | None,
@@ -367,8 +293,7 @@ class SlurmBackend(QueueBackend):
                                             f"{queued.get('name')!r}, not {job.label})")
             return squeue_outcome(jid, queued)
         if not asked_sacct:  # the poll script saw the id in squeue's output, the parser did not
-            raise BadOutput(f"squeue --json output lists job {jid} in a form caseflow cannot "
-                            "read")
+            raise BadOutput(f"squeue lists job {jid} in a form caseflow cannot read")
         words = (exit_line or "").split()
         exited = len(words) == 2 and words[0] == jid and words[1].lstrip("-").isdigit()
         ours = [a for a in accounted if a[0] == job.label]

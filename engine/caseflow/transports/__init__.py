@@ -100,7 +100,16 @@ class Transport(ABC):
 
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
-        """Run a command on the host; `argv` is quoted by the adapter as needed."""
+        """Run a command on the host; `argv` is quoted by the adapter as needed. The adapter
+        may run it again after a short outage, so it must be safe to repeat (a read, a
+        removal, a script that checks first); else use `run_once`."""
+
+    def run_once(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
+        """Like `run`, for a command that must not run twice (a submit): the adapter never
+        repeats it once it may have started. A failure is a TransientError; the step that
+        asked tries again later and first adopts what an earlier run left (a job of the
+        case's label). Adapters without retries need not override it."""
+        return self.run(argv, timeout)
 
     @abstractmethod
     def download(self, remote_path: str, local_path: Path,

@@ -225,11 +225,19 @@ class Connection:
                               self.cfg.known_hosts, self.cfg.ssh_config)
         client = self._new_client(ep.known_hosts)
         self.connects += 1
-        client.connect(ep.hostname, ep.port, username=ep.user,
-                       key_filename=list(ep.identity_files) or self._fallback_keys(),
-                       look_for_keys=not ep.identity_files, allow_agent=True,
-                       timeout=self.cfg.connect_timeout, banner_timeout=self.cfg.connect_timeout,
-                       auth_timeout=self.cfg.connect_timeout, transport_factory=_GcmFirstTransport)
+        try:
+            client.connect(ep.hostname, ep.port, username=ep.user,
+                           key_filename=list(ep.identity_files) or self._fallback_keys(),
+                           look_for_keys=not ep.identity_files, allow_agent=True,
+                           timeout=self.cfg.connect_timeout,
+                           banner_timeout=self.cfg.connect_timeout,
+                           auth_timeout=self.cfg.connect_timeout,
+                           transport_factory=_GcmFirstTransport)
+        except BaseException:
+            # paramiko leaves a client whose connect failed (refused key, unknown host key)
+            # open, with its transport thread and socket: one more at every attempt
+            client.close()
+            raise
         client.get_transport().packetizer.REKEY_BYTES = REKEY_BYTES  # it carries the uploads too
         return client
 
