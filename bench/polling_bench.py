@@ -1,9 +1,9 @@
 """Polling: what one tick costs with N running cases on one host (direct runner over SSH).
 
 The store holds N cases in `running` (taken there by the store's own transitions), each
-with a case folder on the host whose `.caseflow/pid` names a live process that looks like
-a job, so every case is really checked (pid alive, its command line) and answers
-`running`. The engine's tick is then timed: the SSH connections it opens and the remote
+with a case folder on the host whose `.caseflow/pid` names a live process of its own that
+looks like a job (it works in the case folder, its command line carries the job marker), so
+every case is really checked (pid alive, that it is the job) and answers `running`. The engine's tick is then timed: the SSH connections it opens and the remote
 commands it runs (counted by the transport), its wall time and the CPU time of the tick's
 thread. The alternative, measured on the same cases and sshd: the naive script's way, one
 `ssh host status` (a new OpenSSH connection) per case per poll, timed over --naive cases
@@ -45,9 +45,7 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
         remote = work / "remote"
         remote.mkdir()
         (work / "inbox").mkdir()
-        # one process that passes the direct runner's check for a job (its command line)
-        job = subprocess.Popen(["bash", "-c", "exec -a caseflow-job-bench sleep 3600"],
-                               start_new_session=True)
+        jobs: list[subprocess.Popen] = []
         try:
             config = write_config(work / "caseflow.yaml", {
                 "inbox": "inbox", "database": "caseflow.db", "poll_seconds": 1,
@@ -61,6 +59,11 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
             for i in range(n):
                 folder = remote / f"{i + 1}-case{i}"
                 (folder / ".caseflow" / "launched").mkdir(parents=True)
+                # a job of its own per case, as the direct runner starts them: working in the
+                # case folder, the marker in its command line
+                job = subprocess.Popen([f"caseflow-job-{i + 1}", "3600"], executable="sleep",
+                                       cwd=folder, start_new_session=True)
+                jobs.append(job)
                 (folder / ".caseflow" / "pid").write_text(f"{job.pid}\n")
                 add_case(engine.store, f"case{i}", str(work / "inbox" / f"case{i}"), "running",
                          now, group="gpu_a", host=host.name, remote_path=str(folder),
@@ -92,8 +95,9 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
                 assert out.strip() == "running", out
             naive_per_case = (time.perf_counter() - t0) / naive_n
         finally:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
+            for job in jobs:
+                os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
     wall = median([s["wall_s"] for s in steady])
     result = {
         "running_cases": n,

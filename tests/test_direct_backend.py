@@ -2,12 +2,14 @@
 
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec
-from caseflow.backends.direct import DirectBackend
+from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef,
+                               JobSpec)
+from caseflow.backends.direct import DirectBackend, parse_status
 from caseflow.transports.local import LocalTransport
 from harness import wait_for
 
@@ -143,3 +145,100 @@ def test_missing_case_folder_is_permanent(backend, tmp_path):
     job = JobSpec(1, "l", str(tmp_path / "absent"), "g", "true")
     with pytest.raises(PermanentError, match="missing"):
         backend.submit(job)
+
+
+# -- one poll, every job judged on its own line (issue 13, item 5) ------------------------------
+@pytest.fixture(params=["local", "ssh"])
+def any_backend(request, tmp_path):
+    """The direct runner over the local transport and over the real sshd."""
+    root = tmp_path / "remote"
+    if request.param == "local":
+        t = LocalTransport("local", str(root))
+    else:
+        from caseflow.config import TransportConfig
+        from caseflow.transports.ssh import SSHTransport
+        from sshd import transport_settings
+        root.mkdir()
+        t = SSHTransport(TransportConfig(**transport_settings(request.getfixturevalue("sshd"),
+                                                              root)))
+    yield DirectBackend(t)
+    t.close()
+
+
+def test_an_exit_code_file_that_cannot_be_read_is_that_jobs_problem_alone(any_backend,
+                                                                          tmp_path):
+    backend = any_backend
+    jobs = [_job(tmp_path, f"c{i}", command, case_id=i) for i, command in
+            enumerate(["true", "sleep 300", "exit 4", "true"])]
+    refs = [_ref(j, backend.submit(j)) for j in jobs]
+    wait_for(lambda: [s.outcome for s in backend.status(refs).values()] ==
+             [SUCCESS, RUNNING, FAILURE, SUCCESS], what="the jobs to end but one")
+    # the last job's exit code file is not a number (a disk that filled, a stray write)
+    (Path(jobs[3].remote_path) / ".caseflow" / "exit_code").write_text("garbage\n")
+    answers = backend.status(refs)
+    assert [answers[i].outcome for i in range(4)] == [SUCCESS, RUNNING, FAILURE, UNREADABLE]
+    assert answers[2].exit_code == 4
+    assert "'3 exit garbage'" in answers[3].detail and jobs[3].remote_path in answers[3].detail
+    backend.cancel(refs[1])
+
+
+def test_what_the_status_script_says_is_read_per_job():
+    refs = [JobRef(i, str(100 + i), f"l{i}", f"/cases/{i}") for i in range(7)]
+    text = ("0 running\n1 exit 0\n2 exit 137\n3 gone\n"
+            "4 exit 1 2\n5 running\n5 gone\nnoise\n99 running\n")  # 6 says nothing
+    answers = parse_status(text, refs)
+    assert [answers[i].outcome for i in range(7)] == [RUNNING, SUCCESS, FAILURE, NOT_FOUND,
+                                                      UNREADABLE, UNREADABLE, UNREADABLE]
+    assert answers[2].exit_code == 137
+    assert "printed '4 exit 1 2'" in answers[4].detail
+    assert "printed 2 lines" in answers[5].detail and "printed nothing" in answers[6].detail
+
+
+def test_a_live_process_that_is_not_the_job_is_not_taken_for_it(backend, tmp_path):
+    """The pid in .caseflow/pid was reused by another process: the job is gone, not running."""
+    job = _job(tmp_path, "reused", "true")
+    ref = _ref(job, backend.submit(job))
+    _wait_outcome(backend, ref, SUCCESS)
+    (Path(job.remote_path) / ".caseflow" / "exit_code").unlink()
+    other = subprocess.Popen(["sleep", "300"], cwd=tmp_path)  # works in another folder
+    try:
+        (Path(job.remote_path) / ".caseflow" / "pid").write_text(f"{other.pid}\n")
+        assert backend.status([ref])[ref.case_id].outcome == NOT_FOUND
+        same = subprocess.Popen(["sleep", "300"], cwd=job.remote_path)  # one in the folder
+        try:
+            (Path(job.remote_path) / ".caseflow" / "pid").write_text(f"{same.pid}\n")
+            assert backend.status([ref])[ref.case_id].outcome == RUNNING
+        finally:
+            same.kill()
+            same.wait()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_the_status_script_answers_alike_where_the_shell_has_no_test_ef(backend, tmp_path):
+    """The script compares folders with `test -ef` where the shell has it, else with cd -P:
+    both give the same answers (running, ended, gone, a reused pid)."""
+    from caseflow.backends.direct import STATUS
+    assert "if [ / -ef / ] 2>/dev/null; then" in STATUS
+    without = STATUS.replace("if [ / -ef / ] 2>/dev/null; then", "if false; then")
+    jobs = [_job(tmp_path, f"s{i}", command, case_id=i)
+            for i, command in enumerate(["sleep 300", "exit 3", "sleep 300"])]
+    refs = [_ref(j, backend.submit(j)) for j in jobs]
+    wait_for(lambda: [s.outcome for s in backend.status(refs).values()] ==
+             [RUNNING, FAILURE, RUNNING], what="two jobs running, one failed")
+    other = subprocess.Popen(["sleep", "300"], cwd=tmp_path)
+    try:
+        backend.cancel(refs[2])
+        wait_for(lambda: backend.status(refs)[2].outcome != RUNNING, what="the cancel")
+        (Path(jobs[2].remote_path) / ".caseflow" / "exit_code").unlink(missing_ok=True)
+        (Path(jobs[2].remote_path) / ".caseflow" / "pid").write_text(f"{other.pid}\n")
+        folders = [j.remote_path for j in jobs]
+        answers = [backend.transport.run(["sh", "-c", script, "caseflow-status", *folders])
+                   for script in (STATUS, without)]
+        assert answers[0].stdout == answers[1].stdout == "0 running\n1 exit 3\n2 gone\n"
+        assert answers[0].stderr == answers[1].stderr == ""
+    finally:
+        other.kill()
+        other.wait()
+        backend.cancel(refs[0])

@@ -9,11 +9,13 @@ nothing from a case name or path is ever parsed by a shell.
 
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script
-from . import FAILURE, NOT_FOUND, RUNNING, SUCCESS, JobRef, JobSpec, JobStatus, QueueBackend
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
+               QueueBackend)
 
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
 
@@ -53,25 +55,7 @@ class DirectBackend(QueueBackend):
         if res.returncode != 0:
             raise TransientError(f"job status query failed (exit {res.returncode}): "
                                  f"{res.stderr.strip()}")
-        out: dict[int, JobStatus] = {}
-        for line in res.stdout.splitlines():
-            parts = line.split()
-            if len(parts) < 2 or not parts[0].isdigit() or int(parts[0]) >= len(jobs):
-                continue
-            job = jobs[int(parts[0])]
-            if parts[1] == "running":
-                out[job.case_id] = JobStatus(RUNNING, "running")
-            elif parts[1] == "exit" and len(parts) == 3 and parts[2].lstrip("-").isdigit():
-                code = int(parts[2])
-                out[job.case_id] = (JobStatus(SUCCESS, "exit code 0", 0) if code == 0 else
-                                    JobStatus(FAILURE, f"job exited with code {code}", code))
-            else:
-                out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left "
-                                                        "no exit code")
-        missing = [j.case_id for j in jobs if j.case_id not in out]
-        if missing:
-            raise TransientError(f"job status query answered for {len(out)} of {len(jobs)} jobs")
-        return out
+        return parse_status(res.stdout, jobs)
 
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--",
@@ -84,3 +68,32 @@ class DirectBackend(QueueBackend):
         res = self.transport.run(["sh", "-c", CANCEL, "caseflow-cancel", job.task_id])
         if res.returncode != 0:
             raise TransientError(f"cancelling job {job.task_id} failed: {res.stderr.strip()}")
+
+
+def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
+    """The status script's lines -> every job's status. A line that cannot be read, or no line
+    at all, is that job's problem alone (UNREADABLE): the others keep their real outcomes."""
+    lines: dict[int, list[str]] = {}
+    for line in text.splitlines():
+        index = line.split(" ", 1)[0]
+        if index.isdigit() and int(index) < len(jobs):
+            lines.setdefault(int(index), []).append(line)
+    out: dict[int, JobStatus] = {}
+    for i, job in enumerate(jobs):
+        said = lines.get(i, [])
+        parts = said[0].split() if len(said) == 1 else []
+        if parts[1:] == ["running"]:
+            out[job.case_id] = JobStatus(RUNNING, "running")
+        elif parts[1:] == ["gone"]:
+            out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left no "
+                                                    "exit code")
+        elif len(parts) == 3 and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
+            code = int(parts[2])
+            out[job.case_id] = (JobStatus(SUCCESS, "exit code 0", 0) if code == 0 else
+                                JobStatus(FAILURE, f"job exited with code {code}", code))
+        else:
+            what = f"printed {said[0][:120]!r}" if len(said) == 1 else \
+                f"printed {len(said)} lines" if said else "printed nothing"
+            out[job.case_id] = JobStatus(UNREADABLE, f"the status script {what} for the job "
+                                                     f"in {job.remote_path}")
+    return out
