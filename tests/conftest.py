@@ -6,6 +6,9 @@ import pueue_daemon
 from harness import Workspace
 from sshd import SSHServer, transport_settings
 
+# the session's Slurm cluster, shared by tests/slurm and the backend contract suite
+pytest_plugins = ["slurm_fixtures"]
+
 
 @pytest.fixture
 def ws(tmp_path):
