@@ -471,3 +471,12 @@ def test_a_poll_answer_cut_short_is_bad_output():
     assert parse_poll(head + "@@caseflow end\n", 1)[1] == [("none", None)]
     with pytest.raises(BadOutput, match="ended early"):
         parse_poll(head, 1)
+
+
+def test_an_exit_record_that_names_the_job_but_holds_no_exit_code_is_kept_as_said():
+    """parse_poll gives the record's text; the backend then calls the job UNREADABLE (when
+    pueue no longer knows the task: tests/test_backend_contract.py)."""
+    head = '@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 gone\n'
+    for said, read in (("7", 7), ("-1", -1), ("seven", "seven"), ("", ""), ("1 2", "1 2")):
+        text = head + f"@@caseflow exit 0 {said}\n@@caseflow end\n"
+        assert parse_poll(text, 1)[1] == [("gone", read)]

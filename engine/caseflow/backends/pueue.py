@@ -39,6 +39,7 @@ from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_pol
 log = logging.getLogger("caseflow.pueue")
 
 WRAPPER = ".caseflow/pueue-job.sh"
+EXIT_RECORD = ".caseflow/pueue-exit"
 
 # The task's command (the same for every case); its arguments: LABEL, then the job's argv.
 # pueue starts the task's shell as the leader of a new process group and the task's command
@@ -199,7 +200,7 @@ class PueueBackend(QueueBackend):
                                  f"{res.returncode}): {self._error(res)}")
         return parse_status(res.stdout)
 
-    def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | None]]]:
+    def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | str | None]]]:
         args = [a for j in jobs for a in (j.label, j.remote_path or "/nonexistent")]
         res = self._checked(self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll",
                                                 self.pueue, *args]), "status")
@@ -265,7 +266,10 @@ class PueueBackend(QueueBackend):
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
         env = [f"{k}={v}" for k, v in sorted(job.env.items())]
-        res = self._checked(self.transport.run(
+        # never repeated by the transport (issue 13): a repeat after a lost reply may not find
+        # the first add's task (its record not yet written) and add a second; the step tries
+        # again later and first adopts a task of the case's label
+        res = self._checked(self.transport.run_once(
             ["sh", "-c", SUBMIT, "caseflow-pueue-add", job.remote_path, job.label, JOB_WRAPPER,
              "env", *env, *add, "--", command]), "add")
         last = res.stdout.strip().splitlines()[-1:] or [""]
@@ -286,7 +290,7 @@ class PueueBackend(QueueBackend):
             raise PermanentError(f"pueue refused the job: {message}")
         raise TransientError(f"`pueue add` failed (exit {res.returncode}): {message}")
 
-    def _judge(self, job: JobRef, task, record: tuple[str, int | None]) -> JobStatus:
+    def _judge(self, job: JobRef, task, record: tuple[str, int | str | None]) -> JobStatus:
         """The job's status from pueue's entry and the job's own records."""
         procs, code = record
         ours = isinstance(task, dict) and task.get("label") == job.label
@@ -299,6 +303,9 @@ class PueueBackend(QueueBackend):
             why = f"pueue no longer knows task {job.task_id}"
         if procs == "alive":
             return JobStatus(RUNNING, f"{LOST} ({why})")
+        if isinstance(code, str):  # it names the job, but what it says is no exit code
+            return JobStatus(UNREADABLE, f"the job's own exit record {EXIT_RECORD} says "
+                                         f"{quote_start(code)}, not an exit code ({why})")
         if code is not None:
             return by_exit_code(code, f"the job's own record; {why}")
         if ours:

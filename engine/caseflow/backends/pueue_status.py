@@ -138,9 +138,10 @@ def by_exit_code(code: int, why: str) -> JobStatus:
     return JobStatus(FAILURE, f"job exited with code {code} ({why})", code)
 
 
-def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]]]:
-    """The POLL script's output → (pueue's status, per job (processes, recorded exit code));
-    BadOutput when pueue's part cannot be read or the answer ended early."""
+def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str | None]]]:
+    """The POLL script's output → (pueue's status, per job (processes, recorded exit code)):
+    the exit code is None without a record of this label, the record's text when it is not an
+    exit code. BadOutput when pueue's part cannot be read or the answer ended early."""
     lines = text.split("\n")
     if "@@caseflow status" not in lines:
         raise BadOutput(f"pueue status printed something that is not JSON: {quote_start(text)}")
@@ -151,15 +152,15 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]
         i += 1
     data = parse_status("\n".join(body))
     procs: dict[int, str] = {}
-    codes: dict[int, int] = {}
+    codes: dict[int, int | str] = {}
     live, ps_failed, ended = set(), False, False
     for line in lines[i:]:
         parts = line.split()
         if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
             procs[int(parts[2])] = parts[3]
-        elif len(parts) == 4 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit() \
-                and re.fullmatch(r"-?\d+", parts[3]):
-            codes[int(parts[2])] = int(parts[3])
+        elif len(parts) >= 3 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit():
+            said = line.split(" ", 3)[3] if len(parts) > 3 else ""
+            codes[int(parts[2])] = int(said) if re.fullmatch(r"-?\d{1,9}", said) else said
         elif len(parts) == 3 and parts[:2] == ["@@caseflow", "live"]:
             live.add(parts[2])
         ps_failed = ps_failed or line == "@@caseflow ps-failed"
