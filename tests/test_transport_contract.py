@@ -56,6 +56,18 @@ def test_run_passes_every_argument_verbatim(transport, tmp_path):
     assert list(tmp_path.rglob("CANARY")) == [] and not Path("/root/CANARY").exists()
 
 
+def test_run_once_passes_every_argument_verbatim_and_reports_exit_code(transport, tmp_path):
+    """run_once (a command that must not run twice: a submit) answers like run."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    os.chdir(cwd)
+    res = transport.run_once(["sh", "-c", 'printf "%s\\0" "$@"; echo err >&2; exit 3', "x",
+                              *HOSTILE])
+    assert (res.returncode, res.stderr) == (3, "err\n")
+    assert res.stdout.split("\0")[:-1] == HOSTILE
+    assert list(tmp_path.rglob("CANARY")) == []
+
+
 def test_run_reports_exit_code_and_stderr(transport):
     res = transport.run(["sh", "-c", "echo out; echo err >&2; exit 5"])
     assert (res.returncode, res.stdout, res.stderr) == (5, "out\n", "err\n")
