@@ -282,7 +282,10 @@ class PueueBackend(QueueBackend):
     def _judge(self, job: JobRef, task, record: tuple[str, int | str | None]) -> JobStatus:
         """The job's status from pueue's entry and the job's own records."""
         procs, code = record
-        ours = isinstance(task, dict) and task.get("label") == job.label
+        if task is not None and (not isinstance(task, dict) or "label" not in task):
+            return JobStatus(UNREADABLE, f"pueue reports task {job.task_id} in a form caseflow "
+                                         f"does not know: {quote_start(json.dumps(task))}")
+        ours = task is not None and task["label"] == job.label
         if ours:
             status = task_outcome(task)
             if status_name(task) != "Done" or done_result(task) != "Killed":
