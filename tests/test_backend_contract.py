@@ -9,8 +9,8 @@ A backend adapter is done when it passes this suite. To add one:
 1. write an `Adapter` subclass in tests/backend_adapters.py: how the backend is reached
    (`open`, `make_backend`), what its queue itself says about a job (`on_queue`, `running`,
    `waiting`, `ended`), and how the queue forgets a job, where the job records how it ended,
-   and how one entry of the poll's real answer is changed into a form the parser does not
-   know (`forget`, `record`, `corrupt_record`, `edit_entry`); `has_queue = False` for a runner
+   and the ways one entry of the poll's real answer is changed into a form the parser does
+   not know (`forget`, `record`, `corrupt_record`, `entry_edits`, `edit_entry`); `has_queue = False` for a runner
    without a queue (the cases of a job waiting in the queue do not apply to it);
 2. add it to `ADAPTERS` there, once per variant (transport, version): every test below then
    runs over it;
@@ -179,11 +179,14 @@ def test_one_entry_that_cannot_be_read_is_that_jobs_problem_alone(adapter):
         started(spec)
         wait_for(lambda: adapter.running(ref), DEADLINE, what="the queue to say it runs")
     victim = refs[3]
-    adapter.transport.edit_poll = lambda out: adapter.edit_entry(out, refs, victim)
-    answers = adapter.backend.status(refs)
-    assert answers[33].outcome == UNREADABLE and answers[33].detail, answers[33]
-    assert [answers[i].outcome for i in (30, 31, 32)] == [SUCCESS, FAILURE, RUNNING], answers
-    assert answers[31].exit_code == 4
+    assert adapter.entry_edits
+    for how in adapter.entry_edits:
+        adapter.transport.edit_poll = lambda out: adapter.edit_entry(out, refs, victim, how)
+        answers = adapter.backend.status(refs)
+        assert answers[33].outcome == UNREADABLE and answers[33].detail, (how, answers[33])
+        assert [answers[i].outcome for i in (30, 31, 32)] == [SUCCESS, FAILURE, RUNNING], \
+            (how, answers)
+        assert answers[31].exit_code == 4
     adapter.transport.edit_poll = None
     assert adapter.backend.status([victim])[33].outcome == RUNNING
 
