@@ -170,7 +170,7 @@ def test_the_shipped_pueue_example_runs_a_case_on_real_pueue(ws, sshd, version):
         row = ws.wait_state("example", "success", "failure", "not_found")
         assert row.state == "success", row.reason
         # archived as the example says, by the wrap-up that follows the terminal state
-        wait_for(lambda: (ws.root / "done" / "example").is_dir(), what="the case's archiving")
+        wait_for(lambda: (ws.root / "done" / "example").is_dir(), what="the case archived")
         assert Path(row.results_path, "output", "devices.txt").read_text() == "2,3\n"
         groups = daemon.groups()
         assert groups["gpu_a"]["parallel_tasks"] == 2 and groups["gpu_big"]["parallel_tasks"] == 1

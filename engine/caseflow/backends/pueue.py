@@ -255,9 +255,8 @@ class PueueBackend(QueueBackend):
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
         env = [f"{k}={v}" for k, v in sorted(job.env.items())]
-        # never repeated by the transport (issue 13): a repeat after a lost reply may not find
-        # the first add's task (its record not yet written) and add a second; the step tries
-        # again later and first adopts a task of the case's label
+        # sent once: a lost reply is a transient error, and the step's next try finds the
+        # task by its label (the script looks first) instead of adding a second one
         res = self._checked(self.transport.run_once(
             ["sh", "-c", SUBMIT, "caseflow-pueue-add", job.remote_path, job.label, JOB_WRAPPER,
              "env", *env, *add, "--", command]), "add")
