@@ -8,10 +8,11 @@ through the backend under test; faults are produced for real (tests/backend_adap
 A backend adapter is done when it passes this suite. To add one:
 1. write an `Adapter` subclass in tests/backend_adapters.py: how the backend is reached
    (`open`, `make_backend`), what its queue itself says about a job (`on_queue`, `running`,
-   `waiting`, `ended`), and how the queue forgets a job, where the job records how it ended,
-   and the ways one entry of the poll's real answer is changed into a form the parser does
-   not know (`forget`, `record`, `corrupt_record`, `entry_edits`, `edit_entry`); `has_queue = False` for a runner
-   without a queue (the cases of a job waiting in the queue do not apply to it);
+   `waiting`, `ended`), and how the queue forgets a job, where the job records that it
+   started and how it ended, and the ways one entry of the poll's real answer is changed into
+   a form the parser does not know (`forget`, `record`, `corrupt_record`, `start_record`,
+   `entry_edits`, `edit_entry`); `has_queue = False` for a runner without a queue (the case
+   of a job waiting in the queue does not apply to it);
 2. add it to `ADAPTERS` there, once per variant (transport, version): every test below then
    runs over it;
 3. run `pytest tests/test_backend_contract.py -k NAME`. A case the backend does not pass yet may
@@ -23,8 +24,8 @@ The cases: submit; submit again adopts the case's job (one job on the queue); on
 many jobs is one remote command; a job that fails reports its exit code; after the queue
 forgot a job its record on the host decides, without one the job has vanished (not_found),
 and a record that cannot be read is unreadable; one entry that cannot be read is that job's
-problem alone; cancel of a running and of a queued job; the log of a finished, a failed and a
-cancelled job.
+problem alone; a running job whose start record is spoiled is not taken for gone; cancel of a
+running and of a queued job; the log of a finished, a failed and a cancelled job.
 """
 
 from pathlib import Path
@@ -189,6 +190,20 @@ def test_one_entry_that_cannot_be_read_is_that_jobs_problem_alone(adapter):
         assert answers[31].exit_code == 4
     adapter.transport.edit_poll = None
     assert adapter.backend.status([victim])[33].outcome == RUNNING
+
+
+def test_a_running_job_whose_start_record_is_spoiled_is_not_taken_for_gone(adapter):
+    """What caseflow keeps on the host may be spoiled (a full disk, a person); a job that runs
+    on must not be judged not_found, which ends its case and hands its GPU to another."""
+    spec = adapter.spec(34, f"touch started; {HOLD}")
+    ref = adapter.submit(spec)
+    started(spec)
+    wait_for(lambda: adapter.running(ref), DEADLINE, what="the queue to say it runs")
+    adapter.start_record(ref).write_text("\0garbage\n")
+    status = adapter.backend.status([ref])[34]
+    assert adapter.running(ref)
+    known_gap(adapter, "spoiled start record", status.outcome in (RUNNING, UNREADABLE))
+    assert status.outcome in (RUNNING, UNREADABLE), status
 
 
 # -- cancel ---------------------------------------------------------------------------------------
