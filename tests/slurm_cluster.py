@@ -158,6 +158,18 @@ class SlurmCluster:
                                             log / "slurmd.log", self.root / "relay.log",
                                             self.root / "ssh" / "sshd.log"))
 
+    def purge_completion_record(self, job_id: str, name: str) -> None:
+        """Remove the job's line from the completion log (what `sacct -c` reads), in place, as
+        a purge of old accounting records does; slurmctld keeps the file open and appends."""
+        with open(self.jobcomp, "r+") as f:
+            lines = f.readlines()
+            keep = [ln for ln in lines if not (ln.startswith(f"JobId={job_id} ") and
+                                               f" Name={name} " in ln)]
+            assert len(keep) == len(lines) - 1, f"job {job_id} has no completion record"
+            f.seek(0)
+            f.writelines(keep)
+            f.truncate()
+
     def __enter__(self) -> "SlurmCluster":
         return self.start()
 

@@ -471,3 +471,36 @@ def test_a_poll_answer_cut_short_is_bad_output():
     assert parse_poll(head + "@@caseflow end\n", 1)[1] == [("none", None)]
     with pytest.raises(BadOutput, match="ended early"):
         parse_poll(head, 1)
+
+
+def test_an_exit_record_that_names_the_job_but_holds_no_exit_code_is_kept_as_said():
+    """parse_poll gives the record's text; the backend then calls the job UNREADABLE (when
+    pueue no longer knows the task: tests/test_backend_contract.py)."""
+    head = '@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 gone\n'
+    for said, read in (("7", 7), ("-1", -1), ("seven", "seven"), ("", ""), ("1 2", "1 2")):
+        text = head + f"@@caseflow exit 0 {said}\n@@caseflow end\n"
+        assert parse_poll(text, 1)[1] == [("gone", read)]
+
+
+def test_caseflow_check_runs_the_client_and_asks_the_daemon(daemon, host, ws):
+    """`caseflow check` on a pueue host: the client's version, the daemon's answer, the groups
+    caseflow will make; then the daemon stopped, then a client that is not there."""
+    backend = {"kind": "pueue", "command": "true", "pueue": str(daemon.client)}
+    ws.write_config(transport=transport_settings(host, ws.remote), backend=backend)
+    proc = ws.cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"ok    pueue client {daemon.client}: pueue {daemon.version}" in proc.stdout
+    assert "ok    pueue daemon answers: 0 task(s), groups default" in proc.stdout
+    assert "ok    pueue groups gpu_a, gpu_b missing: made at caseflow's first contact" in \
+        proc.stdout
+    assert set(daemon.groups()) == {"default"}  # check makes nothing
+    daemon.stop()
+    proc = ws.cli("check")
+    assert proc.returncode == 1
+    assert "FAIL  pueue daemon not running on testhost" in proc.stdout, proc.stdout
+    assert "\x1b" not in proc.stdout  # pueue's colours are not passed on
+    ws.write_config(backend={**backend, "pueue": str(ws.root / "no-pueue-here")})
+    proc = ws.cli("check")
+    assert proc.returncode == 1
+    assert f"FAIL  pueue client {ws.root / 'no-pueue-here'}: not found" in proc.stdout, \
+        proc.stdout

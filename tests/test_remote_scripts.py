@@ -14,7 +14,7 @@ from caseflow.transports import shell
 PACKAGES = ["caseflow.transports", "caseflow.backends"]
 # every module that loads scripts, so that shell.LOADED holds what each of them sends
 MODULES = ["caseflow.transports.ssh", "caseflow.transports.ssh_upload",
-           "caseflow.backends.direct", "caseflow.backends.slurm"]
+           "caseflow.backends.direct", "caseflow.backends.slurm", "caseflow.backends.pueue"]
 SHELLCHECK = shutil.which("shellcheck")
 
 
@@ -34,7 +34,7 @@ def shellcheck(text: str, name: str, exclude=()) -> subprocess.CompletedProcess:
 def test_every_module_script_is_a_packaged_file():
     names = {name for _, name in packaged_scripts()}
     assert {"unpack.sh", "fetch.sh", "direct-status.sh", "slurm-poll.sh",
-            "slurm-job.sh"} <= names
+            "slurm-job.sh", "pueue-poll.sh", "pueue-submit.sh"} <= names
     for module in MODULES:
         importlib.import_module(module)
     used = {part for key in shell.LOADED for part in key.split("/", 1)[1].split("+")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .backends import make_backend
 from .errors import CaseflowError, HostError, PermanentError, TransientError
 from .transports import make_transport
 
@@ -95,6 +96,7 @@ def check_host(host) -> tuple[str, list[Line]]:
             missing = res.stdout.split()
             lines.append(Line(not missing, f"tools: {', '.join(tools)}" if not missing else
                               f"missing tools: {', '.join(missing)}"))
+        lines += [Line(ok, text) for ok, text in make_backend(host, t).check()]  # the queue
     except CaseflowError as exc:
         lines.append(Line(False, str(exc)))
     finally:

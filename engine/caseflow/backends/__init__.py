@@ -70,6 +70,11 @@ class QueueBackend(ABC):
         """The job's combined stdout and stderr, or None when it cannot be had."""
         return None
 
+    def check(self) -> list[tuple[bool, str]]:
+        """For `caseflow check`: can the queue take work, as (ok, what a person reads) lines
+        beyond the tools it needs; changes nothing on the host."""
+        return []
+
 
 def make_backend(host, transport) -> QueueBackend:
     """The queue of one host (a `config.HostConfig`), reached through `transport`."""

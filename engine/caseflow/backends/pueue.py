@@ -32,6 +32,7 @@ import time
 from typing import Sequence
 
 from ..errors import HostError, PermanentError, TransientError
+from ..transports.shell import script, source
 from . import NOT_FOUND, RUNNING, UNREADABLE, JobRef, JobSpec, JobStatus, QueueBackend
 from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_poll, parse_status,
                            quote_start, status_name, task_outcome)
@@ -39,56 +40,21 @@ from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_pol
 log = logging.getLogger("caseflow.pueue")
 
 WRAPPER = ".caseflow/pueue-job.sh"
+EXIT_RECORD = ".caseflow/pueue-exit"
 
-# The task's command (the same for every case); its arguments: LABEL, then the job's argv.
-# pueue starts the task's shell as the leader of a new process group and the task's command
-# execs this script, so its $$ is the group's id.
-JOB_WRAPPER = r"""# caseflow's wrapper of a pueue task: runs its arguments after the label and records
-# the task's process group, then the exit code, in .caseflow/ (so that caseflow knows when
-# the job really ended even if the pueue daemon lost track of it)
-label=$1; shift
-printf '%s %s\n' "$label" "$$" > .caseflow/pueue-job.tmp &&
-  mv -f .caseflow/pueue-job.tmp .caseflow/pueue-job
-"$@"
-rc=$?
-printf '%s %s\n' "$label" "$rc" > .caseflow/pueue-exit.tmp &&
-  mv -f .caseflow/pueue-exit.tmp .caseflow/pueue-exit
-exit "$rc"
-"""
-
-# $1 = case folder, $2 = label, $3 = the wrapper's text, $4... = `env NAME=VALUE... pueue add ...`.
-# Prints "added ID", or "adopted ID" when this label's task was added before (its record).
-SUBMIT = r"""
-cd -- "$1" 2>/dev/null || { echo "case folder $1 is missing" >&2; exit 97; }
-label=$2; wrapper=$3; shift 3
-mkdir -p .caseflow || exit 98
-if [ -r .caseflow/pueue-task ] && read -r l id < .caseflow/pueue-task && [ "$l" = "$label" ]
-then echo "adopted $id"; exit 0
-fi
-rm -f .caseflow/pueue-job .caseflow/pueue-exit
-printf '%s' "$wrapper" > .caseflow/pueue-job.sh.tmp &&
-  mv -f .caseflow/pueue-job.sh.tmp .caseflow/pueue-job.sh || exit 98
-out=$("$@"); rc=$?
-if [ "$rc" -ne 0 ]; then printf '%s\n' "$out"; exit "$rc"; fi
-case $out in ''|*[!0-9]*) printf '%s\n' "$out"; exit 94 ;; esac
-printf '%s %s\n' "$label" "$out" > .caseflow/pueue-task.tmp &&
-  mv -f .caseflow/pueue-task.tmp .caseflow/pueue-task
-echo "added $out"
-"""
-
-# $1 = case folder, $2 = label: SIGKILL the job's process group if its record is this label's.
-KILL_GROUP = r"""
-[ -r "$1/.caseflow/pueue-job" ] && read -r l g < "$1/.caseflow/pueue-job" || exit 0
-[ "$l" = "$2" ] || exit 0
-case $g in ''|*[!0-9]*) exit 0 ;; esac
-kill -KILL -"$g" 2>/dev/null
-exit 0
-"""
+# The remote scripts: scripts/pueue-*.sh. The job wrapper (the same for every case) is written
+# to the case folder as it is: the task's command execs it with LABEL, then the job's argv.
+# pueue starts the task's shell as the leader of a new process group, so the wrapper's $$ is
+# the group's id.
+JOB_WRAPPER = source(__package__, "pueue-job.sh")
+SUBMIT = script(__package__, "pueue-submit.sh")
+KILL_GROUP = script(__package__, "pueue-kill.sh")
 
 # pueued is not there ("Did you start it?"), or went away while the client shook hands with
 # it (SIGKILLed between caseflow's status query and its add: "Connection reset by peer")
 DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)|Failed to receive version during "
                          r"handshake|Connection reset by peer")
+COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # pueue colours its errors, even without a terminal
 LOST = "pueue lost track of the task; waiting for its processes to end"
 
 
@@ -116,7 +82,7 @@ class PueueBackend(QueueBackend):
 
     def _checked(self, res, what: str):
         """`res`, unless it says that pueued is not running: then DaemonNotRunning."""
-        text = f"{res.stdout}\n{res.stderr}"
+        text = COLOURS.sub("", f"{res.stdout}\n{res.stderr}")
         if res.returncode != 0 and DAEMON_DOWN.search(text):
             lines = [ln.strip() for ln in text.splitlines()]
             i = next(i for i, ln in enumerate(lines) if DAEMON_DOWN.search(ln))
@@ -130,7 +96,7 @@ class PueueBackend(QueueBackend):
     @staticmethod
     def _error(res) -> str:
         out = "\n".join(ln for ln in res.stdout.splitlines() if not ln.startswith("@@caseflow"))
-        return (res.stderr.strip() or out.strip())[:300]
+        return COLOURS.sub("", res.stderr.strip() or out.strip())[:300]
 
     def _connection_id(self) -> int:
         return getattr(self.transport, "connects", 0)
@@ -152,6 +118,30 @@ class PueueBackend(QueueBackend):
         if self.manage_groups:
             self._manage_groups(self._groups())
         self._prepared_on = self._connection_id()
+
+    def check(self) -> list[tuple[bool, str]]:
+        """`caseflow check` on a pueue host: the client runs and the daemon answers. Makes no
+        group (caseflow makes them at its first contact when manage_groups is on)."""
+        res = self.transport.run([self.pueue, "--version"])
+        match = re.search(r"\d+\.\d+\.\d+", res.stdout)
+        if res.returncode != 0 or not match:
+            why = "not found" if res.returncode == 127 or "not found" in res.stderr else \
+                f"`--version` failed (exit {res.returncode}): {self._error(res)}"
+            return [(False, f"pueue client {self.pueue}: {why}")]
+        lines = [(True, f"pueue client {self.pueue}: pueue {match.group(0)}")]
+        try:
+            data = self._status()
+        except (HostError, TransientError) as exc:  # DaemonNotRunning, BadOutput, ...
+            return [*lines, (False, str(exc))]
+        have = data.get("groups", {})
+        missing = [g for g in self.groups if g not in have]
+        lines.append((True, f"pueue daemon answers: {len(data['tasks'])} task(s), groups "
+                            f"{', '.join(sorted(have)) or 'none'}"))
+        if missing:
+            lines.append((self.manage_groups, f"pueue groups {', '.join(missing)} missing: " + (
+                "made at caseflow's first contact" if self.manage_groups else
+                "backend.manage_groups is off, so make them (`pueue group add NAME -p N`)")))
+        return lines
 
     def probe(self) -> None:
         """The daemon answers (the engine asks this of a host whose work is paused)."""
@@ -202,7 +192,7 @@ class PueueBackend(QueueBackend):
                                  f"{res.returncode}): {self._error(res)}")
         return parse_status(res.stdout)
 
-    def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | None]]]:
+    def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | str | None]]]:
         args = [a for j in jobs for a in (j.label, j.remote_path or "/nonexistent")]
         res = self._checked(self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll",
                                                 self.pueue, *args]), "status")
@@ -291,10 +281,13 @@ class PueueBackend(QueueBackend):
             raise PermanentError(f"pueue refused the job: {message}")
         raise TransientError(f"`pueue add` failed (exit {res.returncode}): {message}")
 
-    def _judge(self, job: JobRef, task, record: tuple[str, int | None]) -> JobStatus:
+    def _judge(self, job: JobRef, task, record: tuple[str, int | str | None]) -> JobStatus:
         """The job's status from pueue's entry and the job's own records."""
         procs, code = record
-        ours = isinstance(task, dict) and task.get("label") == job.label
+        if task is not None and (not isinstance(task, dict) or "label" not in task):
+            return JobStatus(UNREADABLE, f"pueue reports task {job.task_id} in a form caseflow "
+                                         f"does not know: {quote_start(json.dumps(task))}")
+        ours = task is not None and task["label"] == job.label
         if ours:
             status = task_outcome(task)
             if status_name(task) != "Done" or done_result(task) != "Killed":
@@ -304,6 +297,9 @@ class PueueBackend(QueueBackend):
             why = f"pueue no longer knows task {job.task_id}"
         if procs == "alive":
             return JobStatus(RUNNING, f"{LOST} ({why})")
+        if isinstance(code, str):  # it names the job, but what it says is no exit code
+            return JobStatus(UNREADABLE, f"the job's own exit record {EXIT_RECORD} says "
+                                         f"{quote_start(code)}, not an exit code ({why})")
         if code is not None:
             return by_exit_code(code, f"the job's own record; {why}")
         if ours:

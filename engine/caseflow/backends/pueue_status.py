@@ -11,50 +11,13 @@ import json
 import re
 
 from ..errors import TransientError
+from ..transports.shell import script
 from . import FAILURE, RUNNING, SUCCESS, UNREADABLE, JobStatus
 
 RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
 
-# $1 = pueue client; $2 $3, $4 $5, ...: the label and case folder of every job asked about.
-# "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES": none (no start
-# record of this label), gone, or the process group id when `kill -0` finds the group; then
-# "@@caseflow live PGID" for each of those groups with a process that is not a zombie (`kill
-# -0` also finds zombies, which an init that reaps slowly, e.g. in a container, leaves for a
-# while), or "@@caseflow ps-failed"; then "@@caseflow exit N CODE" for each job's exit record.
-# The exit records are read last: a job seen gone has written its record before it ended.
-POLL = r"""
-p=$1; shift
-echo "@@caseflow status"
-"$p" status --json || exit "$?"
-n=0; groups=
-for a in "$@"; do
-  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
-  procs=none
-  if [ -r "$a/.caseflow/pueue-job" ] && read -r l g < "$a/.caseflow/pueue-job" &&
-      [ "$l" = "$label" ]; then
-    case $g in
-      ''|*[!0-9]*) ;;
-      *) procs=gone; if kill -0 -"$g" 2>/dev/null; then procs=$g; groups="$groups $g"; fi ;;
-    esac
-  fi
-  echo "@@caseflow job $((n / 2 - 1)) $procs"
-done
-if [ -n "$groups" ]; then
-  ps -A -o pgid= -o stat= > /dev/null 2>&1 || echo "@@caseflow ps-failed"
-  ps -A -o pgid= -o stat= 2>/dev/null | awk -v want="$groups" '
-    BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) g[w[i]] = 1 }
-    ($1 in g) && $2 !~ /^Z/ { print "@@caseflow live " $1; delete g[$1] }'
-fi
-n=0
-for a in "$@"; do
-  n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
-  if [ -r "$a/.caseflow/pueue-exit" ] && read -r l c < "$a/.caseflow/pueue-exit" &&
-      [ "$l" = "$label" ]; then
-    echo "@@caseflow exit $((n / 2 - 1)) $c"
-  fi
-done
-echo "@@caseflow end"
-"""
+# The poll: scripts/pueue-poll.sh
+POLL = script(__package__, "pueue-poll.sh")
 
 
 class BadOutput(TransientError):
@@ -138,9 +101,10 @@ def by_exit_code(code: int, why: str) -> JobStatus:
     return JobStatus(FAILURE, f"job exited with code {code} ({why})", code)
 
 
-def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]]]:
-    """The POLL script's output → (pueue's status, per job (processes, recorded exit code));
-    BadOutput when pueue's part cannot be read or the answer ended early."""
+def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str | None]]]:
+    """The POLL script's output → (pueue's status, per job (processes, recorded exit code)):
+    the exit code is None without a record of this label, the record's text when it is not an
+    exit code. BadOutput when pueue's part cannot be read or the answer ended early."""
     lines = text.split("\n")
     if "@@caseflow status" not in lines:
         raise BadOutput(f"pueue status printed something that is not JSON: {quote_start(text)}")
@@ -151,15 +115,15 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | None]
         i += 1
     data = parse_status("\n".join(body))
     procs: dict[int, str] = {}
-    codes: dict[int, int] = {}
+    codes: dict[int, int | str] = {}
     live, ps_failed, ended = set(), False, False
     for line in lines[i:]:
         parts = line.split()
         if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
             procs[int(parts[2])] = parts[3]
-        elif len(parts) == 4 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit() \
-                and re.fullmatch(r"-?\d+", parts[3]):
-            codes[int(parts[2])] = int(parts[3])
+        elif len(parts) >= 3 and parts[:2] == ["@@caseflow", "exit"] and parts[2].isdigit():
+            said = line.split(" ", 3)[3] if len(parts) > 3 else ""
+            codes[int(parts[2])] = int(said) if re.fullmatch(r"-?\d{1,9}", said) else said
         elif len(parts) == 3 and parts[:2] == ["@@caseflow", "live"]:
             live.add(parts[2])
         ps_failed = ps_failed or line == "@@caseflow ps-failed"
