@@ -331,10 +331,6 @@ class SlurmAdapter(Adapter):
     """Slurm: the session's one-node cluster (2 GPUs), over its sshd. gpu_a's jobs ask for no
     GPU; a gpu_one job asks for both, so a second one waits for Resources."""
     poll_name = "caseflow-poll"
-    known_gaps = {"unreadable record": (
-        "slurm.py reads an exit code file that names the job but holds no exit code, of a job "
-        "squeue and sacct no longer know, as not_found ('left no exit code'), not UNREADABLE "
-        "(SlurmBackend._outcome; branch transport)")}
 
     def __init__(self, transport, root: Path, cluster):
         self.cluster = cluster

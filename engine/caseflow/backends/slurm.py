@@ -309,6 +309,11 @@ class SlurmBackend(QueueBackend):
             if code == 0:
                 return JobStatus(SUCCESS, f"slurm job {jid} ended, exit code 0 ({where})", 0)
             return JobStatus(FAILURE, f"slurm job {jid} ended, exit code {code} ({where})", code)
+        if words and (len(words) != 2 or words[0] == jid):
+            # the file is this job's (or not in caseflow's form), but its code cannot be read:
+            # not "gone" (that would end the case as not found); the case is charged an attempt
+            return JobStatus(UNREADABLE, f"the exit code file of slurm job {jid} cannot be "
+                                         f"read: {_short(exit_line or '')!r}")
         return JobStatus(NOT_FOUND, f"Slurm no longer knows job {jid} ({job.label}) and it left "
                                     f"no exit code in {EXIT_FILE}")
 
