@@ -29,8 +29,9 @@ from typing import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script, source
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
-               QueueBackend)
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, BackendAdapter, JobRef, JobSpec,
+               JobStatus, QueueBackend)
+from .slurm_options import SlurmConfig, check_host, read_config
 
 log = logging.getLogger("caseflow.slurm")
 
@@ -324,3 +325,9 @@ class SlurmBackend(QueueBackend):
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--", f"{job.remote_path}/{OUTPUT}"])
         return res.stdout if res.returncode == 0 else None
+
+
+ADAPTER = BackendAdapter(
+    config=SlurmConfig, read=read_config, check_host=check_host,
+    open=lambda host, transport: SlurmBackend(transport, host.backend),
+    tools=("sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"))

@@ -29,12 +29,13 @@ import tarfile
 import tempfile
 import threading
 import time
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 from ..errors import HostError, PermanentError, TransientError
-from . import RunResult, Transport
+from . import RunResult, Transport, TransportAdapter
 from .openssh_master import Master, NeedsLogin
-from .ssh import SSHTransport
+from .ssh import TOOLS, SSHTransport
+from .ssh_settings import OpenSSHConfig, read_openssh
 
 log = logging.getLogger("caseflow.openssh")
 
@@ -164,6 +165,32 @@ class OpenSSHTransport(SSHTransport):
 
     def close(self) -> None:
         """The master stays: it is the person's login (or closes itself when unused)."""
+
+    # -- caseflow check ----------------------------------------------------------------------
+    def describe(self) -> str:
+        return f", {self.cfg.host} through its master connection"
+
+    def check_access(self) -> Iterator[tuple[bool, str]]:
+        """Is a master connection up? Without one (master: login) nothing more can be
+        checked; with one, a command runs through it."""
+        try:
+            self.master.prepare_folder()
+            pid = self.master.pid()
+        except HostError as exc:
+            yield False, str(exc)
+            return
+        where = self.master.socket_path()
+        if pid is not None:
+            yield True, f"master connection up (pid {pid}, {where})"
+        elif self.cfg.master == "daemon":
+            yield True, f"no master connection yet at {where}; caseflow opens it"
+        else:
+            yield False, (f"no master connection at {where}: log in first with "
+                          f"`caseflow login {self.name}`")
+            return
+        self.run(["true"])
+        yield True, ("a command ran through the master connection (host key checked by "
+                     f"OpenSSH: StrictHostKeyChecking={self.cfg.strict_host_key_checking})")
 
 
 class _NotStarted(TransientError):
@@ -315,4 +342,8 @@ class _Stderr:
         return self.chan.stderr_bytes()
 
 
-__all__ = ["OpenSSHTransport", "NeedsLogin"]
+# the same remote side as the ssh transport's
+ADAPTER = TransportAdapter(config=OpenSSHConfig, read=read_openssh, open=OpenSSHTransport,
+                           tools=TOOLS)
+
+__all__ = ["ADAPTER", "OpenSSHTransport", "NeedsLogin"]

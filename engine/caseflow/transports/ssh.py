@@ -22,15 +22,16 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Iterator, Sequence
 
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
 
 from .. import metrics
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport, remove_local
+from . import RunResult, Transport, TransportAdapter, remove_local
 from .shell import script
+from .ssh_settings import SSHConfig, read_ssh
 from .ssh_connection import Connection, Unreachable, classify
 from .ssh_upload import StagedUpload, _space_or_permission
 from .tarstream import extract
@@ -279,6 +280,20 @@ class SSHTransport(StagedUpload, Transport):
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- caseflow check ----------------------------------------------------------------------
+    def describe(self) -> str:
+        ep = self.conn.endpoint
+        return f", {ep}{', via ' + ep.proxy_jump if ep.proxy_jump else ''}"
+
+    def check_access(self) -> Iterator[tuple[bool, str]]:
+        self.run(["true"])
+        yield True, f"connected; host key verified against {self.conn.endpoint.known_hosts}"
+
+
+# what the remote side of an upload, a download and a results fetch runs (scripts/*.sh)
+TOOLS = ("tar", "find", "sha256sum", "xargs", "dd", "sed", "df", "awk")
+ADAPTER = TransportAdapter(config=SSHConfig, read=read_ssh, open=SSHTransport, tools=TOOLS)
 
 
 def _glob_literal(text: str) -> str:
