@@ -14,7 +14,6 @@ from . import backends, transports
 from .errors import CaseflowError, HostError, PermanentError, TransientError
 from .transports import make_transport
 
-
 # prints "exists" (the root is a writable folder) or the nearest existing folder above it
 # (writable, so the root can be made there), then df's line for that folder; makes nothing
 _ROOT_SCRIPT = r'''

@@ -155,7 +155,7 @@ class CaseQueries(Database):
             conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
                          " VALUES (?, ?, ?, ?, ?, ?)", (case_id, src, dst, trigger, now, detail))
 
-    def note_failure(self, case_id: int, state: str, attempts: int, failing_since: float,
+    def note_failure(self, case_id: int, state: str, attempts: int, failing_since: float | None,
                      error: str, next_attempt_at: float, now: float) -> None:
         """The case's failure streak grew (see caseflow.retry): keep it and the next try."""
         with self.transaction() as conn:
@@ -216,7 +216,8 @@ class CaseQueries(Database):
                         note: str | None = None, done: bool = False,
                         retry_at: float | None = None) -> None:
         """Record a wrap-up step: the case folder's new place, a note, done or retry later."""
-        sets, values = [], []
+        sets: list[str] = []
+        values: list[object] = []
         if local_path is not None:
             sets.append("local_path = ?")
             values.append(local_path)

@@ -66,7 +66,7 @@ class QueueBackend(ABC):
     def cancel(self, job: JobRef) -> None:
         """Stop the job; no error when it has already ended."""
 
-    def probe(self) -> None:
+    def probe(self) -> None:  # noqa: B027 (an optional hook: by default the queue is fine)
         """Raise HostError (or TransientError) while the queue cannot take work although the
         host answers; the engine asks this before it resumes a host whose work is paused."""
 

@@ -100,5 +100,5 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
 
 
 # settings: the core keys alone; the scripts need setsid (a session of the job's own) and sh
-ADAPTER = BackendAdapter(config=BackendConfig, open=lambda host, transport: DirectBackend(transport),
-                         tools=("setsid", "sh"))
+ADAPTER = BackendAdapter(config=BackendConfig, tools=("setsid", "sh"),
+                         open=lambda host, transport: DirectBackend(transport))

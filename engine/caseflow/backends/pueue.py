@@ -29,8 +29,8 @@ import logging
 import re
 import shlex
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from ..config_reader import Section
 from ..errors import HostError, PermanentError, TransientError
@@ -322,7 +322,7 @@ class PueueBackend(QueueBackend):
                   if isinstance(g, dict) and g.get("status") == "Paused"}
         out: dict[int, JobStatus] = {}
         counts = {"stashed": 0, "paused": 0, "lost": 0}
-        for job, record in zip(jobs, records):
+        for job, record in zip(jobs, records, strict=True):  # a record per job (parse_poll)
             task = tasks.get(str(job.task_id))
             status = self._judge(job, task, record)
             group = task.get("group") if isinstance(task, dict) else None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script, source
@@ -116,7 +116,7 @@ def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
         if len(values) != len(SQUEUE_FIELDS) or not values[0].strip().isdigit():
             unreadable.append(line)
             continue
-        job = dict(zip(SQUEUE_FIELDS, (v.strip() for v in values)))
+        job = dict(zip(SQUEUE_FIELDS, (v.strip() for v in values), strict=True))
         job["name"] = values[-1]  # as given (only the line's end is cut)
         jobs[job["id"]] = job
     return jobs, unreadable

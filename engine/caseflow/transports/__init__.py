@@ -147,7 +147,7 @@ class Transport(ABC):
     def remove_tree(self, remote_path: str) -> None:
         """Delete a remote folder and everything in it; no error when it is absent."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: adapters without connections)
         """Release connections; the transport may be used again afterwards."""
 
 

@@ -13,9 +13,9 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..casefolder import Manifest
 from ..config_reader import Section, can_make

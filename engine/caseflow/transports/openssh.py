@@ -23,13 +23,13 @@ import os
 import re
 import select
 import shlex
-import socket
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import IO
 
 from ..errors import HostError, PermanentError, TransientError
 from . import RunResult, Transport, TransportAdapter
@@ -120,7 +120,8 @@ class OpenSSHTransport(SSHTransport):
                 self.sleep(0.5 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _exec(self, command: str, timeout: float | None) -> RunResult:
+    def _exec(self, command: str, timeout: float | None, chan: object = None) -> RunResult:
+        """`chan`: unused (each command is an ssh process of its own; run_once is ours)."""
         try:
             return self._exec_once(command, timeout)
         except _MasterGone:  # master: daemon: open it (or say why not), then once more
@@ -147,7 +148,7 @@ class OpenSSHTransport(SSHTransport):
         self.commands += 1
         return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"), err)
 
-    def _channel(self, argv: Sequence[str]) -> "_Channel":
+    def _channel(self, argv: Sequence[str]) -> _Channel:
         if self.cfg.master == "daemon":
             self.master.ensure()  # a stream cannot be sent twice: the master first
         return _Channel(self, shlex.join(argv))
@@ -222,7 +223,10 @@ class _Channel:
         except BaseException:
             self._release()
             raise
-        self._stdin = self.proc.stdin.fileno()
+        # both are pipes (never None), which Popen's types cannot say
+        self.stdin: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
+        self.stdout: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
+        self._stdin = self.stdin.fileno()
         try:  # 1 MiB at a time into ssh instead of 16 writes of 64 KiB
             fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
@@ -247,16 +251,16 @@ class _Channel:
                 n = os.write(self._stdin, view)
             except BlockingIOError:
                 if not select.select([], [self._stdin], [], self.timeout)[1]:
-                    raise socket.timeout(f"nothing could be sent for {self.timeout:.0f} s")
+                    raise TimeoutError(f"nothing could be sent for {self.timeout:.0f} s") from None
                 continue
             view = view[n:]
 
     def shutdown_write(self) -> None:
-        if not self.proc.stdin.closed:
-            self.proc.stdin.close()
+        if not self.stdin.closed:
+            self.stdin.close()
 
-    def makefile(self, mode: str = "rb", timeout: float | None = None) -> "_Reader":
-        return _Reader(self.proc.stdout, timeout or self.timeout)
+    def makefile(self, mode: str = "rb", timeout: float | None = None) -> _Reader:
+        return _Reader(self.stdout, timeout or self.timeout)
 
     def makefile_stderr(self, mode: str = "rb"):
         return _Stderr(self)
@@ -272,7 +276,7 @@ class _Channel:
                 self._status = self.proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired as exc:
                 self.proc.kill()
-                raise socket.timeout(f"ssh did not end within {self.timeout:.0f} s") from exc
+                raise TimeoutError(f"ssh did not end within {self.timeout:.0f} s") from exc
         return self._status
 
     def stderr_bytes(self) -> bytes:
@@ -296,7 +300,7 @@ class _Channel:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout, self.err):
+            for f in (self.stdin, self.stdout, self.err):
                 try:
                     f.close()
                 except OSError:
@@ -322,7 +326,7 @@ class _Reader:
             return b""
         fd = self.pipe.fileno()
         if size is None or size < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 data = self.read(1 << 16)
                 if not data:

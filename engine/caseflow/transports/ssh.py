@@ -19,10 +19,9 @@ import os
 import posixpath
 import shlex
 import shutil
-import socket
 import time
-from pathlib import Path
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
@@ -31,8 +30,8 @@ from .. import metrics
 from ..errors import PermanentError, TransientError
 from . import RunResult, Transport, TransportAdapter, remove_local
 from .shell import script
+from .ssh_connection import Connection, Unreachable, classify, transport_of
 from .ssh_settings import SSHConfig, read_ssh
-from .ssh_connection import Connection, Unreachable, classify
 from .ssh_upload import StagedUpload, _space_or_permission
 from .tarstream import extract
 
@@ -62,7 +61,7 @@ class SSHTransport(StagedUpload, Transport):
                             retry=retry_if_exception(_retryable), reraise=True, sleep=self.sleep,
                             before_sleep=lambda rs: log.info(
                                 "%s on %s failed (%s); trying again", what, self.name,
-                                rs.outcome.exception()))
+                                rs.outcome.exception() if rs.outcome else None))
         return retrying(fn)
 
     def _guard(self, fn, what: str):
@@ -117,7 +116,7 @@ class SSHTransport(StagedUpload, Transport):
         return self._guard(lambda: self._exec(command, timeout, chan), what)
 
     def _session(self):
-        return self.conn.client().get_transport().open_session(timeout=self.cfg.connect_timeout)
+        return transport_of(self.conn.client()).open_session(timeout=self.cfg.connect_timeout)
 
     def _exec(self, command: str, timeout: float | None, chan=None) -> RunResult:
         if chan is None:
@@ -137,7 +136,7 @@ class SSHTransport(StagedUpload, Transport):
                 # the command was killed by a signal); it may have run, or run in part
                 raise TransientError(f"the connection to {self.name} was lost while a "
                                      "command ran")
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             metrics.ssh_error(self.name)
             raise TransientError(f"a command on {self.name} did not finish within "
                                  f"{timeout or self.cfg.command_timeout:.0f} s") from exc
@@ -163,7 +162,7 @@ class SSHTransport(StagedUpload, Transport):
                     err += chan.recv_stderr(65536)
                 try:
                     data = recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     if time.monotonic() > deadline:
                         raise
                     continue

@@ -82,8 +82,9 @@ def read_ssh(section: Section) -> SSHConfig:
     port = tr.get("port", int, None, port_number)
     user = tr.get("user", str, None)
     name = section.name(host)
-    paths = {key: (str(section.path(value)) if value else None) for key, value in
-             ((k, tr.get(k, str, None)) for k in ("identity_file", "known_hosts", "ssh_config"))}
+    paths: dict[str, Any] = {
+        key: (str(section.path(value)) if value else None) for key, value in
+        ((k, tr.get(k, str, None)) for k in ("identity_file", "known_hosts", "ssh_config"))}
     accept_new = tr.get("accept_new_host_keys", bool, False)
     cfg = SSHConfig(**section.core, name=name, host=host, port=port, user=user, **paths,
                     accept_new_host_keys=accept_new, **_limits(tr))
@@ -107,7 +108,7 @@ def read_openssh(section: Section) -> OpenSSHConfig:
     if "accept_new_host_keys" in tr.data:
         raise tr.error("accept_new_host_keys", "not used by the openssh transport; set "
                        "strict_host_key_checking: accept-new to trust a new host key")
-    paths = {}
+    paths: dict[str, Any] = {}
     for key in ("identity_file", "known_hosts", "ssh_config"):
         value = tr.get(key, str, None)
         paths[key] = str(section.path(value)) if value else None
