@@ -150,7 +150,6 @@ class Transport(ABC):
     def close(self) -> None:  # noqa: B027 (an optional hook: adapters without connections)
         """Release connections; the transport may be used again afterwards."""
 
-
     def describe(self) -> str:
         """How the host is reached, after the kind in `caseflow check`'s heading ("" when the
         kind says it all)."""
