@@ -1,17 +1,17 @@
-# The README's two commands: `make run` and `make test`.
+# The README's two commands: `make run` and `make test`; `make lint` runs before the tests in CI.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test bench diagram clean
+.PHONY: run test lint bench diagram clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,lint]'
 	touch $(STAMP)
 
 # the daemon makes var/ (database, "remote" root) itself; inbox/ is in the repository
@@ -21,6 +21,17 @@ run: $(STAMP)
 test: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python -m pytest
+
+# ruff (lint, and the format check) and mypy on engine/ (their settings: pyproject.toml);
+# shellcheck on the remote scripts as files (tests/test_remote_scripts.py also checks them as
+# they are sent)
+SCRIPTS = engine/caseflow/transports/scripts/*.sh engine/caseflow/backends/scripts/*.sh
+lint: $(STAMP)
+	bash .ci/system-deps
+	$(BIN)/ruff check engine
+	$(BIN)/ruff format --check engine
+	$(BIN)/mypy
+	shellcheck --shell=sh --severity=style $(SCRIPTS)
 
 # every benchmark, a table of ratios to the alternatives, bench/last_run.json (about 10
 # minutes; `make bench BENCH=--quick` for a small smoke run)

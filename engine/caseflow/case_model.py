@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 from . import casefolder, metrics
@@ -45,7 +46,8 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def free_name(folder: Path, name: str, case_id: int, taken: set[str] = frozenset()) -> Path:
+def free_name(folder: Path, name: str, case_id: int,
+              taken: Collection[str] = frozenset()) -> Path:
     """`folder/name`, or with the case id (and a counter) appended when that is taken:
     never a path that exists or that another case uses."""
     base = casefolder.short_name(name)
@@ -65,6 +67,8 @@ def job_ref(row: CaseRow, instance: str) -> JobRef:
 
 class Case:
     """One case bound to the machine for one trigger. `engine` supplies the ports."""
+
+    trigger: Callable[..., bool]  # added by the machine it is bound to (transitions)
 
     def __init__(self, row: CaseRow, engine):
         self.row = row
@@ -153,6 +157,7 @@ class Case:
                                      row.slot_index is not None else None)
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
+        assert row.remote_path is not None and row.grp is not None  # an uploaded case's
         job = JobSpec(case_id=row.id, label=job_label(row, eng.instance),
                       remote_path=row.remote_path, group=row.grp,
                       command=host.cfg.backend.command, env=env, priority=row.priority)
@@ -227,8 +232,8 @@ class Case:
         if self.row.slot_id is not None:  # kept for an earlier job that may still run
             raise TransientError("its earlier job is still being stopped (the case keeps its "
                                  "slot until then); the retry follows")
-        self.changes.update(host=None, reason=None, task_id=None, last_error=None, run=self.row.run + 1,
-                            job_outcome=None, job_detail=None, exit_code=None,
+        self.changes.update(host=None, reason=None, task_id=None, last_error=None,
+                            run=self.row.run + 1, job_outcome=None, job_detail=None, exit_code=None,
                             results_fetched=0, wrapup=0, wrapup_note=None)
 
     # -- state callbacks ---------------------------------------------------------------

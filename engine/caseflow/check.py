@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import backends, transports
 from .backends import make_backend
 from .errors import CaseflowError, HostError, PermanentError, TransientError
 from .transports import make_transport
-
-TOOLS = {"ssh": ["tar", "find", "sha256sum", "xargs", "dd", "sed", "df", "awk"], "local": []}
-TOOLS["openssh"] = TOOLS["ssh"]
-BACKEND_TOOLS = {"direct": ["setsid", "sh"],
-                 "slurm": ["sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"]}
-
 
 # prints "exists" (the root is a writable folder) or the nearest existing folder above it
 # (writable, so the root can be made there), then df's line for that folder; makes nothing
@@ -49,27 +44,15 @@ class Line:
 def check_host(host) -> tuple[str, list[Line]]:
     """Check one host (a `config.HostConfig`)."""
     t = make_transport(host.transport)
-    title = f"host {t.name} ({host.transport.kind}"
-    if host.transport.kind == "ssh":
-        ep = t.conn.endpoint
-        title += f", {ep}{', via ' + ep.proxy_jump if ep.proxy_jump else ''}"
-    if host.transport.kind == "openssh":
-        title += f", {host.transport.host} through its master connection"
-    title += ")"
+    title = f"host {t.name} ({host.transport.kind}{t.describe()})"
     lines: list[Line] = []
     try:
-        if host.transport.kind == "openssh" and not _master_up(t, host, lines):
-            return title, lines
         try:
-            t.run(["true"])
+            for ok, text in t.check_access():
+                lines.append(Line(ok, text))
+            if not all(line.ok for line in lines):
+                return title, lines
             root = t.path()
-            if host.transport.kind == "ssh":
-                lines.append(Line(True, f"connected; host key verified against "
-                                        f"{t.conn.endpoint.known_hosts}"))
-            if host.transport.kind == "openssh":
-                lines.append(Line(True, "a command ran through the master connection (host "
-                                        "key checked by OpenSSH: StrictHostKeyChecking="
-                                        f"{host.transport.strict_host_key_checking})"))
         except (HostError, TransientError, PermanentError) as exc:
             lines.append(Line(False, f"cannot connect: {exc}"))
             return title, lines
@@ -89,7 +72,8 @@ def check_host(host) -> tuple[str, list[Line]]:
                 free = int(fields[3]) * 1024
                 lines.append(Line(free > 1 << 30, f"free space: {free / (1 << 30):.1f} GiB"
                                   + ("" if free > 1 << 30 else " (less than 1 GiB)")))
-        tools = TOOLS.get(host.transport.kind, []) + BACKEND_TOOLS.get(host.backend.kind, [])
+        tools = [*transports.adapter(host.transport.kind).tools,
+                 *backends.adapter(host.backend.kind).tools]
         if tools:
             res = t.run(["sh", "-c", 'for t in "$@"; do command -v "$t" >/dev/null 2>&1 || '
                                      'echo "$t"; done', "check", *tools])
@@ -114,23 +98,3 @@ def check_local(config) -> list[Line]:
             lines.append(Line(True, f"{key}: {folder} does not exist yet; made by "
                                     "`caseflow run` at start"))
     return lines
-
-
-def _master_up(t, host, lines: list[Line]) -> bool:
-    """Is a master connection up? Without one (master: login) nothing more can be checked."""
-    try:
-        t.master.prepare_folder()
-        pid = t.master.pid()
-    except HostError as exc:
-        lines.append(Line(False, str(exc)))
-        return False
-    where = t.master.socket_path()
-    if pid is not None:
-        lines.append(Line(True, f"master connection up (pid {pid}, {where})"))
-        return True
-    if host.transport.master == "daemon":
-        lines.append(Line(True, f"no master connection yet at {where}; caseflow opens it"))
-        return True
-    lines.append(Line(False, f"no master connection at {where}: log in first with "
-                             f"`caseflow login {host.name}`"))
-    return False

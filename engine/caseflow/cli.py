@@ -206,6 +206,7 @@ def cmd_request(args) -> int:
 def _report(store: Store, trigger: str, before: CaseRow, mark: int,
             daemon_pid: int | None) -> int:
     now = store.get(before.id)
+    assert now is not None  # cases are never deleted
     name = printable(before.name)
     done = next((h for h in store.history(before.id) if h.id > mark and h.trigger == trigger),
                 None)
@@ -254,6 +255,7 @@ def cmd_check(args) -> int:
 def cmd_login(args) -> int:
     """Open a host's OpenSSH master connection here, in the terminal (transport openssh)."""
     from .transports.openssh_master import Master
+    from .transports.ssh_settings import OpenSSHConfig
     config = load_config(config_path_from(args.config))
     hosts = [h for h in config.hosts if h.transport.kind == "openssh"]
     if args.host is not None:
@@ -268,17 +270,19 @@ def cmd_login(args) -> int:
         raise UsageError("name the host: caseflow login HOST (openssh hosts: "
                          + (", ".join(h.name for h in hosts) or "none") + ")")
     host = hosts[0]
-    master = Master(host.transport)
+    settings = host.transport
+    assert isinstance(settings, OpenSSHConfig)  # kind openssh, as chosen above
+    master = Master(settings)
     pid = master.pid()
     if pid is None:
-        print(f"logging in to {host.name} ({host.transport.host}) ...", flush=True)
+        print(f"logging in to {host.name} ({settings.host}) ...", flush=True)
         rc = master.login()
         pid = master.pid()
         if pid is None:
             print(f"caseflow: not logged in to {host.name}: ssh exited {rc}", file=sys.stderr)
             return 1
         print(f"logged in to {host.name}: master connection up (pid {pid}, "
-              f"{master.socket_path()}); it closes after {host.transport.control_persist} "
+              f"{master.socket_path()}); it closes after {settings.control_persist} "
               "unused (control_persist)")
     else:
         print(f"{host.name}: already logged in (master connection pid {pid}, "
@@ -319,7 +323,7 @@ JSON_STATUS = ("print the cases as a JSON list of objects, one per case, with th
 def build_parser() -> argparse.ArgumentParser:
     # -c works before the command (`caseflow -c FILE status`) and after it; SUPPRESS keeps
     # a command's parser from overwriting the one given before it with its own default
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
                         help=CONFIG_HELP)
     p = _Parser(prog="caseflow", description="Ferries compute cases from an inbox folder to a "

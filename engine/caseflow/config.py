@@ -6,13 +6,15 @@ database's, results, archives, a local transport's root) may be missing if it ca
 be made; `folders.make_run_folders` makes them, once the daemon is sure to run. Relative
 paths are resolved against the config file's folder, so the daemon works from any
 working directory.
+
+This module reads the top-level keys; the hosts are read by config_hosts (which hands
+each host's `transport:` and `backend:` to the adapter named there), what happens at a
+case's end by config_finish, all with the reader of config_reader.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import hashlib
+import importlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,98 +24,24 @@ from typing import Any
 import yaml
 
 from . import yamlfile
+from .backends import BackendConfig
+from .config_finish import FinishConfig, ResultsConfig, read_finish, read_results
+from .config_hosts import GroupConfig, HostConfig, read_hosts
+from .config_reader import NUMBER, Reader, can_make, not_negative, positive, resolve
 from .errors import ConfigError
+from .transports import TransportConfig
 
 ENV_VAR = "CASEFLOW_CONFIG"
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-TRANSPORT_KINDS = ("local", "ssh", "openssh")
-VERIFY_MODES = ("size", "checksum")
-BACKEND_KINDS = ("direct", "pueue", "slurm")
-CLEANUP_MODES = ("never", "on_success", "always")
+
+# names that moved to the adapter that owns them, still importable from here
+_MOVED = {"SlurmOptions": "caseflow.backends.slurm_options",
+          "CONTROL_PATH_MAX": "caseflow.transports.ssh_settings"}
 
 
-@dataclass(frozen=True)
-class GroupConfig:
-    name: str
-    slots: int
-    devices: tuple[str, ...] | None = None
-
-    def device_of(self, index: int) -> str | None:
-        return self.devices[index] if self.devices else None
-
-
-@dataclass(frozen=True)
-class TransportConfig:
-    kind: str
-    root: str
-    name: str
-    verify: str = "size"
-    # ssh only
-    host: str | None = None
-    port: int | None = None
-    user: str | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None
-    accept_new_host_keys: bool = False
-    ssh_config: str | None = None
-    connect_timeout: float = 15.0
-    command_timeout: float = 600.0
-    keepalive_seconds: float = 30.0
-    reconnect_min_interval: float = 5.0
-    large_file_bytes: int = 64 * 1024 * 1024
-    # openssh only (read by _read_openssh)
-    control_path: str | None = None       # None: one under the state folder (see below)
-    control_persist: str = "12h"          # the master's idle time before it closes
-    max_sessions: int = 10                # channels at once over the master (sshd's MaxSessions)
-    strict_host_key_checking: str = "yes"
-    master: str = "login"                 # who opens the master: a person, or the daemon
-
-
-@dataclass(frozen=True)
-class SlurmOptions:
-    """What `sbatch` is told for the jobs of one group (backend kind `slurm`)."""
-    gpus_per_job: int = 1                 # --gres=gpu:N (0: no GPU requested)
-    partition: str | None = None          # --partition
-    account: str | None = None            # --account
-    time: str | None = None               # --time (Slurm's formats: "30", "4:00:00", "1-0")
-    extra_args: tuple[str, ...] = ()      # more sbatch options, as given
-
-    def sbatch_args(self) -> list[str]:
-        args = [f"--gres=gpu:{self.gpus_per_job}"] if self.gpus_per_job else []
-        for option, value in (("partition", self.partition), ("account", self.account),
-                              ("time", self.time)):
-            if value is not None:
-                args.append(f"--{option}={value}")
-        return args + list(self.extra_args)
-
-
-@dataclass(frozen=True)
-class BackendConfig:
-    kind: str
-    command: tuple[str, ...] | str
-    pueue: str = "pueue"          # the pueue client on the host
-    manage_groups: bool = True    # create the groups and set their parallel tasks to the slots
-    # slurm only: the options of every group, and of the groups that override some of them
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    slurm_groups: tuple[tuple[str, SlurmOptions], ...] = ()
-
-    def slurm_options(self, group: str) -> SlurmOptions:
-        return dict(self.slurm_groups).get(group, self.slurm)
-
-
-@dataclass(frozen=True)
-class HostConfig:
-    """One GPU host: how it is reached, its queue, and the slots of each group it serves."""
-    name: str
-    transport: TransportConfig
-    backend: BackendConfig
-    groups: tuple[GroupConfig, ...]
-
-    def group(self, name: str) -> GroupConfig | None:
-        for g in self.groups:
-            if g.name == name:
-                return g
-        return None
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -125,25 +53,6 @@ class RetryConfig:
     def delay(self, attempts: int) -> float:
         """Backoff before attempt number `attempts + 1` (exponential, capped)."""
         return min(self.max_seconds, self.initial_seconds * (2 ** max(0, attempts - 1)))
-
-
-@dataclass(frozen=True)
-class ResultsConfig:
-    """What comes home when a job ends, and where it goes."""
-    folder: Path | None                    # None: results are not fetched (the job log is)
-    patterns: tuple[str, ...] | None = None  # None: every file the job created or changed
-
-
-@dataclass(frozen=True)
-class FinishConfig:
-    """What happens after a case reached its terminal state."""
-    archive_done: Path | None = None      # success goes here
-    archive_failed: Path | None = None    # failure and not_found go here
-    remote_cleanup: str = "never"
-    on_finish: tuple[str, ...] | str | None = None
-    on_finish_timeout_seconds: float = 300.0
-    # run when work on a host pauses (e.g. `needs login`); same form and timeout as on_finish
-    on_host_paused: tuple[str, ...] | str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,97 +136,7 @@ class Config:
         return self.hosts[0].backend
 
 
-class _Reader:
-    """Takes values out of one mapping, naming file and key in every error."""
-
-    def __init__(self, file: Path, data: dict, prefix: str = "",
-                 planned: set[Path] | None = None):
-        self.file = file
-        self.data = data
-        self.prefix = prefix
-        self.used: set[str] = set()
-        # folders that do not exist yet and that `caseflow run` will make (shared by the
-        # readers of one file: a folder may be missing if its parent exists or is one)
-        self.planned: set[Path] = set() if planned is None else planned
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def error(self, name: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.file}: {self.key(name)}: {message}")
-
-    def get(self, name: str, kind, default: Any = ..., check=None, what: str | None = None):
-        self.used.add(name)
-        if name not in self.data or self.data[name] is None:
-            if default is ...:
-                self._misspelt(name)
-                raise self.error(name, "is required")
-            return default
-        value = self.data[name]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            ok = False
-        else:
-            ok = isinstance(value, kinds)
-        if not ok:
-            raise self.error(name, f"expected {what or _kind_name(kinds)}, got {_show(value)}")
-        if check is not None:
-            message = check(value)
-            if message:
-                raise self.error(name, message)
-        return value
-
-    def sub(self, name: str, required: bool = False) -> "_Reader":
-        value = self.get(name, dict, default=... if required else {}, what="a mapping")
-        return _Reader(self.file, value, prefix=f"{self.key(name)}.", planned=self.planned)
-
-    def _misspelt(self, name: str) -> None:
-        """A required key is missing: a key not read yet that looks like it (`kidn` for
-        `kind`) is the mistake to name, not the missing key."""
-        others = [str(k) for k in self.data if k not in self.used]
-        close = difflib.get_close_matches(name, others, n=1, cutoff=0.7)
-        if close:
-            raise self.error(close[0], f"unknown key (did you mean {name!r}? "
-                                       f"{self.key(name)} is required)")
-
-    def finish(self) -> None:
-        unknown = [k for k in self.data if k not in self.used]
-        if unknown:
-            k = unknown[0]
-            known = sorted(self.used)
-            close = [c for c in known if str(k) in c or c in str(k)] or \
-                difflib.get_close_matches(str(k), known, n=1, cutoff=0.5)
-            hint = (f" (did you mean {close[0]!r}?)" if close else
-                    f" (known keys: {', '.join(known)})")
-            raise self.error(str(k), f"unknown key{hint}")
-
-
-def _kind_name(kinds) -> str:
-    if set(kinds) == {int, float}:
-        return "a number"
-    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a mapping"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
-def _show(value) -> str:
-    return f"{type(value).__name__} {value!r}"
-
-
-def _positive(value):
-    return None if value > 0 else "must be greater than 0"
-
-
-def _not_negative(value):
-    return None if value >= 0 else "must not be negative"
-
-
-def _resolve(base: Path, value: str) -> Path:
-    p = Path(os.path.expanduser(value))
-    return p if p.is_absolute() else (base / p).resolve()
-
-
-def permission_warnings(config: "Config") -> list[str]:
+def permission_warnings(config: Config) -> list[str]:
     """What anyone on this machine could change: a config that says which commands run,
     a database folder where the database (and its lock) could be replaced."""
     out = []
@@ -364,47 +183,46 @@ def load_config(path: Path | str) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top")
     base = path.resolve().parent
-    top = _Reader(path, data)
+    top = Reader(path, data)
     # top-level keys starting with "x-" are the user's own (e.g. YAML anchors to share)
     top.used |= {k for k in data if isinstance(k, str) and k.startswith("x-")}
 
-    inbox = _resolve(base, top.get("inbox", str))
+    inbox = resolve(base, top.get("inbox", str))
     if inbox.exists() and not inbox.is_dir():
         raise top.error("inbox", f"{inbox} is a file, not a folder (each case is a folder in "
                                  "the inbox: give the folder that holds them)")
     if not inbox.is_dir():
         raise top.error("inbox", f"folder {inbox} does not exist (create it, or fix the path)")
-    database = _resolve(base, top.get("database", str, default="caseflow.db"))
+    database = resolve(base, top.get("database", str, default="caseflow.db"))
     if database.is_dir():
         raise top.error("database", f"{database} is a folder; give the database's file name "
                                     f"(e.g. {database / 'caseflow.db'})")
-    _can_make(top, "database", database.parent)
-    number = (int, float)
-    tick = float(top.get("tick_seconds", number, 2.0, _positive))
-    poll = float(top.get("poll_seconds", number, 10.0, _positive))
-    workers = top.get("workers", int, 4, _positive)
-    grace = float(top.get("shutdown_grace_seconds", number, 30.0, _not_negative))
-    stop_timeout = float(top.get("shutdown_timeout_seconds", number, grace + 30.0,
+    can_make(top, "database", database.parent)
+    tick = float(top.get("tick_seconds", NUMBER, 2.0, positive))
+    poll = float(top.get("poll_seconds", NUMBER, 10.0, positive))
+    workers = top.get("workers", int, 4, positive)
+    grace = float(top.get("shutdown_grace_seconds", NUMBER, 30.0, not_negative))
+    stop_timeout = float(top.get("shutdown_timeout_seconds", NUMBER, grace + 30.0,
                                  lambda v: None if v >= grace else
                                  f"must be at least shutdown_grace_seconds ({grace:g})"))
 
     stab = top.sub("stability")
-    quiet = float(stab.get("quiet_seconds", number, 5.0, _not_negative))
-    rescan = float(stab.get("rescan_seconds", number, 30.0, _positive))
+    quiet = float(stab.get("quiet_seconds", NUMBER, 5.0, not_negative))
+    rescan = float(stab.get("rescan_seconds", NUMBER, 30.0, positive))
     stab.finish()
 
-    hosts = _place_control_sockets(_read_hosts(top, base), database.parent)
+    hosts = read_hosts(top, base, database.parent)
 
     rr = top.sub("retry")
     retry = RetryConfig(
-        initial_seconds=float(rr.get("initial_seconds", number, 5.0, _positive)),
-        max_seconds=float(rr.get("max_seconds", number, 300.0, _positive)),
-        give_up_after_seconds=float(rr.get("give_up_after_seconds", number, 86400.0,
-                                           _positive)))
+        initial_seconds=float(rr.get("initial_seconds", NUMBER, 5.0, positive)),
+        max_seconds=float(rr.get("max_seconds", NUMBER, 300.0, positive)),
+        give_up_after_seconds=float(rr.get("give_up_after_seconds", NUMBER, 86400.0,
+                                           positive)))
     rr.finish()
 
-    results = _read_results(top, base, inbox)
-    finish = _read_finish(top, base, inbox)
+    results = read_results(top, base, inbox)
+    finish = read_finish(top, base, inbox)
     if finish.remote_cleanup != "never" and results.folder is None:
         raise top.error("remote_cleanup", "removes remote case folders only after their results "
                                           "are home, but results.fetch is false; set it to never")
@@ -417,7 +235,7 @@ def load_config(path: Path | str) -> Config:
                    else "must be one of DEBUG, INFO, WARNING, ERROR").upper()
     log_file = lg.get("file", str, None)
     if log_file is not None:
-        log_path = _resolve(base, log_file)
+        log_path = resolve(base, log_file)
         if log_path.is_dir():
             raise lg.error("file", f"{log_path} is a folder; give the log's file name")
         if not log_path.parent.is_dir():
@@ -429,11 +247,11 @@ def load_config(path: Path | str) -> Config:
                   rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
                   shutdown_grace_seconds=grace, shutdown_timeout_seconds=stop_timeout,
                   retry=retry, log_level=level,
-                  log_file=_resolve(base, log_file) if log_file else None,
+                  log_file=resolve(base, log_file) if log_file else None,
                   results=results, finish=finish, web=web)
 
 
-def _read_web(top: _Reader, base: Path) -> WebConfig | None:
+def _read_web(top: Reader, base: Path) -> WebConfig | None:
     """`web: {listen: 127.0.0.1:8765, token_file: ...}`: the status page, off when absent."""
     if top.data.get("web") is None:
         top.used.add("web")
@@ -446,7 +264,7 @@ def _read_web(top: _Reader, base: Path) -> WebConfig | None:
         raise wr.error("listen", f'expected an address and port such as "127.0.0.1:8765" or '
                                  f'"[::1]:8765", got {listen!r}')
     token = wr.get("token_file", str, None)
-    token_file = _resolve(base, token) if token else None
+    token_file = resolve(base, token) if token else None
     wr.finish()
     if token_file is None and not is_loopback(host):
         raise wr.error("token_file", f"is required when listen is not a loopback address "
@@ -463,410 +281,3 @@ def _read_web(top: _Reader, base: Path) -> WebConfig | None:
                                          "letters, digits or -._~+/= (e.g. `openssl rand -hex "
                                          "32`)")
     return WebConfig(host=host, port=int(port), token_file=token_file)
-
-
-def _outside_inbox(reader: _Reader, key: str, folder: Path, inbox: Path) -> None:
-    if folder == inbox or inbox in folder.parents:
-        raise reader.error(key, f"{folder} is inside the inbox, where it would be taken for a "
-                                "case; choose a folder next to the inbox")
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
-
-
-def _can_make(reader: _Reader, key: str, folder: Path) -> None:
-    """`folder` is a folder, or `caseflow run` can make it: its parent exists (a typo in a
-    path is not taken for a folder to make) or is another folder run makes first (the
-    database's `var/` for a local root `var/remote`)."""
-    if folder.is_dir():
-        return
-    if folder.exists():
-        raise reader.error(key, f"{folder} is a file, not a folder")
-    parent = _existing_ancestor(folder)
-    if not parent.is_dir():
-        raise reader.error(key, f"cannot make {folder}: {parent} is a file, not a folder")
-    if folder.parent != parent and folder.parent not in reader.planned:
-        raise reader.error(key, f"folder {folder.parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise reader.error(key, f"cannot make {folder}: {parent} is not writable")
-    reader.planned.add(folder)
-
-
-def _folder(reader: _Reader, key: str, base: Path, default: str | None = None) -> Path | None:
-    """A local folder setting: it exists, or `caseflow run` can make it."""
-    value = reader.get(key, str, default)
-    if value is None:
-        return None
-    folder = _resolve(base, value)
-    _can_make(reader, key, folder)
-    return folder
-
-
-def _read_results(top: _Reader, base: Path, inbox: Path) -> ResultsConfig:
-    rs = top.sub("results")
-    fetch = rs.get("fetch", bool, True)
-    # default: a "results" folder next to the inbox
-    folder = _folder(rs, "folder", base if "folder" in rs.data else inbox.parent,
-                     "results") if fetch else None
-    if folder is not None:
-        _outside_inbox(rs, "folder", folder, inbox)
-    patterns = rs.get("patterns", list, None, what="a list of patterns such as \"out/*\"")
-    if patterns is not None:
-        for p in patterns:
-            if not isinstance(p, str) or not p.strip() or p.startswith("/") or \
-                    ".." in p.split("/"):
-                raise rs.error("patterns", f"not a pattern inside the case folder: {_show(p)}")
-        patterns = tuple(patterns)
-    rs.finish()
-    return ResultsConfig(folder=folder, patterns=patterns)
-
-
-def _read_finish(top: _Reader, base: Path, inbox: Path) -> FinishConfig:
-    ar = top.sub("archive")
-    done = _folder(ar, "done", base)
-    failed = _folder(ar, "failed", base)
-    ar.finish()
-    inbox_dev = os.stat(inbox).st_dev
-    for key, folder in (("done", done), ("failed", failed)):
-        if folder is None:
-            continue
-        _outside_inbox(ar, key, folder, inbox)
-        # a folder still to be made will be on the file system of its nearest ancestor
-        if os.stat(_existing_ancestor(folder)).st_dev != inbox_dev:
-            raise ar.error(key, f"{folder} is on another file system than the inbox; "
-                                "archiving moves folders by renaming, so it must be on the same")
-    cleanup = top.get("remote_cleanup", str, "never",
-                      lambda v: None if v in CLEANUP_MODES
-                      else f"must be one of {', '.join(CLEANUP_MODES)}")
-    hook = _hook(top, "on_finish")
-    timeout = float(top.get("on_finish_timeout_seconds", (int, float), 300.0, _positive))
-    return FinishConfig(archive_done=done, archive_failed=failed, remote_cleanup=cleanup,
-                        on_finish=hook, on_finish_timeout_seconds=timeout,
-                        on_host_paused=_hook(top, "on_host_paused"))
-
-
-def _hook(top: _Reader, key: str) -> tuple[str, ...] | str | None:
-    """A command caseflow runs on this machine: a shell string or an argument list."""
-    hook = top.get(key, (str, list), None, what="a shell command string or an argument list")
-    if isinstance(hook, list):
-        if not hook or not all(isinstance(c, str) for c in hook):
-            raise top.error(key, "an argument list must be a non-empty list of strings")
-        hook = tuple(hook)
-    elif isinstance(hook, str) and not hook.strip():
-        raise top.error(key, "must not be empty (remove the key to run no hook)")
-    return hook
-
-
-def _read_hosts(top: _Reader, base: Path) -> tuple[HostConfig, ...]:
-    """Either one host (top-level groups, transport, backend) or `hosts:`, a mapping of host
-    names to their own groups, transport and backend."""
-    if "hosts" not in top.data:
-        transport = _read_transport(top, base)
-        host = HostConfig(transport.name, transport, _read_backend(top), _read_groups(top))
-        _check_devices(top, host)
-        return (host,)
-    for key in ("groups", "transport", "backend"):
-        if key in top.data:
-            raise top.error(key, "not allowed next to hosts: give each host its own")
-    raw = top.get("hosts", dict, what="a mapping of host names to their settings")
-    if not raw:
-        raise top.error("hosts", "needs at least one host")
-    hosts = []
-    for name, settings in raw.items():
-        if not isinstance(name, str) or not _GROUP_NAME.match(name):
-            raise top.error("hosts", f"not a valid host name: {_show(name)} "
-                                     "(letters, digits, _ . - ; not starting with . or -)")
-        if not isinstance(settings, dict):
-            raise top.error(f"hosts.{name}", f"expected a mapping with groups, transport and "
-                                             f"backend, got {_show(settings)}")
-        hr = _Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.",
-                     planned=top.planned)
-        transport = _read_transport(hr, base, name=name)
-        backend = _read_backend(hr)
-        groups = _read_groups(hr)
-        hr.finish()
-        hosts.append(HostConfig(name, transport, backend, groups))
-        _check_devices(hr, hosts[-1])
-    return tuple(hosts)
-
-
-def _check_devices(reader: _Reader, host: HostConfig) -> None:
-    """Slurm chooses the GPUs of a job itself (and sets CUDA_VISIBLE_DEVICES)."""
-    if host.backend.kind != "slurm":
-        return
-    for g in host.groups:
-        if g.devices:
-            raise reader.error(f"groups.{g.name}.devices",
-                               "not used with the slurm backend: Slurm picks the GPUs and sets "
-                               "CUDA_VISIBLE_DEVICES (use backend.gpus_per_job); remove devices")
-
-
-def _read_groups(top: _Reader) -> tuple[GroupConfig, ...]:
-    raw = top.get("groups", (dict, list), what="a mapping of group names to settings, "
-                                                "or a list of group names")
-    if not raw:
-        raise top.error("groups", "needs at least one group")
-    groups = []
-    if isinstance(raw, list):
-        for i, name in enumerate(raw):
-            if not isinstance(name, str) or not _GROUP_NAME.match(name):
-                raise top.error(f"groups[{i}]", f"not a valid group name: {_show(name)}")
-            groups.append(GroupConfig(name=name, slots=1))
-    else:
-        for name, settings in raw.items():
-            key = f"groups.{name}"
-            if not isinstance(name, str) or not _GROUP_NAME.match(name):
-                raise top.error("groups", f"not a valid group name: {_show(name)} "
-                                          "(letters, digits, _ . - ; not starting with . or -)")
-            if isinstance(settings, int) and not isinstance(settings, bool):
-                settings = {"slots": settings}
-            if settings is None:
-                settings = {}
-            if not isinstance(settings, dict):
-                raise top.error(f"groups.{name}",
-                                f"expected a mapping like {{slots: 2}}, got {_show(settings)}")
-            gr = _Reader(top.file, settings, prefix=f"{top.prefix}{key}.")
-            slots = gr.get("slots", int, 1, lambda v: None if v >= 1 else
-                           "must be at least 1 (remove the group to stop using it)")
-            devices = gr.get("devices", list, None, what="a list of device ids")
-            gr.finish()
-            if devices is not None:
-                if len(devices) != slots:
-                    raise gr.error("devices", f"has {len(devices)} entries but slots is {slots}; "
-                                              "give one device id (or a list like \"0,1\") per slot")
-                for d in devices:
-                    if isinstance(d, bool) or not isinstance(d, (int, str)) or \
-                            not re.fullmatch(r"[0-9A-Za-z,:_-]+", str(d)):
-                        raise gr.error("devices", f"not a valid device id: {_show(d)}")
-                devices = tuple(str(d) for d in devices)
-            groups.append(GroupConfig(name=name, slots=slots, devices=devices))
-    return tuple(groups)
-
-
-def _read_transport(top: _Reader, base: Path, name: str | None = None) -> TransportConfig:
-    """`name`: the host's name in a `hosts:` mapping (then transport.name may not differ)."""
-    tr = top.sub("transport", required=True)
-    if name is not None and tr.data.get("name", name) != name:
-        raise tr.error("name", f"the host is named {name!r} by its key in hosts; "
-                               "remove transport.name")
-    for secret in ("password", "passphrase"):
-        if secret in tr.data:
-            raise tr.error(secret, "passwords are not accepted in a config file; use a key "
-                                   "(identity_file) or an ssh-agent")
-    kind = tr.get("kind", str, check=lambda v: None if v in TRANSPORT_KINDS
-                  else f"unknown transport {v!r}; choose one of {', '.join(TRANSPORT_KINDS)}")
-    root = tr.get("root", str)
-    verify = tr.get("verify", str, "size", lambda v: None if v in VERIFY_MODES
-                    else f"must be one of {', '.join(VERIFY_MODES)}")
-    if kind == "openssh":
-        return _read_openssh(tr, base, root, verify, name)
-    if kind == "local":
-        name = tr.get("name", str, name or "local")
-        tr.finish()
-        root_path = _resolve(base, root)
-        _can_make(tr, "root", root_path)
-        return TransportConfig(kind=kind, root=str(root_path), name=name, verify=verify)
-    number = (int, float)
-    host = tr.get("host", str)
-    if not root.startswith("/") and not root.startswith("~"):
-        raise tr.error("root", "must be an absolute path on the remote host (or start with ~/)")
-    port = tr.get("port", int, None, lambda v: None if 0 < v < 65536 else "not a port number")
-    user = tr.get("user", str, None)
-    name = tr.get("name", str, name or host)
-    identity = tr.get("identity_file", str, None)
-    known_hosts = tr.get("known_hosts", str, None)
-    ssh_config = tr.get("ssh_config", str, None)
-    accept_new = tr.get("accept_new_host_keys", bool, False)
-    cfg = TransportConfig(
-        kind=kind, root=root, name=name, verify=verify, host=host, port=port, user=user,
-        identity_file=str(_resolve(base, identity)) if identity else None,
-        known_hosts=str(_resolve(base, known_hosts)) if known_hosts else None,
-        ssh_config=str(_resolve(base, ssh_config)) if ssh_config else None,
-        accept_new_host_keys=accept_new,
-        connect_timeout=float(tr.get("connect_timeout", number, 15.0, _positive)),
-        command_timeout=float(tr.get("command_timeout", number, 600.0, _positive)),
-        keepalive_seconds=float(tr.get("keepalive_seconds", number, 30.0, _not_negative)),
-        reconnect_min_interval=float(tr.get("reconnect_min_interval", number, 5.0,
-                                            _not_negative)),
-        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive))
-    tr.finish()
-    for key, path in (("identity_file", cfg.identity_file), ("ssh_config", cfg.ssh_config)):
-        if path and not Path(path).is_file():
-            raise tr.error(key, f"file {path} does not exist")
-    return cfg
-
-
-OPENSSH_MASTERS = ("login", "daemon")
-OPENSSH_HOST_KEY_CHECKS = ("yes", "accept-new", "ask")
-# ControlPersist: "yes" (no idle limit) or an OpenSSH time such as 30m, 12h, 1h30m
-_OPENSSH_TIME = re.compile(r"^(yes|(\d+[sSmMhHdDwW]?)+)$")
-
-
-def _read_openssh(tr: _Reader, base: Path, root: str, verify: str,
-                  name: str | None) -> TransportConfig:
-    """The `openssh` transport: the system `ssh` through one master connection per host.
-    `host` may be an alias of the OpenSSH client config, which then applies as a whole."""
-    number = (int, float)
-    host = tr.get("host", str, check=lambda v: None if v.strip() and not v.startswith("-")
-                  and not re.search(r"\s", v) else "must be a host name or ssh config alias "
-                  "(no spaces, not starting with -)")
-    if not root.startswith("/") and not root.startswith("~"):
-        raise tr.error("root", "must be an absolute path on the remote host (or start with ~/)")
-    if "accept_new_host_keys" in tr.data:
-        raise tr.error("accept_new_host_keys", "not used by the openssh transport; set "
-                       "strict_host_key_checking: accept-new to trust a new host key")
-    paths = {}
-    for key in ("identity_file", "known_hosts", "ssh_config"):
-        value = tr.get(key, str, None)
-        paths[key] = str(_resolve(base, value)) if value else None
-    control_path = tr.get("control_path", str, None, lambda v: None if v.strip() and
-                          '"' not in v else "must be a path (OpenSSH's %-tokens allowed)")
-    cfg = TransportConfig(
-        kind="openssh", root=root, name=tr.get("name", str, name or host), verify=verify,
-        host=host,
-        port=tr.get("port", int, None, lambda v: None if 0 < v < 65536 else "not a port number"),
-        user=tr.get("user", str, None), **paths,
-        connect_timeout=float(tr.get("connect_timeout", number, 15.0, _positive)),
-        command_timeout=float(tr.get("command_timeout", number, 600.0, _positive)),
-        keepalive_seconds=float(tr.get("keepalive_seconds", number, 30.0, _not_negative)),
-        reconnect_min_interval=float(tr.get("reconnect_min_interval", number, 5.0,
-                                            _not_negative)),
-        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive),
-        control_path=os.path.expanduser(control_path) if control_path else None,
-        control_persist=_yes_or_text(tr, "control_persist", "12h", lambda v: None if
-                                     _OPENSSH_TIME.match(v) else "must be yes or a time such "
-                                     "as 30m, 12h or 1h30m (OpenSSH's ControlPersist)"),
-        max_sessions=tr.get("max_sessions", int, 10, _positive),
-        strict_host_key_checking=_yes_or_text(
-            tr, "strict_host_key_checking", "yes", lambda v: None if v in
-            OPENSSH_HOST_KEY_CHECKS else f"must be one of {', '.join(OPENSSH_HOST_KEY_CHECKS)}"
-            " (not no: a changed host key must stop caseflow)"),
-        master=tr.get("master", str, "login", lambda v: None if v in OPENSSH_MASTERS else
-                      "must be login (a person opens it: caseflow login HOST) or daemon "
-                      "(caseflow opens it itself, without prompts)"))
-    tr.finish()
-    for key in ("identity_file", "ssh_config"):
-        if paths[key] and not Path(paths[key]).is_file():
-            raise tr.error(key, f"file {paths[key]} does not exist")
-    return cfg
-
-
-# A unix socket's path holds at most 107 bytes, and OpenSSH first binds "<path>.<16 random
-# characters>" and renames it: a control path may have at most 90.
-CONTROL_PATH_MAX = 90
-
-
-def _place_control_sockets(hosts: tuple[HostConfig, ...], state: Path
-                           ) -> tuple[HostConfig, ...]:
-    """The openssh hosts without a control_path get one caseflow owns: in the state folder
-    (the database's), named by a digest of the folder and the host (OpenSSH's %C is 40
-    characters: too long for most paths); in the user's runtime folder when that path would
-    be too long for a unix socket."""
-    out = []
-    for h in hosts:
-        t = h.transport
-        if t.kind == "openssh" and t.control_path is None:
-            digest = hashlib.sha256(f"{state}\0{h.name}".encode()).hexdigest()[:12]
-            runtime = os.environ.get("XDG_RUNTIME_DIR")
-            folders = [state / "ssh", *([Path(runtime) / "caseflow"] if runtime else []),
-                       Path("/tmp") / f"caseflow-{os.getuid()}"]
-            path = next((f / f"cm-{digest}" for f in folders
-                         if len(os.fsencode(f / f"cm-{digest}")) <= CONTROL_PATH_MAX),
-                        folders[-1] / f"cm-{digest}")
-            # a literal path: OpenSSH would read a % in it as a token
-            h = dataclasses.replace(h, transport=dataclasses.replace(
-                t, control_path=str(path).replace("%", "%%")))
-        out.append(h)
-    return tuple(out)
-
-
-def _yes_or_text(reader: _Reader, key: str, default: str, check) -> str:
-    """A setting in OpenSSH's words; YAML reads an unquoted yes/no as true/false."""
-    value = reader.get(key, (str, bool, int), default, what="a string")
-    text = ("yes" if value else "no") if isinstance(value, bool) else str(value)
-    message = check(text)
-    if message:
-        raise reader.error(key, message)
-    return text
-
-
-def _read_backend(top: _Reader) -> BackendConfig:
-    br = top.sub("backend", required=True)
-    kind = br.get("kind", str, check=lambda v: None if v in BACKEND_KINDS
-                  else f"unknown backend {v!r}; choose one of {', '.join(BACKEND_KINDS)}")
-    command = br.get("command", (str, list), what="a shell command string or an argument list")
-    if isinstance(command, list):
-        if not command or not all(isinstance(c, str) for c in command):
-            raise br.error("command", "an argument list must be a non-empty list of strings")
-        command = tuple(command)
-    elif not command.strip():
-        raise br.error("command", "must not be empty")
-    extra = {}
-    if kind == "pueue":
-        extra["pueue"] = br.get("pueue", str, "pueue")
-        extra["manage_groups"] = br.get("manage_groups", bool, True)
-    if kind == "slurm":
-        extra["slurm"] = _read_slurm_options(br, SlurmOptions())
-        raw = br.get("groups", dict, {}, what="a mapping of group names to sbatch settings")
-        groups = top.data.get("groups")
-        known = list(groups) if isinstance(groups, (dict, list)) else []
-        overrides = []
-        for name, settings in raw.items():
-            if name not in known:
-                raise br.error(f"groups.{name}", f"not a configured group (configured: "
-                                                 f"{', '.join(map(str, known)) or 'none'})")
-            if not isinstance(settings, dict):
-                raise br.error(f"groups.{name}", f"expected a mapping like {{gpus_per_job: 2}}, "
-                                                 f"got {_show(settings)}")
-            gr = _Reader(br.file, settings, prefix=f"{br.prefix}groups.{name}.")
-            overrides.append((name, _read_slurm_options(gr, extra["slurm"])))
-            gr.finish()
-        extra["slurm_groups"] = tuple(overrides)
-    br.finish()
-    return BackendConfig(kind=kind, command=command, **extra)
-
-
-# Slurm's --time formats: minutes, minutes:seconds, hours:minutes:seconds, days-hours,
-# days-hours:minutes, days-hours:minutes:seconds; or no limit.
-_SLURM_TIME = re.compile(r"^(\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE)$")
-# sbatch options caseflow sets itself: the job's name, folder, output and script
-_SLURM_OWN = ("-J", "--job-name", "-D", "--chdir", "-o", "--output", "-e", "--error",
-              "--wrap", "-a", "--array", "--parsable")
-
-
-def _read_slurm_options(reader: _Reader, base: "SlurmOptions") -> "SlurmOptions":
-    """The sbatch settings in `reader` (the backend, or one group of it); unset keys from
-    `base` (a group's keys replace the backend's, `extra_args` as a whole)."""
-    def word(value):
-        return None if value.strip() and not re.search(r"\s", value) else \
-            "must be a non-empty word without spaces"
-    gpus = reader.get("gpus_per_job", int, base.gpus_per_job, _not_negative)
-    partition = reader.get("partition", str, base.partition, word)
-    account = reader.get("account", str, base.account, word)
-    # a string only: YAML reads an unquoted 4:00:00 as the number 14400 (base 60)
-    time_limit = reader.get("time", str, base.time, what="a quoted Slurm time limit such as "
-                            "\"4:00:00\" or \"1-12:00:00\" (unquoted, YAML reads 4:00:00 "
-                            "as a number)",
-                            check=lambda v: None if _SLURM_TIME.match(v) else
-                            "not a Slurm time limit (\"MINUTES\", \"H:MM:SS\", "
-                            "\"D-HH:MM:SS\", or \"UNLIMITED\")")
-    extra = reader.get("extra_args", list, None, what="a list of sbatch options such as "
-                                                      "[\"--qos=normal\", \"--mem=16G\"]")
-    if extra is None:
-        extra = base.extra_args
-    else:
-        for arg in extra:
-            if not isinstance(arg, str) or not arg.startswith("-") or "\n" in arg:
-                raise reader.error("extra_args", f"not an sbatch option: {_show(arg)} (give "
-                                                 "each option as one entry: \"--qos=normal\")")
-            option = arg.split("=", 1)[0]
-            if option in _SLURM_OWN or (option[:2] in ("-J", "-D", "-o", "-e", "-a") and
-                                        not option.startswith("--")):
-                raise reader.error("extra_args", f"{arg!r}: caseflow sets the job's name, "
-                                                 "folder, output and script itself")
-        extra = tuple(extra)
-    return SlurmOptions(gpus_per_job=gpus, partition=partition, account=account,
-                        time=time_limit, extra_args=extra)

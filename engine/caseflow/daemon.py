@@ -22,9 +22,9 @@ from pathlib import Path
 
 from . import metrics, web
 from .config import permission_warnings
-from .folders import make_run_folders
 from .engine import Engine
 from .errors import AlreadyRunning
+from .folders import make_run_folders
 from .watcher import InboxWatcher
 
 log = logging.getLogger("caseflow.daemon")

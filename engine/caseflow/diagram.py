@@ -7,6 +7,7 @@ also needs Graphviz's `dot` program.
 from __future__ import annotations
 
 import shutil
+from typing import Any, Literal
 
 from transitions.extensions import GraphMachine
 
@@ -25,7 +26,7 @@ class _Model:
 def render(spec: MachineSpec, fmt: str) -> str | bytes:
     if fmt not in FORMATS:
         raise ValueError(f"unknown diagram format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    engine = "mermaid" if fmt == "mermaid" else "graphviz"
+    engine: Literal["mermaid", "graphviz"] = "mermaid" if fmt == "mermaid" else "graphviz"
     if engine == "graphviz":
         try:
             import graphviz  # noqa: F401
@@ -44,7 +45,8 @@ def render(spec: MachineSpec, fmt: str) -> str | bytes:
                            **kwargs)
     graph = machine.model_graphs[id(model)]
     graph.reset_styling()  # no state is "current" in an exported diagram
-    drawn = graph.get_graph(title=TITLE)
+    # the engine's own graph (a graphviz.Digraph, or mermaid's): transitions types it loosely
+    drawn: Any = graph.get_graph(title=TITLE)
     if fmt == "mermaid":
         return drawn.draw(None)
     if fmt == "dot":

@@ -13,10 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 from . import jobs, metrics, operator_requests, wrapup
 from .case_model import Case
-from .errors import PermanentError
+from .errors import HostError, PermanentError
 from .hosts import Host, HostHealth, is_unreachable, shut_down
 from .machine import CaseMachine, MachineError
 from .retry import BUG, HOST, PERMANENT, STALE, GiveUp, Policy, Streak, after_error, kind_of, short
@@ -24,6 +25,9 @@ from .spec import FAIL, POLL, REQUEUE, MachineSpec, load_spec
 from .store import CaseRow, Store
 from .watcher import InboxFolders
 from .workers import InFlight
+
+if TYPE_CHECKING:  # the daemon's; it imports the engine
+    from .daemon import Waker
 
 log = logging.getLogger("caseflow.engine")
 
@@ -39,7 +43,7 @@ class Engine:
         # is never stepped back; a test clock can offer both faces (`clock.monotonic`)
         self.monotonic = monotonic or getattr(clock, "monotonic", None) or time.monotonic
         self.watcher = watcher
-        self.waker = None  # the daemon's: wakes its loop
+        self.waker: Waker | None = None  # the daemon's: wakes its loop
         self.machine = CaseMachine(self.spec)
         self.policy = Policy.of(config.retry)
         # the hosts, in config order; `transport`/`backend` given here are the first host's
@@ -63,7 +67,7 @@ class Engine:
         self._step_states = [n for n, st in steps.items() if st.step != POLL]
         self._poll_states = [n for n, st in steps.items() if st.step == POLL]
         self._slot_taking = set(self.spec.slot_taking_states)
-        self.FAIL = self.spec.trigger_for(FAIL)
+        self.FAIL = self.spec.required_trigger(FAIL)
         self.REQUEUE = self.spec.trigger_for(REQUEUE)
 
     # -- hosts and their ports (created lazily: read-only commands never connect) ---------
@@ -104,7 +108,7 @@ class Engine:
         for line in self.store.sync_slots(self.config.hosts):
             log.info("%s", line)
         freed = self.store.reconcile_slots(self.spec.slot_states)
-        for slot_id, grp, idx, case_id, state in freed:
+        for _slot_id, grp, idx, case_id, state in freed:
             log.warning("freed slot %s[%s] held by case %s (%s)", grp, idx, case_id, state)
         self.slots_reclaimed = len(freed)  # for the daemon's start-up summary
         self.folders.seed(self.config.inbox, self.store.folders())
@@ -144,10 +148,12 @@ class Engine:
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
         for row in self._due_steps(now):
             state = self._steps[row.state]
+            step = state.step
+            assert step is not None  # _steps holds the states that have one
             if state.worker and self.pooled:
-                self._dispatch(row, state.step)
+                self._dispatch(row, step)
             elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
-                if self.step(row, state.step) is None:
+                if self.step(row, step) is None:
                     # e.g. no free slot of the group: the younger cases behind it wait too
                     blocked.add((row.state, row.grp))
         # running cases are read only when a host's poll is due (or they need more than a
@@ -309,7 +315,7 @@ class Engine:
             self.fail(row.id, f"internal error during {what}: {short(exc)} (see the log)")
             return
         host = self._host_or_none(row)
-        if kind == HOST and host is not None:
+        if kind == HOST and host is not None and isinstance(exc, HostError):
             problem = self.health.pause(host, exc)
             if not self._move_elsewhere(row, host, problem):
                 self.store.reschedule(row.id, row.state, self.clock() + self.policy.max_seconds)
@@ -382,8 +388,9 @@ class Engine:
     def _step_in_worker(self, row: CaseRow, trigger: str, kwargs: dict) -> None:
         if self.step(row, trigger, **kwargs):
             fresh = self.store.get(row.id)
-            if fresh is not None and (fresh.slot_host or fresh.host) in self.hosts:
-                self.health.answered(self.hosts[fresh.slot_host or fresh.host])
+            name = (fresh.slot_host or fresh.host) if fresh is not None else None
+            if name is not None and name in self.hosts:
+                self.health.answered(self.hosts[name])
 
     def _wrap_up(self, row: CaseRow) -> None:
         try:

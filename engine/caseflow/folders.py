@@ -23,9 +23,8 @@ def run_folders(config: Config) -> list[tuple[str, Path]]:
         if folder is not None:
             out.append((key, folder))
     for h in config.hosts:
-        if h.transport.kind == "local":
-            prefix = f"hosts.{h.name}." if len(config.hosts) > 1 else ""
-            out.append((f"{prefix}transport.root", Path(h.transport.root)))
+        prefix = f"hosts.{h.name}." if len(config.hosts) > 1 else ""
+        out += [(prefix + key, folder) for key, folder in h.transport.local_folders()]
     return out
 
 

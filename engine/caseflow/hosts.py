@@ -36,8 +36,8 @@ class Host:
         self.name = cfg.name
         self._transport = transport
         self._backend = backend
-        self.lane = None                  # its worker threads (WorkerPools), while running
-        self.short_lane = None
+        self.lane: WorkerPool | None = None        # its worker threads, while running
+        self.short_lane: WorkerPool | None = None
         self.problem: str | None = None   # work paused (authentication, host key), shown
         self.notice: str | None = None    # something a person should know (a paused group)
         # monotonic times

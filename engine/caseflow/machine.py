@@ -20,7 +20,7 @@ __all__ = ["CaseMachine", "MachineError"]
 def machine_kwargs(spec: MachineSpec) -> dict:
     states = []
     for s in spec.states:
-        d = {"name": s.name}
+        d: dict[str, str | list[str]] = {"name": s.name}
         if s.on_enter:
             d["on_enter"] = list(s.on_enter)
         if s.on_exit:

@@ -202,7 +202,7 @@ class StoreCollector:
             is_paused = bool(row and row.problem)
             paused.add_metric([cfg.name], int(is_paused))
             paused_for.add_metric([cfg.name], max(0.0, now - row.since)
-                                  if is_paused and row.since else 0.0)
+                                  if is_paused and row is not None and row.since else 0.0)
             host = self.engine.hosts.get(cfg.name) if self.engine is not None else None
             down.add_metric([cfg.name], int(bool(host is not None and host.down)))
         return paused, paused_for, down

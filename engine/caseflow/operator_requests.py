@@ -32,7 +32,7 @@ def apply(engine, row: CaseRow) -> bool:
     """Apply the case's request now (in its host's lane while the daemon runs: then the
     outcome is not known here, and False is returned)."""
     trigger = row.request
-    if trigger not in engine.spec.triggers_for(REQUEST) or \
+    if trigger is None or trigger not in engine.spec.triggers_for(REQUEST) or \
             not engine.machine.allowed(trigger, row.state):
         log.warning("case %s %r: %s request dropped: not possible in state %s", row.id,
                     row.name, trigger, row.state)

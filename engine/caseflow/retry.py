@@ -52,7 +52,7 @@ class Policy:
     give_up_after_seconds: float = 24 * 3600.0
 
     @classmethod
-    def of(cls, retry_config) -> "Policy":
+    def of(cls, retry_config) -> Policy:
         return cls(retry_config.initial_seconds, retry_config.max_seconds,
                    retry_config.give_up_after_seconds)
 
@@ -68,7 +68,7 @@ class Streak:
     failing_since: float | None = None
 
     @classmethod
-    def of(cls, row) -> "Streak":
+    def of(cls, row) -> Streak:
         return cls(row.attempts, row.failing_since)
 
     @property

@@ -26,7 +26,8 @@ JOB_END_ROLES = {"success": "job_success", "failure": "job_failure", "not_found"
 ONE_TRIGGER = (FAIL, REQUEUE, *JOB_END_ROLES.values())
 REQUIRED_ROLES = (FAIL, *JOB_END_ROLES.values())
 ROLES = (*ONE_TRIGGER, REQUEST)
-_STATE_KEYS = {"name", "description", "step", "worker", "terminal", "holds_slot", "on_enter", "on_exit", "why"}
+_STATE_KEYS = {"name", "description", "step", "worker", "terminal", "holds_slot", "on_enter",
+               "on_exit", "why"}
 _CORE_STATES = ("detected", "stable", "queued", "gpu_locked", "uploaded", "running",
                 "success", "failure", "not_found")
 
@@ -144,10 +145,16 @@ class MachineSpec:
         found = self.triggers_for(role)
         return found[0] if found else None
 
+    def required_trigger(self, role: str) -> str:
+        """The trigger of a role every spec gives one (REQUIRED_ROLES, checked at load)."""
+        trigger = self.trigger_for(role)
+        assert trigger is not None, role
+        return trigger
+
     def job_end_trigger(self, outcome: str) -> str:
         """The trigger that ends a polled case whose job ended with `outcome` (a backend's
         SUCCESS, FAILURE or NOT_FOUND)."""
-        return self.trigger_for(JOB_END_ROLES[outcome])
+        return self.required_trigger(JOB_END_ROLES[outcome])
 
     @property
     def succeeded_states(self) -> list[str]:
@@ -156,7 +163,7 @@ class MachineSpec:
         return [t.dest for t in self.transitions if t.trigger == trigger]
 
     def sources_of(self, trigger: str) -> list[str]:
-        out = []
+        out: list[str] = []
         for t in self.transitions:
             if t.trigger == trigger:
                 out.extend(s for s in t.sources if s not in out)
@@ -169,7 +176,7 @@ class MachineSpec:
         return None
 
     def callback_names(self) -> set[str]:
-        names = set()
+        names: set[str] = set()
         for s in self.states:
             names.update(s.on_enter)
             names.update(s.on_exit)

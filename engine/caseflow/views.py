@@ -10,6 +10,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import overload
 
 from .case_model import job_log_path
 from .spec import load_spec
@@ -18,6 +19,12 @@ from .store import CaseRow, HistoryRow, SlotRow
 LOG_TAIL_LINES = 10
 REASON_WIDTH = 120  # characters of a reason in the status table (`show` has all of it)
 _TAIL_BYTES = 64 * 1024  # enough for the last lines; a job log may be gigabytes
+
+
+@overload
+def iso(t: float) -> str: ...
+@overload
+def iso(t: float | None) -> str | None: ...
 
 
 def iso(t: float | None) -> str | None:
@@ -63,7 +70,8 @@ def case_json(row: CaseRow, terminal: bool | None = None) -> dict:
         terminal = _is_terminal(row.state)
     return {"id": row.id, "name": row.name, "state": row.state, "group": row.grp,
             "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
-            "host": row.slot_host or row.host, "remote_path": row.remote_path, "local_path": row.local_path,
+            "host": row.slot_host or row.host, "remote_path": row.remote_path,
+            "local_path": row.local_path,
             "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
             "failing_since": iso(row.failing_since),
             "run": row.run, "priority": row.priority, "request": row.request,
@@ -173,9 +181,9 @@ def duration(seconds: float) -> str:
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    for r in rows:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for r in rows:  # a row's cells beyond the headers are left out, as they always were
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
     return "\n".join(lines)
 
 

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 from watchdog.events import FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 from .casefolder import inode_of
-from watchdog.observers import Observer
 
 log = logging.getLogger("caseflow.watcher")
 
@@ -104,7 +105,7 @@ class InboxWatcher(FileSystemEventHandler):
         self._activity: dict[str, float] = {}
         self._appeared: set[str] = set()
         self._gone: set[str] = set()
-        self._observer = None
+        self._observer: BaseObserver | None = None
 
     # -- watchdog callbacks (observer thread) ------------------------------------------
     def on_any_event(self, event):
@@ -162,10 +163,10 @@ class InboxWatcher(FileSystemEventHandler):
             self._activity.pop(name, None)
 
     def start(self) -> None:
-        self._observer = Observer()
-        self._observer.schedule(self, self.inbox, recursive=True)
-        self._observer.daemon = True
-        self._observer.start()
+        observer = self._observer = Observer()
+        observer.schedule(self, self.inbox, recursive=True)
+        observer.daemon = True
+        observer.start()
         log.info("watching %s", self.inbox)
 
     def stop(self) -> None:

@@ -2,13 +2,21 @@
 
 Adapters build their commands as argument lists and run them through a
 transport, so every backend works over every transport.
+
+An adapter registers a `BackendAdapter` under its name in the entry point group
+`caseflow.backends` (see caseflow.plugins): its settings (a `BackendConfig` subclass), how
+they are read from a host's `backend:`, how the backend is made, the remote tools it needs.
+Nothing else in caseflow names it.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any
+
+from .. import plugins
 
 RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_found"
 # What the queue said about one job could not be read (an entry in a form caseflow does not
@@ -58,7 +66,7 @@ class QueueBackend(ABC):
     def cancel(self, job: JobRef) -> None:
         """Stop the job; no error when it has already ended."""
 
-    def probe(self) -> None:
+    def probe(self) -> None:  # noqa: B027 (an optional hook: by default the queue is fine)
         """Raise HostError (or TransientError) while the queue cannot take work although the
         host answers; the engine asks this before it resumes a host whose work is paused."""
 
@@ -76,17 +84,49 @@ class QueueBackend(ABC):
         return []
 
 
+@dataclass(frozen=True)
+class BackendConfig:
+    """A host's `backend:` settings: the keys every backend has. An adapter's settings are a
+    subclass of it, with their own defaults (its `BackendAdapter.config`).
+
+    `BackendConfig(kind=..., ...)` builds the settings of the adapter registered as `kind`,
+    as `TransportConfig(...)` does for transports."""
+    kind: str
+    command: tuple[str, ...] | str   # the case's job: a shell string or an argument list
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> BackendConfig:
+        if cls is BackendConfig:
+            cls = adapter(kwargs["kind"] if "kind" in kwargs else args[0]).config
+        return super().__new__(cls)
+
+
+@dataclass(frozen=True)
+class BackendAdapter:
+    """What a queue backend registers under its name (entry point group `caseflow.backends`)."""
+    config: type[BackendConfig]                  # its settings
+    open: Callable[[Any, Any], QueueBackend]     # (`config.HostConfig`, transport) -> backend
+    # a `config_reader.Section` -> its settings; None: they are the core keys alone
+    read: Callable[[Any], BackendConfig] | None = None
+    tools: tuple[str, ...] = ()                  # commands it runs on the host (caseflow check)
+    # (reader of the host, `config.HostConfig`) -> None, raising the reader's error when the
+    # host's other settings do not suit the backend (e.g. devices that Slurm picks itself)
+    check_host: Callable[[Any, Any], None] | None = None
+
+
+def adapter(kind: str) -> BackendAdapter:
+    """The backend adapter registered as `kind`; ValueError when none is."""
+    try:
+        return plugins.load(plugins.BACKENDS, kind, BackendAdapter)
+    except KeyError:
+        raise ValueError(f"unknown backend kind {kind!r}") from None
+
+
+def kinds() -> list[str]:
+    """The names of every registered backend."""
+    return list(plugins.registered(plugins.BACKENDS))
+
+
 def make_backend(host, transport) -> QueueBackend:
     """The queue of one host (a `config.HostConfig`), reached through `transport`."""
-    kind = host.backend.kind
-    if kind == "direct":
-        from .direct import DirectBackend
-        return DirectBackend(transport)
-    if kind == "pueue":
-        from .pueue import PueueBackend
-        return PueueBackend(transport, host.groups, pueue=host.backend.pueue,
-                            manage_groups=host.backend.manage_groups)
-    if kind == "slurm":
-        from .slurm import SlurmBackend
-        return SlurmBackend(transport, host.backend)
-    raise ValueError(f"unknown backend kind {kind!r}")
+    return adapter(host.backend.kind).open(host, transport)
+

@@ -14,8 +14,8 @@ from typing import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
-               QueueBackend)
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, BackendAdapter, BackendConfig,
+               JobRef, JobSpec, JobStatus, QueueBackend)
 
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
 
@@ -97,3 +97,8 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
             out[job.case_id] = JobStatus(UNREADABLE, f"the status script {what} for the job "
                                                      f"in {job.remote_path}")
     return out
+
+
+# settings: the core keys alone; the scripts need setsid (a session of the job's own) and sh
+ADAPTER = BackendAdapter(config=BackendConfig, tools=("setsid", "sh"),
+                         open=lambda host, transport: DirectBackend(transport))

@@ -29,11 +29,14 @@ import logging
 import re
 import shlex
 import time
-from typing import Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+from ..config_reader import Section
 from ..errors import HostError, PermanentError, TransientError
 from ..transports.shell import script, source
-from . import NOT_FOUND, RUNNING, UNREADABLE, JobRef, JobSpec, JobStatus, QueueBackend
+from . import (NOT_FOUND, RUNNING, UNREADABLE, BackendAdapter, BackendConfig, JobRef, JobSpec,
+               JobStatus, QueueBackend)
 from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_poll, parse_status,
                            quote_start, status_name, task_outcome)
 
@@ -318,7 +321,7 @@ class PueueBackend(QueueBackend):
                   if isinstance(g, dict) and g.get("status") == "Paused"}
         out: dict[int, JobStatus] = {}
         counts = {"stashed": 0, "paused": 0, "lost": 0}
-        for job, record in zip(jobs, records):
+        for job, record in zip(jobs, records, strict=True):  # a record per job (parse_poll)
             task = tasks.get(str(job.task_id))
             status = self._judge(job, task, record)
             group = task.get("group") if isinstance(task, dict) else None
@@ -370,3 +373,22 @@ class PueueBackend(QueueBackend):
             return None
         output = entry.get("output")
         return output if isinstance(output, str) else None
+
+
+@dataclass(frozen=True)
+class PueueConfig(BackendConfig):
+    """`kind: pueue`."""
+    pueue: str = "pueue"          # the pueue client on the host
+    manage_groups: bool = True    # create the groups and set their parallel tasks to the slots
+
+
+def read_config(section: Section) -> PueueConfig:
+    br, d = section.reader, PueueConfig
+    return PueueConfig(**section.core, pueue=br.get("pueue", str, d.pueue),
+                       manage_groups=br.get("manage_groups", bool, d.manage_groups))
+
+
+ADAPTER = BackendAdapter(
+    config=PueueConfig, read=read_config,
+    open=lambda host, transport: PueueBackend(transport, host.groups, pueue=host.backend.pueue,
+                                              manage_groups=host.backend.manage_groups))

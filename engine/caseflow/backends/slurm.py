@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script, source
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec, JobStatus,
-               QueueBackend)
+from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, BackendAdapter, JobRef, JobSpec,
+               JobStatus, QueueBackend)
+from .slurm_options import SlurmConfig, check_host, read_config
 
 log = logging.getLogger("caseflow.slurm")
 
@@ -115,7 +116,7 @@ def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
         if len(values) != len(SQUEUE_FIELDS) or not values[0].strip().isdigit():
             unreadable.append(line)
             continue
-        job = dict(zip(SQUEUE_FIELDS, (v.strip() for v in values)))
+        job = dict(zip(SQUEUE_FIELDS, (v.strip() for v in values), strict=True))
         job["name"] = values[-1]  # as given (only the line's end is cut)
         jobs[job["id"]] = job
     return jobs, unreadable
@@ -329,3 +330,9 @@ class SlurmBackend(QueueBackend):
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--", f"{job.remote_path}/{OUTPUT}"])
         return res.stdout if res.returncode == 0 else None
+
+
+ADAPTER = BackendAdapter(
+    config=SlurmConfig, read=read_config, check_host=check_host,
+    open=lambda host, transport: SlurmBackend(transport, host.backend),
+    tools=("sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"))

@@ -3,6 +3,11 @@
 An adapter uploads a case folder atomically and verified, runs a command given
 as an argument list (never a shell string built from case data), downloads
 files, and removes remote folders. Adapters raise TransientError or PermanentError only.
+
+An adapter registers a `TransportAdapter` under its name in the entry point group
+`caseflow.transports` (see caseflow.plugins): its settings (a `TransportConfig` subclass),
+how they are read from a host's `transport:`, how the transport is made, the remote tools
+it needs. Nothing else in caseflow names it.
 """
 
 from __future__ import annotations
@@ -12,12 +17,16 @@ import posixpath
 import shutil
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
+from .. import plugins
 from ..casefolder import Manifest
 from ..errors import PermanentError
+
+VERIFY_MODES = ("size", "checksum")  # how an upload is checked (every transport's `verify:`)
 
 
 BOOKKEEPING = ".caseflow"  # caseflow's own folder at the top of a remote case folder
@@ -138,20 +147,69 @@ class Transport(ABC):
     def remove_tree(self, remote_path: str) -> None:
         """Delete a remote folder and everything in it; no error when it is absent."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: adapters without connections)
         """Release connections; the transport may be used again afterwards."""
 
+    def describe(self) -> str:
+        """How the host is reached, after the kind in `caseflow check`'s heading ("" when the
+        kind says it all)."""
+        return ""
 
-def make_transport(cfg) -> Transport:
-    """The transport for a `config.TransportConfig`."""
-    kind = cfg.kind
-    if kind == "local":
-        from .local import LocalTransport
-        return LocalTransport(cfg.name, cfg.root, verify=cfg.verify)
-    if kind == "ssh":
-        from .ssh import SSHTransport
-        return SSHTransport(cfg)
-    if kind == "openssh":
-        from .openssh import OpenSSHTransport
-        return OpenSSHTransport(cfg)
-    raise ValueError(f"unknown transport kind {kind!r}")
+    def check_access(self) -> Iterator[tuple[bool, str]]:
+        """For `caseflow check`: reach the host and say how it was verified, as (ok, what a
+        person reads) lines; a line that is not ok ends the host's check. Raises the
+        transport's errors when a command cannot run."""
+        self.run(["true"])
+        yield from ()
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """A host's `transport:` settings: the keys every transport has. An adapter's settings
+    are a subclass of it, with their own defaults (its `TransportAdapter.config`).
+
+    `TransportConfig(kind=..., ...)` builds the settings of the adapter registered as `kind`
+    (as `pathlib.Path(...)` builds a PosixPath), so a caller holding settings as a mapping
+    needs no adapter's class."""
+    kind: str
+    root: str
+    name: str
+    verify: str = "size"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> TransportConfig:
+        if cls is TransportConfig:
+            cls = adapter(kwargs["kind"] if "kind" in kwargs else args[0]).config
+        return super().__new__(cls)
+
+    def local_folders(self) -> list[tuple[str, Path]]:
+        """(key, folder) of the folders on this machine that `caseflow run` makes for this
+        transport, the key as in the host's `transport:`."""
+        return []
+
+
+@dataclass(frozen=True)
+class TransportAdapter:
+    """What a transport registers under its name (entry point group `caseflow.transports`)."""
+    config: type[TransportConfig]                # its settings
+    open: Callable[[Any], Transport]             # its settings -> the transport of one host
+    # a `config_reader.Section` -> its settings; None: they are the core keys alone
+    read: Callable[[Any], TransportConfig] | None = None
+    tools: tuple[str, ...] = ()                  # commands it runs on the host (caseflow check)
+
+
+def adapter(kind: str) -> TransportAdapter:
+    """The transport adapter registered as `kind`; ValueError when none is."""
+    try:
+        return plugins.load(plugins.TRANSPORTS, kind, TransportAdapter)
+    except KeyError:
+        raise ValueError(f"unknown transport kind {kind!r}") from None
+
+
+def kinds() -> list[str]:
+    """The names of every registered transport."""
+    return list(plugins.registered(plugins.TRANSPORTS))
+
+
+def make_transport(cfg: TransportConfig) -> Transport:
+    """The transport for a host's settings (a `TransportConfig`), by its kind."""
+    return adapter(cfg.kind).open(cfg)

@@ -13,13 +13,15 @@ import os
 import shutil
 import stat
 import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..casefolder import Manifest
+from ..config_reader import Section, can_make
 from ..errors import PermanentError, TransientError
-from . import (BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, check_room, mark_uploaded,
-               remove_local)
+from . import (BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, TransportAdapter,
+               TransportConfig, check_room, mark_uploaded, remove_local)
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                      errno.EROFS}
@@ -243,4 +245,25 @@ class LocalTransport(Transport):
             raise _os_error(f"removing {remote_path}", exc) from exc
 
 
-__all__ = ["LocalTransport", "local_manifest"]
+@dataclass(frozen=True)
+class LocalConfig(TransportConfig):
+    """`kind: local`: the root is a folder here (relative to the config file's folder)."""
+
+    def local_folders(self) -> list[tuple[str, Path]]:
+        return [("transport.root", Path(self.root))]
+
+
+def read_config(section: Section) -> LocalConfig:
+    tr = section.reader
+    name = section.name("local")
+    tr.finish()
+    root = section.path(section.core["root"])
+    can_make(tr, "root", root)
+    return LocalConfig(**{**section.core, "root": str(root)}, name=name)
+
+
+ADAPTER = TransportAdapter(
+    config=LocalConfig, read=read_config,
+    open=lambda cfg: LocalTransport(cfg.name, cfg.root, verify=cfg.verify))
+
+__all__ = ["ADAPTER", "LocalConfig", "LocalTransport", "local_manifest"]

@@ -23,18 +23,19 @@ import os
 import re
 import select
 import shlex
-import socket
 import subprocess
 import tarfile
 import tempfile
 import threading
 import time
-from typing import Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 from ..errors import HostError, PermanentError, TransientError
-from . import RunResult, Transport
+from . import RunResult, Transport, TransportAdapter
 from .openssh_master import Master, NeedsLogin
-from .ssh import SSHTransport
+from .ssh import TOOLS, SSHTransport
+from .ssh_settings import OpenSSHConfig, read_openssh
 
 log = logging.getLogger("caseflow.openssh")
 
@@ -119,7 +120,8 @@ class OpenSSHTransport(SSHTransport):
                 self.sleep(0.5 * 2 ** attempt)
         raise AssertionError("unreachable")
 
-    def _exec(self, command: str, timeout: float | None) -> RunResult:
+    def _exec(self, command: str, timeout: float | None, chan: object = None) -> RunResult:
+        """`chan`: unused (each command is an ssh process of its own; run_once is ours)."""
         try:
             return self._exec_once(command, timeout)
         except _MasterGone:  # master: daemon: open it (or say why not), then once more
@@ -146,7 +148,7 @@ class OpenSSHTransport(SSHTransport):
         self.commands += 1
         return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"), err)
 
-    def _channel(self, argv: Sequence[str]) -> "_Channel":
+    def _channel(self, argv: Sequence[str]) -> _Channel:
         if self.cfg.master == "daemon":
             self.master.ensure()  # a stream cannot be sent twice: the master first
         return _Channel(self, shlex.join(argv))
@@ -164,6 +166,32 @@ class OpenSSHTransport(SSHTransport):
 
     def close(self) -> None:
         """The master stays: it is the person's login (or closes itself when unused)."""
+
+    # -- caseflow check ----------------------------------------------------------------------
+    def describe(self) -> str:
+        return f", {self.cfg.host} through its master connection"
+
+    def check_access(self) -> Iterator[tuple[bool, str]]:
+        """Is a master connection up? Without one (master: login) nothing more can be
+        checked; with one, a command runs through it."""
+        try:
+            self.master.prepare_folder()
+            pid = self.master.pid()
+        except HostError as exc:
+            yield False, str(exc)
+            return
+        where = self.master.socket_path()
+        if pid is not None:
+            yield True, f"master connection up (pid {pid}, {where})"
+        elif self.cfg.master == "daemon":
+            yield True, f"no master connection yet at {where}; caseflow opens it"
+        else:
+            yield False, (f"no master connection at {where}: log in first with "
+                          f"`caseflow login {self.name}`")
+            return
+        self.run(["true"])
+        yield True, ("a command ran through the master connection (host key checked by "
+                     f"OpenSSH: StrictHostKeyChecking={self.cfg.strict_host_key_checking})")
 
 
 class _NotStarted(TransientError):
@@ -195,7 +223,10 @@ class _Channel:
         except BaseException:
             self._release()
             raise
-        self._stdin = self.proc.stdin.fileno()
+        # both are pipes (never None), which Popen's types cannot say
+        self.stdin: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
+        self.stdout: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
+        self._stdin = self.stdin.fileno()
         try:  # 1 MiB at a time into ssh instead of 16 writes of 64 KiB
             fcntl.fcntl(self._stdin, F_SETPIPE_SZ, PIPE_BYTES)
         except OSError:
@@ -220,16 +251,16 @@ class _Channel:
                 n = os.write(self._stdin, view)
             except BlockingIOError:
                 if not select.select([], [self._stdin], [], self.timeout)[1]:
-                    raise socket.timeout(f"nothing could be sent for {self.timeout:.0f} s")
+                    raise TimeoutError(f"nothing could be sent for {self.timeout:.0f} s") from None
                 continue
             view = view[n:]
 
     def shutdown_write(self) -> None:
-        if not self.proc.stdin.closed:
-            self.proc.stdin.close()
+        if not self.stdin.closed:
+            self.stdin.close()
 
-    def makefile(self, mode: str = "rb", timeout: float | None = None) -> "_Reader":
-        return _Reader(self.proc.stdout, timeout or self.timeout)
+    def makefile(self, mode: str = "rb", timeout: float | None = None) -> _Reader:
+        return _Reader(self.stdout, timeout or self.timeout)
 
     def makefile_stderr(self, mode: str = "rb"):
         return _Stderr(self)
@@ -245,7 +276,7 @@ class _Channel:
                 self._status = self.proc.wait(timeout=self.timeout)
             except subprocess.TimeoutExpired as exc:
                 self.proc.kill()
-                raise socket.timeout(f"ssh did not end within {self.timeout:.0f} s") from exc
+                raise TimeoutError(f"ssh did not end within {self.timeout:.0f} s") from exc
         return self._status
 
     def stderr_bytes(self) -> bytes:
@@ -269,7 +300,7 @@ class _Channel:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-            for f in (self.proc.stdin, self.proc.stdout, self.err):
+            for f in (self.stdin, self.stdout, self.err):
                 try:
                     f.close()
                 except OSError:
@@ -295,7 +326,7 @@ class _Reader:
             return b""
         fd = self.pipe.fileno()
         if size is None or size < 0:
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 data = self.read(1 << 16)
                 if not data:
@@ -315,4 +346,8 @@ class _Stderr:
         return self.chan.stderr_bytes()
 
 
-__all__ = ["OpenSSHTransport", "NeedsLogin"]
+# the same remote side as the ssh transport's
+ADAPTER = TransportAdapter(config=OpenSSHConfig, read=read_openssh, open=OpenSSHTransport,
+                           tools=TOOLS)
+
+__all__ = ["ADAPTER", "OpenSSHTransport", "NeedsLogin"]

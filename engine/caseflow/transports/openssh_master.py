@@ -29,11 +29,11 @@ from pathlib import Path
 
 from ..errors import HostError, TransientError
 from .ssh_connection import Unreachable
+from .ssh_settings import CONTROL_PATH_MAX
 
 log = logging.getLogger("caseflow.openssh")
 
 SSH = "ssh"
-CONTROL_PATH_MAX = 90  # see config.CONTROL_PATH_MAX
 
 # what OpenSSH prints when it refuses a host key (StrictHostKeyChecking), and when the
 # server refused the credentials
@@ -67,8 +67,7 @@ def _literal(path: str) -> str:
 
 
 class Master:
-    """How to reach one host through its master connection (a `config.TransportConfig`
-    of kind openssh)."""
+    """How to reach one host through its master connection (its `OpenSSHConfig`)."""
 
     def __init__(self, cfg, ssh: str = SSH, clock=time.monotonic):
         self.cfg = cfg

@@ -24,7 +24,7 @@ def source(package: str, name: str) -> str:
     return (resources.files(package) / "scripts" / name).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def script(package: str, name: str, *functions: str) -> str:
     """The script `name` of `package`, after the files of the shell functions it uses, without
     comment lines and blank lines."""

@@ -19,19 +19,19 @@ import os
 import posixpath
 import shlex
 import shutil
-import socket
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
 
 from .. import metrics
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport, remove_local
+from . import RunResult, Transport, TransportAdapter, remove_local
 from .shell import script
-from .ssh_connection import Connection, Unreachable, classify
+from .ssh_connection import Connection, Unreachable, classify, transport_of
+from .ssh_settings import SSHConfig, read_ssh
 from .ssh_upload import StagedUpload, _space_or_permission
 from .tarstream import extract
 
@@ -61,7 +61,7 @@ class SSHTransport(StagedUpload, Transport):
                             retry=retry_if_exception(_retryable), reraise=True, sleep=self.sleep,
                             before_sleep=lambda rs: log.info(
                                 "%s on %s failed (%s); trying again", what, self.name,
-                                rs.outcome.exception()))
+                                rs.outcome.exception() if rs.outcome else None))
         return retrying(fn)
 
     def _guard(self, fn, what: str):
@@ -116,7 +116,7 @@ class SSHTransport(StagedUpload, Transport):
         return self._guard(lambda: self._exec(command, timeout, chan), what)
 
     def _session(self):
-        return self.conn.client().get_transport().open_session(timeout=self.cfg.connect_timeout)
+        return transport_of(self.conn.client()).open_session(timeout=self.cfg.connect_timeout)
 
     def _exec(self, command: str, timeout: float | None, chan=None) -> RunResult:
         if chan is None:
@@ -136,7 +136,7 @@ class SSHTransport(StagedUpload, Transport):
                 # the command was killed by a signal); it may have run, or run in part
                 raise TransientError(f"the connection to {self.name} was lost while a "
                                      "command ran")
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             metrics.ssh_error(self.name)
             raise TransientError(f"a command on {self.name} did not finish within "
                                  f"{timeout or self.cfg.command_timeout:.0f} s") from exc
@@ -162,7 +162,7 @@ class SSHTransport(StagedUpload, Transport):
                     err += chan.recv_stderr(65536)
                 try:
                     data = recv(65536)
-                except socket.timeout:
+                except TimeoutError:
                     if time.monotonic() > deadline:
                         raise
                     continue
@@ -279,6 +279,20 @@ class SSHTransport(StagedUpload, Transport):
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- caseflow check ----------------------------------------------------------------------
+    def describe(self) -> str:
+        ep = self.conn.endpoint
+        return f", {ep}{', via ' + ep.proxy_jump if ep.proxy_jump else ''}"
+
+    def check_access(self) -> Iterator[tuple[bool, str]]:
+        self.run(["true"])
+        yield True, f"connected; host key verified against {self.conn.endpoint.known_hosts}"
+
+
+# what the remote side of an upload, a download and a results fetch runs (scripts/*.sh)
+TOOLS = ("tar", "find", "sha256sum", "xargs", "dd", "sed", "df", "awk")
+ADAPTER = TransportAdapter(config=SSHConfig, read=read_ssh, open=SSHTransport, tools=TOOLS)
 
 
 def _glob_literal(text: str) -> str:

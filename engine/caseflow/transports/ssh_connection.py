@@ -18,6 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paramiko
 
@@ -36,10 +37,18 @@ class Unreachable(TransientError):
     unreachable = True
 
 
+_PARAMIKO: Any = paramiko  # see _TRANSPORT_FACTORY
+
+
 class _GcmFirstTransport(paramiko.Transport):
     """AES-GCM first: 1.25-1.5x faster than paramiko's default AES-CTR for bulk data here."""
-    _preferred_ciphers = tuple(
-        sorted(paramiko.Transport._preferred_ciphers, key=lambda c: 0 if "gcm" in c else 1))
+    _preferred_ciphers = tuple(sorted(_PARAMIKO.Transport._preferred_ciphers,
+                                      key=lambda c: 0 if "gcm" in c else 1))
+
+
+# paramiko as it is, where its type stubs (types-paramiko) say less: its private cipher list,
+# a list of key files for `key_filename`, any Transport subclass as `transport_factory`
+_TRANSPORT_FACTORY: Any = _GcmFirstTransport
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,7 @@ def resolve_endpoint(alias: str, port=None, user=None, identity_file=None, known
         port = int(entry.get("port", 22))
     if user is None:
         user = entry.get("user") or getpass.getuser()
+    identities: tuple[str, ...]
     if identity_file:
         identities = (identity_file,)
     else:
@@ -112,13 +122,14 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
                     fingerprint, self.known_hosts)
 
 
-def classify(exc: BaseException, what: str) -> Exception:
+def classify(exc: Exception, what: str) -> Exception:
     """A paramiko/socket error as caseflow's TransientError or HostError."""
     if isinstance(exc, (HostError, TransientError)):
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
+        fingerprint = getattr(exc.key, "fingerprint", "")
         return HostError(f"{what}: the host key of {exc.hostname} has CHANGED (got "
-                         f"{exc.key.get_name()} {exc.key.fingerprint if hasattr(exc.key, 'fingerprint') else ''}, "
+                         f"{exc.key.get_name()} {fingerprint}, "
                          f"expected the one in known_hosts); refusing to connect")
     if isinstance(exc, paramiko.AuthenticationException):
         return HostError(f"{what}: authentication failed ({exc}); check the key "
@@ -150,7 +161,8 @@ class Connection:
     def client(self) -> paramiko.SSHClient:
         with self._lock:
             c = self._client
-            if c is not None and c.get_transport() is not None and c.get_transport().is_active():
+            t = c.get_transport() if c is not None else None
+            if c is not None and t is not None and t.is_active():
                 return c
             self._drop()
             if self._failed_at is not None:
@@ -175,9 +187,10 @@ class Connection:
 
     def _open(self) -> paramiko.SSHClient:
         ep, cfg = self.endpoint, self.cfg
+        sock: paramiko.Channel | socket.socket
         if ep.proxy_jump:
             self._jump = self._connect_jump(ep.proxy_jump)
-            sock = self._jump.get_transport().open_channel(
+            sock = transport_of(self._jump).open_channel(
                 "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0),
                 timeout=cfg.connect_timeout)
         else:
@@ -188,18 +201,19 @@ class Connection:
         client = self._new_client(ep.known_hosts)
         self.connects += 1
         metrics.ssh_connect(cfg.name)
+        keys: Any = list(ep.identity_files) or None  # see _TRANSPORT_FACTORY
         try:
             client.connect(ep.hostname, ep.port, username=ep.user,
-                           key_filename=list(ep.identity_files) or None,
+                           key_filename=keys,
                            look_for_keys=not ep.identity_files, allow_agent=True,
                            timeout=cfg.connect_timeout, banner_timeout=cfg.connect_timeout,
                            auth_timeout=cfg.connect_timeout, channel_timeout=cfg.connect_timeout,
-                           sock=sock, transport_factory=_GcmFirstTransport)
+                           sock=sock, transport_factory=_TRANSPORT_FACTORY)
         except BaseException:
             client.close()
             sock.close()
             raise
-        transport = client.get_transport()
+        transport = transport_of(client)
         # paramiko starts a key re-exchange after every 512 MiB; a channel closing in that
         # moment stalls its transport thread for 30 s and then drops the connection (paramiko
         # issue #822; two 1 GiB uploads in ranges hit it in their first runs). With a limit
@@ -209,7 +223,7 @@ class Connection:
         if cfg.keepalive_seconds:
             transport.set_keepalive(int(max(1, cfg.keepalive_seconds)))
         log.info("connected to %s (%s, cipher %s)", ep.alias, ep,
-                 transport.remote_cipher)
+                 getattr(transport, "remote_cipher", "?"))  # not in paramiko's stubs
         return client
 
     def _new_client(self, known_hosts: str) -> paramiko.SSHClient:
@@ -228,20 +242,21 @@ class Connection:
                               self.cfg.known_hosts, self.cfg.ssh_config)
         client = self._new_client(ep.known_hosts)
         self.connects += 1
+        keys: Any = list(ep.identity_files) or self._fallback_keys()  # see _TRANSPORT_FACTORY
         try:
             client.connect(ep.hostname, ep.port, username=ep.user,
-                           key_filename=list(ep.identity_files) or self._fallback_keys(),
+                           key_filename=keys,
                            look_for_keys=not ep.identity_files, allow_agent=True,
                            timeout=self.cfg.connect_timeout,
                            banner_timeout=self.cfg.connect_timeout,
                            auth_timeout=self.cfg.connect_timeout,
-                           transport_factory=_GcmFirstTransport)
+                           transport_factory=_TRANSPORT_FACTORY)
         except BaseException:
             # paramiko leaves a client whose connect failed (refused key, unknown host key)
             # open, with its transport thread and socket: one more at every attempt
             client.close()
             raise
-        client.get_transport().packetizer.REKEY_BYTES = REKEY_BYTES  # it carries the uploads too
+        transport_of(client).packetizer.REKEY_BYTES = REKEY_BYTES  # it carries the uploads too
         return client
 
     def _fallback_keys(self):
@@ -264,3 +279,11 @@ class Connection:
 
     def close(self) -> None:
         self.reset()
+
+
+def transport_of(client: paramiko.SSHClient) -> paramiko.Transport:
+    """The transport of a client that has connected (paramiko's is None before)."""
+    transport = client.get_transport()
+    if transport is None:
+        raise TransientError("the SSH connection is not open")
+    return transport

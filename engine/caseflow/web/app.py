@@ -181,7 +181,7 @@ class App:
                           "backend": cfg.backend.kind,
                           "status": "paused" if paused else "unreachable" if down else "up",
                           "problem": row.problem if row else None,
-                          "paused_since": iso(row.since) if paused else None,
+                          "paused_since": iso(row.since) if paused and row else None,
                           "notice": row.notice if row else None,
                           # a host that does not answer is probed until it does
                           "probing": down})

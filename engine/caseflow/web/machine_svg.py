@@ -85,7 +85,7 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
     width = MARGIN * 2 + cols * W + (cols - 1) * GAP_X
     height = bottom + 24 + 18 * sum(1 for e in edges if e in back) + MARGIN
     fan: dict[tuple[str, str], int] = {}
-    for (src, dst), triggers in edges.items():
+    for (_src, dst), triggers in edges.items():
         key = (" | ".join(triggers), dst)
         fan[key] = fan.get(key, 0) + 1
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="machine" role="img" '
@@ -99,6 +99,10 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
              'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
              'class="arrowhead"/></marker></defs>']
     fan_labels: dict[tuple[str, str], tuple[float, float]] = {}
+    x1: float
+    y1: float
+    x2: float
+    y2: float
     below = bottom + 24
     for (src, dst), triggers in edges.items():
         label = " | ".join(triggers)
@@ -129,7 +133,7 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
         if not many:
             parts.append(f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" '
                          f'text-anchor="middle">{escape(label)}</text>')
-    for (label, dst), (x, y) in fan_labels.items():
+    for (label, _dst), (x, y) in fan_labels.items():
         parts.append(f'<text class="edge-label" x="{x:.0f}" y="{y:.0f}" text-anchor="end">'
                      f'{escape(label)}</text>')
     for s in spec.states:

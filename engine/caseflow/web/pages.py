@@ -113,7 +113,8 @@ def case_rows(rows: list[CaseRow], now: float) -> str:
 
 def case_table(rows: list[CaseRow], now: float, caption: str, table_id: str) -> str:
     head = "".join(f'<th scope="col">{c}</th>' for c in CASE_COLUMNS)
-    empty = "" if rows else f'<tr class="empty"><td colspan="{len(CASE_COLUMNS)}">no cases</td></tr>'
+    empty = "" if rows else \
+        f'<tr class="empty"><td colspan="{len(CASE_COLUMNS)}">no cases</td></tr>'
     return (f'<table class="cases" id="{table_id}"><caption>{caption}</caption>'
             f'<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now)}{empty}</tbody></table>')
 

@@ -73,7 +73,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._get(head=False)
 
     def _get(self, head: bool):
-        status: StatusServer = self.server.status  # type: ignore[attr-defined]
+        status: StatusServer = self.server.status  # type: ignore[attr-defined]  # a _Server
         self._head = head
         if status.loopback and not _loopback_name(self.headers.get("Host", "")):
             self._send(421, b"This server answers to loopback names only.\n",
@@ -138,6 +138,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    status: StatusServer  # the server's own, for its handlers
 
     def handle_error(self, request, client_address):
         # a browser that went to another page while an answer was on its way: not news
@@ -166,7 +167,7 @@ class StatusServer:
         host = f"[{self.web.host}]" if ":" in self.web.host else self.web.host
         return f"http://{host}:{self.port}/"
 
-    def start(self) -> "StatusServer":
+    def start(self) -> StatusServer:
         family = socket.AF_INET6 if ":" in self.web.host else socket.AF_INET
         server_class = type("_Server", (_Server,), {"address_family": family})
         try:
@@ -175,10 +176,11 @@ class StatusServer:
             self.app.close()
             raise CaseflowError(f"web.listen {self.web.host}:{self.web.port}: cannot listen "
                                 f"there: {exc.strerror or exc}") from exc
-        self._httpd.status = self  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="status-page",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
-        self._thread.start()
+        self._httpd.status = self
+        thread = self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                                 name="status-page",
+                                                 kwargs={"poll_interval": 0.5}, daemon=True)
+        thread.start()
         log.info("status page on %s%s", self.url, " (a token is required)" if self.token else "")
         return self
 
@@ -186,7 +188,8 @@ class StatusServer:
         if self._httpd is not None:
             self._httpd.shutdown()
             self._httpd.server_close()
-            self._thread.join(timeout=10)
+            if self._thread is not None:
+                self._thread.join(timeout=10)
             self._httpd = None
         self.app.close()
 
