@@ -59,6 +59,9 @@ class TransportConfig:
     keepalive_seconds: float = 30.0
     reconnect_min_interval: float = 5.0
     large_file_bytes: int = 64 * 1024 * 1024
+    # channels an upload opens at once on the connection (byte ranges, tar streams), all
+    # uploads together: OpenSSH's MaxSessions (10) minus what polls and submits need
+    max_channels: int = 8
 
 
 @dataclass(frozen=True)
@@ -668,7 +671,8 @@ def _read_transport(top: _Reader, base: Path, name: str | None = None) -> Transp
         keepalive_seconds=float(tr.get("keepalive_seconds", number, 30.0, _not_negative)),
         reconnect_min_interval=float(tr.get("reconnect_min_interval", number, 5.0,
                                             _not_negative)),
-        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive))
+        large_file_bytes=tr.get("large_file_bytes", int, 64 * 1024 * 1024, _positive),
+        max_channels=tr.get("max_channels", int, 8, _positive))
     tr.finish()
     for key, path in (("identity_file", cfg.identity_file), ("ssh_config", cfg.ssh_config)):
         if path and not Path(path).is_file():

@@ -59,6 +59,18 @@ def check_room(manifest: Manifest, free: int, where: str) -> None:
                              "free: no space left on the remote side")
 
 
+def space_or_permission(text: str, action: str) -> Exception | None:
+    """The PermanentError a remote command's error text means, if any: a full disk (the case
+    fails, the others go on) or a permission problem."""
+    low = text.lower()
+    # GNU tar reports a write cut short by a full disk as "Wrote only N of M bytes"
+    if "no space left" in low or "disk quota" in low or "wrote only" in low:
+        return PermanentError(f"{action}: no space left on the remote side ({text.strip()[:200]})")
+    if "permission denied" in low or "read-only file system" in low:
+        return PermanentError(f"{action}: {text.strip()[:300]}")
+    return None
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
