@@ -110,6 +110,11 @@ class Transport(ABC):
         crash), True when it was uploaded now.
         """
 
+    def discard_upload(self, remote_path: str) -> None:
+        """Remove what an interrupted upload to `remote_path` left for a later attempt to
+        resume (its staging folder), once no case will resume it. No error when there is
+        nothing. Adapters that keep nothing after a failed upload need not override it."""
+
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
         """Run a command on the host; `argv` is quoted by the adapter as needed. The adapter

@@ -198,7 +198,11 @@ class StagedUpload:
     def discard_upload(self, remote_path: str) -> None:
         """Remove the staging folder of an upload to `remote_path` that no case resumes."""
         parent, base = posixpath.split(remote_path)
-        self._discard(posixpath.join(parent, f".staging-{base}"))
+        staging = posixpath.join(parent, f".staging-{base}")
+        res = self.run(["rm", "-rf", "--", staging])
+        if res.returncode != 0:
+            raise space_or_permission(res.stderr, f"removing {staging}") or \
+                TransientError(f"removing {staging} failed: {res.stderr.strip()[:300]}")
 
     def _discard(self, path: str) -> None:
         try:
