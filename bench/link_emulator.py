@@ -90,9 +90,11 @@ class Link:
             return self.proc.stdout.readline().strip()
 
     def stats(self) -> dict:
-        """Connections accepted so far, and bytes relayed each way (all connections)."""
-        connections, up, down = (int(x) for x in self._ask("stats").split())
-        return {"connections": connections, "to_server": up, "to_client": down}
+        """Connections accepted so far, and bytes each way (all connections): delivered, and
+        sent into the link (`sent_to_server`: what the client sent, with what a cut dropped)."""
+        connections, up, down, up_in, down_in = (int(x) for x in self._ask("stats").split())
+        return {"connections": connections, "to_server": up, "to_client": down,
+                "sent_to_server": up_in, "sent_to_client": down_in}
 
     @property
     def bytes_relayed(self) -> int:

@@ -13,8 +13,9 @@
  *   link_relay TARGET_PORT RTT_MS RATE_BITS BUFFER_BYTES     (RATE_BITS 0: no cap)
  *
  * Prints its port on stdout, then serves commands on stdin, one a line, each answered with one
- * line: "stats" -> "<connections> <bytes to target> <bytes from target>", "cut" -> drops every
- * connection ("ok"). Exits at EOF on stdin.
+ * line: "stats" -> "<connections> <bytes delivered to the target> <bytes delivered back>
+ * <bytes taken from the client> <bytes taken from the target>" (taken: sent into the link,
+ * also what a cut then drops), "cut" -> drops every connection ("ok"). Exits at EOF on stdin.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -64,7 +65,7 @@ typedef struct conn {
 static uint64_t one_way_ns, buffer_bytes;
 static double ns_per_byte;                   /* 0: no cap */
 static uint64_t wire_free[2];                /* when each direction of the link is free */
-static uint64_t relayed[2], connections;
+static uint64_t relayed[2], taken[2], connections;  /* bytes out of / into the link */
 static conn *conns;
 static int ep;
 
@@ -139,6 +140,7 @@ static void do_read(conn *c, int s) {
         if (!k) die("malloc");
         memcpy(k->data, readbuf, (size_t)n);  /* a copy: no 256 KiB mmap per small read */
         k->len = (size_t)n; k->off = 0; k->eof = n == 0;
+        taken[d->link] += (uint64_t)n;
         if (n == 0) d->read_done = 1;
         enqueue(d, k, now_ns());
         if (n < READ_SIZE) return;
@@ -219,8 +221,9 @@ static void command(FILE *out) {
     line[n] = 0;
     for (char *p = strtok(line, "\n"); p; p = strtok(NULL, "\n")) {
         if (!strcmp(p, "stats")) {
-            fprintf(out, "%llu %llu %llu\n", (unsigned long long)connections,
-                    (unsigned long long)relayed[0], (unsigned long long)relayed[1]);
+            fprintf(out, "%llu %llu %llu %llu %llu\n", (unsigned long long)connections,
+                    (unsigned long long)relayed[0], (unsigned long long)relayed[1],
+                    (unsigned long long)taken[0], (unsigned long long)taken[1]);
         } else if (!strcmp(p, "cut")) {
             for (conn *c = conns; c; c = c->next) kill_conn(c);
             fprintf(out, "ok\n");

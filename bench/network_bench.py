@@ -9,9 +9,10 @@ removed. caseflow's time is a whole `upload_dir` on a fresh connection (connecti
 sending, verifying, renaming), as scp's and rsync's include their connection.
 
 Then a resumed upload: the 4 GiB case is cut at 70 % (every connection through the link
-dropped, counted at the link), then uploaded again; reported are the bytes that crossed the
-link towards the host in both attempts, against the case's size, and that the target folder
-did not exist until the second attempt had verified it.
+dropped once the client has sent 70 % of the case's bytes into it), then uploaded again;
+reported are the bytes the client sent into the link towards the host in both attempts (what
+the cut dropped included), against the case's size, and that the target folder did not exist
+until the second attempt had verified it.
 
     python bench/network_bench.py [--quick] [--only check,large,small,resume] [--json FILE]
 """
@@ -73,7 +74,7 @@ def resume(server, src: Path, target_root: Path, size: int, rtt: float) -> dict:
 
         def watch():
             while not cut.is_set():
-                if link.stats()["to_server"] >= cut_at:
+                if link.stats()["sent_to_server"] >= cut_at:
                     link.cut()
                     cut.set()
                     return
@@ -91,7 +92,7 @@ def resume(server, src: Path, target_root: Path, size: int, rtt: float) -> dict:
             t.close()
             cut.set()
         first_s = time.perf_counter() - t0
-        after_cut = link.stats()["to_server"]
+        after_cut = link.stats()["sent_to_server"]
         visible_after_cut = target.exists()
         t = SSHTransport(settings)
         t0 = time.perf_counter()
@@ -100,7 +101,7 @@ def resume(server, src: Path, target_root: Path, size: int, rtt: float) -> dict:
         finally:
             t.close()
         second_s = time.perf_counter() - t0
-        total = link.stats()["to_server"]
+        total = link.stats()["sent_to_server"]
     if local_manifest(target) != manifest.as_set() or digests(target) != digests(src):
         raise SystemExit("resume: the resumed copy does not match the source")
     shutil.rmtree(target)
