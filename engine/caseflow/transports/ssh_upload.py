@@ -51,6 +51,7 @@ COMMIT = script(__package__, "commit.sh", "listing.sh", "mark.sh")
 SUMS = script(__package__, "sums.sh")
 
 STALE_MINUTES = 7 * 24 * 60  # a staging folder no attempt touched for a week: no case resumes it
+SWEEP_SECONDS = 3600.0  # how often an upload looks for such folders (once per transport first)
 RTT_KEEP = 300.0  # seconds a measured round trip is used (the default round_trip())
 _budget_lock = threading.Lock()
 
@@ -211,12 +212,17 @@ class StagedUpload:
             log.warning("could not remove %s on %s: %s", path, self.name, exc)
 
     def _prepare(self, target: str, staging: str) -> upload_resume.Prepared:
+        now = time.monotonic()
+        last = self.__dict__.get("_swept_at")
+        sweep = last is None or now - last >= SWEEP_SECONDS
+        if sweep:
+            self._swept_at = now
         rc, out, err = self._call(["sh", "-c", PREPARE, "caseflow", target, staging,
-                                   str(STALE_MINUTES)])
+                                   str(STALE_MINUTES if sweep else 0)])
         if rc not in (0, 3):
             text = err.decode("utf-8", "replace")
             raise space_or_permission(text, f"preparing {staging}") or \
-                TransientError(f"preparing {staging} failed: {text.strip()[:300]}")
+                TransientError(f"preparing {staging} failed (exit {rc}): {text.strip()[:300]}")
         return upload_resume.parse_prepared(out)
 
     def _check_staged(self, local_dir: Path, staging: str, check: upload_resume.Check):

@@ -40,7 +40,8 @@ class Prepared:
 
 def parse_prepared(out: bytes) -> Prepared:
     items = [os.fsdecode(i) for i in out.split(b"\0")]
-    free = items[0].strip()
+    df = items[0].splitlines()  # df -Pk: a header, then the file system's line
+    free = df[1].split()[3] if len(df) > 1 and len(df[1].split()) > 3 else ""
     staged: dict[str, tuple[str, int, int]] = {}
     target: set[tuple[str, str, int]] | None = None
     section = None

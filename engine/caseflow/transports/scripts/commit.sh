@@ -14,8 +14,8 @@ if [ "$sums" = sums ]; then
 else
   exec < /dev/null
 fi
-got=$(listing "$s" | LC_ALL=C sort -z | sha256sum | cut -d" " -f1)
-if [ "$got" != "$digest" ]; then listing "$s"; exit 4; fi
+got=$(listing "$s" | LC_ALL=C sort -z | sha256sum)
+if [ "${got%% *}" != "$digest" ]; then listing "$s"; exit 4; fi
 if [ "$sums" = sums ]; then
   (cd -- "$s" && LC_ALL=C sha256sum --quiet --strict -c ".caseflow/sums") >&2 || exit 8
 fi
@@ -24,6 +24,5 @@ while [ "$#" -ge 3 ]; do
   chmod "$2" "$s/$1" && touch -m -d "@$3" "$s/$1" || exit 6
   shift 3
 done
-rm -f -- "$s/.caseflow/attempt"
 mark_uploaded "$s" && { [ ! -e "$d" ] || rm -rf -- "$d"; } && mv -- "$s" "$d" || exit 5
 echo committed
