@@ -153,3 +153,27 @@ def test_a_stream_that_finds_the_rename_taken_leaves_it_to_the_other(tmp_path):
                          capture_output=True)
     assert (res.returncode, res.stdout, res.stderr) == (0, b"streamed\n", b"")
     assert staging.is_dir() and not target.exists()
+
+
+def test_uploads_at_once_share_the_channels_without_waiting_for_each_other(
+        sshd, tmp_path, case, monkeypatch):
+    """Two uploads want 4 streams each of a budget of 2: each takes what is free and goes on
+    (waiting for the rest of a share while holding some would wait forever)."""
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count", lambda *a: 4)
+    t = make(sshd, tmp_path / "remote", max_channels=2, large_file_bytes=1_000_000)
+    (tmp_path / "remote").mkdir()
+    m = casefolder.scan(case)
+    done = []
+
+    def upload(i):
+        done.append(t.upload_dir(case, str(tmp_path / "remote" / f"{i}-case"), m))
+    threads = [threading.Thread(target=upload, args=(i,), daemon=True) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert done == [True, True, True]
+    for i in range(3):
+        assert local_manifest(tmp_path / "remote" / f"{i}-case") == m.as_set()
+    assert t._channel_budget().free == 2
+    t.close()

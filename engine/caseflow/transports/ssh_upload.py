@@ -4,7 +4,7 @@ place, resumed after a cut.
 A case goes into a staging folder next to its target. The first command (scripts/prepare.sh)
 lists the target and what an earlier, interrupted attempt left in the staging folder; what of
 that still agrees with the case stays (upload_resume.py). The rest goes as tar streams
-(tarstream.TarStream) into remote `tar -x`, several at once across a long link, and files of
+(tarstream.TarWriter) into remote `tar -x`, several at once across a long link, and files of
 `large_file_bytes` or more as byte ranges over parallel channels (upload_ranges.py). The
 staging folder is then verified (the listing: every path, type and size; SHA-256 of every file
 with `verify: checksum`) and only then renamed into place, in the same command as the last
@@ -15,14 +15,15 @@ case resumes is removed (`discard_upload`, and after STALE_MINUTES by any later 
 `StagedUpload` is a mixin of the transport. What it uses of it: `cfg` (`verify`,
 `large_file_bytes`, `max_channels`), `name`, `run`/`_sh` (a command), `_guard` (errors of the
 connection turned into caseflow's), `_channel(argv)` (a channel with a command started on it:
-`sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`), `_drain`
+`sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`; and, so that
+one thread can keep several channels busy, `send_ready()` (a send would not wait) and
+`send(data)` (sends what the window takes, returns how much): without them, `sendall`), `_drain`
 (all of a channel's output) and the `commands` counter; `round_trip()` if it can measure one
 better than a command's time.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import posixpath
@@ -73,28 +74,24 @@ class StagedUpload:
         self._rtt_kept = (time.monotonic(), rtt)
         return rtt
 
-    def _channel_budget(self) -> threading.BoundedSemaphore:
+    def _channel_budget(self) -> "ChannelBudget":
         """At most `max_channels` bulk channels open at once on this transport, all uploads
         together (the host refuses sessions beyond its MaxSessions)."""
         with _budget_lock:
             budget = self.__dict__.get("_bulk_budget")
             if budget is None:
-                budget = self._bulk_budget = threading.BoundedSemaphore(self.cfg.max_channels)
+                budget = self._bulk_budget = ChannelBudget(self.cfg.max_channels)
             return budget
 
-    @contextlib.contextmanager
-    def bulk_channel(self, argv):
-        """A channel for data (a tar stream, a byte range), within the channel budget."""
-        budget = self._channel_budget()
-        budget.acquire()
+    def close_bulk(self, chan) -> None:
+        """Close a channel opened within the budget (upload_streams.Opening); closing one of
+        a lost connection does not raise (the error was seen when it was used)."""
         try:
-            chan = self._channel(argv)
-            try:
-                yield chan
-            finally:
-                chan.close()
+            chan.close()
+        except Exception as exc:  # noqa: BLE001 - paramiko raises EOFError, OSError, ...
+            log.debug("closing a channel to %s: %s", self.name, exc)
         finally:
-            budget.release()
+            self._channel_budget().release()
 
     def _call(self, argv, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
         """A command, its exit code and raw output (names need not be UTF-8). A script run
@@ -255,6 +252,29 @@ class StagedUpload:
         if rc != 0 or b"committed" not in out:
             raise space_or_permission(text, f"renaming {staging}") or \
                 TransientError(f"renaming {staging} failed (exit {rc}): {text.strip()[:300]}")
+
+
+class ChannelBudget:
+    """Channels that may be open at once. An upload takes what it wants or what is free (at
+    least one, waiting for it), never more later while it holds some: two uploads that each
+    waited for the rest of their share would wait for each other."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.cond = threading.Condition()
+
+    def take(self, wanted: int) -> int:
+        with self.cond:
+            while self.free < 1:
+                self.cond.wait()
+            got = min(wanted, self.free)
+            self.free -= got
+            return got
+
+    def release(self) -> None:
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
 
 
 class _Background:

@@ -3,7 +3,7 @@
 One SSH channel can have only its window in flight: OpenSSH's sshd grants 2 MiB per channel,
 so across a link of 50 ms one channel moves at most 2 MiB / 50 ms = 40 MiB/s however fast the
 link is (measured through bench/link_emulator.py: 36 MiB/s). So a large file goes as byte
-ranges, each over its own channel into its own remote `dd` (scripts/range.sh), as many at once
+ranges over parallel channels into remote `dd` (scripts/range.sh), as many channels at once
 as the measured round trip needs to keep `COVER_RATE` in flight, at least `MIN_CHANNELS`
 (on loopback two overlap the remote writer and sshd better: 1 GiB in 1.46-1.56 s with two,
 1.58-2.04 s with one), at most the transport's `max_channels` (the host's MaxSessions, 10 by
@@ -16,18 +16,16 @@ import math
 import os
 import posixpath
 import stat
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from ..errors import PermanentError, TransientError
 from . import space_or_permission
 from .shell import script
+from .ssh_connection import classify
 from .tarstream import CHUNK, Counter
+from .upload_pump import Job, pump
+from .upload_streams import COVER_RATE, WINDOW, Opening, finish, local_problem
 
-WINDOW = 2 * 1024 * 1024       # OpenSSH's channel window (CHAN_SES_WINDOW_DEFAULT)
-COVER_RATE = 1024 * 1024 * 1024  # bytes/s to keep in flight: above what one connection
-                                 # carries here on loopback (1 GiB in 1.6 s)
 MIN_CHANNELS = 2
 
 RANGE = script(__package__, "range.sh")
@@ -83,52 +81,63 @@ def split(local_dir: str, staging: str, wanted: list[tuple[str, int, int]], n: i
 
 
 def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
-    """Send the pieces over `n` channels at once (each a slot of the transport's channel
-    budget while it is open). The first failure stops the others at their next MiB."""
-    failed = threading.Event()
-    with ThreadPoolExecutor(n, thread_name_prefix="caseflow-range") as pool:
-        futures = [pool.submit(transport._guard,
-                               lambda p=p: _send(transport, p, counter, failed),
-                               "uploading a large file") for p in pieces]
-        errors = []
-        for f in futures:
-            try:
-                f.result()
-            except Exception as exc:
-                failed.set()
-                errors.append(exc)
-    if errors:  # a permanent reason (a full disk, a file gone) before a transient one
-        raise next((e for e in errors if isinstance(e, PermanentError)), errors[0])
+    """Send the pieces over `n` channels at once (each within the transport's channel
+    budget), each channel carrying its share of the pieces one after the other into one remote
+    script; all from one thread (upload_pump.py). The first failure stops the others."""
+    opening = Opening(transport, min(n, len(pieces)), lambda i, got: [
+        "sh", "-c", RANGE, "caseflow", *[x for p in _shares(pieces, got)[i]
+                                         for x in (p.remote, str(p.offset), str(p.length))]])
+    shares = _shares(pieces, len(opening.chans))
+    chans = opening.channels()
+    jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares)]
+    try:
+        pump(jobs, counter)
+    finally:
+        ends = [finish(transport, job, None) for job in jobs]
+        opening.close()
+    for job in jobs:  # a local file's problem is the case's, before the connection's
+        if job.local_error is not None:
+            raise local_problem(job.local_error, "", transport.name)
+    problems = []
+    for job, (rc, _, err) in zip(jobs, ends):
+        if rc == 0 and job.send_error is None:
+            continue
+        text = err.decode("utf-8", "replace")
+        problems.append(space_or_permission(text, f"upload to {transport.name}") or (
+            classify(job.send_error, f"uploading to {transport.name}")
+            if job.send_error is not None else
+            TransientError(f"writing a large file on {transport.name} failed (exit {rc}): "
+                           f"{text.strip()[:300]}")))
+    if problems:  # a permanent reason (a full disk) before a transient one
+        raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
 
 
-def _send(transport, piece: Piece, counter: Counter, failed: threading.Event) -> None:
-    if failed.is_set():
-        return
-    with transport.bulk_channel(["sh", "-c", RANGE, "caseflow", piece.remote,
-                                 str(piece.offset), str(piece.length)]) as chan:
-        view = memoryview(bytearray(CHUNK))  # sent as slices: see TarStream
+def _shares(pieces: list[Piece], n: int) -> list[list[Piece]]:
+    """The pieces in `n` shares of about equal bytes (the largest first, to the least)."""
+    shares: list[list[Piece]] = [[] for _ in range(max(1, n))]
+    loads = [0] * len(shares)
+    for piece in sorted(pieces, key=lambda p: (-p.length, p.remote, p.offset)):
+        i = loads.index(min(loads))
+        shares[i].append(piece)
+        loads[i] += piece.length
+    return shares
+
+
+def _chunks(share: list[Piece]):
+    """The bytes of the pieces, one after the other, read into one buffer (sent as memoryview
+    slices: see tarstream.TarWriter)."""
+    view = memoryview(bytearray(CHUNK))
+    for piece in share:
         try:
             with open(piece.full, "rb", buffering=0) as f:
                 f.seek(piece.offset)
                 left = piece.length
-                while left and not failed.is_set():
+                while left:
                     n = f.readinto(view[:min(left, CHUNK)])
                     if not n:
                         raise TransientError(f"{piece.full} shrank while it was sent; will "
                                              "upload again")
-                    chan.sendall(view[:n])
-                    counter.add(n)
+                    yield view[:n], n
                     left -= n
         except (PermissionError, FileNotFoundError) as exc:
             raise PermanentError(f"cannot read {piece.full}: {exc.strerror}") from exc
-        if left:
-            return  # another piece failed; this one stops, unsent (its dd fails)
-        chan.shutdown_write()  # dd reads until this EOF: no race (see ssh.py's _exec)
-        _, err = transport._drain(chan)
-        rc = chan.recv_exit_status()
-    transport.commands += 1
-    if rc != 0:
-        text = err.decode("utf-8", "replace")
-        raise space_or_permission(text, f"upload to {transport.name}") or \
-            TransientError(f"writing {piece.remote} on {transport.name} failed (exit {rc}): "
-                           f"{text.strip()[:300]}")
