@@ -77,20 +77,34 @@ def tmpfs(path: Path, size_mib: int):
             subprocess.run(["umount", "-l", str(path)])
 
 
+# OpenSSH's default: sessions (channels running a command) open at once on one connection.
+# The test suite's sshd allows 100; what caseflow can keep in flight depends on it.
+MAX_SESSIONS = 10
+
+
 @contextlib.contextmanager
 def sshd(work: Path):
-    """A private OpenSSH server on 127.0.0.1 (the test suite's), and OpenSSH client options."""
+    """A private OpenSSH server on 127.0.0.1 (the test suite's, with OpenSSH's default
+    MaxSessions), and OpenSSH client options."""
     from sshd import SSHServer
-    server = SSHServer(work / "sshd").start()
+
+    class BenchServer(SSHServer):
+        def config_text(self) -> str:
+            text = super().config_text()
+            assert "MaxSessions 100\n" in text
+            return text.replace("MaxSessions 100\n", f"MaxSessions {MAX_SESSIONS}\n")
+
+    server = BenchServer(work / "sshd").start()
     try:
         yield server
     finally:
         server.stop()
 
 
-def ssh_options(server) -> list[str]:
-    return ["-o", f"UserKnownHostsFile={server.known_hosts}", "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes", "-i", str(server.client_key)]
+def ssh_options(server, known_hosts: Path | None = None) -> list[str]:
+    return ["-o", f"UserKnownHostsFile={known_hosts or server.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-i",
+            str(server.client_key)]
 
 
 def median(values) -> float:

@@ -5,7 +5,8 @@ with a case folder on the host whose `.caseflow/pid` names a live process of its
 looks like a job (it works in the case folder, its command line carries the job marker), so
 every case is really checked (pid alive, that it is the job) and answers `running`. The engine's tick is then timed: the SSH connections it opens and the remote
 commands it runs (counted by the transport), its wall time and the CPU time of the tick's
-thread. The alternative, measured on the same cases and sshd: the naive script's way, one
+thread, and the poll within it (the backend's status call: the command, the host's status
+script, reading its answer). The alternative, measured on the same cases and sshd: the naive script's way, one
 `ssh host status` (a new OpenSSH connection) per case per poll, timed over --naive cases
 and reported per case and for all N.
 
@@ -69,6 +70,16 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
                          now, group="gpu_a", host=host.name, remote_path=str(folder),
                          task_id=str(job.pid))
             transport = host.transport
+            status = host.backend.status
+            polls = []
+
+            def timed_status(refs):  # the poll itself: the host's answer for all its jobs
+                t0 = time.perf_counter()
+                try:
+                    return status(refs)
+                finally:
+                    polls.append(time.perf_counter() - t0)
+            host.backend.status = timed_status
             samples = []
             for i in range(ticks + 1):  # the first tick opens the connection
                 host.last_poll = float("-inf")
@@ -77,6 +88,7 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
                 engine.tick()
                 samples.append({"wall_s": time.perf_counter() - t0,
                                 "cpu_s": time.thread_time() - cpu0,
+                                "poll_s": polls[-1],
                                 "connections": transport.connects - c0,
                                 "commands": transport.commands - k0})
             states = {r.state for r in engine.store.cases()}
@@ -106,6 +118,8 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
         "connections_per_tick": max(s["connections"] for s in steady),
         "commands_per_tick": max(s["commands"] for s in steady),
         "tick_wall_s": round(wall, 4),
+        "poll_wall_s": round(median([s["poll_s"] for s in steady]), 4),
+        "poll_wall_max_s": round(max(s["poll_s"] for s in steady), 4),
         "tick_cpu_s": round(median([s["cpu_s"] for s in steady]), 4),
         "naive": {"cases_timed": naive_n, "per_case_s": round(naive_per_case, 4),
                   "connections_per_tick": n, "commands_per_tick": n,
@@ -113,8 +127,9 @@ def run(quick: bool = False, n: int | None = None, naive_n: int | None = None,
         "naive_tick_vs_caseflow": ratio(naive_per_case * n, wall),
     }
     print(f"caseflow: {result['connections_per_tick']} new connections, "
-          f"{result['commands_per_tick']} command(s) per tick; tick {wall:.3f} s wall, "
-          f"{result['tick_cpu_s']:.3f} s CPU (median of {len(steady)})")
+          f"{result['commands_per_tick']} command(s) per tick; the poll (the host's answer for "
+          f"all {n} jobs) {result['poll_wall_s']:.3f} s wall; tick {wall:.3f} s wall, "
+          f"{result['tick_cpu_s']:.3f} s CPU (medians of {len(steady)})")
     print(f"naive (ssh per case): {n} connections and commands per tick; "
           f"{naive_per_case * 1000:.0f} ms per case (timed over {naive_n}), "
           f"{naive_per_case * n:.1f} s per tick for {n}: "

@@ -74,13 +74,22 @@ def digests(folder: Path) -> dict[str, str]:
 
 
 class Tools:
-    """The copy commands, each to a fresh target folder under `target_root`."""
+    """The copy commands, each to a fresh target folder under `target_root`; through `port`
+    (a link emulator in front of the server) when given, else to the server itself."""
 
-    def __init__(self, server, target_root: Path):
+    def __init__(self, server, target_root: Path, port: int | None = None, **caseflow):
         self.server = server
         self.target_root = target_root
-        self.opts = ssh_options(server)
+        self.port = port or server.port
+        known = server.known_hosts
+        if port:
+            known = server.write_known_hosts(server.root / f"known_hosts_{port}", port)
+        self.known_hosts = known
+        self.opts = ssh_options(server, known)
         self.dest = f"{server.user}@127.0.0.1"
+        self.settings = {**transport_settings(self.server, self.target_root), "port": self.port,
+                         "known_hosts": str(known), **caseflow}
+        self.last_transport: SSHTransport | None = None
 
     def _target(self, name: str) -> Path:
         t = self.target_root / name
@@ -90,7 +99,7 @@ class Tools:
 
     def caseflow(self, src: Path) -> Path:
         target = self._target("caseflow")
-        t = SSHTransport(TransportConfig(**transport_settings(self.server, self.target_root)))
+        t = self.last_transport = SSHTransport(TransportConfig(**self.settings))
         try:
             t.upload_dir(src, str(target), casefolder.scan(src))
         finally:
@@ -100,13 +109,13 @@ class Tools:
     def scp(self, src: Path, cipher: str | None = None) -> Path:
         target = self._target("scp")
         extra = ["-c", cipher] if cipher else []
-        subprocess.run(["scp", "-q", "-r", "-P", str(self.server.port), *self.opts, *extra,
+        subprocess.run(["scp", "-q", "-r", "-P", str(self.port), *self.opts, *extra,
                         str(src), f"{self.dest}:{target}"], check=True)
         return target
 
     def rsync(self, src: Path) -> Path:
         target = self._target("rsync")
-        ssh = " ".join(["ssh", "-p", str(self.server.port), *self.opts])
+        ssh = " ".join(["ssh", "-p", str(self.port), *self.opts])
         subprocess.run(["rsync", "-a", "-e", ssh, f"{src}/", f"{self.dest}:{target}/"],
                        check=True)
         return target
@@ -138,11 +147,12 @@ def _timed(name: str, fn, src: Path, expected: set, sums: dict) -> tuple[float, 
     return elapsed, cpu
 
 
-def compare(tools: dict, label: str, src: Path, repeat: int) -> dict:
+def compare(tools: dict, label: str, src: Path, repeat: int, warm_up: bool = True,
+            sums: dict | None = None) -> dict:
     expected = casefolder.scan(src).as_set()
-    sums = digests(src)
+    sums = sums or digests(src)
     names = list(tools)
-    for name in names:  # warm-up: page cache, sshd, the first connection
+    for name in names if warm_up else ():  # page cache, sshd, the first connection
         _timed(name, tools[name], src, expected, sums)
     runs: dict[str, list[float]] = {n: [] for n in names}
     cpus: dict[str, list[float]] = {n: [] for n in names}
@@ -158,16 +168,18 @@ def compare(tools: dict, label: str, src: Path, repeat: int) -> dict:
     others = {n: m for n, m in medians.items() if n != "caseflow"}
     best = min(others, key=others.get)
     scps = {n: m for n, m in others.items() if n.startswith("scp")}
-    best_scp = min(scps, key=scps.get)
-    return {
+    out = {
         "data": label, "repeat": repeat, "load": loads,
         "tools": {n: {"median_s": round(m, 3), "runs_s": [round(x, 3) for x in runs[n]],
                       "time_vs_caseflow": ratio(m, ours),
                       "client_cpu_s": round(median(cpus[n]), 3)} for n, m in medians.items()},
         "caseflow_vs_fastest": {"tool": best, "ratio": ratio(ours, others[best])},
         "caseflow_vs_rsync": ratio(ours, others["rsync -a"]),
-        "caseflow_vs_fastest_scp": {"tool": best_scp, "ratio": ratio(ours, scps[best_scp])},
     }
+    if scps:
+        best_scp = min(scps, key=scps.get)
+        out["caseflow_vs_fastest_scp"] = {"tool": best_scp, "ratio": ratio(ours, scps[best_scp])}
+    return out
 
 
 def run(quick: bool = False, repeat: int | None = None) -> dict:

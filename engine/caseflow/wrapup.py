@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from . import casefolder, jobs
-from .case_model import free_name
+from .case_model import free_name, remote_name
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
 
@@ -54,6 +54,8 @@ def _succeeded(engine, row: CaseRow) -> bool:
 
 
 def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
+    if not row.remote_path and (row.slot_host or row.host):
+        return _discard_upload(engine, row, notes)
     if not cleanup_wanted(engine.config.finish.remote_cleanup, row, _succeeded(engine, row)):
         return True
     try:
@@ -71,6 +73,22 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
                     row.remote_path, exc)
         return True
     log.info("case %s: removed the remote folder %s", row.id, row.remote_path)
+    return True
+
+
+def _discard_upload(engine, row: CaseRow, notes: list[str]) -> bool:
+    """The case ended before its upload was complete: what an interrupted attempt left for a
+    later one to resume is not needed now (a retry of the case uploads again)."""
+    try:
+        transport = engine.host_of(row).transport
+        transport.discard_upload(transport.path(remote_name(row)))
+    except (TransientError, HostError) as exc:
+        engine.store.wrapup_progress(row.id, row.state,
+                                     retry_at=engine.clock() + engine.config.retry.max_seconds,
+                                     note=f"removing the unfinished upload: {exc}")
+        return False
+    except PermanentError as exc:
+        notes.append(f"unfinished upload not removed: {exc}")
     return True
 
 

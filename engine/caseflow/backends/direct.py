@@ -10,6 +10,7 @@ nothing from a case name or path is ever parsed by a shell.
 from __future__ import annotations
 
 import re
+import shlex
 from typing import Sequence
 
 from ..errors import PermanentError, TransientError
@@ -23,6 +24,10 @@ MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for 
 LAUNCH = script(__package__, "direct-launch.sh")
 STATUS = script(__package__, "direct-status.sh")
 CANCEL = script(__package__, "direct-cancel.sh")
+# The bytes of one status command. sshd hands the whole command line to the user's shell as
+# one argument, and Linux takes at most 128 KiB in one (MAX_ARG_STRLEN): 1,000 jobs are about
+# 60 KB; more go in several commands.
+COMMAND_BYTES = 100_000
 
 
 def job_argv(job: JobSpec) -> list[str]:
@@ -48,14 +53,20 @@ class DirectBackend(QueueBackend):
         return pid
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
-        if not jobs:
-            return {}
-        res = self.transport.run(["sh", "-c", STATUS, "caseflow-status",
-                                  *[j.remote_path for j in jobs]])
-        if res.returncode != 0:
-            raise TransientError(f"job status query failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip()}")
-        return parse_status(res.stdout, jobs)
+        """One command for all the jobs (several beyond COMMAND_BYTES). Each job goes as its
+        pid (the task id; "-" when it is not a pid: the script reads the pid file) and its
+        case folder."""
+        out: dict[int, JobStatus] = {}
+        for batch in _batches(jobs):
+            args = []
+            for j in batch:
+                args += [j.task_id if j.task_id.isdigit() else "-", j.remote_path]
+            res = self.transport.run(["sh", "-c", STATUS, "caseflow-status", *args])
+            if res.returncode != 0:
+                raise TransientError(f"job status query failed (exit {res.returncode}): "
+                                     f"{res.stderr.strip()}")
+            out.update(parse_status(res.stdout, batch))
+        return out
 
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--",
@@ -68,6 +79,22 @@ class DirectBackend(QueueBackend):
         res = self.transport.run(["sh", "-c", CANCEL, "caseflow-cancel", job.task_id])
         if res.returncode != 0:
             raise TransientError(f"cancelling job {job.task_id} failed: {res.stderr.strip()}")
+
+
+def _batches(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+    batches: list[list[JobRef]] = []
+    size = COMMAND_BYTES
+    for j in jobs:
+        cost = len(shlex.quote(j.remote_path).encode()) + len(j.task_id) + 4
+        if size + cost > COMMAND_BYTES - len(STATUS.encode()) - 100:
+            batches.append([])
+            size = 0
+        batches[-1].append(j)
+        size += cost
+    return batches
+
+
+_RUNNING = JobStatus(RUNNING, "running")
 
 
 def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
@@ -83,7 +110,7 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         said = lines.get(i, [])
         parts = said[0].split() if len(said) == 1 else []
         if parts[1:] == ["running"]:
-            out[job.case_id] = JobStatus(RUNNING, "running")
+            out[job.case_id] = _RUNNING
         elif parts[1:] == ["gone"]:
             out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left no "
                                                     "exit code")

@@ -68,6 +68,18 @@ def check_room(manifest: Manifest, free: int, where: str) -> None:
                              "free: no space left on the remote side")
 
 
+def space_or_permission(text: str, action: str) -> Exception | None:
+    """The PermanentError a remote command's error text means, if any: a full disk (the case
+    fails, the others go on) or a permission problem."""
+    low = text.lower()
+    # GNU tar reports a write cut short by a full disk as "Wrote only N of M bytes"
+    if "no space left" in low or "disk quota" in low or "wrote only" in low:
+        return PermanentError(f"{action}: no space left on the remote side ({text.strip()[:200]})")
+    if "permission denied" in low or "read-only file system" in low:
+        return PermanentError(f"{action}: {text.strip()[:300]}")
+    return None
+
+
 def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
@@ -106,6 +118,11 @@ class Transport(ABC):
         False when a complete, verified copy was already there (a re-run after a
         crash), True when it was uploaded now.
         """
+
+    def discard_upload(self, remote_path: str) -> None:
+        """Remove what an interrupted upload to `remote_path` left for a later attempt to
+        resume (its staging folder), once no case will resume it. No error when there is
+        nothing. Adapters that keep nothing after a failed upload need not override it."""
 
     @abstractmethod
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:

@@ -1,10 +1,11 @@
 """The `ssh` transport: a remote host reached with paramiko over one long-lived connection.
 
-Uploads go into a staging folder next to the target, as one tar stream (written
-by tarstream.py) over one channel into the remote `tar -x`, and files of `large_file_bytes`
-or more as byte ranges over parallel channels into `dd`; the staging folder is
-verified (file count and sizes, SHA-256 with `verify: checksum`) and only then
-renamed into place (ssh_upload.py). Every remote command is
+Uploads go into a staging folder next to the target, as tar streams (written by
+tarstream.py) into the remote `tar -x`, and files of `large_file_bytes` or more as byte
+ranges over parallel channels into `dd`, as many channels as the round trip needs; the
+staging folder is verified (file count and sizes, SHA-256 with `verify: checksum`) and only
+then renamed into place, and an interrupted upload resumes (ssh_upload.py). Every remote
+command is
 built from an argument list and quoted with shlex; the shell scripts are files of their own
 (scripts/*.sh); short outages are retried
 with tenacity, longer ones are left to the engine's persisted backoff.
@@ -19,10 +20,13 @@ import os
 import posixpath
 import shlex
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import paramiko
 from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
                       wait_exponential, wait_random)
 
@@ -53,6 +57,8 @@ class SSHTransport(StagedUpload, Transport):
         self.sleep = sleep
         self.commands = 0          # remote commands run (for tests and benchmarks)
         self._root_resolved = not cfg.root.startswith("~")
+        self._rtt: tuple[object, float] | None = None  # (paramiko transport, seconds)
+        self._rtt_lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------------
     def _retrying(self, fn, what: str):
@@ -116,7 +122,34 @@ class SSHTransport(StagedUpload, Transport):
         return self._guard(lambda: self._exec(command, timeout, chan), what)
 
     def _session(self):
-        return transport_of(self.conn.client()).open_session(timeout=self.cfg.connect_timeout)
+        """A new session channel. One the host refuses because the connection has its
+        MaxSessions open (OpenSSH: "open failed: Connect failed") is asked for again as the
+        others close, for up to `connect_timeout`: uploads keep up to `max_channels` open."""
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        wait = 0.02
+        while True:
+            transport = transport_of(self.conn.client())
+            try:
+                return transport.open_session(timeout=self.cfg.connect_timeout)
+            except paramiko.ChannelException as exc:
+                if exc.code != paramiko.common.OPEN_FAILED_CONNECT_FAILED or \
+                        time.monotonic() + wait > deadline:
+                    raise
+            time.sleep(wait)  # a channel closing, not an outage: not the retries' sleep
+            wait = min(0.5, wait * 2)
+
+    def round_trip(self) -> float:
+        """Seconds of one round trip to the host, measured once per connection (connecting
+        first if need be): a global request the server answers at once (OpenSSH refuses an
+        unknown one, and says so)."""
+        with self._rtt_lock:
+            transport = transport_of(self.conn.client())
+            if self._rtt is not None and self._rtt[0] is transport:
+                return self._rtt[1]
+            t0 = time.monotonic()
+            transport.global_request("round-trip@caseflow", wait=True)
+            self._rtt = (transport, time.monotonic() - t0)
+            return self._rtt[1]
 
     def _exec(self, command: str, timeout: float | None, chan=None) -> RunResult:
         if chan is None:

@@ -34,6 +34,9 @@ class SSHConfig(TransportConfig):
     keepalive_seconds: float = 30.0
     reconnect_min_interval: float = 5.0
     large_file_bytes: int = 64 * 1024 * 1024
+    # channels an upload opens at once on the connection (byte ranges, tar streams), all
+    # uploads together: OpenSSH's MaxSessions (10) minus what polls and submits need
+    max_channels: int = 8
 
 
 OPENSSH_MASTERS = ("login", "daemon")
@@ -66,7 +69,8 @@ def _limits(tr: Reader) -> dict[str, Any]:
                                        not_negative)),
         reconnect_min_interval=float(tr.get("reconnect_min_interval", NUMBER,
                                             d.reconnect_min_interval, not_negative)),
-        large_file_bytes=tr.get("large_file_bytes", int, d.large_file_bytes, positive))
+        large_file_bytes=tr.get("large_file_bytes", int, d.large_file_bytes, positive),
+        max_channels=tr.get("max_channels", int, d.max_channels, positive))
 
 
 def _files_exist(tr: Reader, cfg: SSHConfig) -> None:

@@ -1,144 +1,206 @@
-"""The `ssh` transport's upload: staged, verified, renamed into place.
+"""The upload of the transports that run commands on channels: staged, verified, renamed into
+place, resumed after a cut.
 
-A case goes into a staging folder next to its target: one tar stream (tarstream.TarStream)
-over one channel into the remote `tar -x`, and files of `large_file_bytes` or more as byte
-ranges over parallel channels into `dd`; the staging folder is verified (file count and sizes,
-SHA-256 with `verify: checksum`) and only then renamed into place (scripts/unpack.sh and
-scripts/commit.sh).
+A case goes into a staging folder next to its target. The first command (scripts/prepare.sh)
+lists the target and what an earlier, interrupted attempt left in the staging folder; what of
+that still agrees with the case stays (upload_resume.py). The rest goes as tar streams
+(tarstream.TarWriter) into remote `tar -x`, several at once across a long link, and files of
+`large_file_bytes` or more as byte ranges over parallel channels (upload_ranges.py). The
+staging folder is then verified (the listing: every path, type and size; SHA-256 of every file
+with `verify: checksum`) and only then renamed into place, in the same command as the last
+data when it can (scripts/unpack.sh), else in one more (scripts/commit.sh). The job never sees
+a partial folder; a failed attempt leaves the staging folder for the next one, and one that no
+case resumes is removed (`discard_upload`, and after STALE_MINUTES by any later upload).
 
 `StagedUpload` is a mixin of the transport. What it uses of it: `cfg` (`verify`,
-`large_file_bytes`), `name`, `run`/`_sh` (a command), `_guard` (errors of the connection
-turned into caseflow's), `_channel(command)` (a channel with a command started on it:
-`sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`), `_drain`
-(all of a channel's output) and the `commands` counter.
+`large_file_bytes`, `max_channels`), `name`, `run`/`_sh` (a command), `_guard` (errors of the
+connection turned into caseflow's), `_channel(argv)` (a channel with a command started on it:
+`sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`; and, so that
+one thread can keep several channels busy, `send_ready()` (a send would not wait) and
+`send(data)` (sends what the window takes, returns how much): without them, `sendall`), `_drain`
+(all of a channel's output) and the `commands` counter; `round_trip()` if it can measure one
+better than a command's time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
 import posixpath
-import socket
-import stat
+import secrets
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from pathlib import Path
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import check_room
+from . import check_room, space_or_permission
 from .shell import script
-from .ssh_connection import classify
-from .tarstream import CHUNK, Counter, NotAFile, Progress, SendFailed, TarStream
+from .tarstream import Counter, Progress
+from . import upload_ranges, upload_resume
+from .upload_check import (difference, listing_digest, local_sums, parse_listing, parse_sums,
+                           sum_line)
+from .upload_streams import Streams, stream_count
 
 log = logging.getLogger("caseflow.ssh")
 
-# Large files go as this many byte ranges at once, each over its own channel into its own
-# remote dd: one 1 GiB file took 1.46-1.56 s with two, 1.58-2.04 s with one, and 1.85-2.0 s
-# with scp -c aes128-gcm (loopback, 2 cores: the remote writers and sshd overlap better)
-RANGES = 2
+_space_or_permission = space_or_permission  # the name ssh.py (and openssh.py) import
 
-LIST = script(__package__, "list.sh", "listing.sh")
 PREPARE = script(__package__, "prepare.sh", "listing.sh")
-UNPACK = script(__package__, "unpack.sh", "listing.sh", "mark.sh")
-RANGE = script(__package__, "range.sh")
-COMMIT = script(__package__, "commit.sh", "mark.sh")
+RESUME = script(__package__, "resume.sh")
+COMMIT = script(__package__, "commit.sh", "listing.sh", "mark.sh")
 SUMS = script(__package__, "sums.sh")
 
-
-def _space_or_permission(text: str, action: str) -> Exception | None:
-    low = text.lower()
-    # GNU tar reports a write cut short by a full disk as "Wrote only N of M bytes"
-    if "no space left" in low or "disk quota" in low or "wrote only" in low:
-        return PermanentError(f"{action}: no space left on the remote side ({text.strip()[:200]})")
-    if "permission denied" in low or "read-only file system" in low:
-        return PermanentError(f"{action}: {text.strip()[:300]}")
-    return None
+STALE_MINUTES = 7 * 24 * 60  # a staging folder no attempt touched for a week: no case resumes it
+SWEEP_SECONDS = 3600.0  # how often an upload looks for such folders (once per transport first)
+RTT_KEEP = 300.0  # seconds a measured round trip is used (the default round_trip())
+_budget_lock = threading.Lock()
 
 
 class StagedUpload:
     """The upload steps of a transport that runs commands on channels (see above)."""
 
-    # -- listing and checksums -------------------------------------------------------------
-    def listing(self, path: str) -> set[tuple[str, str, int]] | None:
-        """What is in a remote folder, as manifest entries; None when it does not exist."""
-        res = self._sh(LIST, path, what="listing")
-        if res.returncode == 3:
-            return None
-        if res.returncode != 0:
-            raise _space_or_permission(res.stderr, f"listing {path}") or \
-                TransientError(f"listing {path} failed: {res.stderr.strip()[:300]}")
-        return _parse_listing(res.stdout)
+    # -- what it uses of the transport, beyond the basics ------------------------------------
+    def round_trip(self) -> float:
+        """Seconds of one round trip to the host (connecting first if need be). This default
+        times a command (a channel opened, then the command started: two round trips) and
+        keeps the answer for RTT_KEEP seconds; a transport may do better."""
+        kept = self.__dict__.get("_rtt_kept")
+        if kept is not None and time.monotonic() - kept[0] < RTT_KEEP:
+            return kept[1]
+        t0 = time.monotonic()
+        self.run(["true"])
+        rtt = (time.monotonic() - t0) / 2
+        self._rtt_kept = (time.monotonic(), rtt)
+        return rtt
 
+    def _channel_budget(self) -> "ChannelBudget":
+        """At most `max_channels` bulk channels open at once on this transport, all uploads
+        together (the host refuses sessions beyond its MaxSessions)."""
+        with _budget_lock:
+            budget = self.__dict__.get("_bulk_budget")
+            if budget is None:
+                budget = self._bulk_budget = ChannelBudget(self.cfg.max_channels)
+            return budget
+
+    def close_bulk(self, chan) -> None:
+        """Close a channel opened within the budget (upload_streams.Opening); closing one of
+        a lost connection does not raise (the error was seen when it was used)."""
+        try:
+            chan.close()
+        except Exception as exc:  # noqa: BLE001 - paramiko raises EOFError, OSError, ...
+            log.debug("closing a channel to %s: %s", self.name, exc)
+        finally:
+            self._channel_budget().release()
+
+    def _call(self, argv, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+        """A command, its exit code and raw output (names need not be UTF-8). A script run
+        this way reads all of its stdin first, or takes none (`exec < /dev/null`, when
+        `stdin` is None: no EOF is sent, see prepare.sh)."""
+        chan = self._channel(argv)
+        try:
+            if stdin is not None:
+                if stdin:
+                    chan.sendall(memoryview(stdin))
+                chan.shutdown_write()
+            out, err = self._drain(chan)
+            rc = chan.recv_exit_status()
+        finally:
+            chan.close()
+        self.commands += 1
+        return rc, out, err
+
+    # -- checksums of a complete copy ----------------------------------------------------------
     def checksums(self, path: str) -> dict[str, str]:
         res = self._sh(SUMS, path, what="checksums")
         if res.returncode != 0:
             raise TransientError(f"sha256sum in {path} failed: {res.stderr.strip()[:300]}")
-        return _parse_sums(res.stdout)
+        return parse_sums(res.stdout)
 
     # -- upload ------------------------------------------------------------------------------
     def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
                    progress: Progress | None = None) -> bool:
-        """Two round trips in the common case: prepare (list the target, recreate the
-        staging folder), then one tar stream that the remote side unpacks, verifies
-        against the listing's digest and renames into place. Files of large_file_bytes
-        or more follow as byte ranges over parallel channels; then the listing is checked
-        (and checksums with verify: checksum) and a last command marks and renames."""
+        """A fresh upload of small files takes two round trips: the prepare command, while
+        the tar streams' channels open, then the streams, the last of which verifies and
+        renames. Large files and checksums add the byte ranges and a last command that
+        verifies and renames; a resumed attempt, a command that checks what is there."""
         local_dir = Path(local_dir)
         expected = manifest.as_set()
         checksum = self.cfg.verify == "checksum"
         parent, base = posixpath.split(remote_path)
         staging = posixpath.join(parent, f".staging-{base}")
-        res = self._sh(PREPARE, remote_path, staging, what="staging")
-        if res.returncode not in (0, 3):
-            raise _space_or_permission(res.stderr, f"preparing {staging}") or \
-                TransientError(f"preparing {staging} failed: {res.stderr.strip()[:300]}")
-        free_kib, _, listing = res.stdout.partition("\0")
-        if free_kib.strip().isdigit():
-            try:
-                check_room(manifest, int(free_kib) * 1024, f"{self.name}:{parent}")
-            except PermanentError:
+        large = {e.path: e for e in manifest.entries
+                 if e.kind == "f" and e.size >= self.cfg.large_file_bytes}
+        # first, as it connects: the streams' channels then open while the prepare command
+        # runs (a host problem, such as an unknown host key, is then reported as itself)
+        rtt = self._guard(self.round_trip, "measuring the round trip")
+        one_pass = not large and not checksum  # else: verify and rename in one more command
+        tarred = [e for e in manifest.entries if e.path not in large]
+        streams = Streams(self, stream_count(rtt, local_dir, tarred, self.cfg.max_channels),
+                          staging, remote_path,
+                          listing_digest(expected) if one_pass else "-",
+                          secrets.token_hex(4), expected)
+        try:
+            prepared = self._guard(lambda: self._prepare(remote_path, staging), "staging")
+            if prepared.target == expected and (not checksum or self.checksums(remote_path)
+                                                == local_sums(local_dir, manifest)):
+                streams.abort()
                 self._discard(staging)
-                raise
-        if res.returncode == 0 and _parse_listing(listing) == expected and (
-                not checksum or self.checksums(remote_path) == _local_sums(local_dir, manifest)):
-            self.run(["rm", "-rf", "--", staging])
-            return False
-        large = [e for e in manifest.entries
-                 if e.kind == "f" and e.size >= self.cfg.large_file_bytes]
-        one_pass = not large and not checksum  # else: verify and rename in later commands
-        counter = Counter(progress, manifest.size_bytes)
-        sums: dict[str, str] = {}
-        self._guard(lambda: self._tar_upload(
-            local_dir, staging, remote_path, manifest, counter,
-            sums if checksum else None, listing_digest(expected) if one_pass else "-",
-            {e.path for e in large}), "uploading")
-        if one_pass:
-            return True
-        times = []
-        if large:
-            try:
-                times = self._send_ranges(local_dir, staging, large, counter)
-            except PermanentError:
-                self._discard(staging)  # e.g. a full disk: do not leave the half copy there
-                raise
-            if checksum:
-                sums.update(_local_sums(local_dir, Manifest(tuple(large))))
-        got = self.listing(staging)
-        if got != expected:
-            raise TransientError(f"upload to {self.name} did not verify "
-                                 f"({_difference(expected, got)}); will upload again")
+                return False
+            check = upload_resume.plan_check(local_dir, manifest, prepared.staged, set(large))
+            kept_files: set[str] = set()
+            kept_blocks: dict[str, list[bool]] = {}
+            if check:
+                kept_files, kept_blocks = self._guard(
+                    lambda: self._check_staged(local_dir, staging, check),
+                    "checking the staging folder")
+            wanted = []  # (path, offset, length) of the large files still to send
+            kept_bytes = sum(e.size for e in manifest.entries if e.path in kept_files)
+            for path, entry in large.items():
+                todo = upload_resume.missing_ranges(entry.size, kept_blocks.get(path, []))
+                kept_bytes += entry.size - sum(length for _, length in todo)
+                wanted += [(path, off, length) for off, length in todo]
+            if prepared.free_kib is not None:
+                check_room(manifest, prepared.free_kib * 1024 + kept_bytes,
+                           f"{self.name}:{parent}")
+            counter = Counter(progress, manifest.size_bytes)
+            if kept_bytes:
+                counter.add(kept_bytes)
+                log.info("the upload to %s:%s resumes: %d of %d bytes are there", self.name,
+                         remote_path, kept_bytes, manifest.size_bytes)
+            sums: dict[str, str] | None = {} if checksum else None
+            out = streams.send(local_dir, [e for e in tarred if e.path not in kept_files],
+                               counter, sums)
+            if one_pass:
+                if "committed" not in out:
+                    raise TransientError(f"upload to {self.name}: no stream verified the "
+                                         "copy; will upload again")
+                return True
+            if wanted:
+                n = upload_ranges.channels_for(rtt, self.cfg.max_channels)
+                upload_ranges.send_all(self, upload_ranges.split(
+                    os.fspath(local_dir), staging, wanted, n), n, counter)
+            times = upload_ranges.file_times(os.fspath(local_dir), large.values())
+        except PermanentError:
+            streams.abort()
+            self._discard(staging)  # e.g. a full disk: do not leave the half copy there
+            raise
+        finally:
+            streams.abort()
         if checksum:
-            remote = self.checksums(staging)
-            wrong = sorted(p for p, d in sums.items() if remote.get(p) != d)
-            if wrong:
-                raise TransientError(f"upload to {self.name}: checksum mismatch for {wrong[:3]}")
-        res = self._sh(COMMIT, staging, remote_path, *times, what="rename")
-        if res.returncode != 0:
-            raise TransientError(f"renaming {staging} failed: {res.stderr.strip()[:300]}")
+            sums.update(local_sums(local_dir, Manifest(tuple(
+                e for e in manifest.entries if e.path in large or e.path in kept_files))))
+        self._commit(staging, remote_path, expected, sums, times)
         return True
+
+    def discard_upload(self, remote_path: str) -> None:
+        """Remove the staging folder of an upload to `remote_path` that no case resumes."""
+        parent, base = posixpath.split(remote_path)
+        staging = posixpath.join(parent, f".staging-{base}")
+        res = self.run(["rm", "-rf", "--", staging])
+        if res.returncode != 0:
+            raise space_or_permission(res.stderr, f"removing {staging}") or \
+                TransientError(f"removing {staging} failed: {res.stderr.strip()[:300]}")
 
     def _discard(self, path: str) -> None:
         try:
@@ -146,176 +208,92 @@ class StagedUpload:
         except (TransientError, PermanentError) as exc:
             log.warning("could not remove %s on %s: %s", path, self.name, exc)
 
-    def _send_ranges(self, local_dir: Path, staging: str, large: list, counter: Counter
-                     ) -> list[str]:
-        """The large files, in RANGES byte ranges each, over as many channels at once.
-        Returns (path, mode, mtime) of each, for COMMIT."""
-        jobs, times = [], []
-        for entry in large:
-            full = os.path.join(os.fspath(local_dir), entry.path)
-            try:
-                st = os.stat(full)
-            except OSError as exc:
-                raise PermanentError(f"cannot read {full}: {exc.strerror}") from exc
-            if st.st_size != entry.size:
-                raise TransientError(f"{full} changed since the case was checked; will upload "
-                                     "again")
-            times += [entry.path, f"{stat.S_IMODE(st.st_mode):o}", str(int(st.st_mtime))]
-            part = -(-entry.size // RANGES // CHUNK) * CHUNK  # whole MiB but the last
-            for offset in range(0, entry.size, part):
-                jobs.append((full, posixpath.join(staging, entry.path), offset,
-                             min(part, entry.size - offset)))
-        failed = threading.Event()  # one range failed: the others stop at their next MiB
-        with ThreadPoolExecutor(RANGES, thread_name_prefix="caseflow-range") as pool:
-            futures = [pool.submit(self._guard, lambda j=j: self._send_range(*j, counter, failed),
-                                   "uploading a large file") for j in jobs]
-            errors = []
-            for f in futures:
-                try:
-                    f.result()
-                except Exception as exc:
-                    failed.set()
-                    errors.append(exc)
-        if errors:  # a permanent reason (a full disk, a file gone) before a transient one
-            raise next((e for e in errors if isinstance(e, PermanentError)), errors[0])
-        return times
-
-    def _send_range(self, full: str, remote: str, offset: int, length: int, counter: Counter,
-                    failed: threading.Event) -> None:
-        chan = self._channel(["sh", "-c", RANGE, "caseflow", remote, str(offset), str(length)])
-        try:
-            view = memoryview(bytearray(CHUNK))  # sent as slices: see TarStream
-            try:
-                with open(full, "rb", buffering=0) as f:
-                    f.seek(offset)
-                    left = length
-                    while left and not failed.is_set():
-                        n = f.readinto(view[:min(left, CHUNK)])
-                        if not n:
-                            raise TransientError(f"{full} shrank while it was sent; will "
-                                                 "upload again")
-                        chan.sendall(view[:n])
-                        counter.add(n)
-                        left -= n
-            except (PermissionError, FileNotFoundError) as exc:
-                raise PermanentError(f"cannot read {full}: {exc.strerror}") from exc
-            if left:
-                return  # another range failed; this one stops, unsent (its dd fails)
-            chan.shutdown_write()  # dd reads until this EOF: no race (see _exec)
-            _, err = self._drain(chan)
-            rc = chan.recv_exit_status()
-        finally:
-            chan.close()
-        self.commands += 1
-        if rc != 0:
+    def _prepare(self, target: str, staging: str) -> upload_resume.Prepared:
+        now = time.monotonic()
+        last = self.__dict__.get("_swept_at")
+        sweep = last is None or now - last >= SWEEP_SECONDS
+        if sweep:
+            self._swept_at = now
+        rc, out, err = self._call(["sh", "-c", PREPARE, "caseflow", target, staging,
+                                   str(STALE_MINUTES if sweep else 0)])
+        if rc not in (0, 3):
             text = err.decode("utf-8", "replace")
-            raise _space_or_permission(text, f"upload to {self.name}") or \
-                TransientError(f"writing {remote} on {self.name} failed (exit {rc}): "
-                               f"{text.strip()[:300]}")
+            raise space_or_permission(text, f"preparing {staging}") or \
+                TransientError(f"preparing {staging} failed (exit {rc}): {text.strip()[:300]}")
+        return upload_resume.parse_prepared(out)
 
-    def _tar_upload(self, local_dir: Path, staging: str, target: str, manifest: Manifest,
-                    counter: Counter, sums: dict | None, digest: str,
-                    skip: set[str] = frozenset()) -> None:
-        chan = self._channel(["sh", "-c", UNPACK, "caseflow", staging, target, digest])
-        stream_error: BaseException | None = None
-        local_error: Exception | None = None
-        tar = TarStream(chan, counter)
-        try:
-            base = os.fspath(local_dir)
-            for entry in manifest.entries:
-                if entry.path not in skip:  # large files go in ranges
-                    tar.add(base, entry, sums)
-            tar.close()
-        except SendFailed as exc:
-            stream_error = exc.__cause__
-        except NotAFile as exc:
-            local_error = PermanentError(str(exc))
-        except OSError as exc:  # reading a local file
-            if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
-                                                    exc.filename):
-                local_error = PermanentError(f"cannot read {exc.filename}: {exc.strerror}")
-            else:  # e.g. a file that shrank while it was read: try again later
-                local_error = TransientError(f"reading the case folder {local_dir} for the "
-                                             f"upload to {self.name} failed: {exc}")
-        if local_error is not None:  # the remote side cleans up before the case fails
-            with contextlib.suppress(SendFailed, OSError, EOFError):
-                tar.abort()
-                chan.shutdown_write()
-                self._drain(chan)
-            chan.close()
-            raise local_error
-        try:
-            # The remote tar reads until this EOF, so it cannot race with the channel's close
-            # (see _exec); after a failed send, only while the remote side has not ended.
-            if stream_error is None or not (chan.closed or chan.eof_received):
-                chan.shutdown_write()
-            out, err = self._drain(chan)
-            rc = chan.recv_exit_status()
-        except (OSError, EOFError, socket.timeout) as exc:
-            raise classify(stream_error or exc, f"uploading to {self.name}") from exc
-        finally:
-            chan.close()
-        self.commands += 1
+    def _check_staged(self, local_dir: Path, staging: str, check: upload_resume.Check):
+        """Remove what does not belong in the staging folder; checksum what may stay, on both
+        sides at once."""
+        local = _Background(lambda: upload_resume.local_sums(local_dir, check))
+        rc, out, err = self._call(["sh", "-c", RESUME, "caseflow", staging, *check.args()],
+                                  check.stdin())
+        mine = local.result()
+        if rc != 0:
+            raise TransientError(f"checking {staging} on {self.name} failed (exit {rc}): "
+                                 f"{err.decode('utf-8', 'replace').strip()[:300]}")
+        return upload_resume.kept(check, mine, upload_resume.parse_check(out, check))
+
+    def _commit(self, staging: str, target: str, expected, sums: dict | None,
+                times: list[str]) -> None:
+        lines = b"".join(sum_line(p, d) for p, d in sorted(sums.items())) \
+            if sums is not None else None
+        rc, out, err = self._guard(lambda: self._call(
+            ["sh", "-c", COMMIT, "caseflow", staging, target, listing_digest(expected),
+             "sums" if sums is not None else "-", *times], lines), "renaming")
         text = err.decode("utf-8", "replace")
-        if rc != 0 or stream_error is not None:
-            problem = _space_or_permission(text, f"upload to {self.name}")
-            if problem:
-                raise problem
-            if stream_error is not None:
-                raise classify(stream_error, f"uploading to {self.name}")
-            if rc == 4:
-                got = _parse_listing(out.decode("utf-8", "surrogateescape"))
-                raise TransientError(f"upload to {self.name} did not verify "
-                                     f"({_difference(manifest.as_set(), got)}); "
-                                     "will upload again")
-            raise TransientError(f"unpacking on {self.name} failed (exit {rc}): "
-                                 f"{text.strip()[:300]}")
+        if rc == 4:
+            got = parse_listing(out.decode("utf-8", "surrogateescape"))
+            raise TransientError(f"upload to {self.name} did not verify "
+                                 f"({difference(expected, got)}); will upload again")
+        if rc == 8:
+            raise TransientError(f"upload to {self.name}: checksum mismatch "
+                                 f"({text.strip()[:200]}); will upload again")
+        if rc != 0 or b"committed" not in out:
+            raise space_or_permission(text, f"renaming {staging}") or \
+                TransientError(f"renaming {staging} failed (exit {rc}): {text.strip()[:300]}")
 
 
-def _parse_sums(text: str) -> dict[str, str]:
-    sums = {}
-    for line in text.splitlines():
-        escaped = line.startswith("\\")
-        if escaped:
-            line = line[1:]
-        digest, _, name = line.partition("  ")
-        if escaped:
-            name = name.replace("\\n", "\n").replace("\\r", "\r").replace("\\\\", "\\")
-        sums[name[2:] if name.startswith("./") else name] = digest
-    return sums
+class ChannelBudget:
+    """Channels that may be open at once. An upload takes what it wants or what is free (at
+    least one, waiting for it), never more later while it holds some: two uploads that each
+    waited for the rest of their share would wait for each other."""
+
+    def __init__(self, size: int):
+        self.free = size
+        self.cond = threading.Condition()
+
+    def take(self, wanted: int) -> int:
+        with self.cond:
+            while self.free < 1:
+                self.cond.wait()
+            got = min(wanted, self.free)
+            self.free -= got
+            return got
+
+    def release(self) -> None:
+        with self.cond:
+            self.free += 1
+            self.cond.notify_all()
 
 
-def _parse_listing(text: str) -> set[tuple[str, str, int]]:
-    out = set()
-    for item in text.split("\0"):
-        if item:
-            kind, size, rel = item.split(" ", 2)
-            out.add((rel, kind, int(size)))
-    return out
+class _Background:
+    """`fn()` in a thread of its own, its result (or exception) when asked."""
 
+    def __init__(self, fn):
+        self._result = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self._thread.start()
 
-def listing_digest(entries) -> str:
-    """SHA-256 of a listing as the remote side computes it (`LC_ALL=C sort -z | sha256sum`)."""
-    lines = sorted(os.fsencode(f"{kind} {size if kind == 'f' else 0} ") + os.fsencode(path)
-                   + b"\0" for path, kind, size in entries)
-    return hashlib.sha256(b"".join(lines)).hexdigest()
+    def _run(self, fn) -> None:
+        try:
+            self._result = fn()
+        except BaseException as exc:  # handed to the caller
+            self._error = exc
 
-
-def _difference(expected, got) -> str:
-    got = got or set()
-    missing = sorted(expected - got)[:3]
-    extra = sorted(got - expected)[:3]
-    return "; ".join(filter(None, [f"missing or different: {missing}" if missing else "",
-                                   f"unexpected: {extra}" if extra else ""])) or "differs"
-
-
-def _local_sums(local_dir: Path, manifest: Manifest) -> dict[str, str]:
-    out = {}
-    for e in manifest.entries:
-        if e.kind == "f":
-            h = hashlib.sha256()
-            with open(local_dir / e.path, "rb") as f:
-                for chunk in iter(lambda: f.read(CHUNK), b""):
-                    h.update(chunk)
-            out[e.path] = h.hexdigest()
-    return out
+    def result(self):
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result

@@ -1,7 +1,7 @@
 """Tar streams: the upload's writer, and the reader of the results a host sends back.
 
-The writer makes a GNU tar stream of local files straight into a channel (anything with
-`sendall`); the remote `tar -x` unpacks it as it comes. The reader unpacks the stream of a
+The writer makes a GNU tar stream of local files as buffers to send (upload_pump.py sends them);
+the remote `tar -x` unpacks it as it comes. The reader unpacks the stream of a
 download or of a job's results into a local staging folder, checking every member first.
 """
 
@@ -40,54 +40,54 @@ class Counter:
 
 
 
-class TarStream:
-    """A GNU tar stream of local files, written straight into a channel.
+class TarWriter:
+    """A GNU tar stream of local files, as a sequence of buffers to send.
 
-    Headers are made here (tarfile's cost 30 us a file); file data is read into one
-    buffer and sent from it as memoryview slices: paramiko cuts what it is given into
-    32 KiB packets, and a bytes object is copied whole at every cut (1 GiB cost 5.2 s
-    instead of 2.2 s). No per-file round trips: the remote tar reads the stream as it
-    comes. Progress is the file bytes sent, reported as each buffer goes out.
+    Headers are made here (tarfile's cost 30 us a file); file data is read straight into one
+    buffer, which `chunks()` yields as a memoryview (with the count of file bytes in it) each
+    time it is full: the caller sends it whole (memoryview slices: paramiko cuts what it is
+    given into 32 KiB packets, and a bytes object is copied whole at every cut; 1 GiB cost
+    5.2 s instead of 2.2 s) before it asks for the next, which reuses the buffer. No per-file
+    round trips: the remote tar reads the stream as it comes.
     """
 
-    def __init__(self, chan, counter: Counter, size: int = CHUNK):
-        self.chan = chan
-        self.counter = counter
+    def __init__(self, size: int = CHUNK):
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.pos = 0
-        self.unreported = 0  # file bytes in the buffer, not sent yet
+        self.unreported = 0  # file bytes in the buffer
 
-    def _send(self) -> None:
+    def chunks(self, local_dir: str, entries, sums: dict | None):
+        """The stream of `entries` (then the end-of-archive). A file that is no longer a
+        regular file, or that shrinks while it is read, raises (before the end-of-archive:
+        the remote tar fails)."""
+        for entry in entries:
+            yield from self._add(local_dir, entry, sums)
+        yield from self._put(_ZEROS + _ZEROS)
+        yield from self._flush()
+
+    def _flush(self):
         if self.pos:
-            try:
-                self.chan.sendall(self.view[:self.pos])
-            except (OSError, EOFError) as exc:  # the channel, not a local file
-                raise SendFailed() from exc
-            self.pos = 0
-        if self.unreported:
-            self.counter.add(self.unreported)
-            self.unreported = 0
+            yield self.view[:self.pos], self.unreported
+            self.pos = self.unreported = 0
 
-    def _put(self, data: bytes) -> None:
+    def _put(self, data: bytes):
         if self.pos + len(data) > len(self.buf):
-            self._send()
+            yield from self._flush()
         self.view[self.pos:self.pos + len(data)] = data
         self.pos += len(data)
 
-    def add(self, local_dir: str, entry, sums: dict | None) -> None:
-        """One manifest entry. A file that is no longer a regular file, or that shrinks
-        while it is read, raises (before the end-of-archive: the remote tar fails)."""
+    def _add(self, local_dir: str, entry, sums: dict | None):
         full = f"{local_dir}/{entry.path}"
         name = os.fsencode(entry.path)
         if entry.kind == "d":
             st = os.lstat(full)
-            self._put(_tar_header(name + b"/", st.st_mode, 0, st.st_mtime, b"5"))
+            yield from self._put(_tar_header(name + b"/", st.st_mode, 0, st.st_mtime, b"5"))
             return
         if entry.kind == "l":
             st = os.lstat(full)
-            self._put(_tar_header(name, st.st_mode, 0, st.st_mtime, b"2",
-                                  os.fsencode(os.readlink(full))))
+            yield from self._put(_tar_header(name, st.st_mode, 0, st.st_mtime, b"2",
+                                             os.fsencode(os.readlink(full))))
             return
         # O_NONBLOCK: a file replaced by a fifo since the scan must not block the upload
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
@@ -95,12 +95,12 @@ class TarStream:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise NotAFile(entry.path)
-            self._put(_tar_header(name, st.st_mode, st.st_size, st.st_mtime, b"0"))
+            yield from self._put(_tar_header(name, st.st_mode, st.st_size, st.st_mtime, b"0"))
             digest = hashlib.sha256() if sums is not None else None
             left, size = st.st_size, len(self.buf)
             while left:
                 if self.pos == size:
-                    self._send()
+                    yield from self._flush()
                 n = os.readv(fd, [self.view[self.pos:self.pos + min(left, size - self.pos)]])
                 if n == 0:
                     raise OSError(f"{full}: unexpected end of data (it shrank while it was sent)")
@@ -109,31 +109,21 @@ class TarStream:
                 self.pos += n
                 self.unreported += n
                 left -= n
-            self._put(_ZEROS[:-st.st_size % 512])
+            yield from self._put(_ZEROS[:-st.st_size % 512])
             if digest is not None:
                 sums[entry.path] = digest.hexdigest()
         finally:
             os.close(fd)
 
-    def close(self) -> None:
-        """The end-of-archive blocks; everything is sent."""
-        self._put(_ZEROS + _ZEROS)
-        self._send()
 
-    def abort(self) -> None:
-        """End the stream with a block that is no tar header (nor valid data to its end):
-        the remote tar fails, and the remote side removes the staging folder."""
-        self._put(b"caseflow: upload aborted\n".ljust(512, b"\xff"))
-        self._send()
+# A block that is no tar header (nor valid data to its end): sent after a local error, the
+# remote tar fails on it, so nothing is renamed into place.
+ABORT = b"caseflow: upload aborted\n".ljust(512, b"\xff")
 
 
 class NotAFile(Exception):
     def __init__(self, path: str):
         super().__init__(f"cannot send {path!r}: it is no longer a regular file")
-
-
-class SendFailed(Exception):
-    """Sending into the channel failed (its cause says why); local files raise OSError."""
 
 
 _ZEROS = bytes(512)

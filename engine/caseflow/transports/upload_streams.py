@@ -1,0 +1,213 @@
+"""The case's files (all but the large ones) as tar streams into remote `tar -x`, several at
+once across a long link, their channels opened while the first command still runs.
+
+One channel can have only its window in flight (2 MiB with OpenSSH's sshd: 40 MiB/s at 50
+ms), so across a long link the files go as several streams, contiguous parts of about equal
+bytes, each over its own channel into its own remote tar (scripts/unpack.sh), as many as keep
+COVER_RATE in flight over the measured round trip, at most one per STREAM_BYTES of data and
+the transport's `max_channels`. The channels are opened (two round trips) at the same time as
+the prepare command runs, not after it. With the digest of the expected listing, the stream
+that ends last verifies the folder and renames it into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import threading
+from pathlib import Path
+
+from ..errors import PermanentError, TransientError
+from . import space_or_permission
+from .shell import script
+from .ssh_connection import classify
+from .tarstream import ABORT, Counter, NotAFile, TarWriter
+from .upload_check import difference, parse_listing
+from .upload_pump import Job, pump
+
+WINDOW = 2 * 1024 * 1024         # OpenSSH's channel window (CHAN_SES_WINDOW_DEFAULT)
+COVER_RATE = 1024 * 1024 * 1024  # bytes/s to keep in flight: above what one connection
+                                 # carries here on loopback (1 GiB in 1.6 s)
+
+UNPACK = script(__package__, "unpack.sh", "listing.sh", "mark.sh")
+STREAM_BYTES = 4 * 1024 * 1024  # a tar stream of its own per this much data, at most
+
+
+def stream_count(rtt: float, local_dir: Path, entries, max_channels: int) -> int:
+    """Streams at once for `entries`: enough windows in flight for the round trip, one per
+    STREAM_BYTES at most, one only when a folder of the case cannot be written by its owner
+    (another stream could not write into it once one tar has set its mode)."""
+    data = sum(e.size + 512 for e in entries)
+    wanted = -(-int(rtt * COVER_RATE) // WINDOW)
+    n = max(1, min(max_channels, wanted, data // STREAM_BYTES))
+    if n > 1:
+        for e in entries:
+            if e.kind == "d":
+                mode = os.lstat(local_dir / e.path).st_mode
+                if mode & (stat.S_IWUSR | stat.S_IXUSR) != stat.S_IWUSR | stat.S_IXUSR:
+                    return 1
+    return n
+
+
+def partition(entries: list, n: int) -> list[list]:
+    """`n` contiguous parts of about equal bytes (a folder's files stay mostly together);
+    parts may be empty (an empty tar stream is fine)."""
+    parts: list[list] = [[] for _ in range(max(1, n))]
+    total = sum(e.size + 512 for e in entries)
+    done, i = 0, 0
+    for e in entries:
+        while i < len(parts) - 1 and done >= total * (i + 1) / len(parts):
+            i += 1
+        parts[i].append(e)
+        done += e.size + 512
+    return parts
+
+
+class Streams:
+    """`n` channels into scripts/unpack.sh, opened at once (each in the channel budget) while
+    the caller finds out what they are to carry: `send()` streams the parts (from one thread:
+    upload_pump.py), `abort()` ends the streams unsent (their tar fails: nothing is renamed).
+    """
+
+    def __init__(self, transport, n: int, staging: str, target: str, digest: str, token: str,
+                 expected: set):
+        self.t = transport
+        self.expected = expected
+        self.opening = Opening(transport, n, lambda i, got: [
+            "sh", "-c", UNPACK, "caseflow", staging, target, digest, token, str(got), str(i)])
+        self.ended = False
+
+    def send(self, local_dir: Path, entries: list, counter: Counter, sums: dict | None) -> str:
+        """Stream `entries` (split into the parts); what the streams printed."""
+        self.ended = True
+        chans = self.opening.channels()
+        base = os.fspath(local_dir)
+        jobs = [Job(chan, TarWriter().chunks(base, part, sums))
+                for chan, part in zip(chans, partition(entries, len(chans)))]
+        try:
+            pump(jobs, counter)
+        finally:
+            ends = [finish(self.t, job, ABORT) for job in jobs]
+            self.opening.close()
+        for job in jobs:  # a local file's problem is the case's, before the connection's
+            if job.local_error is not None:
+                raise local_problem(job.local_error, local_dir, self.t.name)
+        problems = [stream_problem(self.t, job, end, self.expected) for job, end in
+                    zip(jobs, ends)]
+        problems = [p for p in problems if p is not None]
+        if problems:  # a permanent reason (a full disk) before a transient one
+            raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
+        return "".join(out.decode("utf-8", "replace") for _, out, _ in ends)
+
+    def abort(self) -> None:
+        """End the streams if they were not sent (idempotent; errors are not raised)."""
+        if self.ended:
+            return
+        self.ended = True
+        with contextlib.suppress(Exception):
+            for chan in self.opening.channels():
+                job = Job(chan, iter(()))
+                job.local_error = RuntimeError("not sent")
+                finish(self.t, job, ABORT)
+        self.opening.close()
+
+
+class Opening:
+    """Up to `wanted` channels with a command started on each (`argv_of(i, n)`, n being how
+    many are opened), as many as the transport's channel budget gives (at least one), opened
+    at once (two round trips each); `channels()` waits for them (raising the first failure, a
+    permanent one first), `close()` closes them and gives the budget back."""
+
+    def __init__(self, transport, wanted: int, argv_of):
+        self.t = transport
+        n = transport._channel_budget().take(max(1, wanted))
+        self.chans: list = [None] * n
+        self.errors: list[BaseException | None] = [None] * n
+        self.threads = [threading.Thread(target=self._open, args=(i, argv_of(i, n)),
+                                         daemon=True, name="caseflow-open") for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _open(self, i: int, argv: list[str]) -> None:
+        try:
+            self.chans[i] = self.t._guard(lambda: self.t._channel(argv), "uploading")
+        except BaseException as exc:  # handed to the caller
+            self.t._channel_budget().release()
+            self.errors[i] = exc
+
+    def channels(self) -> list:
+        for t in self.threads:
+            t.join()
+        errors = [e for e in self.errors if e is not None]
+        if errors:
+            self.close()
+            raise next((e for e in errors if isinstance(e, PermanentError)), errors[0])
+        return self.chans
+
+    def close(self) -> None:
+        for t in self.threads:
+            t.join()
+        for i, chan in enumerate(self.chans):
+            if chan is not None:
+                self.chans[i] = None
+                self.t.close_bulk(chan)
+
+
+def finish(t, job: Job, abort: bytes | None) -> tuple[int, bytes, bytes]:
+    """End a job's channel: after data that is not complete, `abort` (if given) so that the
+    remote side fails; then the write side's EOF (the remote side reads until it, so it cannot
+    race with the channel's close: see ssh.py's _exec), and the command's output and exit
+    code (-1 when the connection is gone)."""
+    chan = job.chan
+    try:
+        if not job.complete and job.send_error is None and abort is not None:
+            chan.sendall(abort)
+        if job.send_error is None or not (chan.closed or chan.eof_received):
+            chan.shutdown_write()
+        out, err = t._drain(chan)
+        rc = chan.recv_exit_status()
+    except (OSError, EOFError, socket.timeout) as exc:
+        if job.send_error is None:
+            job.send_error = exc
+        return -1, b"", b""
+    t.commands += 1
+    return rc, out, err
+
+
+def local_problem(exc: BaseException, local_dir, name: str) -> Exception:
+    """What a local file's error means for the case."""
+    if isinstance(exc, (PermanentError, TransientError)):
+        return exc
+    if isinstance(exc, NotAFile):
+        return PermanentError(str(exc))
+    if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
+                                            exc.filename):
+        return PermanentError(f"cannot read {exc.filename}: {exc.strerror}")
+    if isinstance(exc, OSError):  # e.g. a file that shrank while it was read: try again later
+        return TransientError(f"reading the case folder {local_dir} for the upload to {name} "
+                              f"failed: {exc}")
+    return exc if isinstance(exc, Exception) else TransientError(str(exc))
+
+
+def stream_problem(t, job: Job, end: tuple[int, bytes, bytes], expected: set
+                   ) -> Exception | None:
+    """What went wrong with one stream, if anything: the host's complaint (a full disk is
+    permanent), a lost connection, a copy that did not verify."""
+    rc, out, err = end
+    text = err.decode("utf-8", "replace")
+    if rc == 0 and job.send_error is None:
+        return None
+    problem = space_or_permission(text, f"upload to {t.name}")
+    if problem:
+        return problem
+    if job.send_error is not None:
+        return classify(job.send_error, f"uploading to {t.name}")
+    if rc == 4:
+        got = parse_listing(out.decode("utf-8", "surrogateescape"))
+        return TransientError(f"upload to {t.name} did not verify "
+                              f"({difference(expected, got)}); will upload again")
+    if rc == -1:
+        return TransientError(f"the connection to {t.name} was lost during the upload")
+    return TransientError(f"unpacking on {t.name} failed (exit {rc}): {text.strip()[:300]}")

@@ -1,0 +1,179 @@
+"""Uploads over several channels at once: tar streams and byte ranges, as many as the round
+trip needs, within the channel budget; the last stream to end verifies and renames."""
+
+import os
+import subprocess
+import threading
+
+import pytest
+
+from caseflow import casefolder
+from caseflow.config import TransportConfig
+from caseflow.transports.local import local_manifest
+from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh_upload import listing_digest
+from caseflow.transports.upload_ranges import RANGE, channels_for
+from caseflow.transports.upload_streams import UNPACK, partition, stream_count
+from sshd import transport_settings
+
+
+def make(sshd, root, **extra) -> SSHTransport:
+    return SSHTransport(TransportConfig(**transport_settings(sshd, root, **extra)))
+
+
+@pytest.fixture
+def case(tmp_path):
+    d = tmp_path / "case"
+    for i in range(300):
+        sub = d / f"d{i % 7}" / "deeper"
+        sub.mkdir(parents=True, exist_ok=True)
+        (sub / f"f{i:03d}.bin").write_bytes(os.urandom(1000 + i * 37))
+    (d / "big.raw").write_bytes(os.urandom(5_000_000))
+    (d / "empty").mkdir()
+    return d
+
+
+def test_channels_follow_the_round_trip_within_the_limit():
+    assert channels_for(0.0, 8) == 2            # loopback: two overlap writer and sshd
+    assert channels_for(0.010, 8) == 6          # 1 GiB/s x 10 ms over 2 MiB windows
+    assert channels_for(0.050, 8) == 8          # capped
+    assert channels_for(0.050, 1) == 1
+
+
+def test_stream_count_and_parts(case):
+    entries = casefolder.scan(case).entries
+    assert stream_count(0.0, case, entries, 8) == 1
+    assert stream_count(0.050, case, entries, 8) == 1  # ~6 MB: one stream per 4 MiB at most
+    parts = partition(list(entries), 4)
+    assert len(parts) == 4 and [e for p in parts for e in p] == list(entries)
+    sizes = [sum(e.size + 512 for e in p) for p in parts]
+    assert max(sizes) - min(sizes) <= max(e.size + 512 for e in entries)
+    assert partition([], 3) == [[], [], []]
+
+
+def test_a_folder_its_owner_cannot_write_keeps_one_stream(case):
+    entries = casefolder.scan(case).entries
+    many = [e for e in entries if e.kind == "f"] * 2000  # as if there were much more data
+    assert stream_count(0.050, case, many + list(entries), 8) > 1
+    os.chmod(case / "d3", 0o555)
+    try:
+        assert stream_count(0.050, case, many + list(entries), 8) == 1
+    finally:
+        os.chmod(case / "d3", 0o755)
+
+
+@pytest.mark.parametrize("streams, large", [(4, 10**9), (3, 1_000_000)])
+def test_several_streams_and_ranges_make_one_verified_copy(sshd, tmp_path, case, monkeypatch,
+                                                           streams, large):
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count",
+                        lambda *a: streams)
+    t = make(sshd, tmp_path / "remote", large_file_bytes=large, max_channels=3)
+    (tmp_path / "remote").mkdir()
+    opened, most = [0], [0]
+    lock = threading.Lock()
+    channel = t._channel
+
+    def counting(argv):
+        chan = channel(argv)
+        if argv[2] not in (UNPACK, RANGE):  # a command, not data: outside the budget
+            return chan
+        with lock:
+            opened[0] += 1
+            most[0] = max(most[0], opened[0])
+        close = chan.close
+
+        def closing():
+            with lock:
+                opened[0] -= 1
+            close()
+        chan.close = closing
+        return chan
+    t._channel = counting
+    m = casefolder.scan(case)
+    target = tmp_path / "remote" / "5-case"
+    assert t.upload_dir(case, str(target), m) is True
+    assert local_manifest(target) == m.as_set()
+    assert (target / "big.raw").read_bytes() == (case / "big.raw").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["5-case"]
+    assert 2 <= most[0] <= 3  # the channel budget held, streams and ranges together
+    assert t.upload_dir(case, str(target), m) is False
+    t.close()
+
+
+def test_of_streams_ending_at_once_exactly_one_renames(tmp_path):
+    """The unpack script as sent, four at once on the same staging folder, again and again:
+    one stream renames, the others say they streamed, none fails."""
+    for attempt in range(15):
+        staging, target = tmp_path / f".staging-{attempt}", tmp_path / f"{attempt}"
+        (staging / "sub").mkdir(parents=True)
+        (staging / "sub" / "f").write_text("x")
+        digest = listing_digest({("sub", "d", 0), ("sub/f", "f", 1)})
+        procs = [subprocess.Popen(["sh", "-c", UNPACK, "caseflow", str(staging), str(target),
+                                   digest, f"t{attempt}", "4", str(i)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE) for i in range(4)]
+        for p in procs:
+            p.stdin.write(bytes(1024))  # an empty tar stream: its end only
+            p.stdin.close()
+        results = [(p.wait(), p.stdout.read().decode(), p.stderr.read().decode())
+                   for p in procs]
+        assert [r[0] for r in results] == [0, 0, 0, 0], results
+        assert sorted(r[1] for r in results) == ["committed\n"] + ["streamed\n"] * 3, results
+        assert (target / "sub" / "f").read_text() == "x" and not staging.exists()
+        assert not list((target / ".caseflow").glob("done-*"))
+        assert not list((target / ".caseflow").glob("commit-*"))
+
+
+def test_streams_opened_before_the_prepare_answer_are_ended_when_the_copy_is_there(
+        sshd, tmp_path, case, monkeypatch):
+    """A complete copy is already in place: the streams opened meanwhile end unsent and
+    leave no staging folder."""
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count", lambda *a: 3)
+    t = make(sshd, tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
+    m = casefolder.scan(case)
+    target = tmp_path / "remote" / "6-case"
+    assert t.upload_dir(case, str(target), m) is True
+    assert t.upload_dir(case, str(target), m) is False
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["6-case"]
+    t.close()
+
+
+
+def test_a_stream_that_finds_the_rename_taken_leaves_it_to_the_other(tmp_path):
+    """Two streams end at once and both see every stream done: the one that finds the other's
+    lock says it streamed and ends well, renaming nothing."""
+    staging, target = tmp_path / ".staging-x", tmp_path / "x"
+    (staging / ".caseflow").mkdir(parents=True)
+    for i in (0, 1, 2):
+        (staging / ".caseflow" / f"done-tok-{i}").touch()
+    (staging / ".caseflow" / "commit-tok").touch()  # the other stream took it
+    res = subprocess.run(["sh", "-c", UNPACK, "caseflow", str(staging), str(target),
+                          listing_digest(set()), "tok", "4", "3"], input=bytes(1024),
+                         capture_output=True)
+    assert (res.returncode, res.stdout, res.stderr) == (0, b"streamed\n", b"")
+    assert staging.is_dir() and not target.exists()
+
+
+def test_uploads_at_once_share_the_channels_without_waiting_for_each_other(
+        sshd, tmp_path, case, monkeypatch):
+    """Two uploads want 4 streams each of a budget of 2: each takes what is free and goes on
+    (waiting for the rest of a share while holding some would wait forever)."""
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count", lambda *a: 4)
+    t = make(sshd, tmp_path / "remote", max_channels=2, large_file_bytes=1_000_000)
+    (tmp_path / "remote").mkdir()
+    m = casefolder.scan(case)
+    done = []
+
+    def upload(i):
+        done.append(t.upload_dir(case, str(tmp_path / "remote" / f"{i}-case"), m))
+    threads = [threading.Thread(target=upload, args=(i,), daemon=True) for i in range(3)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert done == [True, True, True]
+    for i in range(3):
+        assert local_manifest(tmp_path / "remote" / f"{i}-case") == m.as_set()
+    assert t._channel_budget().free == 2
+    t.close()
