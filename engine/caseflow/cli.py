@@ -27,8 +27,18 @@ from .machine import CaseMachine
 from .service import LOG_FORMATS, notify_systemd, setup_logging
 from .spec import load_spec
 from .store import CaseRow, Store
-from .views import (case_detail, case_json, iso, one_line, printable, reason_cell, slot_json,
-                    state_cell, table, upload_text)
+from .views import (
+    case_detail,
+    case_json,
+    iso,
+    one_line,
+    printable,
+    reason_cell,
+    slot_json,
+    state_cell,
+    table,
+    upload_text,
+)
 
 
 class UsageError(CaseflowError):

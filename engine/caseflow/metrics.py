@@ -17,8 +17,13 @@ import threading
 import time
 from contextlib import contextmanager
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector,
-                               disable_created_metrics)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__

@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import re
 import shlex
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, BackendAdapter, BackendConfig,
-               JobRef, JobSpec, JobStatus, QueueBackend)
+from . import (
+    FAILURE,
+    NOT_FOUND,
+    RUNNING,
+    SUCCESS,
+    UNREADABLE,
+    BackendAdapter,
+    BackendConfig,
+    JobRef,
+    JobSpec,
+    JobStatus,
+    QueueBackend,
+)
 
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
 

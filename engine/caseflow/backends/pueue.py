@@ -35,10 +35,28 @@ from dataclasses import dataclass
 from ..config_reader import Section
 from ..errors import HostError, PermanentError, TransientError
 from ..transports.shell import script, source
-from . import (NOT_FOUND, RUNNING, UNREADABLE, BackendAdapter, BackendConfig, JobRef, JobSpec,
-               JobStatus, QueueBackend)
-from .pueue_status import (POLL, BadOutput, by_exit_code, done_result, parse_poll, parse_status,
-                           quote_start, status_name, task_outcome)
+from . import (
+    NOT_FOUND,
+    RUNNING,
+    UNREADABLE,
+    BackendAdapter,
+    BackendConfig,
+    JobRef,
+    JobSpec,
+    JobStatus,
+    QueueBackend,
+)
+from .pueue_status import (
+    POLL,
+    BadOutput,
+    by_exit_code,
+    done_result,
+    parse_poll,
+    parse_status,
+    quote_start,
+    status_name,
+    task_outcome,
+)
 
 log = logging.getLogger("caseflow.pueue")
 
@@ -291,7 +309,7 @@ class PueueBackend(QueueBackend):
             return JobStatus(UNREADABLE, f"pueue reports task {job.task_id} in a form caseflow "
                                          f"does not know: {quote_start(json.dumps(task))}")
         ours = task is not None and task["label"] == job.label
-        if ours:
+        if task is not None and ours:
             status = task_outcome(task)
             if status_name(task) != "Done" or done_result(task) != "Killed":
                 return status

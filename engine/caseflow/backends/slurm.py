@@ -29,8 +29,18 @@ from collections.abc import Sequence
 
 from ..errors import PermanentError, TransientError
 from ..transports.shell import script, source
-from . import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, BackendAdapter, JobRef, JobSpec,
-               JobStatus, QueueBackend)
+from . import (
+    FAILURE,
+    NOT_FOUND,
+    RUNNING,
+    SUCCESS,
+    UNREADABLE,
+    BackendAdapter,
+    JobRef,
+    JobSpec,
+    JobStatus,
+    QueueBackend,
+)
 from .slurm_options import SlurmConfig, check_host, read_config
 
 log = logging.getLogger("caseflow.slurm")

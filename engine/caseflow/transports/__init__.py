@@ -119,7 +119,7 @@ class Transport(ABC):
         crash), True when it was uploaded now.
         """
 
-    def discard_upload(self, remote_path: str) -> None:
+    def discard_upload(self, remote_path: str) -> None:  # noqa: B027 (an optional hook)
         """Remove what an interrupted upload to `remote_path` left for a later attempt to
         resume (its staging folder), once no case will resume it. No error when there is
         nothing. Adapters that keep nothing after a failed upload need not override it."""

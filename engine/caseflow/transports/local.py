@@ -20,8 +20,17 @@ from pathlib import Path
 from ..casefolder import Manifest
 from ..config_reader import Section, can_make
 from ..errors import PermanentError, TransientError
-from . import (BOOKKEEPING, UPLOADED_MARKER, RunResult, Transport, TransportAdapter,
-               TransportConfig, check_room, mark_uploaded, remove_local)
+from . import (
+    BOOKKEEPING,
+    UPLOADED_MARKER,
+    RunResult,
+    Transport,
+    TransportAdapter,
+    TransportConfig,
+    check_room,
+    mark_uploaded,
+    remove_local,
+)
 
 _PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
                      errno.EROFS}

@@ -53,6 +53,8 @@ _NOTHING_SENT = "connection closed by unknown port 65535"
 class OpenSSHTransport(SSHTransport):
     """The `ssh` transport with channels over an OpenSSH master instead of paramiko's."""
 
+    cfg: OpenSSHConfig
+
     def __init__(self, cfg, sleep=time.sleep):
         Transport.__init__(self, cfg.name, cfg.root)
         self.cfg = cfg

@@ -20,15 +20,20 @@ import os
 import posixpath
 import shlex
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import paramiko
-from tenacity import (Retrying, retry_if_exception, stop_after_attempt, stop_after_delay,
-                      wait_exponential, wait_random)
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
 
 from .. import metrics
 from ..errors import PermanentError, TransientError

@@ -30,17 +30,28 @@ import posixpath
 import secrets
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import check_room, space_or_permission
+from . import check_room, space_or_permission, upload_ranges, upload_resume
 from .shell import script
 from .tarstream import Counter, Progress
-from . import upload_ranges, upload_resume
-from .upload_check import (difference, listing_digest, local_sums, parse_listing, parse_sums,
-                           sum_line)
+from .upload_check import (
+    difference,
+    listing_digest,
+    local_sums,
+    parse_listing,
+    parse_sums,
+    sum_line,
+)
 from .upload_streams import Streams, stream_count
+
+if TYPE_CHECKING:
+    from . import RunResult
+    from .ssh_settings import SSHConfig
 
 log = logging.getLogger("caseflow.ssh")
 
@@ -60,6 +71,17 @@ _budget_lock = threading.Lock()
 class StagedUpload:
     """The upload steps of a transport that runs commands on channels (see above)."""
 
+    if TYPE_CHECKING:  # what the transport provides (see the module's docstring)
+        cfg: SSHConfig
+        name: str
+        commands: int
+
+        def run(self, argv: Sequence[str], timeout: float | None = ...) -> RunResult: ...
+        def _sh(self, script: str, *args: str, what: str) -> RunResult: ...
+        def _guard(self, fn: Callable[[], Any], what: str) -> Any: ...
+        def _channel(self, argv: Sequence[str]) -> Any: ...
+        def _drain(self, chan: Any, timeout: float | None = ...) -> tuple[bytes, bytes]: ...
+
     # -- what it uses of the transport, beyond the basics ------------------------------------
     def round_trip(self) -> float:
         """Seconds of one round trip to the host (connecting first if need be). This default
@@ -74,7 +96,7 @@ class StagedUpload:
         self._rtt_kept = (time.monotonic(), rtt)
         return rtt
 
-    def _channel_budget(self) -> "ChannelBudget":
+    def _channel_budget(self) -> ChannelBudget:
         """At most `max_channels` bulk channels open at once on this transport, all uploads
         together (the host refuses sessions beyond its MaxSessions)."""
         with _budget_lock:
@@ -187,7 +209,7 @@ class StagedUpload:
             raise
         finally:
             streams.abort()
-        if checksum:
+        if sums is not None:
             sums.update(local_sums(local_dir, Manifest(tuple(
                 e for e in manifest.entries if e.path in large or e.path in kept_files))))
         self._commit(staging, remote_path, expected, sums, times)

@@ -14,8 +14,8 @@ import shutil
 import stat
 import tarfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..errors import PermanentError
 
@@ -110,7 +110,7 @@ class TarWriter:
                 self.unreported += n
                 left -= n
             yield from self._put(_ZEROS[:-st.st_size % 512])
-            if digest is not None:
+            if sums is not None and digest is not None:
                 sums[entry.path] = digest.hexdigest()
         finally:
             os.close(fd)

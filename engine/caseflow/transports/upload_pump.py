@@ -15,7 +15,6 @@ wait) is sent to with `sendall`.
 
 from __future__ import annotations
 
-import socket
 import time
 
 from .tarstream import Counter
@@ -34,7 +33,7 @@ class Job:
         self.file_bytes = 0
         self.complete = False                          # all of it sent
         self.local_error: BaseException | None = None  # raised by `chunks` (a local file)
-        self.send_error: BaseException | None = None   # sending failed (the connection)
+        self.send_error: Exception | None = None   # sending failed (the connection)
 
     @property
     def failed(self) -> bool:
@@ -75,7 +74,7 @@ def pump(jobs: list[Job], counter: Counter, stop_on_error: bool = True) -> None:
                     n = job.chan.send(job.view)
                     if n <= 0:
                         raise EOFError("the channel was closed")
-            except (OSError, EOFError, socket.timeout) as exc:
+            except (TimeoutError, OSError, EOFError) as exc:
                 job.send_error = exc
                 active.remove(job)
                 if stop_on_error:

@@ -89,7 +89,7 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
                                          for x in (p.remote, str(p.offset), str(p.length))]])
     shares = _shares(pieces, len(opening.chans))
     chans = opening.channels()
-    jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares)]
+    jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares, strict=True)]
     try:
         pump(jobs, counter)
     finally:
@@ -99,7 +99,7 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
         if job.local_error is not None:
             raise local_problem(job.local_error, "", transport.name)
     problems = []
-    for job, (rc, _, err) in zip(jobs, ends):
+    for job, (rc, _, err) in zip(jobs, ends, strict=True):
         if rc == 0 and job.send_error is None:
             continue
         text = err.decode("utf-8", "replace")

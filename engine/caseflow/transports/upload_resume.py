@@ -159,6 +159,7 @@ def local_block_sums(path: Path, length: int) -> list[str]:
     with open(path, "rb") as f:
         for off, n in blocks_of(length):
             proc = subprocess.Popen(["cksum"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            assert proc.stdin is not None and proc.stdout is not None  # both are pipes
             try:
                 pos, left = off, n
                 while left:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import stat
 import threading
 from pathlib import Path
@@ -85,7 +84,7 @@ class Streams:
         chans = self.opening.channels()
         base = os.fspath(local_dir)
         jobs = [Job(chan, TarWriter().chunks(base, part, sums))
-                for chan, part in zip(chans, partition(entries, len(chans)))]
+                for chan, part in zip(chans, partition(entries, len(chans)), strict=True)]
         try:
             pump(jobs, counter)
         finally:
@@ -94,9 +93,9 @@ class Streams:
         for job in jobs:  # a local file's problem is the case's, before the connection's
             if job.local_error is not None:
                 raise local_problem(job.local_error, local_dir, self.t.name)
-        problems = [stream_problem(self.t, job, end, self.expected) for job, end in
-                    zip(jobs, ends)]
-        problems = [p for p in problems if p is not None]
+        found = [stream_problem(self.t, job, end, self.expected) for job, end in
+                 zip(jobs, ends, strict=True)]
+        problems = [p for p in found if p is not None]
         if problems:  # a permanent reason (a full disk) before a transient one
             raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
         return "".join(out.decode("utf-8", "replace") for _, out, _ in ends)
@@ -168,7 +167,7 @@ def finish(t, job: Job, abort: bytes | None) -> tuple[int, bytes, bytes]:
             chan.shutdown_write()
         out, err = t._drain(chan)
         rc = chan.recv_exit_status()
-    except (OSError, EOFError, socket.timeout) as exc:
+    except (TimeoutError, OSError, EOFError) as exc:
         if job.send_error is None:
             job.send_error = exc
         return -1, b"", b""
