@@ -46,23 +46,29 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def free_name(folder: Path, name: str, case_id: int,
-              taken: Collection[str] = frozenset()) -> Path:
+def free_name(folder: Path, name: str, case_id: int, taken: Collection[str] = frozenset()) -> Path:
     """`folder/name`, or with the case id (and a counter) appended when that is taken:
     never a path that exists or that another case uses."""
     base = casefolder.short_name(name)
     candidates = [base, f"{base}-{case_id}"] + [f"{base}-{case_id}-{i}" for i in range(2, 1000)]
     for candidate in candidates:
         path = folder / candidate
-        if str(path) not in taken and not os.path.lexists(path) and \
-                not os.path.lexists(folder / f".staging-{candidate}"):
+        if (
+            str(path) not in taken
+            and not os.path.lexists(path)
+            and not os.path.lexists(folder / f".staging-{candidate}")
+        ):
             return path
     raise PermanentError(f"no free name for {name!r} in {folder}")
 
 
 def job_ref(row: CaseRow, instance: str) -> JobRef:
-    return JobRef(case_id=row.id, task_id=row.task_id or "", label=job_label(row, instance),
-                  remote_path=row.remote_path or "")
+    return JobRef(
+        case_id=row.id,
+        task_id=row.task_id or "",
+        label=job_label(row, instance),
+        remote_path=row.remote_path or "",
+    )
 
 
 class Case:
@@ -88,8 +94,11 @@ class Case:
         path = Path(row.local_path)
         if not path.is_dir() or path.is_symlink() or casefolder.inode_of(path) != row.inode:
             raise PermanentError("folder removed before it was stable")
-        last = max(filter(None, (eng.last_activity(row.name), casefolder.newest_change(path),
-                                 row.created_at)))
+        last = max(
+            filter(
+                None, (eng.last_activity(row.name), casefolder.newest_change(path), row.created_at)
+            )
+        )
         now = eng.clock()
         if now - last >= eng.config.quiet_seconds:
             return True
@@ -100,8 +109,10 @@ class Case:
         """A free slot of the case's group exists; persist takes it atomically."""
         eng, group = self.engine, self.row.grp
         if eng.config.group(group) is None:
-            raise PermanentError(f"group {group!r} is no longer configured; configured groups: "
-                                 + ", ".join(g.name for g in eng.config.groups))
+            raise PermanentError(
+                f"group {group!r} is no longer configured; configured groups: "
+                + ", ".join(g.name for g in eng.config.groups)
+            )
         hosts = eng.health.usable_for(group)
         slot = eng.store.free_slot(group, hosts) if hosts else None
         if slot is None:
@@ -109,8 +120,10 @@ class Case:
         self.slot_to_take = slot.id
         self.changes["host"] = slot.host
         where = f" on {slot.host}" if len(eng.hosts) > 1 else ""
-        event.kwargs.setdefault("detail", f"slot {group}[{slot.idx}]{where}"
-                                          + (f" device {slot.device}" if slot.device else ""))
+        event.kwargs.setdefault(
+            "detail",
+            f"slot {group}[{slot.idx}]{where}" + (f" device {slot.device}" if slot.device else ""),
+        )
         return True
 
     # -- before callbacks (the work) ---------------------------------------------------
@@ -119,10 +132,15 @@ class Case:
         eng = self.engine
         path = Path(self.row.local_path)
         manifest = casefolder.scan(path)
-        settings = casefolder.read_case_file(path, [g.name for g in eng.config.groups],
-                                             eng.config.default_group)
-        self.changes.update(grp=settings["group"], priority=settings["priority"],
-                            file_count=manifest.file_count, size_bytes=manifest.size_bytes)
+        settings = casefolder.read_case_file(
+            path, [g.name for g in eng.config.groups], eng.config.default_group
+        )
+        self.changes.update(
+            grp=settings["group"],
+            priority=settings["priority"],
+            file_count=manifest.file_count,
+            size_bytes=manifest.size_bytes,
+        )
 
     def upload_case(self, event) -> None:
         eng, row = self.engine, self.row
@@ -138,29 +156,48 @@ class Case:
                 eng.store.set_progress(row.id, sent, total)
 
         started = time.monotonic()
-        uploaded = host.transport.upload_dir(Path(row.local_path), remote, manifest,
-                                             progress=progress)
+        uploaded = host.transport.upload_dir(
+            Path(row.local_path), remote, manifest, progress=progress
+        )
         if uploaded:
             metrics.uploaded(host.name, manifest.size_bytes, time.monotonic() - started)
-        self.changes.update(remote_path=remote, host=host.name,
-                            file_count=manifest.file_count, size_bytes=manifest.size_bytes)
-        event.kwargs.setdefault("detail", f"{manifest.file_count} files, {manifest.size_bytes} "
-                                          f"bytes{'' if uploaded else ' (already there)'}")
+        self.changes.update(
+            remote_path=remote,
+            host=host.name,
+            file_count=manifest.file_count,
+            size_bytes=manifest.size_bytes,
+        )
+        event.kwargs.setdefault(
+            "detail",
+            f"{manifest.file_count} files, {manifest.size_bytes} "
+            f"bytes{'' if uploaded else ' (already there)'}",
+        )
 
     def submit_job(self, event) -> None:
         eng, row = self.engine, self.row
         host = eng.host_of(row)
         group = host.cfg.group(row.grp)
-        env = {"CASEFLOW_CASE_ID": str(row.id), "CASEFLOW_CASE_NAME": row.name,
-               "CASEFLOW_GPU_GROUP": row.grp or "", "CASEFLOW_GPU_SLOT": str(row.slot_index)}
-        device = row.slot_device or (group.device_of(row.slot_index) if group and
-                                     row.slot_index is not None else None)
+        env = {
+            "CASEFLOW_CASE_ID": str(row.id),
+            "CASEFLOW_CASE_NAME": row.name,
+            "CASEFLOW_GPU_GROUP": row.grp or "",
+            "CASEFLOW_GPU_SLOT": str(row.slot_index),
+        }
+        device = row.slot_device or (
+            group.device_of(row.slot_index) if group and row.slot_index is not None else None
+        )
         if device is not None:
             env["CUDA_VISIBLE_DEVICES"] = device
         assert row.remote_path is not None and row.grp is not None  # an uploaded case's
-        job = JobSpec(case_id=row.id, label=job_label(row, eng.instance),
-                      remote_path=row.remote_path, group=row.grp,
-                      command=host.cfg.backend.command, env=env, priority=row.priority)
+        job = JobSpec(
+            case_id=row.id,
+            label=job_label(row, eng.instance),
+            remote_path=row.remote_path,
+            group=row.grp,
+            command=host.cfg.backend.command,
+            env=env,
+            priority=row.priority,
+        )
         task_id = host.backend.submit(job)
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")
@@ -192,14 +229,14 @@ class Case:
             target = free_name(folder, row.name, row.id, eng.store.results_paths())
             eng.store.set_results_path(row.id, row.state, str(target))  # before anything lands
         try:
-            count = host.transport.fetch_results(row.remote_path, target,
-                                                eng.config.results.patterns)
+            count = host.transport.fetch_results(
+                row.remote_path, target, eng.config.results.patterns
+            )
         except PermanentError as exc:
             if row.job_outcome == NOT_FOUND:  # nothing more to lose; say so and go on
                 event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
                 return
-            prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" \
-                else ""
+            prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" else ""
             raise PermanentError(f"{prefix}results could not be retrieved: {exc}") from exc
         if text is not None:
             log_name = "caseflow-job.log"
@@ -207,8 +244,9 @@ class Case:
                 log_name = f"caseflow-job-run{row.run}.log"  # the job made one of that name
             write_atomic(target / log_name, text)
         self.changes.update(results_path=str(target), results_fetched=1)
-        event.kwargs["detail"] = f"{row.job_detail}; {count} result " \
-                                 f"file{'' if count == 1 else 's'} in {target}"
+        event.kwargs["detail"] = (
+            f"{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
+        )
 
     def kill_job(self, event) -> None:
         row, eng = self.row, self.engine
@@ -221,8 +259,9 @@ class Case:
             try:
                 text = backend.job_log(ref)
             except (PermanentError, TransientError, HostError) as exc:
-                log.warning("case %s: the cancelled job's log could not be fetched: %s",
-                            row.id, exc)
+                log.warning(
+                    "case %s: the cancelled job's log could not be fetched: %s", row.id, exc
+                )
                 text = None
             if text is not None:
                 write_atomic(job_log_path(eng.config.database, row), text)
@@ -230,11 +269,23 @@ class Case:
 
     def reset_for_retry(self, event) -> None:
         if self.row.slot_id is not None:  # kept for an earlier job that may still run
-            raise TransientError("its earlier job is still being stopped (the case keeps its "
-                                 "slot until then); the retry follows")
-        self.changes.update(host=None, reason=None, task_id=None, last_error=None,
-                            run=self.row.run + 1, job_outcome=None, job_detail=None, exit_code=None,
-                            results_fetched=0, wrapup=0, wrapup_note=None)
+            raise TransientError(
+                "its earlier job is still being stopped (the case keeps its "
+                "slot until then); the retry follows"
+            )
+        self.changes.update(
+            host=None,
+            reason=None,
+            task_id=None,
+            last_error=None,
+            run=self.row.run + 1,
+            job_outcome=None,
+            job_detail=None,
+            exit_code=None,
+            results_fetched=0,
+            wrapup=0,
+            wrapup_note=None,
+        )
 
     # -- state callbacks ---------------------------------------------------------------
     def release_slot(self, event) -> None:
@@ -254,12 +305,32 @@ class Case:
         src, dst, trigger = event.transition.source, event.transition.dest, event.event.name
         if dst in eng.spec.terminal_states:  # clean-up, archiving and hook follow, persisted
             self.changes.update(wrapup=1, wrapup_note=None)
-        eng.store.commit_transition(row.id, src, dst, trigger, eng.clock(), self.changes,
-                                    take_slot=self.slot_to_take, release_slot=self.release,
-                                    detail=detail)
-        log.info("case %s %r: %s -> %s (%s)%s", row.id, row.name, src, dst, trigger,
-                 f": {detail}" if detail else "",
-                 extra={"case_id": row.id, "case_name": row.name, "from_state": src,
-                        "to_state": dst, "trigger": trigger})
+        eng.store.commit_transition(
+            row.id,
+            src,
+            dst,
+            trigger,
+            eng.clock(),
+            self.changes,
+            take_slot=self.slot_to_take,
+            release_slot=self.release,
+            detail=detail,
+        )
+        log.info(
+            "case %s %r: %s -> %s (%s)%s",
+            row.id,
+            row.name,
+            src,
+            dst,
+            trigger,
+            f": {detail}" if detail else "",
+            extra={
+                "case_id": row.id,
+                "case_name": row.name,
+                "from_state": src,
+                "to_state": dst,
+                "trigger": trigger,
+            },
+        )
         if self.release:
             eng.wake()  # a slot is free: cases waiting for one need not wait for the tick

@@ -87,8 +87,13 @@ def scan(folder: Path) -> Manifest:
                     fail(r, "the file is not readable (check its permissions)")
                 entries.append(Entry(r, "f", s.st_size))
             else:
-                kind = ("a fifo" if stat.S_ISFIFO(s.st_mode) else
-                        "a socket" if stat.S_ISSOCK(s.st_mode) else "a device file")
+                kind = (
+                    "a fifo"
+                    if stat.S_ISFIFO(s.st_mode)
+                    else "a socket"
+                    if stat.S_ISSOCK(s.st_mode)
+                    else "a device file"
+                )
                 fail(r, f"{kind}, not a regular file")
 
     walk(str(folder), "")
@@ -117,20 +122,22 @@ def read_case_file(folder: Path, known_groups: list[str], default_group: str) ->
         raise PermanentError(f"{CASE_FILE}: expected a mapping such as 'group: {default_group}'")
     unknown = sorted(str(k) for k in data if k not in CASE_KEYS)
     if unknown:
-        raise PermanentError(f"{CASE_FILE}: unknown key {unknown[0]!r} "
-                             f"(known: {', '.join(sorted(CASE_KEYS))})")
+        raise PermanentError(
+            f"{CASE_FILE}: unknown key {unknown[0]!r} (known: {', '.join(sorted(CASE_KEYS))})"
+        )
     group = data.get("group", default_group)
     if not isinstance(group, str):
         raise PermanentError(f"{CASE_FILE}: group: expected a group name, got {group!r}")
     if group not in known_groups:
-        raise PermanentError(f"{CASE_FILE}: unknown group {group!r}; "
-                             f"configured groups: {', '.join(known_groups)}")
+        raise PermanentError(
+            f"{CASE_FILE}: unknown group {group!r}; configured groups: {', '.join(known_groups)}"
+        )
     settings["group"] = group
     priority = data.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int) or \
-            not -1000 <= priority <= 1000:
-        raise PermanentError(f"{CASE_FILE}: priority: expected a whole number from -1000 to "
-                             f"1000, got {priority!r}")
+    if isinstance(priority, bool) or not isinstance(priority, int) or not -1000 <= priority <= 1000:
+        raise PermanentError(
+            f"{CASE_FILE}: priority: expected a whole number from -1000 to 1000, got {priority!r}"
+        )
     settings["priority"] = priority
     return settings
 

@@ -17,7 +17,7 @@ from .transports import make_transport
 
 # prints "exists" (the root is a writable folder) or the nearest existing folder above it
 # (writable, so the root can be made there), then df's line for that folder; makes nothing
-_ROOT_SCRIPT = r'''
+_ROOT_SCRIPT = r"""
 d=$1
 if [ -d "$d" ]; then
   [ -w "$d" ] || { echo "$d is not writable" >&2; exit 1; }
@@ -29,7 +29,7 @@ else
   printf '%s\n' "$d"
 fi
 df -Pk -- "$d" | tail -1
-'''
+"""
 
 
 @dataclass
@@ -59,27 +59,57 @@ def check_host(host) -> tuple[str, list[Line]]:
         res = t.run(["sh", "-c", _ROOT_SCRIPT, "check", root])
         out = res.stdout.splitlines()
         if res.returncode != 0 or not out:
-            lines.append(Line(False, f"remote root {root} is not a writable folder: "
-                                     f"{res.stderr.strip() or 'not writable'}"))
+            lines.append(
+                Line(
+                    False,
+                    f"remote root {root} is not a writable folder: "
+                    f"{res.stderr.strip() or 'not writable'}",
+                )
+            )
         else:
             if out[0] == "exists":
                 lines.append(Line(True, f"remote root {root} exists and is writable"))
             else:
-                lines.append(Line(True, f"remote root {root} does not exist yet; it can be "
-                                        f"made ({out[0]} is writable)"))
+                lines.append(
+                    Line(
+                        True,
+                        f"remote root {root} does not exist yet; it can be "
+                        f"made ({out[0]} is writable)",
+                    )
+                )
             fields = (out[1] if len(out) > 1 else "").split()
             if len(fields) >= 4 and fields[3].isdigit():
                 free = int(fields[3]) * 1024
-                lines.append(Line(free > 1 << 30, f"free space: {free / (1 << 30):.1f} GiB"
-                                  + ("" if free > 1 << 30 else " (less than 1 GiB)")))
-        tools = [*transports.adapter(host.transport.kind).tools,
-                 *backends.adapter(host.backend.kind).tools]
+                lines.append(
+                    Line(
+                        free > 1 << 30,
+                        f"free space: {free / (1 << 30):.1f} GiB"
+                        + ("" if free > 1 << 30 else " (less than 1 GiB)"),
+                    )
+                )
+        tools = [
+            *transports.adapter(host.transport.kind).tools,
+            *backends.adapter(host.backend.kind).tools,
+        ]
         if tools:
-            res = t.run(["sh", "-c", 'for t in "$@"; do command -v "$t" >/dev/null 2>&1 || '
-                                     'echo "$t"; done', "check", *tools])
+            res = t.run(
+                [
+                    "sh",
+                    "-c",
+                    'for t in "$@"; do command -v "$t" >/dev/null 2>&1 || echo "$t"; done',
+                    "check",
+                    *tools,
+                ]
+            )
             missing = res.stdout.split()
-            lines.append(Line(not missing, f"tools: {', '.join(tools)}" if not missing else
-                              f"missing tools: {', '.join(missing)}"))
+            lines.append(
+                Line(
+                    not missing,
+                    f"tools: {', '.join(tools)}"
+                    if not missing
+                    else f"missing tools: {', '.join(missing)}",
+                )
+            )
         lines += [Line(ok, text) for ok, text in make_backend(host, t).check()]  # the queue
     except CaseflowError as exc:
         lines.append(Line(False, str(exc)))
@@ -92,9 +122,11 @@ def check_local(config) -> list[Line]:
     """This machine: what anyone could change, and the folders `caseflow run` will make."""
     from .config import permission_warnings
     from .folders import run_folders
+
     lines = [Line(False, w) for w in permission_warnings(config)]
     for key, folder in run_folders(config):
         if not folder.is_dir():
-            lines.append(Line(True, f"{key}: {folder} does not exist yet; made by "
-                                    "`caseflow run` at start"))
+            lines.append(
+                Line(True, f"{key}: {folder} does not exist yet; made by `caseflow run` at start")
+            )
     return lines

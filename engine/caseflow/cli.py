@@ -78,6 +78,7 @@ def cmd_run(args) -> int:
     def ready():  # a Type=notify systemd unit counts as started from here
         daemon.ready.wait()
         notify_systemd("READY=1")
+
     threading.Thread(target=ready, name="notify-ready", daemon=True).start()
     return daemon.run()
 
@@ -86,18 +87,23 @@ def cmd_status(args) -> int:
     config, store = _open(args)
     spec = load_spec()
     if args.state and args.state not in spec.state_names:
-        raise UsageError(f"--state: unknown state {args.state!r}; states: "
-                         + ", ".join(spec.state_names))
+        raise UsageError(
+            f"--state: unknown state {args.state!r}; states: " + ", ".join(spec.state_names)
+        )
     if args.watch:
         if args.json:
             raise UsageError("--watch redraws the table; it cannot be combined with --json")
         from .watch import watch
+
         return watch(store, spec, args.state)
     rows = store.cases([args.state] if args.state else None)
     terminal = set(spec.terminal_states)
     if args.json:
-        print(json.dumps([case_json(r, r.state in terminal) for r in rows], indent=2,
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                [case_json(r, r.state in terminal) for r in rows], indent=2, ensure_ascii=False
+            )
+        )
         return 0
     for name, problem, since in store.host_problems():
         print(f"host {name}: work PAUSED since {iso(since)}: {one_line(problem, 10_000)}")
@@ -113,18 +119,32 @@ def cmd_status(args) -> int:
 def status_table(rows: list[CaseRow], now: float | None = None) -> str:
     """The table `caseflow status` prints (and `--watch` redraws)."""
     now = time.time() if now is None else now
-    return table(["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
-                 [[str(r.id), printable(r.name), state_cell(r, now), r.grp or "-",
-                   r.slot_host or r.host or "-", "-" if r.slot_index is None else str(r.slot_index),
-                   r.task_id or "-", iso(r.updated_at) or "-", reason_cell(r)] for r in rows])
+    return table(
+        ["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+        [
+            [
+                str(r.id),
+                printable(r.name),
+                state_cell(r, now),
+                r.grp or "-",
+                r.slot_host or r.host or "-",
+                "-" if r.slot_index is None else str(r.slot_index),
+                r.task_id or "-",
+                iso(r.updated_at) or "-",
+                reason_cell(r),
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _field(key: str, value) -> str:
     """`key: value`, a value of several lines (a YAML error, a hook's output) in full, its
     further lines indented under the first."""
     lines = [printable(v) for v in str(value).splitlines()] if value is not None else ["-"]
-    return "\n".join([f"{key + ':':17} {lines[0] if lines else ''}"] +
-                     [f"{'':17} {line}" for line in lines[1:]])
+    return "\n".join(
+        [f"{key + ':':17} {lines[0] if lines else ''}"] + [f"{'':17} {line}" for line in lines[1:]]
+    )
 
 
 def cmd_show(args) -> int:
@@ -153,9 +173,15 @@ def cmd_show(args) -> int:
         for line in lines[-10:]:
             print(f"  {printable(line)}")
     print("\nhistory:")
-    print(table(["AT", "FROM", "TO", "TRIGGER", "DETAIL"],
-                [[iso(h.at), h.src or "-", h.dst, h.trigger, one_line(h.detail, 10_000)]
-                 for h in history]))
+    print(
+        table(
+            ["AT", "FROM", "TO", "TRIGGER", "DETAIL"],
+            [
+                [iso(h.at), h.src or "-", h.dst, h.trigger, one_line(h.detail, 10_000)]
+                for h in history
+            ],
+        )
+    )
     return 0
 
 
@@ -163,13 +189,25 @@ def cmd_resources(args) -> int:
     config, store = _open(args)
     slots = store.slots()
     if args.json:
-        print(json.dumps([slot_json(s) for s in slots],
-                         indent=2, ensure_ascii=False))
+        print(json.dumps([slot_json(s) for s in slots], indent=2, ensure_ascii=False))
         return 0
-    print(table(["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
-                [[s.host or "-", s.grp, str(s.idx), s.device or "-",
-                  f"{s.case_id} {printable(s.case_name)}" if s.case_id else "free",
-                  s.case_state or "-", "retired" if s.retired else ""] for s in slots]))
+    print(
+        table(
+            ["HOST", "GROUP", "SLOT", "DEVICE", "CASE", "STATE", "NOTE"],
+            [
+                [
+                    s.host or "-",
+                    s.grp,
+                    str(s.idx),
+                    s.device or "-",
+                    f"{s.case_id} {printable(s.case_name)}" if s.case_id else "free",
+                    s.case_state or "-",
+                    "retired" if s.retired else "",
+                ]
+                for s in slots
+            ],
+        )
+    )
     return 0
 
 
@@ -183,23 +221,30 @@ def cmd_request(args) -> int:
     machine = CaseMachine(spec)
     row = resolve(store, args.case)
     if not machine.allowed(trigger, row.state):
-        raise CaseflowError(f"case {row.id} {printable(row.name)!s} is {row.state}; {trigger} "
-                            f"applies to: {', '.join(machine.states_allowing(trigger))}")
+        raise CaseflowError(
+            f"case {row.id} {printable(row.name)!s} is {row.state}; {trigger} "
+            f"applies to: {', '.join(machine.states_allowing(trigger))}"
+        )
     mark = max((h.id for h in store.history(row.id)), default=0)
     store.set_request(row.id, trigger)
     lock = DaemonLock(config.database)
     try:
         lock.acquire()
     except AlreadyRunning as exc:
-        print(f"{trigger} of case {row.id} requested; the running daemon (pid {exc.pid}) "
-              "applies it at its next tick")
+        print(
+            f"{trigger} of case {row.id} requested; the running daemon (pid {exc.pid}) "
+            "applies it at its next tick"
+        )
         if args.no_wait:
             return 0
         deadline = time.monotonic() + args.wait
         while store.get(row.id).request is not None:
             if time.monotonic() >= deadline:
-                print(f"not applied within {args.wait:.0f} s; it stays requested and the "
-                      "daemon applies it when it can", file=sys.stderr)
+                print(
+                    f"not applied within {args.wait:.0f} s; it stays requested and the "
+                    "daemon applies it when it can",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.2)
         return _report(store, trigger, row, mark, daemon_pid=exc.pid)
@@ -213,18 +258,18 @@ def cmd_request(args) -> int:
     return _report(store, trigger, row, mark, daemon_pid=None)
 
 
-def _report(store: Store, trigger: str, before: CaseRow, mark: int,
-            daemon_pid: int | None) -> int:
+def _report(store: Store, trigger: str, before: CaseRow, mark: int, daemon_pid: int | None) -> int:
     now = store.get(before.id)
     assert now is not None  # cases are never deleted
     name = printable(before.name)
-    done = next((h for h in store.history(before.id) if h.id > mark and h.trigger == trigger),
-                None)
+    done = next((h for h in store.history(before.id) if h.id > mark and h.trigger == trigger), None)
     if done is None:
         why = f": {one_line(now.last_error)}" if now.last_error else ""
         still = "; it stays requested" if now.request else ""
-        print(f"case {before.id} {name}: {trigger} was not applied; it is {now.state}{why}{still}",
-              file=sys.stderr)
+        print(
+            f"case {before.id} {name}: {trigger} was not applied; it is {now.state}{why}{still}",
+            file=sys.stderr,
+        )
         return 1
     line = f"case {before.id} {name}: {done.src} -> {done.dst}"
     if trigger == "cancel":
@@ -234,10 +279,15 @@ def _report(store: Store, trigger: str, before: CaseRow, mark: int,
         if now.state != done.dst:
             line += f"; it is now {now.state}"
     else:
-        line = (f"case {before.id} {name}: retry accepted (run {now.run}): {done.src} -> "
-                f"{done.dst}; it is now {now.state}")
-        line += (f" and goes on in the running daemon (pid {daemon_pid})" if daemon_pid else
-                 " and goes on when `caseflow run` runs")
+        line = (
+            f"case {before.id} {name}: retry accepted (run {now.run}): {done.src} -> "
+            f"{done.dst}; it is now {now.state}"
+        )
+        line += (
+            f" and goes on in the running daemon (pid {daemon_pid})"
+            if daemon_pid
+            else " and goes on when `caseflow run` runs"
+        )
         line += f"; follow it with `caseflow show {before.id}`"
     print(line)
     return 0
@@ -245,6 +295,7 @@ def _report(store: Store, trigger: str, before: CaseRow, mark: int,
 
 def cmd_check(args) -> int:
     from .check import check_host, check_local
+
     config = load_config(config_path_from(args.config))
     local = check_local(config)
     if local:
@@ -266,19 +317,26 @@ def cmd_login(args) -> int:
     """Open a host's OpenSSH master connection here, in the terminal (transport openssh)."""
     from .transports.openssh_master import Master
     from .transports.ssh_settings import OpenSSHConfig
+
     config = load_config(config_path_from(args.config))
     hosts = [h for h in config.hosts if h.transport.kind == "openssh"]
     if args.host is not None:
         hosts = [h for h in config.hosts if h.name == args.host]
         if not hosts:
-            raise UsageError(f"no host {args.host!r}; configured: "
-                             + ", ".join(h.name for h in config.hosts))
+            raise UsageError(
+                f"no host {args.host!r}; configured: " + ", ".join(h.name for h in config.hosts)
+            )
         if hosts[0].transport.kind != "openssh":
-            raise UsageError(f"host {args.host} uses the {hosts[0].transport.kind} transport; "
-                             "caseflow login is for transport kind openssh")
+            raise UsageError(
+                f"host {args.host} uses the {hosts[0].transport.kind} transport; "
+                "caseflow login is for transport kind openssh"
+            )
     elif len(hosts) != 1:
-        raise UsageError("name the host: caseflow login HOST (openssh hosts: "
-                         + (", ".join(h.name for h in hosts) or "none") + ")")
+        raise UsageError(
+            "name the host: caseflow login HOST (openssh hosts: "
+            + (", ".join(h.name for h in hosts) or "none")
+            + ")"
+        )
     host = hosts[0]
     settings = host.transport
     assert isinstance(settings, OpenSSHConfig)  # kind openssh, as chosen above
@@ -291,12 +349,15 @@ def cmd_login(args) -> int:
         if pid is None:
             print(f"caseflow: not logged in to {host.name}: ssh exited {rc}", file=sys.stderr)
             return 1
-        print(f"logged in to {host.name}: master connection up (pid {pid}, "
-              f"{master.socket_path()}); it closes after {settings.control_persist} "
-              "unused (control_persist)")
+        print(
+            f"logged in to {host.name}: master connection up (pid {pid}, "
+            f"{master.socket_path()}); it closes after {settings.control_persist} "
+            "unused (control_persist)"
+        )
     else:
-        print(f"{host.name}: already logged in (master connection pid {pid}, "
-              f"{master.socket_path()})")
+        print(
+            f"{host.name}: already logged in (master connection pid {pid}, {master.socket_path()})"
+        )
     print(f"a running caseflow daemon uses it within {master.probe_seconds:.0f} s")
     return 0
 
@@ -326,70 +387,113 @@ class _Parser(argparse.ArgumentParser):
 
 
 CONFIG_HELP = "the configuration file (default: $CASEFLOW_CONFIG)"
-JSON_STATUS = ("print the cases as a JSON list of objects, one per case, with the keys "
-               "listed in docs/cli.md")
+JSON_STATUS = (
+    "print the cases as a JSON list of objects, one per case, with the keys listed in docs/cli.md"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     # -c works before the command (`caseflow -c FILE status`) and after it; SUPPRESS keeps
     # a command's parser from overwriting the one given before it with its own default
     common = _Parser(add_help=False)
-    common.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
-                        help=CONFIG_HELP)
-    p = _Parser(prog="caseflow", description="Ferries compute cases from an inbox folder to a "
-                                             "GPU host's queue and brings their results back.")
+    common.add_argument(
+        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+    )
+    p = _Parser(
+        prog="caseflow",
+        description="Ferries compute cases from an inbox folder to a "
+        "GPU host's queue and brings their results back.",
+    )
     p.add_argument("--version", action="version", version=f"caseflow {__version__}")
     p.add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser,
-                           metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     def command(name: str, text: str, config: bool = True):
-        return sub.add_parser(name, parents=[common] if config else [], help=text,
-                              description=text[0].upper() + text[1:] + ".")
+        return sub.add_parser(
+            name,
+            parents=[common] if config else [],
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+        )
 
     s = command("run", "run the daemon in the foreground until SIGTERM or SIGINT")
-    s.add_argument("--log-format", choices=LOG_FORMATS, default="text",
-                   help="text: one line per event for a person (default); json: one JSON "
-                        "object per line for a log collector")
+    s.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="text: one line per event for a person (default); json: one JSON "
+        "object per line for a log collector",
+    )
     s = command("status", "list the cases: state, group, host, slot, task, reason")
     s.add_argument("--json", action="store_true", help=JSON_STATUS)
     s.add_argument("--state", help="only cases in this state")
-    s.add_argument("--watch", action="store_true",
-                   help="redraw the table every second, counts per state on top, until Ctrl-C")
+    s.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw the table every second, counts per state on top, until Ctrl-C",
+    )
     s = command("show", "show one case: every field, its results, its job log, its history")
     s.add_argument("case", help="case id or unique name (`--` before a name starting with -)")
-    s.add_argument("--json", action="store_true",
-                   help="print the case as one JSON object: the keys of `status --json`, "
-                        "job_log (the kept log's path), upload (bytes, total, percent, rate, "
-                        "seconds left, or null) and history (a list of transitions)")
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the case as one JSON object: the keys of `status --json`, "
+        "job_log (the kept log's path), upload (bytes, total, percent, rate, "
+        "seconds left, or null) and history (a list of transitions)",
+    )
     s = command("resources", "list the GPU slots and the case holding each")
-    s.add_argument("--json", action="store_true",
-                   help="print the slots as a JSON list of objects with host, group, slot, "
-                        "device, case_id, case_name, case_state and retired")
-    for name, text in (("retry", "run a failed or lost case again, validated and uploaded "
-                                 "afresh"),
-                       ("cancel", "stop an active case (kills its job if one runs); it ends "
-                                  "in failure")):
+    s.add_argument(
+        "--json",
+        action="store_true",
+        help="print the slots as a JSON list of objects with host, group, slot, "
+        "device, case_id, case_name, case_state and retired",
+    )
+    for name, text in (
+        ("retry", "run a failed or lost case again, validated and uploaded afresh"),
+        ("cancel", "stop an active case (kills its job if one runs); it ends in failure"),
+    ):
         s = command(name, text)
         s.add_argument("case", help="case id or unique name")
-        s.add_argument("--wait", type=float, default=60.0, metavar="SECONDS",
-                       help="how long to wait for a running daemon to apply it (default 60)")
+        s.add_argument(
+            "--wait",
+            type=float,
+            default=60.0,
+            metavar="SECONDS",
+            help="how long to wait for a running daemon to apply it (default 60)",
+        )
         s.add_argument("--no-wait", action="store_true", help="only record the request")
-    command("check", "check this machine's folders and each host: connection, host key, "
-                     "remote root, free space, tools, an openssh host's master connection")
-    s = command("login", "open a host's SSH master connection here, answering its login "
-                         "prompts (transport openssh)")
+    command(
+        "check",
+        "check this machine's folders and each host: connection, host key, "
+        "remote root, free space, tools, an openssh host's master connection",
+    )
+    s = command(
+        "login",
+        "open a host's SSH master connection here, answering its login prompts (transport openssh)",
+    )
     s.add_argument("host", nargs="?", help="the host's name (needed with several)")
     s = command("diagram", "export the case state machine as a diagram", config=False)
-    s.add_argument("--format", choices=FORMATS, default="mermaid",
-                   help="mermaid (default), dot, or svg (needs Graphviz's dot)")
+    s.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="mermaid",
+        help="mermaid (default), dot, or svg (needs Graphviz's dot)",
+    )
     s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
     return p
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "resources": cmd_resources,
-            "retry": cmd_request, "cancel": cmd_request, "check": cmd_check, "login": cmd_login,
-            "diagram": cmd_diagram}
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "show": cmd_show,
+    "resources": cmd_resources,
+    "retry": cmd_request,
+    "cancel": cmd_request,
+    "check": cmd_check,
+    "login": cmd_login,
+    "diagram": cmd_diagram,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -410,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as exc:
-        print(f"caseflow: {exc.filename + ': ' if exc.filename else ''}"
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"caseflow: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 130

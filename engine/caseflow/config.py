@@ -34,8 +34,10 @@ from .transports import TransportConfig
 ENV_VAR = "CASEFLOW_CONFIG"
 
 # names that moved to the adapter that owns them, still importable from here
-_MOVED = {"SlurmOptions": "caseflow.backends.slurm_options",
-          "CONTROL_PATH_MAX": "caseflow.transports.ssh_settings"}
+_MOVED = {
+    "SlurmOptions": "caseflow.backends.slurm_options",
+    "CONTROL_PATH_MAX": "caseflow.transports.ssh_settings",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -58,8 +60,9 @@ class RetryConfig:
 @dataclass(frozen=True)
 class WebConfig:
     """The status page and /metrics (`web:`); None in Config when the key is absent."""
-    host: str                      # the address to listen on, loopback unless configured
-    port: int                      # 0: any free port (the log says which)
+
+    host: str  # the address to listen on, loopback unless configured
+    port: int  # 0: any free port (the log says which)
     token_file: Path | None = None  # a bearer token is required when set (always off loopback)
 
     @property
@@ -69,6 +72,7 @@ class WebConfig:
 
 def is_loopback(host: str) -> bool:
     import ipaddress
+
     if host == "localhost":
         return True
     try:
@@ -140,21 +144,27 @@ def permission_warnings(config: Config) -> list[str]:
     """What anyone on this machine could change: a config that says which commands run,
     a database folder where the database (and its lock) could be replaced."""
     out = []
-    checks = [(config.path, "the configuration", "chmod o-w"),
-              (config.path.parent, "the configuration's folder", "chmod o-w"),
-              (config.database.parent, "the database's folder", "chmod o-w")]
+    checks = [
+        (config.path, "the configuration", "chmod o-w"),
+        (config.path.parent, "the configuration's folder", "chmod o-w"),
+        (config.database.parent, "the database's folder", "chmod o-w"),
+    ]
     for path, what, fix in checks:
         try:
             mode = path.stat().st_mode
         except OSError:
             continue
         if mode & 0o002:
-            out.append(f"{what} {path} is writable by every user of this machine: anyone could "
-                       f"change what caseflow runs or records ({fix} {path})")
+            out.append(
+                f"{what} {path} is writable by every user of this machine: anyone could "
+                f"change what caseflow runs or records ({fix} {path})"
+            )
     token = config.web.token_file if config.web else None
     if token is not None and token.exists() and token.stat().st_mode & 0o004:
-        out.append(f"the status page's token file {token} is readable by every user of this "
-                   f"machine (chmod o-r {token})")
+        out.append(
+            f"the status page's token file {token} is readable by every user of this "
+            f"machine (chmod o-r {token})"
+        )
     return out
 
 
@@ -172,8 +182,9 @@ def load_config(path: Path | str) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): is it the "
-                          "configuration?") from exc
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.start}): is it the configuration?"
+        ) from exc
     try:
         data = yamlfile.load(text, name=str(path))
     except yamlfile.DuplicateKey as exc:
@@ -189,22 +200,35 @@ def load_config(path: Path | str) -> Config:
 
     inbox = resolve(base, top.get("inbox", str))
     if inbox.exists() and not inbox.is_dir():
-        raise top.error("inbox", f"{inbox} is a file, not a folder (each case is a folder in "
-                                 "the inbox: give the folder that holds them)")
+        raise top.error(
+            "inbox",
+            f"{inbox} is a file, not a folder (each case is a folder in "
+            "the inbox: give the folder that holds them)",
+        )
     if not inbox.is_dir():
         raise top.error("inbox", f"folder {inbox} does not exist (create it, or fix the path)")
     database = resolve(base, top.get("database", str, default="caseflow.db"))
     if database.is_dir():
-        raise top.error("database", f"{database} is a folder; give the database's file name "
-                                    f"(e.g. {database / 'caseflow.db'})")
+        raise top.error(
+            "database",
+            f"{database} is a folder; give the database's file name "
+            f"(e.g. {database / 'caseflow.db'})",
+        )
     can_make(top, "database", database.parent)
     tick = float(top.get("tick_seconds", NUMBER, 2.0, positive))
     poll = float(top.get("poll_seconds", NUMBER, 10.0, positive))
     workers = top.get("workers", int, 4, positive)
     grace = float(top.get("shutdown_grace_seconds", NUMBER, 30.0, not_negative))
-    stop_timeout = float(top.get("shutdown_timeout_seconds", NUMBER, grace + 30.0,
-                                 lambda v: None if v >= grace else
-                                 f"must be at least shutdown_grace_seconds ({grace:g})"))
+    stop_timeout = float(
+        top.get(
+            "shutdown_timeout_seconds",
+            NUMBER,
+            grace + 30.0,
+            lambda v: (
+                None if v >= grace else f"must be at least shutdown_grace_seconds ({grace:g})"
+            ),
+        )
+    )
 
     stab = top.sub("stability")
     quiet = float(stab.get("quiet_seconds", NUMBER, 5.0, not_negative))
@@ -217,22 +241,32 @@ def load_config(path: Path | str) -> Config:
     retry = RetryConfig(
         initial_seconds=float(rr.get("initial_seconds", NUMBER, 5.0, positive)),
         max_seconds=float(rr.get("max_seconds", NUMBER, 300.0, positive)),
-        give_up_after_seconds=float(rr.get("give_up_after_seconds", NUMBER, 86400.0,
-                                           positive)))
+        give_up_after_seconds=float(rr.get("give_up_after_seconds", NUMBER, 86400.0, positive)),
+    )
     rr.finish()
 
     results = read_results(top, base, inbox)
     finish = read_finish(top, base, inbox)
     if finish.remote_cleanup != "never" and results.folder is None:
-        raise top.error("remote_cleanup", "removes remote case folders only after their results "
-                                          "are home, but results.fetch is false; set it to never")
+        raise top.error(
+            "remote_cleanup",
+            "removes remote case folders only after their results "
+            "are home, but results.fetch is false; set it to never",
+        )
 
     web = _read_web(top, base)
 
     lg = top.sub("log")
-    level = lg.get("level", str, "INFO",
-                   lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
-                   else "must be one of DEBUG, INFO, WARNING, ERROR").upper()
+    level = lg.get(
+        "level",
+        str,
+        "INFO",
+        lambda v: (
+            None
+            if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+            else "must be one of DEBUG, INFO, WARNING, ERROR"
+        ),
+    ).upper()
     log_file = lg.get("file", str, None)
     if log_file is not None:
         log_path = resolve(base, log_file)
@@ -242,13 +276,25 @@ def load_config(path: Path | str) -> Config:
             raise lg.error("file", f"folder {log_path.parent} does not exist")
     lg.finish()
     top.finish()
-    return Config(path=path.resolve(), inbox=inbox, database=database, hosts=hosts,
-                  quiet_seconds=quiet,
-                  rescan_seconds=rescan, tick_seconds=tick, poll_seconds=poll, workers=workers,
-                  shutdown_grace_seconds=grace, shutdown_timeout_seconds=stop_timeout,
-                  retry=retry, log_level=level,
-                  log_file=resolve(base, log_file) if log_file else None,
-                  results=results, finish=finish, web=web)
+    return Config(
+        path=path.resolve(),
+        inbox=inbox,
+        database=database,
+        hosts=hosts,
+        quiet_seconds=quiet,
+        rescan_seconds=rescan,
+        tick_seconds=tick,
+        poll_seconds=poll,
+        workers=workers,
+        shutdown_grace_seconds=grace,
+        shutdown_timeout_seconds=stop_timeout,
+        retry=retry,
+        log_level=level,
+        log_file=resolve(base, log_file) if log_file else None,
+        results=results,
+        finish=finish,
+        web=web,
+    )
 
 
 def _read_web(top: Reader, base: Path) -> WebConfig | None:
@@ -261,23 +307,33 @@ def _read_web(top: Reader, base: Path) -> WebConfig | None:
     host, sep, port = listen.rpartition(":")
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise wr.error("listen", f'expected an address and port such as "127.0.0.1:8765" or '
-                                 f'"[::1]:8765", got {listen!r}')
+        raise wr.error(
+            "listen",
+            f'expected an address and port such as "127.0.0.1:8765" or '
+            f'"[::1]:8765", got {listen!r}',
+        )
     token = wr.get("token_file", str, None)
     token_file = resolve(base, token) if token else None
     wr.finish()
     if token_file is None and not is_loopback(host):
-        raise wr.error("token_file", f"is required when listen is not a loopback address "
-                                     f"({host}): the page and /metrics then need a bearer "
-                                     "token read from this file")
+        raise wr.error(
+            "token_file",
+            f"is required when listen is not a loopback address "
+            f"({host}): the page and /metrics then need a bearer "
+            "token read from this file",
+        )
     if token_file is not None:
         try:
             text = token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise wr.error("token_file", f"cannot read {token_file}: "
-                                         f"{getattr(exc, 'strerror', None) or exc}") from exc
+            raise wr.error(
+                "token_file", f"cannot read {token_file}: {getattr(exc, 'strerror', None) or exc}"
+            ) from exc
         if not re.fullmatch(r"[A-Za-z0-9._~+/=-]{16,}", text):  # also a valid cookie value
-            raise wr.error("token_file", f"{token_file} must hold one token of at least 16 "
-                                         "letters, digits or -._~+/= (e.g. `openssl rand -hex "
-                                         "32`)")
+            raise wr.error(
+                "token_file",
+                f"{token_file} must hold one token of at least 16 "
+                "letters, digits or -._~+/= (e.g. `openssl rand -hex "
+                "32`)",
+            )
     return WebConfig(host=host, port=int(port), token_file=token_file)

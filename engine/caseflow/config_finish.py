@@ -15,15 +15,17 @@ CLEANUP_MODES = ("never", "on_success", "always")
 @dataclass(frozen=True)
 class ResultsConfig:
     """What comes home when a job ends, and where it goes."""
-    folder: Path | None                    # None: results are not fetched (the job log is)
+
+    folder: Path | None  # None: results are not fetched (the job log is)
     patterns: tuple[str, ...] | None = None  # None: every file the job created or changed
 
 
 @dataclass(frozen=True)
 class FinishConfig:
     """What happens after a case reached its terminal state."""
-    archive_done: Path | None = None      # success goes here
-    archive_failed: Path | None = None    # failure and not_found go here
+
+    archive_done: Path | None = None  # success goes here
+    archive_failed: Path | None = None  # failure and not_found go here
     remote_cleanup: str = "never"
     on_finish: tuple[str, ...] | str | None = None
     on_finish_timeout_seconds: float = 300.0
@@ -33,8 +35,11 @@ class FinishConfig:
 
 def _outside_inbox(reader: Reader, key: str, folder: Path, inbox: Path) -> None:
     if folder == inbox or inbox in folder.parents:
-        raise reader.error(key, f"{folder} is inside the inbox, where it would be taken for a "
-                                "case; choose a folder next to the inbox")
+        raise reader.error(
+            key,
+            f"{folder} is inside the inbox, where it would be taken for a "
+            "case; choose a folder next to the inbox",
+        )
 
 
 def _folder(reader: Reader, key: str, base: Path, default: str | None = None) -> Path | None:
@@ -51,15 +56,17 @@ def read_results(top: Reader, base: Path, inbox: Path) -> ResultsConfig:
     rs = top.sub("results")
     fetch = rs.get("fetch", bool, True)
     # default: a "results" folder next to the inbox
-    folder = _folder(rs, "folder", base if "folder" in rs.data else inbox.parent,
-                     "results") if fetch else None
+    folder = (
+        _folder(rs, "folder", base if "folder" in rs.data else inbox.parent, "results")
+        if fetch
+        else None
+    )
     if folder is not None:
         _outside_inbox(rs, "folder", folder, inbox)
-    patterns = rs.get("patterns", list, None, what="a list of patterns such as \"out/*\"")
+    patterns = rs.get("patterns", list, None, what='a list of patterns such as "out/*"')
     if patterns is not None:
         for p in patterns:
-            if not isinstance(p, str) or not p.strip() or p.startswith("/") or \
-                    ".." in p.split("/"):
+            if not isinstance(p, str) or not p.strip() or p.startswith("/") or ".." in p.split("/"):
                 raise rs.error("patterns", f"not a pattern inside the case folder: {show(p)}")
         patterns = tuple(patterns)
     rs.finish()
@@ -78,16 +85,27 @@ def read_finish(top: Reader, base: Path, inbox: Path) -> FinishConfig:
         _outside_inbox(ar, key, folder, inbox)
         # a folder still to be made will be on the file system of its nearest ancestor
         if os.stat(existing_ancestor(folder)).st_dev != inbox_dev:
-            raise ar.error(key, f"{folder} is on another file system than the inbox; "
-                                "archiving moves folders by renaming, so it must be on the same")
-    cleanup = top.get("remote_cleanup", str, "never",
-                      lambda v: None if v in CLEANUP_MODES
-                      else f"must be one of {', '.join(CLEANUP_MODES)}")
+            raise ar.error(
+                key,
+                f"{folder} is on another file system than the inbox; "
+                "archiving moves folders by renaming, so it must be on the same",
+            )
+    cleanup = top.get(
+        "remote_cleanup",
+        str,
+        "never",
+        lambda v: None if v in CLEANUP_MODES else f"must be one of {', '.join(CLEANUP_MODES)}",
+    )
     hook = _hook(top, "on_finish")
     timeout = float(top.get("on_finish_timeout_seconds", NUMBER, 300.0, positive))
-    return FinishConfig(archive_done=done, archive_failed=failed, remote_cleanup=cleanup,
-                        on_finish=hook, on_finish_timeout_seconds=timeout,
-                        on_host_paused=_hook(top, "on_host_paused"))
+    return FinishConfig(
+        archive_done=done,
+        archive_failed=failed,
+        remote_cleanup=cleanup,
+        on_finish=hook,
+        on_finish_timeout_seconds=timeout,
+        on_host_paused=_hook(top, "on_host_paused"),
+    )
 
 
 def _hook(top: Reader, key: str) -> tuple[str, ...] | str | None:

@@ -35,6 +35,7 @@ class GroupConfig:
 @dataclass(frozen=True)
 class HostConfig:
     """One GPU host: how it is reached, its queue, and the slots of each group it serves."""
+
     name: str
     transport: TransportConfig
     backend: BackendConfig
@@ -52,8 +53,9 @@ def read_hosts(top: Reader, base: Path, state: Path) -> tuple[HostConfig, ...]:
     names to their own groups, transport and backend. `state`: the database's folder."""
     if "hosts" not in top.data:
         transport = read_transport(top, base, state)
-        host = HostConfig(transport.name, transport, read_backend(top, base, state),
-                          read_groups(top))
+        host = HostConfig(
+            transport.name, transport, read_backend(top, base, state), read_groups(top)
+        )
         _check_host(top, host)
         return (host,)
     for key in ("groups", "transport", "backend"):
@@ -65,13 +67,17 @@ def read_hosts(top: Reader, base: Path, state: Path) -> tuple[HostConfig, ...]:
     hosts = []
     for name, settings in raw.items():
         if not isinstance(name, str) or not _NAME.match(name):
-            raise top.error("hosts", f"not a valid host name: {show(name)} "
-                                     "(letters, digits, _ . - ; not starting with . or -)")
+            raise top.error(
+                "hosts",
+                f"not a valid host name: {show(name)} "
+                "(letters, digits, _ . - ; not starting with . or -)",
+            )
         if not isinstance(settings, dict):
-            raise top.error(f"hosts.{name}", f"expected a mapping with groups, transport and "
-                                             f"backend, got {show(settings)}")
-        hr = Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.",
-                    planned=top.planned)
+            raise top.error(
+                f"hosts.{name}",
+                f"expected a mapping with groups, transport and backend, got {show(settings)}",
+            )
+        hr = Reader(top.file, settings, prefix=f"{top.prefix}hosts.{name}.", planned=top.planned)
         transport = read_transport(hr, base, state, name=name)
         backend = read_backend(hr, base, state, name=name)
         groups = read_groups(hr)
@@ -82,8 +88,11 @@ def read_hosts(top: Reader, base: Path, state: Path) -> tuple[HostConfig, ...]:
 
 
 def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
-    raw = top.get("groups", (dict, list), what="a mapping of group names to settings, "
-                                                "or a list of group names")
+    raw = top.get(
+        "groups",
+        (dict, list),
+        what="a mapping of group names to settings, or a list of group names",
+    )
     if not raw:
         raise top.error("groups", "needs at least one group")
     groups = []
@@ -96,27 +105,41 @@ def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
     for name, settings in raw.items():
         key = f"groups.{name}"
         if not isinstance(name, str) or not _NAME.match(name):
-            raise top.error("groups", f"not a valid group name: {show(name)} "
-                                      "(letters, digits, _ . - ; not starting with . or -)")
+            raise top.error(
+                "groups",
+                f"not a valid group name: {show(name)} "
+                "(letters, digits, _ . - ; not starting with . or -)",
+            )
         if isinstance(settings, int) and not isinstance(settings, bool):
             settings = {"slots": settings}
         if settings is None:
             settings = {}
         if not isinstance(settings, dict):
-            raise top.error(f"groups.{name}",
-                            f"expected a mapping like {{slots: 2}}, got {show(settings)}")
+            raise top.error(
+                f"groups.{name}", f"expected a mapping like {{slots: 2}}, got {show(settings)}"
+            )
         gr = Reader(top.file, settings, prefix=f"{top.prefix}{key}.")
-        slots = gr.get("slots", int, 1, lambda v: None if v >= 1 else
-                       "must be at least 1 (remove the group to stop using it)")
+        slots = gr.get(
+            "slots",
+            int,
+            1,
+            lambda v: None if v >= 1 else "must be at least 1 (remove the group to stop using it)",
+        )
         devices = gr.get("devices", list, None, what="a list of device ids")
         gr.finish()
         if devices is not None:
             if len(devices) != slots:
-                raise gr.error("devices", f"has {len(devices)} entries but slots is {slots}; "
-                                          "give one device id (or a list like \"0,1\") per slot")
+                raise gr.error(
+                    "devices",
+                    f"has {len(devices)} entries but slots is {slots}; "
+                    'give one device id (or a list like "0,1") per slot',
+                )
             for d in devices:
-                if isinstance(d, bool) or not isinstance(d, (int, str)) or \
-                        not re.fullmatch(r"[0-9A-Za-z,:_-]+", str(d)):
+                if (
+                    isinstance(d, bool)
+                    or not isinstance(d, (int, str))
+                    or not re.fullmatch(r"[0-9A-Za-z,:_-]+", str(d))
+                ):
                     raise gr.error("devices", f"not a valid device id: {show(d)}")
             devices = tuple(str(d) for d in devices)
         groups.append(GroupConfig(name=name, slots=slots, devices=devices))
@@ -124,25 +147,39 @@ def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
 
 
 def _kind(reader: Reader, port: str, kinds: list[str]) -> str:
-    return reader.get("kind", str, check=lambda v: None if v in kinds
-                      else f"unknown {port} {v!r}; choose one of {', '.join(kinds)}")
+    return reader.get(
+        "kind",
+        str,
+        check=lambda v: (
+            None if v in kinds else f"unknown {port} {v!r}; choose one of {', '.join(kinds)}"
+        ),
+    )
 
 
-def read_transport(top: Reader, base: Path, state: Path,
-                   name: str | None = None) -> TransportConfig:
+def read_transport(
+    top: Reader, base: Path, state: Path, name: str | None = None
+) -> TransportConfig:
     """`name`: the host's name in a `hosts:` mapping (then transport.name may not differ)."""
     tr = top.sub("transport", required=True)
     if name is not None and tr.data.get("name", name) != name:
-        raise tr.error("name", f"the host is named {name!r} by its key in hosts; "
-                               "remove transport.name")
+        raise tr.error(
+            "name", f"the host is named {name!r} by its key in hosts; remove transport.name"
+        )
     for secret in ("password", "passphrase"):
         if secret in tr.data:
-            raise tr.error(secret, "passwords are not accepted in a config file; use a key "
-                                   "(identity_file) or an ssh-agent")
+            raise tr.error(
+                secret,
+                "passwords are not accepted in a config file; use a key "
+                "(identity_file) or an ssh-agent",
+            )
     kind = _kind(tr, "transport", transports.kinds())
     root = tr.get("root", str)
-    verify = tr.get("verify", str, "size", lambda v: None if v in VERIFY_MODES
-                    else f"must be one of {', '.join(VERIFY_MODES)}")
+    verify = tr.get(
+        "verify",
+        str,
+        "size",
+        lambda v: None if v in VERIFY_MODES else f"must be one of {', '.join(VERIFY_MODES)}",
+    )
     try:
         adapter = transports.adapter(kind)
     except PluginError as exc:
@@ -156,8 +193,7 @@ def read_transport(top: Reader, base: Path, state: Path,
     return cfg
 
 
-def read_backend(top: Reader, base: Path, state: Path,
-                 name: str | None = None) -> BackendConfig:
+def read_backend(top: Reader, base: Path, state: Path, name: str | None = None) -> BackendConfig:
     br = top.sub("backend", required=True)
     kind = _kind(br, "backend", backends.kinds())
     command = br.get("command", (str, list), what="a shell command string or an argument list")
@@ -172,8 +208,14 @@ def read_backend(top: Reader, base: Path, state: Path,
     except PluginError as exc:
         raise br.error("kind", f"backend {exc}") from exc
     groups = top.data.get("groups")
-    section = Section(br, dict(kind=kind, command=command), base, state, host=name,
-                      groups=tuple(groups) if isinstance(groups, (dict, list)) else ())
+    section = Section(
+        br,
+        dict(kind=kind, command=command),
+        base,
+        state,
+        host=name,
+        groups=tuple(groups) if isinstance(groups, (dict, list)) else (),
+    )
     cfg = adapter.config(**section.core) if adapter.read is None else adapter.read(section)
     br.finish()
     return cfg

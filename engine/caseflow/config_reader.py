@@ -26,8 +26,7 @@ Check = Callable[[Any], "str | None"]  # a value's problem in words, or None whe
 class Reader:
     """Takes values out of one mapping, naming file and key in every error."""
 
-    def __init__(self, file: Path, data: dict, prefix: str = "",
-                 planned: set[Path] | None = None):
+    def __init__(self, file: Path, data: dict, prefix: str = "", planned: set[Path] | None = None):
         self.file = file
         self.data = data
         self.prefix = prefix
@@ -42,8 +41,14 @@ class Reader:
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(f"{self.file}: {self.key(name)}: {message}")
 
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any = ...,
-            check: Check | None = None, what: str | None = None) -> Any:
+    def get(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        default: Any = ...,
+        check: Check | None = None,
+        what: str | None = None,
+    ) -> Any:
         """The value of `name`, of type `kind` (a type or a tuple of types); `default` when
         it is absent (required when no default is given); `check(value)` says what is wrong
         with it; `what` names the expected kind in the error."""
@@ -77,8 +82,9 @@ class Reader:
         others = [str(k) for k in self.data if k not in self.used]
         close = difflib.get_close_matches(name, others, n=1, cutoff=0.7)
         if close:
-            raise self.error(close[0], f"unknown key (did you mean {name!r}? "
-                                       f"{self.key(name)} is required)")
+            raise self.error(
+                close[0], f"unknown key (did you mean {name!r}? {self.key(name)} is required)"
+            )
 
     def finish(self) -> None:
         """Every key of the mapping has been read: any other is an unknown key."""
@@ -86,10 +92,12 @@ class Reader:
         if unknown:
             k = unknown[0]
             known = sorted(self.used)
-            close = [c for c in known if str(k) in c or c in str(k)] or \
-                difflib.get_close_matches(str(k), known, n=1, cutoff=0.5)
-            hint = (f" (did you mean {close[0]!r}?)" if close else
-                    f" (known keys: {', '.join(known)})")
+            close = [c for c in known if str(k) in c or c in str(k)] or difflib.get_close_matches(
+                str(k), known, n=1, cutoff=0.5
+            )
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f" (known keys: {', '.join(known)})"
+            )
             raise self.error(str(k), f"unknown key{hint}")
 
 
@@ -100,11 +108,12 @@ class Section:
     The core has read its own keys of the mapping already (they are in `core`, ready to be
     passed on to the adapter's config class); the adapter reads the rest with `reader` and
     may call `reader.finish()` itself to order its errors (the core calls it after it)."""
+
     reader: Reader
-    core: dict[str, Any]        # transport: kind, root, verify; backend: kind, command
-    base: Path                  # the config file's folder: relative paths start there
-    state: Path                 # the database's folder, where caseflow keeps its own files
-    host: str | None = None     # the host's name, when its key in `hosts:` gives it
+    core: dict[str, Any]  # transport: kind, root, verify; backend: kind, command
+    base: Path  # the config file's folder: relative paths start there
+    state: Path  # the database's folder, where caseflow keeps its own files
+    host: str | None = None  # the host's name, when its key in `hosts:` gives it
     groups: tuple[Any, ...] = ()  # the names of the host's groups, as given (not yet checked)
 
     def name(self, default: str) -> str:
@@ -120,8 +129,14 @@ class Section:
 def _kind_name(kinds: tuple[type, ...]) -> str:
     if set(kinds) == {int, float}:
         return "a number"
-    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false",
-             list: "a list", dict: "a mapping"}
+    names = {
+        int: "a whole number",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a mapping",
+    }
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 

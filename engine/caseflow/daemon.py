@@ -92,16 +92,21 @@ def resumed(config, engine: Engine) -> list[str]:
     active = engine.spec.active_states
     counts = Counter(r.state for r in engine.store.cases(active))
     cases = ", ".join(f"{counts[s]} {s}" for s in active if counts[s]) or "none"
-    lines = [f"resumed {sum(counts.values())} active case(s): {cases}; "
-             f"{getattr(engine, 'slots_reclaimed', 0)} slot(s) reclaimed"]
+    lines = [
+        f"resumed {sum(counts.values())} active case(s): {cases}; "
+        f"{getattr(engine, 'slots_reclaimed', 0)} slot(s) reclaimed"
+    ]
     for h in config.hosts:
         t = h.transport
-        where = (f"{t.user + '@' if t.user else ''}{t.host}{':' + str(t.port) if t.port else ''}"
-                 if t.kind == "ssh" else t.root)
-        groups = ", ".join(f"{g.name} ({g.slots} slot{'s' if g.slots != 1 else ''})"
-                           for g in h.groups)
-        lines.append(f"host {h.name}: {t.kind} {where}, {h.backend.kind} backend, "
-                     f"groups {groups}")
+        where = (
+            f"{t.user + '@' if t.user else ''}{t.host}{':' + str(t.port) if t.port else ''}"
+            if t.kind == "ssh"
+            else t.root
+        )
+        groups = ", ".join(
+            f"{g.name} ({g.slots} slot{'s' if g.slots != 1 else ''})" for g in h.groups
+        )
+        lines.append(f"host {h.name}: {t.kind} {where}, {h.backend.kind} backend, groups {groups}")
     return lines
 
 
@@ -166,12 +171,16 @@ class Daemon:
         self.waker = Waker()
         self.engine.waker = self.waker
         # activity older than this cannot hold up a quiet period any more: dropped
-        self.watcher = InboxWatcher(config.inbox, clock=self.engine.clock, wake=self.engine.wake,
-                                    keep_seconds=max(2 * config.quiet_seconds, 10.0))
+        self.watcher = InboxWatcher(
+            config.inbox,
+            clock=self.engine.clock,
+            wake=self.engine.wake,
+            keep_seconds=max(2 * config.quiet_seconds, 10.0),
+        )
         self.engine.watcher = self.watcher
         self.ready = threading.Event()
         self.web: web.StatusServer | None = None  # the status page, with `web:` in the config
-        self._stopping = False          # plain attributes: a signal handler sets them
+        self._stopping = False  # plain attributes: a signal handler sets them
         self._stop_asked_at: float | None = None
         self._signals = False
 
@@ -209,9 +218,13 @@ class Daemon:
             self.engine.start()
             self.web = web.start(self.config, self.engine.spec, self.engine)
             self.watcher.start()
-            log.info("caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",
-                     self.config.inbox, self.config.database, len(self.config.groups),
-                     len(self.config.hosts))
+            log.info(
+                "caseflow running: inbox %s, database %s, %d group(s) on %d host(s)",
+                self.config.inbox,
+                self.config.database,
+                len(self.config.groups),
+                len(self.config.hosts),
+            )
             for line in resumed(self.config, self.engine):
                 log.info("%s", line)
             self.ready.set()
@@ -225,12 +238,15 @@ class Daemon:
                     wait = self.config.tick_seconds
                 if not self._stopping:
                     self.waker.wait(wait)
-            deadline = (self._stop_asked_at or time.monotonic()) + \
-                self.config.shutdown_timeout_seconds
+            deadline = (
+                self._stop_asked_at or time.monotonic()
+            ) + self.config.shutdown_timeout_seconds
             if self._signals:
                 self._exit_at(deadline)
-            log.info("stopping: no new work is admitted; waiting up to %.0f s for steps in flight",
-                     min(self.config.shutdown_grace_seconds, deadline - time.monotonic()))
+            log.info(
+                "stopping: no new work is admitted; waiting up to %.0f s for steps in flight",
+                min(self.config.shutdown_grace_seconds, deadline - time.monotonic()),
+            )
         finally:
             if self.web is not None:
                 self.web.stop()
@@ -248,9 +264,14 @@ class Daemon:
     def _exit_at(deadline: float) -> None:
         """The process ends at `deadline` even if something still holds it (a thread stuck in
         a hung remote command that the interpreter would wait for at exit)."""
+
         def backstop():
             time.sleep(max(0.0, deadline - time.monotonic()))
-            os.write(2, b"caseflow: shutdown_timeout_seconds reached; exiting now, the work "
-                        b"still in flight runs again at the next start\n")
+            os.write(
+                2,
+                b"caseflow: shutdown_timeout_seconds reached; exiting now, the work "
+                b"still in flight runs again at the next start\n",
+            )
             os._exit(0)
+
         threading.Thread(target=backstop, name="caseflow-shutdown-timeout", daemon=True).start()

@@ -41,8 +41,9 @@ def render(spec: MachineSpec, fmt: str) -> str | bytes:
     for s in kwargs["states"]:
         s.pop("on_enter", None)
         s.pop("on_exit", None)
-    machine = GraphMachine(model=model, graph_engine=engine, show_conditions=True, title=TITLE,
-                           **kwargs)
+    machine = GraphMachine(
+        model=model, graph_engine=engine, show_conditions=True, title=TITLE, **kwargs
+    )
     graph = machine.model_graphs[id(model)]
     graph.reset_styling()  # no state is "current" in an exported diagram
     # the engine's own graph (a graphviz.Digraph, or mermaid's): transitions types it loosely
@@ -52,6 +53,7 @@ def render(spec: MachineSpec, fmt: str) -> str | bytes:
     if fmt == "dot":
         return drawn.source
     if shutil.which("dot") is None:
-        raise CaseflowError("svg output needs Graphviz's `dot` program (Debian: apt-get install "
-                           "graphviz)")
+        raise CaseflowError(
+            "svg output needs Graphviz's `dot` program (Debian: apt-get install graphviz)"
+        )
     return drawn.pipe(format="svg")

@@ -33,8 +33,17 @@ log = logging.getLogger("caseflow.engine")
 
 
 class Engine:
-    def __init__(self, config, spec: MachineSpec | None = None, store: Store | None = None,
-                 transport=None, backend=None, clock=time.time, watcher=None, monotonic=None):
+    def __init__(
+        self,
+        config,
+        spec: MachineSpec | None = None,
+        store: Store | None = None,
+        transport=None,
+        backend=None,
+        clock=time.time,
+        watcher=None,
+        monotonic=None,
+    ):
         self.config = config
         self.spec = spec or load_spec()
         self.store = store or Store(config.database)
@@ -49,12 +58,17 @@ class Engine:
         # the hosts, in config order; `transport`/`backend` given here are the first host's
         self.hosts: dict[str, Host] = {}
         for i, h in enumerate(config.hosts):
-            self.hosts[h.name] = Host(h, transport if i == 0 else None,
-                                      backend if i == 0 else None)
-        self.health = HostHealth(self.hosts, self.store, config.retry, clock, self.monotonic,
-                                 self.spec.slot_states, self.wake,
-                                 on_pause=lambda name, problem: wrapup.host_paused(self, name,
-                                                                                   problem))
+            self.hosts[h.name] = Host(h, transport if i == 0 else None, backend if i == 0 else None)
+        self.health = HostHealth(
+            self.hosts,
+            self.store,
+            config.retry,
+            clock,
+            self.monotonic,
+            self.spec.slot_states,
+            self.wake,
+            on_pause=lambda name, problem: wrapup.host_paused(self, name, problem),
+        )
         self.folders = InboxFolders()
         self.inflight = InFlight(done=self.wake)
         self.request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
@@ -95,8 +109,9 @@ class Engine:
             return self.first_host
         host = self.hosts.get(name)
         if host is None:
-            raise PermanentError(f"host {name!r} is no longer configured; configured hosts: "
-                                 + ", ".join(self.hosts))
+            raise PermanentError(
+                f"host {name!r} is no longer configured; configured hosts: " + ", ".join(self.hosts)
+            )
         return host
 
     # -- life cycle --------------------------------------------------------------------
@@ -158,8 +173,9 @@ class Engine:
                     blocked.add((row.state, row.grp))
         # running cases are read only when a host's poll is due (or they need more than a
         # poll): with a thousand of them running, most ticks need not load them at all
-        poll_due = {n for n, h in self.hosts.items()
-                    if mono - h.last_poll >= self.config.poll_seconds}
+        poll_due = {
+            n for n, h in self.hosts.items() if mono - h.last_poll >= self.config.poll_seconds
+        }
         polled: dict[str, list[CaseRow]] = {}
         for row in self.store.due_cases(now, self._poll_states, unpolled_only=not poll_due):
             if row.job_outcome:
@@ -192,8 +208,9 @@ class Engine:
                 continue
             if not self._groups_checked:  # the configured groups do not change while we run
                 self._groups_checked = True
-                rows += self.store.due_outside_groups(now, [state],
-                                                      [g.name for g in self.config.groups])
+                rows += self.store.due_outside_groups(
+                    now, [state], [g.name for g in self.config.groups]
+                )
             for group, free in self.store.free_slot_counts().items():
                 usable = self.health.usable_for(group)
                 n = sum(count for host, count in free.items() if host in usable)
@@ -210,8 +227,10 @@ class Engine:
         """
         now = self.clock()
         wait = self.config.tick_seconds
-        for nxt in (self.store.next_due(self._step_states, after=self._tick_started),
-                    self.store.next_wrapup(after=self._tick_started)):
+        for nxt in (
+            self.store.next_due(self._step_states, after=self._tick_started),
+            self.store.next_wrapup(after=self._tick_started),
+        ):
             if nxt is not None:
                 wait = min(wait, nxt - now)
         if self.store.next_due(self._poll_states) is not None:
@@ -246,17 +265,35 @@ class Engine:
             name.encode("utf-8")
         except UnicodeEncodeError:  # the store keeps text; refuse it, saying so, and go on
             shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-            case_id = self.store.create_case(shown, str(self.config.inbox / shown), inode,
-                                             self.spec.initial, now, now)
+            case_id = self.store.create_case(
+                shown, str(self.config.inbox / shown), inode, self.spec.initial, now, now
+            )
             log.warning("case %s %r: its folder name is not valid UTF-8", case_id, shown)
-            self.fail(case_id, f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
-                               "a backslash are not text); rename the folder to admit it")
+            self.fail(
+                case_id,
+                f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
+                "a backslash are not text); rename the folder to admit it",
+            )
             return case_id
-        case_id = self.store.create_case(name, str(self.config.inbox / name), inode,
-                                         self.spec.initial, now, now + self.config.quiet_seconds)
-        log.info("case %s %r: detected in the inbox", case_id, name,
-                 extra={"case_id": case_id, "case_name": name, "to_state": self.spec.initial,
-                        "trigger": "detect"})
+        case_id = self.store.create_case(
+            name,
+            str(self.config.inbox / name),
+            inode,
+            self.spec.initial,
+            now,
+            now + self.config.quiet_seconds,
+        )
+        log.info(
+            "case %s %r: detected in the inbox",
+            case_id,
+            name,
+            extra={
+                "case_id": case_id,
+                "case_name": name,
+                "to_state": self.spec.initial,
+                "trigger": "detect",
+            },
+        )
         return case_id
 
     # -- one step of one case, and what it ran into -----------------------------------------
@@ -288,18 +325,35 @@ class Engine:
         row = self.store.get(case_id)
         if row is None or not self.machine.allowed(self.FAIL, row.state):
             return False
-        if row.state in self._poll_states and row.task_id and not row.job_outcome and \
-                self._host_or_none(row) is not None:
-            if row.reason is None and self.store.set_stopping(row.id, row.state, reason,
-                                                              self.clock()):
-                log.warning("case %s %r: %s; stopping its job first (the case keeps its slot "
-                            "until then)", row.id, row.name, reason)
+        if (
+            row.state in self._poll_states
+            and row.task_id
+            and not row.job_outcome
+            and self._host_or_none(row) is not None
+        ):
+            if row.reason is None and self.store.set_stopping(
+                row.id, row.state, reason, self.clock()
+            ):
+                log.warning(
+                    "case %s %r: %s; stopping its job first (the case keeps its slot until then)",
+                    row.id,
+                    row.name,
+                    reason,
+                )
                 self.wake()
             return False
         return bool(self.step(row, self.FAIL, reason=reason))
 
-    def _settle(self, row: CaseRow, what: str, exc: BaseException, *, patient: bool = False,
-                bug_fails: bool = False, trace: bool = True) -> None:
+    def _settle(
+        self,
+        row: CaseRow,
+        what: str,
+        exc: BaseException,
+        *,
+        patient: bool = False,
+        bug_fails: bool = False,
+        trace: bool = True,
+    ) -> None:
         """What the case's work (`what`) ran into becomes its next move: the retry policy.
         `patient`: never give up and never fail here (stopping a job, a wrap-up); `trace`:
         log a bug's traceback (once per backoff: the case is not tried again before)."""
@@ -332,12 +386,25 @@ class Engine:
             metrics.gave_up(what)
             self.fail(row.id, verdict.reason)
             return
-        self.store.note_failure(row.id, row.state, verdict.streak.attempts,
-                                verdict.streak.failing_since, verdict.error,
-                                verdict.next_attempt_at, now)
-        log.warning("case %s %r: %s failed (attempt %d), next try in %.0f s: %s", row.id,
-                    row.name, what, verdict.streak.attempts, verdict.next_attempt_at - now,
-                    short(exc), exc_info=exc if kind == BUG and trace else None)
+        self.store.note_failure(
+            row.id,
+            row.state,
+            verdict.streak.attempts,
+            verdict.streak.failing_since,
+            verdict.error,
+            verdict.next_attempt_at,
+            now,
+        )
+        log.warning(
+            "case %s %r: %s failed (attempt %d), next try in %.0f s: %s",
+            row.id,
+            row.name,
+            what,
+            verdict.streak.attempts,
+            verdict.next_attempt_at - now,
+            short(exc),
+            exc_info=exc if kind == BUG and trace else None,
+        )
 
     def _host_or_none(self, row: CaseRow) -> Host | None:
         try:
@@ -380,8 +447,12 @@ class Engine:
         """The case as the store has it now, if it is still where `row` saw it: a step that
         finished after this tick read its due cases must not be run again on a stale row."""
         fresh = self.store.get(row.id)
-        if fresh is None or fresh.state != row.state or fresh.run != row.run or \
-                fresh.updated_at != row.updated_at:
+        if (
+            fresh is None
+            or fresh.state != row.state
+            or fresh.run != row.run
+            or fresh.updated_at != row.updated_at
+        ):
             return None
         return fresh
 

@@ -18,8 +18,10 @@ def run_folders(config: Config) -> list[tuple[str, Path]]:
     out = [("database", config.database.parent)]
     if config.results.folder is not None:
         out.append(("results.folder", config.results.folder))
-    for key, folder in (("archive.done", config.finish.archive_done),
-                        ("archive.failed", config.finish.archive_failed)):
+    for key, folder in (
+        ("archive.done", config.finish.archive_done),
+        ("archive.failed", config.finish.archive_failed),
+    ):
         if folder is not None:
             out.append((key, folder))
     for h in config.hosts:
@@ -39,7 +41,8 @@ def make_run_folders(config: Config, only: tuple[str, ...] | None = None) -> lis
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"{config.path}: {key}: cannot make {folder}: "
-                              f"{exc.strerror or exc}") from exc
+            raise ConfigError(
+                f"{config.path}: {key}: cannot make {folder}: {exc.strerror or exc}"
+            ) from exc
         made.append(f"made the folder {folder} ({key})")
     return made

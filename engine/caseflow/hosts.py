@@ -36,14 +36,14 @@ class Host:
         self.name = cfg.name
         self._transport = transport
         self._backend = backend
-        self.lane: WorkerPool | None = None        # its worker threads, while running
+        self.lane: WorkerPool | None = None  # its worker threads, while running
         self.short_lane: WorkerPool | None = None
-        self.problem: str | None = None   # work paused (authentication, host key), shown
-        self.notice: str | None = None    # something a person should know (a paused group)
+        self.problem: str | None = None  # work paused (authentication, host key), shown
+        self.notice: str | None = None  # something a person should know (a paused group)
         # monotonic times
         self.avoid_until = float("-inf")  # unreachable or paused: no new cases before this
         self.last_poll = float("-inf")
-        self.down = False                 # the last contact failed: probed until it answers
+        self.down = False  # the last contact failed: probed until it answers
         self.next_probe = float("-inf")
 
     @property
@@ -87,8 +87,10 @@ def shut_down(hosts, until: float, deadline: float) -> int:
     left = sum(lane.wait(until) for lane in lanes)
     for host in hosts:
         host.lane = host.short_lane = None
-    closing = [threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
-               for h in hosts]
+    closing = [
+        threading.Thread(target=h.close, name=f"caseflow-close-{h.name}", daemon=True)
+        for h in hosts
+    ]
     for t in closing:
         t.start()
     for t in closing:
@@ -109,8 +111,17 @@ class HostHealth:
     loop.
     """
 
-    def __init__(self, hosts: dict[str, Host], store, retry, clock, monotonic,
-                 slot_states, wake, on_pause=None):
+    def __init__(
+        self,
+        hosts: dict[str, Host],
+        store,
+        retry,
+        clock,
+        monotonic,
+        slot_states,
+        wake,
+        on_pause=None,
+    ):
         self.hosts = hosts
         self.store = store
         self.retry = retry

@@ -44,8 +44,13 @@ def poll(engine, host, rows: list[CaseRow]) -> None:
         if status is None:
             continue
         if status.outcome == UNREADABLE:
-            engine._settle(row, "poll", TransientError(
-                status.detail or "its entry in the queue's answer could not be read"))
+            engine._settle(
+                row,
+                "poll",
+                TransientError(
+                    status.detail or "its entry in the queue's answer could not be read"
+                ),
+            )
             continue
         if status.outcome == RUNNING:
             if row.reason is None and Streak.of(row).broken:  # a good poll is a success
@@ -54,8 +59,9 @@ def poll(engine, host, rows: list[CaseRow]) -> None:
                 engine.store.set_queue_status(row.id, row.state, status.detail)
             continue
         # remembered first, so that fetching the results survives a restart
-        engine.store.record_job_end(row.id, row.state, status.outcome, status.detail,
-                                    status.exit_code, now)
+        engine.store.record_job_end(
+            row.id, row.state, status.outcome, status.detail, status.exit_code, now
+        )
         ended = engine.store.get(row.id)
         if ended is not None and ended.job_outcome:
             finish(engine, ended)
@@ -100,17 +106,23 @@ def stop(engine, row: CaseRow) -> None:
     case's wrap-up has stopped the job or seen it end (`stop_kept`)."""
     stopped, ended, exc = _stop(engine, row)
     if ended is not None:
-        engine.store.record_job_end(row.id, row.state, ended.outcome, ended.detail,
-                                    ended.exit_code, engine.clock())
-        engine.step(engine.store.get(row.id) or row, engine.FAIL, job_ended=True,
-                    reason=row.reason)
+        engine.store.record_job_end(
+            row.id, row.state, ended.outcome, ended.detail, ended.exit_code, engine.clock()
+        )
+        engine.step(engine.store.get(row.id) or row, engine.FAIL, job_ended=True, reason=row.reason)
     elif stopped:
-        engine.step(row, engine.FAIL, reason=row.reason,
-                    detail=f"{row.reason}; its job was stopped")
+        engine.step(
+            row, engine.FAIL, reason=row.reason, detail=f"{row.reason}; its job was stopped"
+        )
     else:
-        engine.step(row, engine.FAIL, reason=row.reason, keep_slot=True,
-                    detail=f"{row.reason}; its job could not be stopped ({short(exc)}): the "
-                           "case keeps its slot until the job is stopped or seen to end")
+        engine.step(
+            row,
+            engine.FAIL,
+            reason=row.reason,
+            keep_slot=True,
+            detail=f"{row.reason}; its job could not be stopped ({short(exc)}): the "
+            "case keeps its slot until the job is stopped or seen to end",
+        )
 
 
 def stop_kept(engine, row: CaseRow) -> bool:
@@ -123,7 +135,6 @@ def stop_kept(engine, row: CaseRow) -> bool:
         engine._settle(row, "stopping its job", exc, patient=True)
         return False
     engine.store.release_slot(row.id)
-    log.info("case %s %r: its job is stopped (or has ended); its slot is free", row.id,
-             row.name)
+    log.info("case %s %r: its job is stopped (or has ended); its slot is free", row.id, row.name)
     engine.wake()
     return True

@@ -26,9 +26,14 @@ def machine_kwargs(spec: MachineSpec) -> dict:
         if s.on_exit:
             d["on_exit"] = list(s.on_exit)
         states.append(d)
-    return dict(states=states, transitions=[t.as_transitions_dict() for t in spec.transitions],
-                initial=spec.initial, auto_transitions=False, send_event=True,
-                ignore_invalid_triggers=False)
+    return dict(
+        states=states,
+        transitions=[t.as_transitions_dict() for t in spec.transitions],
+        initial=spec.initial,
+        auto_transitions=False,
+        send_event=True,
+        ignore_invalid_triggers=False,
+    )
 
 
 class CaseMachine:

@@ -32,34 +32,61 @@ disable_created_metrics()  # no caseflow_*_created series: the process start tim
 REGISTRY = CollectorRegistry()
 ProcessCollector(registry=REGISTRY)  # process_cpu_seconds_total, resident memory, open fds
 
-SSH_COMMANDS = Counter("caseflow_ssh_commands", "Remote commands run over SSH.", ["host"],
-                       registry=REGISTRY)
-SSH_ERRORS = Counter("caseflow_ssh_errors", "SSH connection attempts and remote commands or "
-                     "transfers that failed on the connection (refused, lost, timed out).",
-                     ["host"], registry=REGISTRY)
-SSH_CONNECTS = Counter("caseflow_ssh_connects", "SSH connections opened: the first one and "
-                       "every reconnect.", ["host"], registry=REGISTRY)
-UPLOAD_BYTES = Counter("caseflow_upload_bytes", "Bytes of case files uploaded (uploads that "
-                       "found a complete copy already there send none).", ["host"],
-                       registry=REGISTRY)
-UPLOAD_SECONDS = Histogram("caseflow_upload_duration_seconds", "Time one case's upload took, "
-                           "from the first command to the verified rename.", ["host"],
-                           buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
-                           registry=REGISTRY)
-POLL_SECONDS = Histogram("caseflow_poll_duration_seconds", "Time one batched poll of a "
-                         "host's queue took (one remote command for all its running cases).",
-                         ["host"], buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
-                                            float("inf")), registry=REGISTRY)
-TICK_SECONDS = Histogram("caseflow_tick_duration_seconds", "Time one tick of the engine's "
-                         "loop took (detection, requests, due steps, polls).",
-                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
-                                  2.5, 10, float("inf")), registry=REGISTRY)
-FAILED_ATTEMPTS = Counter("caseflow_failed_attempts", "Steps that failed with a transient "
-                          "error; the case tries again after its backoff.", ["step"],
-                          registry=REGISTRY)
-GIVE_UPS = Counter("caseflow_give_ups", "Cases ended in failure because a step kept failing "
-                   "(retry.give_up_after_seconds or the error's attempt limit).", ["step"],
-                   registry=REGISTRY)
+SSH_COMMANDS = Counter(
+    "caseflow_ssh_commands", "Remote commands run over SSH.", ["host"], registry=REGISTRY
+)
+SSH_ERRORS = Counter(
+    "caseflow_ssh_errors",
+    "SSH connection attempts and remote commands or "
+    "transfers that failed on the connection (refused, lost, timed out).",
+    ["host"],
+    registry=REGISTRY,
+)
+SSH_CONNECTS = Counter(
+    "caseflow_ssh_connects",
+    "SSH connections opened: the first one and every reconnect.",
+    ["host"],
+    registry=REGISTRY,
+)
+UPLOAD_BYTES = Counter(
+    "caseflow_upload_bytes",
+    "Bytes of case files uploaded (uploads that found a complete copy already there send none).",
+    ["host"],
+    registry=REGISTRY,
+)
+UPLOAD_SECONDS = Histogram(
+    "caseflow_upload_duration_seconds",
+    "Time one case's upload took, from the first command to the verified rename.",
+    ["host"],
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, float("inf")),
+    registry=REGISTRY,
+)
+POLL_SECONDS = Histogram(
+    "caseflow_poll_duration_seconds",
+    "Time one batched poll of a host's queue took (one remote command for all its running cases).",
+    ["host"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, float("inf")),
+    registry=REGISTRY,
+)
+TICK_SECONDS = Histogram(
+    "caseflow_tick_duration_seconds",
+    "Time one tick of the engine's loop took (detection, requests, due steps, polls).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, float("inf")),
+    registry=REGISTRY,
+)
+FAILED_ATTEMPTS = Counter(
+    "caseflow_failed_attempts",
+    "Steps that failed with a transient error; the case tries again after its backoff.",
+    ["step"],
+    registry=REGISTRY,
+)
+GIVE_UPS = Counter(
+    "caseflow_give_ups",
+    "Cases ended in failure because a step kept failing "
+    "(retry.give_up_after_seconds or the error's attempt limit).",
+    ["step"],
+    registry=REGISTRY,
+)
 
 
 # -- the hooks (one line each where they are called) -----------------------------------------
@@ -145,29 +172,36 @@ class StoreCollector:
         yield from self._slots()
         yield from self._hosts(now)
         yield self._transitions_total()
-        info = GaugeMetricFamily("caseflow_build_info", "caseflow's version (always 1).",
-                                 labels=["version"])
+        info = GaugeMetricFamily(
+            "caseflow_build_info", "caseflow's version (always 1).", labels=["version"]
+        )
         info.add_metric([__version__], 1)
         yield info
 
     def _cases(self, groups):
-        cases = GaugeMetricFamily("caseflow_cases", "Cases in each state, per GPU group (\"\" "
-                                  "before a case is validated).", labels=["state", "group"])
+        cases = GaugeMetricFamily(
+            "caseflow_cases",
+            'Cases in each state, per GPU group ("" before a case is validated).',
+            labels=["state", "group"],
+        )
         counts = {(c.state, c.group or ""): c.cases for c in self.reader.counts()}
         for state in self.spec.state_names:
             for group in ["", *groups]:
                 counts.setdefault((state, group), 0)
         order = {s: i for i, s in enumerate(self.spec.state_names)}
-        for (state, group), n in sorted(counts.items(), key=lambda kv: (order.get(kv[0][0], 99),
-                                                                        kv[0])):
+        for (state, group), n in sorted(
+            counts.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0])
+        ):
             cases.add_metric([state, group], n)
         return cases
 
     def _oldest_queued(self, groups, now):
         oldest = GaugeMetricFamily(
-            "caseflow_oldest_queued_case_age_seconds", "How long the case that has waited "
+            "caseflow_oldest_queued_case_age_seconds",
+            "How long the case that has waited "
             "longest for a slot of the group has been queued (0 when none waits).",
-            labels=["group"])
+            labels=["group"],
+        )
         ages = {g or "": max(0.0, now - t) for g, t in self.reader.oldest_waiting("queued")}
         for group in groups:
             ages.setdefault(group, 0.0)
@@ -176,11 +210,16 @@ class StoreCollector:
         return oldest
 
     def _slots(self):
-        total = GaugeMetricFamily("caseflow_slots", "GPU slots of the group on the host "
-                                  "(retired ones still held by a case included).",
-                                  labels=["host", "group"])
-        used = GaugeMetricFamily("caseflow_slots_in_use", "GPU slots of the group on the host "
-                                 "that a case holds.", labels=["host", "group"])
+        total = GaugeMetricFamily(
+            "caseflow_slots",
+            "GPU slots of the group on the host (retired ones still held by a case included).",
+            labels=["host", "group"],
+        )
+        used = GaugeMetricFamily(
+            "caseflow_slots_in_use",
+            "GPU slots of the group on the host that a case holds.",
+            labels=["host", "group"],
+        )
         per: dict[tuple[str, str], list[int]] = {}
         for s in self.reader.slots():
             entry = per.setdefault((s.host, s.grp), [0, 0])
@@ -192,22 +231,33 @@ class StoreCollector:
         return total, used
 
     def _hosts(self, now):
-        paused = GaugeMetricFamily("caseflow_host_paused", "1 while work on the host is paused "
-                                   "(authentication failed, host key unknown or changed).",
-                                   labels=["host"])
-        paused_for = GaugeMetricFamily("caseflow_host_paused_seconds", "How long work on the "
-                                       "host has been paused (0 when it is not).",
-                                       labels=["host"])
-        down = GaugeMetricFamily("caseflow_host_unreachable", "1 while the host does not "
-                                 "answer (its cases wait; it is probed every "
-                                 "transport.reconnect_min_interval).", labels=["host"])
+        paused = GaugeMetricFamily(
+            "caseflow_host_paused",
+            "1 while work on the host is paused "
+            "(authentication failed, host key unknown or changed).",
+            labels=["host"],
+        )
+        paused_for = GaugeMetricFamily(
+            "caseflow_host_paused_seconds",
+            "How long work on the host has been paused (0 when it is not).",
+            labels=["host"],
+        )
+        down = GaugeMetricFamily(
+            "caseflow_host_unreachable",
+            "1 while the host does not "
+            "answer (its cases wait; it is probed every "
+            "transport.reconnect_min_interval).",
+            labels=["host"],
+        )
         known = {h.name: h for h in self.reader.hosts()}
         for cfg in self.config.hosts:
             row = known.get(cfg.name)
             is_paused = bool(row and row.problem)
             paused.add_metric([cfg.name], int(is_paused))
-            paused_for.add_metric([cfg.name], max(0.0, now - row.since)
-                                  if is_paused and row is not None and row.since else 0.0)
+            paused_for.add_metric(
+                [cfg.name],
+                max(0.0, now - row.since) if is_paused and row is not None and row.since else 0.0,
+            )
             host = self.engine.hosts.get(cfg.name) if self.engine is not None else None
             down.add_metric([cfg.name], int(bool(host is not None and host.down)))
         return paused, paused_for, down
@@ -218,9 +268,13 @@ class StoreCollector:
             for trigger, dest, n in rows:
                 self._transitions[(trigger, dest)] = self._transitions.get((trigger, dest), 0) + n
             counts = dict(self._transitions)
-        family = CounterMetricFamily("caseflow_transitions", "Transitions of cases, by trigger "
-                                     "and the state they led to (from the store's history: "
-                                     "kept across restarts).", labels=["trigger", "to"])
+        family = CounterMetricFamily(
+            "caseflow_transitions",
+            "Transitions of cases, by trigger "
+            "and the state they led to (from the store's history: "
+            "kept across restarts).",
+            labels=["trigger", "to"],
+        )
         for (trigger, dest), n in sorted(counts.items()):
             family.add_metric([trigger, dest], n)
         return family

@@ -32,10 +32,18 @@ def apply(engine, row: CaseRow) -> bool:
     """Apply the case's request now (in its host's lane while the daemon runs: then the
     outcome is not known here, and False is returned)."""
     trigger = row.request
-    if trigger is None or trigger not in engine.spec.triggers_for(REQUEST) or \
-            not engine.machine.allowed(trigger, row.state):
-        log.warning("case %s %r: %s request dropped: not possible in state %s", row.id,
-                    row.name, trigger, row.state)
+    if (
+        trigger is None
+        or trigger not in engine.spec.triggers_for(REQUEST)
+        or not engine.machine.allowed(trigger, row.state)
+    ):
+        log.warning(
+            "case %s %r: %s request dropped: not possible in state %s",
+            row.id,
+            row.name,
+            trigger,
+            row.state,
+        )
         engine.store.set_request(row.id, None)
         return False
     if engine.pooled:
@@ -48,6 +56,5 @@ def _apply_now(engine, row: CaseRow, trigger: str) -> bool:
     moved = bool(engine.step(row, trigger, requested=True))
     if not moved:
         attempts = engine.request_wait.get(row.id, (0, 0.0))[0] + 1
-        engine.request_wait[row.id] = (attempts,
-                                       engine.monotonic() + engine.policy.delay(attempts))
+        engine.request_wait[row.id] = (attempts, engine.monotonic() + engine.policy.delay(attempts))
     return moved

@@ -29,8 +29,9 @@ class _ReadOnlyStore(Store):
     def _conn(self) -> sqlite3.Connection:
         if self._ro is None:
             uri = Path(self.path).resolve().as_uri() + "?mode=ro"
-            self._ro = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
+            self._ro = sqlite3.connect(
+                uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False
+            )
             self._ro.execute("PRAGMA busy_timeout=30000")
             self._ro.execute("PRAGMA query_only=1")
         return self._ro
@@ -52,8 +53,8 @@ class Count:
 @dataclass(frozen=True)
 class HostRow:
     name: str
-    problem: str | None   # work paused (authentication, host key)
-    since: float | None   # paused since
+    problem: str | None  # work paused (authentication, host key)
+    since: float | None  # paused since
     notice: str | None
     updated: float | None
 
@@ -87,9 +88,11 @@ class StatusReader:
         if states is not None:
             where, params = f" WHERE state IN ({','.join('?' * len(states))})", list(states)
         with self.lock:
-            rows = self._rows("SELECT state, grp, COUNT(*), SUM(last_error IS NOT NULL)"
-                              f" FROM cases{where} GROUP BY state, grp ORDER BY state, grp",
-                              params)
+            rows = self._rows(
+                "SELECT state, grp, COUNT(*), SUM(last_error IS NOT NULL)"
+                f" FROM cases{where} GROUP BY state, grp ORDER BY state, grp",
+                params,
+            )
         return [Count(s, g, n, r or 0) for s, g, n, r in rows]
 
     def state_counts(self) -> dict[str, int]:
@@ -101,22 +104,32 @@ class StatusReader:
         """(group, the earliest last change) of the cases in `state`, per group: for a
         queued case, when it was queued (or requeued)."""
         with self.lock:
-            return self._rows("SELECT grp, MIN(updated_at) FROM cases WHERE state = ?"
-                              " GROUP BY grp ORDER BY grp", (state,))
+            return self._rows(
+                "SELECT grp, MIN(updated_at) FROM cases WHERE state = ? GROUP BY grp ORDER BY grp",
+                (state,),
+            )
 
     def transitions_after(self, last_id: int) -> tuple[int, list[tuple[str, str, int]]]:
         """History rows after `last_id`, counted per (trigger, dest): the newest id and the
         counts, so that a scrape reads only what is new since the previous one."""
         with self.lock:
             newest = self._rows("SELECT COALESCE(MAX(id), 0) FROM history")[0][0]
-            rows = self._rows("SELECT trigger, dst, COUNT(*) FROM history WHERE id > ? AND"
-                              " id <= ? GROUP BY trigger, dst", (last_id, newest))
+            rows = self._rows(
+                "SELECT trigger, dst, COUNT(*) FROM history WHERE id > ? AND"
+                " id <= ? GROUP BY trigger, dst",
+                (last_id, newest),
+            )
         return newest, rows
 
     # -- cases ---------------------------------------------------------------------------
-    def page(self, states: Sequence[str] | None = None, search: str | None = None,
-             offset: int = 0, limit: int = 50,
-             active_first: Sequence[str] | None = None) -> tuple[int, list[CaseRow]]:
+    def page(
+        self,
+        states: Sequence[str] | None = None,
+        search: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        active_first: Sequence[str] | None = None,
+    ) -> tuple[int, list[CaseRow]]:
         """(how many cases match, one page of them), newest first; with `active_first` (the
         terminal states) the active ones oldest first, then the ended ones newest first."""
         where, params = [], []
@@ -132,17 +145,32 @@ class StatusReader:
             # two queries that each stop after a page (one sort of every case took 60 ms
             # with 10,000 of them): the active ones by the state index, then the ended ones
             marks = ",".join("?" * len(active_first))
-            active_total, active = self._slice(where + [f"c.state NOT IN ({marks})"],
-                                               params + list(active_first), "c.id",
-                                               offset, limit)
-            ended_total, ended = self._slice(where + [f"c.state IN ({marks})"],
-                                             params + list(active_first), "c.id DESC",
-                                             max(0, offset - active_total), limit - len(active),
-                                             by_id=True)
+            active_total, active = self._slice(
+                where + [f"c.state NOT IN ({marks})"],
+                params + list(active_first),
+                "c.id",
+                offset,
+                limit,
+            )
+            ended_total, ended = self._slice(
+                where + [f"c.state IN ({marks})"],
+                params + list(active_first),
+                "c.id DESC",
+                max(0, offset - active_total),
+                limit - len(active),
+                by_id=True,
+            )
         return active_total + ended_total, active + ended
 
-    def _slice(self, where: list[str], params: list, order: str, offset: int,
-               limit: int, by_id: bool = False) -> tuple[int, list[CaseRow]]:
+    def _slice(
+        self,
+        where: list[str],
+        params: list,
+        order: str,
+        offset: int,
+        limit: int,
+        by_id: bool = False,
+    ) -> tuple[int, list[CaseRow]]:
         """How many match (counted by the state index) and one page of them; `by_id`: the
         page read along the ids, not the state index (which would sort every ended case)."""
         clause = (" WHERE " + " AND ".join(where)) if where else ""
@@ -151,8 +179,9 @@ class StatusReader:
             return total, []
         if by_id:
             clause = clause.replace("c.state IN", "+c.state IN")
-        rows = self._rows(_CASE_SELECT + clause + f" ORDER BY {order} LIMIT ? OFFSET ?",
-                          [*params, limit, offset])
+        rows = self._rows(
+            _CASE_SELECT + clause + f" ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
+        )
         return total, [CaseRow(*r) for r in rows]
 
     def case(self, case_id: int) -> CaseRow | None:
@@ -170,6 +199,7 @@ class StatusReader:
 
     def hosts(self) -> list[HostRow]:
         with self.lock:
-            rows = self._rows("SELECT name, problem, since, notice, updated FROM hosts"
-                              " ORDER BY name")
+            rows = self._rows(
+                "SELECT name, problem, since, notice, updated FROM hosts ORDER BY name"
+            )
         return [HostRow(*r) for r in rows]

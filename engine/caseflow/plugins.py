@@ -25,12 +25,16 @@ BACKENDS = "caseflow.backends"
 # checkout imported without installation, or an editable install made before the entry points
 # existed (the metadata is written at install time; `pip install -e .` again refreshes it).
 OWN = {
-    TRANSPORTS: {"local": "caseflow.transports.local:ADAPTER",
-                 "ssh": "caseflow.transports.ssh:ADAPTER",
-                 "openssh": "caseflow.transports.openssh:ADAPTER"},
-    BACKENDS: {"direct": "caseflow.backends.direct:ADAPTER",
-               "pueue": "caseflow.backends.pueue:ADAPTER",
-               "slurm": "caseflow.backends.slurm:ADAPTER"},
+    TRANSPORTS: {
+        "local": "caseflow.transports.local:ADAPTER",
+        "ssh": "caseflow.transports.ssh:ADAPTER",
+        "openssh": "caseflow.transports.openssh:ADAPTER",
+    },
+    BACKENDS: {
+        "direct": "caseflow.backends.direct:ADAPTER",
+        "pueue": "caseflow.backends.pueue:ADAPTER",
+        "slurm": "caseflow.backends.slurm:ADAPTER",
+    },
 }
 
 
@@ -42,8 +46,8 @@ class PluginError(Exception):
 @dataclass(frozen=True)
 class Registration:
     name: str
-    value: str          # "module:attribute"
-    source: str         # the distribution that registers it, for messages
+    value: str  # "module:attribute"
+    source: str  # the distribution that registers it, for messages
     conflict: str | None = None  # other packages register the same name (what each says)
 
     def load(self) -> Any:
@@ -53,8 +57,10 @@ class Registration:
             for part in attribute.split(".") if attribute else ():
                 obj = getattr(obj, part)
         except Exception as exc:  # a third party's import error is theirs to read
-            raise PluginError(f"{self.name!r} (registered by {self.source} as {self.value}) "
-                              f"cannot be loaded: {type(exc).__name__}: {exc}") from exc
+            raise PluginError(
+                f"{self.name!r} (registered by {self.source} as {self.value}) "
+                f"cannot be loaded: {type(exc).__name__}: {exc}"
+            ) from exc
         return obj
 
 
@@ -94,10 +100,14 @@ def load(group: str, name: str, kind: type) -> Any:
     when no package registers it, PluginError when it cannot be used."""
     reg = registered(group)[name]
     if reg.conflict is not None:
-        raise PluginError(f"{name!r} is registered by more than one package ({reg.conflict}); "
-                          "uninstall all but one of them")
+        raise PluginError(
+            f"{name!r} is registered by more than one package ({reg.conflict}); "
+            "uninstall all but one of them"
+        )
     obj = reg.load()
     if not isinstance(obj, kind):
-        raise PluginError(f"{name!r} (registered by {reg.source} as {reg.value}) is not a "
-                          f"caseflow {kind.__name__} but {type(obj).__name__}")
+        raise PluginError(
+            f"{name!r} (registered by {reg.source} as {reg.value}) is not a "
+            f"caseflow {kind.__name__} but {type(obj).__name__}"
+        )
     return obj

@@ -47,14 +47,18 @@ def short(exc: BaseException) -> str:
 @dataclass(frozen=True)
 class Policy:
     """How long to wait between attempts and when to stop trying (the `retry:` settings)."""
+
     initial_seconds: float = 5.0
     max_seconds: float = 300.0
     give_up_after_seconds: float = 24 * 3600.0
 
     @classmethod
     def of(cls, retry_config) -> Policy:
-        return cls(retry_config.initial_seconds, retry_config.max_seconds,
-                   retry_config.give_up_after_seconds)
+        return cls(
+            retry_config.initial_seconds,
+            retry_config.max_seconds,
+            retry_config.give_up_after_seconds,
+        )
 
     def delay(self, attempts: int) -> float:
         """The wait after the `attempts`-th failure in a row: doubling, capped."""
@@ -64,6 +68,7 @@ class Policy:
 @dataclass(frozen=True)
 class Streak:
     """A case's unbroken run of failures, as the store keeps it."""
+
     attempts: int = 0
     failing_since: float | None = None
 
@@ -83,6 +88,7 @@ RESET = Streak()  # what any success leaves
 @dataclass(frozen=True)
 class Retry:
     """Try again at `next_attempt_at`; `error` is what the case shows meanwhile."""
+
     streak: Streak
     next_attempt_at: float
     error: str
@@ -91,13 +97,21 @@ class Retry:
 @dataclass(frozen=True)
 class GiveUp:
     """The streak is long enough: the case ends with `reason`."""
+
     streak: Streak
     reason: str
 
 
-def after_failure(policy: Policy, streak: Streak, error: str, now: float, *,
-                  what: str = "", max_attempts: int | None = None,
-                  patient: bool = False) -> Retry | GiveUp:
+def after_failure(
+    policy: Policy,
+    streak: Streak,
+    error: str,
+    now: float,
+    *,
+    what: str = "",
+    max_attempts: int | None = None,
+    patient: bool = False,
+) -> Retry | GiveUp:
     """One more failure of the streak. `error` is the failure's message, `what` the work that
     failed (shown with it while the case waits); `max_attempts` an error's own limit (output
     that stays unreadable); `patient`: never give up (stopping a job that may still run)."""
@@ -108,16 +122,38 @@ def after_failure(policy: Policy, streak: Streak, error: str, now: float, *,
         if max_attempts and attempts >= max_attempts:
             return GiveUp(grown, f"{error} (after {attempts} attempts)")
         if now - since >= policy.give_up_after_seconds:
-            return GiveUp(grown, f"gave up after {attempts} attempts over {now - since:.0f} s; "
-                                 f"last error: {error}")
+            return GiveUp(
+                grown,
+                f"gave up after {attempts} attempts over {now - since:.0f} s; last error: {error}",
+            )
     return Retry(grown, now + policy.delay(attempts), f"{what}: {error}" if what else error)
 
 
-def after_error(policy: Policy, streak: Streak, exc: BaseException, now: float, what: str, *,
-                patient: bool = False) -> Retry | GiveUp:
+def after_error(
+    policy: Policy,
+    streak: Streak,
+    exc: BaseException,
+    now: float,
+    what: str,
+    *,
+    patient: bool = False,
+) -> Retry | GiveUp:
     """A transient error or a bug in pooled work: one more failure of the streak."""
     if kind_of(exc) == BUG:
-        return after_failure(policy, streak, f"internal error: {short(exc)} (see the log)", now,
-                             what=what, patient=patient)
-    return after_failure(policy, streak, short(exc), now, what=what, patient=patient,
-                         max_attempts=getattr(exc, "max_attempts", None))
+        return after_failure(
+            policy,
+            streak,
+            f"internal error: {short(exc)} (see the log)",
+            now,
+            what=what,
+            patient=patient,
+        )
+    return after_failure(
+        policy,
+        streak,
+        short(exc),
+        now,
+        what=what,
+        patient=patient,
+        max_attempts=getattr(exc, "max_attempts", None),
+    )

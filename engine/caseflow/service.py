@@ -38,10 +38,14 @@ class JsonFormatter(logging.Formatter):
     case fields given with `extra=`, and the traceback of an exception as `error`."""
 
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
-                   timespec="milliseconds").replace("+00:00", "Z"),
-               "level": record.levelname, "logger": record.name,
-               "message": record.getMessage()}
+        out = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
         for key in CASE_FIELDS:
             value = getattr(record, key, None)
             if value is not None:
@@ -58,8 +62,7 @@ def setup_logging(level: str = "INFO", file: Path | None = None, fmt: str = "tex
     formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for h in handlers:
         h.setFormatter(formatter)
-    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=handlers,
-                        force=True)
+    logging.basicConfig(level=getattr(logging, level, logging.INFO), handlers=handlers, force=True)
     for noisy in ("transitions", "watchdog", "paramiko"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -77,7 +80,8 @@ def notify_systemd(state: str) -> bool:
             sock.connect(address)
             sock.sendall(state.encode())
     except OSError as exc:
-        logging.getLogger("caseflow.service").warning("could not notify systemd at %s: %s",
-                                                      address, exc)
+        logging.getLogger("caseflow.service").warning(
+            "could not notify systemd at %s: %s", address, exc
+        )
         return False
     return True

@@ -26,22 +26,44 @@ JOB_END_ROLES = {"success": "job_success", "failure": "job_failure", "not_found"
 ONE_TRIGGER = (FAIL, REQUEUE, *JOB_END_ROLES.values())
 REQUIRED_ROLES = (FAIL, *JOB_END_ROLES.values())
 ROLES = (*ONE_TRIGGER, REQUEST)
-_STATE_KEYS = {"name", "description", "step", "worker", "terminal", "holds_slot", "on_enter",
-               "on_exit", "why"}
-_CORE_STATES = ("detected", "stable", "queued", "gpu_locked", "uploaded", "running",
-                "success", "failure", "not_found")
+_STATE_KEYS = {
+    "name",
+    "description",
+    "step",
+    "worker",
+    "terminal",
+    "holds_slot",
+    "on_enter",
+    "on_exit",
+    "why",
+}
+_CORE_STATES = (
+    "detected",
+    "stable",
+    "queued",
+    "gpu_locked",
+    "uploaded",
+    "running",
+    "success",
+    "failure",
+    "not_found",
+)
 
 
 def _installed_spec() -> list[Path]:
     """The spec as the installed distribution recorded it (pip, pipx: a data file under
     share/caseflow/specs of wherever it installed, a venv, ~/.local or /usr/local)."""
     from importlib import metadata
+
     try:
         files = metadata.distribution("caseflow").files or []
     except metadata.PackageNotFoundError:
         return []
-    return [Path(f.locate()).resolve() for f in files
-            if f.name == SPEC_NAME and f.parent.name == "specs"]
+    return [
+        Path(f.locate()).resolve()
+        for f in files
+        if f.name == SPEC_NAME and f.parent.name == "specs"
+    ]
 
 
 def default_spec_path() -> Path:
@@ -115,8 +137,14 @@ class MachineSpec:
         """States whose step takes a slot (it leads into a state that holds one): their cases
         can move only when a slot of their group is free."""
         holding = set(self.slot_states)
-        return [s.name for s in self.states if s.step and s.step != POLL and
-                s.name not in holding and self.dest_of(s.step, s.name) in holding]
+        return [
+            s.name
+            for s in self.states
+            if s.step
+            and s.step != POLL
+            and s.name not in holding
+            and self.dest_of(s.step, s.name) in holding
+        ]
 
     @property
     def triggers(self) -> list[str]:
@@ -227,14 +255,22 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
         if unknown:
             raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
         if raw["name"] not in _CORE_STATES and not raw.get("why"):
-            raise SpecError(f"{where}: state {raw['name']!r} is not one of the design's states; "
-                            "add `why:` saying what it adds")
-        states.append(StateSpec(
-            name=raw["name"], description=raw.get("description", ""), step=raw.get("step"),
-            worker=bool(raw.get("worker", False)), terminal=bool(raw.get("terminal", False)),
-            holds_slot=bool(raw.get("holds_slot", False)),
-            on_enter=_names(raw.get("on_enter"), where + ".on_enter"),
-            on_exit=_names(raw.get("on_exit"), where + ".on_exit")))
+            raise SpecError(
+                f"{where}: state {raw['name']!r} is not one of the design's states; "
+                "add `why:` saying what it adds"
+            )
+        states.append(
+            StateSpec(
+                name=raw["name"],
+                description=raw.get("description", ""),
+                step=raw.get("step"),
+                worker=bool(raw.get("worker", False)),
+                terminal=bool(raw.get("terminal", False)),
+                holds_slot=bool(raw.get("holds_slot", False)),
+                on_enter=_names(raw.get("on_enter"), where + ".on_enter"),
+                on_exit=_names(raw.get("on_exit"), where + ".on_exit"),
+            )
+        )
     names = [s.name for s in states]
     if len(set(names)) != len(names):
         raise SpecError(f"{path}: a state is declared twice")
@@ -261,17 +297,30 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
         for role in roles:
             if role not in ROLES:
                 raise SpecError(f"{where}.role: unknown role {role!r}; roles: {', '.join(ROLES)}")
-        transitions.append(TransitionSpec(trigger=raw["trigger"], sources=sources, dest=raw["dest"],
-                                          description=raw.get("description", ""),
-                                          callbacks=callbacks, roles=roles))
-    spec = MachineSpec(path=path, initial=data.get("initial", "detected"), states=tuple(states),
-                       transitions=tuple(transitions))
+        transitions.append(
+            TransitionSpec(
+                trigger=raw["trigger"],
+                sources=sources,
+                dest=raw["dest"],
+                description=raw.get("description", ""),
+                callbacks=callbacks,
+                roles=roles,
+            )
+        )
+    spec = MachineSpec(
+        path=path,
+        initial=data.get("initial", "detected"),
+        states=tuple(states),
+        transitions=tuple(transitions),
+    )
     if spec.initial not in names:
         raise SpecError(f"{path}: initial state {spec.initial!r} is not declared")
     for role in ONE_TRIGGER:
         if len(spec.triggers_for(role)) > 1:
-            raise SpecError(f"{path}: role {role!r} is given to several triggers: "
-                            + ", ".join(spec.triggers_for(role)))
+            raise SpecError(
+                f"{path}: role {role!r} is given to several triggers: "
+                + ", ".join(spec.triggers_for(role))
+            )
     for role in REQUIRED_ROLES:
         if not spec.triggers_for(role):
             raise SpecError(f"{path}: no transition has the role {role!r}, which the engine needs")
@@ -281,6 +330,8 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
         if s.terminal and s.step:
             raise SpecError(f"{path}: terminal state {s.name!r} cannot have a step")
         if s.step and s.step != POLL and s.name not in spec.sources_of(s.step):
-            raise SpecError(f"{path}: state {s.name!r} has step {s.step!r}, "
-                            "but no transition with that trigger leaves it")
+            raise SpecError(
+                f"{path}: state {s.name!r} has step {s.step!r}, "
+                "but no transition with that trigger leaves it"
+            )
     return spec

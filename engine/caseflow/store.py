@@ -13,8 +13,15 @@ from .store_schema import CASE_SELECT as _CASE_SELECT
 from .store_schema import MIGRATIONS, SCHEMA_VERSION, CaseRow, HistoryRow, SlotRow
 from .store_slots import SlotQueries
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "CaseRow", "HistoryRow", "SlotRow", "Store",
-           "_CASE_SELECT"]
+__all__ = [
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "CaseRow",
+    "HistoryRow",
+    "SlotRow",
+    "Store",
+    "_CASE_SELECT",
+]
 
 
 class Store(CaseQueries, SlotQueries):

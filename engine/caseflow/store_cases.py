@@ -16,16 +16,28 @@ class CaseQueries(Database):
     def _case(row) -> CaseRow:
         return CaseRow(*row)
 
-    def create_case(self, name: str, local_path: str, inode: str | None, state: str,
-                    now: float, next_attempt_at: float, detail: str | None = None) -> int:
+    def create_case(
+        self,
+        name: str,
+        local_path: str,
+        inode: str | None,
+        state: str,
+        now: float,
+        next_attempt_at: float,
+        detail: str | None = None,
+    ) -> int:
         with self.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO cases (name, local_path, inode, state, next_attempt_at, created_at,"
                 " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (name, local_path, inode, state, next_attempt_at, now, now))
+                (name, local_path, inode, state, next_attempt_at, now, now),
+            )
             case_id = cur.lastrowid
-            conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
-                         " VALUES (?, NULL, ?, 'detect', ?, ?)", (case_id, state, now, detail))
+            conn.execute(
+                "INSERT INTO history (case_id, src, dst, trigger, at, detail)"
+                " VALUES (?, NULL, ?, 'detect', ?, ?)",
+                (case_id, state, now, detail),
+            )
         return case_id
 
     def get(self, case_id: int) -> CaseRow | None:
@@ -52,12 +64,20 @@ class CaseQueries(Database):
         else:
             states = list(states)
             marks = ",".join("?" * len(states))
-            rows = conn.execute(CASE_SELECT + f" WHERE c.state IN ({marks}) ORDER BY c.id",
-                                states).fetchall()
+            rows = conn.execute(
+                CASE_SELECT + f" WHERE c.state IN ({marks}) ORDER BY c.id", states
+            ).fetchall()
         return [self._case(r) for r in rows]
 
-    def due_cases(self, now: float, states: Iterable[str], *, unpolled_only: bool = False,
-                  group: str | None = None, limit: int | None = None) -> list[CaseRow]:
+    def due_cases(
+        self,
+        now: float,
+        states: Iterable[str],
+        *,
+        unpolled_only: bool = False,
+        group: str | None = None,
+        limit: int | None = None,
+    ) -> list[CaseRow]:
         """Cases in `states` whose next step is due, highest priority first, then oldest.
         `unpolled_only`: only those with something to do besides a poll (their job has ended
         and its results are still to fetch, or it is being stopped: `reason` is set before
@@ -77,29 +97,52 @@ class CaseQueries(Database):
         if limit is not None:
             tail = " LIMIT ?"
             values.append(limit)
-        rows = self._conn().execute(
-            CASE_SELECT + " WHERE " + " AND ".join(where) +
-            " ORDER BY c.priority DESC, c.created_at, c.id" + tail, values).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                CASE_SELECT
+                + " WHERE "
+                + " AND ".join(where)
+                + " ORDER BY c.priority DESC, c.created_at, c.id"
+                + tail,
+                values,
+            )
+            .fetchall()
+        )
         return [self._case(r) for r in rows]
 
-    def due_outside_groups(self, now: float, states: Iterable[str],
-                           groups: Iterable[str]) -> list[CaseRow]:
+    def due_outside_groups(
+        self, now: float, states: Iterable[str], groups: Iterable[str]
+    ) -> list[CaseRow]:
         """Due cases in `states` whose group is none of `groups` (no longer configured)."""
         states, groups = list(states), list(groups)
         if not states:
             return []
-        rows = self._conn().execute(
-            CASE_SELECT + f" WHERE c.state IN ({','.join('?' * len(states))})"
-            f" AND c.next_attempt_at <= ? AND (c.grp IS NULL OR c.grp NOT IN"
-            f" ({','.join('?' * len(groups))})) ORDER BY c.id", (*states, now, *groups)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                CASE_SELECT + f" WHERE c.state IN ({','.join('?' * len(states))})"
+                f" AND c.next_attempt_at <= ? AND (c.grp IS NULL OR c.grp NOT IN"
+                f" ({','.join('?' * len(groups))})) ORDER BY c.id",
+                (*states, now, *groups),
+            )
+            .fetchall()
+        )
         return [self._case(r) for r in rows]
 
     def cases_at(self, local_path: str, states: Iterable[str]) -> list[CaseRow]:
         """The cases in `states` made from the folder at `local_path`."""
         states = list(states)
-        rows = self._conn().execute(
-            CASE_SELECT + f" WHERE c.local_path = ? AND c.state IN ({','.join('?' * len(states))})"
-            " ORDER BY c.id", (local_path, *states)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                CASE_SELECT
+                + f" WHERE c.local_path = ? AND c.state IN ({','.join('?' * len(states))})"
+                " ORDER BY c.id",
+                (local_path, *states),
+            )
+            .fetchall()
+        )
         return [self._case(r) for r in rows]
 
     def next_due(self, states: Iterable[str], after: float | None = None) -> float | None:
@@ -108,20 +151,37 @@ class CaseQueries(Database):
         if not states:
             return None
         marks = ",".join("?" * len(states))
-        return self._conn().execute(
-            f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})"
-            " AND next_attempt_at > ?", (*states, float("-inf") if after is None else after)
-        ).fetchone()[0]
+        return (
+            self._conn()
+            .execute(
+                f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})"
+                " AND next_attempt_at > ?",
+                (*states, float("-inf") if after is None else after),
+            )
+            .fetchone()[0]
+        )
 
     def folders(self) -> list[tuple[str, str | None, str]]:
         """(local_path, inode, state) of every case, oldest first, for telling new folders
         from known ones."""
-        return self._conn().execute("SELECT local_path, inode, state FROM cases"
-                                    " ORDER BY id").fetchall()
+        return (
+            self._conn()
+            .execute("SELECT local_path, inode, state FROM cases ORDER BY id")
+            .fetchall()
+        )
 
-    def commit_transition(self, case_id: int, src: str, dst: str, trigger: str, now: float,
-                          changes: dict | None = None, take_slot: int | None = None,
-                          release_slot: bool = False, detail: str | None = None) -> None:
+    def commit_transition(
+        self,
+        case_id: int,
+        src: str,
+        dst: str,
+        trigger: str,
+        now: float,
+        changes: dict | None = None,
+        take_slot: int | None = None,
+        release_slot: bool = False,
+        detail: str | None = None,
+    ) -> None:
         """Apply one transition with its bookkeeping, atomically.
 
         Raises StaleCase (and changes nothing) when the case is no longer in `src`
@@ -132,8 +192,15 @@ class CaseQueries(Database):
         if bad:
             raise ValueError(f"not changeable by a transition: {sorted(bad)}")
         changes.setdefault("attempts", 0)
-        sets = ["state = ?", "updated_at = ?", "next_attempt_at = ?", "failing_since = NULL",
-                "progress_bytes = NULL", "progress_total = NULL", "queue_status = NULL"]
+        sets = [
+            "state = ?",
+            "updated_at = ?",
+            "next_attempt_at = ?",
+            "failing_since = NULL",
+            "progress_bytes = NULL",
+            "progress_total = NULL",
+            "queue_status = NULL",
+        ]
         values: list = [dst, now, now]
         if "last_error" not in changes:
             sets.append("last_error = NULL")
@@ -141,80 +208,131 @@ class CaseQueries(Database):
             sets.append(f"{k} = ?")
             values.append(v)
         with self.transaction() as conn:
-            cur = conn.execute(f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?",
-                               (*values, case_id, src))
+            cur = conn.execute(
+                f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?",
+                (*values, case_id, src),
+            )
             if cur.rowcount != 1:
                 raise StaleCase(f"case {case_id} is no longer {src}")
             if take_slot is not None:
-                cur = conn.execute("UPDATE slots SET case_id = ? WHERE id = ? AND case_id IS NULL"
-                                   " AND retired = 0", (case_id, take_slot))
+                cur = conn.execute(
+                    "UPDATE slots SET case_id = ? WHERE id = ? AND case_id IS NULL AND retired = 0",
+                    (case_id, take_slot),
+                )
                 if cur.rowcount != 1:
                     raise StaleCase(f"slot {take_slot} was taken meanwhile")
             if release_slot:
                 release_held(conn, case_id)
-            conn.execute("INSERT INTO history (case_id, src, dst, trigger, at, detail)"
-                         " VALUES (?, ?, ?, ?, ?, ?)", (case_id, src, dst, trigger, now, detail))
+            conn.execute(
+                "INSERT INTO history (case_id, src, dst, trigger, at, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (case_id, src, dst, trigger, now, detail),
+            )
 
-    def note_failure(self, case_id: int, state: str, attempts: int, failing_since: float | None,
-                     error: str, next_attempt_at: float, now: float) -> None:
+    def note_failure(
+        self,
+        case_id: int,
+        state: str,
+        attempts: int,
+        failing_since: float | None,
+        error: str,
+        next_attempt_at: float,
+        now: float,
+    ) -> None:
         """The case's failure streak grew (see caseflow.retry): keep it and the next try."""
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE cases SET attempts = ?, failing_since = ?, last_error = ?,"
                 " next_attempt_at = ?, updated_at = ? WHERE id = ? AND state = ?",
-                (attempts, failing_since, error, next_attempt_at, now, case_id, state))
+                (attempts, failing_since, error, next_attempt_at, now, case_id, state),
+            )
 
     def reset_streak(self, case_id: int, state: str) -> None:
         """Something worked for the case (a good poll): its failure streak is over."""
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET attempts = 0, failing_since = NULL, last_error = NULL"
-                         " WHERE id = ? AND state = ?", (case_id, state))
+            conn.execute(
+                "UPDATE cases SET attempts = 0, failing_since = NULL, last_error = NULL"
+                " WHERE id = ? AND state = ?",
+                (case_id, state),
+            )
 
     def set_stopping(self, case_id: int, state: str, reason: str, now: float) -> bool:
         """The case is to fail with `reason` once its job is stopped (or seen to end); it
         keeps its state and slot until then, and shows the reason meanwhile."""
         with self.transaction() as conn:
-            cur = conn.execute("UPDATE cases SET reason = ?, next_attempt_at = ?, updated_at = ?"
-                               " WHERE id = ? AND state = ? AND reason IS NULL",
-                               (reason, now, now, case_id, state))
+            cur = conn.execute(
+                "UPDATE cases SET reason = ?, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = ? AND reason IS NULL",
+                (reason, now, now, case_id, state),
+            )
             return cur.rowcount == 1
 
     def reschedule(self, case_id: int, state: str, next_attempt_at: float) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
-                         (next_attempt_at, case_id, state))
+            conn.execute(
+                "UPDATE cases SET next_attempt_at = ? WHERE id = ? AND state = ?",
+                (next_attempt_at, case_id, state),
+            )
 
-    def record_job_end(self, case_id: int, state: str, outcome: str, detail: str,
-                       exit_code: int | None, now: float) -> None:
+    def record_job_end(
+        self, case_id: int, state: str, outcome: str, detail: str, exit_code: int | None, now: float
+    ) -> None:
         """The queue said the job ended: keep how, and make the case due for its results."""
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET job_outcome = ?, job_detail = ?, exit_code = ?,"
-                         " queue_status = NULL, next_attempt_at = ?, updated_at = ?"
-                         " WHERE id = ? AND state = ?",
-                         (outcome, detail, exit_code, now, now, case_id, state))
+            conn.execute(
+                "UPDATE cases SET job_outcome = ?, job_detail = ?, exit_code = ?,"
+                " queue_status = NULL, next_attempt_at = ?, updated_at = ?"
+                " WHERE id = ? AND state = ?",
+                (outcome, detail, exit_code, now, now, case_id, state),
+            )
 
     def set_results_path(self, case_id: int, state: str, path: str) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET results_path = ? WHERE id = ? AND state = ?",
-                         (path, case_id, state))
+            conn.execute(
+                "UPDATE cases SET results_path = ? WHERE id = ? AND state = ?",
+                (path, case_id, state),
+            )
 
     def results_paths(self) -> set[str]:
-        return {r[0] for r in self._conn().execute(
-            "SELECT results_path FROM cases WHERE results_path IS NOT NULL")}
+        return {
+            r[0]
+            for r in self._conn().execute(
+                "SELECT results_path FROM cases WHERE results_path IS NOT NULL"
+            )
+        }
 
     def wrapups_due(self, now: float) -> list[CaseRow]:
         """Terminal cases whose wrap-up (clean-up, archiving, hook) is still to do."""
-        rows = self._conn().execute(CASE_SELECT + " WHERE c.wrapup = 1 AND c.next_attempt_at <= ?"
-                                    " ORDER BY +c.id", (now,)).fetchall()  # + : the index serves
+        rows = (
+            self._conn()
+            .execute(
+                CASE_SELECT + " WHERE c.wrapup = 1 AND c.next_attempt_at <= ? ORDER BY +c.id",
+                (now,),
+            )
+            .fetchall()
+        )  # + : the index serves
         return [self._case(r) for r in rows]
 
     def next_wrapup(self, after: float) -> float | None:
-        return self._conn().execute("SELECT MIN(next_attempt_at) FROM cases WHERE wrapup = 1"
-                                    " AND next_attempt_at > ?", (after,)).fetchone()[0]
+        return (
+            self._conn()
+            .execute(
+                "SELECT MIN(next_attempt_at) FROM cases WHERE wrapup = 1 AND next_attempt_at > ?",
+                (after,),
+            )
+            .fetchone()[0]
+        )
 
-    def wrapup_progress(self, case_id: int, state: str, *, local_path: str | None = None,
-                        note: str | None = None, done: bool = False,
-                        retry_at: float | None = None) -> None:
+    def wrapup_progress(
+        self,
+        case_id: int,
+        state: str,
+        *,
+        local_path: str | None = None,
+        note: str | None = None,
+        done: bool = False,
+        retry_at: float | None = None,
+    ) -> None:
         """Record a wrap-up step: the case folder's new place, a note, done or retry later."""
         sets: list[str] = []
         values: list[object] = []
@@ -232,29 +350,43 @@ class CaseQueries(Database):
         if not sets:
             return
         with self.transaction() as conn:
-            conn.execute(f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ?"
-                         " AND wrapup = 1", (*values, case_id, state))
+            conn.execute(
+                f"UPDATE cases SET {', '.join(sets)} WHERE id = ? AND state = ? AND wrapup = 1",
+                (*values, case_id, state),
+            )
 
     def set_queue_status(self, case_id: int, state: str, text: str | None) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET queue_status = ? WHERE id = ? AND state = ?",
-                         (text, case_id, state))
+            conn.execute(
+                "UPDATE cases SET queue_status = ? WHERE id = ? AND state = ?",
+                (text, case_id, state),
+            )
 
     def set_progress(self, case_id: int, sent: int, total: int) -> None:
         with self.transaction() as conn:
-            conn.execute("UPDATE cases SET progress_bytes = ?, progress_total = ? WHERE id = ?",
-                         (sent, total, case_id))
+            conn.execute(
+                "UPDATE cases SET progress_bytes = ?, progress_total = ? WHERE id = ?",
+                (sent, total, case_id),
+            )
 
     def set_request(self, case_id: int, request: str | None) -> None:
         with self.transaction() as conn:
             conn.execute("UPDATE cases SET request = ? WHERE id = ?", (request, case_id))
 
     def requested(self) -> list[CaseRow]:
-        rows = self._conn().execute(CASE_SELECT + " WHERE c.request IS NOT NULL"
-                                    " ORDER BY +c.id")  # + : the partial index serves
+        rows = self._conn().execute(
+            CASE_SELECT + " WHERE c.request IS NOT NULL ORDER BY +c.id"
+        )  # + : the partial index serves
         return [self._case(r) for r in rows.fetchall()]
 
     def history(self, case_id: int) -> list[HistoryRow]:
-        rows = self._conn().execute("SELECT id, case_id, src, dst, trigger, at, detail FROM history"
-                                    " WHERE case_id = ? ORDER BY id", (case_id,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, case_id, src, dst, trigger, at, detail FROM history"
+                " WHERE case_id = ? ORDER BY id",
+                (case_id,),
+            )
+            .fetchall()
+        )
         return [HistoryRow(*r) for r in rows]

@@ -124,10 +124,27 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # columns a transition may change besides the state
-CHANGEABLE = {"grp", "host", "remote_path", "task_id", "reason", "last_error", "file_count",
-              "size_bytes", "request", "attempts", "run", "priority", "job_outcome",
-              "job_detail", "exit_code", "results_path", "results_fetched", "wrapup",
-              "wrapup_note"}
+CHANGEABLE = {
+    "grp",
+    "host",
+    "remote_path",
+    "task_id",
+    "reason",
+    "last_error",
+    "file_count",
+    "size_bytes",
+    "request",
+    "attempts",
+    "run",
+    "priority",
+    "job_outcome",
+    "job_detail",
+    "exit_code",
+    "results_path",
+    "results_fetched",
+    "wrapup",
+    "wrapup_note",
+}
 
 
 @dataclass(frozen=True)
@@ -194,9 +211,12 @@ class HistoryRow:
 
 
 CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-4]
-CASE_SELECT = ("SELECT " + ", ".join(f"c.{c}" for c in CASE_COLUMNS) +
-               ", s.id, s.idx, s.device, s.host FROM cases c LEFT JOIN slots s"
-               " ON s.case_id = c.id")
+CASE_SELECT = (
+    "SELECT "
+    + ", ".join(f"c.{c}" for c in CASE_COLUMNS)
+    + ", s.id, s.idx, s.device, s.host FROM cases c LEFT JOIN slots s"
+    " ON s.case_id = c.id"
+)
 
 
 class _ThreadConnection:
@@ -229,8 +249,9 @@ class Database:
     def _conn(self) -> sqlite3.Connection:
         held = getattr(self._local, "held", None)
         if held is None:
-            conn = sqlite3.connect(str(self.path), timeout=60, isolation_level=None,
-                                   check_same_thread=False)
+            conn = sqlite3.connect(
+                str(self.path), timeout=60, isolation_level=None, check_same_thread=False
+            )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -254,8 +275,10 @@ class Database:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: database schema v{version} is newer than this "
-                                 f"caseflow understands (v{SCHEMA_VERSION}); upgrade caseflow")
+                raise StoreError(
+                    f"{self.path}: database schema v{version} is newer than this "
+                    f"caseflow understands (v{SCHEMA_VERSION}); upgrade caseflow"
+                )
             for v in range(version, SCHEMA_VERSION):
                 for statement in MIGRATIONS[v].split(";"):
                     if statement.strip():

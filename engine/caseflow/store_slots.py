@@ -38,27 +38,35 @@ class SlotQueries(Database):
         changes = []
         with self.transaction() as conn:
             # slots from before there were several hosts: the first host serving the group
-            for grp, in conn.execute("SELECT DISTINCT grp FROM slots WHERE host = ''").fetchall():
+            for (grp,) in conn.execute("SELECT DISTINCT grp FROM slots WHERE host = ''").fetchall():
                 owner = next((h.name for h in hosts if h.group(grp) is not None), None)
                 if owner is not None:
-                    conn.execute("UPDATE slots SET host = ? WHERE host = '' AND grp = ?",
-                                 (owner, grp))
+                    conn.execute(
+                        "UPDATE slots SET host = ? WHERE host = '' AND grp = ?", (owner, grp)
+                    )
             wanted = {}
             for h in hosts:
                 for g in h.groups:
                     for i in range(g.slots):
                         wanted[(h.name, g.name, i)] = g.device_of(i)
-            existing = {(r[1], r[2], r[3]): r for r in conn.execute(
-                "SELECT id, host, grp, idx, device, case_id, retired FROM slots")}
+            existing = {
+                (r[1], r[2], r[3]): r
+                for r in conn.execute(
+                    "SELECT id, host, grp, idx, device, case_id, retired FROM slots"
+                )
+            }
             for key, device in wanted.items():
                 row = existing.get(key)
                 if row is None:
-                    conn.execute("INSERT INTO slots (host, grp, idx, device) VALUES (?, ?, ?, ?)",
-                                 (*key, device))
+                    conn.execute(
+                        "INSERT INTO slots (host, grp, idx, device) VALUES (?, ?, ?, ?)",
+                        (*key, device),
+                    )
                     changes.append(f"slot {_slot_name(*key)} added")
                 elif row[4] != device or row[6]:
-                    conn.execute("UPDATE slots SET device = ?, retired = 0 WHERE id = ?",
-                                 (device, row[0]))
+                    conn.execute(
+                        "UPDATE slots SET device = ?, retired = 0 WHERE id = ?", (device, row[0])
+                    )
                     changes.append(f"slot {_slot_name(*key)} updated")
             for key, row in existing.items():
                 if key in wanted:
@@ -68,25 +76,31 @@ class SlotQueries(Database):
                     changes.append(f"slot {_slot_name(*key)} removed")
                 elif not row[6]:
                     conn.execute("UPDATE slots SET retired = 1 WHERE id = ?", (row[0],))
-                    changes.append(f"slot {_slot_name(*key)} retired; case {row[5]} still "
-                                   "holds it")
+                    changes.append(f"slot {_slot_name(*key)} retired; case {row[5]} still holds it")
         return changes
 
     def free_slot_counts(self) -> dict[str, dict[str, int]]:
         """{group: {host: free slots}}, for telling at once whether a queued case can move."""
         out: dict[str, dict[str, int]] = {}
         for grp, host, n in self._conn().execute(
-                "SELECT grp, host, COUNT(*) FROM slots WHERE case_id IS NULL AND retired = 0"
-                " GROUP BY grp, host"):
+            "SELECT grp, host, COUNT(*) FROM slots WHERE case_id IS NULL AND retired = 0"
+            " GROUP BY grp, host"
+        ):
             out.setdefault(grp, {})[host] = n
         return out
 
     def free_slot(self, group: str, hosts: Sequence[str] | None = None) -> SlotRow | None:
         """A free slot of the group, on one of `hosts` (all when None): on the host with
         the most free slots of the group (spreading the load), the earlier host on a tie."""
-        rows = self._conn().execute(
-            "SELECT id, grp, idx, device, case_id, retired, host FROM slots WHERE grp = ?"
-            " AND case_id IS NULL AND retired = 0 ORDER BY idx", (group,)).fetchall()
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id, grp, idx, device, case_id, retired, host FROM slots WHERE grp = ?"
+                " AND case_id IS NULL AND retired = 0 ORDER BY idx",
+                (group,),
+            )
+            .fetchall()
+        )
         if hosts is not None:
             rows = [r for r in rows if r[6] in hosts]
         if not rows:
@@ -100,7 +114,8 @@ class SlotQueries(Database):
     def slots(self) -> list[SlotRow]:
         rows = self._conn().execute(
             "SELECT s.id, s.grp, s.idx, s.device, s.case_id, s.retired, c.name, c.state, s.host"
-            " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.host, s.grp, s.idx")
+            " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.host, s.grp, s.idx"
+        )
         return [SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], r[8]) for r in rows]
 
     def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
@@ -116,7 +131,9 @@ class SlotQueries(Database):
                 "SELECT s.id, s.grp, s.idx, s.case_id, c.state FROM slots s LEFT JOIN cases c"
                 f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR (c.state"
                 f" NOT IN ({marks}) AND NOT (c.wrapup = 1 AND c.task_id IS NOT NULL AND"
-                " c.job_outcome IS NULL)))", holding).fetchall()
+                " c.job_outcome IS NULL)))",
+                holding,
+            ).fetchall()
             for slot_id, grp, idx, case_id, state in rows:
                 conn.execute("UPDATE slots SET case_id = NULL WHERE id = ?", (slot_id,))
                 freed.append((slot_id, grp, idx, case_id, state or "missing"))
@@ -134,31 +151,47 @@ class SlotQueries(Database):
                 "UPDATE cases SET next_attempt_at = ? WHERE next_attempt_at > ? AND"
                 f" (state IN ({marks}) OR wrapup = 1) AND (host = ? OR id IN"
                 " (SELECT case_id FROM slots WHERE host = ? AND case_id IS NOT NULL))",
-                (now, now, *states, host, host))
+                (now, now, *states, host, host),
+            )
             return cur.rowcount
 
     def set_host_problem(self, name: str, problem: str | None, now: float) -> None:
         with self.transaction() as conn:
             if problem is None:
-                conn.execute("UPDATE hosts SET problem = NULL, since = NULL WHERE name = ?",
-                             (name,))
+                conn.execute(
+                    "UPDATE hosts SET problem = NULL, since = NULL WHERE name = ?", (name,)
+                )
             else:
-                conn.execute("INSERT INTO hosts (name, problem, since, updated) VALUES (?, ?, ?, ?)"
-                             " ON CONFLICT (name) DO UPDATE SET problem = excluded.problem,"
-                             " updated = excluded.updated", (name, problem, now, now))
+                conn.execute(
+                    "INSERT INTO hosts (name, problem, since, updated) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET problem = excluded.problem,"
+                    " updated = excluded.updated",
+                    (name, problem, now, now),
+                )
 
     def set_host_notice(self, name: str, notice: str | None, now: float) -> None:
         """Something about the host a person should know that does not stop caseflow's work
         (e.g. a paused pueue group)."""
         with self.transaction() as conn:
-            conn.execute("INSERT INTO hosts (name, notice, updated) VALUES (?, ?, ?)"
-                         " ON CONFLICT (name) DO UPDATE SET notice = excluded.notice,"
-                         " updated = excluded.updated", (name, notice, now))
+            conn.execute(
+                "INSERT INTO hosts (name, notice, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET notice = excluded.notice,"
+                " updated = excluded.updated",
+                (name, notice, now),
+            )
 
     def host_notices(self) -> list[tuple[str, str]]:
-        return self._conn().execute("SELECT name, notice FROM hosts WHERE notice IS NOT NULL"
-                                    " ORDER BY name").fetchall()
+        return (
+            self._conn()
+            .execute("SELECT name, notice FROM hosts WHERE notice IS NOT NULL ORDER BY name")
+            .fetchall()
+        )
 
     def host_problems(self) -> list[tuple[str, str, float]]:
-        return self._conn().execute("SELECT name, problem, since FROM hosts WHERE problem IS NOT"
-                                    " NULL ORDER BY name").fetchall()
+        return (
+            self._conn()
+            .execute(
+                "SELECT name, problem, since FROM hosts WHERE problem IS NOT NULL ORDER BY name"
+            )
+            .fetchall()
+        )

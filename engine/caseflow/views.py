@@ -30,8 +30,9 @@ def iso(t: float | None) -> str | None: ...
 def iso(t: float | None) -> str | None:
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace(
-        "+00:00", "Z")
+    return (
+        datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    )
 
 
 def printable(text: str | None) -> str:
@@ -49,7 +50,7 @@ def one_line(text: str | None, width: int = REASON_WIDTH) -> str:
     if text is None:
         return "-"
     flat = printable(re.sub(r"\s+", " ", text).strip())
-    return flat if len(flat) <= width else flat[:width - 1].rstrip() + "…"
+    return flat if len(flat) <= width else flat[: width - 1].rstrip() + "…"
 
 
 _terminal: frozenset[str] | None = None
@@ -68,23 +69,38 @@ def case_json(row: CaseRow, terminal: bool | None = None) -> dict:
     default, whether its state is a final one of the spec)."""
     if terminal is None:
         terminal = _is_terminal(row.state)
-    return {"id": row.id, "name": row.name, "state": row.state, "group": row.grp,
-            "slot": row.slot_index, "device": row.slot_device, "task_id": row.task_id,
-            "host": row.slot_host or row.host, "remote_path": row.remote_path,
-            "local_path": row.local_path,
-            "reason": row.reason, "last_error": row.last_error, "attempts": row.attempts,
-            "failing_since": iso(row.failing_since),
-            "run": row.run, "priority": row.priority, "request": row.request,
-            "file_count": row.file_count, "size_bytes": row.size_bytes,
-            "progress_bytes": row.progress_bytes, "progress_total": row.progress_total,
-            "queue_status": row.queue_status,
-            "exit_code": row.exit_code,
-            "job_outcome": row.job_outcome,
-            "results": row.results_path if row.results_fetched else None,
-            "wrapup": "pending" if row.wrapup else None,
-            "wrapup_note": row.wrapup_note,
-            "next_attempt_at": None if terminal else iso(row.next_attempt_at),
-            "created_at": iso(row.created_at), "updated_at": iso(row.updated_at)}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "state": row.state,
+        "group": row.grp,
+        "slot": row.slot_index,
+        "device": row.slot_device,
+        "task_id": row.task_id,
+        "host": row.slot_host or row.host,
+        "remote_path": row.remote_path,
+        "local_path": row.local_path,
+        "reason": row.reason,
+        "last_error": row.last_error,
+        "attempts": row.attempts,
+        "failing_since": iso(row.failing_since),
+        "run": row.run,
+        "priority": row.priority,
+        "request": row.request,
+        "file_count": row.file_count,
+        "size_bytes": row.size_bytes,
+        "progress_bytes": row.progress_bytes,
+        "progress_total": row.progress_total,
+        "queue_status": row.queue_status,
+        "exit_code": row.exit_code,
+        "job_outcome": row.job_outcome,
+        "results": row.results_path if row.results_fetched else None,
+        "wrapup": "pending" if row.wrapup else None,
+        "wrapup_note": row.wrapup_note,
+        "next_attempt_at": None if terminal else iso(row.next_attempt_at),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+    }
 
 
 def upload_progress(row: CaseRow, now: float) -> dict | None:
@@ -102,14 +118,17 @@ def upload_progress(row: CaseRow, now: float) -> dict | None:
     elapsed = now - max(row.updated_at, row.next_attempt_at or 0.0)
     rate = sent / elapsed if elapsed > 0 and sent else None
     left = (row.progress_total - sent) / rate if rate else None
-    return {"bytes": sent, "total": row.progress_total,
-            "percent": round(100 * sent / row.progress_total, 1),
-            "rate_bytes_per_second": round(rate) if rate else None,
-            "seconds_left": round(left, 1) if left is not None else None}
+    return {
+        "bytes": sent,
+        "total": row.progress_total,
+        "percent": round(100 * sent / row.progress_total, 1),
+        "rate_bytes_per_second": round(rate) if rate else None,
+        "seconds_left": round(left, 1) if left is not None else None,
+    }
 
 
 def upload_text(row: CaseRow, now: float) -> str | None:
-    """"1.2 GB of 1.5 GB (80%), 410.3 MB/s, 1 s left" while the case uploads, else None."""
+    """ "1.2 GB of 1.5 GB (80%), 410.3 MB/s, 1 s left" while the case uploads, else None."""
     p = upload_progress(row, now)
     if p is None:
         return None
@@ -122,12 +141,13 @@ def upload_text(row: CaseRow, now: float) -> str | None:
 
 
 def history_json(history: list[HistoryRow]) -> list[dict]:
-    return [{"from": h.src, "to": h.dst, "trigger": h.trigger, "at": iso(h.at),
-             "detail": h.detail} for h in history]
+    return [
+        {"from": h.src, "to": h.dst, "trigger": h.trigger, "at": iso(h.at), "detail": h.detail}
+        for h in history
+    ]
 
 
-def case_detail(database: Path, row: CaseRow, history: list[HistoryRow],
-                now: float) -> dict:
+def case_detail(database: Path, row: CaseRow, history: list[HistoryRow], now: float) -> dict:
     """One case as `caseflow show --json` prints it: the status fields, where its job log
     is, its upload in flight and its whole transition history."""
     out = case_json(row)
@@ -156,9 +176,16 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int | 
 
 def slot_json(s: SlotRow) -> dict:
     """One slot as `caseflow resources --json` lists it."""
-    return {"host": s.host, "group": s.grp, "slot": s.idx, "device": s.device,
-            "case_id": s.case_id, "case_name": s.case_name, "case_state": s.case_state,
-            "retired": s.retired}
+    return {
+        "host": s.host,
+        "group": s.grp,
+        "slot": s.idx,
+        "device": s.device,
+        "case_id": s.case_id,
+        "case_name": s.case_name,
+        "case_state": s.case_state,
+        "retired": s.retired,
+    }
 
 
 def size(n: float) -> str:
@@ -179,8 +206,9 @@ def duration(seconds: float) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
+    ]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for r in rows:  # a row's cells beyond the headers are left out, as they always were
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
@@ -211,6 +239,7 @@ def reason_cell(row: CaseRow) -> str:
     if row.reason:
         return one_line(row.reason)
     if row.last_error:
-        return one_line(f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): "
-                        f"{row.last_error}")
+        return one_line(
+            f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): {row.last_error}"
+        )
     return "-"

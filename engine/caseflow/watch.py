@@ -20,27 +20,35 @@ from .views import iso, printable
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
 
 
-def frame(reader: StatusReader, spec: MachineSpec, state: str | None, rows: int,
-          columns: int, now: float) -> list[str]:
+def frame(
+    reader: StatusReader, spec: MachineSpec, state: str | None, rows: int, columns: int, now: float
+) -> list[str]:
     """The lines of one screen."""
     from .cli import status_table  # the same table as `caseflow status`
+
     counts: Counter = Counter()
     for c in reader.counts():
         counts[c.state] += c.cases
     total = sum(counts.values())
-    lines = [f"caseflow status at {iso(now)}: {total} case{'' if total == 1 else 's'}"
-             + (f" (showing {state})" if state else "") + "; Ctrl-C to stop",
-             "  ".join(f"{name} {counts.get(name, 0)}" for name in spec.state_names)]
+    lines = [
+        f"caseflow status at {iso(now)}: {total} case{'' if total == 1 else 's'}"
+        + (f" (showing {state})" if state else "")
+        + "; Ctrl-C to stop",
+        "  ".join(f"{name} {counts.get(name, 0)}" for name in spec.state_names),
+    ]
     for h in reader.hosts():
         if h.problem:
-            lines.append(f"host {printable(h.name)}: work PAUSED since {iso(h.since)}: "
-                         f"{printable(h.problem)}")
+            lines.append(
+                f"host {printable(h.name)}: work PAUSED since {iso(h.since)}: "
+                f"{printable(h.problem)}"
+            )
         if h.notice:
             lines.append(f"host {printable(h.name)}: {printable(h.notice)}")
     lines.append("")
     room = max(1, rows - len(lines) - 2)  # the table's header and a last line
-    shown, cases = reader.page([state] if state else None, limit=room,
-                               active_first=spec.terminal_states)
+    shown, cases = reader.page(
+        [state] if state else None, limit=room, active_first=spec.terminal_states
+    )
     if not cases:
         lines.append("no cases")
     else:
@@ -50,8 +58,14 @@ def frame(reader: StatusReader, spec: MachineSpec, state: str | None, rows: int,
     return [line[:columns] for line in lines[:rows]]
 
 
-def watch(store, spec: MachineSpec, state: str | None = None, interval: float = 1.0,
-          out=None, clock=time.time) -> int:
+def watch(
+    store,
+    spec: MachineSpec,
+    state: str | None = None,
+    interval: float = 1.0,
+    out=None,
+    clock=time.time,
+) -> int:
     out = out or sys.stdout
     reader = StatusReader(store.path)
     out.write(CLEAR_SCREEN)
@@ -59,8 +73,13 @@ def watch(store, spec: MachineSpec, state: str | None = None, interval: float = 
         while True:
             size = shutil.get_terminal_size()
             lines = frame(reader, spec, state, size.lines, size.columns, clock())
-            out.write(HOME + "".join(line + CLEAR_LINE + "\n" for line in lines[:-1])
-                      + lines[-1] + CLEAR_LINE + CLEAR_BELOW)
+            out.write(
+                HOME
+                + "".join(line + CLEAR_LINE + "\n" for line in lines[:-1])
+                + lines[-1]
+                + CLEAR_LINE
+                + CLEAR_BELOW
+            )
             out.flush()
             time.sleep(interval)
     except KeyboardInterrupt:

@@ -67,8 +67,9 @@ class InboxFolders:
     def names(self) -> set[str]:
         return set(self._inode)
 
-    def changes(self, inbox: Path, appeared: set[str], gone: set[str],
-                listing: set[str] | None = None) -> tuple[list[tuple[str, str]], set[str]]:
+    def changes(
+        self, inbox: Path, appeared: set[str], gone: set[str], listing: set[str] | None = None
+    ) -> tuple[list[tuple[str, str]], set[str]]:
         """What the watcher saw (and a full `listing` of the inbox, when one was made) as
         (the folders that are new cases, as (name, inode), in name order; the names seen to
         leave). The caller admits each new one once its case exists."""

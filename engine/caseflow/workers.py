@@ -20,12 +20,14 @@ log = logging.getLogger("caseflow.workers")
 class WorkerPool:
     def __init__(self, size: int, name: str = "caseflow-worker"):
         self._queue: queue.Queue = queue.Queue()
-        self._busy = 0       # submitted and not finished
-        self._awaited = 0    # of those, the ones a shutdown waits for
+        self._busy = 0  # submitted and not finished
+        self._awaited = 0  # of those, the ones a shutdown waits for
         self._cond = threading.Condition()
         self._closed = False
-        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
-                         for i in range(size)]
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+            for i in range(size)
+        ]
         for t in self._threads:
             t.start()
 

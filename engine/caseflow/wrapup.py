@@ -62,15 +62,21 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
         engine.host_of(row).transport.remove_tree(row.remote_path)
     except (TransientError, HostError) as exc:
         retry_at = engine.clock() + engine.config.retry.max_seconds
-        log.warning("case %s: the remote folder %s could not be removed yet: %s", row.id,
-                    row.remote_path, exc)
-        engine.store.wrapup_progress(row.id, row.state, retry_at=retry_at,
-                                     note=f"removing the remote folder: {exc}")
+        log.warning(
+            "case %s: the remote folder %s could not be removed yet: %s",
+            row.id,
+            row.remote_path,
+            exc,
+        )
+        engine.store.wrapup_progress(
+            row.id, row.state, retry_at=retry_at, note=f"removing the remote folder: {exc}"
+        )
         return False
     except PermanentError as exc:
         notes.append(f"remote folder not removed: {exc}")
-        log.warning("case %s: the remote folder %s was not removed: %s", row.id,
-                    row.remote_path, exc)
+        log.warning(
+            "case %s: the remote folder %s was not removed: %s", row.id, row.remote_path, exc
+        )
         return True
     log.info("case %s: removed the remote folder %s", row.id, row.remote_path)
     return True
@@ -83,9 +89,12 @@ def _discard_upload(engine, row: CaseRow, notes: list[str]) -> bool:
         transport = engine.host_of(row).transport
         transport.discard_upload(transport.path(remote_name(row)))
     except (TransientError, HostError) as exc:
-        engine.store.wrapup_progress(row.id, row.state,
-                                     retry_at=engine.clock() + engine.config.retry.max_seconds,
-                                     note=f"removing the unfinished upload: {exc}")
+        engine.store.wrapup_progress(
+            row.id,
+            row.state,
+            retry_at=engine.clock() + engine.config.retry.max_seconds,
+            note=f"removing the unfinished upload: {exc}",
+        )
         return False
     except PermanentError as exc:
         notes.append(f"unfinished upload not removed: {exc}")
@@ -105,8 +114,12 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
         if moved is not None:  # an earlier wrap-up renamed it, then the daemon died
             engine.store.wrapup_progress(row.id, row.state, local_path=str(moved))
             engine.forget_folder(str(src), row.inode)
-            log.info("case %s %r: case folder found in %s, moved there before a restart",
-                     row.id, row.name, moved)
+            log.info(
+                "case %s %r: case folder found in %s, moved there before a restart",
+                row.id,
+                row.name,
+                moved,
+            )
             return engine.store.get(row.id) or row
         # gone, or another folder of that name now (a new case, whose folder stays)
         notes.append(f"case folder not archived: {src} is no longer there")
@@ -154,8 +167,13 @@ def _run_hook(engine, row: CaseRow, notes: list[str]) -> None:
     finish = engine.config.finish
     if not finish.on_finish:
         return
-    note = run_command(finish.on_finish, hook_env(row), engine.config.path.parent,
-                       finish.on_finish_timeout_seconds, f"case {row.id}: on_finish hook")
+    note = run_command(
+        finish.on_finish,
+        hook_env(row),
+        engine.config.path.parent,
+        finish.on_finish_timeout_seconds,
+        f"case {row.id}: on_finish hook",
+    )
     if note:
         notes.append(note)
 
@@ -166,9 +184,15 @@ def run_command(command, env: dict[str, str], cwd, timeout: float, what: str) ->
     argv = list(command) if isinstance(command, tuple) else ["sh", "-c", command]
     name = what.rsplit(": ", 1)[-1]
     try:
-        proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            env={**os.environ, **env},
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     except OSError as exc:
         log.error("%s could not start: %s", what, exc)
         return f"{name} could not start: {exc.strerror or exc}"
@@ -197,9 +221,20 @@ def host_paused(engine, host: str, problem: str) -> None:
     command = engine.config.finish.on_host_paused
     if not command:
         return
-    env = {"CASEFLOW_HOST": host, "CASEFLOW_PROBLEM": problem,
-           "CASEFLOW_CONFIG": str(engine.config.path)}
-    threading.Thread(target=run_command, name="caseflow-host-hook", daemon=True,
-                     args=(command, env, engine.config.path.parent,
-                           engine.config.finish.on_finish_timeout_seconds,
-                           f"host {host}: on_host_paused hook")).start()
+    env = {
+        "CASEFLOW_HOST": host,
+        "CASEFLOW_PROBLEM": problem,
+        "CASEFLOW_CONFIG": str(engine.config.path),
+    }
+    threading.Thread(
+        target=run_command,
+        name="caseflow-host-hook",
+        daemon=True,
+        args=(
+            command,
+            env,
+            engine.config.path.parent,
+            engine.config.finish.on_finish_timeout_seconds,
+            f"host {host}: on_host_paused hook",
+        ),
+    ).start()

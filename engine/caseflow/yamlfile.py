@@ -20,8 +20,9 @@ class DuplicateKey(yaml.YAMLError):
         self.key = ".".join(path)
         self.first_line = first_line
         self.second_line = second_line
-        super().__init__(f"{self.key}: given twice (lines {first_line} and {second_line}); "
-                         "remove one of them")
+        super().__init__(
+            f"{self.key}: given twice (lines {first_line} and {second_line}); remove one of them"
+        )
 
 
 def _check(node: yaml.Node, path: list[str], seen_nodes: set[int]) -> None:

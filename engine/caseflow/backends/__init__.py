@@ -28,9 +28,10 @@ UNREADABLE = "unreadable"
 @dataclass(frozen=True)
 class JobSpec:
     """Everything a backend needs to start a case's job."""
+
     case_id: int
-    label: str            # unique per case; lets a re-run find a job it already started
-    remote_path: str      # the uploaded case folder, the job's working directory
+    label: str  # unique per case; lets a re-run find a job it already started
+    remote_path: str  # the uploaded case folder, the job's working directory
     group: str
     command: tuple[str, ...] | str
     env: dict = field(default_factory=dict)
@@ -40,6 +41,7 @@ class JobSpec:
 @dataclass(frozen=True)
 class JobRef:
     """A submitted job, as the store remembers it."""
+
     case_id: int
     task_id: str
     label: str
@@ -48,8 +50,8 @@ class JobRef:
 
 @dataclass(frozen=True)
 class JobStatus:
-    outcome: str                  # RUNNING, SUCCESS, FAILURE, NOT_FOUND or UNREADABLE
-    detail: str = ""              # what a person should read (e.g. "exit code 3")
+    outcome: str  # RUNNING, SUCCESS, FAILURE, NOT_FOUND or UNREADABLE
+    detail: str = ""  # what a person should read (e.g. "exit code 3")
     exit_code: int | None = None
 
 
@@ -91,8 +93,9 @@ class BackendConfig:
 
     `BackendConfig(kind=..., ...)` builds the settings of the adapter registered as `kind`,
     as `TransportConfig(...)` does for transports."""
+
     kind: str
-    command: tuple[str, ...] | str   # the case's job: a shell string or an argument list
+    command: tuple[str, ...] | str  # the case's job: a shell string or an argument list
 
     def __new__(cls, *args: Any, **kwargs: Any) -> BackendConfig:
         if cls is BackendConfig:
@@ -103,11 +106,12 @@ class BackendConfig:
 @dataclass(frozen=True)
 class BackendAdapter:
     """What a queue backend registers under its name (entry point group `caseflow.backends`)."""
-    config: type[BackendConfig]                  # its settings
-    open: Callable[[Any, Any], QueueBackend]     # (`config.HostConfig`, transport) -> backend
+
+    config: type[BackendConfig]  # its settings
+    open: Callable[[Any, Any], QueueBackend]  # (`config.HostConfig`, transport) -> backend
     # a `config_reader.Section` -> its settings; None: they are the core keys alone
     read: Callable[[Any], BackendConfig] | None = None
-    tools: tuple[str, ...] = ()                  # commands it runs on the host (caseflow check)
+    tools: tuple[str, ...] = ()  # commands it runs on the host (caseflow check)
     # (reader of the host, `config.HostConfig`) -> None, raising the reader's error when the
     # host's other settings do not suit the backend (e.g. devices that Slurm picks itself)
     check_host: Callable[[Any, Any], None] | None = None
@@ -129,4 +133,3 @@ def kinds() -> list[str]:
 def make_backend(host, transport) -> QueueBackend:
     """The queue of one host (a `config.HostConfig`), reached through `transport`."""
     return adapter(host.backend.kind).open(host, transport)
-

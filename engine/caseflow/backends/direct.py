@@ -53,14 +53,25 @@ class DirectBackend(QueueBackend):
 
     def submit(self, job: JobSpec) -> str:
         # never repeated by the transport: a step tried again later finds the first launch
-        res = self.transport.run_once(["sh", "-c", LAUNCH, "caseflow-launch", job.remote_path,
-                                       f"{MARK}-{job.case_id}", *job_argv(job)])
+        res = self.transport.run_once(
+            [
+                "sh",
+                "-c",
+                LAUNCH,
+                "caseflow-launch",
+                job.remote_path,
+                f"{MARK}-{job.case_id}",
+                *job_argv(job),
+            ]
+        )
         pid = res.stdout.strip()
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
         if res.returncode != 0 or not pid.isdigit():
-            raise TransientError(f"starting the job failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip() or res.stdout.strip()}")
+            raise TransientError(
+                f"starting the job failed (exit {res.returncode}): "
+                f"{res.stderr.strip() or res.stdout.strip()}"
+            )
         return pid
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
@@ -74,14 +85,16 @@ class DirectBackend(QueueBackend):
                 args += [j.task_id if j.task_id.isdigit() else "-", j.remote_path]
             res = self.transport.run(["sh", "-c", STATUS, "caseflow-status", *args])
             if res.returncode != 0:
-                raise TransientError(f"job status query failed (exit {res.returncode}): "
-                                     f"{res.stderr.strip()}")
+                raise TransientError(
+                    f"job status query failed (exit {res.returncode}): {res.stderr.strip()}"
+                )
             out.update(parse_status(res.stdout, batch))
         return out
 
     def job_log(self, job: JobRef) -> str | None:
-        res = self.transport.run(["tail", "-c", "1000000", "--",
-                                  f"{job.remote_path}/.caseflow/job.log"])
+        res = self.transport.run(
+            ["tail", "-c", "1000000", "--", f"{job.remote_path}/.caseflow/job.log"]
+        )
         return res.stdout if res.returncode == 0 else None
 
     def cancel(self, job: JobRef) -> None:
@@ -123,20 +136,33 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         if parts[1:] == ["running"]:
             out[job.case_id] = _RUNNING
         elif parts[1:] == ["gone"]:
-            out[job.case_id] = JobStatus(NOT_FOUND, "the job's process is gone and left no "
-                                                    "exit code")
+            out[job.case_id] = JobStatus(
+                NOT_FOUND, "the job's process is gone and left no exit code"
+            )
         elif len(parts) == 3 and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
             code = int(parts[2])
-            out[job.case_id] = (JobStatus(SUCCESS, "exit code 0", 0) if code == 0 else
-                                JobStatus(FAILURE, f"job exited with code {code}", code))
+            out[job.case_id] = (
+                JobStatus(SUCCESS, "exit code 0", 0)
+                if code == 0
+                else JobStatus(FAILURE, f"job exited with code {code}", code)
+            )
         else:
-            what = f"printed {said[0][:120]!r}" if len(said) == 1 else \
-                f"printed {len(said)} lines" if said else "printed nothing"
-            out[job.case_id] = JobStatus(UNREADABLE, f"the status script {what} for the job "
-                                                     f"in {job.remote_path}")
+            what = (
+                f"printed {said[0][:120]!r}"
+                if len(said) == 1
+                else f"printed {len(said)} lines"
+                if said
+                else "printed nothing"
+            )
+            out[job.case_id] = JobStatus(
+                UNREADABLE, f"the status script {what} for the job in {job.remote_path}"
+            )
     return out
 
 
 # settings: the core keys alone; the scripts need setsid (a session of the job's own) and sh
-ADAPTER = BackendAdapter(config=BackendConfig, tools=("setsid", "sh"),
-                         open=lambda host, transport: DirectBackend(transport))
+ADAPTER = BackendAdapter(
+    config=BackendConfig,
+    tools=("setsid", "sh"),
+    open=lambda host, transport: DirectBackend(transport),
+)

@@ -73,8 +73,10 @@ KILL_GROUP = script(__package__, "pueue-kill.sh")
 
 # pueued is not there ("Did you start it?"), or went away while the client shook hands with
 # it (SIGKILLed between caseflow's status query and its add: "Connection reset by peer")
-DAEMON_DOWN = re.compile(r"Did you start (it|the daemon)|Failed to receive version during "
-                         r"handshake|Connection reset by peer")
+DAEMON_DOWN = re.compile(
+    r"Did you start (it|the daemon)|Failed to receive version during "
+    r"handshake|Connection reset by peer"
+)
 COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # pueue colours its errors, even without a terminal
 LOST = "pueue lost track of the task; waiting for its processes to end"
 
@@ -84,8 +86,15 @@ class DaemonNotRunning(HostError):
 
 
 class PueueBackend(QueueBackend):
-    def __init__(self, transport, groups, pueue: str = "pueue", manage_groups: bool = True,
-                 sleep=time.sleep, clock=time.monotonic):
+    def __init__(
+        self,
+        transport,
+        groups,
+        pueue: str = "pueue",
+        manage_groups: bool = True,
+        sleep=time.sleep,
+        clock=time.monotonic,
+    ):
         self.transport = transport
         self.groups = {g.name: g.slots for g in groups}
         self.pueue = pueue
@@ -95,7 +104,7 @@ class PueueBackend(QueueBackend):
         self._prepared_on: int | None = None  # the transport connection count it was done on
         self._sleep, self._clock = sleep, clock
         self.paused_groups: set[str] = set()
-        self._counts: dict[str, int] = {}       # of caseflow's tasks: stashed, paused, lost
+        self._counts: dict[str, int] = {}  # of caseflow's tasks: stashed, paused, lost
 
     # -- plumbing ------------------------------------------------------------------------
     def _run(self, *args: str):
@@ -107,11 +116,14 @@ class PueueBackend(QueueBackend):
         if res.returncode != 0 and DAEMON_DOWN.search(text):
             lines = [ln.strip() for ln in text.splitlines()]
             i = next(i for i, ln in enumerate(lines) if DAEMON_DOWN.search(ln))
-            words = re.sub(r"^\d+: ", "", lines[i]) + " " + (lines[i + 1] if i + 1 < len(lines)
-                                                              else "")
-            raise DaemonNotRunning(f"pueue daemon not running on {self.transport.name} "
-                                   f"(`pueue {what}`: {words.strip()[:200]}); its cases wait "
-                                   "until pueued answers")
+            words = (
+                re.sub(r"^\d+: ", "", lines[i]) + " " + (lines[i + 1] if i + 1 < len(lines) else "")
+            )
+            raise DaemonNotRunning(
+                f"pueue daemon not running on {self.transport.name} "
+                f"(`pueue {what}`: {words.strip()[:200]}); its cases wait "
+                "until pueued answers"
+            )
         return res
 
     @staticmethod
@@ -130,10 +142,13 @@ class PueueBackend(QueueBackend):
         match = re.search(r"(\d+)\.(\d+)\.(\d+)", res.stdout)
         if res.returncode != 0 or not match:
             if res.returncode == 127 or "not found" in res.stderr:
-                raise PermanentError(f"pueue is not installed on {self.transport.name} "
-                                     f"(`{self.pueue} --version`: {res.stderr.strip()[:200]})")
-            raise TransientError(f"`pueue --version` failed on {self.transport.name}: "
-                                 f"{self._error(res)}")
+                raise PermanentError(
+                    f"pueue is not installed on {self.transport.name} "
+                    f"(`{self.pueue} --version`: {res.stderr.strip()[:200]})"
+                )
+            raise TransientError(
+                f"`pueue --version` failed on {self.transport.name}: {self._error(res)}"
+            )
         self.version, self.major = match.group(0), int(match.group(1))
         log.info("pueue %s on %s", self.version, self.transport.name)
         if self.manage_groups:
@@ -146,8 +161,11 @@ class PueueBackend(QueueBackend):
         res = self.transport.run([self.pueue, "--version"])
         match = re.search(r"\d+\.\d+\.\d+", res.stdout)
         if res.returncode != 0 or not match:
-            why = "not found" if res.returncode == 127 or "not found" in res.stderr else \
-                f"`--version` failed (exit {res.returncode}): {self._error(res)}"
+            why = (
+                "not found"
+                if res.returncode == 127 or "not found" in res.stderr
+                else f"`--version` failed (exit {res.returncode}): {self._error(res)}"
+            )
             return [(False, f"pueue client {self.pueue}: {why}")]
         lines = [(True, f"pueue client {self.pueue}: pueue {match.group(0)}")]
         try:
@@ -156,12 +174,26 @@ class PueueBackend(QueueBackend):
             return [*lines, (False, str(exc))]
         have = data.get("groups", {})
         missing = [g for g in self.groups if g not in have]
-        lines.append((True, f"pueue daemon answers: {len(data['tasks'])} task(s), groups "
-                            f"{', '.join(sorted(have)) or 'none'}"))
+        lines.append(
+            (
+                True,
+                f"pueue daemon answers: {len(data['tasks'])} task(s), groups "
+                f"{', '.join(sorted(have)) or 'none'}",
+            )
+        )
         if missing:
-            lines.append((self.manage_groups, f"pueue groups {', '.join(missing)} missing: " + (
-                "made at caseflow's first contact" if self.manage_groups else
-                "backend.manage_groups is off, so make them (`pueue group add NAME -p N`)")))
+            lines.append(
+                (
+                    self.manage_groups,
+                    f"pueue groups {', '.join(missing)} missing: "
+                    + (
+                        "made at caseflow's first contact"
+                        if self.manage_groups
+                        else "backend.manage_groups is off, so make them "
+                        "(`pueue group add NAME -p N`)"
+                    ),
+                )
+            )
         return lines
 
     def probe(self) -> None:
@@ -188,47 +220,72 @@ class PueueBackend(QueueBackend):
                 res = self._run("group", "add", name, "-p", str(slots))
                 if res.returncode != 0 and "already exists" not in res.stdout + res.stderr:
                     raise TransientError(f"`pueue group add {name}` failed: {self._error(res)}")
-                log.info("created pueue group %s on %s (parallel tasks %s)", name,
-                         self.transport.name, slots)
+                log.info(
+                    "created pueue group %s on %s (parallel tasks %s)",
+                    name,
+                    self.transport.name,
+                    slots,
+                )
                 added.append(name)
             elif current.get("parallel_tasks") != slots:
                 res = self._run("parallel", str(slots), "-g", name)
                 if res.returncode != 0:
-                    raise TransientError(f"`pueue parallel {slots} -g {name}` failed: "
-                                         f"{self._error(res)}")
-                log.info("pueue group %s on %s: parallel tasks %s -> %s", name,
-                         self.transport.name, current.get("parallel_tasks"), slots)
+                    raise TransientError(
+                        f"`pueue parallel {slots} -g {name}` failed: {self._error(res)}"
+                    )
+                log.info(
+                    "pueue group %s on %s: parallel tasks %s -> %s",
+                    name,
+                    self.transport.name,
+                    current.get("parallel_tasks"),
+                    slots,
+                )
         if added and self.major < 4:  # 3.x: `group add` only asks the daemon's task handler
             deadline = self._clock() + 30
             while not all(n in self._groups() for n in added):
                 if self._clock() > deadline:
-                    raise TransientError(f"pueue did not create the group(s) {added} on "
-                                         f"{self.transport.name} within 30 s")
+                    raise TransientError(
+                        f"pueue did not create the group(s) {added} on "
+                        f"{self.transport.name} within 30 s"
+                    )
                 self._sleep(0.05)
 
     def _status(self) -> dict:
         res = self._run("status", "--json")
         if res.returncode != 0:
-            raise TransientError(f"`pueue status` failed on {self.transport.name} (exit "
-                                 f"{res.returncode}): {self._error(res)}")
+            raise TransientError(
+                f"`pueue status` failed on {self.transport.name} (exit "
+                f"{res.returncode}): {self._error(res)}"
+            )
         return parse_status(res.stdout)
 
     def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | str | None]]]:
         args = [a for j in jobs for a in (j.label, j.remote_path or "/nonexistent")]
-        res = self._checked(self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll",
-                                                self.pueue, *args]), "status")
+        res = self._checked(
+            self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll", self.pueue, *args]),
+            "status",
+        )
         if res.returncode != 0:
-            raise TransientError(f"`pueue status` failed on {self.transport.name} (exit "
-                                 f"{res.returncode}): {self._error(res)}")
+            raise TransientError(
+                f"`pueue status` failed on {self.transport.name} (exit "
+                f"{res.returncode}): {self._error(res)}"
+            )
         return parse_poll(res.stdout, len(jobs))
 
     def _note(self, groups: dict, counts: dict) -> None:
-        paused = {name for name, g in groups.items()
-                  if isinstance(g, dict) and g.get("status") == "Paused" and name in self.groups}
+        paused = {
+            name
+            for name, g in groups.items()
+            if isinstance(g, dict) and g.get("status") == "Paused" and name in self.groups
+        }
         for name in sorted(paused - self.paused_groups):
-            log.warning("pueue group %s on %s is PAUSED; its queued tasks wait until someone "
-                        "runs `pueue start -g %s` (pueue pauses groups after its daemon restarts)",
-                        name, self.transport.name, name)
+            log.warning(
+                "pueue group %s on %s is PAUSED; its queued tasks wait until someone "
+                "runs `pueue start -g %s` (pueue pauses groups after its daemon restarts)",
+                name,
+                self.transport.name,
+                name,
+            )
         for name in sorted(self.paused_groups - paused):
             log.info("pueue group %s on %s runs again", name, self.transport.name)
         self.paused_groups, self._counts = paused, counts
@@ -236,18 +293,23 @@ class PueueBackend(QueueBackend):
     def notice(self) -> str | None:
         parts = []
         if self.paused_groups:
-            parts.append(f"pueue group(s) {', '.join(sorted(self.paused_groups))} PAUSED: queued "
-                         "tasks wait until `pueue start -g NAME` (pueue pauses groups with "
-                         "queued tasks when its daemon restarts)")
+            parts.append(
+                f"pueue group(s) {', '.join(sorted(self.paused_groups))} PAUSED: queued "
+                "tasks wait until `pueue start -g NAME` (pueue pauses groups with "
+                "queued tasks when its daemon restarts)"
+            )
         c = self._counts
         if c.get("stashed"):
-            parts.append(f"{c['stashed']} task(s) STASHED in pueue: they wait for "
-                         "`pueue enqueue ID`")
+            parts.append(
+                f"{c['stashed']} task(s) STASHED in pueue: they wait for `pueue enqueue ID`"
+            )
         if c.get("paused"):
             parts.append(f"{c['paused']} task(s) PAUSED in pueue: they wait for `pueue start ID`")
         if c.get("lost"):
-            parts.append(f"{c['lost']} job(s) that pueue lost track of: their slots stay held "
-                         "until their processes end")
+            parts.append(
+                f"{c['lost']} job(s) that pueue lost track of: their slots stay held "
+                "until their processes end"
+            )
         return "; ".join(parts) or None
 
     @staticmethod
@@ -263,15 +325,27 @@ class PueueBackend(QueueBackend):
         data = self._status()
         adopted = self._find_label(data["tasks"], job.label)
         if adopted is not None:
-            log.info("case %s: adopted pueue task %s (label %s) instead of adding another",
-                     job.case_id, adopted, job.label)
+            log.info(
+                "case %s: adopted pueue task %s (label %s) instead of adding another",
+                job.case_id,
+                adopted,
+                job.label,
+            )
             return adopted
         group = data.get("groups", {}).get(job.group)
-        if self.manage_groups and job.group in self.groups and \
-                (not isinstance(group, dict) or group.get("parallel_tasks") !=
-                 self.groups[job.group]):
-            log.warning("pueue on %s lost group %s or its parallel count (a restart without "
-                        "its state?): setting the groups up again", self.transport.name, job.group)
+        if (
+            self.manage_groups
+            and job.group in self.groups
+            and (
+                not isinstance(group, dict) or group.get("parallel_tasks") != self.groups[job.group]
+            )
+        ):
+            log.warning(
+                "pueue on %s lost group %s or its parallel count (a restart without "
+                "its state?): setting the groups up again",
+                self.transport.name,
+                job.group,
+            )
             self._manage_groups(data.get("groups", {}))
         argv = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
         command = "exec " + shlex.join(["sh", WRAPPER, job.label, *argv])
@@ -281,24 +355,48 @@ class PueueBackend(QueueBackend):
         env = [f"{k}={v}" for k, v in sorted(job.env.items())]
         # sent once: a lost reply is a transient error, and the step's next try finds the
         # task by its label (the script looks first) instead of adding a second one
-        res = self._checked(self.transport.run_once(
-            ["sh", "-c", SUBMIT, "caseflow-pueue-add", job.remote_path, job.label, JOB_WRAPPER,
-             "env", *env, *add, "--", command]), "add")
+        res = self._checked(
+            self.transport.run_once(
+                [
+                    "sh",
+                    "-c",
+                    SUBMIT,
+                    "caseflow-pueue-add",
+                    job.remote_path,
+                    job.label,
+                    JOB_WRAPPER,
+                    "env",
+                    *env,
+                    *add,
+                    "--",
+                    command,
+                ]
+            ),
+            "add",
+        )
         last = res.stdout.strip().splitlines()[-1:] or [""]
         verb, _, task_id = last[0].partition(" ")
         if res.returncode == 0 and verb in ("added", "adopted") and task_id.isdigit():
             if verb == "adopted":
-                log.warning("case %s: pueue no longer lists task %s (label %s) that caseflow "
-                            "added before; its records in the case folder decide", job.case_id,
-                            task_id, job.label)
+                log.warning(
+                    "case %s: pueue no longer lists task %s (label %s) that caseflow "
+                    "added before; its records in the case folder decide",
+                    job.case_id,
+                    task_id,
+                    job.label,
+                )
             return task_id
         message = self._error(res)
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
         if res.returncode == 94:
             raise BadOutput(f"`pueue add -p` printed no task id: {quote_start(res.stdout)}")
-        if "doesn't exist" in message or "does not exist" in message or \
-                "No such file" in message or "working directory" in message.lower():
+        if (
+            "doesn't exist" in message
+            or "does not exist" in message
+            or "No such file" in message
+            or "working directory" in message.lower()
+        ):
             raise PermanentError(f"pueue refused the job: {message}")
         raise TransientError(f"`pueue add` failed (exit {res.returncode}): {message}")
 
@@ -306,8 +404,11 @@ class PueueBackend(QueueBackend):
         """The job's status from pueue's entry and the job's own records."""
         procs, code = record
         if task is not None and (not isinstance(task, dict) or "label" not in task):
-            return JobStatus(UNREADABLE, f"pueue reports task {job.task_id} in a form caseflow "
-                                         f"does not know: {quote_start(json.dumps(task))}")
+            return JobStatus(
+                UNREADABLE,
+                f"pueue reports task {job.task_id} in a form caseflow "
+                f"does not know: {quote_start(json.dumps(task))}",
+            )
         ours = task is not None and task["label"] == job.label
         if task is not None and ours:
             status = task_outcome(task)
@@ -319,15 +420,21 @@ class PueueBackend(QueueBackend):
         if procs == "alive":
             return JobStatus(RUNNING, f"{LOST} ({why})")
         if isinstance(code, str):  # it names the job, but what it says is no exit code
-            return JobStatus(UNREADABLE, f"the job's own exit record {EXIT_RECORD} says "
-                                         f"{quote_start(code)}, not an exit code ({why})")
+            return JobStatus(
+                UNREADABLE,
+                f"the job's own exit record {EXIT_RECORD} says "
+                f"{quote_start(code)}, not an exit code ({why})",
+            )
         if code is not None:
             return by_exit_code(code, f"the job's own record; {why}")
         if ours:
             return status
-        return JobStatus(NOT_FOUND, f"pueue no longer knows task {job.task_id} with label "
-                                    f"{job.label} (cleaned, removed, reset, or the pueue state "
-                                    "was lost)")
+        return JobStatus(
+            NOT_FOUND,
+            f"pueue no longer knows task {job.task_id} with label "
+            f"{job.label} (cleaned, removed, reset, or the pueue state "
+            "was lost)",
+        )
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         if not jobs:
@@ -335,8 +442,11 @@ class PueueBackend(QueueBackend):
         self.prepare()
         data, records = self._poll(jobs)
         tasks = data["tasks"]
-        paused = {name for name, g in data.get("groups", {}).items()
-                  if isinstance(g, dict) and g.get("status") == "Paused"}
+        paused = {
+            name
+            for name, g in data.get("groups", {}).items()
+            if isinstance(g, dict) and g.get("status") == "Paused"
+        }
         out: dict[int, JobStatus] = {}
         counts = {"stashed": 0, "paused": 0, "lost": 0}
         for job, record in zip(jobs, records, strict=True):  # a record per job (parse_poll)
@@ -367,11 +477,13 @@ class PueueBackend(QueueBackend):
         if status.outcome != RUNNING:
             return  # ended (or not ours any more): nothing to stop
         if status.detail.startswith(LOST):  # pueue cannot stop it: its process group is killed
-            res = self.transport.run(["sh", "-c", KILL_GROUP, "caseflow-pueue-kill",
-                                      job.remote_path, job.label])
+            res = self.transport.run(
+                ["sh", "-c", KILL_GROUP, "caseflow-pueue-kill", job.remote_path, job.label]
+            )
             if res.returncode != 0:
-                raise TransientError(f"killing the processes of {job.label} failed: "
-                                     f"{self._error(res)}")
+                raise TransientError(
+                    f"killing the processes of {job.label} failed: {self._error(res)}"
+                )
             return
         verb = "kill" if status_name(task) in ("Running", "Paused") else "remove"
         res = self._run(verb, str(job.task_id))
@@ -396,17 +508,24 @@ class PueueBackend(QueueBackend):
 @dataclass(frozen=True)
 class PueueConfig(BackendConfig):
     """`kind: pueue`."""
-    pueue: str = "pueue"          # the pueue client on the host
-    manage_groups: bool = True    # create the groups and set their parallel tasks to the slots
+
+    pueue: str = "pueue"  # the pueue client on the host
+    manage_groups: bool = True  # create the groups and set their parallel tasks to the slots
 
 
 def read_config(section: Section) -> PueueConfig:
     br, d = section.reader, PueueConfig
-    return PueueConfig(**section.core, pueue=br.get("pueue", str, d.pueue),
-                       manage_groups=br.get("manage_groups", bool, d.manage_groups))
+    return PueueConfig(
+        **section.core,
+        pueue=br.get("pueue", str, d.pueue),
+        manage_groups=br.get("manage_groups", bool, d.manage_groups),
+    )
 
 
 ADAPTER = BackendAdapter(
-    config=PueueConfig, read=read_config,
-    open=lambda host, transport: PueueBackend(transport, host.groups, pueue=host.backend.pueue,
-                                              manage_groups=host.backend.manage_groups))
+    config=PueueConfig,
+    read=read_config,
+    open=lambda host, transport: PueueBackend(
+        transport, host.groups, pueue=host.backend.pueue, manage_groups=host.backend.manage_groups
+    ),
+)

@@ -23,6 +23,7 @@ POLL = script(__package__, "pueue-poll.sh")
 class BadOutput(TransientError):
     """pueue printed something caseflow cannot read. Often a truncated read after a
     dropped connection, so it is retried a few times; then the case fails, quoting it."""
+
     max_attempts = 3
 
 
@@ -36,10 +37,14 @@ def parse_status(text: str) -> dict:
     try:
         data = json.loads(text)
     except ValueError:
-        raise BadOutput(f"pueue status printed something that is not JSON: "
-                        f"{quote_start(text)}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("tasks"), dict) or \
-            not isinstance(data.get("groups", {}), dict):
+        raise BadOutput(
+            f"pueue status printed something that is not JSON: {quote_start(text)}"
+        ) from None
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("tasks"), dict)
+        or not isinstance(data.get("groups", {}), dict)
+    ):
         raise BadOutput(f"pueue status JSON has no tasks map: {quote_start(text)}")
     return data
 
@@ -61,8 +66,11 @@ def done_result(task: dict):
 
 
 def _unreadable(task: dict, what) -> JobStatus:
-    return JobStatus(UNREADABLE, f"pueue reports task {task.get('id')} in a form caseflow does "
-                                 f"not know: {quote_start(json.dumps(what))}")
+    return JobStatus(
+        UNREADABLE,
+        f"pueue reports task {task.get('id')} in a form caseflow does "
+        f"not know: {quote_start(json.dumps(what))}",
+    )
 
 
 def task_outcome(task: dict) -> JobStatus:
@@ -86,8 +94,7 @@ def task_outcome(task: dict) -> JobStatus:
         if kind == "FailedToSpawn":
             return JobStatus(FAILURE, f"pueue could not start the job: {value}")
     if result == "Killed":
-        return JobStatus(FAILURE, "killed (by pueue kill, pueue reset or a pueue daemon "
-                                  "restart)")
+        return JobStatus(FAILURE, "killed (by pueue kill, pueue reset or a pueue daemon restart)")
     if result == "Errored":
         return JobStatus(FAILURE, "pueue reports the task as errored")
     if result == "DependencyFailed":

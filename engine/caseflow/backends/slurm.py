@@ -51,11 +51,33 @@ EXIT_FILE = f"{BOOKKEEPING}/slurm-exit_code"
 WRAPPER = f"{BOOKKEEPING}/slurm-job.sh"
 
 # Slurm's job states (squeue, sacct). Everything not yet ended counts as running.
-RUNNING_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "COMPLETING", "REQUEUED",
-                  "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD", "RESIZING", "SIGNALING",
-                  "STAGE_OUT", "STOPPED", "SPECIAL_EXIT"}
-FAILED_STATES = {"FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED",
-                 "BOOT_FAIL", "DEADLINE", "REVOKED"}
+RUNNING_STATES = {
+    "PENDING",
+    "CONFIGURING",
+    "RUNNING",
+    "SUSPENDED",
+    "COMPLETING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+    "RESIZING",
+    "SIGNALING",
+    "STAGE_OUT",
+    "STOPPED",
+    "SPECIAL_EXIT",
+}
+FAILED_STATES = {
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "OUT_OF_MEMORY",
+    "NODE_FAIL",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "REVOKED",
+}
 
 # The remote scripts: scripts/slurm-*.sh. The batch script (the same for every case) is written
 # to the case folder as it is; its arguments are the job's command line.
@@ -65,14 +87,23 @@ POLL = script(__package__, "slurm-poll.sh")
 CANCEL = script(__package__, "slurm-cancel.sh")
 
 # sbatch's messages that are worth trying again; anything else it refuses is permanent
-TRANSIENT_SBATCH = ("Unable to contact", "timed out", "temporarily", "Connection refused",
-                    "Zero Bytes were transmitted", "Communication", "try again",
-                    "Resource temporarily unavailable", "Slurm backup controller")
+TRANSIENT_SBATCH = (
+    "Unable to contact",
+    "timed out",
+    "temporarily",
+    "Connection refused",
+    "Zero Bytes were transmitted",
+    "Communication",
+    "try again",
+    "Resource temporarily unavailable",
+    "Slurm backup controller",
+)
 
 
 class BadOutput(TransientError):
     """Slurm printed something caseflow cannot read. Often a truncated read after a dropped
     connection, so it is retried a few times; then the case fails, quoting it."""
+
     max_attempts = 3
 
 
@@ -158,8 +189,9 @@ def squeue_outcome(job_id: str, job: dict) -> JobStatus:
             detail += f" ({reason})"
         elif state == "RUNNING":
             nodes, gres = job.get("nodes", ""), job.get("gres", "")
-            detail += (f" on {nodes}" if nodes else "") + \
-                (f", {gres}" if gres and gres != "N/A" else "")
+            detail += (f" on {nodes}" if nodes else "") + (
+                f", {gres}" if gres and gres != "N/A" else ""
+            )
         return JobStatus(RUNNING, detail)
     code, signal = _exit_of(job.get("exit_code", ""))
     return ended(job_id, state, code, signal)
@@ -190,16 +222,16 @@ class Poll:
         sections: list[tuple[str, list[str]]] = []
         for line in text.splitlines():
             if line.startswith("@@caseflow "):
-                sections.append((line[len("@@caseflow "):], []))
+                sections.append((line[len("@@caseflow ") :], []))
             elif sections:
                 sections[-1][1].append(line)
         if not sections or sections[-1][0] != "end":
             raise BadOutput(f"the Slurm poll's output is incomplete: {_quote_start(text)}")
         self.squeue_rc: int | None = None
         self.squeue_lines: list[str] = []
-        self.exits: dict[int, str] = {}         # job index -> its exit file's line
-        self.sacct: dict[str, list] = {}        # see parse_sacct
-        self.missing: set[str] | None = None    # ids squeue did not list (None: none)
+        self.exits: dict[int, str] = {}  # job index -> its exit file's line
+        self.sacct: dict[str, list] = {}  # see parse_sacct
+        self.missing: set[str] | None = None  # ids squeue did not list (None: none)
         for head, body in sections:
             words = head.split(" ", 2)
             if words[0] == "squeue" and len(words) == 2 and words[1].isdigit():
@@ -220,40 +252,67 @@ class SlurmBackend(QueueBackend):
 
     def sbatch_args(self, job: JobSpec) -> list[str]:
         options = self.config.slurm_options(job.group).sbatch_args() if self.config else []
-        return [f"--job-name={job.label}", f"--chdir={job.remote_path}",
-                f"--output={_slurm_path(job.remote_path)}/{OUTPUT}", *options,
-                f"{job.remote_path}/{WRAPPER}", *job_argv(job)]
+        return [
+            f"--job-name={job.label}",
+            f"--chdir={job.remote_path}",
+            f"--output={_slurm_path(job.remote_path)}/{OUTPUT}",
+            *options,
+            f"{job.remote_path}/{WRAPPER}",
+            *job_argv(job),
+        ]
 
     # -- the port ------------------------------------------------------------------------
     def submit(self, job: JobSpec) -> str:
         # never repeated by the transport: while a first sbatch may still be on its way, a
         # repeat would not find its job yet and add a second; the step tries again later
-        res = self.transport.run_once(["sh", "-c", SUBMIT, "caseflow-sbatch", job.remote_path,
-                                       job.label, JOB_WRAPPER, *self.sbatch_args(job)])
+        res = self.transport.run_once(
+            [
+                "sh",
+                "-c",
+                SUBMIT,
+                "caseflow-sbatch",
+                job.remote_path,
+                job.label,
+                JOB_WRAPPER,
+                *self.sbatch_args(job),
+            ]
+        )
         lines = res.stdout.strip().splitlines()  # the last line: a login shell may chatter
         out = lines[-1].split() if lines else []
-        if res.returncode == 0 and len(out) == 2 and out[1].isdigit() and \
-                out[0] in ("adopted", "submitted"):
+        if (
+            res.returncode == 0
+            and len(out) == 2
+            and out[1].isdigit()
+            and out[0] in ("adopted", "submitted")
+        ):
             if out[0] == "adopted":
-                log.info("case %s: adopted slurm job %s (name %s) instead of submitting "
-                         "another", job.case_id, out[1], job.label)
+                log.info(
+                    "case %s: adopted slurm job %s (name %s) instead of submitting another",
+                    job.case_id,
+                    out[1],
+                    job.label,
+                )
             return out[1]
         message = _short(res.stderr or res.stdout)
         if res.returncode == 97:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
         if res.returncode == 127:
-            raise PermanentError(f"Slurm's commands are missing on {self.transport.name}: "
-                                 f"{message}")
+            raise PermanentError(
+                f"Slurm's commands are missing on {self.transport.name}: {message}"
+            )
         if res.returncode == 96:
-            raise TransientError(f"squeue failed on {self.transport.name}, so it is not known "
-                                 f"whether the case has a job already: {message}")
+            raise TransientError(
+                f"squeue failed on {self.transport.name}, so it is not known "
+                f"whether the case has a job already: {message}"
+            )
         if res.returncode == 95:
             if any(t.lower() in message.lower() for t in TRANSIENT_SBATCH):
                 raise TransientError(f"sbatch failed: {message}")
             raise PermanentError(f"Slurm refused the job: {message}")
         if res.returncode in (0, 94):
-            raise BadOutput(f"sbatch --parsable printed no job id: "
-                            f"{_quote_start(res.stdout + res.stderr)}")
+            raise BadOutput(
+                f"sbatch --parsable printed no job id: {_quote_start(res.stdout + res.stderr)}"
+            )
         raise TransientError(f"submitting to Slurm failed (exit {res.returncode}): {message}")
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
@@ -269,39 +328,63 @@ class SlurmBackend(QueueBackend):
         args = [a for j in asked for a in (j.task_id, j.remote_path)]
         res = self.transport.run(["sh", "-c", POLL, "caseflow-poll", *args])
         if res.returncode != 0:
-            raise TransientError(f"the Slurm poll failed on {self.transport.name} (exit "
-                                 f"{res.returncode}): {_short(res.stderr or res.stdout)}")
+            raise TransientError(
+                f"the Slurm poll failed on {self.transport.name} (exit "
+                f"{res.returncode}): {_short(res.stderr or res.stdout)}"
+            )
         poll = Poll(res.stdout)
         # one id asked and Slurm has forgotten it: squeue fails, saying so; nothing is listed
         if poll.squeue_rc != 0 and "Invalid job id" not in res.stderr:
-            raise TransientError(f"squeue failed on {self.transport.name} (exit "
-                                 f"{poll.squeue_rc}): {_short(res.stderr or res.stdout)}")
+            raise TransientError(
+                f"squeue failed on {self.transport.name} (exit "
+                f"{poll.squeue_rc}): {_short(res.stderr or res.stdout)}"
+            )
         queue, unreadable = parse_squeue(poll.squeue_lines)
         if unreadable:
-            log.warning("squeue on %s printed %d line(s) caseflow cannot read, e.g. %s",
-                        self.transport.name, len(unreadable), _quote_start(unreadable[0]))
+            log.warning(
+                "squeue on %s printed %d line(s) caseflow cannot read, e.g. %s",
+                self.transport.name,
+                len(unreadable),
+                _quote_start(unreadable[0]),
+            )
         for index, job in enumerate(asked):
             try:
-                status = self._outcome(job, queue.get(job.task_id), poll.exits.get(index),
-                                       poll.sacct.get(job.task_id, []),
-                                       poll.missing is not None and job.task_id in poll.missing)
+                status = self._outcome(
+                    job,
+                    queue.get(job.task_id),
+                    poll.exits.get(index),
+                    poll.sacct.get(job.task_id, []),
+                    poll.missing is not None and job.task_id in poll.missing,
+                )
             except BadOutput as exc:  # this job's problem alone
                 status = JobStatus(UNREADABLE, str(exc))
             if status.outcome == NOT_FOUND and unreadable and job.task_id not in queue:
                 # one of the lines caseflow could not read may be this job's
-                status = JobStatus(UNREADABLE, f"squeue printed a line caseflow cannot read, "
-                                               f"maybe job {job.task_id}'s: "
-                                               f"{_quote_start(unreadable[0])}")
+                status = JobStatus(
+                    UNREADABLE,
+                    f"squeue printed a line caseflow cannot read, "
+                    f"maybe job {job.task_id}'s: "
+                    f"{_quote_start(unreadable[0])}",
+                )
             out[job.case_id] = status
         return out
 
-    def _outcome(self, job: JobRef, queued: dict | None, exit_line: str | None,
-                 accounted: list, asked_sacct: bool) -> JobStatus:
+    def _outcome(
+        self,
+        job: JobRef,
+        queued: dict | None,
+        exit_line: str | None,
+        accounted: list,
+        asked_sacct: bool,
+    ) -> JobStatus:
         jid = job.task_id
         if queued is not None:
             if queued.get("name") != job.label:
-                return JobStatus(NOT_FOUND, f"slurm job {jid} is not this case's (it is named "
-                                            f"{queued.get('name')!r}, not {job.label})")
+                return JobStatus(
+                    NOT_FOUND,
+                    f"slurm job {jid} is not this case's (it is named "
+                    f"{queued.get('name')!r}, not {job.label})",
+                )
             return squeue_outcome(jid, queued)
         if not asked_sacct:  # the poll script saw the id in squeue's output, the parser did not
             raise BadOutput(f"squeue lists job {jid} in a form caseflow cannot read")
@@ -323,19 +406,26 @@ class SlurmBackend(QueueBackend):
         if words and (len(words) != 2 or words[0] == jid):
             # the file is this job's (or not in caseflow's form), but its code cannot be read:
             # not "gone" (that would end the case as not found); the case is charged an attempt
-            return JobStatus(UNREADABLE, f"the exit code file of slurm job {jid} cannot be "
-                                         f"read: {_short(exit_line or '')!r}")
-        return JobStatus(NOT_FOUND, f"Slurm no longer knows job {jid} ({job.label}) and it left "
-                                    f"no exit code in {EXIT_FILE}")
+            return JobStatus(
+                UNREADABLE,
+                f"the exit code file of slurm job {jid} cannot be "
+                f"read: {_short(exit_line or '')!r}",
+            )
+        return JobStatus(
+            NOT_FOUND,
+            f"Slurm no longer knows job {jid} ({job.label}) and it left "
+            f"no exit code in {EXIT_FILE}",
+        )
 
     def cancel(self, job: JobRef) -> None:
         if not job.task_id.isdigit():
             return
-        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", job.task_id,
-                                  job.label])
+        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", job.task_id, job.label])
         if res.returncode != 0:
-            raise TransientError(f"scancel {job.task_id} failed on {self.transport.name}: "
-                                 f"{_short(res.stderr or res.stdout)}")
+            raise TransientError(
+                f"scancel {job.task_id} failed on {self.transport.name}: "
+                f"{_short(res.stderr or res.stdout)}"
+            )
 
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(["tail", "-c", "1000000", "--", f"{job.remote_path}/{OUTPUT}"])
@@ -343,6 +433,9 @@ class SlurmBackend(QueueBackend):
 
 
 ADAPTER = BackendAdapter(
-    config=SlurmConfig, read=read_config, check_host=check_host,
+    config=SlurmConfig,
+    read=read_config,
+    check_host=check_host,
     open=lambda host, transport: SlurmBackend(transport, host.backend),
-    tools=("sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"))
+    tools=("sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"),
+)

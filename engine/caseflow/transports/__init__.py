@@ -55,8 +55,9 @@ def mark_uploaded(folder) -> None:
 
 def space_needed(manifest: Manifest, block: int = 4096) -> int:
     """Bytes a copy of the case takes at least: files rounded up to blocks, a block per entry."""
-    return sum(-(-e.size // block) * block for e in manifest.entries if e.kind == "f") + \
-        block * len(manifest.entries)
+    return sum(
+        -(-e.size // block) * block for e in manifest.entries if e.kind == "f"
+    ) + block * len(manifest.entries)
 
 
 def check_room(manifest: Manifest, free: int, where: str) -> None:
@@ -64,8 +65,10 @@ def check_room(manifest: Manifest, free: int, where: str) -> None:
     disk that other cases' uploads and jobs need too."""
     needed = space_needed(manifest)
     if needed > free:
-        raise PermanentError(f"the case needs {_mb(needed)} but {where} has only {_mb(free)} "
-                             "free: no space left on the remote side")
+        raise PermanentError(
+            f"the case needs {_mb(needed)} but {where} has only {_mb(free)} "
+            "free: no space left on the remote side"
+        )
 
 
 def space_or_permission(text: str, action: str) -> Exception | None:
@@ -110,8 +113,9 @@ class Transport(ABC):
         return posixpath.join(self.root, *parts)
 
     @abstractmethod
-    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
-                   progress=None) -> bool:
+    def upload_dir(
+        self, local_dir: Path, remote_path: str, manifest: Manifest, progress=None
+    ) -> bool:
         """Put `local_dir` at `remote_path` via a staging folder, verified against `manifest`.
 
         `progress(bytes_sent, bytes_total)` is called as data goes out. Returns
@@ -138,8 +142,9 @@ class Transport(ABC):
         return self.run(argv, timeout)
 
     @abstractmethod
-    def download(self, remote_path: str, local_path: Path,
-                 patterns: Sequence[str] | None = None) -> None:
+    def download(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> None:
         """Copy a remote file or folder to `local_path`, atomically (staging, then rename).
 
         With `patterns`, `remote_path` is a folder and only its files (and links) whose
@@ -150,8 +155,9 @@ class Transport(ABC):
         """
 
     @abstractmethod
-    def fetch_results(self, remote_path: str, local_path: Path,
-                      patterns: Sequence[str] | None = None) -> int:
+    def fetch_results(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> int:
         """Copy a job's results from its case folder to `local_path`; return the file count.
 
         Without `patterns`: every regular file the job created or changed, i.e.
@@ -188,6 +194,7 @@ class TransportConfig:
     `TransportConfig(kind=..., ...)` builds the settings of the adapter registered as `kind`
     (as `pathlib.Path(...)` builds a PosixPath), so a caller holding settings as a mapping
     needs no adapter's class."""
+
     kind: str
     root: str
     name: str
@@ -207,11 +214,12 @@ class TransportConfig:
 @dataclass(frozen=True)
 class TransportAdapter:
     """What a transport registers under its name (entry point group `caseflow.transports`)."""
-    config: type[TransportConfig]                # its settings
-    open: Callable[[Any], Transport]             # its settings -> the transport of one host
+
+    config: type[TransportConfig]  # its settings
+    open: Callable[[Any], Transport]  # its settings -> the transport of one host
     # a `config_reader.Section` -> its settings; None: they are the core keys alone
     read: Callable[[Any], TransportConfig] | None = None
-    tools: tuple[str, ...] = ()                  # commands it runs on the host (caseflow check)
+    tools: tuple[str, ...] = ()  # commands it runs on the host (caseflow check)
 
 
 def adapter(kind: str) -> TransportAdapter:

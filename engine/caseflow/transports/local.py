@@ -32,14 +32,23 @@ from . import (
     remove_local,
 )
 
-_PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG,
-                     errno.EROFS}
+_PERMANENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.EROFS,
+}
 
 
 def _os_error(action: str, exc: OSError) -> Exception:
     if isinstance(exc, shutil.Error):  # copytree collects the errors of single files
-        reasons = [str(e[2]) for e in exc.args[0]] if exc.args and isinstance(
-            exc.args[0], list) else [str(exc)]
+        reasons = (
+            [str(e[2]) for e in exc.args[0]]
+            if exc.args and isinstance(exc.args[0], list)
+            else [str(exc)]
+        )
         if any("No space left" in r or "Disk quota" in r for r in reasons):
             return PermanentError(f"{action}: no space left on the remote side")
         if any("Permission denied" in r or "Read-only" in r for r in reasons):
@@ -112,6 +121,7 @@ def _counting_copy(progress, total: int):
                 progress(sent[0], total)
         shutil.copystat(src, dst, follow_symlinks=follow_symlinks)
         return dst
+
     return copy
 
 
@@ -133,11 +143,13 @@ class LocalTransport(Transport):
             return False
         if self.verify != "checksum":
             return True
-        return all(_sha256(local_dir / p) == _sha256(copy / p) for p, kind, _ in expected
-                   if kind == "f")
+        return all(
+            _sha256(local_dir / p) == _sha256(copy / p) for p, kind, _ in expected if kind == "f"
+        )
 
-    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
-                   progress=None) -> bool:
+    def upload_dir(
+        self, local_dir: Path, remote_path: str, manifest: Manifest, progress=None
+    ) -> bool:
         final = Path(remote_path)
         staging = final.parent / f".staging-{final.name}"
         expected = manifest.as_set()
@@ -150,13 +162,21 @@ class LocalTransport(Transport):
                 shutil.rmtree(staging)
             final.parent.mkdir(parents=True, exist_ok=True)
             check_room(manifest, shutil.disk_usage(final.parent).free, str(final.parent))
-            shutil.copytree(local_dir, staging, symlinks=True, copy_function=_counting_copy(
-                progress, manifest.size_bytes) if progress else shutil.copy2)
+            shutil.copytree(
+                local_dir,
+                staging,
+                symlinks=True,
+                copy_function=_counting_copy(progress, manifest.size_bytes)
+                if progress
+                else shutil.copy2,
+            )
             if not self._same(Path(local_dir), staging, expected):
                 got = local_manifest(staging)
                 diff = sorted((expected - got) | (got - expected))[:3]
-                raise TransientError(f"upload of {local_dir} did not verify (differs at "
-                                     f"{diff or 'checksums'}); will upload again")
+                raise TransientError(
+                    f"upload of {local_dir} did not verify (differs at "
+                    f"{diff or 'checksums'}); will upload again"
+                )
             mark_uploaded(staging)
             os.rename(staging, final)
             if progress:
@@ -170,17 +190,22 @@ class LocalTransport(Transport):
 
     def run(self, argv: Sequence[str], timeout: float | None = 60.0) -> RunResult:
         try:
-            proc = subprocess.run(list(argv), capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+            proc = subprocess.run(
+                list(argv), capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
         except subprocess.TimeoutExpired as exc:
             raise TransientError(f"{argv[0]} did not finish within {timeout} s") from exc
         except OSError as exc:
             raise _os_error(f"running {argv[0]}", exc) from exc
-        return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"),
-                         proc.stderr.decode("utf-8", "replace"))
+        return RunResult(
+            proc.returncode,
+            proc.stdout.decode("utf-8", "replace"),
+            proc.stderr.decode("utf-8", "replace"),
+        )
 
-    def download(self, remote_path: str, local_path: Path,
-                 patterns: Sequence[str] | None = None) -> None:
+    def download(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> None:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         try:
@@ -200,8 +225,9 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise _os_error(f"download of {remote_path}", exc) from exc
 
-    def fetch_results(self, remote_path: str, local_path: Path,
-                      patterns: Sequence[str] | None = None) -> int:
+    def fetch_results(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> int:
         src, local_path = Path(remote_path), Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         try:
@@ -222,8 +248,9 @@ class LocalTransport(Transport):
                     if not stat.S_ISREG(st.st_mode):
                         continue
                     rel = os.path.relpath(full, src)
-                    if patterns and not any(fnmatch.fnmatchcase(f"./{rel}", f"./{p}")
-                                            for p in patterns):
+                    if patterns and not any(
+                        fnmatch.fnmatchcase(f"./{rel}", f"./{p}") for p in patterns
+                    ):
                         continue
                     if since is not None and st.st_ctime_ns <= since:
                         continue
@@ -241,8 +268,9 @@ class LocalTransport(Transport):
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # room can be made: try again later
-                raise TransientError(f"fetching results into {local_path.parent}: no space "
-                                     "left on the device") from exc
+                raise TransientError(
+                    f"fetching results into {local_path.parent}: no space left on the device"
+                ) from exc
             raise _os_error(f"fetching results from {remote_path}", exc) from exc
 
     def remove_tree(self, remote_path: str) -> None:
@@ -272,7 +300,9 @@ def read_config(section: Section) -> LocalConfig:
 
 
 ADAPTER = TransportAdapter(
-    config=LocalConfig, read=read_config,
-    open=lambda cfg: LocalTransport(cfg.name, cfg.root, verify=cfg.verify))
+    config=LocalConfig,
+    read=read_config,
+    open=lambda cfg: LocalTransport(cfg.name, cfg.root, verify=cfg.verify),
+)
 
 __all__ = ["ADAPTER", "LocalConfig", "LocalTransport", "local_manifest"]

@@ -42,8 +42,11 @@ log = logging.getLogger("caseflow.openssh")
 PIPE_BYTES = 1 << 20  # the pipe into each ssh: 1 MiB (Linux's default is 64 KiB)
 F_SETPIPE_SZ = 1031
 # what the ssh client itself (not a remote command) says when it fails
-_SSH_SAID = re.compile(r"control ?socket|mux_client|kex_exchange_identification|"
-                       r"connection closed by|^ssh: ", re.I | re.M)
+_SSH_SAID = re.compile(
+    r"control ?socket|mux_client|kex_exchange_identification|"
+    r"connection closed by|^ssh: ",
+    re.I | re.M,
+)
 _REFUSED = ("session open refused", "administratively prohibited")
 # what an ssh says that found no master and so, with ProxyCommand=false, sent nothing (when
 # the master dies under a running command, ssh exits 255 and says nothing)
@@ -61,7 +64,7 @@ class OpenSSHTransport(SSHTransport):
         self.master = Master(cfg)
         self.sessions = threading.BoundedSemaphore(cfg.max_sessions)
         self.sleep = sleep
-        self.commands = 0          # remote commands run (for tests and benchmarks)
+        self.commands = 0  # remote commands run (for tests and benchmarks)
         self._root_resolved = not cfg.root.startswith("~")
 
     @property
@@ -89,16 +92,17 @@ class OpenSSHTransport(SSHTransport):
         """After an exit code 255: the error, when ssh failed rather than the command."""
         text = " ".join(stderr.split())[:300]
         if any(s in text.lower() for s in _REFUSED):
-            return _NotStarted(f"{self.name} refused one more session (its sshd's "
-                               f"MaxSessions; transport.max_sessions is "
-                               f"{self.cfg.max_sessions}): {text}")
+            return _NotStarted(
+                f"{self.name} refused one more session (its sshd's "
+                f"MaxSessions; transport.max_sessions is "
+                f"{self.cfg.max_sessions}): {text}"
+            )
         if not self.master.is_up():
             if self.cfg.master == "login":
                 return NeedsLogin(self.name, self.master.probe_seconds)
             if _NOTHING_SENT in text.lower():
                 return _MasterGone(f"no master connection to {self.name}: {text}")
-            return TransientError(f"the master connection to {self.name} ended while a "
-                                  "command ran")
+            return TransientError(f"the master connection to {self.name} ended while a command ran")
         if _SSH_SAID.search(stderr):
             return TransientError(f"ssh to {self.name} failed: {text}")
         return None
@@ -119,7 +123,7 @@ class OpenSSHTransport(SSHTransport):
             except _NotStarted:
                 if attempt == 3:
                     raise
-                self.sleep(0.5 * 2 ** attempt)
+                self.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
     def _exec(self, command: str, timeout: float | None, chan: object = None) -> RunResult:
@@ -134,12 +138,17 @@ class OpenSSHTransport(SSHTransport):
         limit = timeout or self.cfg.command_timeout
         with self.sessions:
             try:
-                proc = subprocess.run(self.master.command(command), stdin=subprocess.DEVNULL,
-                                      capture_output=True, timeout=limit,
-                                      start_new_session=True)
+                proc = subprocess.run(
+                    self.master.command(command),
+                    stdin=subprocess.DEVNULL,
+                    capture_output=True,
+                    timeout=limit,
+                    start_new_session=True,
+                )
             except subprocess.TimeoutExpired as exc:
-                raise TransientError(f"a command on {self.name} did not finish within "
-                                     f"{limit:.0f} s") from exc
+                raise TransientError(
+                    f"a command on {self.name} did not finish within {limit:.0f} s"
+                ) from exc
             except OSError as exc:
                 raise HostError(f"cannot run the OpenSSH client: {exc}") from exc
         err = proc.stderr.decode("utf-8", "replace")
@@ -188,12 +197,22 @@ class OpenSSHTransport(SSHTransport):
         elif self.cfg.master == "daemon":
             yield True, f"no master connection yet at {where}; caseflow opens it"
         else:
-            yield False, (f"no master connection at {where}: log in first with "
-                          f"`caseflow login {self.name}`")
+            yield (
+                False,
+                (
+                    f"no master connection at {where}: log in first with "
+                    f"`caseflow login {self.name}`"
+                ),
+            )
             return
         self.run(["true"])
-        yield True, ("a command ran through the master connection (host key checked by "
-                     f"OpenSSH: StrictHostKeyChecking={self.cfg.strict_host_key_checking})")
+        yield (
+            True,
+            (
+                "a command ran through the master connection (host key checked by "
+                f"OpenSSH: StrictHostKeyChecking={self.cfg.strict_host_key_checking})"
+            ),
+        )
 
 
 class _NotStarted(TransientError):
@@ -219,9 +238,14 @@ class _Channel:
         transport.sessions.acquire()
         try:
             self.err = tempfile.TemporaryFile()
-            self.proc = subprocess.Popen(transport.master.command(command),
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         stderr=self.err, start_new_session=True, bufsize=0)
+            self.proc = subprocess.Popen(
+                transport.master.command(command),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.err,
+                start_new_session=True,
+                bufsize=0,
+            )
         except BaseException:
             self._release()
             raise
@@ -349,7 +373,8 @@ class _Stderr:
 
 
 # the same remote side as the ssh transport's
-ADAPTER = TransportAdapter(config=OpenSSHConfig, read=read_openssh, open=OpenSSHTransport,
-                           tools=TOOLS)
+ADAPTER = TransportAdapter(
+    config=OpenSSHConfig, read=read_openssh, open=OpenSSHTransport, tools=TOOLS
+)
 
 __all__ = ["ADAPTER", "OpenSSHTransport", "NeedsLogin"]

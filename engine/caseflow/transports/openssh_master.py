@@ -37,13 +37,26 @@ SSH = "ssh"
 
 # what OpenSSH prints when it refuses a host key (StrictHostKeyChecking), and when the
 # server refused the credentials
-_HOST_KEY = ("host key verification failed", "remote host identification has changed",
-             "host key is known for", "no matching host key")
+_HOST_KEY = (
+    "host key verification failed",
+    "remote host identification has changed",
+    "host key is known for",
+    "no matching host key",
+)
 _AUTH = ("permission denied", "too many authentication failures")
-_UNREACHABLE = ("connection refused", "connection timed out", "no route to host",
-                "could not resolve hostname", "network is unreachable", "connection closed",
-                "connection reset", "kex_exchange_identification", "operation timed out",
-                "timeout, server not responding", "broken pipe")
+_UNREACHABLE = (
+    "connection refused",
+    "connection timed out",
+    "no route to host",
+    "could not resolve hostname",
+    "network is unreachable",
+    "connection closed",
+    "connection reset",
+    "kex_exchange_identification",
+    "operation timed out",
+    "timeout, server not responding",
+    "broken pipe",
+)
 
 
 class NeedsLogin(HostError):
@@ -75,10 +88,10 @@ class Master:
         self.clock = clock
         self.alias = cfg.host
         self._effective: dict[str, str] | None = None  # `ssh -G`
-        self._lock = threading.Lock()     # one opening at a time (master: daemon)
+        self._lock = threading.Lock()  # one opening at a time (master: daemon)
         self._failed_at: float | None = None
         self._failure = ""
-        self.opened = 0                   # masters opened by this process (tests, benchmarks)
+        self.opened = 0  # masters opened by this process (tests, benchmarks)
 
     # -- argument lists ----------------------------------------------------------------
     def options(self) -> list[str]:
@@ -90,24 +103,52 @@ class Master:
         if cfg.user:
             opts += ["-l", cfg.user]
         if cfg.identity_file:
-            opts += ["-o", f"IdentityFile={_literal(cfg.identity_file)}",
-                     "-o", "IdentitiesOnly=yes"]
+            opts += [
+                "-o",
+                f"IdentityFile={_literal(cfg.identity_file)}",
+                "-o",
+                "IdentitiesOnly=yes",
+            ]
         if cfg.known_hosts:
             opts += ["-o", f"UserKnownHostsFile={_literal(cfg.known_hosts)}"]
-        return opts + ["-o", f"StrictHostKeyChecking={cfg.strict_host_key_checking}",
-                       "-o", f"ControlPath={_quoted(cfg.control_path)}"]
+        return opts + [
+            "-o",
+            f"StrictHostKeyChecking={cfg.strict_host_key_checking}",
+            "-o",
+            f"ControlPath={_quoted(cfg.control_path)}",
+        ]
 
     def command(self, remote_command: str) -> list[str]:
         """`ssh` running `remote_command` (one shell string) over the master, and only there."""
-        return [self.ssh, *self.options(), "-o", "ControlMaster=no", "-o", "BatchMode=yes",
-                "-o", "ProxyCommand=false", "-T", "-x", self.alias, remote_command]
+        return [
+            self.ssh,
+            *self.options(),
+            "-o",
+            "ControlMaster=no",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ProxyCommand=false",
+            "-T",
+            "-x",
+            self.alias,
+            remote_command,
+        ]
 
     def opening(self, interactive: bool) -> list[str]:
         """`ssh` that opens the master and goes to the background once authenticated."""
         cfg = self.cfg
-        argv = [self.ssh, *self.options(), *self._gcm_first(), "-o", "ControlMaster=yes",
-                "-o", f"ControlPersist={cfg.control_persist}",
-                "-o", f"ConnectTimeout={max(1, round(cfg.connect_timeout))}"]
+        argv = [
+            self.ssh,
+            *self.options(),
+            *self._gcm_first(),
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            f"ControlPersist={cfg.control_persist}",
+            "-o",
+            f"ConnectTimeout={max(1, round(cfg.connect_timeout))}",
+        ]
         if cfg.keepalive_seconds:  # a dead link ends the master, so the host is paused
             argv += ["-o", f"ServerAliveInterval={max(1, round(cfg.keepalive_seconds))}"]
         if not interactive:
@@ -133,13 +174,19 @@ class Master:
     def effective(self) -> dict[str, str]:
         """The client config as ssh applies it to this host (`ssh -G`): tokens expanded."""
         if self._effective is None:
-            res = subprocess.run([self.ssh, *self.options(), "-G", self.alias],
-                                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                 timeout=30)
+            res = subprocess.run(
+                [self.ssh, *self.options(), "-G", self.alias],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=30,
+            )
             found = dict(line.split(" ", 1) for line in res.stdout.splitlines() if " " in line)
             if res.returncode != 0 or "controlpath" not in found:
-                raise HostError(f"the OpenSSH client config for {self.alias} cannot be read: "
-                                f"{res.stderr.strip()[:300] or 'no control path'}")
+                raise HostError(
+                    f"the OpenSSH client config for {self.alias} cannot be read: "
+                    f"{res.stderr.strip()[:300] or 'no control path'}"
+                )
             self._effective = found
         return self._effective
 
@@ -152,15 +199,19 @@ class Master:
         can connect to the socket uses the authenticated connection)."""
         path = self.socket_path()
         if len(os.fsencode(path)) > CONTROL_PATH_MAX:
-            raise HostError(f"the control socket path {path} is {len(os.fsencode(path))} bytes; "
-                            f"unix sockets allow {CONTROL_PATH_MAX} here: set "
-                            "transport.control_path to a shorter one")
+            raise HostError(
+                f"the control socket path {path} is {len(os.fsencode(path))} bytes; "
+                f"unix sockets allow {CONTROL_PATH_MAX} here: set "
+                "transport.control_path to a shorter one"
+            )
         folder = Path(path).parent
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         st = folder.stat()
         if st.st_uid != os.getuid() or st.st_mode & 0o077:
-            raise HostError(f"the control socket's folder {folder} must belong to this user "
-                            "and be closed to others (chmod 700)")
+            raise HostError(
+                f"the control socket's folder {folder} must belong to this user "
+                "and be closed to others (chmod 700)"
+            )
 
     def remove_stale(self) -> None:
         """A master that was killed leaves its socket behind; OpenSSH would then not start a
@@ -177,8 +228,13 @@ class Master:
     def pid(self) -> int | None:
         """The master's pid when one answers on the control socket, else None."""
         try:
-            res = subprocess.run(self.control("check"), capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL, timeout=30)
+            res = subprocess.run(
+                self.control("check"),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=30,
+            )
         except subprocess.TimeoutExpired:
             return None
         found = re.search(r"Master running \(pid=(\d+)\)", res.stderr)
@@ -189,8 +245,13 @@ class Master:
 
     def exit(self) -> bool:
         """Ask the master to close (`ssh -O exit`); True when one was there."""
-        res = subprocess.run(self.control("exit"), capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL, timeout=30)
+        res = subprocess.run(
+            self.control("exit"),
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
         return res.returncode == 0
 
     # -- opening -----------------------------------------------------------------------
@@ -203,8 +264,10 @@ class Master:
         # terminal's process group: a hang-up then (the terminal closing, or the test's
         # pseudo-terminal ending) would kill the new master. An ignored SIGHUP stays ignored
         # in ssh (it keeps SIG_IGN), as with nohup.
-        proc = subprocess.run(self.opening(interactive=True),
-                              preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+        proc = subprocess.run(
+            self.opening(interactive=True),
+            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),
+        )
         if proc.returncode == 0:
             self.opened += 1
         return proc.returncode
@@ -222,8 +285,10 @@ class Master:
             if self._failed_at is not None:
                 since = self.clock() - self._failed_at
                 if since < self.cfg.reconnect_min_interval:
-                    raise Unreachable(f"{self.alias} unreachable ({self._failure}); not trying "
-                                      f"again for {self.cfg.reconnect_min_interval - since:.0f} s")
+                    raise Unreachable(
+                        f"{self.alias} unreachable ({self._failure}); not trying "
+                        f"again for {self.cfg.reconnect_min_interval - since:.0f} s"
+                    )
             try:
                 self._open_batch()
             except (HostError, TransientError) as exc:
@@ -239,12 +304,19 @@ class Master:
         self.prepare_folder()
         self.remove_stale()
         try:
-            res = subprocess.run(self.opening(interactive=False), capture_output=True,
-                                 text=True, stdin=subprocess.DEVNULL, start_new_session=True,
-                                 timeout=self.cfg.connect_timeout * 2 + 10)
+            res = subprocess.run(
+                self.opening(interactive=False),
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                timeout=self.cfg.connect_timeout * 2 + 10,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise Unreachable(f"connecting to {self.alias}: no answer within "
-                              f"{self.cfg.connect_timeout * 2 + 10:.0f} s") from exc
+            raise Unreachable(
+                f"connecting to {self.alias}: no answer within "
+                f"{self.cfg.connect_timeout * 2 + 10:.0f} s"
+            ) from exc
         if res.returncode == 0:
             self.opened += 1
             log.info("opened the master connection to %s (%s)", self.alias, self.socket_path())
@@ -257,11 +329,15 @@ def opening_error(alias: str, stderr: str) -> Exception:
     text = " ".join(stderr.split())[:400]
     low = text.lower()
     if any(s in low for s in _HOST_KEY):
-        return HostError(f"the host key of {alias} was refused by OpenSSH (unknown or CHANGED; "
-                         f"nothing was sent): {text}")
+        return HostError(
+            f"the host key of {alias} was refused by OpenSSH (unknown or CHANGED; "
+            f"nothing was sent): {text}"
+        )
     if any(s in low for s in _AUTH):
-        return HostError(f"authentication to {alias} failed: {text}; check the key, agent or "
-                         "ticket (master: daemon cannot answer prompts: use master: login)")
+        return HostError(
+            f"authentication to {alias} failed: {text}; check the key, agent or "
+            "ticket (master: daemon cannot answer prompts: use master: login)"
+        )
     if any(s in low for s in _UNREACHABLE) or not low:
         return Unreachable(f"connecting to {alias}: {text or 'ssh exited 255'}")
     return TransientError(f"connecting to {alias}: {text}")

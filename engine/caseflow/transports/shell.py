@@ -30,8 +30,11 @@ def script(package: str, name: str, *functions: str) -> str:
     comment lines and blank lines."""
     lines = []
     for part in (*functions, name):
-        lines += [line for line in source(package, part).splitlines()
-                  if line.strip() and not line.lstrip().startswith("#")]
+        lines += [
+            line
+            for line in source(package, part).splitlines()
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
     text = "\n".join(lines) + "\n"
     LOADED[f"{package}/{'+'.join((*functions, name))}"] = text
     return text

@@ -60,19 +60,26 @@ class SSHTransport(StagedUpload, Transport):
         self.cfg = cfg
         self.conn = Connection(cfg)
         self.sleep = sleep
-        self.commands = 0          # remote commands run (for tests and benchmarks)
+        self.commands = 0  # remote commands run (for tests and benchmarks)
         self._root_resolved = not cfg.root.startswith("~")
         self._rtt: tuple[object, float] | None = None  # (paramiko transport, seconds)
         self._rtt_lock = threading.Lock()
 
     # -- plumbing ----------------------------------------------------------------------
     def _retrying(self, fn, what: str):
-        retrying = Retrying(stop=stop_after_attempt(4) | stop_after_delay(15),
-                            wait=wait_exponential(multiplier=0.5, max=4) + wait_random(0, 0.5),
-                            retry=retry_if_exception(_retryable), reraise=True, sleep=self.sleep,
-                            before_sleep=lambda rs: log.info(
-                                "%s on %s failed (%s); trying again", what, self.name,
-                                rs.outcome.exception() if rs.outcome else None))
+        retrying = Retrying(
+            stop=stop_after_attempt(4) | stop_after_delay(15),
+            wait=wait_exponential(multiplier=0.5, max=4) + wait_random(0, 0.5),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+            sleep=self.sleep,
+            before_sleep=lambda rs: log.info(
+                "%s on %s failed (%s); trying again",
+                what,
+                self.name,
+                rs.outcome.exception() if rs.outcome else None,
+            ),
+        )
         return retrying(fn)
 
     def _guard(self, fn, what: str):
@@ -113,8 +120,10 @@ class SSHTransport(StagedUpload, Transport):
         """Run a command that is safe to repeat: short outages are retried (tenacity), also
         when the command may have run already."""
         command = shlex.join(argv)
-        return self._retrying(lambda: self._guard(lambda: self._exec(command, timeout),
-                                                  f"running {argv[0]}"), f"running {argv[0]}")
+        return self._retrying(
+            lambda: self._guard(lambda: self._exec(command, timeout), f"running {argv[0]}"),
+            f"running {argv[0]}",
+        )
 
     def run_once(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
         """Run a command that must not run twice (a submit). Connecting and opening its
@@ -137,8 +146,10 @@ class SSHTransport(StagedUpload, Transport):
             try:
                 return transport.open_session(timeout=self.cfg.connect_timeout)
             except paramiko.ChannelException as exc:
-                if exc.code != paramiko.common.OPEN_FAILED_CONNECT_FAILED or \
-                        time.monotonic() + wait > deadline:
+                if (
+                    exc.code != paramiko.common.OPEN_FAILED_CONNECT_FAILED
+                    or time.monotonic() + wait > deadline
+                ):
                     raise
             time.sleep(wait)  # a channel closing, not an outage: not the retries' sleep
             wait = min(0.5, wait * 2)
@@ -172,12 +183,13 @@ class SSHTransport(StagedUpload, Transport):
             if rc == -1 and not chan.get_transport().is_active():
                 # no exit status because the connection was lost (-1 with a live connection:
                 # the command was killed by a signal); it may have run, or run in part
-                raise TransientError(f"the connection to {self.name} was lost while a "
-                                     "command ran")
+                raise TransientError(f"the connection to {self.name} was lost while a command ran")
         except TimeoutError as exc:
             metrics.ssh_error(self.name)
-            raise TransientError(f"a command on {self.name} did not finish within "
-                                 f"{timeout or self.cfg.command_timeout:.0f} s") from exc
+            raise TransientError(
+                f"a command on {self.name} did not finish within "
+                f"{timeout or self.cfg.command_timeout:.0f} s"
+            ) from exc
         finally:
             chan.close()
         self.commands += 1
@@ -225,8 +237,9 @@ class SSHTransport(StagedUpload, Transport):
         return chan
 
     # -- download ----------------------------------------------------------------------------
-    def download(self, remote_path: str, local_path: Path,
-                 patterns: Sequence[str] | None = None) -> None:
+    def download(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> None:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
@@ -239,8 +252,10 @@ class SSHTransport(StagedUpload, Transport):
             expr += [")", "(", "-type", "f", "-o", "-type", "l", ")"]
             argv = ["sh", "-c", DOWNLOAD, "caseflow", parent, f"./{base}", *expr]
         try:
-            self._guard(lambda: self._tar_download(argv, base, staging, remote_path,
-                                                   links=True), "downloading")
+            self._guard(
+                lambda: self._tar_download(argv, base, staging, remote_path, links=True),
+                "downloading",
+            )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -252,8 +267,9 @@ class SSHTransport(StagedUpload, Transport):
         os.rename(fetched, local_path)
         staging.rmdir()
 
-    def fetch_results(self, remote_path: str, local_path: Path,
-                      patterns: Sequence[str] | None = None) -> int:
+    def fetch_results(
+        self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
+    ) -> int:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
@@ -264,11 +280,20 @@ class SSHTransport(StagedUpload, Transport):
             for i, pattern in enumerate(patterns):
                 tests += (["-o"] if i else []) + ["-path", f"{here}/{pattern}"]
             tests += [")"]
-        argv = ["sh", "-c", FETCH, "caseflow", parent, base,
-                "all" if patterns else "changed", *tests]
+        argv = [
+            "sh",
+            "-c",
+            FETCH,
+            "caseflow",
+            parent,
+            base,
+            "all" if patterns else "changed",
+            *tests,
+        ]
         try:
-            self._guard(lambda: self._tar_download(argv, base, staging, remote_path),
-                        "fetching results")
+            self._guard(
+                lambda: self._tar_download(argv, base, staging, remote_path), "fetching results"
+            )
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -277,8 +302,10 @@ class SSHTransport(StagedUpload, Transport):
             fetched.mkdir()  # nothing new: an empty folder
         elif not fetched.is_dir():
             shutil.rmtree(staging, ignore_errors=True)
-            raise PermanentError(f"refusing the results of {remote_path} on {self.name}: the "
-                                 "host sent a file in place of the case folder")
+            raise PermanentError(
+                f"refusing the results of {remote_path} on {self.name}: the "
+                "host sent a file in place of the case folder"
+            )
         count = sum(len(files) for _, _, files in os.walk(fetched))
         if os.path.lexists(local_path):
             remove_local(local_path)
@@ -286,8 +313,9 @@ class SSHTransport(StagedUpload, Transport):
         staging.rmdir()
         return count
 
-    def _tar_download(self, argv: list[str], base: str, staging: Path, remote_path: str,
-                      links: bool = False) -> None:
+    def _tar_download(
+        self, argv: list[str], base: str, staging: Path, remote_path: str, links: bool = False
+    ) -> None:
         if os.path.lexists(staging):
             remove_local(staging)
         staging.mkdir(parents=True)
@@ -303,8 +331,7 @@ class SSHTransport(StagedUpload, Transport):
             raise TransientError(f"download from {self.name}: no tar stream ({unreadable})")
         if rc != 0:
             if "Permission denied" in err:
-                raise PermanentError(f"reading {remote_path} on {self.name}: "
-                                     f"{err.strip()[:300]}")
+                raise PermanentError(f"reading {remote_path} on {self.name}: {err.strip()[:300]}")
             if rc in (2, 20) or "No such file" in err or "Cannot stat" in err:
                 raise PermanentError(f"{remote_path} does not exist on {self.name}")
             raise TransientError(f"remote tar on {self.name} exited {rc}: {err.strip()[:300]}")
@@ -312,8 +339,9 @@ class SSHTransport(StagedUpload, Transport):
     def remove_tree(self, remote_path: str) -> None:
         res = self.run(["rm", "-rf", "--", remote_path])
         if res.returncode != 0:
-            raise _space_or_permission(res.stderr, f"removing {remote_path}") or \
-                TransientError(f"removing {remote_path} failed: {res.stderr.strip()[:300]}")
+            raise _space_or_permission(res.stderr, f"removing {remote_path}") or TransientError(
+                f"removing {remote_path} failed: {res.stderr.strip()[:300]}"
+            )
 
     def close(self) -> None:
         self.conn.close()

@@ -34,6 +34,7 @@ REKEY_BYTES = 1 << 37  # 128 GiB each way (see _open)
 class Unreachable(TransientError):
     """The host cannot be reached (connecting failed); not tried again before the reconnect
     interval. The engine sends cases that are not uploaded yet to other hosts."""
+
     unreachable = True
 
 
@@ -42,8 +43,10 @@ _PARAMIKO: Any = paramiko  # see _TRANSPORT_FACTORY
 
 class _GcmFirstTransport(paramiko.Transport):
     """AES-GCM first: 1.25-1.5x faster than paramiko's default AES-CTR for bulk data here."""
-    _preferred_ciphers = tuple(sorted(_PARAMIKO.Transport._preferred_ciphers,
-                                      key=lambda c: 0 if "gcm" in c else 1))
+
+    _preferred_ciphers = tuple(
+        sorted(_PARAMIKO.Transport._preferred_ciphers, key=lambda c: 0 if "gcm" in c else 1)
+    )
 
 
 # paramiko as it is, where its type stubs (types-paramiko) say less: its private cipher list,
@@ -72,8 +75,9 @@ def _ssh_config(path: str | None) -> paramiko.SSHConfig | None:
     return paramiko.SSHConfig.from_path(path)
 
 
-def resolve_endpoint(alias: str, port=None, user=None, identity_file=None, known_hosts=None,
-                     ssh_config_path=None) -> Endpoint:
+def resolve_endpoint(
+    alias: str, port=None, user=None, identity_file=None, known_hosts=None, ssh_config_path=None
+) -> Endpoint:
     """Combine the caseflow settings (which win) with the OpenSSH client config for `alias`."""
     conf = _ssh_config(ssh_config_path)
     entry = conf.lookup(alias) if conf else {}
@@ -86,12 +90,16 @@ def resolve_endpoint(alias: str, port=None, user=None, identity_file=None, known
     if identity_file:
         identities = (identity_file,)
     else:
-        identities = tuple(os.path.expanduser(p) for p in entry.get("identityfile", [])
-                           if os.path.isfile(os.path.expanduser(p)))
+        identities = tuple(
+            os.path.expanduser(p)
+            for p in entry.get("identityfile", [])
+            if os.path.isfile(os.path.expanduser(p))
+        )
     if not known_hosts:
         files = entry.get("userknownhostsfile", "").split()
-        known_hosts = os.path.expanduser(files[0]) if files else \
-            os.path.expanduser("~/.ssh/known_hosts")
+        known_hosts = (
+            os.path.expanduser(files[0]) if files else os.path.expanduser("~/.ssh/known_hosts")
+        )
     jump = entry.get("proxyjump")
     if jump and jump.lower() == "none":
         jump = None
@@ -113,13 +121,18 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise HostError(
                 f"the host key of {hostname} ({fingerprint}) is not in {self.known_hosts}; "
                 f"check it and add it (e.g. ssh-keyscan), or set "
-                f"transport.accept_new_host_keys: true to trust it on first use")
+                f"transport.accept_new_host_keys: true to trust it on first use"
+            )
         client.get_host_keys().add(hostname, key.get_name(), key)
         Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
         with open(self.known_hosts, "a", encoding="utf-8") as f:
             f.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
-        log.warning("trusted the new host key of %s (%s) and added it to %s", hostname,
-                    fingerprint, self.known_hosts)
+        log.warning(
+            "trusted the new host key of %s (%s) and added it to %s",
+            hostname,
+            fingerprint,
+            self.known_hosts,
+        )
 
 
 def classify(exc: Exception, what: str) -> Exception:
@@ -128,12 +141,16 @@ def classify(exc: Exception, what: str) -> Exception:
         return exc
     if isinstance(exc, paramiko.BadHostKeyException):
         fingerprint = getattr(exc.key, "fingerprint", "")
-        return HostError(f"{what}: the host key of {exc.hostname} has CHANGED (got "
-                         f"{exc.key.get_name()} {fingerprint}, "
-                         f"expected the one in known_hosts); refusing to connect")
+        return HostError(
+            f"{what}: the host key of {exc.hostname} has CHANGED (got "
+            f"{exc.key.get_name()} {fingerprint}, "
+            f"expected the one in known_hosts); refusing to connect"
+        )
     if isinstance(exc, paramiko.AuthenticationException):
-        return HostError(f"{what}: authentication failed ({exc}); check the key "
-                         "(transport.identity_file) or the ssh-agent")
+        return HostError(
+            f"{what}: authentication failed ({exc}); check the key "
+            "(transport.identity_file) or the ssh-agent"
+        )
     if isinstance(exc, socket.gaierror):
         return TransientError(f"{what}: cannot resolve the host name ({exc.strerror})")
     if isinstance(exc, (socket.timeout, TimeoutError)):
@@ -149,14 +166,15 @@ class Connection:
     def __init__(self, cfg, clock=time.monotonic):
         self.cfg = cfg
         self.clock = clock
-        self.endpoint = resolve_endpoint(cfg.host, cfg.port, cfg.user, cfg.identity_file,
-                                         cfg.known_hosts, cfg.ssh_config)
+        self.endpoint = resolve_endpoint(
+            cfg.host, cfg.port, cfg.user, cfg.identity_file, cfg.known_hosts, cfg.ssh_config
+        )
         self._lock = threading.Lock()
         self._client: paramiko.SSHClient | None = None
         self._jump: paramiko.SSHClient | None = None
         self._failed_at: float | None = None
         self._failure: str = ""
-        self.connects = 0       # connection attempts made (for tests and benchmarks)
+        self.connects = 0  # connection attempts made (for tests and benchmarks)
 
     def client(self) -> paramiko.SSHClient:
         with self._lock:
@@ -168,9 +186,11 @@ class Connection:
             if self._failed_at is not None:
                 since = self.clock() - self._failed_at
                 if since < self.cfg.reconnect_min_interval:
-                    raise Unreachable(f"{self.endpoint.alias} unreachable ({self._failure}); "
-                                      f"not trying again for "
-                                      f"{self.cfg.reconnect_min_interval - since:.0f} s")
+                    raise Unreachable(
+                        f"{self.endpoint.alias} unreachable ({self._failure}); "
+                        f"not trying again for "
+                        f"{self.cfg.reconnect_min_interval - since:.0f} s"
+                    )
             try:
                 self._client = self._open()
             except Exception as exc:
@@ -191,8 +211,11 @@ class Connection:
         if ep.proxy_jump:
             self._jump = self._connect_jump(ep.proxy_jump)
             sock = transport_of(self._jump).open_channel(
-                "direct-tcpip", (ep.hostname, ep.port), ("127.0.0.1", 0),
-                timeout=cfg.connect_timeout)
+                "direct-tcpip",
+                (ep.hostname, ep.port),
+                ("127.0.0.1", 0),
+                timeout=cfg.connect_timeout,
+            )
         else:
             sock = socket.create_connection((ep.hostname, ep.port), timeout=cfg.connect_timeout)
             # many small request/reply packets (channel opens, status polls): without
@@ -203,12 +226,20 @@ class Connection:
         metrics.ssh_connect(cfg.name)
         keys: Any = list(ep.identity_files) or None  # see _TRANSPORT_FACTORY
         try:
-            client.connect(ep.hostname, ep.port, username=ep.user,
-                           key_filename=keys,
-                           look_for_keys=not ep.identity_files, allow_agent=True,
-                           timeout=cfg.connect_timeout, banner_timeout=cfg.connect_timeout,
-                           auth_timeout=cfg.connect_timeout, channel_timeout=cfg.connect_timeout,
-                           sock=sock, transport_factory=_TRANSPORT_FACTORY)
+            client.connect(
+                ep.hostname,
+                ep.port,
+                username=ep.user,
+                key_filename=keys,
+                look_for_keys=not ep.identity_files,
+                allow_agent=True,
+                timeout=cfg.connect_timeout,
+                banner_timeout=cfg.connect_timeout,
+                auth_timeout=cfg.connect_timeout,
+                channel_timeout=cfg.connect_timeout,
+                sock=sock,
+                transport_factory=_TRANSPORT_FACTORY,
+            )
         except BaseException:
             client.close()
             sock.close()
@@ -222,35 +253,51 @@ class Connection:
         transport.packetizer.REKEY_BYTES = REKEY_BYTES
         if cfg.keepalive_seconds:
             transport.set_keepalive(int(max(1, cfg.keepalive_seconds)))
-        log.info("connected to %s (%s, cipher %s)", ep.alias, ep,
-                 getattr(transport, "remote_cipher", "?"))  # not in paramiko's stubs
+        log.info(
+            "connected to %s (%s, cipher %s)",
+            ep.alias,
+            ep,
+            getattr(transport, "remote_cipher", "?"),
+        )  # not in paramiko's stubs
         return client
 
     def _new_client(self, known_hosts: str) -> paramiko.SSHClient:
         client = paramiko.SSHClient()
         if os.path.isfile(known_hosts):
             client.load_host_keys(known_hosts)
-        client.set_missing_host_key_policy(_HostKeyPolicy(known_hosts,
-                                                          self.cfg.accept_new_host_keys))
+        client.set_missing_host_key_policy(
+            _HostKeyPolicy(known_hosts, self.cfg.accept_new_host_keys)
+        )
         return client
 
     def _connect_jump(self, spec: str) -> paramiko.SSHClient:
         first = spec.split(",")[0].strip()
         user, _, hostport = first.rpartition("@")
         host, _, port = hostport.partition(":")
-        ep = resolve_endpoint(host, int(port) if port else None, user or None, None,
-                              self.cfg.known_hosts, self.cfg.ssh_config)
+        ep = resolve_endpoint(
+            host,
+            int(port) if port else None,
+            user or None,
+            None,
+            self.cfg.known_hosts,
+            self.cfg.ssh_config,
+        )
         client = self._new_client(ep.known_hosts)
         self.connects += 1
         keys: Any = list(ep.identity_files) or self._fallback_keys()  # see _TRANSPORT_FACTORY
         try:
-            client.connect(ep.hostname, ep.port, username=ep.user,
-                           key_filename=keys,
-                           look_for_keys=not ep.identity_files, allow_agent=True,
-                           timeout=self.cfg.connect_timeout,
-                           banner_timeout=self.cfg.connect_timeout,
-                           auth_timeout=self.cfg.connect_timeout,
-                           transport_factory=_TRANSPORT_FACTORY)
+            client.connect(
+                ep.hostname,
+                ep.port,
+                username=ep.user,
+                key_filename=keys,
+                look_for_keys=not ep.identity_files,
+                allow_agent=True,
+                timeout=self.cfg.connect_timeout,
+                banner_timeout=self.cfg.connect_timeout,
+                auth_timeout=self.cfg.connect_timeout,
+                transport_factory=_TRANSPORT_FACTORY,
+            )
         except BaseException:
             # paramiko leaves a client whose connect failed (refused key, unknown host key)
             # open, with its transport thread and socket: one more at every attempt

@@ -22,6 +22,7 @@ from . import TransportConfig
 @dataclass(frozen=True, kw_only=True)
 class SSHConfig(TransportConfig):
     """`kind: ssh`. `host` may be an alias of the OpenSSH client config (`ssh_config`)."""
+
     host: str
     port: int | None = None
     user: str | None = None
@@ -46,17 +47,19 @@ OPENSSH_HOST_KEY_CHECKS = ("yes", "accept-new", "ask")
 @dataclass(frozen=True, kw_only=True)
 class OpenSSHConfig(SSHConfig):
     """`kind: openssh`: the connection's settings, and those of its master connection."""
-    control_path: str | None = None       # None: one under the state folder (see below)
-    control_persist: str = "12h"          # the master's idle time before it closes
-    max_sessions: int = 10                # channels at once over the master (sshd's MaxSessions)
+
+    control_path: str | None = None  # None: one under the state folder (see below)
+    control_persist: str = "12h"  # the master's idle time before it closes
+    max_sessions: int = 10  # channels at once over the master (sshd's MaxSessions)
     strict_host_key_checking: str = "yes"
-    master: str = "login"                 # who opens the master: a person, or the daemon
+    master: str = "login"  # who opens the master: a person, or the daemon
 
 
 def _remote_root(section: Section) -> None:
     if not section.core["root"].startswith(("/", "~")):
-        raise section.reader.error("root", "must be an absolute path on the remote host (or "
-                                           "start with ~/)")
+        raise section.reader.error(
+            "root", "must be an absolute path on the remote host (or start with ~/)"
+        )
 
 
 def _limits(tr: Reader) -> dict[str, Any]:
@@ -65,12 +68,15 @@ def _limits(tr: Reader) -> dict[str, Any]:
     return dict(
         connect_timeout=float(tr.get("connect_timeout", NUMBER, d.connect_timeout, positive)),
         command_timeout=float(tr.get("command_timeout", NUMBER, d.command_timeout, positive)),
-        keepalive_seconds=float(tr.get("keepalive_seconds", NUMBER, d.keepalive_seconds,
-                                       not_negative)),
-        reconnect_min_interval=float(tr.get("reconnect_min_interval", NUMBER,
-                                            d.reconnect_min_interval, not_negative)),
+        keepalive_seconds=float(
+            tr.get("keepalive_seconds", NUMBER, d.keepalive_seconds, not_negative)
+        ),
+        reconnect_min_interval=float(
+            tr.get("reconnect_min_interval", NUMBER, d.reconnect_min_interval, not_negative)
+        ),
         large_file_bytes=tr.get("large_file_bytes", int, d.large_file_bytes, positive),
-        max_channels=tr.get("max_channels", int, d.max_channels, positive))
+        max_channels=tr.get("max_channels", int, d.max_channels, positive),
+    )
 
 
 def _files_exist(tr: Reader, cfg: SSHConfig) -> None:
@@ -87,11 +93,22 @@ def read_ssh(section: Section) -> SSHConfig:
     user = tr.get("user", str, None)
     name = section.name(host)
     paths: dict[str, Any] = {
-        key: (str(section.path(value)) if value else None) for key, value in
-        ((k, tr.get(k, str, None)) for k in ("identity_file", "known_hosts", "ssh_config"))}
+        key: (str(section.path(value)) if value else None)
+        for key, value in (
+            (k, tr.get(k, str, None)) for k in ("identity_file", "known_hosts", "ssh_config")
+        )
+    }
     accept_new = tr.get("accept_new_host_keys", bool, False)
-    cfg = SSHConfig(**section.core, name=name, host=host, port=port, user=user, **paths,
-                    accept_new_host_keys=accept_new, **_limits(tr))
+    cfg = SSHConfig(
+        **section.core,
+        name=name,
+        host=host,
+        port=port,
+        user=user,
+        **paths,
+        accept_new_host_keys=accept_new,
+        **_limits(tr),
+    )
     tr.finish()
     _files_exist(tr, cfg)
     return cfg
@@ -105,37 +122,82 @@ def read_openssh(section: Section) -> OpenSSHConfig:
     """The `openssh` transport: the system `ssh` through one master connection per host.
     `host` may be an alias of the OpenSSH client config, which then applies as a whole."""
     tr, d = section.reader, OpenSSHConfig
-    host = tr.get("host", str, check=lambda v: None if v.strip() and not v.startswith("-")
-                  and not re.search(r"\s", v) else "must be a host name or ssh config alias "
-                  "(no spaces, not starting with -)")
+    host = tr.get(
+        "host",
+        str,
+        check=lambda v: (
+            None
+            if v.strip() and not v.startswith("-") and not re.search(r"\s", v)
+            else "must be a host name or ssh config alias (no spaces, not starting with -)"
+        ),
+    )
     _remote_root(section)
     if "accept_new_host_keys" in tr.data:
-        raise tr.error("accept_new_host_keys", "not used by the openssh transport; set "
-                       "strict_host_key_checking: accept-new to trust a new host key")
+        raise tr.error(
+            "accept_new_host_keys",
+            "not used by the openssh transport; set "
+            "strict_host_key_checking: accept-new to trust a new host key",
+        )
     paths: dict[str, Any] = {}
     for key in ("identity_file", "known_hosts", "ssh_config"):
         value = tr.get(key, str, None)
         paths[key] = str(section.path(value)) if value else None
-    control_path = tr.get("control_path", str, None, lambda v: None if v.strip() and
-                          '"' not in v else "must be a path (OpenSSH's %-tokens allowed)")
+    control_path = tr.get(
+        "control_path",
+        str,
+        None,
+        lambda v: (
+            None if v.strip() and '"' not in v else "must be a path (OpenSSH's %-tokens allowed)"
+        ),
+    )
     name = section.name(host)
     cfg = OpenSSHConfig(
-        **section.core, name=name, host=host,
-        port=tr.get("port", int, None, port_number), user=tr.get("user", str, None), **paths,
+        **section.core,
+        name=name,
+        host=host,
+        port=tr.get("port", int, None, port_number),
+        user=tr.get("user", str, None),
+        **paths,
         **_limits(tr),
-        control_path=(os.path.expanduser(control_path) if control_path else
-                      control_socket(section.state, name)),
-        control_persist=_yes_or_text(tr, "control_persist", d.control_persist, lambda v: None
-                                     if _OPENSSH_TIME.match(v) else "must be yes or a time "
-                                     "such as 30m, 12h or 1h30m (OpenSSH's ControlPersist)"),
+        control_path=(
+            os.path.expanduser(control_path)
+            if control_path
+            else control_socket(section.state, name)
+        ),
+        control_persist=_yes_or_text(
+            tr,
+            "control_persist",
+            d.control_persist,
+            lambda v: (
+                None
+                if _OPENSSH_TIME.match(v)
+                else "must be yes or a time such as 30m, 12h or 1h30m (OpenSSH's ControlPersist)"
+            ),
+        ),
         max_sessions=tr.get("max_sessions", int, d.max_sessions, positive),
         strict_host_key_checking=_yes_or_text(
-            tr, "strict_host_key_checking", d.strict_host_key_checking, lambda v: None if v in
-            OPENSSH_HOST_KEY_CHECKS else f"must be one of {', '.join(OPENSSH_HOST_KEY_CHECKS)}"
-            " (not no: a changed host key must stop caseflow)"),
-        master=tr.get("master", str, d.master, lambda v: None if v in OPENSSH_MASTERS else
-                      "must be login (a person opens it: caseflow login HOST) or daemon "
-                      "(caseflow opens it itself, without prompts)"))
+            tr,
+            "strict_host_key_checking",
+            d.strict_host_key_checking,
+            lambda v: (
+                None
+                if v in OPENSSH_HOST_KEY_CHECKS
+                else f"must be one of {', '.join(OPENSSH_HOST_KEY_CHECKS)}"
+                " (not no: a changed host key must stop caseflow)"
+            ),
+        ),
+        master=tr.get(
+            "master",
+            str,
+            d.master,
+            lambda v: (
+                None
+                if v in OPENSSH_MASTERS
+                else "must be login (a person opens it: caseflow login HOST) or daemon "
+                "(caseflow opens it itself, without prompts)"
+            ),
+        ),
+    )
     tr.finish()
     _files_exist(tr, cfg)
     return cfg
@@ -153,11 +215,19 @@ def control_socket(state: Path, host: str) -> str:
     path would be too long for a unix socket."""
     digest = hashlib.sha256(f"{state}\0{host}".encode()).hexdigest()[:12]
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    folders = [state / "ssh", *([Path(runtime) / "caseflow"] if runtime else []),
-               Path("/tmp") / f"caseflow-{os.getuid()}"]
-    path = next((f / f"cm-{digest}" for f in folders
-                 if len(os.fsencode(f / f"cm-{digest}")) <= CONTROL_PATH_MAX),
-                folders[-1] / f"cm-{digest}")
+    folders = [
+        state / "ssh",
+        *([Path(runtime) / "caseflow"] if runtime else []),
+        Path("/tmp") / f"caseflow-{os.getuid()}",
+    ]
+    path = next(
+        (
+            f / f"cm-{digest}"
+            for f in folders
+            if len(os.fsencode(f / f"cm-{digest}")) <= CONTROL_PATH_MAX
+        ),
+        folders[-1] / f"cm-{digest}",
+    )
     return str(path).replace("%", "%%")  # a literal path: OpenSSH would read a % as a token
 
 

@@ -140,8 +140,13 @@ class StagedUpload:
         return parse_sums(res.stdout)
 
     # -- upload ------------------------------------------------------------------------------
-    def upload_dir(self, local_dir: Path, remote_path: str, manifest: Manifest,
-                   progress: Progress | None = None) -> bool:
+    def upload_dir(
+        self,
+        local_dir: Path,
+        remote_path: str,
+        manifest: Manifest,
+        progress: Progress | None = None,
+    ) -> bool:
         """A fresh upload of small files takes two round trips: the prepare command, while
         the tar streams' channels open, then the streams, the last of which verifies and
         renames. Large files and checksums add the byte ranges and a last command that
@@ -151,21 +156,30 @@ class StagedUpload:
         checksum = self.cfg.verify == "checksum"
         parent, base = posixpath.split(remote_path)
         staging = posixpath.join(parent, f".staging-{base}")
-        large = {e.path: e for e in manifest.entries
-                 if e.kind == "f" and e.size >= self.cfg.large_file_bytes}
+        large = {
+            e.path: e
+            for e in manifest.entries
+            if e.kind == "f" and e.size >= self.cfg.large_file_bytes
+        }
         # first, as it connects: the streams' channels then open while the prepare command
         # runs (a host problem, such as an unknown host key, is then reported as itself)
         rtt = self._guard(self.round_trip, "measuring the round trip")
         one_pass = not large and not checksum  # else: verify and rename in one more command
         tarred = [e for e in manifest.entries if e.path not in large]
-        streams = Streams(self, stream_count(rtt, local_dir, tarred, self.cfg.max_channels),
-                          staging, remote_path,
-                          listing_digest(expected) if one_pass else "-",
-                          secrets.token_hex(4), expected)
+        streams = Streams(
+            self,
+            stream_count(rtt, local_dir, tarred, self.cfg.max_channels),
+            staging,
+            remote_path,
+            listing_digest(expected) if one_pass else "-",
+            secrets.token_hex(4),
+            expected,
+        )
         try:
             prepared = self._guard(lambda: self._prepare(remote_path, staging), "staging")
-            if prepared.target == expected and (not checksum or self.checksums(remote_path)
-                                                == local_sums(local_dir, manifest)):
+            if prepared.target == expected and (
+                not checksum or self.checksums(remote_path) == local_sums(local_dir, manifest)
+            ):
                 streams.abort()
                 self._discard(staging)
                 return False
@@ -175,7 +189,8 @@ class StagedUpload:
             if check:
                 kept_files, kept_blocks = self._guard(
                     lambda: self._check_staged(local_dir, staging, check),
-                    "checking the staging folder")
+                    "checking the staging folder",
+                )
             wanted = []  # (path, offset, length) of the large files still to send
             kept_bytes = sum(e.size for e in manifest.entries if e.path in kept_files)
             for path, entry in large.items():
@@ -183,25 +198,32 @@ class StagedUpload:
                 kept_bytes += entry.size - sum(length for _, length in todo)
                 wanted += [(path, off, length) for off, length in todo]
             if prepared.free_kib is not None:
-                check_room(manifest, prepared.free_kib * 1024 + kept_bytes,
-                           f"{self.name}:{parent}")
+                check_room(manifest, prepared.free_kib * 1024 + kept_bytes, f"{self.name}:{parent}")
             counter = Counter(progress, manifest.size_bytes)
             if kept_bytes:
                 counter.add(kept_bytes)
-                log.info("the upload to %s:%s resumes: %d of %d bytes are there", self.name,
-                         remote_path, kept_bytes, manifest.size_bytes)
+                log.info(
+                    "the upload to %s:%s resumes: %d of %d bytes are there",
+                    self.name,
+                    remote_path,
+                    kept_bytes,
+                    manifest.size_bytes,
+                )
             sums: dict[str, str] | None = {} if checksum else None
-            out = streams.send(local_dir, [e for e in tarred if e.path not in kept_files],
-                               counter, sums)
+            out = streams.send(
+                local_dir, [e for e in tarred if e.path not in kept_files], counter, sums
+            )
             if one_pass:
                 if "committed" not in out:
-                    raise TransientError(f"upload to {self.name}: no stream verified the "
-                                         "copy; will upload again")
+                    raise TransientError(
+                        f"upload to {self.name}: no stream verified the copy; will upload again"
+                    )
                 return True
             if wanted:
                 n = upload_ranges.channels_for(rtt, self.cfg.max_channels)
-                upload_ranges.send_all(self, upload_ranges.split(
-                    os.fspath(local_dir), staging, wanted, n), n, counter)
+                upload_ranges.send_all(
+                    self, upload_ranges.split(os.fspath(local_dir), staging, wanted, n), n, counter
+                )
             times = upload_ranges.file_times(os.fspath(local_dir), large.values())
         except PermanentError:
             streams.abort()
@@ -210,8 +232,16 @@ class StagedUpload:
         finally:
             streams.abort()
         if sums is not None:
-            sums.update(local_sums(local_dir, Manifest(tuple(
-                e for e in manifest.entries if e.path in large or e.path in kept_files))))
+            sums.update(
+                local_sums(
+                    local_dir,
+                    Manifest(
+                        tuple(
+                            e for e in manifest.entries if e.path in large or e.path in kept_files
+                        )
+                    ),
+                )
+            )
         self._commit(staging, remote_path, expected, sums, times)
         return True
 
@@ -221,8 +251,9 @@ class StagedUpload:
         staging = posixpath.join(parent, f".staging-{base}")
         res = self.run(["rm", "-rf", "--", staging])
         if res.returncode != 0:
-            raise space_or_permission(res.stderr, f"removing {staging}") or \
-                TransientError(f"removing {staging} failed: {res.stderr.strip()[:300]}")
+            raise space_or_permission(res.stderr, f"removing {staging}") or TransientError(
+                f"removing {staging} failed: {res.stderr.strip()[:300]}"
+            )
 
     def _discard(self, path: str) -> None:
         try:
@@ -236,44 +267,70 @@ class StagedUpload:
         sweep = last is None or now - last >= SWEEP_SECONDS
         if sweep:
             self._swept_at = now
-        rc, out, err = self._call(["sh", "-c", PREPARE, "caseflow", target, staging,
-                                   str(STALE_MINUTES if sweep else 0)])
+        rc, out, err = self._call(
+            ["sh", "-c", PREPARE, "caseflow", target, staging, str(STALE_MINUTES if sweep else 0)]
+        )
         if rc not in (0, 3):
             text = err.decode("utf-8", "replace")
-            raise space_or_permission(text, f"preparing {staging}") or \
-                TransientError(f"preparing {staging} failed (exit {rc}): {text.strip()[:300]}")
+            raise space_or_permission(text, f"preparing {staging}") or TransientError(
+                f"preparing {staging} failed (exit {rc}): {text.strip()[:300]}"
+            )
         return upload_resume.parse_prepared(out)
 
     def _check_staged(self, local_dir: Path, staging: str, check: upload_resume.Check):
         """Remove what does not belong in the staging folder; checksum what may stay, on both
         sides at once."""
         local = _Background(lambda: upload_resume.local_sums(local_dir, check))
-        rc, out, err = self._call(["sh", "-c", RESUME, "caseflow", staging, *check.args()],
-                                  check.stdin())
+        rc, out, err = self._call(
+            ["sh", "-c", RESUME, "caseflow", staging, *check.args()], check.stdin()
+        )
         mine = local.result()
         if rc != 0:
-            raise TransientError(f"checking {staging} on {self.name} failed (exit {rc}): "
-                                 f"{err.decode('utf-8', 'replace').strip()[:300]}")
+            raise TransientError(
+                f"checking {staging} on {self.name} failed (exit {rc}): "
+                f"{err.decode('utf-8', 'replace').strip()[:300]}"
+            )
         return upload_resume.kept(check, mine, upload_resume.parse_check(out, check))
 
-    def _commit(self, staging: str, target: str, expected, sums: dict | None,
-                times: list[str]) -> None:
-        lines = b"".join(sum_line(p, d) for p, d in sorted(sums.items())) \
-            if sums is not None else None
-        rc, out, err = self._guard(lambda: self._call(
-            ["sh", "-c", COMMIT, "caseflow", staging, target, listing_digest(expected),
-             "sums" if sums is not None else "-", *times], lines), "renaming")
+    def _commit(
+        self, staging: str, target: str, expected, sums: dict | None, times: list[str]
+    ) -> None:
+        lines = (
+            b"".join(sum_line(p, d) for p, d in sorted(sums.items())) if sums is not None else None
+        )
+        rc, out, err = self._guard(
+            lambda: self._call(
+                [
+                    "sh",
+                    "-c",
+                    COMMIT,
+                    "caseflow",
+                    staging,
+                    target,
+                    listing_digest(expected),
+                    "sums" if sums is not None else "-",
+                    *times,
+                ],
+                lines,
+            ),
+            "renaming",
+        )
         text = err.decode("utf-8", "replace")
         if rc == 4:
             got = parse_listing(out.decode("utf-8", "surrogateescape"))
-            raise TransientError(f"upload to {self.name} did not verify "
-                                 f"({difference(expected, got)}); will upload again")
+            raise TransientError(
+                f"upload to {self.name} did not verify "
+                f"({difference(expected, got)}); will upload again"
+            )
         if rc == 8:
-            raise TransientError(f"upload to {self.name}: checksum mismatch "
-                                 f"({text.strip()[:200]}); will upload again")
+            raise TransientError(
+                f"upload to {self.name}: checksum mismatch "
+                f"({text.strip()[:200]}); will upload again"
+            )
         if rc != 0 or b"committed" not in out:
-            raise space_or_permission(text, f"renaming {staging}") or \
-                TransientError(f"renaming {staging} failed (exit {rc}): {text.strip()[:300]}")
+            raise space_or_permission(text, f"renaming {staging}") or TransientError(
+                f"renaming {staging} failed (exit {rc}): {text.strip()[:300]}"
+            )
 
 
 class ChannelBudget:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import PermanentError
 
-CHUNK = 1024 * 1024         # the upload's send buffer; also the remote tar's record size
+CHUNK = 1024 * 1024  # the upload's send buffer; also the remote tar's record size
 Progress = Callable[[int, int], None]
 
 
@@ -37,7 +37,6 @@ class Counter:
             self.sent += n
             if self.progress:
                 self.progress(self.sent, self.total)
-
 
 
 class TarWriter:
@@ -68,13 +67,13 @@ class TarWriter:
 
     def _flush(self):
         if self.pos:
-            yield self.view[:self.pos], self.unreported
+            yield self.view[: self.pos], self.unreported
             self.pos = self.unreported = 0
 
     def _put(self, data: bytes):
         if self.pos + len(data) > len(self.buf):
             yield from self._flush()
-        self.view[self.pos:self.pos + len(data)] = data
+        self.view[self.pos : self.pos + len(data)] = data
         self.pos += len(data)
 
     def _add(self, local_dir: str, entry, sums: dict | None):
@@ -86,8 +85,9 @@ class TarWriter:
             return
         if entry.kind == "l":
             st = os.lstat(full)
-            yield from self._put(_tar_header(name, st.st_mode, 0, st.st_mtime, b"2",
-                                             os.fsencode(os.readlink(full))))
+            yield from self._put(
+                _tar_header(name, st.st_mode, 0, st.st_mtime, b"2", os.fsencode(os.readlink(full)))
+            )
             return
         # O_NONBLOCK: a file replaced by a fifo since the scan must not block the upload
         fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK)
@@ -101,15 +101,15 @@ class TarWriter:
             while left:
                 if self.pos == size:
                     yield from self._flush()
-                n = os.readv(fd, [self.view[self.pos:self.pos + min(left, size - self.pos)]])
+                n = os.readv(fd, [self.view[self.pos : self.pos + min(left, size - self.pos)]])
                 if n == 0:
                     raise OSError(f"{full}: unexpected end of data (it shrank while it was sent)")
                 if digest is not None:
-                    digest.update(self.view[self.pos:self.pos + n])
+                    digest.update(self.view[self.pos : self.pos + n])
                 self.pos += n
                 self.unreported += n
                 left -= n
-            yield from self._put(_ZEROS[:-st.st_size % 512])
+            yield from self._put(_ZEROS[: -st.st_size % 512])
             if sums is not None and digest is not None:
                 sums[entry.path] = digest.hexdigest()
         finally:
@@ -130,8 +130,8 @@ _ZEROS = bytes(512)
 # A ustar header block with GNU's magic. Built from its variable fields (name, mode, size,
 # mtime, type, link name) around constant ones: uid and gid 0, no owner or group names, no
 # device numbers or prefix. The checksum is the byte sum with its own field as spaces.
-_IDS = b"0000000\0" * 2                              # uid, gid
-_TAIL = b"ustar  \0".ljust(255, b"\0")               # magic+version ... the end of the block
+_IDS = b"0000000\0" * 2  # uid, gid
+_TAIL = b"ustar  \0".ljust(255, b"\0")  # magic+version ... the end of the block
 _FIXED_SUM = sum(_IDS) + sum(_TAIL) + 8 * ord(" ")
 
 
@@ -142,11 +142,12 @@ def _tar_number(value: int, width: int) -> bytes:
         return b"%0*o\0" % (width - 1, value)
     if value >= 0:
         return b"\x80" + value.to_bytes(width - 1, "big")
-    return (256 ** width + value).to_bytes(width, "big")
+    return (256**width + value).to_bytes(width, "big")
 
 
-def _tar_header(name: bytes, mode: int, size: int, mtime: float, kind: bytes,
-                link: bytes = b"") -> bytes:
+def _tar_header(
+    name: bytes, mode: int, size: int, mtime: float, kind: bytes, link: bytes = b""
+) -> bytes:
     """The header block(s) of one member in GNU format, byte for byte as tarfile.GNU_FORMAT
     writes them: names and link targets longer than 100 bytes go first in ././@LongLink
     members (and are cut to 100 bytes in the header)."""
@@ -157,19 +158,39 @@ def _tar_header(name: bytes, mode: int, size: int, mtime: float, kind: bytes,
     if len(link) > 100:
         out += _long_name(link, b"K")
         link = link[:100]
-    fields = (_tar_number(stat.S_IMODE(mode), 8), _tar_number(size, 12),
-              _tar_number(int(mtime), 12))
-    check = _FIXED_SUM + sum(name) + sum(link) + sum(fields[0]) + sum(fields[1]) + \
-        sum(fields[2]) + kind[0]
-    return b"".join((out, name.ljust(100, b"\0"), fields[0], _IDS, fields[1], fields[2],
-                     b"%06o\0 " % check, kind, link.ljust(100, b"\0"), _TAIL))
+    fields = (
+        _tar_number(stat.S_IMODE(mode), 8),
+        _tar_number(size, 12),
+        _tar_number(int(mtime), 12),
+    )
+    check = (
+        _FIXED_SUM
+        + sum(name)
+        + sum(link)
+        + sum(fields[0])
+        + sum(fields[1])
+        + sum(fields[2])
+        + kind[0]
+    )
+    return b"".join(
+        (
+            out,
+            name.ljust(100, b"\0"),
+            fields[0],
+            _IDS,
+            fields[1],
+            fields[2],
+            b"%06o\0 " % check,
+            kind,
+            link.ljust(100, b"\0"),
+            _TAIL,
+        )
+    )
 
 
 def _long_name(value: bytes, kind: bytes) -> bytes:
     data = value + b"\0"
-    return _tar_header(b"././@LongLink", 0, len(data), 0, kind) + data + \
-        _ZEROS[:-len(data) % 512]
-
+    return _tar_header(b"././@LongLink", 0, len(data), 0, kind) + data + _ZEROS[: -len(data) % 512]
 
 
 # -- reading -------------------------------------------------------------------------------------
@@ -185,13 +206,16 @@ def _long_name(value: bytes, kind: bytes) -> bytes:
 # (the channel timing out, a full local disk) is not the stream's fault and is raised as it is,
 # for the transport to judge (transient)
 _CLASHES = {errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENOTEMPTY}
-_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link",
-          tarfile.CHRTYPE: "a character device", tarfile.BLKTYPE: "a block device",
-          tarfile.FIFOTYPE: "a fifo"}
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a fifo",
+}
 
 
-def extract(fileobj, base: str, staging: Path, *, links: bool = False
-            ) -> tarfile.ReadError | None:
+def extract(fileobj, base: str, staging: Path, *, links: bool = False) -> tarfile.ReadError | None:
     """Unpack the tar stream read from `fileobj` into the new, empty folder `staging`; every
     member must lie under `base` (a name without "/"). Raises PermanentError, naming the
     member, for anything else. Returns the error when there was no tar stream at all (the
@@ -212,26 +236,30 @@ def extract(fileobj, base: str, staging: Path, *, links: bool = False
                     _write(tar, member, staging, parts)
                 elif member.issym() and links:
                     if len(parts) == 1 or name in symlinks:
-                        raise PermanentError(f"refusing link {name!r}: it would replace "
-                                             "the folder or another link")
+                        raise PermanentError(
+                            f"refusing link {name!r}: it would replace the folder or another link"
+                        )
                     symlinks[name] = member.linkname
                 else:
                     kind = _KINDS.get(member.type, f"of tar type {member.type!r}")
-                    raise PermanentError(f"refusing {name!r}: it is {kind}; only files and "
-                                         "folders are taken")
+                    raise PermanentError(
+                        f"refusing {name!r}: it is {kind}; only files and folders are taken"
+                    )
             except OSError as exc:  # e.g. a file where the stream already made a folder
                 if exc.errno not in _CLASHES:
                     raise
-                raise PermanentError(f"refusing {name!r}: it clashes with an earlier member "
-                                     f"({exc.strerror})") from exc
+                raise PermanentError(
+                    f"refusing {name!r}: it clashes with an earlier member ({exc.strerror})"
+                ) from exc
     for name, target in symlinks.items():
         _check_link(name, target, symlinks)
         try:
             os.makedirs(staging.joinpath(*name.split("/")[:-1]), exist_ok=True)
             os.symlink(target, staging / name)
         except OSError as exc:
-            raise PermanentError(f"refusing link {name!r}: it clashes with an earlier member "
-                                 f"({exc.strerror})") from exc
+            raise PermanentError(
+                f"refusing link {name!r}: it clashes with an earlier member ({exc.strerror})"
+            ) from exc
     return None
 
 
@@ -241,22 +269,19 @@ def member_parts(name: str, base: str) -> list[str]:
     while name.startswith("./"):
         name = name[2:]
     parts = name.rstrip("/").split("/")
-    if name.startswith("/") or parts[0] != base or \
-            any(p in ("", ".", "..") for p in parts):
+    if name.startswith("/") or parts[0] != base or any(p in ("", ".", "..") for p in parts):
         raise PermanentError(f"refusing to extract {name!r}: outside {base!r}")
     return parts
 
 
-def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path,
-           parts: list[str]) -> None:
+def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, parts: list[str]) -> None:
     """A member's data as a new regular file (attributes are not taken: no remote owners, no
     setuid; the mode keeps its read and execute bits)."""
     os.makedirs(staging.joinpath(*parts[:-1]), exist_ok=True)
     path = staging.joinpath(*parts)
     if os.path.lexists(path) and not os.path.isdir(path):
         os.unlink(path)  # a member sent twice: the last one counts, as with tar
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     with open(fd, "wb") as out:
         source = tar.extractfile(member)
         if source is not None:
@@ -272,8 +297,9 @@ def _check_link(name: str, target: str, symlinks: dict[str, str]) -> None:
     parts = name.split("/")
     for i in range(1, len(parts)):
         if "/".join(parts[:i]) in symlinks:
-            raise PermanentError(f"refusing link {name!r}: it lies in the link "
-                                 f"{'/'.join(parts[:i])!r}")
+            raise PermanentError(
+                f"refusing link {name!r}: it lies in the link {'/'.join(parts[:i])!r}"
+            )
     path = parts[:-1]
     steps = [p for p in target.split("/") if p not in ("", ".")]
     for i, step in enumerate(steps):
@@ -284,5 +310,7 @@ def _check_link(name: str, target: str, symlinks: dict[str, str]) -> None:
             continue
         path.append(step)
         if "/".join(path) in symlinks and i < len(steps) - 1:
-            raise PermanentError(f"refusing link {name!r} -> {target!r}: it passes through "
-                                 f"the link {'/'.join(path)!r}")
+            raise PermanentError(
+                f"refusing link {name!r} -> {target!r}: it passes through "
+                f"the link {'/'.join(path)!r}"
+            )

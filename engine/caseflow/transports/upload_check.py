@@ -52,18 +52,29 @@ def parse_listing(text: str) -> set[tuple[str, str, int]]:
 
 def listing_digest(entries) -> str:
     """SHA-256 of a listing as the remote side computes it (`LC_ALL=C sort -z | sha256sum`)."""
-    lines = sorted(os.fsencode(f"{kind} {size if kind == 'f' else 0} ") + os.fsencode(path)
-                   + b"\0" for path, kind, size in entries)
+    lines = sorted(
+        os.fsencode(f"{kind} {size if kind == 'f' else 0} ") + os.fsencode(path) + b"\0"
+        for path, kind, size in entries
+    )
     return hashlib.sha256(b"".join(lines)).hexdigest()
-
 
 
 def difference(expected, got) -> str:
     got = got or set()
     missing = sorted(expected - got)[:3]
     extra = sorted(got - expected)[:3]
-    return "; ".join(filter(None, [f"missing or different: {missing}" if missing else "",
-                                   f"unexpected: {extra}" if extra else ""])) or "differs"
+    return (
+        "; ".join(
+            filter(
+                None,
+                [
+                    f"missing or different: {missing}" if missing else "",
+                    f"unexpected: {extra}" if extra else "",
+                ],
+            )
+        )
+        or "differs"
+    )
 
 
 def local_sums(local_dir: Path, manifest: Manifest) -> dict[str, str]:

@@ -31,9 +31,9 @@ class Job:
         self.chunks = chunks
         self.view: memoryview | None = None
         self.file_bytes = 0
-        self.complete = False                          # all of it sent
+        self.complete = False  # all of it sent
         self.local_error: BaseException | None = None  # raised by `chunks` (a local file)
-        self.send_error: Exception | None = None   # sending failed (the connection)
+        self.send_error: Exception | None = None  # sending failed (the connection)
 
     @property
     def failed(self) -> bool:

@@ -41,6 +41,7 @@ def channels_for(rtt: float, max_channels: int) -> int:
 class Piece:
     """Bytes offset..offset+length of the local file `full`, for `remote` in the staging
     folder."""
+
     full: str
     remote: str
     offset: int
@@ -57,14 +58,12 @@ def file_times(local_dir: str, entries) -> list[str]:
         except OSError as exc:
             raise PermanentError(f"cannot read {full}: {exc.strerror}") from exc
         if st.st_size != entry.size:
-            raise TransientError(f"{full} changed since the case was checked; will upload "
-                                 "again")
+            raise TransientError(f"{full} changed since the case was checked; will upload again")
         times += [entry.path, f"{stat.S_IMODE(st.st_mode):o}", str(int(st.st_mtime))]
     return times
 
 
-def split(local_dir: str, staging: str, wanted: list[tuple[str, int, int]], n: int
-          ) -> list[Piece]:
+def split(local_dir: str, staging: str, wanted: list[tuple[str, int, int]], n: int) -> list[Piece]:
     """The (path, offset, length) still to send, cut into pieces for `n` channels (whole MiB
     but the last of each file)."""
     total = sum(length for _, _, length in wanted)
@@ -84,9 +83,17 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
     """Send the pieces over `n` channels at once (each within the transport's channel
     budget), each channel carrying its share of the pieces one after the other into one remote
     script; all from one thread (upload_pump.py). The first failure stops the others."""
-    opening = Opening(transport, min(n, len(pieces)), lambda i, got: [
-        "sh", "-c", RANGE, "caseflow", *[x for p in _shares(pieces, got)[i]
-                                         for x in (p.remote, str(p.offset), str(p.length))]])
+    opening = Opening(
+        transport,
+        min(n, len(pieces)),
+        lambda i, got: [
+            "sh",
+            "-c",
+            RANGE,
+            "caseflow",
+            *[x for p in _shares(pieces, got)[i] for x in (p.remote, str(p.offset), str(p.length))],
+        ],
+    )
     shares = _shares(pieces, len(opening.chans))
     chans = opening.channels()
     jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares, strict=True)]
@@ -103,11 +110,17 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
         if rc == 0 and job.send_error is None:
             continue
         text = err.decode("utf-8", "replace")
-        problems.append(space_or_permission(text, f"upload to {transport.name}") or (
-            classify(job.send_error, f"uploading to {transport.name}")
-            if job.send_error is not None else
-            TransientError(f"writing a large file on {transport.name} failed (exit {rc}): "
-                           f"{text.strip()[:300]}")))
+        problems.append(
+            space_or_permission(text, f"upload to {transport.name}")
+            or (
+                classify(job.send_error, f"uploading to {transport.name}")
+                if job.send_error is not None
+                else TransientError(
+                    f"writing a large file on {transport.name} failed (exit {rc}): "
+                    f"{text.strip()[:300]}"
+                )
+            )
+        )
     if problems:  # a permanent reason (a full disk) before a transient one
         raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
 
@@ -133,10 +146,11 @@ def _chunks(share: list[Piece]):
                 f.seek(piece.offset)
                 left = piece.length
                 while left:
-                    n = f.readinto(view[:min(left, CHUNK)])
+                    n = f.readinto(view[: min(left, CHUNK)])
                     if not n:
-                        raise TransientError(f"{piece.full} shrank while it was sent; will "
-                                             "upload again")
+                        raise TransientError(
+                            f"{piece.full} shrank while it was sent; will upload again"
+                        )
                     yield view[:n], n
                     left -= n
         except (PermissionError, FileNotFoundError) as exc:

@@ -27,15 +27,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BLOCK = 16 * 1024 * 1024  # a cut wastes at most one block per range in flight
-_BATCH = 1000             # paths per local cksum run
+_BATCH = 1000  # paths per local cksum run
 
 
 @dataclass
 class Prepared:
     """What the prepare command found: free space, the staging folder, the target."""
+
     free_kib: int | None
-    staged: dict[str, tuple[str, int, int]]     # path -> (type, size, mtime)
-    target: set[tuple[str, str, int]] | None    # the target's listing; None: no target
+    staged: dict[str, tuple[str, int, int]]  # path -> (type, size, mtime)
+    target: set[tuple[str, str, int]] | None  # the target's listing; None: no target
 
 
 def parse_prepared(out: bytes) -> Prepared:
@@ -65,16 +66,20 @@ def parse_prepared(out: bytes) -> Prepared:
 @dataclass
 class Check:
     """What to ask the host about the staging folder before sending the rest."""
+
     remove: list[str] = field(default_factory=list)
-    files: list[str] = field(default_factory=list)             # checked whole
+    files: list[str] = field(default_factory=list)  # checked whole
     blocks: list[tuple[str, int]] = field(default_factory=list)  # (path, bytes checked)
 
     def __bool__(self) -> bool:
         return bool(self.remove or self.files or self.blocks)
 
     def stdin(self) -> bytes:
-        return b"".join(os.fsencode(p) + b"\0" for p in self.remove) + b"\0" + \
-            b"".join(os.fsencode(p) + b"\0" for p in self.files)
+        return (
+            b"".join(os.fsencode(p) + b"\0" for p in self.remove)
+            + b"\0"
+            + b"".join(os.fsencode(p) + b"\0" for p in self.files)
+        )
 
     def args(self) -> list[str]:
         out = []
@@ -128,11 +133,11 @@ def parse_check(out: bytes, check: Check) -> tuple[dict[str, str], dict[str, lis
     i = 0
     for path, length in check.blocks:
         n = len(blocks_of(length))
-        blocks[path] = [os.fsdecode(x).strip() for x in lines[i:i + n]]
+        blocks[path] = [os.fsdecode(x).strip() for x in lines[i : i + n]]
         i += n
     files: dict[str, str] = {}
     if i < len(lines) and lines[i] == b"--":
-        for line in lines[i + 1:]:
+        for line in lines[i + 1 :]:
             parts = line.split(b" ", 2)
             if len(parts) == 3:
                 files[os.fsdecode(parts[2])] = os.fsdecode(b" ".join(parts[:2]))
@@ -143,8 +148,9 @@ def local_file_sums(local_dir: Path, paths: list[str]) -> dict[str, str]:
     """`cksum` of local files ("<crc> <size>"), by the system's cksum, a batch at a time."""
     out: dict[str, str] = {}
     for i in range(0, len(paths), _BATCH):
-        res = subprocess.run(["cksum", "--", *paths[i:i + _BATCH]], cwd=local_dir,
-                             capture_output=True)
+        res = subprocess.run(
+            ["cksum", "--", *paths[i : i + _BATCH]], cwd=local_dir, capture_output=True
+        )
         for line in res.stdout.split(b"\n"):
             parts = line.split(b" ", 2)
             if len(parts) == 3:
@@ -163,8 +169,9 @@ def local_block_sums(path: Path, length: int) -> list[str]:
             try:
                 pos, left = off, n
                 while left:
-                    moved = os.splice(f.fileno(), proc.stdin.fileno(), min(left, 1 << 20),
-                                      offset_src=pos)
+                    moved = os.splice(
+                        f.fileno(), proc.stdin.fileno(), min(left, 1 << 20), offset_src=pos
+                    )
                     if not moved:
                         break  # the file is shorter now: the sums differ
                     pos += moved
@@ -184,9 +191,11 @@ def local_sums(local_dir: Path, check: Check) -> tuple[dict[str, str], dict[str,
     return files, blocks
 
 
-def kept(check: Check, local: tuple[dict[str, str], dict[str, list[str]]],
-         remote: tuple[dict[str, str], dict[str, list[str]]]
-         ) -> tuple[set[str], dict[str, list[bool]]]:
+def kept(
+    check: Check,
+    local: tuple[dict[str, str], dict[str, list[str]]],
+    remote: tuple[dict[str, str], dict[str, list[str]]],
+) -> tuple[set[str], dict[str, list[bool]]]:
     """The staged files that stay, and for each large file which of its blocks do: those
     whose sums agree on both sides."""
     here, here_blocks = local
@@ -195,8 +204,7 @@ def kept(check: Check, local: tuple[dict[str, str], dict[str, list[str]]],
     blocks: dict[str, list[bool]] = {}
     for path, _ in check.blocks:
         theirs = there_blocks.get(path, [])
-        blocks[path] = [i < len(theirs) and theirs[i] == s
-                        for i, s in enumerate(here_blocks[path])]
+        blocks[path] = [i < len(theirs) and theirs[i] == s for i, s in enumerate(here_blocks[path])]
     return files, blocks
 
 

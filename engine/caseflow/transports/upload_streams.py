@@ -26,9 +26,9 @@ from .tarstream import ABORT, Counter, NotAFile, TarWriter
 from .upload_check import difference, parse_listing
 from .upload_pump import Job, pump
 
-WINDOW = 2 * 1024 * 1024         # OpenSSH's channel window (CHAN_SES_WINDOW_DEFAULT)
+WINDOW = 2 * 1024 * 1024  # OpenSSH's channel window (CHAN_SES_WINDOW_DEFAULT)
 COVER_RATE = 1024 * 1024 * 1024  # bytes/s to keep in flight: above what one connection
-                                 # carries here on loopback (1 GiB in 1.6 s)
+# carries here on loopback (1 GiB in 1.6 s)
 
 UNPACK = script(__package__, "unpack.sh", "listing.sh", "mark.sh")
 STREAM_BYTES = 4 * 1024 * 1024  # a tar stream of its own per this much data, at most
@@ -70,12 +70,27 @@ class Streams:
     upload_pump.py), `abort()` ends the streams unsent (their tar fails: nothing is renamed).
     """
 
-    def __init__(self, transport, n: int, staging: str, target: str, digest: str, token: str,
-                 expected: set):
+    def __init__(
+        self, transport, n: int, staging: str, target: str, digest: str, token: str, expected: set
+    ):
         self.t = transport
         self.expected = expected
-        self.opening = Opening(transport, n, lambda i, got: [
-            "sh", "-c", UNPACK, "caseflow", staging, target, digest, token, str(got), str(i)])
+        self.opening = Opening(
+            transport,
+            n,
+            lambda i, got: [
+                "sh",
+                "-c",
+                UNPACK,
+                "caseflow",
+                staging,
+                target,
+                digest,
+                token,
+                str(got),
+                str(i),
+            ],
+        )
         self.ended = False
 
     def send(self, local_dir: Path, entries: list, counter: Counter, sums: dict | None) -> str:
@@ -83,8 +98,10 @@ class Streams:
         self.ended = True
         chans = self.opening.channels()
         base = os.fspath(local_dir)
-        jobs = [Job(chan, TarWriter().chunks(base, part, sums))
-                for chan, part in zip(chans, partition(entries, len(chans)), strict=True)]
+        jobs = [
+            Job(chan, TarWriter().chunks(base, part, sums))
+            for chan, part in zip(chans, partition(entries, len(chans)), strict=True)
+        ]
         try:
             pump(jobs, counter)
         finally:
@@ -93,8 +110,10 @@ class Streams:
         for job in jobs:  # a local file's problem is the case's, before the connection's
             if job.local_error is not None:
                 raise local_problem(job.local_error, local_dir, self.t.name)
-        found = [stream_problem(self.t, job, end, self.expected) for job, end in
-                 zip(jobs, ends, strict=True)]
+        found = [
+            stream_problem(self.t, job, end, self.expected)
+            for job, end in zip(jobs, ends, strict=True)
+        ]
         problems = [p for p in found if p is not None]
         if problems:  # a permanent reason (a full disk) before a transient one
             raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
@@ -124,8 +143,12 @@ class Opening:
         n = transport._channel_budget().take(max(1, wanted))
         self.chans: list = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self.threads = [threading.Thread(target=self._open, args=(i, argv_of(i, n)),
-                                         daemon=True, name="caseflow-open") for i in range(n)]
+        self.threads = [
+            threading.Thread(
+                target=self._open, args=(i, argv_of(i, n)), daemon=True, name="caseflow-open"
+            )
+            for i in range(n)
+        ]
         for t in self.threads:
             t.start()
 
@@ -181,17 +204,16 @@ def local_problem(exc: BaseException, local_dir, name: str) -> Exception:
         return exc
     if isinstance(exc, NotAFile):
         return PermanentError(str(exc))
-    if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and
-                                            exc.filename):
+    if isinstance(exc, PermissionError) or (isinstance(exc, FileNotFoundError) and exc.filename):
         return PermanentError(f"cannot read {exc.filename}: {exc.strerror}")
     if isinstance(exc, OSError):  # e.g. a file that shrank while it was read: try again later
-        return TransientError(f"reading the case folder {local_dir} for the upload to {name} "
-                              f"failed: {exc}")
+        return TransientError(
+            f"reading the case folder {local_dir} for the upload to {name} failed: {exc}"
+        )
     return exc if isinstance(exc, Exception) else TransientError(str(exc))
 
 
-def stream_problem(t, job: Job, end: tuple[int, bytes, bytes], expected: set
-                   ) -> Exception | None:
+def stream_problem(t, job: Job, end: tuple[int, bytes, bytes], expected: set) -> Exception | None:
     """What went wrong with one stream, if anything: the host's complaint (a full disk is
     permanent), a lost connection, a copy that did not verify."""
     rc, out, err = end
@@ -205,8 +227,9 @@ def stream_problem(t, job: Job, end: tuple[int, bytes, bytes], expected: set
         return classify(job.send_error, f"uploading to {t.name}")
     if rc == 4:
         got = parse_listing(out.decode("utf-8", "surrogateescape"))
-        return TransientError(f"upload to {t.name} did not verify "
-                              f"({difference(expected, got)}); will upload again")
+        return TransientError(
+            f"upload to {t.name} did not verify ({difference(expected, got)}); will upload again"
+        )
     if rc == -1:
         return TransientError(f"the connection to {t.name} was lost during the upload")
     return TransientError(f"unpacking on {t.name} failed (exit {rc}): {text.strip()[:300]}")

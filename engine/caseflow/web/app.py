@@ -21,19 +21,24 @@ from ..overview import StatusReader
 from ..views import case_detail, case_json, iso, log_tail, slot_json
 from . import machine_svg, pages
 
-PER_PAGE = 50         # cases per HTML page
-MAX_PER_PAGE = 1000   # per JSON page
+PER_PAGE = 50  # cases per HTML page
+MAX_PER_PAGE = 1000  # per JSON page
 # the classic text format, which every Prometheus 2.x reads (Debian 12 has 2.42); newer
 # prometheus_client announce version 1.0.0, whose only change is UTF-8 names (not ours)
 METRICS_TYPE = getattr(exposition, "CONTENT_TYPE_PLAIN_0_0_4", CONTENT_TYPE_LATEST)
-STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".svg": "image/svg+xml", ".png": "image/png", ".ico": "image/x-icon"}
+STATIC_TYPES = {
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
 API = {
     "/api/summary": "cases per state; per group of the active states; the hosts and their "
-                    "slots per group (the page asks for it every second)",
+    "slots per group (the page asks for it every second)",
     "/api/cases": "cases as `caseflow status --json` lists them, a page at a time: ?state=S "
-                  "&q=TEXT (name contains) &page=N &per_page=N (at most 1000) "
-                  "&order=active (active ones oldest first, then ended ones newest first)",
+    "&q=TEXT (name contains) &page=N &per_page=N (at most 1000) "
+    "&order=active (active ones oldest first, then ended ones newest first)",
     "/api/cases/ID": "one case as `caseflow show --json` prints it",
     "/api/hosts": "the hosts, slots per group, and each slot as `caseflow resources --json`",
     "/metrics": "Prometheus metrics",
@@ -119,15 +124,19 @@ class App:
 
     @staticmethod
     def json(data, status: int = 200) -> Response:
-        return Response(status, json.dumps(data, indent=1, ensure_ascii=False).encode(),
-                        "application/json; charset=utf-8")
+        return Response(
+            status,
+            json.dumps(data, indent=1, ensure_ascii=False).encode(),
+            "application/json; charset=utf-8",
+        )
 
     # -- queries shared by pages and JSON ------------------------------------------------
     def _filters(self, query) -> tuple[str | None, str, int, int]:
         state = (query.get("state") or [""])[0] or None
         if state is not None and state not in self.spec.state_names:
-            raise BadRequest(f"unknown state {state!r}; states: " +
-                             ", ".join(self.spec.state_names))
+            raise BadRequest(
+                f"unknown state {state!r}; states: " + ", ".join(self.spec.state_names)
+            )
         search = (query.get("q") or [""])[0][:200]
         try:
             number = int((query.get("page") or ["1"])[0])
@@ -144,9 +153,13 @@ class App:
         order = (query.get("order") or [""])[0]
         if order not in ("", "active"):
             raise BadRequest("order must be active or left out (newest first)")
-        total, rows = self.reader.page([state] if state else None, search,
-                                       (number - 1) * per_page, per_page,
-                                       self.spec.terminal_states if order else None)
+        total, rows = self.reader.page(
+            [state] if state else None,
+            search,
+            (number - 1) * per_page,
+            per_page,
+            self.spec.terminal_states if order else None,
+        )
         pages_count = max(1, -(-total // per_page))
         return state, search, number, per_page, pages_count, total, rows
 
@@ -166,8 +179,15 @@ class App:
     def summary(self, now: float) -> dict:
         states, groups, retrying = self.counts()
         hosts, slot_groups, _ = self.hosts_data(now)
-        return {"at": iso(now), "total": sum(states.values()), "states": states,
-                "groups": groups, "retrying": retrying, "hosts": hosts, "slots": slot_groups}
+        return {
+            "at": iso(now),
+            "total": sum(states.values()),
+            "states": states,
+            "groups": groups,
+            "retrying": retrying,
+            "hosts": hosts,
+            "slots": slot_groups,
+        }
 
     def hosts_data(self, now: float) -> tuple[list[dict], list[dict], list[dict]]:
         stored = {h.name: h for h in self.reader.hosts()}
@@ -177,19 +197,26 @@ class App:
             live = self.engine.hosts.get(cfg.name) if self.engine is not None else None
             paused = bool(row and row.problem)
             down = bool(live is not None and live.down)
-            hosts.append({"name": cfg.name, "transport": cfg.transport.kind,
-                          "backend": cfg.backend.kind,
-                          "status": "paused" if paused else "unreachable" if down else "up",
-                          "problem": row.problem if row else None,
-                          "paused_since": iso(row.since) if paused and row else None,
-                          "notice": row.notice if row else None,
-                          # a host that does not answer is probed until it does
-                          "probing": down})
+            hosts.append(
+                {
+                    "name": cfg.name,
+                    "transport": cfg.transport.kind,
+                    "backend": cfg.backend.kind,
+                    "status": "paused" if paused else "unreachable" if down else "up",
+                    "problem": row.problem if row else None,
+                    "paused_since": iso(row.since) if paused and row else None,
+                    "notice": row.notice if row else None,
+                    # a host that does not answer is probed until it does
+                    "probing": down,
+                }
+            )
         slots = [slot_json(s) for s in self.reader.slots()]
         per: dict[tuple[str, str], dict] = {}
         for s in slots:
-            g = per.setdefault((s["host"], s["group"]), {"host": s["host"], "group": s["group"],
-                                                         "slots": 0, "in_use": 0, "free": 0})
+            g = per.setdefault(
+                (s["host"], s["group"]),
+                {"host": s["host"], "group": s["group"], "slots": 0, "in_use": 0, "free": 0},
+            )
             g["slots"] += 1
             g["in_use" if s["case_id"] is not None else "free"] += 1
         return hosts, list(per.values()), slots
@@ -200,18 +227,28 @@ class App:
         hosts, _, _ = self.hosts_data(now)
         total, rows = self.reader.page(limit=20, active_first=self.spec.terminal_states)
         svg = machine_svg.render(self.spec, states)
-        return Response(200, pages.overview(self.spec, svg, states, hosts, rows, total,
-                                            now).encode())
+        return Response(
+            200, pages.overview(self.spec, svg, states, hosts, rows, total, now).encode()
+        )
 
     def cases(self, query, now: float) -> Response:
         state, search, number, per_page, count, total, rows = self._page(query, PER_PAGE)
-        return Response(200, pages.cases_page(self.spec, rows, total, state, search, number,
-                                              count, per_page, now).encode())
+        return Response(
+            200,
+            pages.cases_page(
+                self.spec, rows, total, state, search, number, count, per_page, now
+            ).encode(),
+        )
 
     def cases_json(self, query) -> dict:
         state, search, number, per_page, count, total, rows = self._page(query)
-        return {"total": total, "page": number, "pages": count, "per_page": per_page,
-                "cases": [case_json(r) for r in rows]}
+        return {
+            "total": total,
+            "page": number,
+            "pages": count,
+            "per_page": per_page,
+            "cases": [case_json(r) for r in rows],
+        }
 
     def _detail(self, case_id: int, now: float):
         row = self.reader.case(case_id)

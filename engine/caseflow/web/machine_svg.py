@@ -14,10 +14,10 @@ from html import escape
 
 from ..spec import MachineSpec
 
-W, H = 124, 58          # a state's box
-GAP_X, GAP_Y = 52, 40   # between columns, between rows
+W, H = 124, 58  # a state's box
+GAP_X, GAP_Y = 52, 40  # between columns, between rows
 MARGIN = 16
-FAN_IN = 3              # edges with the same label into one state from this many: one label
+FAN_IN = 3  # edges with the same label into one state from this many: one label
 
 
 def _edges(spec: MachineSpec) -> dict[tuple[str, str], list[str]]:
@@ -46,6 +46,7 @@ def _back_edges(spec: MachineSpec, edges) -> set[tuple[str, str]]:
                 visit(nxt)
         on_path.pop()
         done.add(node)
+
     visit(spec.initial)
     for s in spec.state_names:  # states the initial one cannot reach
         if s not in done:
@@ -59,7 +60,7 @@ def layout(spec: MachineSpec) -> dict[str, tuple[int, int]]:
     back = _back_edges(spec, edges)
     rank = {s: 0 for s in spec.state_names}
     for _ in spec.state_names:  # longest path over forward edges (a DAG): n relaxations
-        for (src, dst) in edges:
+        for src, dst in edges:
             if (src, dst) not in back and rank[dst] < rank[src] + 1:
                 rank[dst] = rank[src] + 1
     rows: dict[int, int] = {}
@@ -88,16 +89,18 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
     for (_src, dst), triggers in edges.items():
         key = (" | ".join(triggers), dst)
         fan[key] = fan.get(key, 0) + 1
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="machine" role="img" '
-             f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
-             'aria-labelledby="machine-title machine-desc">',
-             '<title id="machine-title">The case state machine</title>',
-             '<desc id="machine-desc">Each box is a state with the number of cases in it; '
-             'arrows are the moves the spec allows, labelled with their triggers. The same '
-             'numbers are in the table "Cases per state".</desc>',
-             '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
-             'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
-             'class="arrowhead"/></marker></defs>']
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="machine" role="img" '
+        f'viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        'aria-labelledby="machine-title machine-desc">',
+        '<title id="machine-title">The case state machine</title>',
+        '<desc id="machine-desc">Each box is a state with the number of cases in it; '
+        "arrows are the moves the spec allows, labelled with their triggers. The same "
+        'numbers are in the table "Cases per state".</desc>',
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+        'class="arrowhead"/></marker></defs>',
+    ]
     fan_labels: dict[tuple[str, str], tuple[float, float]] = {}
     x1: float
     y1: float
@@ -128,25 +131,33 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
         if many:
             cls += " fan"
             fan_labels[(label, dst)] = (dx - 6, dy + H / 2 - 8)
-        parts.append(f'<path class="{cls}" d="{path}" marker-end="url(#arrow)">'
-                     f'<title>{escape(src)} → {escape(dst)}: {escape(label)}</title></path>')
+        parts.append(
+            f'<path class="{cls}" d="{path}" marker-end="url(#arrow)">'
+            f"<title>{escape(src)} → {escape(dst)}: {escape(label)}</title></path>"
+        )
         if not many:
-            parts.append(f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" '
-                         f'text-anchor="middle">{escape(label)}</text>')
+            parts.append(
+                f'<text class="edge-label" x="{lx:.0f}" y="{ly:.0f}" '
+                f'text-anchor="middle">{escape(label)}</text>'
+            )
     for (label, _dst), (x, y) in fan_labels.items():
-        parts.append(f'<text class="edge-label" x="{x:.0f}" y="{y:.0f}" text-anchor="end">'
-                     f'{escape(label)}</text>')
+        parts.append(
+            f'<text class="edge-label" x="{x:.0f}" y="{y:.0f}" text-anchor="end">'
+            f"{escape(label)}</text>"
+        )
     for s in spec.states:
         x, y = _xy(*place[s.name])
         n = counts.get(s.name, 0)
         kind = "terminal" if s.terminal else "holds-slot" if s.holds_slot else "waiting"
         name = escape(s.name)
-        parts.append(f'<g class="state {kind}{" busy" if n else ""}" id="state-{name}" '
-                     f'data-state="{name}"><title>{name}: {escape(s.description)}</title>'
-                     f'<rect x="{x}" y="{y}" width="{W}" height="{H}" rx="8"/>'
-                     f'<text class="state-name" x="{x + W / 2:.0f}" y="{y + 20}" '
-                     f'text-anchor="middle">{name}</text>'
-                     f'<text class="count" id="count-{name}" x="{x + W / 2:.0f}" y="{y + 46}" '
-                     f'text-anchor="middle">{n}</text></g>')
+        parts.append(
+            f'<g class="state {kind}{" busy" if n else ""}" id="state-{name}" '
+            f'data-state="{name}"><title>{name}: {escape(s.description)}</title>'
+            f'<rect x="{x}" y="{y}" width="{W}" height="{H}" rx="8"/>'
+            f'<text class="state-name" x="{x + W / 2:.0f}" y="{y + 20}" '
+            f'text-anchor="middle">{name}</text>'
+            f'<text class="count" id="count-{name}" x="{x + W / 2:.0f}" y="{y + 46}" '
+            f'text-anchor="middle">{n}</text></g>'
+        )
     parts.append("</svg>")
     return "\n".join(parts)

@@ -29,8 +29,8 @@ COOKIE = "caseflow_token"
 HEADERS = {
     # the page's own script and style only; nothing inline, nothing from elsewhere
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "img-src 'self'; connect-src 'self'; form-action 'self'; "
-                               "base-uri 'none'; frame-ancestors 'none'",
+    "img-src 'self'; connect-src 'self'; form-action 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -61,8 +61,12 @@ class _Handler(BaseHTTPRequestHandler):
     # -- read-only: every method but GET and HEAD is refused ---------------------------
     def _refuse(self):
         self.close_connection = True  # a body it may have sent is not read
-        self._send(405, b"Only GET and HEAD: this page changes nothing.\n",
-                   "text/plain; charset=utf-8", {"Allow": "GET, HEAD", "Connection": "close"})
+        self._send(
+            405,
+            b"Only GET and HEAD: this page changes nothing.\n",
+            "text/plain; charset=utf-8",
+            {"Allow": "GET, HEAD", "Connection": "close"},
+        )
 
     do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _refuse
 
@@ -76,8 +80,9 @@ class _Handler(BaseHTTPRequestHandler):
         status: StatusServer = self.server.status  # type: ignore[attr-defined]  # a _Server
         self._head = head
         if status.loopback and not _loopback_name(self.headers.get("Host", "")):
-            self._send(421, b"This server answers to loopback names only.\n",
-                       "text/plain; charset=utf-8")
+            self._send(
+                421, b"This server answers to loopback names only.\n", "text/plain; charset=utf-8"
+            )
             return
         if status.token is not None and not self._authorized(status.token):
             return
@@ -85,42 +90,56 @@ class _Handler(BaseHTTPRequestHandler):
             response = status.app.route(self.path)
         except Exception:  # a bug: say so, keep serving
             log.exception("status page: %s failed", urlsplit(self.path).path)
-            self._send(500, b"internal error (see the daemon's log)\n",
-                       "text/plain; charset=utf-8")
+            self._send(500, b"internal error (see the daemon's log)\n", "text/plain; charset=utf-8")
             return
         self._send(response.status, response.body, response.content_type)
 
     def _authorized(self, token: str) -> bool:
         given = self.headers.get("Authorization", "")
-        if given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(),
-                                                               token.encode()):
+        if given.startswith("Bearer ") and hmac.compare_digest(
+            given[7:].strip().encode(), token.encode()
+        ):
             return True
         cookie = SimpleCookie()
         try:
             cookie.load(self.headers.get("Cookie", ""))
         except Exception:  # a malformed cookie header is no token
             cookie = SimpleCookie()
-        if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value.encode(),
-                                                    token.encode()):
+        if COOKIE in cookie and hmac.compare_digest(cookie[COOKIE].value.encode(), token.encode()):
             return True
         parts = urlsplit(self.path)
         query = parse_qs(parts.query, keep_blank_values=True)
         if hmac.compare_digest((query.get("token") or [""])[0].encode(), token.encode()):
-            rest = urlencode([(k, v) for k, vs in query.items() if k != "token" for v in vs],
-                             doseq=True)
-            self._send(303, b"", "text/plain; charset=utf-8", {
-                "Location": "/" + parts.path.lstrip("/") + (f"?{rest}" if rest else ""),
-                "Set-Cookie": f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/"})
+            rest = urlencode(
+                [(k, v) for k, vs in query.items() if k != "token" for v in vs], doseq=True
+            )
+            self._send(
+                303,
+                b"",
+                "text/plain; charset=utf-8",
+                {
+                    "Location": "/" + parts.path.lstrip("/") + (f"?{rest}" if rest else ""),
+                    "Set-Cookie": f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/",
+                },
+            )
             return False
-        self._send(401, b"A token is needed: send it as a bearer token (Authorization: Bearer "
-                        b"...) or open the page once with ?token=...\n",
-                   "text/plain; charset=utf-8", {"WWW-Authenticate": 'Bearer realm="caseflow"'})
+        self._send(
+            401,
+            b"A token is needed: send it as a bearer token (Authorization: Bearer "
+            b"...) or open the page once with ?token=...\n",
+            "text/plain; charset=utf-8",
+            {"WWW-Authenticate": 'Bearer realm="caseflow"'},
+        )
         return False
 
     def _send(self, code: int, body: bytes, content_type: str, extra: dict | None = None):
         self.send_response(code)
-        for key, value in {**HEADERS, "Content-Type": content_type,
-                           "Content-Length": str(len(body)), **(extra or {})}.items():
+        for key, value in {
+            **HEADERS,
+            "Content-Type": content_type,
+            "Content-Length": str(len(body)),
+            **(extra or {}),
+        }.items():
             self.send_header(key, value)
         self.end_headers()
         if not getattr(self, "_head", False) and self.command != "HEAD":
@@ -128,8 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # noqa: A002 (the base class's name)
         # to the daemon's log, without the query (it may hold the token)
-        log.debug("status page: %s %s %s", self.address_string(), self.command,
-                  urlsplit(getattr(self, "path", "") or "").path)
+        log.debug(
+            "status page: %s %s %s",
+            self.address_string(),
+            self.command,
+            urlsplit(getattr(self, "path", "") or "").path,
+        )
 
     def log_error(self, format, *args):  # noqa: A002
         log.debug("status page: " + format, *args)
@@ -174,12 +197,17 @@ class StatusServer:
             self._httpd = server_class((self.web.host, self.web.port), _Handler)
         except OSError as exc:
             self.app.close()
-            raise CaseflowError(f"web.listen {self.web.host}:{self.web.port}: cannot listen "
-                                f"there: {exc.strerror or exc}") from exc
+            raise CaseflowError(
+                f"web.listen {self.web.host}:{self.web.port}: cannot listen "
+                f"there: {exc.strerror or exc}"
+            ) from exc
         self._httpd.status = self
-        thread = self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                                 name="status-page",
-                                                 kwargs={"poll_interval": 0.5}, daemon=True)
+        thread = self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            name="status-page",
+            kwargs={"poll_interval": 0.5},
+            daemon=True,
+        )
         thread.start()
         log.info("status page on %s%s", self.url, " (a token is required)" if self.token else "")
         return self
