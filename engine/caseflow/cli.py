@@ -7,7 +7,6 @@ Errors go to stderr as one line; an ordinary mistake never shows a traceback.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sqlite3
@@ -16,15 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-from . import __version__
 from .case_model import job_log_path
+from .cli_args import build_parser
 from .config import config_path_from, load_config
 from .daemon import Daemon, DaemonLock
-from .diagram import FORMATS, render
+from .diagram import render
 from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
 from .machine import CaseMachine
-from .service import LOG_FORMATS, notify_systemd, setup_logging
+from .service import notify_systemd, setup_logging
 from .spec import load_spec
 from .store import CaseRow, Store
 from .views import (
@@ -376,111 +375,6 @@ def cmd_diagram(args) -> int:
     except OSError as exc:
         raise UsageError(f"-o {target}: cannot write: {exc.strerror or exc}") from exc
     return 0
-
-
-# -- plumbing ------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.print_usage(sys.stderr)
-        print(f"caseflow: error: {message}", file=sys.stderr)
-        sys.exit(2)
-
-
-CONFIG_HELP = "the configuration file (default: $CASEFLOW_CONFIG)"
-JSON_STATUS = (
-    "print the cases as a JSON list of objects, one per case, with the keys listed in docs/cli.md"
-)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    # -c works before the command (`caseflow -c FILE status`) and after it; SUPPRESS keeps
-    # a command's parser from overwriting the one given before it with its own default
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "-c", "--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
-    )
-    p = _Parser(
-        prog="caseflow",
-        description="Ferries compute cases from an inbox folder to a "
-        "GPU host's queue and brings their results back.",
-    )
-    p.add_argument("--version", action="version", version=f"caseflow {__version__}")
-    p.add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
-
-    def command(name: str, text: str, config: bool = True):
-        return sub.add_parser(
-            name,
-            parents=[common] if config else [],
-            help=text,
-            description=text[0].upper() + text[1:] + ".",
-        )
-
-    s = command("run", "run the daemon in the foreground until SIGTERM or SIGINT")
-    s.add_argument(
-        "--log-format",
-        choices=LOG_FORMATS,
-        default="text",
-        help="text: one line per event for a person (default); json: one JSON "
-        "object per line for a log collector",
-    )
-    s = command("status", "list the cases: state, group, host, slot, task, reason")
-    s.add_argument("--json", action="store_true", help=JSON_STATUS)
-    s.add_argument("--state", help="only cases in this state")
-    s.add_argument(
-        "--watch",
-        action="store_true",
-        help="redraw the table every second, counts per state on top, until Ctrl-C",
-    )
-    s = command("show", "show one case: every field, its results, its job log, its history")
-    s.add_argument("case", help="case id or unique name (`--` before a name starting with -)")
-    s.add_argument(
-        "--json",
-        action="store_true",
-        help="print the case as one JSON object: the keys of `status --json`, "
-        "job_log (the kept log's path), upload (bytes, total, percent, rate, "
-        "seconds left, or null) and history (a list of transitions)",
-    )
-    s = command("resources", "list the GPU slots and the case holding each")
-    s.add_argument(
-        "--json",
-        action="store_true",
-        help="print the slots as a JSON list of objects with host, group, slot, "
-        "device, case_id, case_name, case_state and retired",
-    )
-    for name, text in (
-        ("retry", "run a failed or lost case again, validated and uploaded afresh"),
-        ("cancel", "stop an active case (kills its job if one runs); it ends in failure"),
-    ):
-        s = command(name, text)
-        s.add_argument("case", help="case id or unique name")
-        s.add_argument(
-            "--wait",
-            type=float,
-            default=60.0,
-            metavar="SECONDS",
-            help="how long to wait for a running daemon to apply it (default 60)",
-        )
-        s.add_argument("--no-wait", action="store_true", help="only record the request")
-    command(
-        "check",
-        "check this machine's folders and each host: connection, host key, "
-        "remote root, free space, tools, an openssh host's master connection",
-    )
-    s = command(
-        "login",
-        "open a host's SSH master connection here, answering its login prompts (transport openssh)",
-    )
-    s.add_argument("host", nargs="?", help="the host's name (needed with several)")
-    s = command("diagram", "export the case state machine as a diagram", config=False)
-    s.add_argument(
-        "--format",
-        choices=FORMATS,
-        default="mermaid",
-        help="mermaid (default), dot, or svg (needs Graphviz's dot)",
-    )
-    s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
-    return p
 
 
 COMMANDS = {
