@@ -36,6 +36,7 @@ from . import RunResult, Transport, TransportAdapter
 from .openssh_master import Master, NeedsLogin
 from .ssh import TOOLS, SSHTransport
 from .ssh_settings import OpenSSHConfig, read_openssh
+from .ssh_upload import StagedUpload
 
 log = logging.getLogger("caseflow.openssh")
 
@@ -57,6 +58,9 @@ class OpenSSHTransport(SSHTransport):
     """The `ssh` transport with channels over an OpenSSH master instead of paramiko's."""
 
     cfg: OpenSSHConfig
+    # no paramiko transport to send a global request on: the round trip is timed on a
+    # command (ssh_upload's default), as the channels are opened through the master anyway
+    round_trip = StagedUpload.round_trip
 
     def __init__(self, cfg, sleep=time.sleep):
         Transport.__init__(self, cfg.name, cfg.root)
