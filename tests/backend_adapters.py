@@ -181,11 +181,6 @@ class DirectAdapter(Adapter):
     wrapper, the process that carries the job's marker and works in the case folder."""
     has_queue = False
     poll_name = "caseflow-status"
-    known_gaps = {"spoiled start record": (
-        "direct.py (scripts/direct-status.sh): a running job whose .caseflow/pid cannot be read "
-        "is reported 'gone' (not_found) while it runs on; the case would end and free its GPU "
-        "slot under the running job (branch transport)")}
-
     @classmethod
     def open(cls, request, root: Path, transport: str) -> "DirectAdapter":
         if transport == "local":
