@@ -88,11 +88,14 @@ def summary(results: dict) -> list[dict]:
                          f"{po['naive']['commands_per_tick']} / "
                          f"{po['naive']['connections_per_tick']} ssh per case", None, "1 / 0",
                          po["commands_per_tick"] == 1 and po["connections_per_tick"] == 0))
+        if "poll_wall_s" in po:  # issue 18: the host's answer for all jobs (its status script)
+            rows.append(_row(f"poll {n} running cases, direct runner: the poll's wall time",
+                             f"{po['poll_wall_s']:.3f} s (max {po['poll_wall_max_s']:.3f})",
+                             "", None, "<= 0.1 s", po["poll_wall_s"] <= 0.1))
         rows.append(_row(f"poll {n} running cases: wall time per tick",
                          f"{po['tick_wall_s']:.2f} s",
                          f"{po['naive']['tick_wall_s']:.1f} s ssh per case",
-                         ratio(po["tick_wall_s"], po["naive"]["tick_wall_s"]), "<= 0.1 s",
-                         po["tick_wall_s"] <= 0.1))
+                         ratio(po["tick_wall_s"], po["naive"]["tick_wall_s"]), "", None))
     ad = results.get("admission")
     if ad:
         for count, r in ad.items():

@@ -70,8 +70,9 @@ def test_the_front_page_is_for_a_newcomer():
     headings = [_tokens(ROOT / "README.md")[i + 1].content
                 for i, t in enumerate(_tokens(ROOT / "README.md")) if t.type == "heading_open"]
     assert headings == ["caseflow", "The two commands", "Five minutes with caseflow",
-                        "The case state machine", "Running it for real", "Reference"]
-    assert len(readme.splitlines()) < 200
+                        "The case state machine", "Running it for real", "Performance",
+                        "Reference"]
+    assert len(readme.splitlines()) < 215  # 200, and the performance table issue 18 asks for
     linked = {(ROOT / h).resolve() for h in _links(ROOT / "README.md")}
     for page in PAGES[1:]:
         assert page.resolve() in linked, f"{page.name} is not linked from the README"
