@@ -15,7 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from . import jobs, metrics, operator_requests, wrapup
+from . import admission, jobs, metrics, operator_requests, wrapup
 from .case_model import Case
 from .errors import HostError, PermanentError
 from .hosts import Host, HostHealth, is_unreachable, shut_down
@@ -72,7 +72,7 @@ class Engine:
         self.folders = InboxFolders()
         self.inflight = InFlight(done=self.wake)
         self.request_wait: dict[int, tuple[int, float]] = {}  # case id: (attempts, not before)
-        self._next_rescan = float("-inf")
+        self.next_rescan = float("-inf")  # monotonic time of the next full inbox listing
         self._tick_started = float("-inf")
         self._groups_checked = False
         self.instance = ""
@@ -240,61 +240,8 @@ class Engine:
 
     # -- detection ---------------------------------------------------------------------
     def detect(self, now: float) -> list[int]:
-        """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
-        appeared, gone = self.watcher.drain() if self.watcher else (set(), set())
-        inbox, listing = self.config.inbox, None
-        mono = self.monotonic()
-        if mono >= self._next_rescan:
-            self._next_rescan = mono + self.config.rescan_seconds
-            try:
-                listing = {e.name for e in os.scandir(inbox)}
-            except OSError as exc:
-                log.error("cannot list the inbox %s: %s", inbox, exc)
-        new, gone = self.folders.changes(inbox, appeared, gone, listing)
-        for name in gone:
-            for row in self.store.cases_at(str(inbox / name), [self.spec.initial]):
-                self.store.reschedule(row.id, row.state, now)
-        created = []
-        for name, inode in new:
-            created.append(self._admit(name, inode, now))
-            self.folders.admit(name, inode)
-        return created
-
-    def _admit(self, name: str, inode: str, now: float) -> int:
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:  # the store keeps text; refuse it, saying so, and go on
-            shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-            case_id = self.store.create_case(
-                shown, str(self.config.inbox / shown), inode, self.spec.initial, now, now
-            )
-            log.warning("case %s %r: its folder name is not valid UTF-8", case_id, shown)
-            self.fail(
-                case_id,
-                f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
-                "a backslash are not text); rename the folder to admit it",
-            )
-            return case_id
-        case_id = self.store.create_case(
-            name,
-            str(self.config.inbox / name),
-            inode,
-            self.spec.initial,
-            now,
-            now + self.config.quiet_seconds,
-        )
-        log.info(
-            "case %s %r: detected in the inbox",
-            case_id,
-            name,
-            extra={
-                "case_id": case_id,
-                "case_name": name,
-                "to_state": self.spec.initial,
-                "trigger": "detect",
-            },
-        )
-        return case_id
+        """Turn new inbox folders into `detected` cases (caseflow.admission)."""
+        return admission.detect(self, now)
 
     # -- one step of one case, and what it ran into -----------------------------------------
     def step(self, row: CaseRow, trigger: str, **kwargs) -> bool | None:
