@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import sys
 
 import pexpect
@@ -17,9 +18,13 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 def spawn(ws, *args: str, rows: int = 30, cols: int = 160) -> pexpect.spawn:
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    # Ctrl-C as at a terminal, however the test run was started: a shell without job control
+    # starts its background commands with SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt (a suite started as `(make test &)` failed these tests so)
     child = pexpect.spawn(sys.executable, ["-m", "caseflow.cli", "status", *args, "-c",
                                            str(ws.config_path)], env={**env, "TERM": "xterm"},
-                          dimensions=(rows, cols), encoding="utf-8", timeout=DEADLINE)
+                          dimensions=(rows, cols), encoding="utf-8", timeout=DEADLINE,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.logfile_read = io.StringIO()  # everything it drew
     return child
 

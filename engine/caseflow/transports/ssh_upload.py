@@ -198,7 +198,15 @@ class StagedUpload:
                 kept_bytes += entry.size - sum(length for _, length in todo)
                 wanted += [(path, off, length) for off, length in todo]
             if prepared.free_kib is not None:
-                check_room(manifest, prepared.free_kib * 1024 + kept_bytes, f"{self.name}:{parent}")
+                # what an earlier attempt left counts as room, not only what of it is kept: a
+                # file cut short is written again in its place, one not the case's is removed
+                # (counting only the kept bytes failed a resumed case that fits when the cut
+                # left a partly written file bigger than the disk's headroom)
+                staged_bytes = sum(
+                    size for kind, size, _ in prepared.staged.values() if kind == "f"
+                )
+                room = prepared.free_kib * 1024 + max(kept_bytes, staged_bytes)
+                check_room(manifest, room, f"{self.name}:{parent}")
             counter = Counter(progress, manifest.size_bytes)
             if kept_bytes:
                 counter.add(kept_bytes)
