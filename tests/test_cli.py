@@ -313,7 +313,10 @@ def _transition_lines(ws, name):
 def test_one_log_line_per_transition_with_the_case_id_and_name(ws, caplog):
     ws.start()
     ws.drop_case("logged one")
-    ws.wait_state("logged one", "success")
+    row = ws.wait_state("logged one", "success")
+    # the line is logged right after the transition is committed: wait for it, not the row
+    wait_for(lambda: f"case {row.id} 'logged one': running -> success" in caplog.text,
+             what="the last transition's log line")
     history, row = _transition_lines(ws, "logged one")
     text = caplog.text
     for src, dst, trigger in history:
