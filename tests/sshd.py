@@ -60,11 +60,11 @@ class SSHServer:
     are not directly on the host's loopback (tests/slurm_cluster.py: an sshd in a network
     namespace behind a relay): `launcher` is an argv prefix for sshd (e.g. `nsenter --net=F`),
     `listen_port` the port sshd itself listens on (default: `port`), `env` extra variables of
-    remote sessions, `extra_config` extra sshd_config lines."""
+    remote sessions, `extra_config` extra sshd_config lines, `max_sessions` its MaxSessions."""
 
     def __init__(self, root: Path, port: int | None = None, *, listen_port: int | None = None,
                  launcher: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 extra_config: Sequence[str] = ()):
+                 extra_config: Sequence[str] = (), max_sessions: int = 100):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -72,6 +72,7 @@ class SSHServer:
         self.launcher = list(launcher)
         self.env = dict(env or {})
         self.extra_config = list(extra_config)
+        self.max_sessions = max_sessions  # sessions at once on one connection
         self.host_key = self.root / "host_key"
         self.client_key = self.root / "client_key"
         self.known_hosts = self.root / "known_hosts"
@@ -119,7 +120,7 @@ class SSHServer:
             "UsePAM no",
             "StrictModes no",
             "MaxStartups 100",
-            "MaxSessions 100",
+            f"MaxSessions {self.max_sessions}",
             "LogLevel ERROR",
             "PrintMotd no",
             "PrintLastLog no",

@@ -24,7 +24,11 @@ def _load(ws, **transport):
     ({"control_persist": False}, "control_persist", "must be yes or a time"),
     ({"control_persist": "a while"}, "control_persist", "must be yes or a time"),
     ({"master": "auto"}, "master", "must be login"),
-    ({"max_sessions": 0}, "max_sessions", "greater than 0"),
+    ({"max_sessions": 0}, "max_sessions", "must be at least 2"),
+    ({"max_sessions": 1}, "max_sessions", "must be at least 2"),
+    ({"max_channels": 10}, "max_channels", "must be less than max_sessions (10)"),
+    ({"max_sessions": 4, "max_channels": 4}, "max_channels", "less than max_sessions (4)"),
+    ({"max_channels": 0}, "max_channels", "greater than 0"),
     ({"accept_new_host_keys": True}, "accept_new_host_keys", "strict_host_key_checking"),
     ({"host": "-oProxyCommand=evil"}, "host", "not starting with -"),
     ({"root": "relative/path"}, "root", "absolute path"),
@@ -47,6 +51,20 @@ def test_openssh_words_read_as_yaml_writes_them(ws):
     t = _load(ws, control_persist="1h30m", strict_host_key_checking="accept-new").transport
     assert (t.control_persist, t.strict_host_key_checking, t.master) == \
         ("1h30m", "accept-new", "login")
+
+
+@pytest.mark.parametrize("kind", ["openssh", "ssh"])
+def test_uploads_leave_sessions_for_commands(ws, kind):
+    """Uploads keep at most max_channels open; by default two sessions fewer than
+    max_sessions, so a poll or a submit never waits for an upload to end."""
+    t = _load(ws, kind=kind).transport
+    assert (t.max_sessions, t.max_channels) == (10, 8)
+    t = _load(ws, kind=kind, max_sessions=4).transport
+    assert (t.max_sessions, t.max_channels) == (4, 2)
+    t = _load(ws, kind=kind, max_sessions=2).transport
+    assert (t.max_sessions, t.max_channels) == (2, 1)
+    t = _load(ws, kind=kind, max_sessions=30, max_channels=20).transport
+    assert (t.max_sessions, t.max_channels) == (30, 20)
 
 
 def test_the_default_control_socket_is_in_the_state_folder_and_short_enough(ws, tmp_path,

@@ -1,5 +1,6 @@
 """The ssh transport against a real OpenSSH server: keys, config, connections, outages, jobs."""
 
+import logging
 import os
 import threading
 from pathlib import Path
@@ -152,6 +153,85 @@ def test_one_connection_serves_many_commands(sshd, tmp_path):
     for i in range(20):
         assert t.run(["echo", str(i)]).stdout == f"{i}\n"
     assert (t.connects, t.commands) == (1, 20)
+    t.close()
+
+
+def _at_once(t, tmp_path, threads: int, seconds: float = 0.2) -> tuple[list, int]:
+    """`threads` commands at once, each marking its start and end in a trace on the host:
+    (the errors, the most that ran at the same time)."""
+    trace = tmp_path / "trace"
+    trace.write_text("")
+    script = f"echo + >> {trace}; sleep {seconds}; echo - >> {trace}"
+    errors: list = []
+
+    def one():
+        try:
+            assert t.run(["sh", "-c", script]).returncode == 0
+        except Exception as exc:  # reported by the caller
+            errors.append(exc)
+    workers = [threading.Thread(target=one) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    level = peak = 0
+    for mark in trace.read_text().split():
+        level += 1 if mark == "+" else -1
+        peak = max(peak, level)
+    return errors, peak
+
+
+def _all_sessions_given_back(t) -> bool:
+    taken = 0
+    while t.sessions.acquire(blocking=False):
+        taken += 1
+    for _ in range(taken):
+        t.sessions.release()
+    return taken == t.cfg.max_sessions
+
+
+def test_channels_at_once_stay_within_max_sessions(sshd, tmp_path, caplog):
+    """30 commands from 30 threads on one connection: never more than max_sessions at once,
+    and none of them refused by the host (which would have dropped the connection)."""
+    caplog.set_level(logging.DEBUG, "caseflow.ssh")
+    t = make(sshd, tmp_path, max_sessions=4)
+    errors, peak = _at_once(t, tmp_path, 30)
+    assert errors == [] and 1 <= peak <= 4, (errors, peak)
+    assert t.connects == 1
+    assert "refused a new session" not in caplog.text
+    assert _all_sessions_given_back(t)
+    t.close()
+
+
+def test_a_host_with_fewer_sessions_than_configured_is_waited_for_on_the_same_connection(
+        tmp_path, caplog):
+    """The host's MaxSessions (3) is below transport.max_sessions (10): it refuses channels
+    ("open failed: Connect failed"), and a refused channel is asked for again as others
+    close, on the same connection. Dropping the connection at a refusal (as any other SSH
+    error does) broke the commands running on it."""
+    caplog.set_level(logging.DEBUG, "caseflow.ssh")
+    server = SSHServer(tmp_path / "sshd", max_sessions=3).start()
+    try:
+        t = make(server, tmp_path)
+        errors, peak = _at_once(t, tmp_path, 24)
+        assert errors == [] and peak <= 3, (errors, peak)
+        assert t.connects == 1
+        assert "testhost refused a new session" in caplog.text  # the host did refuse some
+        assert "open FAILED" not in caplog.text  # and paramiko's ERROR of it is not shown
+        assert _all_sessions_given_back(t)
+        t.close()
+    finally:
+        server.stop()
+
+
+def test_a_failed_command_gives_its_session_back(sshd, tmp_path):
+    t = make(sshd, tmp_path, max_sessions=2, command_timeout=1)
+    for _ in range(3):
+        with pytest.raises(TransientError, match="did not finish within 1 s"):
+            t.run(["sleep", "30"])
+        assert t.run(["sh", "-c", "exit 3"]).returncode == 3
+    assert _all_sessions_given_back(t)
+    assert t.run(["echo", "ok"]).stdout == "ok\n"
     t.close()
 
 

@@ -35,8 +35,11 @@ class SSHConfig(TransportConfig):
     keepalive_seconds: float = 30.0
     reconnect_min_interval: float = 5.0
     large_file_bytes: int = 64 * 1024 * 1024
-    # channels an upload opens at once on the connection (byte ranges, tar streams), all
-    # uploads together: OpenSSH's MaxSessions (10) minus what polls and submits need
+    # channels open at once on the connection, everything together (the server's
+    # MaxSessions, 10 by default in OpenSSH, counts the sessions of one connection)
+    max_sessions: int = 10
+    # of those, the ones uploads keep open at once (byte ranges, tar streams), all uploads
+    # together: max_sessions minus two, so polls and submits always find a session
     max_channels: int = 8
 
 
@@ -50,7 +53,6 @@ class OpenSSHConfig(SSHConfig):
 
     control_path: str | None = None  # None: one under the state folder (see below)
     control_persist: str = "12h"  # the master's idle time before it closes
-    max_sessions: int = 10  # channels at once over the master (sshd's MaxSessions)
     strict_host_key_checking: str = "yes"
     master: str = "login"  # who opens the master: a person, or the daemon
 
@@ -75,8 +77,34 @@ def _limits(tr: Reader) -> dict[str, Any]:
             tr.get("reconnect_min_interval", NUMBER, d.reconnect_min_interval, not_negative)
         ),
         large_file_bytes=tr.get("large_file_bytes", int, d.large_file_bytes, positive),
-        max_channels=tr.get("max_channels", int, d.max_channels, positive),
+        **_sessions(tr),
     )
+
+
+def _sessions(tr: Reader) -> dict[str, int]:
+    """max_sessions, and max_channels below it: an upload that holds channels may still need
+    a command (a check, the rename), so the uploads may not take every session."""
+    d = SSHConfig
+    sessions = tr.get(
+        "max_sessions",
+        int,
+        d.max_sessions,
+        lambda v: None if v >= 2 else "must be at least 2 (an upload's channel and a command)",
+    )
+    default = max(1, min(d.max_channels, sessions - 2))
+    channels = tr.get(
+        "max_channels",
+        int,
+        default,
+        lambda v: (
+            "must be greater than 0"
+            if v < 1
+            else None
+            if v < sessions
+            else f"must be less than max_sessions ({sessions}): commands need a session too"
+        ),
+    )
+    return {"max_sessions": sessions, "max_channels": channels}
 
 
 def _files_exist(tr: Reader, cfg: SSHConfig) -> None:
@@ -174,7 +202,6 @@ def read_openssh(section: Section) -> OpenSSHConfig:
                 else "must be yes or a time such as 30m, 12h or 1h30m (OpenSSH's ControlPersist)"
             ),
         ),
-        max_sessions=tr.get("max_sessions", int, d.max_sessions, positive),
         strict_host_key_checking=_yes_or_text(
             tr,
             "strict_host_key_checking",
