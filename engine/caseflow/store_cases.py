@@ -4,7 +4,7 @@ its slot bookkeeping commit together, so a crash leaves every case in exactly on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from .errors import StaleCase
 from .store_schema import CASE_SELECT, CHANGEABLE, CaseRow, Database, HistoryRow
@@ -77,11 +77,13 @@ class CaseQueries(Database):
         unpolled_only: bool = False,
         group: str | None = None,
         limit: int | None = None,
+        skip: Collection[int] = (),
     ) -> list[CaseRow]:
         """Cases in `states` whose next step is due, highest priority first, then oldest.
         `unpolled_only`: only those with something to do besides a poll (their job has ended
         and its results are still to fetch, or it is being stopped: `reason` is set before
-        the case ends); `group`, `limit`: only the first `limit` of that group."""
+        the case ends); `group`, `limit`: only the first `limit` of that group; `skip`: ids
+        not wanted (cases whose step is in flight: their rows are not read at all)."""
         states = list(states)
         if not states or limit == 0:
             return []
@@ -93,6 +95,16 @@ class CaseQueries(Database):
         if group is not None:
             where.append("c.grp = ?")
             values.append(group)
+        order = " ORDER BY c.priority DESC, c.created_at, c.id"
+        if skip:
+            return self._rows_of(
+                self._ids(
+                    "SELECT c.id FROM cases c WHERE " + " AND ".join(where) + order,
+                    values,
+                    skip,
+                    limit,
+                )
+            )
         tail = ""
         if limit is not None:
             tail = " LIMIT ?"
@@ -100,11 +112,7 @@ class CaseQueries(Database):
         rows = (
             self._conn()
             .execute(
-                CASE_SELECT
-                + " WHERE "
-                + " AND ".join(where)
-                + " ORDER BY c.priority DESC, c.created_at, c.id"
-                + tail,
+                CASE_SELECT + " WHERE " + " AND ".join(where) + order + tail,
                 values,
             )
             .fetchall()
@@ -301,8 +309,36 @@ class CaseQueries(Database):
             )
         }
 
-    def wrapups_due(self, now: float) -> list[CaseRow]:
-        """Terminal cases whose wrap-up (clean-up, archiving, hook) is still to do."""
+    def _ids(self, sql: str, values, skip: Collection[int], limit: int | None) -> list[int]:
+        ids = [i for (i,) in self._conn().execute(sql, values) if i not in skip]
+        return ids if limit is None else ids[:limit]
+
+    def _rows_of(self, ids: list[int]) -> list[CaseRow]:
+        """The cases with these ids, in this order."""
+        found: dict[int, CaseRow] = {}
+        for start in range(0, len(ids), 500):  # well below SQLite's limit of parameters
+            part = ids[start : start + 500]
+            rows = (
+                self._conn()
+                .execute(CASE_SELECT + f" WHERE c.id IN ({','.join('?' * len(part))})", part)
+                .fetchall()
+            )
+            found.update((r[0], self._case(r)) for r in rows)
+        return [found[i] for i in ids if i in found]
+
+    def wrapups_due(self, now: float, skip: Collection[int] = ()) -> list[CaseRow]:
+        """Terminal cases whose wrap-up (clean-up, archiving, hook) is still to do (but
+        those in `skip`)."""
+        if skip:
+            return self._rows_of(
+                self._ids(
+                    "SELECT c.id FROM cases c WHERE c.wrapup = 1 AND c.next_attempt_at <= ?"
+                    " ORDER BY +c.id",
+                    (now,),
+                    skip,
+                    None,
+                )
+            )
         rows = (
             self._conn()
             .execute(

@@ -110,6 +110,11 @@ class InFlight:
         with self._lock:
             return len(self._keys)
 
+    def case_ids(self) -> frozenset[int]:
+        """The cases whose work is in flight now (a tick need not read them)."""
+        with self._lock:
+            return frozenset(k for k in self._keys if isinstance(k, int))
+
     def claim(self, key) -> bool:
         with self._lock:
             if key in self._keys:
