@@ -200,7 +200,13 @@ def test_the_job_never_sees_a_partial_folder(link, case, tmp_path):
     assert_complete(case, target, staging, m)
 
 
-def test_a_staging_folder_no_attempt_touched_for_a_week_is_removed(sshd, tmp_path, case):
+@pytest.mark.parametrize("size", ["small", "large"])
+def test_a_staging_folder_no_attempt_touched_for_a_week_is_removed(sshd, tmp_path, case, size):
+    """By the prepare command, or by the one command of a small case."""
+    if size == "small":
+        case = tmp_path / "small"
+        case.mkdir()
+        (case / "data.bin").write_bytes(os.urandom(4096))
     remote = tmp_path / "remote"
     old, recent = remote / ".staging-98-old", remote / ".staging-99-recent"
     for d in (old, recent):

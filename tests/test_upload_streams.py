@@ -11,7 +11,7 @@ from caseflow import casefolder
 from caseflow.config import TransportConfig
 from caseflow.transports.local import local_manifest
 from caseflow.transports.ssh import SSHTransport
-from caseflow.transports.ssh_upload import listing_digest
+from caseflow.transports.ssh_upload import ONE_COMMAND_BYTES, listing_digest
 from caseflow.transports.upload_ranges import RANGE, channels_for
 from caseflow.transports.upload_streams import UNPACK, partition, stream_count
 from sshd import transport_settings
@@ -176,4 +176,69 @@ def test_uploads_at_once_share_the_channels_without_waiting_for_each_other(
     for i in range(3):
         assert local_manifest(tmp_path / "remote" / f"{i}-case") == m.as_set()
     assert t._channel_budget().free == 2
+    t.close()
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    """A case well below ONE_COMMAND_BYTES."""
+    d = tmp_path / "tiny"
+    (d / "scans").mkdir(parents=True)
+    (d / "metadata.txt").write_text("case 1\n")
+    (d / "scans" / "slice_001.raw").write_bytes(os.urandom(2048))
+    return d
+
+
+def test_a_small_case_is_one_command(sshd, tmp_path, tiny):
+    """Its one stream prepares the staging folder, unpacks, verifies and renames; a copy
+    already in place is found by the same command and kept."""
+    t = make(sshd, tmp_path / "remote")
+    m = casefolder.scan(tiny)
+    assert m.size_bytes <= ONE_COMMAND_BYTES
+    target = tmp_path / "remote" / "7-tiny"
+    before = t.commands
+    assert t.upload_dir(tiny, str(target), m) is True
+    assert t.commands - before == 1
+    assert local_manifest(target) == m.as_set()
+    assert (target / "scans" / "slice_001.raw").read_bytes() == \
+        (tiny / "scans" / "slice_001.raw").read_bytes()
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["7-tiny"]
+    marks = sorted(p.name for p in (target / ".caseflow").iterdir())
+    assert "uploaded" in marks and not [n for n in marks if n.startswith(("done-", "commit-"))]
+    marked = (target / ".caseflow" / "uploaded").stat().st_mtime_ns
+    before = t.commands
+    assert t.upload_dir(tiny, str(target), m) is False
+    assert t.commands - before == 1
+    assert (target / ".caseflow" / "uploaded").stat().st_mtime_ns == marked  # not sent again
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["7-tiny"]
+    t.close()
+
+
+def test_a_small_case_starts_from_an_empty_staging_folder(sshd, tmp_path, tiny):
+    """What an earlier attempt left (a file cut short, one the case no longer has) is not
+    kept: the copy verifies against the case as it is now."""
+    remote = tmp_path / "remote"
+    staging = remote / ".staging-8-tiny"
+    (staging / "scans").mkdir(parents=True)
+    (staging / "scans" / "slice_001.raw").write_bytes(b"cut")
+    (staging / "gone.txt").write_text("removed from the case since")
+    t = make(sshd, remote)
+    m = casefolder.scan(tiny)
+    assert t.upload_dir(tiny, str(remote / "8-tiny"), m) is True
+    assert local_manifest(remote / "8-tiny") == m.as_set()
+    assert not staging.exists()
+    t.close()
+
+
+def test_a_small_case_on_a_target_that_differs_replaces_it(sshd, tmp_path, tiny):
+    """A folder of that name that is not this copy (another run's, or damaged) is replaced,
+    as a two-command upload would replace it."""
+    remote = tmp_path / "remote"
+    (remote / "9-tiny").mkdir(parents=True)
+    (remote / "9-tiny" / "metadata.txt").write_text("something else\n")
+    t = make(sshd, remote)
+    m = casefolder.scan(tiny)
+    assert t.upload_dir(tiny, str(remote / "9-tiny"), m) is True
+    assert local_manifest(remote / "9-tiny") == m.as_set()
+    assert (remote / "9-tiny" / "metadata.txt").read_text() == "case 1\n"
     t.close()

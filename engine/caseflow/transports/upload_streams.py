@@ -68,10 +68,20 @@ class Streams:
     """`n` channels into scripts/unpack.sh, opened at once (each in the channel budget) while
     the caller finds out what they are to carry: `send()` streams the parts (from one thread:
     upload_pump.py), `abort()` ends the streams unsent (their tar fails: nothing is renamed).
+    `prepare` (the stale-staging sweep's minutes, "0": none): the one stream of a small case
+    prepares the staging folder itself (no prepare command).
     """
 
     def __init__(
-        self, transport, n: int, staging: str, target: str, digest: str, token: str, expected: set
+        self,
+        transport,
+        n: int,
+        staging: str,
+        target: str,
+        digest: str,
+        token: str,
+        expected: set,
+        prepare: str | None = None,
     ):
         self.t = transport
         self.expected = expected
@@ -89,6 +99,7 @@ class Streams:
                 token,
                 str(got),
                 str(i),
+                *([prepare] if prepare is not None else []),
             ],
         )
         self.ended = False
