@@ -8,6 +8,7 @@ in one transaction guarded by the state the case was loaded in.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -50,7 +51,9 @@ def free_name(folder: Path, name: str, case_id: int, taken: Collection[str] = fr
     """`folder/name`, or with the case id (and a counter) appended when that is taken:
     never a path that exists or that another case uses."""
     base = casefolder.short_name(name)
-    candidates = [base, f"{base}-{case_id}"] + [f"{base}-{case_id}-{i}" for i in range(2, 1000)]
+    candidates = itertools.chain(
+        (base, f"{base}-{case_id}"), (f"{base}-{case_id}-{i}" for i in range(2, 1000))
+    )  # made as tried: nearly always the first is free
     for candidate in candidates:
         path = folder / candidate
         if (

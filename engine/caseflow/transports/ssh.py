@@ -226,15 +226,21 @@ class SSHTransport(StagedUpload, Transport):
 
     def round_trip(self) -> float:
         """Seconds of one round trip to the host, measured once per connection (connecting
-        first if need be): a global request the server answers at once (OpenSSH refuses an
-        unknown one, and says so)."""
+        first if need be): the quicker of two global requests the server answers at once
+        (OpenSSH refuses an unknown one, and says so). Not one: right after the login sshd
+        answers nothing for a while (~70 ms here, its session process starting), so the
+        first request took 42-46 ms on loopback, and every upload on loopback chose the
+        channels of a 45 ms link (8 instead of 1)."""
         with self._rtt_lock:
             transport = transport_of(self.conn.client())
             if self._rtt is not None and self._rtt[0] is transport:
                 return self._rtt[1]
-            t0 = time.monotonic()
-            transport.global_request("round-trip@caseflow", wait=True)
-            self._rtt = (transport, time.monotonic() - t0)
+            times = []
+            for _ in range(2):
+                t0 = time.monotonic()
+                transport.global_request("round-trip@caseflow", wait=True)
+                times.append(time.monotonic() - t0)
+            self._rtt = (transport, min(times))
             return self._rtt[1]
 
     def _exec(self, command: str, timeout: float | None, chan=None) -> RunResult:

@@ -100,7 +100,7 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
     try:
         pump(jobs, counter)
     finally:
-        ends = [finish(transport, job, None) for job in jobs]
+        ends = finish(transport, jobs, None)
         opening.close()
     for job in jobs:  # a local file's problem is the case's, before the connection's
         if job.local_error is not None:

@@ -116,7 +116,7 @@ class Streams:
         try:
             pump(jobs, counter)
         finally:
-            ends = [finish(self.t, job, ABORT) for job in jobs]
+            ends = finish(self.t, jobs, ABORT)
             self.opening.close()
         for job in jobs:  # a local file's problem is the case's, before the connection's
             if job.local_error is not None:
@@ -136,10 +136,10 @@ class Streams:
             return
         self.ended = True
         with contextlib.suppress(Exception):
-            for chan in self.opening.channels():
-                job = Job(chan, iter(()))
+            jobs = [Job(chan, iter(())) for chan in self.opening.channels()]
+            for job in jobs:
                 job.local_error = RuntimeError("not sent")
-                finish(self.t, job, ABORT)
+            finish(self.t, jobs, ABORT)
         self.opening.close()
 
 
@@ -188,25 +188,42 @@ class Opening:
                 self.t.close_bulk(chan)
 
 
-def finish(t, job: Job, abort: bytes | None) -> tuple[int, bytes, bytes]:
-    """End a job's channel: after data that is not complete, `abort` (if given) so that the
+def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, bytes]]:
+    """End the jobs' channels: after data that is not complete, `abort` (if given) so that the
     remote side fails; then the write side's EOF (the remote side reads until it, so it cannot
-    race with the channel's close: see ssh.py's _exec), and the command's output and exit
-    code (-1 when the connection is gone)."""
-    chan = job.chan
-    try:
-        if not job.complete and job.send_error is None and abort is not None:
-            chan.sendall(abort)
-        if job.send_error is None or not (chan.closed or chan.eof_received):
-            chan.shutdown_write()
-        out, err = t._drain(chan)
-        rc = chan.recv_exit_status()
-    except (TimeoutError, OSError, EOFError) as exc:
-        if job.send_error is None:
-            job.send_error = exc
-        return -1, b"", b""
-    t.commands += 1
-    return rc, out, err
+    race with the channel's close: see ssh.py's _exec); then each command's output and exit
+    code (-1 when the connection is gone). Every channel's end is sent before any answer is
+    waited for: ended one after the other, each cost a round trip (8 streams across 50 ms:
+    0.5 s of a 1.85 s upload of 10,000 small files)."""
+    broken: list[bool] = []
+    for job in jobs:
+        chan = job.chan
+        try:
+            if not job.complete and job.send_error is None and abort is not None:
+                chan.sendall(abort)
+            if job.send_error is None or not (chan.closed or chan.eof_received):
+                chan.shutdown_write()
+            broken.append(False)
+        except (TimeoutError, OSError, EOFError) as exc:
+            if job.send_error is None:
+                job.send_error = exc
+            broken.append(True)
+    ends = []
+    for job, lost in zip(jobs, broken, strict=True):
+        if lost:
+            ends.append((-1, b"", b""))
+            continue
+        try:
+            out, err = t._drain(job.chan)
+            rc = job.chan.recv_exit_status()
+        except (TimeoutError, OSError, EOFError) as exc:
+            if job.send_error is None:
+                job.send_error = exc
+            ends.append((-1, b"", b""))
+            continue
+        t.commands += 1
+        ends.append((rc, out, err))
+    return ends
 
 
 def local_problem(exc: BaseException, local_dir, name: str) -> Exception:
