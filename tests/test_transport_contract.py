@@ -270,6 +270,35 @@ def test_results_by_pattern_and_without_an_upload_mark(transport, case, tmp_path
     assert sorted(p.name for p in dest.iterdir()) == ["all", "p"]
 
 
+def test_results_and_the_end_of_the_job_log_come_together(transport, case, tmp_path):
+    """The log a backend keeps in the case folder comes with the results (one command over
+    SSH): its last `limit` bytes as text, not among the result files."""
+    target = Path(transport.path("19-case"))
+    transport.upload_dir(case, str(target), casefolder.scan(case))
+    (target / "out").mkdir()
+    (target / "out" / "a.txt").write_text("a")
+    log = "".join(f"line {i} \u00e9\n" for i in range(3000))
+    (target / ".caseflow" / "job.log").write_text(log)
+    dest = tmp_path / "results"
+    dest.mkdir()
+    count, text = transport.fetch_results_and_tail(
+        str(target), dest / "all", None, ".caseflow/job.log", 1_000_000)
+    assert (count, _files(dest / "all"), text) == (1, ["out/a.txt"], log)
+    count, text = transport.fetch_results_and_tail(
+        str(target), dest / "end", ["out/*"], ".caseflow/job.log", 100)
+    assert (count, _files(dest / "end")) == (1, ["out/a.txt"])
+    assert text == log.encode()[-100:].decode("utf-8", "replace")
+    # no log (a job that left none): None, and nothing an earlier fetch left is taken for it
+    (target / ".caseflow" / "job.log").unlink()
+    count, text = transport.fetch_results_and_tail(
+        str(target), dest / "none", None, ".caseflow/job.log", 1000)
+    assert (count, _files(dest / "none"), text) == (1, ["out/a.txt"], None)
+    assert sorted(p.name for p in dest.iterdir()) == ["all", "end", "none"]
+    with pytest.raises(PermanentError, match="does not exist"):
+        transport.fetch_results_and_tail(str(target) + "-absent", dest / "absent", None,
+                                         ".caseflow/job.log", 1000)
+
+
 def test_the_upload_mark_is_not_part_of_the_case(transport, case):
     """A re-upload of an unchanged case finds it complete, mark or no mark."""
     m = casefolder.scan(case)

@@ -8,6 +8,7 @@ in one transaction guarded by the state the case was loaded in.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -17,7 +18,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 
 from . import casefolder, metrics
-from .backends import NOT_FOUND, JobRef, JobSpec
+from .backends import LOG_TAIL_BYTES, NOT_FOUND, JobRef, JobSpec
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
 
@@ -217,14 +218,11 @@ class Case:
         eng, row = self.engine, self.row
         ref = job_ref(row, eng.instance)
         host = eng.host_of(row)
-        try:
-            text = host.backend.job_log(ref)
-        except PermanentError as exc:
-            log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
-            text = None
-        if text is not None:
-            write_atomic(job_log_path(eng.config.database, row), text)
         folder = eng.config.results.folder
+        with_results = folder is not None and bool(row.remote_path)
+        # a log the backend keeps in the case folder comes with the results (one command)
+        log_file = host.backend.log_file(ref) if with_results else None
+        text = None if log_file else self._job_log(ref)
         if folder is None or not row.remote_path:
             return
         target = Path(row.results_path) if row.results_path else None
@@ -232,10 +230,22 @@ class Case:
             target = free_name(folder, row.name, row.id, eng.store.results_paths())
             eng.store.set_results_path(row.id, row.state, str(target))  # before anything lands
         try:
-            count = host.transport.fetch_results(
-                row.remote_path, target, eng.config.results.patterns
-            )
+            if log_file:
+                count, text = host.transport.fetch_results_and_tail(
+                    row.remote_path, target, eng.config.results.patterns, log_file, LOG_TAIL_BYTES
+                )
+                if text is None:  # not there, or not copied (a full disk): asked for alone
+                    text = self._job_log(ref)
+                else:
+                    write_atomic(job_log_path(eng.config.database, row), text)
+            else:
+                count = host.transport.fetch_results(
+                    row.remote_path, target, eng.config.results.patterns
+                )
         except PermanentError as exc:
+            if log_file:  # the log is kept all the same (`caseflow show`), if it can be had
+                with contextlib.suppress(TransientError, HostError):
+                    self._job_log(ref)
             if row.job_outcome == NOT_FOUND:  # nothing more to lose; say so and go on
                 event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
                 return
@@ -250,6 +260,18 @@ class Case:
         event.kwargs["detail"] = (
             f"{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
         )
+
+    def _job_log(self, ref) -> str | None:
+        """The job's log from its backend, kept where `caseflow show` finds it."""
+        eng, row = self.engine, self.row
+        try:
+            text = eng.host_of(row).backend.job_log(ref)
+        except PermanentError as exc:
+            log.warning("case %s: the job log could not be fetched: %s", row.id, exc)
+            return None
+        if text is not None:
+            write_atomic(job_log_path(eng.config.database, row), text)
+        return text
 
     def kill_job(self, event) -> None:
         row, eng = self.row, self.engine

@@ -55,6 +55,9 @@ class JobStatus:
     exit_code: int | None = None
 
 
+LOG_TAIL_BYTES = 1_000_000  # of a job's output, kept at most (its end)
+
+
 class QueueBackend(ABC):
     @abstractmethod
     def submit(self, job: JobSpec) -> str:
@@ -78,6 +81,13 @@ class QueueBackend(ABC):
 
     def job_log(self, job: JobRef) -> str | None:
         """The job's combined stdout and stderr, or None when it cannot be had."""
+        return None
+
+    def log_file(self, job: JobRef) -> str | None:
+        """Where the job's combined output is, as a path relative to its case folder, when
+        the backend keeps it in a file there (the file job_log reads); the engine then
+        fetches its last LOG_TAIL_BYTES with the results, in one command. None: job_log
+        asks the queue."""
         return None
 
     def check(self) -> list[tuple[bool, str]]:

@@ -17,6 +17,7 @@ from ..errors import PermanentError, TransientError
 from ..transports.shell import script
 from . import (
     FAILURE,
+    LOG_TAIL_BYTES,
     NOT_FOUND,
     RUNNING,
     SUCCESS,
@@ -29,6 +30,7 @@ from . import (
     QueueBackend,
 )
 
+JOB_LOG = ".caseflow/job.log"  # the job's stdout and stderr (scripts/direct-launch.sh)
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
 
 # the remote scripts: scripts/direct-*.sh
@@ -93,9 +95,12 @@ class DirectBackend(QueueBackend):
 
     def job_log(self, job: JobRef) -> str | None:
         res = self.transport.run(
-            ["tail", "-c", "1000000", "--", f"{job.remote_path}/.caseflow/job.log"]
+            ["tail", "-c", str(LOG_TAIL_BYTES), "--", f"{job.remote_path}/{JOB_LOG}"]
         )
         return res.stdout if res.returncode == 0 else None
+
+    def log_file(self, job: JobRef) -> str | None:
+        return JOB_LOG
 
     def cancel(self, job: JobRef) -> None:
         if not job.task_id.isdigit():

@@ -30,6 +30,7 @@ from ..errors import PermanentError, TransientError
 from ..transports.shell import script, source
 from . import (
     FAILURE,
+    LOG_TAIL_BYTES,
     NOT_FOUND,
     RUNNING,
     SUCCESS,
@@ -280,8 +281,13 @@ class SlurmBackend(QueueBackend):
             )
 
     def job_log(self, job: JobRef) -> str | None:
-        res = self.transport.run(["tail", "-c", "1000000", "--", f"{job.remote_path}/{OUTPUT}"])
+        res = self.transport.run(
+            ["tail", "-c", str(LOG_TAIL_BYTES), "--", f"{job.remote_path}/{OUTPUT}"]
+        )
         return res.stdout if res.returncode == 0 else None
+
+    def log_file(self, job: JobRef) -> str | None:
+        return OUTPUT
 
 
 ADAPTER = BackendAdapter(

@@ -166,6 +166,23 @@ class Transport(ABC):
         bookkeeping folder is left out. Atomic like `download`.
         """
 
+    def fetch_results_and_tail(
+        self,
+        remote_path: str,
+        local_path: Path,
+        patterns: Sequence[str] | None,
+        tail: str,
+        limit: int,
+    ) -> tuple[int, str | None]:
+        """`fetch_results`, and the last `limit` bytes of the file `tail` (a path relative to
+        the case folder, such as the job's log in the bookkeeping folder) as text, None when
+        there is no such file: (the file count, the text). Adapters that can do both in one
+        command override it (a remote session and a round trip less per case); this does
+        them one after the other, the tail first."""
+        res = self.run(["tail", "-c", str(limit), "--", posixpath.join(remote_path, tail)])
+        text = res.stdout if res.returncode == 0 else None
+        return self.fetch_results(remote_path, local_path, patterns), text
+
     @abstractmethod
     def remove_tree(self, remote_path: str) -> None:
         """Delete a remote folder and everything in it; no error when it is absent."""

@@ -225,6 +225,23 @@ class LocalTransport(Transport):
         except OSError as exc:
             raise _os_error(f"download of {remote_path}", exc) from exc
 
+    def fetch_results_and_tail(
+        self,
+        remote_path: str,
+        local_path: Path,
+        patterns: Sequence[str] | None,
+        tail: str,
+        limit: int,
+    ) -> tuple[int, str | None]:
+        """The tail read here (no process), then the results."""
+        try:
+            with open(Path(remote_path) / tail, "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+                text: str | None = f.read(limit).decode("utf-8", "replace")
+        except OSError:
+            text = None
+        return self.fetch_results(remote_path, local_path, patterns), text
+
     def fetch_results(
         self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
     ) -> int:

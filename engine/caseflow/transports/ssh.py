@@ -48,6 +48,8 @@ from .tarstream import extract
 log = logging.getLogger("caseflow.ssh")
 
 FETCH = script(__package__, "fetch.sh")
+BOOKKEEPING = ".caseflow"
+TAIL_COPY = f"{BOOKKEEPING}/fetched-tail"  # where fetch.sh puts the tail it sends
 DOWNLOAD = script(__package__, "download.sh")
 
 
@@ -346,6 +348,27 @@ class SSHTransport(StagedUpload, Transport):
     def fetch_results(
         self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
     ) -> int:
+        return self._fetch(remote_path, local_path, patterns, None, 0)[0]
+
+    def fetch_results_and_tail(
+        self,
+        remote_path: str,
+        local_path: Path,
+        patterns: Sequence[str] | None,
+        tail: str,
+        limit: int,
+    ) -> tuple[int, str | None]:
+        """One command: the tail comes in the results' tar stream (scripts/fetch.sh)."""
+        return self._fetch(remote_path, local_path, patterns, tail, limit)
+
+    def _fetch(
+        self,
+        remote_path: str,
+        local_path: Path,
+        patterns: Sequence[str] | None,
+        tail: str | None,
+        limit: int,
+    ) -> tuple[int, str | None]:
         local_path = Path(local_path)
         staging = local_path.parent / f".staging-{local_path.name}"
         parent, base = posixpath.split(remote_path.rstrip("/"))
@@ -364,6 +387,8 @@ class SSHTransport(StagedUpload, Transport):
             parent,
             base,
             "all" if patterns else "changed",
+            tail or "-",
+            str(limit),
             *tests,
         ]
         try:
@@ -382,12 +407,17 @@ class SSHTransport(StagedUpload, Transport):
                 f"refusing the results of {remote_path} on {self.name}: the "
                 "host sent a file in place of the case folder"
             )
+        text = None
+        kept = fetched / TAIL_COPY
+        if tail is not None and kept.is_file():  # the only file fetch.sh sends from there
+            text = kept.read_bytes().decode("utf-8", "replace")
+        shutil.rmtree(fetched / BOOKKEEPING, ignore_errors=True)
         count = sum(len(files) for _, _, files in os.walk(fetched))
         if os.path.lexists(local_path):
             remove_local(local_path)
         os.rename(fetched, local_path)
         staging.rmdir()
-        return count
+        return count, text
 
     def _tar_download(
         self, argv: list[str], base: str, staging: Path, remote_path: str, links: bool = False

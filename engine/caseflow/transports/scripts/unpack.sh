@@ -17,7 +17,8 @@ if [ -n "${7-}" ]; then
     got=$(listing "$d" | LC_ALL=C sort -z | sha256sum)
     if [ "${got%% *}" = "$digest" ]; then cat > /dev/null; echo present; exit 0; fi
   fi
-  rm -rf -- "$s" && mkdir -p -- "$s/.caseflow" && true > "$s/.caseflow/attempt" || exit 10
+  { [ ! -e "$s" ] || rm -rf -- "$s"; } && mkdir -p -- "$s/.caseflow" &&
+    true > "$s/.caseflow/attempt" || exit 10
   if [ "$7" -gt 0 ]; then
     find "${s%/*}"/.staging-*/.caseflow/attempt -prune -mmin +"$7" \
       -exec sh -c 'for a do rm -rf -- "${a%/.caseflow/attempt}"; done' caseflow {} + 2>/dev/null
@@ -41,5 +42,7 @@ mark_uploaded "$s" && { [ ! -e "$d" ] || rm -rf -- "$d"; } && mv -- "$s" "$d" ||
 # the marks go only once the folder is renamed: removed before, a stream that had counted them
 # all could still make its own commit mark and rename a second time, or fail (four streams at
 # once: 1 of 600 rounds failed, 18 of 1,500 with two such runs at once; none after)
-rm -f -- "$d/.caseflow/done-"* "$d/.caseflow/commit-"*  # this attempt's, and any before
+# (this attempt's, and any before; rm only when there are some: a process less for most cases)
+set -- "$d/.caseflow/done-"* "$d/.caseflow/commit-"*
+for f do [ ! -e "$f" ] || { rm -f -- "$@"; break; }; done
 echo committed
