@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (add_case, load, machine, median, ratio, section, sshd, tmpfs,  # noqa: E402
                       workdir, write_config)
-from upload_bench import _cpu, digests, make_large_file, make_small_files  # noqa: E402
+from upload_bench import Tools, _cpu, digests, make_large_file, make_small_files  # noqa: E402
 
 from caseflow import casefolder  # noqa: E402
 from caseflow.config import TransportConfig  # noqa: E402
@@ -38,6 +38,7 @@ from caseflow.transports.local import local_manifest  # noqa: E402
 from sshd import transport_settings  # noqa: E402
 
 KINDS = ("ssh", "openssh")
+SCP_CIPHER = "aes128-gcm@openssh.com"
 
 
 def settings(kind: str, server, root: Path, work: Path) -> dict:
@@ -69,24 +70,48 @@ def _upload(t, src: Path, target: Path, expected: set, sums: dict) -> tuple[floa
     return wall, cpu
 
 
+def _scp(tools: Tools, src: Path, expected: set, sums: dict) -> tuple[float, float]:
+    c0, t0 = _cpu(), time.perf_counter()
+    target = tools.scp(src, SCP_CIPHER)
+    wall, cpu = time.perf_counter() - t0, _cpu() - c0
+    if local_manifest(target) != expected or digests(target) != sums:
+        raise SystemExit(f"scp: the copy in {target} does not match the source")
+    shutil.rmtree(target)
+    return wall, cpu
+
+
 def compare_upload(transports: dict, label: str, src: Path, target_root: Path,
-                   repeat: int) -> dict:
+                   repeat: int, scp: Tools | None = None) -> dict:
+    """The two transports in turn; with `scp`, `scp -r -c aes128-gcm` as well (the loopback
+    targets are ratios to the fastest scp)."""
     expected, sums = casefolder.scan(src).as_set(), digests(src)
-    for kind, t in transports.items():  # warm-up: page cache, the connection
-        _upload(t, src, target_root / kind, expected, sums)
-    runs = {k: [] for k in transports}
-    cpus = {k: [] for k in transports}
+    kinds = [*KINDS, *(["scp"] if scp else [])]
+
+    def one(kind: str) -> tuple[float, float]:
+        if kind == "scp":
+            assert scp is not None
+            return _scp(scp, src, expected, sums)
+        return _upload(transports[kind], src, target_root / kind, expected, sums)
+    for kind in kinds:  # warm-up: page cache, the connection
+        one(kind)
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
+    cpus: dict[str, list[float]] = {k: [] for k in kinds}
     for i in range(repeat):
-        for kind in (KINDS if i % 2 == 0 else KINDS[::-1]):
-            wall, cpu = _upload(transports[kind], src, target_root / kind, expected, sums)
+        for kind in kinds[i % len(kinds):] + kinds[:i % len(kinds)]:
+            wall, cpu = one(kind)
             runs[kind].append(wall)
             cpus[kind].append(cpu)
     med = {k: median(v) for k, v in runs.items()}
-    return {"data": label, "repeat": repeat,
-            "tools": {k: {"median_s": round(med[k], 3), "runs_s": [round(x, 3) for x in runs[k]],
-                          "client_cpu_s": round(median(cpus[k]), 3)} for k in transports},
-            "openssh_vs_ssh": ratio(med["openssh"], med["ssh"]),
-            "cpu_openssh_vs_ssh": ratio(median(cpus["openssh"]), median(cpus["ssh"]))}
+    out = {"data": label, "repeat": repeat,
+           "tools": {k: {"median_s": round(med[k], 3), "runs_s": [round(x, 3) for x in runs[k]],
+                         "client_cpu_s": round(median(cpus[k]), 3)} for k in kinds},
+           "openssh_vs_ssh": ratio(med["openssh"], med["ssh"]),
+           "cpu_openssh_vs_ssh": ratio(median(cpus["openssh"]), median(cpus["ssh"]))}
+    if scp:
+        out["scp"] = f"scp -r -c {SCP_CIPHER.split('@')[0]}"
+        out["openssh_vs_scp"] = ratio(med["openssh"], med["scp"])
+        out["cpu_openssh_vs_scp"] = ratio(median(cpus["openssh"]), median(cpus["scp"]))
+    return out
 
 
 def round_trips(transports: dict, count: int) -> dict:
@@ -177,7 +202,8 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
                 shutil.rmtree(small)
                 large = make_large_file(src, large_mib << 20)
                 out["large"] = compare_upload(transports, f"one {large_mib:,} MiB file", large,
-                                              work / "target", repeat)
+                                              work / "target", repeat,
+                                              scp=Tools(server, work / "target"))
                 shutil.rmtree(large)
             finally:
                 transports["openssh"].master.exit()

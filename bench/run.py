@@ -203,6 +203,15 @@ def openssh_rows(op: dict | None) -> list[dict]:
                          f"{t['openssh']['client_cpu_s']:.2f} s",
                          f"{t['ssh']['client_cpu_s']:.2f} s paramiko", r["cpu_openssh_vs_ssh"],
                          "", None))
+        if "openssh_vs_scp" in r:  # the loopback targets of the ssh transport, for openssh
+            rows.append(_row(f"openssh transport: upload {r['data']} vs scp",
+                             f"{t['openssh']['median_s']:.2f} s",
+                             f"{t['scp']['median_s']:.2f} s {r['scp']}", r["openssh_vs_scp"],
+                             "<= 0.85", r["openssh_vs_scp"] <= 0.85))
+            rows.append(_row("  CPU time on the sending side (with the ssh master)",
+                             f"{t['openssh']['client_cpu_s']:.2f} s",
+                             f"{t['scp']['client_cpu_s']:.2f} s {r['scp']}",
+                             r["cpu_openssh_vs_scp"], "<= 1.0", r["cpu_openssh_vs_scp"] <= 1.0))
     p = op["poll"]
     rows.append(_row(f"openssh transport: poll {p['running_cases']:,} running cases, tick wall",
                      f"{p['openssh']['tick_wall_s']:.2f} s",
