@@ -42,6 +42,17 @@ Feature: Cases travel to the GPU host over SSH
     Then the case "lung_0004" still ends in success
     And the case "lung_0005" still ends in success
 
+  Scenario: More work at once than the host allows sessions delays no case
+    A server limits the commands running at once on one connection (OpenSSH's
+    MaxSessions, 10 by default). caseflow keeps to transport.max_sessions; where
+    the host allows fewer, a step waits for a session on the same connection.
+    Given the GPU host allows 3 sessions on one connection
+    And caseflow works on 8 steps at a time with 12 slots
+    And caseflow is running
+    When 12 case folders are dropped into the inbox at once
+    Then every one of them ends in success
+    And caseflow opened one SSH connection for all of it
+
   Scenario: Case names with spaces, quotes and shell syntax run safely
     Given caseflow is running
     When these case folders are dropped into the inbox:

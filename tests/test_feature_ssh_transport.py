@@ -81,6 +81,27 @@ def tried_and_failed(ws):
     wait_for(failed_attempt, what="a failed attempt to be recorded")
 
 
+@given(parsers.parse("the GPU host allows {n:d} sessions on one connection"))
+def few_sessions(host, n):
+    host.server.stop()
+    host.server.max_sessions = n
+    host.server.start()
+
+
+@given(parsers.parse("caseflow works on {workers:d} steps at a time with {slots:d} slots"))
+def many_workers(ws, workers, slots):
+    ws.write_config(workers=workers, groups={"gpu_a": {"slots": slots}})
+
+
+@when(parsers.parse("{count:d} case folders are dropped into the inbox at once"),
+      target_fixture="names")
+def drop_at_once(ws, count):
+    names = [f"many-{i:02d}" for i in range(count)]
+    for name in names:
+        ws.drop_case(name)
+    return names
+
+
 @when("these case folders are dropped into the inbox:", target_fixture="names")
 def drop_many(ws, datatable):
     names = [row[0] for row in datatable[1:]]

@@ -34,7 +34,7 @@ def case(tmp_path):
 
 
 def test_channels_follow_the_round_trip_within_the_limit():
-    assert channels_for(0.0, 8) == 2            # loopback: two overlap writer and sshd
+    assert channels_for(0.0, 8) == 4            # loopback: several overlap writers and sshd
     assert channels_for(0.010, 8) == 6          # 1 GiB/s x 10 ms over 2 MiB windows
     assert channels_for(0.050, 8) == 8          # capped
     assert channels_for(0.050, 1) == 1
@@ -44,6 +44,10 @@ def test_stream_count_and_parts(case):
     entries = casefolder.scan(case).entries
     assert stream_count(0.0, case, entries, 8) == 1
     assert stream_count(0.050, case, entries, 8) == 1  # ~6 MB: one stream per 4 MiB at most
+    many = [e for e in entries if e.kind == "f"] * 2000  # as if there were much more data
+    assert stream_count(0.0, case, many, 8) == 4  # loopback: several tars overlap
+    assert stream_count(0.0, case, many, 3) == 3  # within the channel budget
+    assert stream_count(0.050, case, many, 8) == 8
     parts = partition(list(entries), 4)
     assert len(parts) == 4 and [e for p in parts for e in p] == list(entries)
     sizes = [sum(e.size + 512 for e in p) for p in parts]
