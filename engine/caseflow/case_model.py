@@ -223,7 +223,7 @@ class Case:
         # a log the backend keeps in the case folder comes with the results (one command)
         log_file = host.backend.log_file(ref) if with_results else None
         text = None if log_file else self._job_log(ref)
-        if folder is None or not row.remote_path:
+        if not with_results:
             return
         target = Path(row.results_path) if row.results_path else None
         if target is None or target.parent != folder:

@@ -38,7 +38,7 @@ from tenacity import (
 
 from .. import metrics
 from ..errors import PermanentError, TransientError
-from . import RunResult, Transport, TransportAdapter, remove_local
+from . import BOOKKEEPING, RunResult, Transport, TransportAdapter, remove_local
 from .shell import script
 from .ssh_connection import Connection, Unreachable, classify, transport_of
 from .ssh_settings import SSHConfig, read_ssh
@@ -48,7 +48,6 @@ from .tarstream import extract
 log = logging.getLogger("caseflow.ssh")
 
 FETCH = script(__package__, "fetch.sh")
-BOOKKEEPING = ".caseflow"
 TAIL_COPY = f"{BOOKKEEPING}/fetched-tail"  # where fetch.sh puts the tail it sends
 DOWNLOAD = script(__package__, "download.sh")
 
