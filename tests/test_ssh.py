@@ -2,7 +2,9 @@
 
 import logging
 import os
+import socket
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,8 @@ import pytest
 from caseflow import casefolder
 from caseflow.config import TransportConfig, load_config
 from caseflow.errors import ConfigError, HostError, TransientError
-from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh import SSHTransport, start_command
+from caseflow.transports.ssh_connection import transport_of
 from caseflow.transports.local import local_manifest
 from harness import wait_for
 from sshd import Relay, SSHServer, transport_settings
@@ -430,3 +433,41 @@ def test_keys_from_an_ssh_agent(sshd, tmp_path, monkeypatch):
     finally:
         agent.terminate()
         agent.wait()
+
+
+def test_a_command_started_without_waiting_gets_its_stdin_and_a_refusal_closes_the_channel(
+        sshd, tmp_path):
+    """start_command does not wait for the server's answer before the data (a round trip
+    less per stream); what is sent right after it reaches the command. A request the server
+    refuses (here a second command on the same channel) closes the channel: sending fails
+    and there is no exit status, as when the connection is lost, never a hang."""
+    t = SSHTransport(TransportConfig(**transport_settings(sshd, tmp_path)))
+    chan = t._session()
+    start_command(chan, "cat > " + str(tmp_path / "got"))
+    chan.sendall(b"sent at once\n")
+    chan.shutdown_write()
+    assert chan.recv_exit_status() == 0
+    chan.close()
+    assert (tmp_path / "got").read_text() == "sent at once\n"
+    chan = t._session()
+    start_command(chan, "sleep 30")
+    start_command(chan, "true")  # refused: the session runs a command already
+    deadline = time.monotonic() + 30
+    while not chan.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert chan.closed
+    with pytest.raises(OSError):
+        chan.sendall(b"x")
+    chan.close()
+    t.close()
+
+
+def test_the_connection_acknowledges_at_once(sshd, tmp_path):
+    """sshd's small messages right after the login wait for the client's ACK (Nagle); the
+    client's socket sends it at once after every read (and has TCP_NODELAY itself)."""
+    t = SSHTransport(TransportConfig(**transport_settings(sshd, tmp_path)))
+    sock = transport_of(t.conn.client()).sock
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert sock.recv.__qualname__ == "_QuickAckSocket.recv"
+    assert t.run(["echo", "ok"]).stdout == "ok\n"
+    t.close()

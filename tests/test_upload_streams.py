@@ -246,3 +246,29 @@ def test_a_small_case_on_a_target_that_differs_replaces_it(sshd, tmp_path, tiny)
     assert local_manifest(remote / "9-tiny") == m.as_set()
     assert (remote / "9-tiny" / "metadata.txt").read_text() == "case 1\n"
     t.close()
+
+
+def test_the_round_trip_is_measured_only_where_the_channels_depend_on_it(sshd, tmp_path, case,
+                                                                          monkeypatch):
+    """A case whose streams are as many whatever the round trip (here ~6 MB: one per 4 MiB at
+    most) goes without measuring it: a round trip less before its data. A large file's
+    channels follow the round trip, so with one it is measured, after the prepare command's
+    channel has opened (one request: the opening has waited out the login's late answers)."""
+    requests = []
+
+    def measured(self):
+        requests.append(self._warm is not None)
+        return real(self)
+
+    real = SSHTransport.round_trip
+    monkeypatch.setattr(SSHTransport, "round_trip", measured)
+    t = make(sshd, tmp_path / "remote")
+    m = casefolder.scan(case)
+    assert t.upload_dir(case, str(tmp_path / "remote" / "a"), m) is True
+    assert requests == []
+    t.close()
+    t = make(sshd, tmp_path / "remote", large_file_bytes=1_000_000)
+    assert t.upload_dir(case, str(tmp_path / "remote" / "b"), m) is True
+    assert requests == [True]  # a session was already open on the connection
+    assert local_manifest(tmp_path / "remote" / "b") == m.as_set()
+    t.close()

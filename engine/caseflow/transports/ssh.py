@@ -82,6 +82,24 @@ class _Permit:
             sessions.release()
 
 
+def start_command(chan: paramiko.Channel, command: str) -> None:
+    """Start `command` on the new channel `chan` without waiting for the server's answer:
+    paramiko's exec_command waits a round trip for it before the caller may send the
+    command's stdin (a tar stream, a byte range), as OpenSSH's client does not. SSH keeps a
+    channel's messages in order, so the data reaches the command. Refused (a forced command,
+    a failed fork), paramiko closes the channel when the refusal comes: the sends fail and
+    there is no exit status, as for a lost connection."""
+    transport = chan.get_transport()
+    m = paramiko.Message()
+    m.add_byte(paramiko.common.cMSG_CHANNEL_REQUEST)
+    m.add_int(chan.remote_chanid)
+    m.add_string("exec")
+    m.add_boolean(True)  # want the answer: a refusal closes the channel (_request_failed)
+    m.add_string(command)
+    # paramiko has no public call that does not wait (nor this one in its stubs)
+    transport._send_user_message(m)  # type: ignore[attr-defined]
+
+
 class SSHTransport(StagedUpload, Transport):
     def __init__(self, cfg, sleep=time.sleep):
         super().__init__(cfg.name, cfg.root)
@@ -92,6 +110,7 @@ class SSHTransport(StagedUpload, Transport):
         self._root_resolved = not cfg.root.startswith("~")
         self._rtt: tuple[object, float] | None = None  # (paramiko transport, seconds)
         self._rtt_lock = threading.Lock()
+        self._warm: object | None = None  # the paramiko transport a session was opened on
         self.sessions = threading.BoundedSemaphore(cfg.max_sessions)
 
     # -- plumbing ----------------------------------------------------------------------
@@ -179,6 +198,7 @@ class SSHTransport(StagedUpload, Transport):
         except BaseException:
             self.sessions.release()
             raise
+        self._warm = transport_of(self.conn.client())  # a session opened on it (round_trip)
         permit = _Permit(self.sessions)
         close = chan.close
 
@@ -227,17 +247,20 @@ class SSHTransport(StagedUpload, Transport):
 
     def round_trip(self) -> float:
         """Seconds of one round trip to the host, measured once per connection (connecting
-        first if need be): the quicker of two global requests the server answers at once
-        (OpenSSH refuses an unknown one, and says so). Not one: right after the login sshd
-        answers nothing for a while (~70 ms here, its session process starting), so the
-        first request took 42-46 ms on loopback, and every upload on loopback chose the
-        channels of a 45 ms link (8 instead of 1)."""
+        first if need be) with a global request the server answers at once (OpenSSH refuses
+        an unknown one, and says so). The first answer after the login can be late: sshd
+        holds it until the client has acknowledged two small messages it sent unasked
+        (Nagle's algorithm; see ssh_connection._QuickAckSocket, which removes that here but
+        not on a ProxyJump host's hop): the first request took 42-46 ms on loopback, and
+        every upload there chose the channels of a 45 ms link. So the quicker of two, or one
+        once a channel has been opened on the connection: an upload opens its first
+        command's channel, then measures while the command runs."""
         with self._rtt_lock:
             transport = transport_of(self.conn.client())
             if self._rtt is not None and self._rtt[0] is transport:
                 return self._rtt[1]
             times = []
-            for _ in range(2):
+            for _ in range(1 if self._warm is transport else 2):
                 t0 = time.monotonic()
                 transport.global_request("round-trip@caseflow", wait=True)
                 times.append(time.monotonic() - t0)
@@ -303,11 +326,12 @@ class SSHTransport(StagedUpload, Transport):
 
     def _channel(self, argv: Sequence[str]):
         """A new channel with the command `argv` started on it (its stdin is the channel:
-        the caller sends, then shuts the channel's write side down)."""
+        the caller sends, then shuts the channel's write side down). The data may follow the
+        request at once: the server's answer to it is not waited for (start_command)."""
         chan = self._session()
         try:
             chan.settimeout(self.cfg.command_timeout)
-            chan.exec_command(shlex.join(argv))
+            start_command(chan, shlex.join(argv))
         except BaseException:
             chan.close()
             raise

@@ -54,6 +54,13 @@ def stream_count(rtt: float, local_dir: Path, entries, max_channels: int) -> int
     return n
 
 
+def needs_round_trip(entries, max_channels: int) -> bool:
+    """Whether stream_count depends on the round trip: only where there is the data for
+    more than MIN_STREAMS streams (and the channels for them)."""
+    data = sum(e.size + 512 for e in entries)
+    return min(max_channels, data // STREAM_BYTES) > MIN_STREAMS
+
+
 def partition(entries: list, n: int) -> list[list]:
     """`n` contiguous parts of about equal bytes (a folder's files stay mostly together);
     parts may be empty (an empty tar stream is fine)."""
