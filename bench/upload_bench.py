@@ -46,6 +46,7 @@ def make_small_files(root: Path, count: int, size: int, folders: int) -> Path:
         sub = d / f"dir{i % folders:03d}"
         sub.mkdir(parents=True, exist_ok=True)
         (sub / f"f{i:05d}.bin").write_bytes(os.urandom(size))
+    os.sync()  # (see make_large_file)
     return d
 
 
@@ -55,6 +56,9 @@ def make_large_file(root: Path, size: int) -> Path:
     with open(d / "big.raw", "wb") as f:
         for _ in range(size >> 20):
             f.write(os.urandom(1 << 20))
+    # written back now, not while the copies are timed: the kernel's write-back of a fresh
+    # 1 GiB file ran through the first runs (CPU in I/O wait, 1 GiB copies 1.6-2.7 s)
+    os.sync()
     return d
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from caseflow import casefolder
 from caseflow.config import TransportConfig
+from caseflow.errors import TransientError
 from caseflow.transports.local import local_manifest
 from caseflow.transports.ssh import SSHTransport
 from caseflow.transports.ssh_upload import ONE_COMMAND_BYTES, listing_digest
 from caseflow.transports.upload_ranges import RANGE, channels_for
-from caseflow.transports.upload_streams import UNPACK, partition, stream_count
+from caseflow.transports.upload_streams import UNPACK, stream_count
 from sshd import transport_settings
 
 
@@ -40,7 +41,7 @@ def test_channels_follow_the_round_trip_within_the_limit():
     assert channels_for(0.050, 1) == 1
 
 
-def test_stream_count_and_parts(case):
+def test_stream_count(case):
     entries = casefolder.scan(case).entries
     assert stream_count(0.0, case, entries, 8) == 1
     assert stream_count(0.050, case, entries, 8) == 1  # ~6 MB: one stream per 4 MiB at most
@@ -48,11 +49,6 @@ def test_stream_count_and_parts(case):
     assert stream_count(0.0, case, many, 8) == 4  # loopback: several tars overlap
     assert stream_count(0.0, case, many, 3) == 3  # within the channel budget
     assert stream_count(0.050, case, many, 8) == 8
-    parts = partition(list(entries), 4)
-    assert len(parts) == 4 and [e for p in parts for e in p] == list(entries)
-    sizes = [sum(e.size + 512 for e in p) for p in parts]
-    assert max(sizes) - min(sizes) <= max(e.size + 512 for e in entries)
-    assert partition([], 3) == [[], [], []]
 
 
 def test_a_folder_its_owner_cannot_write_keeps_one_stream(case):
@@ -113,11 +109,11 @@ def test_of_streams_ending_at_once_exactly_one_renames(tmp_path):
         (staging / "sub" / "f").write_text("x")
         digest = listing_digest({("sub", "d", 0), ("sub/f", "f", 1)})
         procs = [subprocess.Popen(["sh", "-c", UNPACK, "caseflow", str(staging), str(target),
-                                   digest, f"t{attempt}", "4", str(i)],
+                                   digest, f"t{attempt}", str(i)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE) for i in range(4)]
         for p in procs:
-            p.stdin.write(bytes(1024))  # an empty tar stream: its end only
+            p.stdin.write(b"4\n" + bytes(1024))  # 4 streams; an empty tar stream: its end
             p.stdin.close()
         results = [(p.wait(), p.stdout.read().decode(), p.stderr.read().decode())
                    for p in procs]
@@ -153,7 +149,7 @@ def test_a_stream_that_finds_the_rename_taken_leaves_it_to_the_other(tmp_path):
         (staging / ".caseflow" / f"done-tok-{i}").touch()
     (staging / ".caseflow" / "commit-tok").touch()  # the other stream took it
     res = subprocess.run(["sh", "-c", UNPACK, "caseflow", str(staging), str(target),
-                          listing_digest(set()), "tok", "4", "3"], input=bytes(1024),
+                          listing_digest(set()), "tok", "3"], input=b"4\n" + bytes(1024),
                          capture_output=True)
     assert (res.returncode, res.stdout, res.stderr) == (0, b"streamed\n", b"")
     assert staging.is_dir() and not target.exists()
@@ -271,4 +267,64 @@ def test_the_round_trip_is_measured_only_where_the_channels_depend_on_it(sshd, t
     assert t.upload_dir(case, str(tmp_path / "remote" / "b"), m) is True
     assert requests == [True]  # a session was already open on the connection
     assert local_manifest(tmp_path / "remote" / "b") == m.as_set()
+    t.close()
+
+
+@pytest.mark.parametrize("max_channels", [8, 2])
+def test_streams_opened_once_the_round_trip_is_known_join_the_first(sshd, tmp_path, case,
+                                                                    monkeypatch, max_channels):
+    """The first streams open with the prepare command; more, opened once the round trip is
+    measured (as many as the budget has free), join them as they open and take what is left
+    of the files: one verified copy, renamed once, whatever the number that joined."""
+    monkeypatch.setattr("caseflow.transports.ssh_upload.needs_round_trip", lambda *a: True)
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count",
+                        lambda rtt, *a: 4 if rtt else 1)
+    t = make(sshd, tmp_path / "remote", max_channels=max_channels)
+    (tmp_path / "remote").mkdir()
+    streams = []
+    channel = t._channel
+
+    def counting(argv):
+        if argv[2] == UNPACK:
+            streams.append(argv[8])  # the stream's index
+        return channel(argv)
+    t._channel = counting
+    m = casefolder.scan(case)
+    target = tmp_path / "remote" / "6-case"
+    assert t.upload_dir(case, str(target), m) is True
+    assert local_manifest(target) == m.as_set()
+    for p in case.rglob("*.bin"):
+        assert (target / p.relative_to(case)).read_bytes() == p.read_bytes()
+    assert sorted(streams) == [str(i) for i in range(min(4, max_channels))]
+    assert sorted(p.name for p in (tmp_path / "remote").iterdir()) == ["6-case"]
+    assert not [p for p in (target / ".caseflow").iterdir()
+                if p.name.startswith(("done-", "commit-"))]
+    t.close()
+
+
+def test_a_stream_that_fails_to_join_fails_the_attempt_and_the_next_one_completes(
+        sshd, tmp_path, case, monkeypatch):
+    """The streams' count included it, so no stream can verify without it: the attempt fails
+    (transient), nothing is renamed, and the next attempt makes the copy."""
+    monkeypatch.setattr("caseflow.transports.ssh_upload.needs_round_trip", lambda *a: True)
+    monkeypatch.setattr("caseflow.transports.ssh_upload.stream_count",
+                        lambda rtt, *a: 4 if rtt else 1)
+    t = make(sshd, tmp_path / "remote")
+    (tmp_path / "remote").mkdir()
+    channel = t._channel
+    refuse = [True]
+
+    def refusing(argv):
+        if refuse[0] and argv[2] == UNPACK and argv[8] == "2":
+            raise TransientError("refused for the test")
+        return channel(argv)
+    t._channel = refusing
+    m = casefolder.scan(case)
+    target = tmp_path / "remote" / "7-case"
+    with pytest.raises(TransientError, match="refused for the test"):
+        t.upload_dir(case, str(target), m)
+    assert not target.exists()
+    refuse[0] = False
+    assert t.upload_dir(case, str(target), m) is True
+    assert local_manifest(target) == m.as_set()
     t.close()

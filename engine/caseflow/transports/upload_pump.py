@@ -40,12 +40,28 @@ class Job:
         return self.local_error is not None or self.send_error is not None
 
 
-def pump(jobs: list[Job], counter: Counter, stop_on_error: bool = True) -> None:
+def pump(jobs: list[Job], counter: Counter, stop_on_error: bool = True, joining=None) -> None:
     """Send every job's data. A job whose data raises, or whose channel fails, stops (and,
-    with `stop_on_error`, so do the others: their data is then not complete)."""
+    with `stop_on_error`, so do the others: their data is then not complete). `joining`:
+    channels still opening (`pending`, and `ready()`: the jobs of those now open, which may
+    raise the failure of one); each job joins as its channel opens (and is appended to
+    `jobs`), and the pump ends once none is pending (none joins after a failure)."""
     active = list(jobs)
     wait = _WAIT_MIN
-    while active:
+    while True:
+        if joining is not None and joining.pending:
+            if stop_on_error and any(job.failed for job in jobs):
+                joining = None  # the caller closes what is still opening
+            else:
+                new = joining.ready()
+                jobs += new
+                active += new
+        if not active:
+            if joining is None or not joining.pending:
+                return
+            time.sleep(wait)
+            wait = min(_WAIT_MAX, wait * 2)
+            continue
         moved = False
         for job in list(active):
             if job not in active:  # all stopped by another's failure

@@ -61,26 +61,20 @@ def needs_round_trip(entries, max_channels: int) -> bool:
     return min(max_channels, data // STREAM_BYTES) > MIN_STREAMS
 
 
-def partition(entries: list, n: int) -> list[list]:
-    """`n` contiguous parts of about equal bytes (a folder's files stay mostly together);
-    parts may be empty (an empty tar stream is fine)."""
-    parts: list[list] = [[] for _ in range(max(1, n))]
-    total = sum(e.size + 512 for e in entries)
-    done, i = 0, 0
-    for e in entries:
-        while i < len(parts) - 1 and done >= total * (i + 1) / len(parts):
-            i += 1
-        parts[i].append(e)
-        done += e.size + 512
-    return parts
-
-
 class Streams:
-    """`n` channels into scripts/unpack.sh, opened at once (each in the channel budget) while
-    the caller finds out what they are to carry: `send()` streams the parts (from one thread:
-    upload_pump.py), `abort()` ends the streams unsent (their tar fails: nothing is renamed).
-    `prepare` (the stale-staging sweep's minutes, "0": none): the one stream of a small case
-    prepares the staging folder itself (no prepare command).
+    """Channels into scripts/unpack.sh, opened at once (each in the channel budget) while the
+    caller finds out what they are to carry: `grow()` opens more (they join as they open),
+    `send()` streams the files (from one thread: upload_pump.py), `abort()` ends the streams
+    unsent (their tar fails: nothing is renamed). `prepare` (the stale-staging sweep's
+    minutes, "0": none): the one stream of a small case prepares the staging folder itself
+    (no prepare command).
+
+    The files are not cut into parts beforehand: each stream takes the next files whenever
+    its window is open (a buffer of CHUNK at a time, so a folder's files stay mostly
+    together), and a stream that joins late takes what is left. Each stream's first line
+    says how many there are in all (the last to end verifies): streams opened once the round
+    trip is known join without the others waiting for them (a round trip less across 50 ms:
+    the first streams open with the prepare command, the round trip is measured meanwhile).
     """
 
     def __init__(
@@ -96,45 +90,76 @@ class Streams:
     ):
         self.t = transport
         self.expected = expected
-        self.opening = Opening(
-            transport,
-            n,
-            lambda i, got: [
-                "sh",
-                "-c",
-                UNPACK,
-                "caseflow",
-                staging,
-                target,
-                digest,
-                token,
-                str(got),
-                str(i),
-                *([prepare] if prepare is not None else []),
-            ],
-        )
+        self.argv = [
+            "sh",
+            "-c",
+            UNPACK,
+            "caseflow",
+            staging,
+            target,
+            digest,
+            token,
+        ]
+        self.extra = [prepare] if prepare is not None else []
+        self.openings = [self._open(0, n, wait=True)]
         self.ended = False
 
+    def _open(self, first: int, n: int, wait: bool) -> Opening:
+        return Opening(
+            self.t,
+            n,
+            lambda i, got: [*self.argv, str(first + i), *self.extra],
+            wait=wait,
+        )
+
+    @property
+    def count(self) -> int:
+        return sum(len(o.chans) for o in self.openings)
+
+    def grow(self, n: int) -> None:
+        """Open channels for up to `n` streams in all, as many as the budget has free now."""
+        if n > self.count and not self.ended:
+            more = self._open(self.count, n - self.count, wait=False)
+            if more.chans:
+                self.openings.append(more)
+
     def send(self, local_dir: Path, entries: list, counter: Counter, sums: dict | None) -> str:
-        """Stream `entries` (split into the parts); what the streams printed."""
+        """Stream `entries`; what the streams printed."""
         self.ended = True
-        chans = self.opening.channels()
-        base = os.fspath(local_dir)
-        jobs = [
-            Job(chan, TarWriter().chunks(base, part, sums))
-            for chan, part in zip(chans, partition(entries, len(chans)), strict=True)
-        ]
+        first, later = self.openings[0], self.openings[1:]
         try:
-            pump(jobs, counter)
+            chans = first.channels()
+        except BaseException:
+            self._close()
+            raise
+        base = os.fspath(local_dir)
+        files = iter(entries)  # shared: each stream takes the next ones
+        head = b"%d\n" % self.count
+
+        def job(chan) -> Job:
+            return Job(chan, _stream(head, TarWriter().chunks(base, files, sums)))
+
+        jobs = [job(chan) for chan in chans]
+        try:
+            pump(jobs, counter, joining=_Joining(later, job))
         finally:
+            # (a channel still opening, or one that failed to, is closed unsent: its tar
+            # fails, and with it the commit, as the streams' count included it)
+            for opening in later:
+                for t in opening.threads:
+                    t.join()
+            joined = {id(j.chan) for j in jobs}
+            for opening in later:
+                jobs += [_unsent(c) for c in opening.chans if c is not None and id(c) not in joined]
             ends = finish(self.t, jobs, ABORT)
-            self.opening.close()
-        for job in jobs:  # a local file's problem is the case's, before the connection's
-            if job.local_error is not None:
-                raise local_problem(job.local_error, local_dir, self.t.name)
+            self._close()
+        for j in jobs:  # a local file's problem is the case's, before the connection's
+            if j.local_error is not None and not isinstance(j.local_error, _NotSent):
+                raise local_problem(j.local_error, local_dir, self.t.name)
         found = [
-            stream_problem(self.t, job, end, self.expected)
-            for job, end in zip(jobs, ends, strict=True)
+            stream_problem(self.t, j, end, self.expected)
+            for j, end in zip(jobs, ends, strict=True)
+            if not isinstance(j.local_error, _NotSent)  # ended for another's failure
         ]
         problems = [p for p in found if p is not None]
         if problems:  # a permanent reason (a full disk) before a transient one
@@ -147,11 +172,52 @@ class Streams:
             return
         self.ended = True
         with contextlib.suppress(Exception):
-            jobs = [Job(chan, iter(())) for chan in self.opening.channels()]
-            for job in jobs:
-                job.local_error = RuntimeError("not sent")
+            jobs = []
+            for opening in self.openings:
+                with contextlib.suppress(Exception):
+                    jobs += [_unsent(chan) for chan in opening.channels()]
             finish(self.t, jobs, ABORT)
-        self.opening.close()
+        self._close()
+
+    def _close(self) -> None:
+        for opening in self.openings:
+            opening.close()
+
+
+class _NotSent(Exception):
+    pass
+
+
+def _unsent(chan) -> Job:
+    job = Job(chan, iter(()))
+    job.local_error = _NotSent("not sent")
+    return job
+
+
+def _stream(head: bytes, chunks):
+    """A stream's data: its first line (how many streams there are), then its tar stream."""
+    yield memoryview(head), 0
+    yield from chunks
+
+
+class _Joining:
+    """Openings still under way, for pump(): the jobs of those whose channels are all open."""
+
+    def __init__(self, openings: list, job):
+        self.openings = list(openings)
+        self.job = job
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.openings)
+
+    def ready(self) -> list[Job]:
+        jobs = []
+        for opening in list(self.openings):
+            if opening.done():
+                self.openings.remove(opening)
+                jobs += [self.job(chan) for chan in opening.channels()]
+        return jobs
 
 
 class Opening:
@@ -160,9 +226,9 @@ class Opening:
     at once (two round trips each); `channels()` waits for them (raising the first failure, a
     permanent one first), `close()` closes them and gives the budget back."""
 
-    def __init__(self, transport, wanted: int, argv_of):
+    def __init__(self, transport, wanted: int, argv_of, wait: bool = True):
         self.t = transport
-        n = transport._channel_budget().take(max(1, wanted))
+        n = transport._channel_budget().take(max(1, wanted), wait=wait)
         self.chans: list = [None] * n
         self.errors: list[BaseException | None] = [None] * n
         self.threads = [
@@ -180,6 +246,10 @@ class Opening:
         except BaseException as exc:  # handed to the caller
             self.t._channel_budget().release()
             self.errors[i] = exc
+
+    def done(self) -> bool:
+        """Whether every channel has opened (or failed to)."""
+        return not any(t.is_alive() for t in self.threads)
 
     def channels(self) -> list:
         for t in self.threads:
