@@ -1,8 +1,10 @@
 """Uploads over several channels at once: tar streams and byte ranges, as many as the round
 trip needs, within the channel budget; the last stream to end verifies and renames."""
 
+import io
 import os
 import subprocess
+import tarfile
 import threading
 
 import pytest
@@ -13,6 +15,7 @@ from caseflow.errors import TransientError
 from caseflow.transports.local import local_manifest
 from caseflow.transports.ssh import SSHTransport
 from caseflow.transports.ssh_upload import ONE_COMMAND_BYTES, listing_digest
+from caseflow.transports.tarstream import TarWriter
 from caseflow.transports.upload_ranges import RANGE, channels_for
 from caseflow.transports.upload_streams import UNPACK, stream_count
 from sshd import transport_settings
@@ -328,3 +331,20 @@ def test_a_stream_that_fails_to_join_fails_the_attempt_and_the_next_one_complete
     assert t.upload_dir(case, str(target), m) is True
     assert local_manifest(target) == m.as_set()
     t.close()
+
+
+def test_a_stream_makes_the_folders_of_its_files_itself(tmp_path):
+    """Streams take the files as they come, so a file's folder may be in another stream: each
+    stream sends the folders above its files first (GNU tar fails a file whose folder another
+    tar makes at that moment), once per stream, with their own mode."""
+    d = tmp_path / "case"
+    (d / "a" / "b").mkdir(parents=True)
+    (d / "a" / "b" / "f1").write_bytes(b"one")
+    (d / "a" / "b" / "f2").write_bytes(b"two")
+    os.chmod(d / "a", 0o750)
+    entries = [e for e in casefolder.scan(d).entries if e.kind == "f"]  # no folder entries
+    data = b"".join(bytes(view) for view, _ in TarWriter().chunks(str(d), entries, None))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = [(m.name, m.type, m.mode) for m in tar.getmembers()]
+    assert members == [("a", tarfile.DIRTYPE, 0o750), ("a/b", tarfile.DIRTYPE, 0o755),
+                       ("a/b/f1", tarfile.REGTYPE, 0o644), ("a/b/f2", tarfile.REGTYPE, 0o644)]

@@ -55,6 +55,7 @@ class TarWriter:
         self.view = memoryview(self.buf)
         self.pos = 0
         self.unreported = 0  # file bytes in the buffer
+        self.folders: set[str] = set()  # the folders this stream has made (see _parents)
 
     def chunks(self, local_dir: str, entries, sums: dict | None):
         """The stream of `entries` (then the end-of-archive). A file that is no longer a
@@ -76,12 +77,32 @@ class TarWriter:
         self.view[self.pos : self.pos + len(data)] = data
         self.pos += len(data)
 
+    def _parents(self, local_dir: str, path: str):
+        """The folders above `path` that this stream has not made yet, made first.
+
+        Several streams unpack into one staging folder and take the files as they come, so
+        a file's folder may be another stream's: the remote tar then makes it itself, and
+        GNU tar (1.34) fails the file ("Cannot open: No such file or directory") when
+        another tar makes that folder between its failed open and its own mkdir. A folder
+        made by the member of its own stream is safe (an existing folder is kept)."""
+        parent = path.rpartition("/")[0]
+        if not parent or parent in self.folders:
+            return
+        yield from self._parents(local_dir, parent)
+        st = os.lstat(f"{local_dir}/{parent}")
+        yield from self._put(
+            _tar_header(os.fsencode(parent) + b"/", st.st_mode, 0, st.st_mtime, b"5")
+        )
+        self.folders.add(parent)
+
     def _add(self, local_dir: str, entry, sums: dict | None):
         full = f"{local_dir}/{entry.path}"
         name = os.fsencode(entry.path)
+        yield from self._parents(local_dir, entry.path)
         if entry.kind == "d":
             st = os.lstat(full)
             yield from self._put(_tar_header(name + b"/", st.st_mode, 0, st.st_mtime, b"5"))
+            self.folders.add(entry.path)
             return
         if entry.kind == "l":
             st = os.lstat(full)
