@@ -11,6 +11,7 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -216,14 +217,24 @@ class Relay:
                 continue
             try:
                 upstream = self._connect()
-            except OSError:
+            except OSError as exc:
                 if self.unix_socket is None:  # a refused TCP server: pass the refusal on
                     client.close()
                     continue
-                try:  # a unix-socket bridge stands in for a network path: try again, once
-                    time.sleep(0.2)
-                    upstream = self._connect()
-                except OSError:
+                # a unix-socket bridge stands in for a network path, which does not drop a
+                # connection because the far end was busy for a moment: try a few times (a
+                # full-suite run once lost a connection here with one retry), and say why
+                upstream = None
+                for attempt in range(5):
+                    print(f"bridge: connecting to {self.unix_socket} failed ({exc}), "
+                          f"attempt {attempt + 1}", file=sys.stderr, flush=True)
+                    time.sleep(0.2 * (attempt + 1))
+                    try:
+                        upstream = self._connect()
+                        break
+                    except OSError as again:
+                        exc = again
+                if upstream is None:
                     client.close()
                     continue
             with self._lock:
