@@ -65,7 +65,8 @@ class SSHServer:
 
     def __init__(self, root: Path, port: int | None = None, *, listen_port: int | None = None,
                  launcher: Sequence[str] = (), env: Mapping[str, str] | None = None,
-                 extra_config: Sequence[str] = (), max_sessions: int = 100):
+                 extra_config: Sequence[str] = (), max_sessions: int = 100,
+                 log_level: str = "ERROR"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
@@ -73,6 +74,7 @@ class SSHServer:
         self.launcher = list(launcher)
         self.env = dict(env or {})
         self.extra_config = list(extra_config)
+        self.log_level = log_level  # sshd's LogLevel (sshd.log in `root`)
         self.max_sessions = max_sessions  # sessions at once on one connection
         self.host_key = self.root / "host_key"
         self.client_key = self.root / "client_key"
@@ -122,7 +124,7 @@ class SSHServer:
             "StrictModes no",
             "MaxStartups 100",
             f"MaxSessions {self.max_sessions}",
-            "LogLevel ERROR",
+            f"LogLevel {self.log_level}",
             "PrintMotd no",
             "PrintLastLog no",
             "UseDNS no",
