@@ -13,16 +13,37 @@ backend contract suite. Without Slurm or munge installed it fails (it does not s
 .ci/system-deps installs them.
 """
 
+import sys
+import time
+
 import pytest
 
 from caseflow.config import TransportConfig
 from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh_connection import Unreachable
 
 
 @pytest.fixture
 def slurm_transport(slurm_cluster, tmp_path):
-    """caseflow's SSH transport to the cluster's host (remote root: tmp_path / "remote")."""
-    transport = SSHTransport(TransportConfig(**slurm_cluster.transport_settings(
-        tmp_path / "remote")))
+    """caseflow's SSH transport to the cluster's host (remote root: tmp_path / "remote"),
+    connected. The way in is a two-piece bridge standing in for a network path
+    (tests/slurm_cluster.py); in two full-suite runs on one machine it lost one connection
+    attempt each at the server's banner (EOF; the cause is not known, see the cluster's
+    sshd.log at INFO). The tests here are about Slurm, so a lost first attempt is made again
+    (a fresh transport: a failed one waits `reconnect_min_interval`), and said on stderr; the
+    connection itself is tested against the plain sshd fixture everywhere else."""
+    settings = slurm_cluster.transport_settings(tmp_path / "remote")
+    for attempt in range(3):
+        transport = SSHTransport(TransportConfig(**settings))
+        try:
+            transport.run(["true"])
+            break
+        except Unreachable as exc:
+            transport.close()
+            if attempt == 2:
+                raise
+            print(f"slurm_transport: connecting through the bridge failed ({exc}); again",
+                  file=sys.stderr, flush=True)
+            time.sleep(0.5)
     yield transport
     transport.close()
