@@ -198,7 +198,6 @@ class SSHTransport(StagedUpload, Transport):
         except BaseException:
             self.sessions.release()
             raise
-        self._warm = transport_of(self.conn.client())  # a session opened on it (round_trip)
         permit = _Permit(self.sessions)
         close = chan.close
 
@@ -226,7 +225,9 @@ class SSHTransport(StagedUpload, Transport):
         while True:
             transport = transport_of(self.conn.client())
             try:
-                return transport.open_session(timeout=self.cfg.connect_timeout)
+                chan = transport.open_session(timeout=self.cfg.connect_timeout)
+                self._warm = transport  # a session has opened on it (see round_trip)
+                return chan
             except paramiko.ChannelException as exc:
                 if exc.code != paramiko.common.OPEN_FAILED_CONNECT_FAILED:
                     raise

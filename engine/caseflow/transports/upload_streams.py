@@ -140,17 +140,14 @@ class Streams:
             return Job(chan, _stream(head, TarWriter().chunks(base, files, sums)))
 
         jobs = [job(chan) for chan in chans]
+        joining = _Joining(later, job)
         try:
-            pump(jobs, counter, joining=_Joining(later, job))
+            pump(jobs, counter, joining=joining)
         finally:
-            # (a channel still opening, or one that failed to, is closed unsent: its tar
-            # fails, and with it the commit, as the streams' count included it)
-            for opening in later:
-                for t in opening.threads:
-                    t.join()
-            joined = {id(j.chan) for j in jobs}
-            for opening in later:
-                jobs += [_unsent(c) for c in opening.chans if c is not None and id(c) not in joined]
+            # (the channels of an opening that never joined are ended unsent: their tars
+            # fail, and with them the commit, as the streams' count included them)
+            for opening in joining.openings:
+                jobs += [_unsent(chan) for chan in opening.opened()]
             ends = finish(self.t, jobs, ABORT)
             self._close()
         for j in jobs:  # a local file's problem is the case's, before the connection's
@@ -172,11 +169,7 @@ class Streams:
             return
         self.ended = True
         with contextlib.suppress(Exception):
-            jobs = []
-            for opening in self.openings:
-                with contextlib.suppress(Exception):
-                    jobs += [_unsent(chan) for chan in opening.channels()]
-            finish(self.t, jobs, ABORT)
+            finish(self.t, [_unsent(c) for o in self.openings for c in o.opened()], ABORT)
         self._close()
 
     def _close(self) -> None:
@@ -246,6 +239,12 @@ class Opening:
         except BaseException as exc:  # handed to the caller
             self.t._channel_budget().release()
             self.errors[i] = exc
+
+    def opened(self) -> list:
+        """The channels that opened (waiting for the rest to open or fail), errors aside."""
+        for t in self.threads:
+            t.join()
+        return [chan for chan in self.chans if chan is not None]
 
     def done(self) -> bool:
         """Whether every channel has opened (or failed to)."""
