@@ -34,10 +34,12 @@ from benchlib import (load, machine, median, ratio, section, ssh_options, sshd, 
 from caseflow import casefolder  # noqa: E402
 from caseflow.config import TransportConfig  # noqa: E402
 from caseflow.transports.local import local_manifest  # noqa: E402
+from caseflow.transports import ssh_packets  # noqa: E402
 from caseflow.transports.ssh import SSHTransport  # noqa: E402
 from sshd import transport_settings  # noqa: E402
 
 GCM = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"]
+PARAMIKO_SEND = "caseflow, paramiko's Channel.send"  # what ssh_packets.py replaces
 
 
 def make_small_files(root: Path, count: int, size: int, folders: int) -> Path:
@@ -124,8 +126,17 @@ class Tools:
                        check=True)
         return target
 
+    def caseflow_channel_send(self, src: Path) -> Path:
+        """caseflow with paramiko's own Channel.send for all data (ssh_packets.py off)."""
+        ssh_packets.ENABLED = False
+        try:
+            return self.caseflow(src)
+        finally:
+            ssh_packets.ENABLED = True
+
     def all(self) -> dict:
-        tools = {"caseflow": self.caseflow, "scp -r": self.scp}
+        tools = {"caseflow": self.caseflow, PARAMIKO_SEND: self.caseflow_channel_send,
+                 "scp -r": self.scp}
         for c in GCM:
             tools[f"scp -r -c {c.split('@')[0]}"] = lambda s, c=c: self.scp(s, c)
         tools["rsync -a"] = self.rsync
@@ -169,7 +180,7 @@ def compare(tools: dict, label: str, src: Path, repeat: int, warm_up: bool = Tru
             cpus[name].append(cpu)
     medians = {n: median(v) for n, v in runs.items()}
     ours = medians["caseflow"]
-    others = {n: m for n, m in medians.items() if n != "caseflow"}
+    others = {n: m for n, m in medians.items() if not n.startswith("caseflow")}
     best = min(others, key=others.get)
     scps = {n: m for n, m in others.items() if n.startswith("scp")}
     out = {
@@ -207,7 +218,7 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
         r = out[key]
         print(f"{r['data']}:")
         for name, t in r["tools"].items():
-            print(f"  {name:30} {t['median_s']:8.3f} s   ÷ caseflow {t['time_vs_caseflow']:6}   "
+            print(f"  {name:34} {t['median_s']:8.3f} s   ÷ caseflow {t['time_vs_caseflow']:6}   "
                   f"CPU here {t['client_cpu_s']:.2f} s")
         print(f"  caseflow ÷ rsync -a {r['caseflow_vs_rsync']}, caseflow ÷ fastest scp "
               f"({r['caseflow_vs_fastest_scp']['tool']}) {r['caseflow_vs_fastest_scp']['ratio']}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 
+from .ssh_packets import sender
 from .tarstream import Counter
 
 _WAIT_MIN, _WAIT_MAX = 0.0002, 0.002  # seconds between looks when no window is open
@@ -28,6 +29,7 @@ class Job:
 
     def __init__(self, chan, chunks):
         self.chan = chan
+        self.send = sender(chan)  # several packets to a write where it can (ssh_packets.py)
         self.chunks = chunks
         self.view: memoryview | None = None
         self.file_bytes = 0
@@ -81,13 +83,13 @@ def pump(jobs: list[Job], counter: Counter, stop_on_error: bool = True, joining=
                     continue
             try:
                 ready = getattr(job.chan, "send_ready", None)
-                if ready is None:
+                if ready is None or job.send is None:
                     job.chan.sendall(job.view)
                     n = len(job.view)
                 elif not ready():
                     continue
                 else:
-                    n = job.chan.send(job.view)
+                    n = job.send(job.view)
                     if n <= 0:
                         raise EOFError("the channel was closed")
             except (TimeoutError, OSError, EOFError) as exc:
