@@ -1,6 +1,7 @@
 """The engine's scheduling, driven tick by tick with a clock the test moves."""
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,34 @@ def test_higher_priority_takes_a_free_slot_first_then_the_oldest(ws, make_engine
         return len(order) == 3
     run_until(engine, clock, next_locked, step=0.5)
     assert order == ["new-high", "old-low", "new-low"]
+
+
+def test_steps_starting_at_once_share_one_transport_and_one_backend(ws, monkeypatch):
+    """A host's transport and backend are made on first use, by whichever lane thread comes
+    first; several at once must not make one each (a second SSH connection, never closed)."""
+    from caseflow import hosts
+
+    made = []
+    make = hosts.make_transport
+
+    def slow(cfg):  # the time a real one takes to read the SSH config, widened
+        made.append(cfg)
+        time.sleep(0.05)
+        return make(cfg)
+
+    monkeypatch.setattr(hosts, "make_transport", slow)
+    host = hosts.Host(ws.config().hosts[0])
+    start = threading.Barrier(8)
+    seen = []
+
+    def first_step():
+        start.wait()
+        seen.append((host.backend, host.transport))
+
+    threads = [threading.Thread(target=first_step) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1
+    assert len({id(b) for b, _ in seen}) == 1 and len({id(t) for _, t in seen}) == 1

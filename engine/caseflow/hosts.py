@@ -36,6 +36,9 @@ class Host:
         self.name = cfg.name
         self._transport = transport
         self._backend = backend
+        # the lanes' first steps ask for these at once: without the lock two made a transport
+        # each (two connections, one never closed; seen in a full-suite run)
+        self._making = threading.Lock()
         self.lane: WorkerPool | None = None  # its worker threads, while running
         self.short_lane: WorkerPool | None = None
         self.problem: str | None = None  # work paused (authentication, host key), shown
@@ -49,13 +52,18 @@ class Host:
     @property
     def transport(self):
         if self._transport is None:
-            self._transport = make_transport(self.cfg.transport)
+            with self._making:
+                if self._transport is None:
+                    self._transport = make_transport(self.cfg.transport)
         return self._transport
 
     @property
     def backend(self):
         if self._backend is None:
-            self._backend = make_backend(self.cfg, self.transport)
+            transport = self.transport
+            with self._making:
+                if self._backend is None:
+                    self._backend = make_backend(self.cfg, transport)
         return self._backend
 
     def serves(self, group: str | None) -> bool:
