@@ -27,6 +27,9 @@ def slurm_cluster(tmp_path_factory):
 
 
 _TIMES: dict[str, float] = {}
+# connection attempts through the bridge that tests/slurm/conftest.py's slurm_transport lost
+# and made again (a flake whose cause is not known yet), with the far end's logs at that moment
+LOST_CONNECTS: list[str] = []
 
 
 def pytest_runtest_logreport(report):
@@ -44,3 +47,5 @@ def pytest_terminal_summary(terminalreporter):
             f"slurm cluster (munge, slurmctld, slurmd, sshd in a network namespace) up in "
             f"{_TIMES['start']:.2f} s; {_TIMES.get('count', 0):.0f} tests in tests/slurm took "
             f"{_TIMES.get('tests', 0.0):.1f} s in all")
+    for lost in LOST_CONNECTS:
+        terminalreporter.write_line(f"slurm bridge: a lost connection attempt, made again: {lost}")

@@ -200,6 +200,7 @@ class Relay:
         self.to_server = 0
         self.to_client = 0
         self._refusing = False
+        self.errors: list[str] = []  # why relayed connections ended, other than a close
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
         self._lock = threading.Lock()
         self._closed = False
@@ -271,8 +272,10 @@ class Relay:
                             self.to_client += len(data)
                     if self.rate:
                         time.sleep(len(data) / self.rate)
-        except (OSError, ValueError):  # ValueError: the other side was closed by cut()
-            pass
+        except (OSError, ValueError) as exc:  # ValueError: the other side was closed by cut()
+            if str(exc) != "closed":
+                with self._lock:
+                    self.errors = [*self.errors[-19:], f"{type(exc).__name__}: {exc}"]
         finally:
             for s in (a, b):
                 try:

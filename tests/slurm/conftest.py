@@ -21,6 +21,8 @@ import pytest
 from caseflow.config import TransportConfig
 from caseflow.transports.ssh import SSHTransport
 from caseflow.transports.ssh_connection import Unreachable
+from slurm_cluster import _tail
+from slurm_fixtures import LOST_CONNECTS
 
 
 @pytest.fixture
@@ -30,8 +32,10 @@ def slurm_transport(slurm_cluster, tmp_path):
     (tests/slurm_cluster.py); in two full-suite runs on one machine it lost one connection
     attempt each at the server's banner (EOF; the cause is not known, see the cluster's
     sshd.log at INFO). The tests here are about Slurm, so a lost first attempt is made again
-    (a fresh transport: a failed one waits `reconnect_min_interval`), and said on stderr; the
-    connection itself is tested against the plain sshd fixture everywhere else."""
+    (a fresh transport: a failed one waits `reconnect_min_interval`), and said on stderr and in
+    the run's summary with the bridge's errors and the far end's logs
+    (slurm_fixtures.LOST_CONNECTS); the connection itself is tested against the plain sshd
+    fixture everywhere else."""
     settings = slurm_cluster.transport_settings(tmp_path / "remote")
     for attempt in range(3):
         transport = SSHTransport(TransportConfig(**settings))
@@ -44,6 +48,12 @@ def slurm_transport(slurm_cluster, tmp_path):
                 raise
             print(f"slurm_transport: connecting through the bridge failed ({exc}); again",
                   file=sys.stderr, flush=True)
+            bridge = slurm_cluster.bridge
+            LOST_CONNECTS.append(
+                f"{exc}\n(bridge: {bridge.accepted if bridge else '?'} accepted, its last "
+                f"errors: {bridge.errors[-5:] if bridge else '?'})\n"
+                + _tail(slurm_cluster.root / "relay.log")
+                + "\n" + _tail(slurm_cluster.root / "ssh" / "sshd.log", 30))
             time.sleep(0.5)
     yield transport
     transport.close()
