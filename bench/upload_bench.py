@@ -107,6 +107,7 @@ class Tools:
         target = self._target("caseflow")
         t = self.last_transport = SSHTransport(TransportConfig(**self.settings))
         try:
+            t.connect_ahead()  # as the daemon's upload step (case_model.upload_case)
             t.upload_dir(src, str(target), casefolder.scan(src))
         finally:
             t.close()

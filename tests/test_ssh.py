@@ -72,6 +72,58 @@ def test_a_wrong_key_is_a_host_problem_not_a_case_failure(sshd, tmp_path):
         t.run(["true"])
 
 
+def test_a_connection_made_ahead_is_the_one_the_next_call_uses(sshd, tmp_path):
+    t = make(sshd, tmp_path / "remote")
+    t.connect_ahead()  # as the upload step does before it scans the case
+    wait_for(lambda: t.connects == 1, what="the connection made ahead")
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "a.txt").write_text("a")
+    target = tmp_path / "remote" / "1-case"
+    (tmp_path / "remote").mkdir()
+    t.connect_ahead()  # connected (or connecting): nothing more
+    assert t.upload_dir(case, str(target), casefolder.scan(case)) is True
+    assert (target / "a.txt").read_text() == "a"
+    assert t.connects == 1
+    t.close()
+
+
+def test_a_host_key_problem_found_ahead_is_reported_as_itself_by_the_next_call(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    t = make(sshd, tmp_path / "remote", known_hosts=str(empty), reconnect_min_interval=60)
+    t.connect_ahead()
+    wait_for(lambda: t.connects == 1, what="the connection made ahead")
+    with pytest.raises(HostError, match="accept_new_host_keys"):  # not "unreachable"
+        t.run(["true"])
+    assert t.connects == 1  # the attempt made ahead, reported once by the call after it
+    with pytest.raises(TransientError, match="unreachable"):  # then as any recent failure
+        t.run(["true"])
+
+
+def test_a_refused_connection_found_ahead_fails_the_next_call_without_a_second_try(
+        tmp_path, monkeypatch):
+    from caseflow.transports import ssh_connection
+    tries = []
+    connect = ssh_connection.tcp_connection
+    monkeypatch.setattr(ssh_connection, "tcp_connection",
+                        lambda *a: tries.append(a) or connect(*a))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once it is closed
+    cfg = {"kind": "ssh", "name": "nowhere", "host": "127.0.0.1", "port": port,
+           "root": str(tmp_path / "remote"), "connect_timeout": 10,
+           "reconnect_min_interval": 60, "known_hosts": str(tmp_path / "known_hosts")}
+    t = SSHTransport(TransportConfig(**cfg), sleep=lambda s: None)
+    t.connect_ahead()
+    wait_for(lambda: not any(th.name == "caseflow-connect" for th in threading.enumerate()),
+             what="the connection made ahead to fail")
+    assert len(tries) == 1
+    with pytest.raises(TransientError, match="refused"):
+        t.run(["true"])
+    assert len(tries) == 1  # its failure, reported by the call after it (and its retries)
+
+
 # -- OpenSSH client config -----------------------------------------------------------------------
 def test_a_host_alias_from_ssh_config(sshd, tmp_path):
     conf = tmp_path / "ssh_config"

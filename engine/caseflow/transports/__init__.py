@@ -187,6 +187,11 @@ class Transport(ABC):
     def remove_tree(self, remote_path: str) -> None:
         """Delete a remote folder and everything in it; no error when it is absent."""
 
+    def connect_ahead(self) -> None:  # noqa: B027 (an optional hook, as close)
+        """Start connecting in the background, if not connected, while the caller does
+        something local first (scanning the case before its upload); the next remote call
+        uses that connection, or reports its failure as its own."""
+
     def close(self) -> None:  # noqa: B027 (an optional hook: adapters without connections)
         """Release connections; the transport may be used again afterwards."""
 

@@ -71,6 +71,9 @@ class OpenSSHTransport(SSHTransport):
         self.commands = 0  # remote commands run (for tests and benchmarks)
         self._root_resolved = not cfg.root.startswith("~")
 
+    def connect_ahead(self) -> None:
+        """Nothing: the master is kept open (master: daemon) or opened by `caseflow login`."""
+
     @property
     def connects(self) -> int:
         """Master connections this process opened (master: daemon; `caseflow login` opens

@@ -145,6 +145,9 @@ class SSHTransport(StagedUpload, Transport):
                 self.conn.reset()
             raise err from exc
 
+    def connect_ahead(self) -> None:
+        self.conn.connect_ahead()
+
     @property
     def connects(self) -> int:
         return self.conn.connects

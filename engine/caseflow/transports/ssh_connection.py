@@ -211,14 +211,48 @@ class Connection:
         self._jump: paramiko.SSHClient | None = None
         self._failed_at: float | None = None
         self._failure: str = ""
+        # the failure of a connection made ahead (connect_ahead), for the next caller to raise
+        self._unreported: Exception | None = None
         self.connects = 0  # connection attempts made (for tests and benchmarks)
+
+    def connect_ahead(self) -> None:
+        """Connect in a thread of its own unless connected (or failed a moment ago); the
+        next `client()` waits for it and gets its client, or raises its error (a host key
+        problem as itself, not as "unreachable")."""
+        with self._lock:
+            if self._live() is not None or self._failing():
+                return
+        threading.Thread(target=self._ahead, name="caseflow-connect", daemon=True).start()
+
+    def _ahead(self) -> None:
+        try:
+            self.client()
+        except Exception as exc:  # kept for the next caller: reported once, by it
+            with self._lock:
+                if self._unreported is None:
+                    self._unreported = exc
+
+    def _failing(self) -> bool:
+        """The last attempt failed less than `reconnect_min_interval` ago."""
+        return (
+            self._failed_at is not None
+            and self.clock() - self._failed_at < self.cfg.reconnect_min_interval
+        )
+
+    def _live(self) -> paramiko.SSHClient | None:
+        c = self._client
+        t = c.get_transport() if c is not None else None
+        return c if c is not None and t is not None and t.is_active() else None
 
     def client(self) -> paramiko.SSHClient:
         with self._lock:
-            c = self._client
-            t = c.get_transport() if c is not None else None
-            if c is not None and t is not None and t.is_active():
-                return c
+            live = self._live()
+            if live is not None:
+                return live
+            if self._unreported is not None:
+                err, self._unreported = self._unreported, None
+                if self._failing():  # else too old: try again
+                    raise err
             self._drop()
             if self._failed_at is not None:
                 since = self.clock() - self._failed_at
