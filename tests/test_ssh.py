@@ -301,6 +301,32 @@ def test_a_dropped_connection_is_reopened_within_the_short_retries(sshd, relay, 
     t.close()
 
 
+def test_a_connection_lost_an_instant_ago_is_replaced_for_a_step_not_retried(
+        sshd, relay, tmp_path, monkeypatch):
+    """paramiko wakes the channels of a lost connection before it marks the connection
+    closed; in that instant it looks open. An upload started then (its steps are not
+    retried) opens its channel on a new connection instead of failing on the dead one
+    (seen in CI: a resumed upload right after a cut failed with EOFError)."""
+    sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
+    (tmp_path / "remote").mkdir()
+    t = make(sshd, tmp_path / "remote", port=relay.port, known_hosts=str(tmp_path / "kh"),
+             reconnect_min_interval=0)
+    assert t.run(["true"]).returncode == 0
+    old = transport_of(t.conn.client())
+    relay.cut()
+    wait_for(lambda: not old.is_active(), what="paramiko to see the cut")
+    monkeypatch.setattr(old, "active", True)  # as in the instant before it did
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "a.txt").write_text("a\n")
+    m = casefolder.scan(case)
+    target = tmp_path / "remote" / "1-case"
+    assert t.upload_dir(case, str(target), m) is True
+    assert local_manifest(target) == m.as_set()
+    assert t.connects == 2
+    t.close()
+
+
 def test_during_an_outage_reconnects_are_spaced_out(sshd, relay, tmp_path):
     sshd.write_known_hosts(tmp_path / "kh", port=relay.port)
     t = SSHTransport(TransportConfig(**transport_settings(

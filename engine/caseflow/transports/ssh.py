@@ -82,6 +82,13 @@ class _Permit:
             sessions.release()
 
 
+def _lost(transport: paramiko.Transport, exc: BaseException) -> bool:
+    """Whether `exc`, raised opening a channel, says the connection itself is gone."""
+    if isinstance(exc, (EOFError, OSError)) and not isinstance(exc, TimeoutError):
+        return True  # a slow host is not a lost connection
+    return isinstance(exc, paramiko.SSHException) and not transport.is_active()
+
+
 def start_command(chan: paramiko.Channel, command: str) -> None:
     """Start `command` on the new channel `chan` without waiting for the server's answer:
     paramiko's exec_command waits a round trip for it before the caller may send the
@@ -225,7 +232,9 @@ class SSHTransport(StagedUpload, Transport):
         connection 29 times and took 42 s for 200 cases."""
         deadline = time.monotonic() + self.cfg.connect_timeout
         wait = 0.02
+        stale_tried = False
         while True:
+            connects = self.conn.connects
             transport = transport_of(self.conn.client())
             try:
                 chan = transport.open_session(timeout=self.cfg.connect_timeout)
@@ -235,8 +244,26 @@ class SSHTransport(StagedUpload, Transport):
                 if exc.code != paramiko.common.OPEN_FAILED_CONNECT_FAILED:
                     raise
                 refusal = str(exc)
-            except paramiko.SSHException as exc:
-                if not transport.is_active() or "Unable to open channel" not in str(exc):
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                reused = self.conn.connects == connects
+                if _lost(transport, exc) and reused and not stale_tried:
+                    # A connection that broke an instant ago still looks open: paramiko's
+                    # reader closes its channels (waking the threads that wait on them)
+                    # before it marks the transport inactive, so the next open can find it
+                    # and fail on its dead socket (EOFError). Nothing was sent: open again
+                    # on a new connection, once. Seen in CI: a resumed upload right after a
+                    # cut failed its first step this way.
+                    log.debug(
+                        "the connection to %s was lost (%r); connecting again", self.name, exc
+                    )
+                    self.conn.discard(transport)
+                    stale_tried = True
+                    continue
+                if (
+                    not isinstance(exc, paramiko.SSHException)
+                    or not transport.is_active()
+                    or "Unable to open channel" not in str(exc)
+                ):
                     raise
                 refusal = str(exc)
             log.debug("%s refused a new session (%s); asking again", self.name, refusal)

@@ -395,6 +395,13 @@ class Connection:
         with self._lock:
             self._drop()
 
+    def discard(self, transport: paramiko.Transport) -> None:
+        """Forget the connection if it is still the one on `transport`: another thread may
+        have made a new one since, which is kept."""
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is transport:
+                self._drop()
+
     def close(self) -> None:
         self.reset()
 
