@@ -225,10 +225,13 @@ class Connection:
         threading.Thread(target=self._ahead, name="caseflow-connect", daemon=True).start()
 
     def _ahead(self) -> None:
-        try:
-            self.client()
-        except Exception as exc:  # kept for the next caller: reported once, by it
-            with self._lock:
+        # the error is kept under the lock of the attempt itself: a caller waiting on that
+        # lock must find it, not only the failure's time (it then raised "unreachable" for
+        # a host key problem: a full-suite run of test_ssh.py)
+        with self._lock:
+            try:
+                self._connected()
+            except Exception as exc:  # kept for the next caller: reported once, by it
                 if self._unreported is None:
                     self._unreported = exc
 
@@ -246,35 +249,39 @@ class Connection:
 
     def client(self) -> paramiko.SSHClient:
         with self._lock:
-            live = self._live()
-            if live is not None:
-                return live
-            if self._unreported is not None:
-                err, self._unreported = self._unreported, None
-                if self._failing():  # else too old: try again
-                    raise err
+            return self._connected()
+
+    def _connected(self) -> paramiko.SSHClient:
+        """The live client, connecting if need be; the caller holds the lock."""
+        live = self._live()
+        if live is not None:
+            return live
+        if self._unreported is not None:
+            err, self._unreported = self._unreported, None
+            if self._failing():  # else too old: try again
+                raise err
+        self._drop()
+        if self._failed_at is not None:
+            since = self.clock() - self._failed_at
+            if since < self.cfg.reconnect_min_interval:
+                raise Unreachable(
+                    f"{self.endpoint.alias} unreachable ({self._failure}); "
+                    f"not trying again for "
+                    f"{self.cfg.reconnect_min_interval - since:.0f} s"
+                )
+        try:
+            self._client = self._open()
+        except Exception as exc:
+            metrics.ssh_error(self.cfg.name)
+            err = classify(exc, f"connecting to {self.endpoint}")
+            if isinstance(err, TransientError):
+                err = Unreachable(str(err))
+            self._failed_at = self.clock()
+            self._failure = str(err)
             self._drop()
-            if self._failed_at is not None:
-                since = self.clock() - self._failed_at
-                if since < self.cfg.reconnect_min_interval:
-                    raise Unreachable(
-                        f"{self.endpoint.alias} unreachable ({self._failure}); "
-                        f"not trying again for "
-                        f"{self.cfg.reconnect_min_interval - since:.0f} s"
-                    )
-            try:
-                self._client = self._open()
-            except Exception as exc:
-                metrics.ssh_error(self.cfg.name)
-                err = classify(exc, f"connecting to {self.endpoint}")
-                if isinstance(err, TransientError):
-                    err = Unreachable(str(err))
-                self._failed_at = self.clock()
-                self._failure = str(err)
-                self._drop()
-                raise err from exc
-            self._failed_at = None
-            return self._client
+            raise err from exc
+        self._failed_at = None
+        return self._client
 
     def _open(self) -> paramiko.SSHClient:
         ep, cfg = self.endpoint, self.cfg
