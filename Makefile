@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	shellcheck --shell=sh --severity=style $(SCRIPTS)
 
-# every benchmark, a table of ratios to the alternatives, bench/last_run.json (about 10
+# every benchmark, a table of ratios to the alternatives, bench/last_run.json (about 20
 # minutes; `make bench BENCH=--quick` for a small smoke run)
 bench: $(STAMP)
 	bash .ci/system-deps
