@@ -423,9 +423,10 @@ class Engine:
             self._settle(row, "wrap-up", exc, patient=True)
 
     # -- the jobs of running cases (caseflow.jobs) --------------------------------------
-    def poll(self, host: Host, rows: list[CaseRow]) -> None:
-        """Ask the host's queue about all its running cases in one call; act on the answers."""
-        jobs.poll(self, host, rows)
+    def poll(self, host: Host, rows: list[CaseRow]):
+        """Ask the host's queue about all its running cases in one call; act on the answers
+        (QUIET when there was nothing to act on, caseflow.workers)."""
+        return jobs.poll(self, host, rows)
 
     # -- operator requests (caseflow.operator_requests) ------------------------------
     def apply_requests(self) -> None:

@@ -16,17 +16,21 @@ from .case_model import job_ref
 from .errors import PermanentError, TransientError
 from .retry import PERMANENT, Streak, kind_of, short
 from .store import CaseRow
+from .workers import QUIET
 
 log = logging.getLogger("caseflow.engine")
 
 
-def poll(engine, host, rows: list[CaseRow]) -> None:
+def poll(engine, host, rows: list[CaseRow]):
     """Ask the host's queue about all its running cases in one call; act on the answers.
     What cannot be read about one job (UNREADABLE) is that job's problem alone: its case is
-    charged a transient attempt and every other case is judged on its own entry."""
+    charged a transient attempt and every other case is judged on its own entry.
+
+    Returns QUIET when every job was seen still running: nothing for a tick to do (a job's
+    end dispatches its own step, whose end wakes the loop; a host answering again wakes it)."""
     rows = [r for r in rows if r.id not in engine.inflight]
     if not rows:
-        return
+        return QUIET
     try:
         with metrics.poll_timer(host.name):
             answers = host.backend.status([job_ref(r, engine.instance) for r in rows])
@@ -39,10 +43,18 @@ def poll(engine, host, rows: list[CaseRow]) -> None:
     engine.health.answered(host)
     engine.health.note(host, host.backend.notice())
     now = engine.clock()
+    quiet = True
     for row in rows:
         status = answers.get(row.id)
         if status is None:
             continue
+        if status.outcome == RUNNING:
+            if row.reason is None and Streak.of(row).broken:  # a good poll is a success
+                engine.store.reset_streak(row.id, row.state)
+            if status.detail != row.queue_status:
+                engine.store.set_queue_status(row.id, row.state, status.detail)
+            continue
+        quiet = False
         if status.outcome == UNREADABLE:
             engine._settle(
                 row,
@@ -52,12 +64,6 @@ def poll(engine, host, rows: list[CaseRow]) -> None:
                 ),
             )
             continue
-        if status.outcome == RUNNING:
-            if row.reason is None and Streak.of(row).broken:  # a good poll is a success
-                engine.store.reset_streak(row.id, row.state)
-            if status.detail != row.queue_status:
-                engine.store.set_queue_status(row.id, row.state, status.detail)
-            continue
         # remembered first, so that fetching the results survives a restart
         engine.store.record_job_end(
             row.id, row.state, status.outcome, status.detail, status.exit_code, now
@@ -65,6 +71,7 @@ def poll(engine, host, rows: list[CaseRow]) -> None:
         ended = engine.store.get(row.id)
         if ended is not None and ended.job_outcome:
             finish(engine, ended)
+    return QUIET if quiet else None
 
 
 def finish(engine, row: CaseRow) -> None:
