@@ -35,6 +35,18 @@ def kind_of(exc: BaseException) -> str:
         return TRANSIENT
     if isinstance(exc, StaleCase):
         return STALE
+    # A thread or a process that could not start: the process (or its unit: systemd's
+    # TasksMax) is at its limit of tasks for now, e.g. while clients hold the status page's
+    # connections. Nothing is wrong with the case and a later try will find tasks free, so
+    # it is retried with the backoff; a bug inside a step would end the case ("internal
+    # error during upload: can't start new thread"). threading.Thread.start raises
+    # RuntimeError("can't start new thread"); a fork or clone (subprocess) OSError EAGAIN,
+    # which Python raises as BlockingIOError (as it does EAGAIN of non-blocking I/O: "try
+    # again" there too).
+    if isinstance(exc, RuntimeError) and "can't start new thread" in str(exc):
+        return TRANSIENT
+    if isinstance(exc, BlockingIOError):
+        return TRANSIENT
     return BUG
 
 
