@@ -166,6 +166,13 @@ class Workspace:
                                  f"it is {row.state if row else 'unknown'}"
                                  f"{' (' + str(row.reason or row.last_error) + ')' if row else ''}")
 
+    def wait_state_of(self, case_id: int, *states: str, timeout: float = DEADLINE):
+        """Wait for the case with this id (several cases may share a name)."""
+        def check():
+            row = self.store.get(case_id)
+            return row if row is not None and row.state in states else None
+        return wait_for(check, timeout, what=f"case {case_id} to reach {states}")
+
     def history(self, name: str):
         return [(h.src, h.dst, h.trigger) for h in self.store.history(self.case(name).id)]
 

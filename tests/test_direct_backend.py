@@ -236,9 +236,9 @@ def test_the_status_script_answers_alike_where_the_shell_has_no_test_ef(backend,
         wait_for(lambda: backend.status(refs)[2].outcome != RUNNING, what="the cancel")
         (Path(jobs[2].remote_path) / ".caseflow" / "exit_code").unlink(missing_ok=True)
         (Path(jobs[2].remote_path) / ".caseflow" / "pid").write_text(f"{other.pid}\n")
-        pairs = [x for r in refs[:2] for x in (r.task_id, r.remote_path)] + \
-            [str(other.pid), jobs[2].remote_path]
-        answers = [backend.transport.run(["sh", "-c", script, "caseflow-status", *pairs])
+        triples = [x for r in refs[:2] for x in (r.task_id, r.remote_path, r.label)] + \
+            [str(other.pid), jobs[2].remote_path, refs[2].label]
+        answers = [backend.transport.run(["sh", "-c", script, "caseflow-status", *triples])
                    for script in (STATUS, without)]
         assert answers[0].stdout == answers[1].stdout == "0 running\n1 exit 3\n2 gone\n"
         assert answers[0].stderr == answers[1].stderr == ""

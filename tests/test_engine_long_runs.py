@@ -13,6 +13,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from caseflow.case_model import Case, remote_name
+from caseflow.casefolder import inode_of
 from caseflow.engine import Engine
 from caseflow.transports.local import LocalTransport
 from caseflow.watcher import InboxWatcher
@@ -53,7 +54,7 @@ def upload_many(ws, engine, uploads: int) -> list[tuple[int, int, int]]:
     progress callback writes to the store); (fds, store connections, threads) after the
     10th and the last."""
     folder = ws.drop_case("big", files={"big.bin": os.urandom(8192), "small": "s"})
-    case_id = ws.store.create_case("big", str(folder), "0:0", "gpu_locked", time.time(),
+    case_id = ws.store.create_case("big", str(folder), inode_of(folder), "gpu_locked", time.time(),
                                    time.time())
     row = ws.store.get(case_id)
     remote = Path(engine.transport.path(remote_name(row)))

@@ -13,6 +13,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from . import casefolder
+
 if TYPE_CHECKING:
     from .engine import Engine
 
@@ -56,14 +58,19 @@ def admit(engine: Engine, name: str, inode: str, now: float) -> int:
             "a backslash are not text); rename the folder to admit it",
         )
         return case_id
+    path = engine.config.inbox / name
+    # what the folder looks like now: its quiet period starts here, on the monotonic clock
+    fingerprint, mono = casefolder.newest_change(path), engine.monotonic()
     case_id = engine.store.create_case(
         name,
-        str(engine.config.inbox / name),
+        str(path),
         inode,
         engine.spec.initial,
         now,
         now + engine.config.quiet_seconds,
     )
+    activity = engine.last_activity(name)
+    engine.quiet_since[case_id] = (fingerprint, mono if activity is None else activity, mono)
     log.info(
         "case %s %r: detected in the inbox",
         case_id,

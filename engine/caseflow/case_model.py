@@ -26,9 +26,12 @@ log = logging.getLogger("caseflow.case")
 
 
 def remote_name(row: CaseRow) -> str:
-    """The case's folder name on the remote side: its id and a tame form of its name."""
+    """The case's folder name on the remote side: its id, its run after the first, and a tame
+    form of its name. Each run has a folder of its own: a retry uploads the inbox folder as
+    it is now, and nothing an earlier run left there (its upload, launch record, exit code)
+    is taken for this run's."""
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", row.name).lstrip("-._")[:60] or "case"
-    return f"{row.id}-{slug}"
+    return f"{row.id}-{slug}" if row.run <= 1 else f"{row.id}-run{row.run}-{slug}"
 
 
 def job_label(row: CaseRow, instance: str) -> str:
@@ -91,22 +94,61 @@ class Case:
     def __repr__(self):
         return f"<Case {self.row.id} {self.row.name!r} {getattr(self, 'state', '?')}>"
 
+    # -- the case's folder --------------------------------------------------------------
+    def check_folder(self) -> Path:
+        """The case's folder, if it is still the one the case was admitted with: the same
+        inode, and no newer case made from a folder at that path (deleted and copied in
+        again: the new copy is a case of its own, even with the old inode, which ext4 reuses).
+        Otherwise the case ends: nothing of a replaced folder is validated or uploaded."""
+        row, eng = self.row, self.engine
+        path = Path(row.local_path)
+        newer = eng.store.newer_case_at(row.id, row.local_path)
+        if newer is not None:
+            raise PermanentError(
+                f"replaced by a new copy: the folder {row.local_path} was deleted and copied "
+                f"in again, and the new copy is case {newer}"
+            )
+        if not path.is_dir() or path.is_symlink():
+            raise PermanentError(f"the case folder {row.local_path} is gone")
+        if casefolder.inode_of(path) != row.inode:
+            raise PermanentError(
+                f"replaced by a new copy: the folder {row.local_path} is no longer the one "
+                "this case was admitted with (the new copy becomes a case of its own)"
+            )
+        return path
+
     # -- conditions --------------------------------------------------------------------
     def is_quiet(self, event) -> bool:
-        """Nothing inside the folder changed for the quiet period (and it is still there)."""
+        """Nothing inside the folder changed for the quiet period (and it is still there).
+
+        The period is measured on the monotonic clock: a step of the wall clock (NTP, a VM
+        resumed) admitted a folder whose copy had paused. The wall-clock times (the watcher's
+        last event, the newest ctime inside) only tell that something changed."""
         row, eng = self.row, self.engine
         path = Path(row.local_path)
         if not path.is_dir() or path.is_symlink() or casefolder.inode_of(path) != row.inode:
+            eng.quiet_since.pop(row.id, None)
             raise PermanentError("folder removed before it was stable")
-        last = max(
-            filter(
-                None, (eng.last_activity(row.name), casefolder.newest_change(path), row.created_at)
-            )
-        )
-        now = eng.clock()
-        if now - last >= eng.config.quiet_seconds:
+        fingerprint = casefolder.newest_change(path)
+        activity = eng.last_activity(row.name)  # the watcher's last event, monotonic
+        mono = eng.monotonic()
+        known = eng.quiet_since.get(row.id)  # (fingerprint, last change, last look)
+        if known is None:  # no look since a restart: the period starts now
+            change = mono
+        else:
+            change = known[1]
+            if fingerprint != known[0]:
+                # a change the watcher saw has its time; one it missed happened by now
+                seen = activity is not None and activity > known[2]
+                change = max(change, activity) if seen else mono
+        if activity is not None:
+            change = max(change, activity)
+        waited = mono - change
+        if waited >= eng.config.quiet_seconds:
+            eng.quiet_since.pop(row.id, None)
             return True
-        self.not_before = last + eng.config.quiet_seconds
+        eng.quiet_since[row.id] = (fingerprint, change, mono)
+        self.not_before = eng.clock() + eng.config.quiet_seconds - waited
         return False
 
     def take_slot(self, event) -> bool:
@@ -134,7 +176,7 @@ class Case:
     def validate_case(self, event) -> None:
         """The folder still exists, everything in it can be sent, and its group is known."""
         eng = self.engine
-        path = Path(self.row.local_path)
+        path = self.check_folder()
         manifest = casefolder.scan(path)
         settings = casefolder.read_case_file(
             path, [g.name for g in eng.config.groups], eng.config.default_group
@@ -152,7 +194,8 @@ class Case:
         # a fresh connection's login (4-5 round trips) while the case is scanned (10,000 files:
         # 55-85 ms), as rsync builds its file list while its ssh connects
         host.transport.connect_ahead()
-        manifest = casefolder.scan(Path(row.local_path))
+        path = self.check_folder()
+        manifest = casefolder.scan(path)
         remote = host.transport.path(remote_name(row))
         last = [0.0]
 
@@ -163,9 +206,8 @@ class Case:
                 eng.store.set_progress(row.id, sent, total)
 
         started = time.monotonic()
-        uploaded = host.transport.upload_dir(
-            Path(row.local_path), remote, manifest, progress=progress
-        )
+        uploaded = host.transport.upload_dir(path, remote, manifest, progress=progress)
+        self.check_folder()  # not replaced while it was sent (else: failure, the upload unused)
         if uploaded:
             metrics.uploaded(host.name, manifest.size_bytes, time.monotonic() - started)
         self.changes.update(
@@ -189,6 +231,7 @@ class Case:
             "CASEFLOW_CASE_NAME": row.name,
             "CASEFLOW_GPU_GROUP": row.grp or "",
             "CASEFLOW_GPU_SLOT": str(row.slot_index),
+            "CASEFLOW_RUN": str(row.run),
         }
         device = row.slot_device or (
             group.device_of(row.slot_index) if group and row.slot_index is not None else None
@@ -301,10 +344,13 @@ class Case:
                 "its earlier job is still being stopped (the case keeps its "
                 "slot until then); the retry follows"
             )
+        self._keep_earlier_results()
         self.changes.update(
             host=None,
             reason=None,
             task_id=None,
+            stop_since=None,
+            stop_sent=0,
             last_error=None,
             run=self.row.run + 1,
             job_outcome=None,
@@ -314,6 +360,27 @@ class Case:
             wrapup=0,
             wrapup_note=None,
         )
+
+    def _keep_earlier_results(self) -> None:
+        """A retry is a new run; the earlier run's results (and the log with them) are kept:
+        results/<name> is renamed results/<name>.run-<its run>, and the new run's results
+        come to results/<name> again. (Its log also stays in logs/<id>-<run>.log.)"""
+        row, folder = self.row, self.engine.config.results.folder
+        if not row.results_path or folder is None:
+            return
+        current = Path(row.results_path)
+        if current.parent != folder or not os.path.lexists(current):
+            return
+        kept = free_name(
+            folder, f"{current.name}.run-{row.run}", row.id, self.engine.store.results_paths()
+        )
+        try:
+            os.rename(current, kept)
+        except OSError as exc:
+            raise TransientError(
+                f"the earlier run's results in {current} could not be kept as {kept}: {exc}"
+            ) from exc
+        log.info("case %s %r: run %s's results kept in %s", row.id, row.name, row.run, kept)
 
     # -- state callbacks ---------------------------------------------------------------
     def release_slot(self, event) -> None:

@@ -237,8 +237,10 @@ def cmd_request(args) -> int:
         if args.no_wait:
             return 0
         deadline = time.monotonic() + args.wait
-        while store.get(row.id).request is not None:
+        while (now := store.get(row.id)).request is not None:
             if time.monotonic() >= deadline:
+                if now.reason and now.stop_since is not None:  # its job is being stopped
+                    return _report_stopping(config, now)
                 print(
                     f"not applied within {args.wait:.0f} s; it stays requested and the "
                     "daemon applies it when it can",
@@ -251,10 +253,35 @@ def cmd_request(args) -> int:
         engine = Engine(config, spec=spec, store=store)
         engine.start(workers=False)
         engine.apply_request(store.get(row.id))
+        _stop_now(engine, row.id)
         engine.shutdown()
     finally:
         lock.release()
     return _report(store, trigger, row, mark, daemon_pid=None)
+
+
+def _stop_now(engine: Engine, case_id: int) -> None:
+    """No daemon runs: a job being stopped first (TERM, KILL after stop_grace_seconds) is
+    followed here until it is gone and its case has ended, as the daemon would."""
+    from . import jobs
+
+    deadline = time.monotonic() + engine.config.stop_grace_seconds + 60
+    while time.monotonic() < deadline:
+        now = engine.store.get(case_id)
+        if now is None or not (now.reason and now.state in engine.job_states):
+            return
+        jobs.stop(engine, now)
+        time.sleep(0.2)
+
+
+def _report_stopping(config, row: CaseRow) -> int:
+    print(
+        f"case {row.id} {printable(row.name)}: stopping its job (SIGTERM; SIGKILL after "
+        f"{config.stop_grace_seconds:g} s if it still runs); the case keeps its GPU slot until "
+        "the job is gone, then ends; follow it with `caseflow show "
+        f"{row.id}`"
+    )
+    return 0
 
 
 def _report(store: Store, trigger: str, before: CaseRow, mark: int, daemon_pid: int | None) -> int:

@@ -94,6 +94,7 @@ class Config:
     workers: int = 4
     shutdown_grace_seconds: float = 30.0
     shutdown_timeout_seconds: float = 60.0
+    stop_grace_seconds: float = 30.0
     retry: RetryConfig = field(default_factory=RetryConfig)
     log_level: str = "INFO"
     log_file: Path | None = None
@@ -230,6 +231,8 @@ def load_config(path: Path | str) -> Config:
         )
     )
 
+    stop_grace = float(top.get("stop_grace_seconds", NUMBER, 30.0, not_negative))
+
     stab = top.sub("stability")
     quiet = float(stab.get("quiet_seconds", NUMBER, 5.0, not_negative))
     rescan = float(stab.get("rescan_seconds", NUMBER, 30.0, positive))
@@ -288,6 +291,7 @@ def load_config(path: Path | str) -> Config:
         workers=workers,
         shutdown_grace_seconds=grace,
         shutdown_timeout_seconds=stop_timeout,
+        stop_grace_seconds=stop_grace,
         retry=retry,
         log_level=level,
         log_file=resolve(base, log_file) if log_file else None,

@@ -171,9 +171,10 @@ class Daemon:
         self.waker = Waker()
         self.engine.waker = self.waker
         # activity older than this cannot hold up a quiet period any more: dropped
+        # activity times on the monotonic clock: the quiet period is measured on it
         self.watcher = InboxWatcher(
             config.inbox,
-            clock=self.engine.clock,
+            clock=self.engine.monotonic,
             wake=self.engine.wake,
             keep_seconds=max(2 * config.quiet_seconds, 10.0),
         )

@@ -81,6 +81,10 @@ class Engine:
         self._step_states = [n for n, st in steps.items() if st.step != POLL]
         self._poll_states = [n for n, st in steps.items() if st.step == POLL]
         self._slot_taking = set(self.spec.slot_taking_states)
+        self.job_states = set(self.spec.job_states)
+        # quiet periods, on the monotonic clock: case id -> (the folder's newest ctime at the
+        # last look, when it last changed, when it was last looked at) (Case.is_quiet)
+        self.quiet_since: dict[int, tuple[float | None, float, float]] = {}
         self.FAIL = self.spec.required_trigger(FAIL)
         self.REQUEUE = self.spec.trigger_for(REQUEUE)
 
@@ -169,7 +173,10 @@ class Engine:
             state = self._steps[row.state]
             step = state.step
             assert step is not None  # _steps holds the states that have one
-            if state.worker and self.pooled:
+            if row.reason and row.state in self.job_states:
+                # to fail (or be cancelled) once the job its submit may have started is gone
+                self._dispatch_call(row, jobs.stop, self, row, short=True)
+            elif state.worker and self.pooled:
                 self._dispatch(row, step)
             elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
                 if self.step(row, step) is None:
@@ -274,28 +281,31 @@ class Engine:
     def fail(self, case_id: int, reason: str) -> bool:
         """End the case in failure. A case whose job may still run first stops it (in its
         host's short lane, caseflow.jobs.stop), showing the reason meanwhile; it keeps its
-        slot until the job is stopped or seen to end (two jobs would share a GPU)."""
+        slot until the job is seen gone (two jobs would share a GPU)."""
         row = self.store.get(case_id)
         if row is None or not self.machine.allowed(self.FAIL, row.state):
             return False
-        if (
-            row.state in self._poll_states
-            and row.task_id
-            and not row.job_outcome
-            and self._host_or_none(row) is not None
-        ):
-            if row.reason is None and self.store.set_stopping(
-                row.id, row.state, reason, self.clock()
-            ):
-                log.warning(
-                    "case %s %r: %s; stopping its job first (the case keeps its slot until then)",
-                    row.id,
-                    row.name,
-                    reason,
-                )
-                self.wake()
+        if self.stop_first(row, reason):
             return False
         return bool(self.step(row, self.FAIL, reason=reason))
+
+    def stop_first(self, row: CaseRow, reason: str) -> bool:
+        """If a job of the case may exist (a state of the spec's `job_may_run`, its end not
+        seen yet), mark the case to end with `reason` once the job is gone and return True:
+        caseflow.jobs.stop sends TERM, then KILL after `stop_grace_seconds`, and ends the case
+        when the job's processes are seen gone. A case in `uploaded` may have a job whose
+        submit's answer was lost: the job is found by its label."""
+        if row.state not in self.job_states or row.job_outcome or self._host_or_none(row) is None:
+            return False
+        if row.reason is None and self.store.set_stopping(row.id, row.state, reason, self.clock()):
+            log.warning(
+                "case %s %r: %s; stopping its job first (the case keeps its slot until then)",
+                row.id,
+                row.name,
+                reason,
+            )
+            self.wake()
+        return True
 
     def _settle(
         self,

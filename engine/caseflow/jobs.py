@@ -9,12 +9,14 @@ case's next move.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from . import metrics
 from .backends import RUNNING, SUCCESS, UNREADABLE
 from .case_model import job_ref
 from .errors import PermanentError, TransientError
 from .retry import PERMANENT, Streak, kind_of, short
+from .spec import REQUEST
 from .store import CaseRow
 from .workers import QUIET
 
@@ -85,63 +87,144 @@ def finish(engine, row: CaseRow) -> None:
     engine._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
 
 
-def _stop(engine, row: CaseRow):
-    """Try to stop the case's job: (stopped, how it was seen to end if it had, the error).
-    A job whose host is no longer configured counts as stopped: its slots are retired."""
+class StillRunning(Exception):
+    """The job was asked to stop and is still running: look again at the next poll."""
+
+
+def _stopped(engine, row: CaseRow):
+    """Stop the case's job, step by step: find it when its task id was never stored (a submit
+    whose answer was lost), ask the queue about it, and while it runs send TERM (once), then
+    KILL once `stop_grace_seconds` have passed since the stop began. Returns how the job was
+    seen to end (a JobStatus), or None when there is no job (never submitted, or its host is
+    no longer configured: its slots are retired). Raises StillRunning while it runs, and what
+    the host ran into."""
     try:
         host = engine.host_of(row)
     except PermanentError:
-        return True, None, None
+        return None
     ref = job_ref(row, engine.instance)
+    if not row.task_id:
+        found = host.backend.find(ref)
+        if found is None:
+            return None
+        log.warning(
+            "case %s %r: found job %s, started by a submit whose answer was lost",
+            row.id,
+            row.name,
+            found,
+        )
+        engine.store.set_task_id(row.id, row.state, found)
+        ref = replace(ref, task_id=found)
+    # signal first, then look: a queue that cannot tell how its job is still gets the stop,
+    # and a job that cannot be signalled may be seen to have ended
+    refused: Exception | None = None
     try:
-        host.backend.cancel(ref)
-        return True, None, None
+        _signal(engine, row, host, ref)
     except Exception as exc:
-        try:  # it may have ended meanwhile: then that is the end it is seen to have
-            status = host.backend.status([ref]).get(row.id)
-        except Exception:
-            status = None
-        if status is not None and status.outcome not in (RUNNING, UNREADABLE):
-            return True, status, exc
-        return False, None, exc
+        refused = exc
+    try:
+        status = host.backend.status([ref]).get(row.id)
+    except Exception:
+        if refused is not None:
+            raise refused from None
+        raise
+    if status is not None and status.outcome not in (RUNNING, UNREADABLE):
+        return status
+    if refused is not None:
+        raise refused
+    if status is not None and status.outcome == UNREADABLE:  # it cannot be seen to end
+        raise TransientError(status.detail or "the queue's entry for the job cannot be read")
+    raise StillRunning()
 
 
-def stop(engine, row: CaseRow) -> None:
-    """Stop the job of a running case that is to fail (its reason is set), then end the case.
-    A job that cannot be stopped now does not keep the case from ending, but its slot stays
-    held (the direct runner would otherwise start a second job on the same GPU) until the
-    case's wrap-up has stopped the job or seen it end (`stop_kept`)."""
-    stopped, ended, exc = _stop(engine, row)
-    if ended is not None:
-        engine.store.record_job_end(
-            row.id, row.state, ended.outcome, ended.detail, ended.exit_code, engine.clock()
-        )
-        engine.step(engine.store.get(row.id) or row, engine.FAIL, job_ended=True, reason=row.reason)
-    elif stopped:
-        engine.step(
-            row, engine.FAIL, reason=row.reason, detail=f"{row.reason}; its job was stopped"
-        )
-    else:
+def _signal(engine, row: CaseRow, host, ref) -> None:
+    """TERM once; KILL (again at each look) once `stop_grace_seconds` have passed."""
+    now = engine.clock()
+    since = row.stop_since if row.stop_since is not None else now
+    if row.stop_sent == 0:
+        host.backend.cancel(ref)
+        engine.store.note_stop_sent(row.id, row.state, 1, since)
+    elif now - since >= engine.config.stop_grace_seconds:
+        if row.stop_sent < 2:
+            log.warning(
+                "case %s %r: its job still runs %.0f s after SIGTERM; sending SIGKILL",
+                row.id,
+                row.name,
+                now - since,
+            )
+        host.backend.cancel(ref, force=True)
+        engine.store.note_stop_sent(row.id, row.state, 2, since)
+
+
+def _end_trigger(engine, row: CaseRow) -> tuple[str, dict]:
+    """How a case being stopped ends: by the operator's request that stopped it (`cancel`),
+    else by the spec's fail trigger."""
+    request = row.request
+    if (
+        request
+        and request in engine.spec.triggers_for(REQUEST)
+        and engine.machine.allowed(request, row.state)
+    ):
+        return request, {"requested": True}
+    return engine.FAIL, {"reason": row.reason}
+
+
+def stop(engine, row: CaseRow) -> object:
+    """Stop the job of a case that is to end (its reason is set: `Engine.stop_first`), then
+    end the case once the job is seen gone; until then the case stays where it is, holding
+    its slot (status: stopping). A job that cannot be reached now does not keep the case from
+    ending, but its slot stays held (the direct runner would otherwise start a second job on
+    the same GPU) until the case's wrap-up has stopped the job or seen it end (`stop_kept`)."""
+    try:
+        ended = _stopped(engine, row)
+    except StillRunning:
+        engine.store.reschedule(row.id, row.state, engine.clock() + engine.config.poll_seconds)
+        return QUIET
+    except Exception as exc:
+        trigger, kwargs = _end_trigger(engine, row)
         engine.step(
             row,
-            engine.FAIL,
-            reason=row.reason,
+            trigger,
+            **kwargs,
             keep_slot=True,
-            detail=f"{row.reason}; its job could not be stopped ({short(exc)}): the "
-            "case keeps its slot until the job is stopped or seen to end",
+            detail=f"{row.reason}; its job could not be stopped or seen to end ({short(exc)}): "
+            "the case keeps its slot until the job is seen gone",
         )
+        return None
+    trigger, kwargs = _end_trigger(engine, row)
+    if ended is None:
+        engine.step(row, trigger, **kwargs, detail=f"{row.reason}; no job of it runs")
+        return None
+    engine.store.record_job_end(
+        row.id, row.state, ended.outcome, ended.detail, ended.exit_code, engine.clock()
+    )
+    fresh = engine.store.get(row.id) or row
+    if trigger == engine.FAIL and fresh.state in engine.spec.poll_states:
+        kwargs["job_ended"] = True  # its log and results are fetched
+    engine.step(fresh, trigger, **kwargs, detail=f"{row.reason}; its job ended: {ended.detail}")
+    return None
 
 
 def stop_kept(engine, row: CaseRow) -> bool:
     """For the wrap-up of a case that ended keeping its slot: stop its job, then free the
-    slot. True when the slot is free (or was never kept); False: tried again later."""
-    if row.slot_id is None or not row.task_id or row.job_outcome:
+    slot once the job is seen gone. True when the slot is free (or was never kept); False:
+    tried again later."""
+    if row.slot_id is None or row.job_outcome:
         return True
-    stopped, _, exc = _stop(engine, row)
-    if not stopped:
+    try:
+        _stopped(engine, row)
+    except StillRunning:
+        engine.store.wrapup_progress(
+            row.id,
+            row.state,
+            retry_at=engine.clock() + engine.config.poll_seconds,
+            note="stopping its job (the case keeps its slot until the job is gone)",
+        )
+        return False
+    except Exception as exc:
         engine._settle(row, "stopping its job", exc, patient=True)
         return False
     engine.store.release_slot(row.id)
-    log.info("case %s %r: its job is stopped (or has ended); its slot is free", row.id, row.name)
+    log.info("case %s %r: its job is gone; its slot is free", row.id, row.name)
     engine.wake()
     return True

@@ -2,9 +2,12 @@
 
 The command line records a request in the store; the daemon applies it at its next tick,
 in the short lane of the case's host (a cancel stops the job on the host), after any step in
-flight for the case. A request that cannot be applied yet (its host does not answer) is tried again
-after a backoff of the retry policy, not at every tick. Which triggers an operator may ask
-for is the spec's `request` role; whether one is possible now, the machine's answer.
+flight for the case. A request that ends a case whose job may run (`cancel`) first stops
+the job (caseflow.jobs.stop: TERM, KILL after the grace) and ends the case once the job is
+seen gone; the case keeps its slot until then. A request that cannot be applied yet (its
+host does not answer) is tried again after a backoff of the retry policy, not at every
+tick. Which triggers an operator may ask for is the spec's `request` role; whether one is
+possible now, the machine's answer.
 """
 
 from __future__ import annotations
@@ -46,6 +49,12 @@ def apply(engine, row: CaseRow) -> bool:
         )
         engine.store.set_request(row.id, None)
         return False
+    if row.reason and row.state in engine.job_states:
+        return False  # its job is being stopped; the request ends the case then (jobs.stop)
+    if engine.spec.dest_of(trigger, row.state) in engine.spec.terminal_states and (
+        engine.stop_first(row, f"{trigger} requested")
+    ):
+        return False  # a job may run: it is stopped first, and the case keeps its slot till then
     if engine.pooled:
         engine._dispatch_call(row, _apply_now, engine, row, trigger, short=True)
         return False

@@ -33,6 +33,7 @@ _STATE_KEYS = {
     "worker",
     "terminal",
     "holds_slot",
+    "job_may_run",
     "on_enter",
     "on_exit",
     "why",
@@ -90,6 +91,7 @@ class StateSpec:
     worker: bool = False
     terminal: bool = False
     holds_slot: bool = False
+    job_may_run: bool = False
     on_enter: tuple[str, ...] = ()
     on_exit: tuple[str, ...] = ()
 
@@ -131,6 +133,17 @@ class MachineSpec:
     @property
     def slot_states(self) -> list[str]:
         return [s.name for s in self.states if s.holds_slot]
+
+    @property
+    def poll_states(self) -> list[str]:
+        """States whose cases are polled (their job runs)."""
+        return [s.name for s in self.states if s.step == POLL]
+
+    @property
+    def job_states(self) -> list[str]:
+        """States in which a job of the case may exist on its host (its submit may have been
+        sent): a forced end (cancel, giving up) first stops that job."""
+        return [s.name for s in self.states if s.job_may_run]
 
     @property
     def slot_taking_states(self) -> list[str]:
@@ -267,6 +280,7 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
                 worker=bool(raw.get("worker", False)),
                 terminal=bool(raw.get("terminal", False)),
                 holds_slot=bool(raw.get("holds_slot", False)),
+                job_may_run=bool(raw.get("job_may_run", False)),
                 on_enter=_names(raw.get("on_enter"), where + ".on_enter"),
                 on_exit=_names(raw.get("on_exit"), where + ".on_exit"),
             )
@@ -327,6 +341,8 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
     for s in states:
         if s.terminal and s.holds_slot:
             raise SpecError(f"{path}: terminal state {s.name!r} cannot hold a slot")
+        if s.job_may_run and not s.holds_slot:
+            raise SpecError(f"{path}: state {s.name!r} may have a job but holds no slot")
         if s.terminal and s.step:
             raise SpecError(f"{path}: terminal state {s.name!r} cannot have a step")
         if s.step and s.step != POLL and s.name not in spec.sources_of(s.step):

@@ -266,14 +266,46 @@ class CaseQueries(Database):
 
     def set_stopping(self, case_id: int, state: str, reason: str, now: float) -> bool:
         """The case is to fail with `reason` once its job is stopped (or seen to end); it
-        keeps its state and slot until then, and shows the reason meanwhile."""
+        keeps its state and slot until then, and shows the reason meanwhile. `stop_since`:
+        the grace before SIGKILL counts from now."""
         with self.transaction() as conn:
             cur = conn.execute(
-                "UPDATE cases SET reason = ?, next_attempt_at = ?, updated_at = ?"
-                " WHERE id = ? AND state = ? AND reason IS NULL",
-                (reason, now, now, case_id, state),
+                "UPDATE cases SET reason = ?, next_attempt_at = ?, updated_at = ?,"
+                " stop_since = ?, stop_sent = 0 WHERE id = ? AND state = ? AND reason IS NULL",
+                (reason, now, now, now, case_id, state),
             )
             return cur.rowcount == 1
+
+    def note_stop_sent(self, case_id: int, state: str, sent: int, since: float) -> None:
+        """A stop signal went to the case's job (1: TERM, 2: KILL); `since`: when stopping
+        began (kept when it was set)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET stop_sent = MAX(stop_sent, ?),"
+                " stop_since = COALESCE(stop_since, ?) WHERE id = ? AND state = ?",
+                (sent, since, case_id, state),
+            )
+
+    def set_task_id(self, case_id: int, state: str, task_id: str) -> None:
+        """The task id of a job found by its label (its submit's answer was lost)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET task_id = ? WHERE id = ? AND state = ?",
+                (task_id, case_id, state),
+            )
+
+    def newer_case_at(self, case_id: int, local_path: str) -> int | None:
+        """The id of a case made later than `case_id` from a folder at the same path: the
+        folder was replaced by a new copy, which is a case of its own."""
+        row = (
+            self._conn()
+            .execute(
+                "SELECT id FROM cases WHERE local_path = ? AND id > ? ORDER BY id LIMIT 1",
+                (local_path, case_id),
+            )
+            .fetchone()
+        )
+        return row[0] if row else None
 
     def reschedule(self, case_id: int, state: str, next_attempt_at: float) -> None:
         with self.transaction() as conn:

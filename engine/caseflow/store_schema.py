@@ -120,6 +120,13 @@ MIGRATIONS: list[str] = [
     DROP TABLE slots;
     ALTER TABLE slots_v6 RENAME TO slots;
     """,
+    # v7: stopping a job before its case ends: since when (the grace before SIGKILL counts
+    # from it) and which signal was sent (0 none yet, 1 TERM, 2 KILL)
+    """
+    ALTER TABLE cases ADD COLUMN stop_since REAL;
+    ALTER TABLE cases ADD COLUMN stop_sent INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX cases_path ON cases (local_path);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -144,6 +151,8 @@ CHANGEABLE = {
     "results_fetched",
     "wrapup",
     "wrapup_note",
+    "stop_since",
+    "stop_sent",
 }
 
 
@@ -180,6 +189,8 @@ class CaseRow:
     results_fetched: bool
     wrapup: bool
     wrapup_note: str | None
+    stop_since: float | None
+    stop_sent: int
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None

@@ -109,6 +109,10 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     src = Path(row.local_path)
     if src.parent == dest:
         return row  # already there (a repeated wrap-up)
+    newer = engine.store.newer_case_at(row.id, row.local_path)
+    if newer is not None:  # the folder there now is a new copy (its inode may be the old one)
+        notes.append(f"case folder not archived: {src} is now the folder of case {newer}")
+        return row
     if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
         moved = _moved_before(dest, row)
         if moved is not None:  # an earlier wrap-up renamed it, then the daemon died

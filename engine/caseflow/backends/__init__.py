@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import plugins
+from ..errors import TransientError
 
 RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_found"
 # What the queue said about one job could not be read (an entry in a form caseflow does not
@@ -68,8 +69,20 @@ class QueueBackend(ABC):
         """The status of every given job, keyed by case id, in one remote call."""
 
     @abstractmethod
-    def cancel(self, job: JobRef) -> None:
-        """Stop the job; no error when it has already ended."""
+    def cancel(self, job: JobRef, force: bool = False) -> None:
+        """Ask the job to stop (SIGTERM to all its processes, or the queue's own stop); with
+        `force`, kill them (SIGKILL). No error when it has already ended. A job whose task id
+        was never stored (`job.task_id` empty: the answer to its submit was lost) is found
+        by its label. The engine then polls `status` until the job is no longer RUNNING: a
+        backend reports RUNNING while any process of the job is alive, so that its GPU slot
+        is never handed on while the job still runs on it."""
+
+    def find(self, job: JobRef) -> str | None:
+        """The task id of the job submitted under `job.label` into `job.remote_path`, if one
+        was: a submit whose answer was lost has started a job the store does not know. None
+        when no job was submitted under the label. A backend that cannot tell returns None
+        only when it is sure (the engine then ends the case without stopping anything)."""
+        return None
 
     def probe(self) -> None:  # noqa: B027 (an optional hook: by default the queue is fine)
         """Raise HostError (or TransientError) while the queue cannot take work although the
@@ -125,6 +138,32 @@ class BackendAdapter:
     # (reader of the host, `config.HostConfig`) -> None, raising the reader's error when the
     # host's other settings do not suit the backend (e.g. devices that Slurm picks itself)
     check_host: Callable[[Any, Any], None] | None = None
+
+
+# Reads a backend's record of the job it submitted under a label (`LABEL ID` in
+# <case folder>/.caseflow/<record>): $1 = case folder, $2 = record's name, $3 = label.
+# Prints the id; exit 3: no record of that label.
+FIND_RECORD = (
+    'f=$1/.caseflow/$2; [ -r "$f" ] && read -r l id < "$f" && [ "$l" = "$3" ] || exit 3; echo "$id"'
+)
+
+
+def find_record(transport, job: JobRef, record: str) -> str | None:
+    """The id a backend recorded in the case folder for `job.label` (FIND_RECORD)."""
+    if not job.remote_path:
+        return None
+    res = transport.run(
+        ["sh", "-c", FIND_RECORD, "caseflow-find", job.remote_path, record, job.label]
+    )
+    if res.returncode == 3:
+        return None
+    ids = res.stdout.split()
+    if res.returncode != 0 or len(ids) != 1:
+        raise TransientError(
+            f"reading the record of job {job.label} failed (exit {res.returncode}): "
+            f"{(res.stderr or res.stdout).strip()[:200]}"
+        )
+    return ids[0]
 
 
 def adapter(kind: str) -> BackendAdapter:

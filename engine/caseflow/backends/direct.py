@@ -35,8 +35,13 @@ MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for 
 
 # the remote scripts: scripts/direct-*.sh
 LAUNCH = script(__package__, "direct-launch.sh")
-STATUS = script(__package__, "direct-status.sh")
-CANCEL = script(__package__, "direct-cancel.sh")
+STATUS = script(__package__, "direct-status.sh", "direct-group.sh")
+CANCEL = script(__package__, "direct-cancel.sh", "direct-group.sh")
+# $1 = case folder: the pid its launch wrote; exit 3: never launched; exit 4: not written yet
+FIND = (
+    'cd -- "$1" 2>/dev/null && [ -d .caseflow/launched ] || exit 3; '
+    '[ -s .caseflow/pid ] || exit 4; read -r pid < .caseflow/pid; echo "$pid"'
+)
 # The bytes of one status command. sshd hands the whole command line to the user's shell as
 # one argument, and Linux takes at most 128 KiB in one (MAX_ARG_STRLEN): 1,000 jobs are about
 # 60 KB; more go in several commands.
@@ -44,7 +49,9 @@ COMMAND_BYTES = 100_000
 
 
 def job_argv(job: JobSpec) -> list[str]:
-    env = [f"{k}={v}" for k, v in sorted(job.env.items())]
+    # CASEFLOW_JOB: how the job's processes are told from others once its wrapper is gone
+    # (scripts/direct-group.sh)
+    env = [f"{k}={v}" for k, v in sorted({**job.env, "CASEFLOW_JOB": job.label}.items())]
     command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
     return ["env", *env, *command]
 
@@ -78,19 +85,35 @@ class DirectBackend(QueueBackend):
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         """One command for all the jobs (several beyond COMMAND_BYTES). Each job goes as its
-        pid (the task id; "-" when it is not a pid: the script reads the pid file) and its
-        case folder."""
+        pid (the task id; "-" when it is not a pid: the script reads the pid file), its case
+        folder and its label."""
         out: dict[int, JobStatus] = {}
         for batch in _batches(jobs):
             args = []
             for j in batch:
-                args += [j.task_id if j.task_id.isdigit() else "-", j.remote_path]
+                args += [j.task_id if j.task_id.isdigit() else "-", j.remote_path, j.label]
             res = self.transport.run(["sh", "-c", STATUS, "caseflow-status", *args])
             if res.returncode != 0:
                 raise TransientError(
                     f"job status query failed (exit {res.returncode}): {res.stderr.strip()}"
                 )
             out.update(parse_status(res.stdout, batch))
+        return out
+
+    def find(self, job: JobRef) -> str | None:
+        """The pid the launch wrote in the case folder (one folder per run: its launch)."""
+        if not job.remote_path:
+            return None
+        res = self.transport.run(["sh", "-c", FIND, "caseflow-find", job.remote_path])
+        out = res.stdout.strip()
+        if res.returncode == 3:
+            return None
+        if res.returncode == 4:  # launched, its pid not written yet: asked again later
+            raise TransientError(f"the job in {job.remote_path} is starting; its pid follows")
+        if res.returncode != 0 or not out.isdigit():
+            raise TransientError(
+                f"reading the job's pid failed (exit {res.returncode}): {res.stderr.strip()}"
+            )
         return out
 
     def job_log(self, job: JobRef) -> str | None:
@@ -102,19 +125,37 @@ class DirectBackend(QueueBackend):
     def log_file(self, job: JobRef) -> str | None:
         return JOB_LOG
 
-    def cancel(self, job: JobRef) -> None:
-        if not job.task_id.isdigit():
+    def cancel(self, job: JobRef, force: bool = False) -> None:
+        """TERM (KILL when `force`) to the job's process group, if the job is still this
+        case's (its wrapper's marker and folder, or its label: never another case's job after
+        a pid was reused). A job whose id was never stored (a submit whose answer was lost)
+        is found by the pid its launch wrote in the case folder."""
+        if not job.remote_path:
             return
-        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-cancel", job.task_id])
+        res = self.transport.run(
+            [
+                "sh",
+                "-c",
+                CANCEL,
+                "caseflow-cancel",
+                job.task_id if job.task_id.isdigit() else "-",
+                job.remote_path,
+                f"{MARK}-{job.case_id}",
+                job.label,
+                "KILL" if force else "TERM",
+            ]
+        )
         if res.returncode != 0:
-            raise TransientError(f"cancelling job {job.task_id} failed: {res.stderr.strip()}")
+            raise TransientError(
+                f"stopping job {job.task_id or job.label} failed: {res.stderr.strip()}"
+            )
 
 
 def _batches(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
     batches: list[list[JobRef]] = []
     size = COMMAND_BYTES
     for j in jobs:
-        cost = len(shlex.quote(j.remote_path).encode()) + len(j.task_id) + 4
+        cost = len(shlex.quote(j.remote_path).encode()) + len(j.task_id) + len(j.label) + 6
         if size + cost > COMMAND_BYTES - len(STATUS.encode()) - 100:
             batches.append([])
             size = 0

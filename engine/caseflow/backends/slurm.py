@@ -40,6 +40,7 @@ from . import (
     JobSpec,
     JobStatus,
     QueueBackend,
+    find_record,
 )
 from .slurm_options import SlurmConfig, check_host, read_config
 from .slurm_status import (
@@ -270,10 +271,17 @@ class SlurmBackend(QueueBackend):
             f"no exit code in {EXIT_FILE}",
         )
 
-    def cancel(self, job: JobRef) -> None:
+    def find(self, job: JobRef) -> str | None:
+        """The job's id from the record the submit wrote in the case folder."""
+        return find_record(self.transport, job, "slurm-job")
+
+    def cancel(self, job: JobRef, force: bool = False) -> None:
+        """scancel (Slurm sends SIGTERM, then SIGKILL after its KillWait); `force`: SIGKILL
+        to the job's processes at once (scancel --signal=KILL)."""
         if not job.task_id.isdigit():
             return
-        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", job.task_id, job.label])
+        args = [job.task_id, job.label] + (["--signal=KILL", "--full"] if force else [])
+        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", *args])
         if res.returncode != 0:
             raise TransientError(
                 f"scancel {job.task_id} failed on {self.transport.name}: "

@@ -1,9 +1,30 @@
 #!/bin/sh
-# $1 = pid: stop the job's whole session, if it is still our job.
-pid=$1
-kill -0 "$pid" 2>/dev/null || exit 0
-if [ -r "/proc/$pid/cmdline" ]; then
-  tr '\000' ' ' < "/proc/$pid/cmdline" | grep -q "caseflow-job" || exit 0
+# The direct runner's stop. $1 = the job's pid (its task id; "-" when unknown: a submit whose
+# answer was lost; then .caseflow/pid of the case folder is read), $2 = case folder,
+# $3 = marker (the job wrapper's $0), $4 = label (the job's CASEFLOW_JOB), $5 = TERM or KILL.
+# Signals the job's whole process group when its wrapper is alive and is this case's (its $0
+# is the marker and it works in the case folder: a reused pid is never signalled), else the
+# processes of the group that carry the job's label (the wrapper was killed alone). Prints
+# "none" when no job was launched in the folder, "signalled" or "gone".
+pid=$1 d=$2 marker=$3 label=$4 sig=$5
+if [ "$pid" = - ]; then
+  pid=
+  [ -d "$d/.caseflow/launched" ] || { echo none; exit 0; }
+  { read -r pid || [ -n "$pid" ]; } < "$d/.caseflow/pid" 2>/dev/null
+  # launched, its pid not written yet: the caller asks again (the job is seen running)
+  [ -n "$pid" ] || { echo signalled; exit 0; }
 fi
-kill -s TERM -- "-$pid" 2>/dev/null || kill -s TERM "$pid" 2>/dev/null
-exit 0
+case $pid in ''|*[!0-9]*) echo "not a pid: $pid" >&2; exit 2 ;; esac
+# shellcheck disable=SC3013  # test -ef: dash, bash, busybox and ksh have it (direct-status.sh)
+if kill -0 "$pid" 2>/dev/null && [ "/proc/$pid/cwd" -ef "$d" ] &&
+    tr '\000' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$marker"; then
+  kill -s "$sig" -- "-$pid" 2>/dev/null
+  echo signalled; exit 0
+fi
+ours "$pid" "$label"
+if [ -n "$ours" ]; then
+  # shellcheck disable=SC2086  # a list of pids
+  kill -s "$sig" $ours 2>/dev/null
+  echo signalled; exit 0
+fi
+echo gone

@@ -23,10 +23,38 @@ if ! mkdir .caseflow/launched 2>/dev/null; then
   if wait_pid; then echo "$pid"; exit 0; fi
   echo "a launch was started here before but left no pid" >&2; exit 99
 fi
+# The job wrapper (its $0 the marker, the leader of the job's session and process group):
+# - it outlives a TERM sent to the group (the trap), so that the job is seen running until
+#   it has ended: a job that writes a checkpoint on TERM keeps its GPU slot meanwhile;
+# - once its command has ended, other processes left in the group (a job's children) are
+#   sent TERM, then KILL after 10 s, before the exit code is written: the slot is free only
+#   when nothing of the job runs on its GPU any more (as Slurm ends a job's whole cgroup).
 # shellcheck disable=SC2016  # the job wrapper's script: expanded by its own shell
 setsid sh -c 'echo $$ > .caseflow/pid
+trap "stopping=1" TERM
 "$@" > .caseflow/job.log 2>&1 < /dev/null
 rc=$?
+others() {
+  o=
+  [ -d /proc/self ] || return 0
+  for f in /proc/[0-9]*/stat; do
+    { read -r l < "$f"; } 2>/dev/null || continue
+    l=${l##*) }
+    set -- $l
+    p=${f#/proc/}; p=${p%/stat}
+    [ "$3" = "$$" ] && [ "$1" != Z ] && [ "$p" != "$$" ] && o="$o $p"
+  done
+  return 0
+}
+others
+if [ -n "$o" ]; then
+  kill -s TERM $o 2>/dev/null
+  i=0
+  while others && [ -n "$o" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
+  if [ -n "$o" ]; then kill -s KILL $o 2>/dev/null; fi
+  i=0
+  while others && [ -n "$o" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+fi
 echo "$rc" > .caseflow/exit_code.tmp && mv .caseflow/exit_code.tmp .caseflow/exit_code' \
   "$marker" "$@" < /dev/null > /dev/null 2>&1 &
 if wait_pid; then echo "$pid"; exit 0; fi

@@ -1,14 +1,18 @@
 #!/bin/sh
-# The direct runner's poll. Arguments: pairs of the job's pid (its task id; "-" when unknown:
-# then .caseflow/pid is read) and its case folder. One line per pair, in order:
-# "<n> exit <code>" | "<n> running" | "<n> gone".
+# The direct runner's poll. Arguments: triples of the job's pid (its task id; "-" when unknown:
+# then .caseflow/pid is read), its case folder and its label (CASEFLOW_JOB). One line per
+# triple, in order: "<n> exit <code>" | "<n> running" | "<n> gone".
 # Shell builtins only, in one pass, few system calls: a poll of 1,000 running jobs took
 # 2.1-2.6 s when each job cost a cat, a tr and a grep (a process each); with builtins only it
 # still made 37 system calls a job (most of them saving and restoring file descriptors for the
 # redirections, and reading the pid file a byte at a time), now 4 (strace -c: a stat of
 # exit_code, kill -0, and test -ef's two stats).
 # A job is running while its wrapper's pid (the session leader) is alive AND works in the case
-# folder: a pid reused by another process is not taken for the job.
+# folder: a pid reused by another process is not taken for the job. The wrapper outlives a
+# TERM and waits for every process of its group (direct-launch.sh), so a job that takes its
+# time to stop is seen running until it has. A wrapper gone without an exit code (killed
+# alone) leaves the job running while a process of its group carries its label (`ours`,
+# direct-group.sh): its GPU is not free before (the /proc scan only in that rare case).
 # "is the same file": test's -ef where the shell has it (dash, bash, busybox, ksh: two stats;
 # it is not POSIX), else cd -P to both and compare
 # shellcheck disable=SC3013
@@ -35,9 +39,9 @@ exited() {  # $1 = bookkeeping folder: its exit code file, read into $code
 }
 n=0
 out=
-while [ "$#" -ge 2 ]; do
-  pid=$1 d=$2 b=$2/.caseflow
-  shift 2
+while [ "$#" -ge 3 ]; do
+  pid=$1 d=$2 b=$2/.caseflow label=$3
+  shift 3
   if [ "$pid" = - ]; then
     pid=
     { read -r pid || [ -n "$pid" ]; } < "$b/pid"
@@ -47,6 +51,7 @@ while [ "$#" -ge 2 ]; do
   then s=running
   elif [ -d "$b/launched" ] && [ ! -s "$b/pid" ]; then s=running  # its pid is not written yet
   elif exited "$b"; then s="exit $code"  # it ended since the first look
+  elif [ -n "$pid" ] && [ -n "$proc" ] && ours "$pid" "$label" && [ -n "$ours" ]; then s=running
   else s=gone
   fi
   out="$out$n $s
