@@ -38,3 +38,21 @@ Feature: A case's life, from the inbox to its outcome
     And the case "liver_0004" ends in failure
     And the reason given for "liver_0004" is "cancelled"
     And no GPU slot is held
+
+  Scenario: A retry runs the case's inputs as they are now and keeps the earlier run's results
+    Given the case folder "liver_0005" whose job exits with code 3 was dropped into the inbox
+    And the case "liver_0005" has ended in failure
+    When the operator writes "0" into the file "exit_code" of the inbox folder "liver_0005"
+    And the operator retries "liver_0005"
+    Then the case "liver_0005" ends in success
+    And the case "liver_0005" is on its second run
+    And the results of both runs of "liver_0005" are kept
+
+  Scenario: A cancelled job that takes its time to stop keeps its GPU slot until it has stopped
+    Given the case "liver_0006" for gpu_b is running and its job takes 2 seconds to stop
+    And the case "liver_0007" for gpu_b waits in the queue
+    When the operator cancels "liver_0006" without waiting
+    Then the case "liver_0006" is stopping its job and holds its GPU slot
+    And the case "liver_0006" ends in failure
+    And the reason given for "liver_0006" is "cancelled"
+    And the job of "liver_0007" started only after the job of "liver_0006" had stopped

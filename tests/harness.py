@@ -26,8 +26,15 @@ DEADLINE = 60.0  # seconds; generous for a loaded 2-core machine
 #   hold       wait until <ctl>/release-<content of hold> exists
 #   exit_code  exit with this code
 #   write_bytes  write a result file output/big.bin of this many bytes
+#   stop_seconds on SIGTERM, take this long to stop (a checkpoint), then exit 143
+# It notes when it started and stopped (seconds of /proc/uptime) in <ctl>/<name>.started and
+# <ctl>/<name>.stopped.
 JOB = r"""
 echo "job of case $CASEFLOW_CASE_ID started"
+cut -d ' ' -f 1 /proc/uptime > "{ctl}/$CASEFLOW_CASE_NAME.started"
+if [ -e stop_seconds ]; then
+  trap 'sleep "$(cat stop_seconds)"; cut -d " " -f 1 /proc/uptime > "{ctl}/$CASEFLOW_CASE_NAME.stopped"; exit 143' TERM
+fi
 env | grep '^CASEFLOW_\|^CUDA_VISIBLE_DEVICES' | sort > job_env.txt
 if [ -e hold ]; then
   while [ ! -e "{ctl}/release-$(cat hold)" ]; do sleep 0.05; done

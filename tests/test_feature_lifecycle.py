@@ -1,13 +1,14 @@
 """Steps of features/lifecycle.feature: success, a failing job, retry and cancel."""
 
 import pytest
-from pytest_bdd import parsers, scenarios, then, when
+from pytest_bdd import given, parsers, scenarios, then, when
 
 # the shared steps assert with plain `assert`; let pytest explain their failures
 pytest.register_assert_rewrite("bdd_steps")
 
 from bdd_steps import *  # noqa: E402,F401,F403  (shared steps become fixtures here)
 from bdd_steps import shown  # noqa: E402
+from harness import wait_for  # noqa: E402
 
 scenarios("lifecycle.feature")
 
@@ -27,3 +28,51 @@ def result_on_host(ws, name):
     case = shown(ws, name)
     result = ws.remote_folder(name) / "output" / "result.txt"
     assert result.read_text().strip() == f"result of {case['id']}"
+
+
+@when(parsers.parse('the operator writes "{text}" into the file "{file}" of the inbox folder '
+                    '"{name}"'))
+def write_file(ws, text, file, name):
+    (ws.inbox / name / file).write_text(text)
+
+
+@then(parsers.parse('the results of both runs of "{name}" are kept'))
+def both_runs_kept(ws, name):
+    case = shown(ws, name)
+    now = ws.root / "results" / name
+    earlier = ws.root / "results" / f"{name}.run-1"
+    assert "CASEFLOW_RUN=2" in (now / "job_env.txt").read_text()
+    assert "CASEFLOW_RUN=1" in (earlier / "job_env.txt").read_text()
+    assert (earlier / "caseflow-job.log").exists() and (now / "caseflow-job.log").exists()
+    assert case["remote_path"].rsplit("/", 1)[1].startswith(f"{case['id']}-run2-")
+
+
+@given(parsers.parse('the case "{name}" for {group} is running and its job takes {n:d} seconds '
+                     'to stop'))
+def running_slow_to_stop(ws, name, group, n):
+    ws.drop_case(name, group=group, hold=name, files={"stop_seconds": str(n)})
+    ws.wait_state(name, "running")
+    wait_for(lambda: (ws.ctl / f"{name}.started").exists(), what=f"the job of {name!r}")
+
+
+@when(parsers.parse('the operator cancels "{name}" without waiting'))
+def cancel_no_wait(ws, name):
+    proc = ws.cli("cancel", name, "--no-wait")
+    assert proc.returncode == 0, proc.stderr
+
+
+@then(parsers.parse('the case "{name}" is stopping its job and holds its GPU slot'))
+def stopping(ws, name):
+    row = wait_for(lambda: (r := ws.case(name)).reason and r, what=f"{name!r} to stop its job")
+    assert row.state == "running" and row.slot_index is not None, row
+    assert "stopping its job" in ws.cli("status", check=True).stdout
+
+
+@then(parsers.parse('the job of "{later}" started only after the job of "{earlier}" had '
+                    'stopped'))
+def started_after(ws, later, earlier):
+    wait_for(lambda: (ws.ctl / f"{later}.started").exists(), what=f"the job of {later!r}")
+    ws.release(later)
+    stopped = float((ws.ctl / f"{earlier}.stopped").read_text())
+    started = float((ws.ctl / f"{later}.started").read_text())
+    assert started >= stopped, f"{later} started at {started}, {earlier} stopped at {stopped}"
