@@ -7,6 +7,7 @@ caseflow's status query and its `pueue add`.
 
 import os
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, 
 from caseflow.backends.pueue import DaemonNotRunning, PueueBackend
 from caseflow.backends.pueue_status import BadOutput, parse_poll, parse_status, task_outcome
 from caseflow.config import GroupConfig, TransportConfig
-from caseflow.errors import HostError, PermanentError
+from caseflow.errors import HostError, PermanentError, TransientError
 from caseflow.transports.ssh import SSHTransport
 from harness import wait_for
 from pueue_daemon import VERSIONS, PueueDaemon, result_of, status_name
@@ -272,6 +273,212 @@ def test_stashed_paused_and_paused_group_tasks_are_shown_as_such(pueue, daemon, 
     outcome(pueue, r_own, RUNNING, "running")
     assert outcome(pueue, r_group, RUNNING, "running").detail == "running"
     assert pueue.notice() is None
+
+
+# -- job logs, stopping jobs, lost replies, reused ids -------------------------------------------
+NOT_UTF8 = (r"printf 'before\377after\n'; printf 'err\376\n' >&2; "
+            r"printf 'caf\303\251 \342\202\254\n'",
+            b"before\xffafter\nerr\xfe\ncaf\xc3\xa9 \xe2\x82\xac\n")
+
+
+def test_a_log_that_is_not_utf8_comes_home_byte_for_byte(pueue, daemon, jobs):
+    """pueue 3.4.1 and 4.0.4 cannot give such a log (`pueue log --json` prints "(Pueue
+    error) ... stream did not contain valid UTF-8" in its place, exit 0): the wrapper writes the
+    job's output to .caseflow/job.log, which comes home with the results (log_file) and is
+    what job_log reads, byte for byte."""
+    command, written = NOT_UTF8
+    spec = jobs.spec(110, command)
+    r = ref(spec, pueue.submit(spec))
+    outcome(pueue, r, SUCCESS)
+    text = pueue.job_log(r)
+    assert "(Pueue error)" not in text, text
+    assert text.encode("utf-8", "surrogateescape") == written
+    assert pueue.log_file(r) == ".caseflow/job.log"
+    assert Path(spec.remote_path, pueue.log_file(r)).read_bytes() == written
+    # pueue's own log of the task only says where the output is (and reads as UTF-8)
+    said = daemon.run("log", r.task_id, "--json", "--full", check=True).stdout
+    assert ".caseflow/job.log" in said and "(Pueue error)" not in said
+
+
+# a job that catches TERM and takes 3 s to end (its foreground sleep gets the TERM too)
+SLOW_TERM = ("trap 'echo TERM > got-term; sleep 3; echo done > term-done; exit 0' TERM; "
+             "touch started; while :; do sleep 0.05; done")
+
+
+def _running(spec, pueue, r) -> int:
+    pgid = started(spec)
+    wait_for(lambda: Path(spec.remote_path, "started").exists(), what="the job's trap to be set")
+    outcome(pueue, r, RUNNING, "running")
+    return pgid
+
+
+def test_cancel_sends_term_and_the_job_runs_until_its_processes_are_gone(pueue, daemon, jobs):
+    """`pueue kill` is SIGKILL to the task's process group (3.4.1 and 4.0.4); caseflow's stop is
+    SIGTERM. The TERM ends the wrapper at once and pueue marks the task Killed while the job
+    lives on for 3 s: all that time the job is RUNNING, then it has ended."""
+    spec = jobs.spec(120, SLOW_TERM)
+    r = ref(spec, pueue.submit(spec))
+    pgid = _running(spec, pueue, r)
+    began = time.monotonic()
+    pueue.cancel(r)
+    wait_for(lambda: Path(spec.remote_path, "got-term").exists(), what="the job to get SIGTERM")
+    pueue_said_done, polls = False, 0
+    while alive(pgid):
+        status = pueue.status([r])[120]
+        if alive(pgid):  # alive after the poll: it was alive during it
+            assert status.outcome == RUNNING, (time.monotonic() - began, status)
+            polls += 1
+        task = daemon.tasks()[r.task_id]
+        pueue_said_done = pueue_said_done or (status_name(task) == "Done" and alive(pgid))
+        time.sleep(0.1)
+    assert time.monotonic() - began >= 2.5 and Path(spec.remote_path, "term-done").exists()
+    assert polls >= 3
+    assert pueue_said_done, "pueue did not mark the task ended while its job still ran"
+    assert result_of(daemon.tasks()[r.task_id]) == "Killed"
+    assert "killed" in outcome(pueue, r, FAILURE).detail
+    pueue.cancel(r)  # it has ended: nothing to do, no error
+
+
+def test_cancel_force_kills_the_whole_process_group_at_once(pueue, daemon, jobs):
+    """force: SIGKILL, to a running task and to a job that is still ending after a TERM (pueue
+    has marked that one Killed already: its processes are killed from the wrapper's record)."""
+    fresh, ending = jobs.spec(121, SLOW_TERM), jobs.spec(122, SLOW_TERM)
+    r_fresh, r_ending = ref(fresh, pueue.submit(fresh)), ref(ending, pueue.submit(ending))
+    pg_fresh, pg_ending = _running(fresh, pueue, r_fresh), _running(ending, pueue, r_ending)
+    pueue.cancel(r_ending)
+    wait_for(lambda: Path(ending.remote_path, "got-term").exists(), what="the TERM")
+    wait_for(lambda: status_name(daemon.tasks()[r_ending.task_id]) == "Done",
+             what="pueue to mark the task ended")
+    assert alive(pg_ending) and pueue.status([r_ending])[122].outcome == RUNNING
+    began = time.monotonic()
+    pueue.cancel(r_ending, force=True)
+    pueue.cancel(r_fresh, force=True)
+    wait_for(lambda: not alive(pg_ending) and not alive(pg_fresh), timeout=1.5,
+             what="the jobs' processes to be killed")
+    assert time.monotonic() - began < 1.5
+    assert not Path(ending.remote_path, "term-done").exists()  # its trap did not finish
+    assert not Path(fresh.remote_path, "got-term").exists()  # SIGKILL, no TERM
+    assert "killed" in outcome(pueue, r_fresh, FAILURE).detail
+    assert "killed" in outcome(pueue, r_ending, FAILURE).detail
+
+
+def test_cancel_of_a_paused_task_delivers_the_term(pueue, daemon, jobs):
+    """A paused task's processes are stopped (SIGSTOP): the TERM reaches them with a CONT."""
+    spec = jobs.spec(123, SLOW_TERM)
+    r = ref(spec, pueue.submit(spec))
+    pgid = _running(spec, pueue, r)
+    daemon.run("pause", r.task_id, check=True)
+    outcome(pueue, r, RUNNING, "paused")
+    pueue.cancel(r)
+    wait_for(lambda: Path(spec.remote_path, "got-term").exists(), what="the job to get SIGTERM")
+    assert "killed" in outcome(pueue, r, FAILURE).detail
+    assert not alive(pgid) and Path(spec.remote_path, "term-done").exists()
+
+
+class LostReply:
+    """A transport whose every `run_once` (a submit) runs, and then its reply is lost."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run_once(self, argv, *args, **kwargs):
+        self.inner.run_once(argv, *args, **kwargs)
+        raise TransientError("the connection was lost before the reply came")
+
+
+def test_a_job_whose_task_id_was_never_stored_is_found_stopped_and_polled_by_its_label(
+        pueue, daemon, jobs, transport):
+    """The reply to a submit was lost: the store has no task id (task_id ""). status reports the
+    task's real state, find gives its id, cancel stops it: a running one gets TERM, a queued one
+    leaves the queue and never runs."""
+    lossy = PueueBackend(LostReply(transport), GROUPS, pueue=str(daemon.client))
+    blocker = jobs.spec(130, "sleep 60", group="gpu_b")
+    r_blocker = ref(blocker, pueue.submit(blocker))
+    outcome(pueue, r_blocker, RUNNING, "running")
+    running, waiting = jobs.spec(131, SLOW_TERM), jobs.spec(132, "touch ran", group="gpu_b")
+    for spec in (running, waiting):
+        with pytest.raises(TransientError, match="reply"):
+            lossy.submit(spec)
+    r_run, r_wait = ref(running, ""), ref(waiting, "")
+    by_label = {t["label"]: tid for tid, t in daemon.tasks().items()}
+    pgid = _running(running, pueue, r_run)
+    answers = pueue.status([r_run, r_wait])
+    assert (answers[131].outcome, answers[131].detail) == (RUNNING, "running"), answers[131]
+    assert (answers[132].outcome, answers[132].detail) == (RUNNING, "queued"), answers[132]
+    assert pueue.find(r_run) == by_label[running.label]
+    assert pueue.find(r_wait) == by_label[waiting.label]
+    assert pueue.find(ref(jobs.spec(133), "")) is None  # never submitted
+    pueue.cancel(r_wait)
+    assert waiting.label not in [t["label"] for t in daemon.tasks().values()]
+    assert pueue.status([r_wait])[132].outcome == NOT_FOUND
+    pueue.cancel(r_run)
+    wait_for(lambda: Path(running.remote_path, "got-term").exists(), what="the TERM")
+    assert pueue.status([r_run])[131].outcome == RUNNING and alive(pgid)
+    assert "killed" in outcome(pueue, r_run, FAILURE).detail
+    assert not alive(pgid)
+    pueue.cancel(r_blocker)
+    outcome(pueue, r_blocker, FAILURE)
+    assert not Path(waiting.remote_path, "ran").exists()
+
+
+class RepeatedAfterLostReply:
+    """A transport that, once, loses the reply to the command that stops a job and sends it
+    again, as the SSH transport's `run` does (tenacity), after `meanwhile()` happened."""
+
+    def __init__(self, inner, meanwhile):
+        self.inner, self.meanwhile, self.repeated = inner, meanwhile, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def run(self, argv, *args, **kwargs):
+        res = self.inner.run(argv, *args, **kwargs)
+        acts = list(argv[1:2]) in (["kill"], ["remove"]) or "caseflow-pueue-cancel" in argv
+        if acts and not self.repeated:
+            self.repeated.append(list(argv))
+            self.meanwhile()
+            res = self.inner.run(argv, *args, **kwargs)
+        return res
+
+
+@pytest.mark.parametrize("state", ["queued", "running"])
+def test_a_stop_repeated_after_a_lost_reply_leaves_the_task_that_got_its_id_alone(
+        pueue, daemon, jobs, transport, state):
+    """Task A of one case is removed from the queue (queued) or killed and cleaned (running);
+    pueue gives its id to task B of another case; then the transport sends A's stop again. B
+    must go on: pueue's task is picked by label in the very command that acts."""
+    group = "gpu_b" if state == "queued" else "gpu_a"
+    if state == "queued":  # gpu_b has one slot: A and B wait behind this one
+        blocker = jobs.spec(140, "sleep 60", group="gpu_b")
+        outcome(pueue, ref(blocker, pueue.submit(blocker)), RUNNING, "running")
+    a, b = jobs.spec(141, "sleep 60", group=group), jobs.spec(142, "sleep 60", group=group)
+    r_a = ref(a, pueue.submit(a))
+    outcome(pueue, r_a, RUNNING, state)
+    r_b: list[JobRef] = []
+
+    def meanwhile():  # A leaves pueue, and B (another case, another worker) gets its id
+        wait_for(lambda: r_a.task_id not in daemon.tasks() or
+                 status_name(daemon.tasks()[r_a.task_id]) == "Done", what="A to be stopped")
+        daemon.run("clean", check=True)
+        wait_for(lambda: r_a.task_id not in daemon.tasks(), what="A to leave pueue")
+        r_b.append(ref(b, pueue.submit(b)))
+        outcome(pueue, r_b[0], RUNNING, state)
+
+    stopper = PueueBackend(RepeatedAfterLostReply(transport, meanwhile), GROUPS,
+                           pueue=str(daemon.client))
+    stopper.cancel(r_a)
+    assert stopper.transport.repeated, "no stop command was sent"
+    time.sleep(1)  # that nothing happens to B can only be seen after a while (3.x kills async)
+    assert r_b[0].task_id == r_a.task_id  # pueue reused the id
+    task = daemon.tasks().get(r_b[0].task_id)
+    assert task is not None and task["label"] == b.label, task
+    assert status_name(task) == state.capitalize(), task
+    assert outcome(pueue, r_b[0], RUNNING, state).detail == state
+    if state == "running":
+        assert alive(started(b))
 
 
 # -- what happens to pueued, for real ------------------------------------------------------

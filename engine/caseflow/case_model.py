@@ -45,9 +45,15 @@ def job_log_path(database: Path, row: CaseRow) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
+    """Write a job's log: bytes that are not UTF-8 came in as surrogates (surrogateescape)
+    and go out as the same bytes (a job's log comes home byte for byte, issue 25)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", errors="replace")
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate of another origin
+        data = text.encode("utf-8", "replace")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -7,12 +7,19 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   daemon may have died between `pueue add` and the store's commit): a case never gets two tasks.
 - The task runs caseflow's wrapper `.caseflow/pueue-job.sh` (no case data in it) with the job's
   command as its arguments. It records "LABEL PGID" in `.caseflow/pueue-job` when it starts and
-  "LABEL EXIT_CODE" in `.caseflow/pueue-exit` when the command ends. pueue starts every task as
-  the leader of its own process group, so a SIGKILLed pueued leaves its tasks running, and the
-  restarted daemon marks them Killed (or knows nothing of them when its state file was lost).
-  Then caseflow believes the records, not pueue: the case stays `running` ("pueue lost track of
-  the task; waiting for its processes to end") while any process of the group is alive, so its
-  GPU slot is not handed on, and ends by the exit code the job recorded.
+  "LABEL EXIT_CODE" in `.caseflow/pueue-exit` when the command ends, and writes the job's stdout
+  and stderr to `.caseflow/job.log` as they are: `pueue log` cannot give a log that is not UTF-8
+  (3.4.1 and 4.0.4 print an error in its place), so caseflow never asks pueue for the text.
+  pueue starts every task as the leader of its own process group, so a SIGKILLed pueued leaves
+  its tasks running, and the restarted daemon marks them Killed (or knows nothing of them when
+  its state file was lost); a TERM ends the wrapper at once, and pueue marks the task Killed while
+  a job that catches TERM may take its time to end. Then caseflow believes the records, not
+  pueue: the case stays `running` ("pueue lost track of the task; waiting for its processes to
+  end") while any process of the group is alive, so its GPU slot is not handed on, and ends by
+  the exit code the job recorded.
+- Cancel finds the task by its label and acts in the same remote command (scripts/pueue-cancel.sh):
+  a stored id alone may name another case's task by then (a cancel repeated after a lost reply,
+  the id reused after `clean`/`remove`), and a submit whose reply was lost left no id at all.
 - Polling is one remote command for all running cases of the host: `pueue status --json`, then
   one line per job from those records.
 - pueued not running is a problem of the host (HostError): no case fails, `caseflow status`
@@ -36,6 +43,7 @@ from ..config_reader import Section
 from ..errors import HostError, PermanentError, TransientError
 from ..transports.shell import script, source
 from . import (
+    LOG_TAIL_BYTES,
     NOT_FOUND,
     RUNNING,
     UNREADABLE,
@@ -63,6 +71,7 @@ log = logging.getLogger("caseflow.pueue")
 
 WRAPPER = ".caseflow/pueue-job.sh"
 EXIT_RECORD = ".caseflow/pueue-exit"
+LOG_FILE = ".caseflow/job.log"  # the job's stdout and stderr, as the wrapper wrote them
 
 # The remote scripts: scripts/pueue-*.sh. The job wrapper (the same for every case) is written
 # to the case folder as it is: the task's command execs it with LABEL, then the job's argv.
@@ -70,7 +79,9 @@ EXIT_RECORD = ".caseflow/pueue-exit"
 # the group's id.
 JOB_WRAPPER = source(__package__, "pueue-job.sh")
 SUBMIT = script(__package__, "pueue-submit.sh")
-KILL_GROUP = script(__package__, "pueue-kill.sh")
+CANCEL = script(__package__, "pueue-cancel.sh", "pueue-kill.sh")
+FIND = script(__package__, "pueue-find.sh")
+LOG = script(__package__, "pueue-log.sh")
 
 # pueued is not there ("Did you start it?"), or went away while the client shook hands with
 # it (SIGKILLed between caseflow's status query and its add: "Connection reset by peer")
@@ -271,23 +282,61 @@ class PueueBackend(PueueGroups, QueueBackend):
             raise PermanentError(f"pueue refused the job: {message}")
         raise TransientError(f"`pueue add` failed (exit {res.returncode}): {message}")
 
-    def _judge(self, job: JobRef, task, record: tuple[str, int | str | None]) -> JobStatus:
-        """The job's status from pueue's entry and the job's own records."""
+    @staticmethod
+    def _labels(tasks: dict) -> dict[str, str]:
+        """label -> task id (the first with that label), over all of pueue's tasks: once per
+        poll, not once per job."""
+        out: dict[str, str] = {}
+        for tid, task in tasks.items():
+            if isinstance(task, dict) and isinstance(task.get("label"), str):
+                out.setdefault(task["label"], str(tid))
+        return out
+
+    @staticmethod
+    def _entry(job: JobRef, tasks: dict, labels: dict[str, str]) -> tuple[str, object]:
+        """The job's task id and pueue's entry: by its stored id while that entry is the job's
+        (or in a form caseflow cannot read), else by its label (a job whose id was never
+        stored: the reply to its submit was lost). (the stored id, None) when pueue lists
+        neither."""
+        task = tasks.get(str(job.task_id)) if job.task_id else None
+        if task is not None and (not isinstance(task, dict) or task.get("label") == job.label):
+            return job.task_id, task
+        found = labels.get(job.label)
+        if found is not None:
+            return found, tasks[found]
+        return job.task_id, task
+
+    def _judge(
+        self, job: JobRef, tid: str, task, record: tuple[str, int | str | None]
+    ) -> JobStatus:
+        """The job's status from pueue's entry and the job's own records. The job has ended
+        only once no process of its group is alive, whatever pueue says: pueue marks a task
+        done when the wrapper (its process group's leader) ends, and a TERM ends the wrapper at
+        once while a job that catches TERM may take seconds to end."""
         procs, code = record
+        name = f"task {tid}" if tid else f"the task labelled {job.label}"
         if task is not None and (not isinstance(task, dict) or "label" not in task):
             return JobStatus(
                 UNREADABLE,
-                f"pueue reports task {job.task_id} in a form caseflow "
+                f"pueue reports {name} in a form caseflow "
                 f"does not know: {quote_start(json.dumps(task))}",
             )
         ours = task is not None and task["label"] == job.label
         if task is not None and ours:
             status = task_outcome(task)
-            if status_name(task) != "Done" or done_result(task) != "Killed":
+            if status_name(task) != "Done":
                 return status
-            why = "pueue marked the task Killed when its daemon restarted"
+            killed = done_result(task) == "Killed"
+            if procs == "alive":
+                said = "Killed" if killed else status.detail
+                return JobStatus(
+                    RUNNING, f"{LOST} (pueue says the task ended: {said}; its processes live on)"
+                )
+            if not killed:
+                return status
+            why = "pueue marked the task Killed: `pueue kill`, a reset or a daemon restart"
         else:
-            why = f"pueue no longer knows task {job.task_id}"
+            why = f"pueue no longer knows {name}"
         if procs == "alive":
             return JobStatus(RUNNING, f"{LOST} ({why})")
         if isinstance(code, str):  # it names the job, but what it says is no exit code
@@ -302,7 +351,7 @@ class PueueBackend(PueueGroups, QueueBackend):
             return status
         return JobStatus(
             NOT_FOUND,
-            f"pueue no longer knows task {job.task_id} with label "
+            f"pueue no longer knows {name} with label "
             f"{job.label} (cleaned, removed, reset, or the pueue state "
             "was lost)",
         )
@@ -320,9 +369,10 @@ class PueueBackend(PueueGroups, QueueBackend):
         }
         out: dict[int, JobStatus] = {}
         counts = {"stashed": 0, "paused": 0, "lost": 0}
+        labels = self._labels(tasks)
         for job, record in zip(jobs, records, strict=True):  # a record per job (parse_poll)
-            task = tasks.get(str(job.task_id))
-            status = self._judge(job, task, record)
+            tid, task = self._entry(job, tasks, labels)
+            status = self._judge(job, tid, task, record)
             group = task.get("group") if isinstance(task, dict) else None
             if status.outcome == RUNNING and status.detail.startswith(LOST):
                 counts["lost"] += 1
@@ -337,31 +387,118 @@ class PueueBackend(PueueGroups, QueueBackend):
         self._note(data.get("groups", {}), counts)
         return out
 
-    def cancel(self, job: JobRef) -> None:
-        self.prepare()
-        data, records = self._poll([job])
-        task = data["tasks"].get(str(job.task_id))
-        status = self._judge(job, task, records[0])
-        if status.outcome == UNREADABLE:  # it may run: stop it if pueue can
-            self._run("kill", str(job.task_id))
-            return
-        if status.outcome != RUNNING:
-            return  # ended (or not ours any more): nothing to stop
-        if status.detail.startswith(LOST):  # pueue cannot stop it: its process group is killed
-            res = self.transport.run(
-                ["sh", "-c", KILL_GROUP, "caseflow-pueue-kill", job.remote_path, job.label]
+    def cancel(self, job: JobRef, force: bool = False) -> None:
+        """Stop the job: SIGTERM to its processes (`pueue kill -s sigterm`: a plain `pueue
+        kill` is SIGKILL to the task's process group in 3.4.1 and 4.0.4), or with `force`
+        SIGKILL to its whole process group; a task still waiting is removed from the queue.
+        One remote command (scripts/pueue-cancel.sh) finds the task by its label and acts on
+        it: it is safe to repeat (the transport does, after a lost reply), it never touches a
+        task that got the id meanwhile, and it stops a job whose id was never stored. The
+        processes pueue no longer follows (its daemon lost the task, or marked it ended while
+        they live on) are signalled from the wrapper's record. The job has ended once
+        `status` no longer reports it RUNNING."""
+        res = self._checked(
+            self.transport.run(
+                [
+                    "sh",
+                    "-c",
+                    CANCEL,
+                    "caseflow-pueue-cancel",
+                    self.pueue,
+                    job.label,
+                    job.remote_path or "/nonexistent",
+                    "kill" if force else "term",
+                ]
+            ),
+            "kill",
+        )
+        done = [ln[len("@@caseflow ") :] for ln in res.stdout.splitlines() if ln.startswith("@@")]
+        if res.returncode != 0 or "end" not in done:
+            raise TransientError(
+                f"stopping the job {job.label} on {self.transport.name} failed (exit "
+                f"{res.returncode}): {self._error(res)}"
             )
-            if res.returncode != 0:
-                raise TransientError(
-                    f"killing the processes of {job.label} failed: {self._error(res)}"
-                )
-            return
-        verb = "kill" if status_name(task) in ("Running", "Paused") else "remove"
-        res = self._run(verb, str(job.task_id))
+        if done != ["end"]:
+            log.info(
+                "case %s: %s the job %s: %s",
+                job.case_id,
+                "killed" if force else "stopped",
+                job.label,
+                "; ".join(done[:-1]),
+            )
+
+    def find(self, job: JobRef) -> str | None:
+        """The id of the task added under `job.label` (a submit whose reply was lost): pueue's
+        task of that label, else the submit's record in the case folder (pueue may have
+        forgotten the task, its processes may run on). None when neither exists."""
+        res = self._checked(
+            self.transport.run(
+                [
+                    "sh",
+                    "-c",
+                    FIND,
+                    "caseflow-pueue-find",
+                    self.pueue,
+                    job.label,
+                    job.remote_path or "/nonexistent",
+                ]
+            ),
+            "status",
+        )
         if res.returncode != 0:
-            raise TransientError(f"`pueue {verb} {job.task_id}` failed: {self._error(res)}")
+            raise TransientError(
+                f"`pueue status` failed on {self.transport.name} (exit "
+                f"{res.returncode}): {self._error(res)}"
+            )
+        lines = res.stdout.split("\n")
+        if "@@caseflow status" not in lines or "@@caseflow end" not in lines:
+            raise BadOutput(f"the answer to the search ended early: {quote_start(res.stdout)}")
+        start = lines.index("@@caseflow status") + 1
+        end = next(i for i in range(start, len(lines)) if lines[i].startswith("@@caseflow "))
+        found = self._find_label(parse_status("\n".join(lines[start:end]))["tasks"], job.label)
+        if found is not None:
+            return found
+        for line in lines[end:]:
+            parts = line.split()
+            if parts[:2] == ["@@caseflow", "record"] and len(parts) == 3 and parts[2].isdigit():
+                return parts[2]
+        return None
 
     def job_log(self, job: JobRef) -> str | None:
+        """The job's output: the last LOG_TAIL_BYTES of `.caseflow/job.log`, byte for byte
+        (sent as hexadecimal, read with surrogateescape: `text.encode("utf-8",
+        "surrogateescape")` gives the job's bytes back; only a display replaces what is not
+        UTF-8). A job started by an older wrapper, without that file: `pueue log`, unless it
+        says that it could not read the log."""
+        res = self.transport.run(
+            [
+                "sh",
+                "-c",
+                LOG,
+                "caseflow-pueue-log",
+                job.remote_path or "/nonexistent",
+                job.label,
+                str(LOG_TAIL_BYTES),
+            ]
+        )
+        if res.returncode == 0:
+            try:
+                return bytes.fromhex(res.stdout).decode("utf-8", "surrogateescape")
+            except ValueError:
+                raise BadOutput(
+                    f"the job's log came as something that is not od's hexadecimal: "
+                    f"{quote_start(res.stdout)}"
+                ) from None
+        if res.returncode != 3:
+            raise TransientError(
+                f"reading the log of {job.label} on {self.transport.name} failed (exit "
+                f"{res.returncode}): {self._error(res)}"
+            )
+        return self._pueue_log(job) if job.task_id else None
+
+    def _pueue_log(self, job: JobRef) -> str | None:
+        """`pueue log ID --json --full`, if the task is still the job's and pueue could read
+        the log (its output of a log that is not UTF-8 is an error message: not the log)."""
         res = self._run("log", str(job.task_id), "--json", "--full")
         if res.returncode != 0:
             return None
@@ -373,7 +510,14 @@ class PueueBackend(PueueGroups, QueueBackend):
         if not isinstance(entry, dict) or (entry.get("task") or {}).get("label") != job.label:
             return None
         output = entry.get("output")
-        return output if isinstance(output, str) else None
+        if not isinstance(output, str) or output.startswith("(Pueue error)"):
+            if isinstance(output, str):
+                log.warning("case %s: pueue cannot give the job's log: %s", job.case_id, output)
+            return None
+        return output
+
+    def log_file(self, job: JobRef) -> str | None:
+        return LOG_FILE
 
 
 @dataclass(frozen=True)
