@@ -175,6 +175,7 @@ def test_a_job_whose_submit_answer_was_lost_is_found_and_stopped(ws, how):
     ws._count_ticks(engine)
     ws._thread = threading.Thread(target=ws.daemon.run, daemon=True)
     ws._thread.start()
+    wait_for(ws.daemon.ready.is_set, what="the daemon to start")
     ws.drop_case("lost")
     wait_for(lambda: times(ws, "lost"), what="the job to start")
     assert ws.case("lost").state == "uploaded" and ws.case("lost").task_id is None
@@ -280,3 +281,137 @@ def test_a_forward_step_of_the_wall_clock_does_not_admit_a_folder_being_copied(w
     finally:
         engine.shutdown()
         engine.store.close()
+
+
+# -- found by trying to break the fixes (an adversarial review) -------------------------------
+def test_a_child_that_leaves_the_jobs_group_is_stopped_before_the_job_ends(tmp_path):
+    """A child in a session of its own (setsid) still carries the job's label: the job ends
+    only once it is gone."""
+    backend = DirectBackend(LocalTransport("local", str(tmp_path / "remote")))
+    job = _spec(tmp_path, "escaper", f"setsid sleep 300 & echo $! > {tmp_path}/child; exit 0", 1)
+    ref = JobRef(job.case_id, backend.submit(job), job.label, job.remote_path)
+    status = wait_for(lambda: (s := backend.status([ref])[1]).outcome != RUNNING and s,
+                      what="the job to end")
+    assert status.exit_code == 0
+    assert not process_alive(int((tmp_path / "child").read_text()))
+
+
+def test_a_child_whose_command_name_holds_a_newline_is_not_missed(tmp_path):
+    """/proc/PID/stat is read whole: a command name with a newline splits it over lines."""
+    odd = tmp_path / "bin" / "a\nb"
+    odd.parent.mkdir()
+    shutil.copy("/bin/sleep", odd)
+    backend = DirectBackend(LocalTransport("local", str(tmp_path / "remote")))
+    job = _spec(tmp_path, "newline", ["sh", "-c", '"$0" 300 & echo $! > "$1"; exit 0',
+                                     str(odd), str(tmp_path / "child")], 1)
+    ref = JobRef(job.case_id, backend.submit(job), job.label, job.remote_path)
+    wait_for(lambda: backend.status([ref])[1].outcome != RUNNING, what="the job to end")
+    assert not process_alive(int((tmp_path / "child").read_text()))
+
+
+def test_a_restart_keeps_the_slot_of_a_job_found_by_its_label(ws):
+    """A case ended while its job (task id never stored) could not be stopped keeps its slot
+    across a restart (reconcile_slots used to free it: the task id was its only sign)."""
+    engine = Engine(ws.config())
+    engine.start(workers=False)
+    try:
+        store = engine.store
+        case = store.create_case("kept", str(ws.inbox / "kept"), "0:0", "uploaded", 0, 0)
+        slot = store.free_slot("gpu_a", ["local"])
+        store.commit_transition(case, "uploaded", "uploaded", "t", 1, take_slot=slot.id)
+        store.set_stopping(case, "uploaded", "cancel requested", 2)
+        store.commit_transition(case, "uploaded", "failure", "cancel", 3, {"wrapup": 1})
+        assert store.reconcile_slots(engine.spec.slot_states) == []
+        assert store.get(case).slot_id == slot.id
+    finally:
+        engine.shutdown()
+        engine.store.close()
+
+
+def test_a_job_whose_submit_answer_was_lost_and_ended_brings_its_results(ws):
+    """Giving up on a submit whose answers are lost finds a job that ran to its end: its
+    results come home (the case still fails: caseflow gave up)."""
+    ws.write_config(retry={"initial_seconds": 0.2, "max_seconds": 0.5,
+                           "give_up_after_seconds": 2})
+    config = ws.config()
+    engine = Engine(config, transport=LostReplies("local", str(config.hosts[0].transport.root)))
+    from caseflow.daemon import Daemon
+    ws.daemon = Daemon(config, engine=engine)
+    import threading
+    ws._thread = threading.Thread(target=ws.daemon.run, daemon=True)
+    ws._thread.start()
+    wait_for(ws.daemon.ready.is_set, what="the daemon to start")
+    ws.drop_case("quick")
+    row = ws.wait_state("quick", "failure", timeout=90)
+    assert row.job_outcome == "success" and row.results_fetched
+    assert (Path(row.results_path) / "output" / "result.txt").exists()
+
+
+class RealClock:
+    """The real clocks, with a wall clock that can be stepped."""
+
+    def __init__(self):
+        self.step = 0.0
+
+    def __call__(self):
+        return time.time() + self.step
+
+    def monotonic(self):
+        return time.monotonic()
+
+
+def test_the_stop_grace_is_not_cut_short_by_a_step_of_the_wall_clock(ws):
+    only_gpu_b(ws, SLOW_STOP_JOB)
+    ws.write_config(stop_grace_seconds=30)
+    clock = RealClock()
+    engine = Engine(ws.config(), clock=clock)
+    engine.start(workers=False)
+    try:
+        ws.drop_case("ckpt")
+        wait_for(lambda: (engine.tick(), times(ws, "ckpt"))[1], what="the job to start")
+        ws.store.set_request(ws.case("ckpt").id, "cancel")
+        wait_for(lambda: (engine.tick(), ws.case("ckpt").stop_sent == 1)[1], what="the TERM")
+        clock.step = 3600  # the wall clock jumps an hour during the checkpoint
+        wait_for(lambda: (engine.tick(), ws.case("ckpt").state == "failure")[1],
+                 what="the cancel to end")
+        assert ws.case("ckpt").stop_sent == 1  # never KILLed
+        assert [w for w, _ in times(ws, "ckpt")] == ["start", "end"]  # its checkpoint ended
+    finally:
+        engine.shutdown()
+        engine.store.close()
+
+
+def test_a_folder_replaced_while_the_daemon_was_down_is_not_run_by_the_old_case(ws):
+    """ext4 gives the new copy the old folder's inode nearly always: the folder's ctime when
+    the case took it tells them apart."""
+    only_gpu_b(ws, JOB)
+    engine = Engine(ws.config())
+    engine.start(workers=False)
+    ws.drop_case("blocker", hold="blocker")
+    wait_for(lambda: (engine.tick(), (r := ws.case("blocker")) and r.state == "running")[1], what="blocker")
+    ws.drop_case("data", files={"part1.bin": b"old" * 10, "part2.bin": b"old"})
+    wait_for(lambda: (engine.tick(), (r := ws.case("data")) and r.state == "queued")[1], what="queued")
+    engine.shutdown()
+    engine.store.close()
+    inode = os.stat(ws.inbox / "data").st_ino
+    shutil.rmtree(ws.inbox / "data")
+    (ws.inbox / "data").mkdir()  # the new copy begins while no daemon runs
+    (ws.inbox / "data" / "part1.bin").write_bytes(b"NEW" * 10)
+    print(f"inode reused: {os.stat(ws.inbox / 'data').st_ino == inode}")
+    ws.release("blocker")
+    again = Engine(ws.config())
+    again.start(workers=False)
+    try:
+        old = ws.case("data").id
+        wait_for(lambda: (again.tick(), ws.store.get(old).state == "failure")[1], what="old")
+        assert "replaced by a new copy" in ws.store.get(old).reason
+        assert ws.store.get(old).remote_path is None
+        (ws.inbox / "data" / "part2.bin").write_bytes(b"NEW")  # the copy ends
+        wait_for(lambda: (again.tick(), len(ws.cases("data")) == 2)[1], what="the new case")
+        new = ws.case("data")
+        wait_for(lambda: (again.tick(), ws.store.get(new.id).state == "success")[1],
+                 what="the new copy to run")
+        assert Path(ws.store.get(new.id).remote_path, "part2.bin").read_bytes() == b"NEW"
+    finally:
+        again.shutdown()
+        again.store.close()

@@ -75,6 +75,12 @@ def free_name(folder: Path, name: str, case_id: int, taken: Collection[str] = fr
     raise PermanentError(f"no free name for {name!r} in {folder}")
 
 
+def folder_stamp(path: Path) -> str:
+    """The case folder's ctime (ns) when a case takes it: a folder made anew (deleted and
+    copied in again) differs, even with the inode the file system reused."""
+    return str(os.lstat(path).st_ctime_ns)
+
+
 def job_ref(row: CaseRow, instance: str) -> JobRef:
     return JobRef(
         case_id=row.id,
@@ -102,10 +108,12 @@ class Case:
 
     # -- the case's folder --------------------------------------------------------------
     def check_folder(self) -> Path:
-        """The case's folder, if it is still the one the case was admitted with: the same
-        inode, and no newer case made from a folder at that path (deleted and copied in
-        again: the new copy is a case of its own, even with the old inode, which ext4 reuses).
-        Otherwise the case ends: nothing of a replaced folder is validated or uploaded."""
+        """The case's folder, if it is still the one the case took: the same inode and the
+        same ctime as when it became stable (`folder_stamp`; a folder deleted and copied in
+        again gets a new one even where ext4 reuses the inode, e.g. while the daemon was
+        down), and no newer case made from a folder at that path. Otherwise the case ends:
+        nothing of a replaced folder is validated or uploaded, and the folder there now is
+        taken as a new case once quiet."""
         row, eng = self.row, self.engine
         path = Path(row.local_path)
         newer = eng.store.newer_case_at(row.id, row.local_path)
@@ -116,10 +124,15 @@ class Case:
             )
         if not path.is_dir() or path.is_symlink():
             raise PermanentError(f"the case folder {row.local_path} is gone")
-        if casefolder.inode_of(path) != row.inode:
+        if casefolder.inode_of(path) != row.inode or (
+            row.folder_stamp is not None and folder_stamp(path) != row.folder_stamp
+        ):
+            eng.forget_folder(row.local_path, row.inode)  # the next listing admits it anew
+            eng.next_rescan = float("-inf")
             raise PermanentError(
-                f"replaced by a new copy: the folder {row.local_path} is no longer the one "
-                "this case was admitted with (the new copy becomes a case of its own)"
+                f"replaced by a new copy (or changed at its top level) after it was taken: "
+                f"the folder {row.local_path} is no longer the one this case was admitted "
+                "with; the folder there now becomes a case of its own once it is quiet"
             )
         return path
 
@@ -152,6 +165,7 @@ class Case:
         waited = mono - change
         if waited >= eng.config.quiet_seconds:
             eng.quiet_since.pop(row.id, None)
+            self.changes["folder_stamp"] = folder_stamp(path)
             return True
         eng.quiet_since[row.id] = (fingerprint, change, mono)
         self.not_before = eng.clock() + eng.config.quiet_seconds - waited
@@ -298,7 +312,8 @@ class Case:
             if log_file:  # the log is kept all the same (`caseflow show`), if it can be had
                 with contextlib.suppress(TransientError, HostError):
                     self._job_log(ref)
-            if row.job_outcome == NOT_FOUND:  # nothing more to lose; say so and go on
+            if row.job_outcome == NOT_FOUND or event.kwargs.get("requested"):
+                # nothing more to lose (or the operator's cancel): say so and go on
                 event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
                 return
             prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" else ""
@@ -326,8 +341,11 @@ class Case:
         return text
 
     def kill_job(self, event) -> None:
+        """Stop the job, if one runs that was not stopped before (caseflow.jobs.stop stops it
+        first and fires the cancel once the job is gone, `job_ended`: then fetch_results
+        brings its log and what it wrote)."""
         row, eng = self.row, self.engine
-        if row.task_id:
+        if row.task_id and not event.kwargs.get("job_ended"):
             backend = eng.host_of(row).backend
             ref = job_ref(row, eng.instance)
             backend.cancel(ref)
@@ -350,7 +368,11 @@ class Case:
                 "its earlier job is still being stopped (the case keeps its "
                 "slot until then); the retry follows"
             )
+        if self.row.wrapup:  # the earlier run's clean-up, archiving and hook come first
+            raise TransientError("the earlier run's wrap-up is not done yet; the retry follows")
         self._keep_earlier_results()
+        path = Path(self.row.local_path)  # taken again as it is now
+        self.changes["folder_stamp"] = folder_stamp(path) if path.is_dir() else None
         self.changes.update(
             host=None,
             reason=None,

@@ -85,6 +85,8 @@ class Engine:
         # quiet periods, on the monotonic clock: case id -> (the folder's newest ctime at the
         # last look, when it last changed, when it was last looked at) (Case.is_quiet)
         self.quiet_since: dict[int, tuple[float | None, float, float]] = {}
+        # stops under way: case id -> monotonic time of the first look (caseflow.jobs)
+        self.stop_began: dict[int, float] = {}
         self.FAIL = self.spec.required_trigger(FAIL)
         self.REQUEUE = self.spec.trigger_for(REQUEUE)
 

@@ -138,22 +138,24 @@ def _stopped(engine, row: CaseRow):
 
 
 def _signal(engine, row: CaseRow, host, ref) -> None:
-    """TERM once; KILL (again at each look) once `stop_grace_seconds` have passed."""
-    now = engine.clock()
-    since = row.stop_since if row.stop_since is not None else now
+    """TERM once; KILL (again at each look) once `stop_grace_seconds` have passed since the
+    stop began, on the monotonic clock (a step of the wall clock killed a job 0.4 s after its
+    TERM); after a restart the grace counts from the first look again."""
+    mono = engine.monotonic()
+    began = engine.stop_began.setdefault(row.id, mono)
     if row.stop_sent == 0:
         host.backend.cancel(ref)
-        engine.store.note_stop_sent(row.id, row.state, 1, since)
-    elif now - since >= engine.config.stop_grace_seconds:
+        engine.store.note_stop_sent(row.id, row.state, 1, engine.clock())
+    elif mono - began >= engine.config.stop_grace_seconds:
         if row.stop_sent < 2:
             log.warning(
                 "case %s %r: its job still runs %.0f s after SIGTERM; sending SIGKILL",
                 row.id,
                 row.name,
-                now - since,
+                mono - began,
             )
         host.backend.cancel(ref, force=True)
-        engine.store.note_stop_sent(row.id, row.state, 2, since)
+        engine.store.note_stop_sent(row.id, row.state, 2, engine.clock())
 
 
 def _end_trigger(engine, row: CaseRow) -> tuple[str, dict]:
@@ -191,6 +193,7 @@ def stop(engine, row: CaseRow) -> object:
             "the case keeps its slot until the job is seen gone",
         )
         return None
+    engine.stop_began.pop(row.id, None)
     trigger, kwargs = _end_trigger(engine, row)
     if ended is None:
         engine.step(row, trigger, **kwargs, detail=f"{row.reason}; no job of it runs")
@@ -199,8 +202,7 @@ def stop(engine, row: CaseRow) -> object:
         row.id, row.state, ended.outcome, ended.detail, ended.exit_code, engine.clock()
     )
     fresh = engine.store.get(row.id) or row
-    if trigger == engine.FAIL and fresh.state in engine.spec.poll_states:
-        kwargs["job_ended"] = True  # its log and results are fetched
+    kwargs["job_ended"] = True  # a job ran: its log and what it wrote are fetched
     engine.step(fresh, trigger, **kwargs, detail=f"{row.reason}; its job ended: {ended.detail}")
     return None
 
@@ -225,6 +227,7 @@ def stop_kept(engine, row: CaseRow) -> bool:
         engine._settle(row, "stopping its job", exc, patient=True)
         return False
     engine.store.release_slot(row.id)
+    engine.stop_began.pop(row.id, None)
     log.info("case %s %r: its job is gone; its slot is free", row.id, row.name)
     engine.wake()
     return True

@@ -120,11 +120,13 @@ MIGRATIONS: list[str] = [
     DROP TABLE slots;
     ALTER TABLE slots_v6 RENAME TO slots;
     """,
-    # v7: stopping a job before its case ends: since when (the grace before SIGKILL counts
-    # from it) and which signal was sent (0 none yet, 1 TERM, 2 KILL)
+    # v7: stopping a job before its case ends: since when and which signal was sent (0 none
+    # yet, 1 TERM, 2 KILL); the case folder's ctime when the case took it (folder_stamp: a
+    # folder replaced with a reused inode is told apart by it)
     """
     ALTER TABLE cases ADD COLUMN stop_since REAL;
     ALTER TABLE cases ADD COLUMN stop_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cases ADD COLUMN folder_stamp TEXT;
     CREATE INDEX cases_path ON cases (local_path);
     """,
 ]
@@ -153,6 +155,7 @@ CHANGEABLE = {
     "wrapup_note",
     "stop_since",
     "stop_sent",
+    "folder_stamp",
 }
 
 
@@ -191,6 +194,7 @@ class CaseRow:
     wrapup_note: str | None
     stop_since: float | None
     stop_sent: int
+    folder_stamp: str | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None

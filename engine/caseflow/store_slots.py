@@ -121,8 +121,9 @@ class SlotQueries(Database):
     def reconcile_slots(self, holding_states: Iterable[str]) -> list[tuple]:
         """Free slots held by missing cases or by cases in a state that holds none
         (terminal ones above all), except those an ended case keeps for a job that may
-        still run (its wrap-up stops the job first); returns (slot id, group, index, case
-        id, state) per freed slot, for the log."""
+        still run (its wrap-up stops the job first): one with a task id, or one whose stop
+        began (`stop_since`: its job, found by label, may have no task id stored); returns
+        (slot id, group, index, case id, state) per freed slot, for the log."""
         holding = list(holding_states)
         marks = ",".join("?" * len(holding))
         freed = []
@@ -130,8 +131,8 @@ class SlotQueries(Database):
             rows = conn.execute(
                 "SELECT s.id, s.grp, s.idx, s.case_id, c.state FROM slots s LEFT JOIN cases c"
                 f" ON c.id = s.case_id WHERE s.case_id IS NOT NULL AND (c.id IS NULL OR (c.state"
-                f" NOT IN ({marks}) AND NOT (c.wrapup = 1 AND c.task_id IS NOT NULL AND"
-                " c.job_outcome IS NULL)))",
+                f" NOT IN ({marks}) AND NOT (c.wrapup = 1 AND (c.task_id IS NOT NULL OR"
+                " c.stop_since IS NOT NULL) AND c.job_outcome IS NULL)))",
                 holding,
             ).fetchall()
             for slot_id, grp, idx, case_id, state in rows:

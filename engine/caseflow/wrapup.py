@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from . import casefolder, jobs
-from .case_model import free_name, remote_name
+from .case_model import folder_stamp, free_name, remote_name
 from .errors import HostError, PermanentError, TransientError
 from .store import CaseRow
 
@@ -112,6 +112,14 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     newer = engine.store.newer_case_at(row.id, row.local_path)
     if newer is not None:  # the folder there now is a new copy (its inode may be the old one)
         notes.append(f"case folder not archived: {src} is now the folder of case {newer}")
+        return row
+    if (
+        row.folder_stamp is not None
+        and src.is_dir()
+        and not src.is_symlink()
+        and folder_stamp(src) != row.folder_stamp
+    ):
+        notes.append(f"case folder not archived: {src} was replaced (or changed) since")
         return row
     if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
         moved = _moved_before(dest, row)

@@ -70,6 +70,7 @@ class DirectBackend(QueueBackend):
                 "caseflow-launch",
                 job.remote_path,
                 f"{MARK}-{job.case_id}",
+                job.label,
                 *job_argv(job),
             ]
         )

@@ -3,8 +3,9 @@
 # answer was lost; then .caseflow/pid of the case folder is read), $2 = case folder,
 # $3 = marker (the job wrapper's $0), $4 = label (the job's CASEFLOW_JOB), $5 = TERM or KILL.
 # Signals the job's whole process group when its wrapper is alive and is this case's (its $0
-# is the marker and it works in the case folder: a reused pid is never signalled), else the
-# processes of the group that carry the job's label (the wrapper was killed alone). Prints
+# is the marker and it works in the case folder: a reused pid is never signalled), and the
+# job's processes that left the group (they carry its label); else the job's processes found
+# by `ours` (the wrapper was killed alone). Prints
 # "none" when no job was launched in the folder, "signalled" or "gone".
 pid=$1 d=$2 marker=$3 label=$4 sig=$5
 if [ "$pid" = - ]; then
@@ -19,6 +20,9 @@ case $pid in ''|*[!0-9]*) echo "not a pid: $pid" >&2; exit 2 ;; esac
 if kill -0 "$pid" 2>/dev/null && [ "/proc/$pid/cwd" -ef "$d" ] &&
     tr '\000' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$marker"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null
+  ours "$pid" "$label"  # and what left the group
+  # shellcheck disable=SC2086  # a list of pids
+  [ -z "$ours" ] || kill -s "$sig" $ours 2>/dev/null
   echo signalled; exit 0
 fi
 ours "$pid" "$label"

@@ -1,23 +1,27 @@
 #!/bin/sh
 # Shell functions of the direct runner's scripts (put before them by caseflow.transports.shell).
-# ours PGID LABEL: sets $ours to the pids of the live processes of process group PGID whose
-# environment holds CASEFLOW_JOB=LABEL: the job's processes after its wrapper (the group's
-# leader) is gone, e.g. killed alone. A group id is not reused while the group has a member,
-# but once it is empty a new group may get the number: the label tells ours from a stranger's.
-# Needs /proc; without it $ours stays empty. Zombies do not count (they hold no GPU).
+# ours PGID LABEL: sets $ours to the pids of the live processes of the job: those whose
+# environment holds CASEFLOW_JOB=LABEL (whatever their group: a child may make a group or a
+# session of its own) and the members of process group PGID (the job's, led by its wrapper).
+# A group id is not reused while the group has a member, but once it is empty a new group may
+# get the number: a member counts only while some process still carries the label, or the
+# group's leader (the wrapper) is alive. Needs /proc; without it $ours stays empty. Zombies do
+# not count (they hold no GPU). `stat` is read whole: a command name may hold a newline.
 ours() {
   ours=
   [ -d /proc/self ] || return 0
-  kill -s 0 -- "-$1" 2>/dev/null || return 0
+  labelled=" $(grep -lzxF -- "CASEFLOW_JOB=$2" /proc/[0-9]*/environ 2>/dev/null | tr '\n' ' ')"
   for f in /proc/[0-9]*/stat; do
-    { read -r l < "$f"; } 2>/dev/null || continue
+    l=
+    { while IFS= read -r x || [ -n "$x" ]; do l="$l $x"; done < "$f"; } 2>/dev/null
+    [ -n "$l" ] || continue
     l=${l##*) }
+    p=${f#/proc/}; p=${p%/stat}
     # shellcheck disable=SC2086  # the fields of /proc/PID/stat after the command name
     set -- "$1" "$2" $l
-    if [ "$5" != "$1" ] || [ "$3" = Z ]; then continue; fi
-    p=${f#/proc/}; p=${p%/stat}
-    tr '\000' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qxF -- "CASEFLOW_JOB=$2" &&
-      ours="$ours $p"
+    [ "$3" != Z ] || continue
+    case $labelled in *" /proc/$p/environ "*) ours="$ours $p"; continue ;; esac
+    if [ "$5" = "$1" ] && [ "$labelled" != " " ]; then ours="$ours $p"; fi
   done
   return 0
 }

@@ -1,12 +1,13 @@
 #!/bin/sh
 # The direct runner's submit. $1 = case folder, $2 = marker (the job wrapper's $0, so that a
-# reused pid is not taken for the job), $3... = the job's argv (env K=V ... command).
+# reused pid is not taken for the job), $3 = label (the job's CASEFLOW_JOB), $4... = the job's
+# argv (env K=V ... command).
 # Starts the job detached in its own session and prints its pid; a second launch in the same
 # folder prints the first one's pid instead of starting another job. The job's first command
 # writes its pid in one write: a reader sees no file, an empty one (not written yet: the
 # status script takes a launched job without a pid for running) or the whole pid.
 cd -- "$1" || { echo "case folder $1 is missing" >&2; exit 97; }
-marker=$2; shift 2
+marker=$2; label=$3; shift 3
 [ -d .caseflow ] || mkdir .caseflow || exit 98
 # The pid is waited for in steps of 2 ms, not 50 ms: a submit of a tiny case took 113 ms, most
 # of it this wait (the job's pid is written by its first command, a few ms after the start).
@@ -26,23 +27,32 @@ fi
 # The job wrapper (its $0 the marker, the leader of the job's session and process group):
 # - it outlives a TERM sent to the group (the trap), so that the job is seen running until
 #   it has ended: a job that writes a checkpoint on TERM keeps its GPU slot meanwhile;
-# - once its command has ended, other processes left in the group (a job's children) are
-#   sent TERM, then KILL after 10 s, before the exit code is written: the slot is free only
-#   when nothing of the job runs on its GPU any more (as Slurm ends a job's whole cgroup).
+# - once its command has ended, the processes it left (in its group, or anywhere with its
+#   label CASEFLOW_JOB in their environment: a child may leave the group) are sent TERM, then
+#   KILL every 0.2 s after 10 s until they are gone, before the exit code is written: the slot
+#   is free only when nothing of the job runs on its GPU (as Slurm ends a job's whole cgroup).
+#   /proc/PID/stat is read whole: a command name may hold a newline.
 # shellcheck disable=SC2016  # the job wrapper's script: expanded by its own shell
 setsid sh -c 'echo $$ > .caseflow/pid
+label=$1; shift
 trap "stopping=1" TERM
 "$@" > .caseflow/job.log 2>&1 < /dev/null
 rc=$?
 others() {
   o=
   [ -d /proc/self ] || return 0
+  labelled=" $(grep -lzxF -- "CASEFLOW_JOB=$label" /proc/[0-9]*/environ 2>/dev/null | tr "\n" " ")"
   for f in /proc/[0-9]*/stat; do
-    { read -r l < "$f"; } 2>/dev/null || continue
+    l=
+    { while IFS= read -r x || [ -n "$x" ]; do l="$l $x"; done < "$f"; } 2>/dev/null
+    [ -n "$l" ] || continue
     l=${l##*) }
-    set -- $l
     p=${f#/proc/}; p=${p%/stat}
-    [ "$3" = "$$" ] && [ "$1" != Z ] && [ "$p" != "$$" ] && o="$o $p"
+    [ "$p" != "$$" ] || continue
+    set -- $l
+    [ "$1" != Z ] || continue
+    case $labelled in *" /proc/$p/environ "*) o="$o $p"; continue ;; esac
+    if [ "$3" = "$$" ]; then o="$o $p"; fi
   done
   return 0
 }
@@ -51,11 +61,9 @@ if [ -n "$o" ]; then
   kill -s TERM $o 2>/dev/null
   i=0
   while others && [ -n "$o" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
-  if [ -n "$o" ]; then kill -s KILL $o 2>/dev/null; fi
-  i=0
-  while others && [ -n "$o" ] && [ "$i" -lt 50 ]; do sleep 0.1; i=$((i+1)); done
+  while others && [ -n "$o" ]; do kill -s KILL $o 2>/dev/null; sleep 0.2; done
 fi
 echo "$rc" > .caseflow/exit_code.tmp && mv .caseflow/exit_code.tmp .caseflow/exit_code' \
-  "$marker" "$@" < /dev/null > /dev/null 2>&1 &
+  "$marker" "$label" "$@" < /dev/null > /dev/null 2>&1 &
 if wait_pid; then echo "$pid"; exit 0; fi
 echo "the job did not start within 10 s" >&2; exit 99
