@@ -237,7 +237,7 @@ class LocalTransport(Transport):
         try:
             with open(Path(remote_path) / tail, "rb") as f:
                 f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
-                text: str | None = f.read(limit).decode("utf-8", "replace")
+                text: str | None = f.read(limit).decode("utf-8", "surrogateescape")
         except OSError:
             text = None
         return self.fetch_results(remote_path, local_path, patterns), text

@@ -10,9 +10,12 @@ channels, verification and atomic rename, batched polling, results by pattern. H
 channel is an `ssh` process whose stdin and stdout carry the channel's data.
 
 At most `max_sessions` channels are open at once (sshd's MaxSessions, 10 by default, counts
-the sessions of one connection). When the master is gone the host pauses with `needs login:
-caseflow login HOST` (NeedsLogin): no case fails and none is charged an attempt, and the
-engine probes (a local `ssh -O check`) until the master is back.
+the sessions of one connection); a wait for one is bounded (`command_timeout`). sshd still
+counts a session for a moment after the `ssh` of its channel has ended: an upload's channels
+opened several at once wait until the host has started their command, and one it refused is
+opened again (OpenSSHTransport._bulk_channel). When the master is gone the host pauses with
+`needs login: caseflow login HOST` (NeedsLogin): no case fails and none is charged an
+attempt, and the engine probes (a local `ssh -O check`) until the master is back.
 """
 
 from __future__ import annotations
@@ -28,15 +31,17 @@ import tarfile
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import IO
 
 from ..errors import HostError, PermanentError, TransientError
 from . import RunResult, Transport, TransportAdapter
 from .openssh_master import Master, NeedsLogin
-from .ssh import TOOLS, SSHTransport
+from .ssh import TOOLS, SSHTransport, _Permit
 from .ssh_settings import OpenSSHConfig, read_openssh
 from .ssh_upload import StagedUpload
+from .tarstream import LocalWriteError
 
 log = logging.getLogger("caseflow.openssh")
 
@@ -52,6 +57,8 @@ _REFUSED = ("session open refused", "administratively prohibited")
 # what an ssh says that found no master and so, with ProxyCommand=false, sent nothing (when
 # the master dies under a running command, ssh exits 255 and says nothing)
 _NOTHING_SENT = "connection closed by unknown port 65535"
+# what a bulk channel's command writes to stderr first: the host started it (see started)
+MARK = b"caseflow: started\n"
 
 
 class OpenSSHTransport(SSHTransport):
@@ -85,8 +92,8 @@ class OpenSSHTransport(SSHTransport):
         error: the host needs a login when its master is gone, else transient."""
         try:
             return fn()
-        except (PermanentError, TransientError, HostError):
-            raise
+        except (PermanentError, TransientError, HostError, LocalWriteError):
+            raise  # (a local file's error is the caller's to judge, not the master's)
         except (OSError, EOFError, tarfile.ReadError) as exc:  # ReadError: a stream cut short
             raise self._lost(f"{what} on {self.name}: {type(exc).__name__}: {exc}") from exc
 
@@ -141,23 +148,34 @@ class OpenSSHTransport(SSHTransport):
             self.master.ensure()
             return self._exec_once(command, timeout)
 
+    def _take_session(self) -> None:
+        """One of `max_sessions`, waiting for it at most `command_timeout` seconds."""
+        if not self.sessions.acquire(timeout=self.cfg.command_timeout):
+            raise TransientError(
+                f"no free session on the master connection to {self.name} within "
+                f"{self.cfg.command_timeout:.0f} s: all {self.cfg.max_sessions} "
+                "(transport.max_sessions) in use"
+            )
+
     def _exec_once(self, command: str, timeout: float | None) -> RunResult:
         limit = timeout or self.cfg.command_timeout
-        with self.sessions:
-            try:
-                proc = subprocess.run(
-                    self.master.command(command),
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    timeout=limit,
-                    start_new_session=True,
-                )
-            except subprocess.TimeoutExpired as exc:
-                raise TransientError(
-                    f"a command on {self.name} did not finish within {limit:.0f} s"
-                ) from exc
-            except OSError as exc:
-                raise HostError(f"cannot run the OpenSSH client: {exc}") from exc
+        self._take_session()
+        try:
+            proc = subprocess.run(
+                self.master.command(command),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=limit,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise TransientError(
+                f"a command on {self.name} did not finish within {limit:.0f} s"
+            ) from exc
+        except OSError as exc:
+            raise HostError(f"cannot run the OpenSSH client: {exc}") from exc
+        finally:
+            self.sessions.release()
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode == 255:
             problem = self._ssh_failed(err)
@@ -170,6 +188,40 @@ class OpenSSHTransport(SSHTransport):
         if self.cfg.master == "daemon":
             self.master.ensure()  # a stream cannot be sent twice: the master first
         return _Channel(self, shlex.join(argv))
+
+    def _bulk_channel(self, argv: Sequence[str], several: bool) -> _Channel:
+        """A channel for an upload's data; one of several opened at once only once the host
+        has started its command. sshd counts a session for a moment after the `ssh` of its
+        channel has ended, so it may refuse one opened at once in its place: the byte ranges'
+        channels (up to max_channels) opened as the tar streams' ended were refused now and
+        then ("Session open refused by peer", MaxSessions), failing the upload. Nothing was
+        sent on a refused channel: it is opened again as sessions are freed, for up to
+        `connect_timeout` (as the ssh transport does). A single channel (a small case's one
+        stream) does not wait: its data follows its command at once."""
+        if not several:
+            return self._channel(argv)
+        if self.cfg.master == "daemon":
+            self.master.ensure()
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        wait = 0.02
+        while True:
+            chan = _Channel(self, shlex.join(argv), mark=True)
+            try:
+                chan.started(deadline)
+                return chan
+            except _MasterGone:
+                chan.close()
+                raise
+            except _NotStarted as exc:
+                chan.close()
+                if time.monotonic() + wait > deadline:
+                    raise
+                log.debug("%s refused a new session (%s); asking again", self.name, exc)
+            except BaseException:
+                chan.close()
+                raise
+            time.sleep(wait)  # a session being freed, not an outage
+            wait = min(0.5, wait * 2)
 
     def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
         """All of a channel's stdout, then its stderr once the ssh has ended."""
@@ -236,13 +288,16 @@ class _Channel:
     shutdown_write, makefile, makefile_stderr, recv_exit_status, closed, eof_received, close.
     Waits are bounded by the command timeout (sending, reading, the exit)."""
 
-    def __init__(self, transport: OpenSSHTransport, command: str):
+    def __init__(self, transport: OpenSSHTransport, command: str, mark: bool = False):
         self.t = transport
         self.timeout = transport.cfg.command_timeout
-        self._released = False
         self._closed = False
         self._status: int | None = None
-        transport.sessions.acquire()
+        self._mark = mark  # the command's stderr starts with MARK (see started)
+        if mark:
+            command = f"printf {shlex.quote(MARK.decode())} >&2; exec {command}"
+        transport._take_session()
+        self._permit = _Permit(transport.sessions)  # given back once: close, or collected
         try:
             self.err = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(
@@ -256,6 +311,8 @@ class _Channel:
         except BaseException:
             self._release()
             raise
+        # a channel dropped unclosed (a bug) still ends its ssh and gives its session back
+        weakref.finalize(self, _reap, self.proc, self._permit)
         # both are pipes (never None), which Popen's types cannot say
         self.stdin: IO[bytes] = self.proc.stdin  # type: ignore[assignment]
         self.stdout: IO[bytes] = self.proc.stdout  # type: ignore[assignment]
@@ -312,10 +369,36 @@ class _Channel:
                 raise TimeoutError(f"ssh did not end within {self.timeout:.0f} s") from exc
         return self._status
 
+    def started(self, deadline: float) -> None:
+        """Wait until the host has started the command (the MARK on its stderr) or, at the
+        latest, until `deadline` (then go on as without). An `ssh` that ended first raises
+        what that means (a session the host refused: _NotStarted)."""
+        fd = self.err.fileno()
+        wait = 0.001
+        while True:
+            # (what ssh itself says, such as a refusal, goes to the same file: the MARK, and
+            # not any text, says the command started; read without moving the file's offset,
+            # which the ssh shares)
+            said = os.pread(fd, 1 << 16, 0)
+            if MARK in said:
+                return
+            if self.proc.poll() is not None:
+                said = os.pread(fd, 1 << 16, 0)
+                if self.proc.returncode == 255 and MARK not in said:
+                    problem = self.t._ssh_failed(said.decode("utf-8", "replace"))
+                    if problem is not None:
+                        raise problem
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(wait)
+            wait = min(0.01, wait * 2)
+
     def stderr_bytes(self) -> bytes:
         self._wait()
         self.err.seek(0)
-        return self.err.read()
+        data = self.err.read()
+        return data.replace(MARK, b"", 1) if self._mark else data
 
     def recv_exit_status(self) -> int:
         rc = self._wait()
@@ -342,9 +425,19 @@ class _Channel:
             self._release()
 
     def _release(self) -> None:
-        if not self._released:
-            self._released = True
-            self.t.sessions.release()
+        self._permit.release()
+
+
+def _reap(proc: subprocess.Popen, permit: _Permit) -> None:
+    """What closing a channel does, for one that was collected unclosed."""
+    try:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    finally:
+        permit.release()
 
 
 class _Reader:

@@ -15,6 +15,7 @@ The remote host needs a POSIX shell, GNU find, tar and coreutils (sha256sum).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -43,7 +44,7 @@ from .shell import script
 from .ssh_connection import Connection, Unreachable, classify, transport_of
 from .ssh_settings import SSHConfig, read_ssh
 from .ssh_upload import StagedUpload, _space_or_permission
-from .tarstream import extract
+from .tarstream import LocalWriteError, extract, writing_locally
 
 log = logging.getLogger("caseflow.ssh")
 
@@ -62,6 +63,23 @@ class _RefusedSessions(logging.Filter):
 
 
 logging.getLogger("paramiko.transport").addFilter(_RefusedSessions())
+
+
+def local_write_problem(error: OSError, folder: Path, what: str = "results") -> Exception:
+    """What a local file error while `what` arrive into `folder` means for the case: the
+    local side's problem, never the connection's (dropping the connection for it cut every
+    other case's upload on it, at every retry). A full disk is transient (room can be made,
+    as with the `local` transport: the case waits, within retry.give_up_after_seconds); a
+    folder that cannot be written (no permission, a read-only file system) is permanent."""
+    text = f"{what} could not be written to {folder}: {error.strerror or error}"
+    name = error.filename
+    if isinstance(name, (str, bytes)) and os.fsdecode(name) != os.fspath(folder):
+        text += f" ({os.fsdecode(name)})"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"{text}; tried again later (make room there)")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG):
+        return PermanentError(text)
+    return TransientError(text)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -138,10 +156,11 @@ class SSHTransport(StagedUpload, Transport):
         return retrying(fn)
 
     def _guard(self, fn, what: str):
-        """Run fn; turn connection errors into caseflow errors and drop the broken connection."""
+        """Run fn; turn connection errors into caseflow errors and drop the broken connection
+        (not for a local file's error: LocalWriteError is the caller's to judge)."""
         try:
             return fn()
-        except (PermanentError, TransientError):
+        except (PermanentError, TransientError, LocalWriteError):
             raise
         except Exception as exc:
             err = classify(exc, f"{what} on {self.name}")
@@ -388,16 +407,20 @@ class SSHTransport(StagedUpload, Transport):
                 lambda: self._tar_download(argv, base, staging, remote_path, links=True),
                 "downloading",
             )
+            with writing_locally():
+                if os.path.lexists(local_path):
+                    remove_local(local_path)
+                fetched = staging / base
+                if patterns is not None and not fetched.exists():
+                    fetched.mkdir()  # nothing matched: an empty folder
+                os.rename(fetched, local_path)
+                staging.rmdir()
+        except LocalWriteError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise local_write_problem(exc.error, local_path.parent, "the download") from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        if os.path.lexists(local_path):
-            remove_local(local_path)
-        fetched = staging / base
-        if patterns is not None and not fetched.exists():
-            fetched.mkdir()  # nothing matched: an empty folder
-        os.rename(fetched, local_path)
-        staging.rmdir()
 
     def fetch_results(
         self, remote_path: str, local_path: Path, patterns: Sequence[str] | None = None
@@ -449,14 +472,23 @@ class SSHTransport(StagedUpload, Transport):
             self._guard(
                 lambda: self._tar_download(argv, base, staging, remote_path), "fetching results"
             )
+            with writing_locally():
+                return self._fetched(staging / base, local_path, remote_path, tail)
+        except LocalWriteError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise local_write_problem(exc.error, local_path.parent) from exc
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        fetched = staging / base
+
+    def _fetched(
+        self, fetched: Path, local_path: Path, remote_path: str, tail: str | None
+    ) -> tuple[int, str | None]:
+        """The results unpacked in `fetched` put in place as `local_path`: (the file count,
+        the tail's text)."""
         if not fetched.exists():
             fetched.mkdir()  # nothing new: an empty folder
         elif not fetched.is_dir():
-            shutil.rmtree(staging, ignore_errors=True)
             raise PermanentError(
                 f"refusing the results of {remote_path} on {self.name}: the "
                 "host sent a file in place of the case folder"
@@ -464,21 +496,22 @@ class SSHTransport(StagedUpload, Transport):
         text = None
         kept = fetched / TAIL_COPY
         if tail is not None and kept.is_file():  # the only file fetch.sh sends from there
-            text = kept.read_bytes().decode("utf-8", "replace")
+            text = kept.read_bytes().decode("utf-8", "surrogateescape")
         shutil.rmtree(fetched / BOOKKEEPING, ignore_errors=True)
         count = sum(len(files) for _, _, files in os.walk(fetched))
         if os.path.lexists(local_path):
             remove_local(local_path)
         os.rename(fetched, local_path)
-        staging.rmdir()
+        fetched.parent.rmdir()
         return count, text
 
     def _tar_download(
         self, argv: list[str], base: str, staging: Path, remote_path: str, links: bool = False
     ) -> None:
-        if os.path.lexists(staging):
-            remove_local(staging)
-        staging.mkdir(parents=True)
+        with writing_locally():
+            if os.path.lexists(staging):
+                remove_local(staging)
+            staging.mkdir(parents=True)
         chan = self._channel(argv)
         try:
             unreadable = extract(chan.makefile("rb"), base, staging, links=links)

@@ -47,7 +47,7 @@ from .upload_check import (
     parse_sums,
     sum_line,
 )
-from .upload_streams import Streams, needs_round_trip, stream_count
+from .upload_streams import Streams, local_problem, needs_round_trip, stream_count
 
 if TYPE_CHECKING:
     from . import RunResult
@@ -108,8 +108,14 @@ class StagedUpload:
         with _budget_lock:
             budget = self.__dict__.get("_bulk_budget")
             if budget is None:
-                budget = self._bulk_budget = ChannelBudget(self.cfg.max_channels)
+                budget = self._bulk_budget = ChannelBudget(self.cfg.max_channels, self.name)
             return budget
+
+    def _bulk_channel(self, argv: Sequence[str], several: bool) -> Any:
+        """A channel for an upload's data (upload_streams.Opening; `several`: one of several
+        opened at once): `_channel`, unless the transport must see the host start its command
+        first (the `openssh` transport)."""
+        return self._channel(argv)
 
     def close_bulk(self, chan) -> None:
         """Close a channel opened within the budget (upload_streams.Opening); closing one of
@@ -355,10 +361,16 @@ class StagedUpload:
         """Remove what does not belong in the staging folder; checksum what may stay, on both
         sides at once."""
         local = _Background(lambda: upload_resume.local_sums(local_dir, check))
-        rc, out, err = self._call(
-            ["sh", "-c", RESUME, "caseflow", staging, *check.args()], check.stdin()
-        )
-        mine = local.result()
+        try:
+            rc, out, err = self._call(
+                ["sh", "-c", RESUME, "caseflow", staging, *check.args()], check.stdin()
+            )
+        finally:
+            local.wait()
+        try:
+            mine = local.result()
+        except OSError as exc:  # the case folder's problem, not the connection's (_guard)
+            raise local_problem(exc, local_dir, self.name) from exc
         if rc != 0:
             raise TransientError(
                 f"checking {staging} on {self.name} failed (exit {rc}): "
@@ -410,24 +422,43 @@ class StagedUpload:
 class ChannelBudget:
     """Channels that may be open at once. An upload takes what it wants or what is free (at
     least one, waiting for it), never more later while it holds some: two uploads that each
-    waited for the rest of their share would wait for each other."""
+    waited for the rest of their share would wait for each other.
 
-    def __init__(self, size: int):
+    Every unit taken is given back once, on every way out (upload_streams.Opening: a channel
+    that fails to open at once, one that opened when it is closed, in a `finally`); a wait
+    for one is bounded (`take`'s timeout). Units that were never given back (streams of a
+    master killed mid-upload whose end raised before their channels were closed) once left
+    the next upload of the host waiting here for good, its case stuck with no error."""
+
+    def __init__(self, size: int, host: str = "the host"):
+        self.size = size
         self.free = size
+        self.host = host
         self.cond = threading.Condition()
 
-    def take(self, wanted: int, wait: bool = True) -> int:
-        """Up to `wanted` channels; at least one (waiting for it) unless `wait` is False."""
+    def take(self, wanted: int, wait: bool = True, timeout: float | None = None) -> int:
+        """Up to `wanted` channels; at least one unless `wait` is False, waiting for it at
+        most `timeout` seconds (None: without bound), then a TransientError."""
         with self.cond:
-            while wait and self.free < 1:
-                self.cond.wait()
+            if wait and not self.cond.wait_for(lambda: self.free >= 1, timeout):
+                raise TransientError(
+                    f"no upload channel to {self.host} came free within {timeout or 0:.0f} s: "
+                    f"all {self.size} (transport.max_channels) in use by other uploads; "
+                    "will try again"
+                )
             got = max(0, min(wanted, self.free))
             self.free -= got
             return got
 
-    def release(self) -> None:
+    def release(self, n: int = 1) -> None:
+        """Give back `n` units taken earlier."""
         with self.cond:
-            self.free += 1
+            if n < 0 or self.free + n > self.size:
+                raise ValueError(
+                    f"channel budget of {self.host}: {n} given back with {self.free} of "
+                    f"{self.size} free (more than were taken)"
+                )
+            self.free += n
             self.cond.notify_all()
 
 

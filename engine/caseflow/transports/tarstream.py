@@ -7,14 +7,14 @@ download or of a job's results into a local staging folder, checking every membe
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
-import shutil
 import stat
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..errors import PermanentError
@@ -223,9 +223,10 @@ def _long_name(value: bytes, kind: bytes) -> bytes:
 # file is ever written through one; each must stay inside `base` without passing through
 # another link. Python's own tarfile extraction is not used: before 3.12 its default trusts the
 # archive, and even its "data" filter lets one member write through a link made by another.
-# what an earlier member of the same stream can make a member's path fail with; any other OSError
-# (the channel timing out, a full local disk) is not the stream's fault and is raised as it is,
-# for the transport to judge (transient)
+# What an earlier member of the same stream can make a member's path fail with. Any other error
+# of the local file system (a full disk, a read-only one, a folder that cannot be written) is not
+# the stream's fault: it is raised as a LocalWriteError, which the transport never takes for a
+# problem of the connection (an OSError of the channel, a timeout, is raised as it is).
 _CLASHES = {errno.EEXIST, errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENOTEMPTY}
 _KINDS = {
     tarfile.SYMTYPE: "a symbolic link",
@@ -236,11 +237,32 @@ _KINDS = {
 }
 
 
+class LocalWriteError(Exception):
+    """Writing what arrived into the local folder failed (`error`, an OSError: no space left,
+    a read-only file system, no permission, ...). The local side's problem: not the stream's,
+    not the connection's (dropping the connection for it cut every other case's upload on it;
+    see local_write_problem)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.contextmanager
+def writing_locally() -> Iterator[None]:
+    """An OSError of the local file system inside is a LocalWriteError."""
+    try:
+        yield
+    except OSError as exc:
+        raise LocalWriteError(exc) from exc
+
+
 def extract(fileobj, base: str, staging: Path, *, links: bool = False) -> tarfile.ReadError | None:
     """Unpack the tar stream read from `fileobj` into the new, empty folder `staging`; every
     member must lie under `base` (a name without "/"). Raises PermanentError, naming the
-    member, for anything else. Returns the error when there was no tar stream at all (the
-    command's exit code then says why), else None."""
+    member, for anything else, and LocalWriteError when the local folder cannot be written.
+    Returns the error when there was no tar stream at all (the command's exit code then says
+    why), else None."""
     try:
         tar = tarfile.open(fileobj=fileobj, mode="r|")
     except tarfile.ReadError as exc:  # no stream at all: the exit code says why
@@ -252,7 +274,8 @@ def extract(fileobj, base: str, staging: Path, *, links: bool = False) -> tarfil
             name = "/".join(parts)
             try:
                 if member.isdir():
-                    os.makedirs(staging.joinpath(*parts), exist_ok=True)
+                    with writing_locally():
+                        os.makedirs(staging.joinpath(*parts), exist_ok=True)
                 elif member.isreg():
                     _write(tar, member, staging, parts)
                 elif member.issym() and links:
@@ -266,20 +289,23 @@ def extract(fileobj, base: str, staging: Path, *, links: bool = False) -> tarfil
                     raise PermanentError(
                         f"refusing {name!r}: it is {kind}; only files and folders are taken"
                     )
-            except OSError as exc:  # e.g. a file where the stream already made a folder
-                if exc.errno not in _CLASHES:
+            except LocalWriteError as exc:  # e.g. a file where the stream already made a folder
+                if exc.error.errno not in _CLASHES:
                     raise
                 raise PermanentError(
-                    f"refusing {name!r}: it clashes with an earlier member ({exc.strerror})"
+                    f"refusing {name!r}: it clashes with an earlier member ({exc.error.strerror})"
                 ) from exc
     for name, target in symlinks.items():
         _check_link(name, target, symlinks)
         try:
-            os.makedirs(staging.joinpath(*name.split("/")[:-1]), exist_ok=True)
-            os.symlink(target, staging / name)
-        except OSError as exc:
+            with writing_locally():
+                os.makedirs(staging.joinpath(*name.split("/")[:-1]), exist_ok=True)
+                os.symlink(target, staging / name)
+        except LocalWriteError as exc:
+            if exc.error.errno not in _CLASHES:
+                raise
             raise PermanentError(
-                f"refusing link {name!r}: it clashes with an earlier member ({exc.strerror})"
+                f"refusing link {name!r}: it clashes with an earlier member ({exc.error.strerror})"
             ) from exc
     return None
 
@@ -297,17 +323,33 @@ def member_parts(name: str, base: str) -> list[str]:
 
 def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, staging: Path, parts: list[str]) -> None:
     """A member's data as a new regular file (attributes are not taken: no remote owners, no
-    setuid; the mode keeps its read and execute bits)."""
-    os.makedirs(staging.joinpath(*parts[:-1]), exist_ok=True)
+    setuid; the mode keeps its read and execute bits). What fails on the local side is a
+    LocalWriteError; what fails reading the stream (the channel) is raised as it is."""
     path = staging.joinpath(*parts)
-    if os.path.lexists(path) and not os.path.isdir(path):
-        os.unlink(path)  # a member sent twice: the last one counts, as with tar
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with open(fd, "wb") as out:
+    with writing_locally():
+        os.makedirs(staging.joinpath(*parts[:-1]), exist_ok=True)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            os.unlink(path)  # a member sent twice: the last one counts, as with tar
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o600)
+    try:
         source = tar.extractfile(member)
-        if source is not None:
-            shutil.copyfileobj(source, out, CHUNK)
-        os.fchmod(out.fileno(), member.mode & 0o755)
+        while source is not None:
+            data = source.read(CHUNK)  # the stream: its errors are not the local side's
+            if not data:
+                break
+            view = memoryview(data)
+            with writing_locally():
+                while view:
+                    view = view[os.write(fd, view) :]
+        with writing_locally():
+            os.fchmod(fd, member.mode & 0o755)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        raise
+    with writing_locally():
+        os.close(fd)  # (a network file system may say only here that the disk is full)
 
 
 def _check_link(name: str, target: str, symlinks: dict[str, str]) -> None:

@@ -36,6 +36,8 @@ class Job:
         self.complete = False  # all of it sent
         self.local_error: BaseException | None = None  # raised by `chunks` (a local file)
         self.send_error: Exception | None = None  # sending failed (the connection)
+        # ending the channel failed otherwise: the transport's verdict (upload_streams.finish)
+        self.end_error: Exception | None = None
 
     @property
     def failed(self) -> bool:

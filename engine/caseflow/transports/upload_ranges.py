@@ -26,7 +26,7 @@ from .shell import script
 from .ssh_connection import classify
 from .tarstream import CHUNK, Counter
 from .upload_pump import Job, pump
-from .upload_streams import COVER_RATE, WINDOW, Opening, finish, local_problem
+from .upload_streams import COVER_RATE, WINDOW, Opening, finish, local_problem, worst
 
 MIN_CHANNELS = 4
 
@@ -96,20 +96,25 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
             *[x for p in _shares(pieces, got)[i] for x in (p.remote, str(p.offset), str(p.length))],
         ],
     )
-    shares = _shares(pieces, len(opening.chans))
-    chans = opening.channels()
-    jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares, strict=True)]
-    try:
-        pump(jobs, counter)
+    try:  # every channel closed (its budget unit given back) on every way out
+        shares = _shares(pieces, len(opening.chans))
+        chans = opening.channels()
+        jobs = [Job(chan, _chunks(share)) for chan, share in zip(chans, shares, strict=True)]
+        try:
+            pump(jobs, counter)
+        finally:
+            ends = finish(transport, jobs, None)
     finally:
-        ends = finish(transport, jobs, None)
         opening.close()
     for job in jobs:  # a local file's problem is the case's, before the connection's
         if job.local_error is not None:
             raise local_problem(job.local_error, "", transport.name)
-    problems = []
+    problems: list[Exception] = []
     for job, (rc, _, err) in zip(jobs, ends, strict=True):
-        if rc == 0 and job.send_error is None:
+        if rc == 0 and job.send_error is None and job.end_error is None:
+            continue
+        if job.end_error is not None:  # the transport's own verdict on the channel's end
+            problems.append(classify(job.end_error, f"uploading to {transport.name}"))
             continue
         text = err.decode("utf-8", "replace")
         problems.append(
@@ -123,8 +128,8 @@ def send_all(transport, pieces: list[Piece], n: int, counter: Counter) -> None:
                 )
             )
         )
-    if problems:  # a permanent reason (a full disk) before a transient one
-        raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
+    if problems:
+        raise worst(problems)
 
 
 def _shares(pieces: list[Piece], n: int) -> list[list[Piece]]:

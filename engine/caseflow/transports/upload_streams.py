@@ -18,7 +18,7 @@ import stat
 import threading
 from pathlib import Path
 
-from ..errors import PermanentError, TransientError
+from ..errors import HostError, PermanentError, TransientError
 from . import space_or_permission
 from .shell import script
 from .ssh_connection import classify
@@ -124,14 +124,10 @@ class Streams:
                 self.openings.append(more)
 
     def send(self, local_dir: Path, entries: list, counter: Counter, sums: dict | None) -> str:
-        """Stream `entries`; what the streams printed."""
+        """Stream `entries`; what the streams printed. Every channel is closed (its budget
+        given back) on every way out."""
         self.ended = True
         first, later = self.openings[0], self.openings[1:]
-        try:
-            chans = first.channels()
-        except BaseException:
-            self._close()
-            raise
         base = os.fspath(local_dir)
         files = iter(entries)  # shared: each stream takes the next ones
         head = b"%d\n" % self.count
@@ -139,16 +135,18 @@ class Streams:
         def job(chan) -> Job:
             return Job(chan, _stream(head, TarWriter().chunks(base, files, sums)))
 
-        jobs = [job(chan) for chan in chans]
-        joining = _Joining(later, job)
         try:
-            pump(jobs, counter, joining=joining)
+            jobs = [job(chan) for chan in first.channels()]
+            joining = _Joining(later, job)
+            try:
+                pump(jobs, counter, joining=joining)
+            finally:
+                # (the channels of an opening that never joined are ended unsent: their tars
+                # fail, and with them the commit, as the streams' count included them)
+                for opening in joining.openings:
+                    jobs += [_unsent(chan) for chan in opening.opened()]
+                ends = finish(self.t, jobs, ABORT)
         finally:
-            # (the channels of an opening that never joined are ended unsent: their tars
-            # fail, and with them the commit, as the streams' count included them)
-            for opening in joining.openings:
-                jobs += [_unsent(chan) for chan in opening.opened()]
-            ends = finish(self.t, jobs, ABORT)
             self._close()
         for j in jobs:  # a local file's problem is the case's, before the connection's
             if j.local_error is not None and not isinstance(j.local_error, _NotSent):
@@ -159,8 +157,8 @@ class Streams:
             if not isinstance(j.local_error, _NotSent)  # ended for another's failure
         ]
         problems = [p for p in found if p is not None]
-        if problems:  # a permanent reason (a full disk) before a transient one
-            raise next((p for p in problems if isinstance(p, PermanentError)), problems[0])
+        if problems:
+            raise worst(problems)
         return "".join(out.decode("utf-8", "replace") for _, out, _ in ends)
 
     def abort(self) -> None:
@@ -168,13 +166,22 @@ class Streams:
         if self.ended:
             return
         self.ended = True
-        with contextlib.suppress(Exception):
-            finish(self.t, [_unsent(c) for o in self.openings for c in o.opened()], ABORT)
-        self._close()
+        try:
+            with contextlib.suppress(Exception):
+                finish(self.t, [_unsent(c) for o in self.openings for c in o.opened()], ABORT)
+        finally:
+            self._close()
 
     def _close(self) -> None:
+        """Close every opening's channels (each gives its budget back), whatever fails."""
+        errors = []
         for opening in self.openings:
-            opening.close()
+            try:
+                opening.close()
+            except Exception as exc:  # noqa: BLE001 - the others are closed all the same
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 class _NotSent(Exception):
@@ -221,24 +228,32 @@ class Opening:
 
     def __init__(self, transport, wanted: int, argv_of, wait: bool = True):
         self.t = transport
-        n = transport._channel_budget().take(max(1, wanted), wait=wait)
+        budget = transport._channel_budget()
+        # (waiting for a unit is bounded: one that never comes back must not hold the upload,
+        # and with it its case, for good)
+        n = budget.take(max(1, wanted), wait=wait, timeout=transport.cfg.command_timeout)
         self.chans: list = [None] * n
         self.errors: list[BaseException | None] = [None] * n
-        self.threads = [
-            threading.Thread(
-                target=self._open, args=(i, argv_of(i, n)), daemon=True, name="caseflow-open"
-            )
-            for i in range(n)
-        ]
-        for t in self.threads:
-            t.start()
+        self.threads: list[threading.Thread] = []
+        try:
+            for i in range(n):
+                thread = threading.Thread(
+                    target=self._open, args=(i, argv_of(i, n)), daemon=True, name="caseflow-open"
+                )
+                thread.start()  # from here on, the thread gives its unit back if it fails
+                self.threads.append(thread)
+        except BaseException:
+            budget.release(n - len(self.threads))  # the units of the threads never started
+            self.close()
+            raise
 
     def _open(self, i: int, argv: list[str]) -> None:
         try:
-            self.chans[i] = self.t._guard(lambda: self.t._channel(argv), "uploading")
+            several = len(self.chans) > 1
+            self.chans[i] = self.t._guard(lambda: self.t._bulk_channel(argv, several), "uploading")
         except BaseException as exc:  # handed to the caller
-            self.t._channel_budget().release()
             self.errors[i] = exc
+            self.t._channel_budget().release()
 
     def opened(self) -> list:
         """The channels that opened (waiting for the rest to open or fail), errors aside."""
@@ -260,6 +275,7 @@ class Opening:
         return self.chans
 
     def close(self) -> None:
+        """Close the channels that opened, each giving its unit back (once: idempotent)."""
         for t in self.threads:
             t.join()
         for i, chan in enumerate(self.chans):
@@ -274,7 +290,13 @@ def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, by
     race with the channel's close: see ssh.py's _exec); then each command's output and exit
     code (-1 when the connection is gone). Every channel's end is sent before any answer is
     waited for: ended one after the other, each cost a round trip (8 streams across 50 ms:
-    0.5 s of a 1.85 s upload of 10,000 small files)."""
+    0.5 s of a 1.85 s upload of 10,000 small files).
+
+    Raises nothing for a channel's failure: an error of the connection is the job's
+    `send_error`, the transport's own verdict (the `openssh` transport's NeedsLogin when its
+    master was killed, a timeout) its `end_error`, for the caller to raise once every channel
+    is closed (raised from here, it left the channels of the other jobs open and their units
+    of the channel budget taken for good)."""
     broken: list[bool] = []
     for job in jobs:
         chan = job.chan
@@ -287,6 +309,9 @@ def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, by
         except (TimeoutError, OSError, EOFError) as exc:
             if job.send_error is None:
                 job.send_error = exc
+            broken.append(True)
+        except Exception as exc:  # noqa: BLE001 - the caller raises it (see above)
+            job.end_error = exc
             broken.append(True)
     ends = []
     for job, lost in zip(jobs, broken, strict=True):
@@ -301,9 +326,24 @@ def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, by
                 job.send_error = exc
             ends.append((-1, b"", b""))
             continue
+        except Exception as exc:  # noqa: BLE001 - the caller raises it (see above)
+            job.end_error = exc
+            ends.append((-1, b"", b""))
+            continue
         t.commands += 1
         ends.append((rc, out, err))
     return ends
+
+
+def worst(problems: list[Exception]) -> Exception:
+    """The one of the streams' problems to raise: a permanent reason (a full disk) first, then
+    the host's (a master that needs a login: the host pauses, no attempt is charged), then
+    the first."""
+    for kind in (PermanentError, HostError):
+        for p in problems:
+            if isinstance(p, kind):
+                return p
+    return problems[0]
 
 
 def local_problem(exc: BaseException, local_dir, name: str) -> Exception:
@@ -326,8 +366,10 @@ def stream_problem(t, job: Job, end: tuple[int, bytes, bytes], expected: set) ->
     permanent), a lost connection, a copy that did not verify."""
     rc, out, err = end
     text = err.decode("utf-8", "replace")
-    if rc == 0 and job.send_error is None:
+    if rc == 0 and job.send_error is None and job.end_error is None:
         return None
+    if job.end_error is not None:  # the transport's own verdict on the channel's end
+        return classify(job.end_error, f"uploading to {t.name}")
     problem = space_or_permission(text, f"upload to {t.name}")
     if problem:
         return problem
