@@ -415,3 +415,17 @@ def test_a_folder_replaced_while_the_daemon_was_down_is_not_run_by_the_old_case(
     finally:
         again.shutdown()
         again.store.close()
+
+
+def test_a_job_log_comes_home_byte_for_byte(ws):
+    """Bytes that are not UTF-8 in a job's output are kept as they were (direct runner; the
+    pueue backend's own test is in tests/test_pueue_local.py)."""
+    written = b"before\xffafter\nerr\xfe\ncaf\xc3\xa9\n"
+    ws.write_config(backend={"kind": "direct", "command":
+                             r"printf 'before\377after\n'; printf 'err\376\n' >&2; "
+                             r"printf 'caf\303\251\n'"})
+    ws.start()
+    ws.drop_case("bytes")
+    row = ws.wait_state("bytes", "success")
+    assert (Path(row.results_path) / "caseflow-job.log").read_bytes() == written
+    assert (ws.var / "logs" / f"{row.id}-1.log").read_bytes() == written

@@ -44,8 +44,7 @@ def test_a_case_runs_in_pueue_on_this_machine_and_can_be_cancelled(ws, local_pue
 def test_a_job_log_that_is_not_utf8_comes_home_with_the_results(ws, local_pueue):
     """pueue cannot give such a log (`pueue log --json` prints an error in its place, exit 0):
     results/<case>/caseflow-job.log is the job's own output from .caseflow/job.log, never
-    pueue's error text. Byte for byte only once the local side keeps bytes: today the
-    transports' tail (errors="replace") and case_model.write_atomic write it as text."""
+    pueue's error text, byte for byte."""
     written = b"before\xffafter\nerr\xfe\ncaf\xc3\xa9\n"
     ws.write_config(backend={**ws.settings["backend"], "command":
                              r"printf 'before\377after\n'; printf 'err\376\n' >&2; "
@@ -56,8 +55,4 @@ def test_a_job_log_that_is_not_utf8_comes_home_with_the_results(ws, local_pueue)
     got = (Path(row.results_path) / "caseflow-job.log").read_bytes()
     kept = job_log_path(ws.config().database, row).read_bytes()
     assert b"(Pueue error)" not in got and b"(Pueue error)" not in kept, got
-    assert kept == got
-    if got != written:  # each byte that is not UTF-8 became U+FFFD on the local side
-        assert got == written.decode("utf-8", "replace").encode(), got
-        pytest.xfail("the local side writes the log as text with errors=replace "
-                     "(transports' fetch_results_and_tail, case_model.write_atomic)")
+    assert kept == got == written
