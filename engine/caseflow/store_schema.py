@@ -9,6 +9,7 @@ and forward migrations.
 
 from __future__ import annotations
 
+import os
 import secrets
 import sqlite3
 import threading
@@ -234,16 +235,30 @@ CASE_SELECT = (
 )
 
 
+# Connections of the parent seen in a forked child (kept, never touched there: see below)
+_FORKED: list[sqlite3.Connection] = []
+
+
 class _ThreadConnection:
     """One thread's connection. Only that thread's thread-local slot holds it, so it is
-    closed when the thread ends (CPython drops a thread's thread-local values then)."""
+    closed when the thread ends (CPython drops a thread's thread-local values then).
 
-    __slots__ = ("conn", "__weakref__")
+    In a child forked from this process (a test's pexpect.spawn, a hook's fork before its
+    exec) the other threads' thread-locals are dropped too: closing their connections there
+    took SQLite's memory mutex, which another thread of the parent held at the fork, and the
+    child hung before its exec (gdb: sqlite3_free <- sqlite3_finalize <- this close). SQLite
+    must not use a connection across a fork: the child keeps it untouched instead."""
+
+    __slots__ = ("conn", "pid", "__weakref__")
 
     def __init__(self, conn: sqlite3.Connection):
         self.conn = conn
+        self.pid = os.getpid()
 
     def close(self) -> None:
+        if os.getpid() != self.pid:
+            _FORKED.append(self.conn)
+            return
         try:
             self.conn.close()
         except sqlite3.Error:
