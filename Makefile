@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint bench diagram clean
+.PHONY: run test lint bench soak diagram clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,15 @@ lint: $(STAMP)
 bench: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python bench/run.py --json bench/last_run.json $(BENCH)
+
+# the randomized model-based test of the promises, long (docs/guarantees.md): 400 examples of
+# 30 steps (12,000 steps; about 45 minutes here); SOAK_EXAMPLES / SOAK_STEPS / SOAK_SEED steer it
+SOAK_EXAMPLES ?= 400
+SOAK_STEPS    ?= 30
+soak: $(STAMP)
+	CASEFLOW_MODEL_EXAMPLES=$(SOAK_EXAMPLES) CASEFLOW_MODEL_STEPS=$(SOAK_STEPS) \
+	  $(if $(SOAK_SEED),CASEFLOW_MODEL_SEED=$(SOAK_SEED)) \
+	  $(BIN)/python -m pytest tests/test_model_based.py -p no:cacheprovider -s
 
 diagram: $(STAMP)
 	$(BIN)/caseflow diagram --format mermaid -o specs/case_machine.mmd
