@@ -429,3 +429,27 @@ def test_a_job_log_comes_home_byte_for_byte(ws):
     row = ws.wait_state("bytes", "success")
     assert (Path(row.results_path) / "caseflow-job.log").read_bytes() == written
     assert (ws.var / "logs" / f"{row.id}-1.log").read_bytes() == written
+
+
+def test_a_retry_asked_while_a_kept_slot_is_being_freed_does_not_starve_it(ws):
+    """Found by the randomized test: a retry asked while the ended case still kept its slot
+    failed ("its earlier job is still being stopped"), pushed the case's next attempt on each
+    time, and the wrap-up that frees the slot, due at the same moment, never ran."""
+    ws.write_config(retry={"initial_seconds": 0.2, "max_seconds": 0.5})
+    engine = Engine(ws.config())
+    engine.start(workers=False)
+    try:
+        store = engine.store
+        ws.make_case("kept", where=ws.inbox)
+        case = store.create_case("kept", str(ws.inbox / "kept"), "0:0", "uploaded", 0, 0)
+        slot = store.free_slot("gpu_a", ["local"])
+        store.commit_transition(case, "uploaded", "uploaded", "t", 1, take_slot=slot.id)
+        store.set_stopping(case, "uploaded", "cancel requested", 2)
+        store.commit_transition(case, "uploaded", "failure", "cancel", 3, {"wrapup": 1})
+        store.set_request(case, "retry")
+        wait_for(lambda: (engine.tick(), store.get(case).slot_id is None)[1],
+                 what="the kept slot to be freed")
+        wait_for(lambda: (engine.tick(), store.get(case).run == 2)[1], what="the retry")
+    finally:
+        engine.shutdown()
+        engine.store.close()

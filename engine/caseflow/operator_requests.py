@@ -28,6 +28,11 @@ def apply_all(engine) -> None:
     for row in requested:
         if row.id in engine.inflight or now < engine.request_wait.get(row.id, (0, 0.0))[1]:
             continue  # after the step in flight, or the backoff of a failed attempt
+        if row.wrapup:
+            # after the ended case's wrap-up (its job stopped, its slot freed): a retry tried
+            # meanwhile failed and pushed the case's next attempt on, and the wrap-up, due at
+            # the same time, never ran (the randomized test: a slot kept for good)
+            continue
         apply(engine, row)
 
 
