@@ -39,12 +39,16 @@ bench: $(STAMP)
 	bash .ci/system-deps
 	$(BIN)/python bench/run.py --json bench/last_run.json $(BENCH)
 
-# the randomized model-based test of the promises, long (docs/guarantees.md): 400 examples of
-# 30 steps (12,000 steps; about 45 minutes here); SOAK_EXAMPLES / SOAK_STEPS / SOAK_SEED steer it
-SOAK_EXAMPLES ?= 400
-SOAK_STEPS    ?= 30
+# the randomized model-based test of the promises, long (docs/guarantees.md): the local profile
+# 400 examples of 30 steps (12,000 steps; about 45 minutes here), the remote profile (real sshd,
+# pueue 3.x/4.x, openssh) 25 examples of 30 steps on each of its 4 hosts (3,000 steps);
+# SOAK_EXAMPLES / SOAK_REMOTE_EXAMPLES / SOAK_STEPS / SOAK_SEED steer it
+SOAK_EXAMPLES        ?= 400
+SOAK_REMOTE_EXAMPLES ?= 25
+SOAK_STEPS           ?= 30
 soak: $(STAMP)
 	CASEFLOW_MODEL_EXAMPLES=$(SOAK_EXAMPLES) CASEFLOW_MODEL_STEPS=$(SOAK_STEPS) \
+	  CASEFLOW_MODEL_REMOTE_EXAMPLES=$(SOAK_REMOTE_EXAMPLES) CASEFLOW_MODEL_REMOTE_STEPS=$(SOAK_STEPS) \
 	  $(if $(SOAK_SEED),CASEFLOW_MODEL_SEED=$(SOAK_SEED)) \
 	  $(BIN)/python -m pytest tests/test_model_based.py -p no:cacheprovider -s
 

@@ -30,19 +30,30 @@ The promises checked (docs/guarantees.md):
 3. `retry` runs the case again on its inputs as they are when the retry is asked: the
    retried run's job sees the folder's digest of that moment (or a later edit's).
 
+Two profiles:
+- local (`test_model_based`): the `local` transport and the `direct` runner, fast;
+- remote (`test_model_based_remote[...]`), slower: the same rules and checks over the real
+  sshd, with paramiko (`ssh`) or OpenSSH's client through a master connection behind a
+  one-time code (`openssh`), to a real pueued 3.4.1 / 4.0.4 or the direct runner (the "remote"
+  host is this machine: the ledger and /proc are the same ground truth). One more fault:
+  `lose_connection`, every connection cut by the relay in front of sshd, or the openssh master
+  SIGKILLed; over openssh the host then waits for a person's `login` (a rule too).
+
 Run it (CI profile: a few examples of a few dozen steps):
 
     PYTHONPATH=engine:tests .venv/bin/python -m pytest tests/test_model_based.py -p no:cacheprovider
 
 Environment:
-    CASEFLOW_MODEL_EXAMPLES  examples (default 6)
+    CASEFLOW_MODEL_EXAMPLES  examples of the local profile (default 6)
     CASEFLOW_MODEL_STEPS     steps per example (default 30); a soak: e.g. 400 x 30 = 12,000
+    CASEFLOW_MODEL_REMOTE_EXAMPLES / _REMOTE_STEPS  the remote profile, per host (3 x 25)
     CASEFLOW_MODEL_SEED      the seed (else a random one, printed; pytest's --hypothesis-seed
                              wins over both)
     CASEFLOW_MODEL_DB        a folder for Hypothesis' example database (default: none)
     CASEFLOW_MODEL_WITHOUT   comma-separated features to leave out, to look at one thing at a
                              time: child, term, hold, clock_step, lost_reply, remote_down,
-                             restart, retry, cancel, replace, delete, edit, copy_in_pieces
+                             restart, retry, cancel, replace, delete, edit, copy_in_pieces,
+                             cut (the remote profile's lose_connection)
     CASEFLOW_MODEL_KEEP=1    keep each example's folder (printed) instead of removing it
 
 A failure prints the shrunk sequence of steps (`state.drop_case(...)`, `state.run_until(...)`,
@@ -84,12 +95,15 @@ from caseflow.engine import Engine
 from caseflow.errors import TransientError
 from caseflow.machine import CaseMachine
 from caseflow.spec import load_spec
-from caseflow.transports.local import LocalTransport
+from caseflow.transports import make_transport
+from gpu_host import GpuHost
 from harness import Workspace
 
 # -- settings ------------------------------------------------------------------------------
 EXAMPLES = int(os.environ.get("CASEFLOW_MODEL_EXAMPLES", "6"))
 STEPS = int(os.environ.get("CASEFLOW_MODEL_STEPS", "30"))
+REMOTE_EXAMPLES = int(os.environ.get("CASEFLOW_MODEL_REMOTE_EXAMPLES", "3"))
+REMOTE_STEPS = int(os.environ.get("CASEFLOW_MODEL_REMOTE_STEPS", "25"))
 SEED = os.environ.get("CASEFLOW_MODEL_SEED")
 WITHOUT = {w.strip() for w in os.environ.get("CASEFLOW_MODEL_WITHOUT", "").split(",") if w.strip()}
 KEEP = os.environ.get("CASEFLOW_MODEL_KEEP") == "1"
@@ -285,15 +299,14 @@ def what(argv) -> str:
     return " ".join(argv[:3])
 
 
-class ModelTransport(LocalTransport):
-    """The local transport with the remote side's faults; and each job learns its run
-    (CASEFLOW_RUN, added to the launch's environment when caseflow does not set it)."""
+class FaultyTransport:
+    """Mixed into the host's real transport (local, ssh or openssh; `faulty`): the remote
+    side's faults at its boundary; and each job learns its run (CASEFLOW_RUN, added to the
+    launch's environment when caseflow does not set it)."""
 
-    def __init__(self, cfg, faults: Faults, run_of):
-        super().__init__(cfg.name, cfg.root, verify=cfg.verify)
-        self.faults = faults
-        self.run_of = run_of
-        self._inside = False
+    faults: Faults
+    run_of: object
+    _inside: bool
 
     def _with_run(self, argv):
         argv = list(argv)
@@ -304,9 +317,9 @@ class ModelTransport(LocalTransport):
             argv.insert(argv.index("env") + 1, f"CASEFLOW_RUN={self.run_of(int(ids[0]))}")
         return argv
 
-    def _call(self, fn, argv, timeout, once: bool):
+    def _call(self, fn, argv, kwargs, once: bool):
         if self._inside:  # run_once that calls run: one remote command, one fault
-            return fn(argv, timeout=timeout)
+            return fn(argv, **kwargs)
         self._inside = True
         try:
             f = self.faults
@@ -314,7 +327,7 @@ class ModelTransport(LocalTransport):
                 f.down -= 1
                 f.injected.append(f"failed before it ran: {what(argv)}")
                 raise TransientError("the remote side is briefly failing (injected)")
-            res = fn(self._with_run(argv), timeout=timeout)
+            res = fn(self._with_run(argv), **kwargs)
             if f.lose > 0 and (once or not f.lose_only_once):
                 f.lose -= 1
                 f.injected.append(f"reply lost: {what(argv)}")
@@ -323,18 +336,30 @@ class ModelTransport(LocalTransport):
         finally:
             self._inside = False
 
-    def run(self, argv, timeout=60.0):
-        return self._call(super().run, argv, timeout, once=False)
+    def run(self, argv, **kwargs):
+        return self._call(super().run, argv, kwargs, once=False)
 
-    def run_once(self, argv, timeout=60.0):
-        return self._call(super().run_once, argv, timeout, once=True)
+    def run_once(self, argv, **kwargs):
+        return self._call(super().run_once, argv, kwargs, once=True)
 
     def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         if self.faults.down > 0:
             self.faults.down -= 1
             self.faults.injected.append(f"failed before it ran: upload of {Path(local_dir).name}")
             raise TransientError("the remote side is briefly failing (injected)")
-        return super().upload_dir(local_dir, remote_path, manifest, progress=progress)
+        self._inside = True  # the upload's own commands: one call, one fault
+        try:
+            return super().upload_dir(local_dir, remote_path, manifest, progress=progress)
+        finally:
+            self._inside = False
+
+
+def faulty(transport, faults: Faults, run_of):
+    """The transport with FaultyTransport mixed in (its class swapped for a subclass)."""
+    cls = type(transport)
+    transport.__class__ = type(f"Faulty{cls.__name__}", (FaultyTransport, cls), {})
+    transport.faults, transport.run_of, transport._inside = faults, run_of, False
+    return transport
 
 
 # -- what the test puts in the inbox ----------------------------------------------------------
@@ -633,12 +658,18 @@ def step(ticks: bool = True):
 
 # -- the model ------------------------------------------------------------------------------
 class CaseflowModel(RuleBasedStateMachine):
+    """The local profile: the `local` transport and the `direct` runner. A subclass with
+    HOST = (transport, backend, pueue version) is the remote profile (`remote_model`)."""
+
     folders = Bundle("folders")
+    HOST: tuple[str, str, str] | None = None
 
     def __init__(self):
         super().__init__()
         self.broken = False
         self.tmp = Path(tempfile.mkdtemp(prefix="caseflow-model-"))
+        self.host: GpuHost | None = None
+        self.master_down = False  # openssh: the master was killed; no login yet
         self.ws = Workspace(self.tmp)
         self.ledger_dir = self.tmp / "ledger"
         self.graveyard = self.tmp / "graveyard"
@@ -649,14 +680,26 @@ class CaseflowModel(RuleBasedStateMachine):
         job.write_text(
             JOB.replace("{ledger}", str(self.ledger_dir)).replace("{ctl}", str(self.ws.ctl))
         )
+        transport = {"kind": "local", "root": "remote", "verify": "size"}
+        backend = {"kind": "direct", "command": f"exec sh {job}"}
+        if self.HOST is not None:
+            kind, backend["kind"], version = self.HOST
+            try:
+                self.host = GpuHost(self.tmp, version, kind=kind)
+                transport = self.host.transport(self.ws.remote, verify="size")
+            except BaseException:
+                if self.host is not None:
+                    self.host.close()
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                raise
         self.ws.write_config(
             tick_seconds=0.05,
             poll_seconds=0.05,
             workers=1,
             stability={"quiet_seconds": QUIET, "rescan_seconds": 0.01},
             groups={g: {"slots": n} for g, n in GROUPS.items()},
-            transport={"kind": "local", "root": "remote", "verify": "size"},
-            backend={"kind": "direct", "command": f"exec sh {job}"},
+            transport=transport,
+            backend=backend,
             retry={
                 "initial_seconds": RETRY_INITIAL,
                 "max_seconds": RETRY_MAX,
@@ -694,7 +737,7 @@ class CaseflowModel(RuleBasedStateMachine):
     # -- the daemon ------------------------------------------------------------------------
     def start_engine(self) -> None:
         host = self.config.hosts[0]
-        transport = ModelTransport(host.transport, self.faults, self.run_of)
+        transport = faulty(make_transport(host.transport), self.faults, self.run_of)
         self.engine = Engine(self.config, transport=transport, clock=self.clock)
         self.engine.start(workers=False)
 
@@ -982,8 +1025,47 @@ class CaseflowModel(RuleBasedStateMachine):
         if self.stopped:
             return
         self.engine.store.close()
+        for h in self.engine.hosts.values():  # a killed process's connections end with it
+            h.close()
         self.engine = None
         self.start_engine()
+
+    @precondition(lambda self: self.HOST is not None and on("cut"))
+    @rule(how=st.sampled_from(["cut", "kill_master"]))
+    @step()
+    def lose_connection(self, how):
+        """The network drops every connection to the host (the relay cuts them); or, over
+        openssh, the master connection is SIGKILLed. Over openssh either way the person's
+        login is gone: the host waits for `login`."""
+        if self.stopped:
+            return
+        if how == "kill_master" and self.host.kind == "openssh":
+            pid = self.host.master.pid()
+            if pid is not None:
+                os.kill(pid, signal.SIGKILL)
+        else:
+            self.host.relay.cut()
+        if self.host.kind == "openssh":
+            self.master_down = True
+        self.kept_since.clear()  # a wrap-up waits for the host: a slot kept is no fault
+
+    @precondition(lambda self: self.master_down)
+    @rule()
+    @step()
+    def login(self):
+        """openssh: a person logs in again (`caseflow login`: the master, a one-time code)."""
+        if self.stopped:
+            return
+        self.relogin()
+
+    def relogin(self) -> None:
+        deadline = time.monotonic() + 30
+        while self.host.master.pid() is not None:  # a cut master may take a moment to go
+            assert time.monotonic() < deadline, "the cut master connection lives on"
+            time.sleep(0.05)
+        self.host.login()
+        self.master_down = False
+        self.kept_since.clear()
 
     @precondition(lambda self: on("lost_reply"))
     @rule(n=st.sampled_from([1, 3, 6]), of=st.sampled_from(["job_start", "any_command"]))
@@ -1145,7 +1227,12 @@ class CaseflowModel(RuleBasedStateMachine):
         with promise(SlotKeptAfterJob):
             for case_id in set(holder.values()):
                 r = rows.get(case_id)
-                if r is None or r.state not in TERMINAL or any(p.case == case_id for p in live):
+                if (
+                    r is None
+                    or r.state not in TERMINAL
+                    or any(p.case == case_id for p in live)
+                    or self.master_down  # its wrap-up cannot see the job gone
+                ):
                     self.kept_since.pop(case_id, None)
                     continue
                 since, ticks = self.kept_since.setdefault(case_id, (time.monotonic(), self.ticks))
@@ -1245,6 +1332,8 @@ class CaseflowModel(RuleBasedStateMachine):
         """Every copy finished, every hold released, no more faults: tick until every case
         has ended and every job process is gone."""
         self.faults.clear()
+        if self.master_down:
+            self.relogin()
         for c in self.present():
             while not c.complete:
                 self.write_piece(c)
@@ -1370,6 +1459,10 @@ class CaseflowModel(RuleBasedStateMachine):
             time.sleep(0.05)
         if self.engine is not None:
             self.engine.store.close()
+            for h in self.engine.hosts.values():
+                h.close()
+        if self.host is not None:
+            self.host.close()
         if KEEP:
             print(f"example kept in {self.tmp}")
         else:
@@ -1385,12 +1478,40 @@ def _caseflow_logs(caplog):
 
 
 def test_model_based():
+    """The local profile, in every `make test` (CASEFLOW_MODEL_EXAMPLES x _STEPS)."""
+    explore(CaseflowModel, EXAMPLES, STEPS, "local")
+
+
+# the remote profile: (transport, backend, pueue version); the slower one, over the real sshd
+REMOTE_HOSTS = [
+    ("ssh", "pueue", "3.4.1"),
+    ("ssh", "pueue", "4.0.4"),
+    ("openssh", "pueue", "4.0.4"),
+    ("openssh", "direct", "4.0.4"),
+]
+
+
+@pytest.mark.parametrize("host", REMOTE_HOSTS, ids=lambda h: "-".join(h))
+def test_model_based_remote(host):
+    """The remote profile: the real sshd (paramiko's `ssh`, or OpenSSH's `openssh` through a
+    master connection behind a one-time code), real pueued 3.x/4.x or the direct runner, and
+    the connections cut and the master killed at random (CASEFLOW_MODEL_REMOTE_EXAMPLES x
+    _REMOTE_STEPS)."""
+    model = type(
+        f"CaseflowModel_{'_'.join(h.replace('.', '') for h in host)}",
+        (CaseflowModel,),
+        {"HOST": host},
+    )
+    explore(model, REMOTE_EXAMPLES, REMOTE_STEPS, "remote " + "-".join(host))
+
+
+def explore(model, examples: int, steps: int, profile: str):
     database = None
     if os.environ.get("CASEFLOW_MODEL_DB"):
         database = DirectoryBasedExampleDatabase(os.environ["CASEFLOW_MODEL_DB"])
     test_settings = settings(
-        max_examples=EXAMPLES,
-        stateful_step_count=STEPS,
+        max_examples=examples,
+        stateful_step_count=steps,
         deadline=None,
         derandomize=False,
         print_blob=True,
@@ -1402,16 +1523,17 @@ def test_model_based():
     forced = hypothesis_core.global_force_seed  # pytest --hypothesis-seed=N
     chosen = forced if forced is not None else int(SEED or random.SystemRandom().randrange(2**32))
     print(
-        f"caseflow model: {EXAMPLES} examples of up to {STEPS} steps, seed {chosen} "
+        f"caseflow model ({profile}): {examples} examples of up to {steps} steps, seed {chosen} "
         f"(again: CASEFLOW_MODEL_SEED={chosen}); without: {sorted(WITHOUT) or 'nothing'}"
     )
     hypothesis_core.global_force_seed = chosen
+    STATS.update(examples=0, steps=0)
     started = time.monotonic()
     try:
-        run_state_machine_as_test(CaseflowModel, settings=test_settings)
+        run_state_machine_as_test(model, settings=test_settings)
     finally:
         hypothesis_core.global_force_seed = forced
         print(
-            f"caseflow model: ran {STATS['examples']} examples, {STATS['steps']} steps in "
-            f"{time.monotonic() - started:.0f} s (seed {chosen})"
+            f"caseflow model ({profile}): ran {STATS['examples']} examples, {STATS['steps']} "
+            f"steps in {time.monotonic() - started:.0f} s (seed {chosen})"
         )

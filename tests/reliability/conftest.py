@@ -12,12 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from gpu_host import CRASH_HOSTS, HOSTS, GpuHost, host_id  # noqa: F401 (the suites' imports)
 from harness import DEADLINE, wait_for
-from pueue_daemon import PueueDaemon
-from caseflow.config import TransportConfig
-from caseflow.transports.openssh_master import Master
-from sshd import Relay, SSHServer, transport_settings
-from sshd_mfa import MFAServer, open_master, openssh_settings
 
 # The job of the reliability suites: checks that its case arrived whole (every file listed in
 # inputs.sha256 with its checksum), records its start, works a little, writes a result.
@@ -31,63 +27,6 @@ sleep "$(cat work 2>/dev/null || echo 0.3)"
 mkdir -p output && echo "result of $CASEFLOW_CASE_ID" > output/result.txt
 if [ -e exit_code ]; then exit "$(cat exit_code)"; fi
 """
-
-
-class GpuHost:
-    """A real sshd whose sessions find a real pueue (the test daemon's client) first on their
-    PATH, behind a relay. `kind` is the transport: `ssh` (paramiko), or `openssh` (the system
-    ssh through a master connection; the sshd then asks for a one-time code, and a person's
-    login is `login()`)."""
-
-    def __init__(self, root: Path, version: str = "4.0.4", kind: str = "ssh"):
-        self.kind = kind
-        self.server = (MFAServer if kind == "openssh" else SSHServer)(root / "gpuhost").start()
-        self.pueue = PueueDaemon(root / "pueue", version).start()
-        (self.server.bin / "pueue").symlink_to(self.pueue.client)
-        self.relay = Relay(self.server.port)
-        self.known_hosts = self.server.write_known_hosts(root / "gpuhost" / "known_hosts_relay",
-                                                         port=self.relay.port)
-        self.master = None
-        if kind == "openssh":
-            self.server.write_ssh_config(port=self.relay.port, known_hosts=self.known_hosts)
-            self.control_path = str(root / "cm")
-
-    def transport(self, remote_root: Path, **extra) -> dict:
-        if self.kind == "openssh":
-            settings = openssh_settings(self.server, remote_root, control_path=self.control_path,
-                                        **extra)
-            if self.master is None:
-                self.master = Master(TransportConfig(**settings))
-                self.login()
-            return settings
-        return transport_settings(self.server, remote_root, port=self.relay.port,
-                                  known_hosts=str(self.known_hosts), **extra)
-
-    def login(self) -> None:
-        """openssh: a person opens the master connection, answering the one-time code."""
-        if self.master is not None and self.master.pid() is None:
-            open_master(self.server, self.master)
-
-    def tasks(self) -> dict:
-        return self.pueue.tasks()
-
-    def close(self) -> None:
-        self.pueue.close()
-        if self.master is not None:
-            self.master.exit()
-        self.relay.close()
-        self.server.close() if self.kind == "openssh" else self.server.stop()
-
-
-# (transport, pueue version) of a GPU host; a suite's tests run over both transports on the
-# newest pueue, or with @pytest.mark.parametrize("gpu_host", [...], indirect=True) on others
-HOSTS = [("ssh", "4.0.4"), ("openssh", "4.0.4")]
-CRASH_HOSTS = [("ssh", "3.4.1"), ("ssh", "4.0.4"), ("openssh", "4.0.4")]
-
-
-def host_id(param) -> str:
-    kind, version = param
-    return kind if version == "4.0.4" else f"{kind}-pueue{version}"
 
 
 @pytest.fixture(params=HOSTS, ids=host_id)
