@@ -91,9 +91,9 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
+from caseflow.core.machine import CaseMachine
 from caseflow.errors import TransientError
-from caseflow.machine import CaseMachine
 from caseflow.spec import load_spec
 from caseflow.transports import make_transport
 from gpu_host import GpuHost
@@ -299,14 +299,17 @@ def what(argv) -> str:
     return " ".join(argv[:3])
 
 
-class FaultyTransport:
-    """Mixed into the host's real transport (local, ssh or openssh; `faulty`): the remote
-    side's faults at its boundary; and each job learns its run (CASEFLOW_RUN, added to the
-    launch's environment when caseflow does not set it)."""
+class Faulty:
+    """The remote side's faults at the boundary of the host's real transport (local, ssh or
+    openssh): its `run`, `run_once` and `upload_dir` are replaced on the object itself by
+    these (`faulty`), which call the originals; and each job learns its run (CASEFLOW_RUN,
+    added to the launch's environment when caseflow does not set it)."""
 
-    faults: Faults
-    run_of: object
-    _inside: bool
+    def __init__(self, transport, faults: Faults, run_of):
+        self.faults = faults
+        self.run_of = run_of
+        self.inside = False
+        self.originals = {n: getattr(transport, n) for n in ("run", "run_once", "upload_dir")}
 
     def _with_run(self, argv):
         argv = list(argv)
@@ -317,10 +320,11 @@ class FaultyTransport:
             argv.insert(argv.index("env") + 1, f"CASEFLOW_RUN={self.run_of(int(ids[0]))}")
         return argv
 
-    def _call(self, fn, argv, kwargs, once: bool):
-        if self._inside:  # run_once that calls run: one remote command, one fault
+    def _call(self, name: str, argv, kwargs, once: bool):
+        fn = self.originals[name]
+        if self.inside:  # run_once that calls run: one remote command, one fault
             return fn(argv, **kwargs)
-        self._inside = True
+        self.inside = True
         try:
             f = self.faults
             if f.down > 0:
@@ -334,31 +338,30 @@ class FaultyTransport:
                 raise TransientError("reply lost (injected): the command ran")
             return res
         finally:
-            self._inside = False
+            self.inside = False
 
     def run(self, argv, **kwargs):
-        return self._call(super().run, argv, kwargs, once=False)
+        return self._call("run", argv, kwargs, once=False)
 
     def run_once(self, argv, **kwargs):
-        return self._call(super().run_once, argv, kwargs, once=True)
+        return self._call("run_once", argv, kwargs, once=True)
 
     def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         if self.faults.down > 0:
             self.faults.down -= 1
             self.faults.injected.append(f"failed before it ran: upload of {Path(local_dir).name}")
             raise TransientError("the remote side is briefly failing (injected)")
-        self._inside = True  # the upload's own commands: one call, one fault
+        self.inside = True  # the upload's own commands: one call, one fault
         try:
-            return super().upload_dir(local_dir, remote_path, manifest, progress=progress)
+            return self.originals["upload_dir"](local_dir, remote_path, manifest, progress=progress)
         finally:
-            self._inside = False
+            self.inside = False
 
 
 def faulty(transport, faults: Faults, run_of):
-    """The transport with FaultyTransport mixed in (its class swapped for a subclass)."""
-    cls = type(transport)
-    transport.__class__ = type(f"Faulty{cls.__name__}", (FaultyTransport, cls), {})
-    transport.faults, transport.run_of, transport._inside = faults, run_of, False
+    """The transport, its remote calls going through `Faulty` first."""
+    f = Faulty(transport, faults, run_of)
+    transport.run, transport.run_once, transport.upload_dir = f.run, f.run_once, f.upload_dir
     return transport
 
 
