@@ -124,7 +124,7 @@ def bare_python_rss() -> float:
 def child(work: Path, cases: int, active: int, steady_s: float, profile: bool,
           waiting_cases: int) -> dict:
     from caseflow.daemon import Daemon
-    from caseflow.engine import Engine
+    from caseflow.core.engine import Engine
 
     running, queued = active // 2, active - active // 2
     inbox, remote = work / "inbox", work / "remote"
@@ -261,7 +261,7 @@ def child(work: Path, cases: int, active: int, steady_s: float, profile: bool,
 def waiting(work: Path, queued: int, steady_s: float) -> dict:
     """Part 5: `queued` cases wait for a slot and none is free; the daemon ticks."""
     from caseflow.daemon import Daemon
-    from caseflow.engine import Engine
+    from caseflow.core.engine import Engine
 
     held = 100
     work.mkdir()

@@ -32,7 +32,7 @@ from upload_bench import Tools, _cpu, digests, make_large_file, make_small_files
 
 from caseflow import casefolder  # noqa: E402
 from caseflow.config import TransportConfig  # noqa: E402
-from caseflow.engine import Engine  # noqa: E402
+from caseflow.core.engine import Engine  # noqa: E402
 from caseflow.transports import make_transport  # noqa: E402
 from caseflow.transports.local import local_manifest  # noqa: E402
 from sshd import transport_settings  # noqa: E402

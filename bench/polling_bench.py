@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (add_case, machine, median, ratio, section, ssh_options,  # noqa: E402
                       sshd, workdir, write_config)
 
-from caseflow.engine import Engine  # noqa: E402
+from caseflow.core.engine import Engine  # noqa: E402
 from sshd import transport_settings  # noqa: E402
 
 # what the naive script asks per case (the direct runner's bookkeeping, read by hand)

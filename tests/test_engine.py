@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.errors import PermanentError, TransientError
 from caseflow.transports.local import LocalTransport
 from harness import wait_for
@@ -242,7 +242,7 @@ def test_higher_priority_takes_a_free_slot_first_then_the_oldest(ws, make_engine
 def test_steps_starting_at_once_share_one_transport_and_one_backend(ws, monkeypatch):
     """A host's transport and backend are made on first use, by whichever lane thread comes
     first; several at once must not make one each (a second SSH connection, never closed)."""
-    from caseflow import hosts
+    from caseflow.core import hosts
 
     made = []
     make = hosts.make_transport

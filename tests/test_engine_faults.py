@@ -18,7 +18,7 @@ import pytest
 
 from caseflow.backends import UNREADABLE, JobStatus
 from caseflow.backends.direct import DirectBackend
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.errors import PermanentError, TransientError
 from caseflow.transports.local import LocalTransport
 from harness import process_alive, wait_for

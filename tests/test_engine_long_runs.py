@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
-from caseflow.case_model import Case, remote_name
+from caseflow.core.case_model import Case, remote_name
 from caseflow.casefolder import inode_of
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.transports.local import LocalTransport
 from caseflow.watcher import InboxWatcher
 from harness import wait_for

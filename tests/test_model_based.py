@@ -320,10 +320,10 @@ class Faulty:
             argv.insert(argv.index("env") + 1, f"CASEFLOW_RUN={self.run_of(int(ids[0]))}")
         return argv
 
-    def _call(self, name: str, argv, kwargs, once: bool):
+    def _call(self, name: str, argv, args, kwargs, once: bool):
         fn = self.originals[name]
         if self.inside:  # run_once that calls run: one remote command, one fault
-            return fn(argv, **kwargs)
+            return fn(argv, *args, **kwargs)
         self.inside = True
         try:
             f = self.faults
@@ -331,7 +331,7 @@ class Faulty:
                 f.down -= 1
                 f.injected.append(f"failed before it ran: {what(argv)}")
                 raise TransientError("the remote side is briefly failing (injected)")
-            res = fn(self._with_run(argv), **kwargs)
+            res = fn(self._with_run(argv), *args, **kwargs)
             if f.lose > 0 and (once or not f.lose_only_once):
                 f.lose -= 1
                 f.injected.append(f"reply lost: {what(argv)}")
@@ -340,11 +340,11 @@ class Faulty:
         finally:
             self.inside = False
 
-    def run(self, argv, **kwargs):
-        return self._call("run", argv, kwargs, once=False)
+    def run(self, argv, *args, **kwargs):
+        return self._call("run", argv, args, kwargs, once=False)
 
-    def run_once(self, argv, **kwargs):
-        return self._call("run_once", argv, kwargs, once=True)
+    def run_once(self, argv, *args, **kwargs):
+        return self._call("run_once", argv, args, kwargs, once=True)
 
     def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         if self.faults.down > 0:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.errors import HostError, TransientError
 from caseflow.transports.local import LocalTransport
 from harness import JOB

@@ -101,7 +101,7 @@ def _stream_processes(t: OpenSSHTransport) -> list[str]:
 
 
 def _all_back(t: OpenSSHTransport) -> None:
-    free = t._channel_budget().free
+    free = t.channel_budget().free
     assert free == t.cfg.max_channels, \
         f"{t.cfg.max_channels - free} unit(s) of the channel budget were never given back"
     assert _free_sessions(t) == t.cfg.max_sessions, "sessions were never given back"
@@ -286,7 +286,7 @@ class _Fake(StagedUpload):
         self.send_fails = False
         self.end_fails: Exception | None = None
 
-    def _guard(self, fn, what):
+    def guard(self, fn, what):
         return fn()
 
     def _channel(self, argv):
@@ -295,7 +295,7 @@ class _Fake(StagedUpload):
             raise TransientError(f"channel {i} refused")
         return _Chan(self, argv)
 
-    def _drain(self, chan, timeout=None):
+    def drain(self, chan, timeout=None):
         return b"", b""
 
 
@@ -308,7 +308,7 @@ def test_units_of_channels_that_fail_to_open_come_back_at_once():
     opening = Opening(fake, 4, _argv)
     with pytest.raises(TransientError, match="refused"):
         opening.channels()
-    assert fake.opened == [] and fake._channel_budget().free == 4
+    assert fake.opened == [] and fake.channel_budget().free == 4
 
 
 @pytest.mark.parametrize("fault", ["the end raises NeedsLogin", "the end raises a timeout",
@@ -321,7 +321,7 @@ def test_units_taken_by_byte_ranges_whose_holder_raises_come_back(tmp_path, faul
     with open(big, "wb") as f:
         f.truncate(8 << 20)
     fake = _Fake(4)
-    budget = fake._channel_budget()
+    budget = fake.channel_budget()
 
     def progress(sent, total):
         if fault == "the progress callback raises":
@@ -362,9 +362,9 @@ def test_units_of_tar_streams_whose_end_raises_come_back(tmp_path):
     streams.grow(4)
     with pytest.raises(NeedsLogin):
         streams.send(case, list(m.entries), Counter(None, m.size_bytes), None)
-    assert fake.calls == 4 and fake.opened == [] and fake._channel_budget().free == 4
+    assert fake.calls == 4 and fake.opened == [] and fake.channel_budget().free == 4
     streams.abort()  # (after a send: nothing more to end)
-    assert fake._channel_budget().free == 4
+    assert fake.channel_budget().free == 4
 
 
 def test_a_thread_that_cannot_start_gives_the_units_back(monkeypatch):
@@ -381,4 +381,4 @@ def test_a_thread_that_cannot_start_gives_the_units_back(monkeypatch):
     with pytest.raises(RuntimeError, match="can't start new thread"):
         Opening(fake, 4, _argv)
     monkeypatch.undo()
-    assert fake.opened == [] and fake._channel_budget().free == 4
+    assert fake.opened == [] and fake.channel_budget().free == 4

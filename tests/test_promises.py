@@ -20,7 +20,7 @@ import pytest
 
 from caseflow.backends import RUNNING, JobRef, JobSpec
 from caseflow.backends.direct import DirectBackend
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.errors import TransientError
 from caseflow.transports.local import LocalTransport
 from harness import JOB, process_alive, wait_for

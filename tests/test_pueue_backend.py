@@ -14,7 +14,8 @@ import pytest
 
 from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec
 from caseflow.backends.pueue import DaemonNotRunning, PueueBackend
-from caseflow.backends.pueue_status import BadOutput, parse_poll, parse_status, task_outcome
+from caseflow.backends.output import BadOutput
+from caseflow.backends.pueue_status import parse_poll, parse_status, task_outcome
 from caseflow.config import GroupConfig, TransportConfig
 from caseflow.errors import HostError, PermanentError, TransientError
 from caseflow.transports.ssh import SSHTransport

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.case_model import job_log_path
+from caseflow.core.case_model import job_log_path
 from harness import wait_for
 from pueue_daemon import VERSIONS, PueueDaemon, result_of, status_name
 

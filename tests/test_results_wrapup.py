@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from caseflow import wrapup
+from caseflow.core import wrapup
 from caseflow.config import load_config
 from caseflow.errors import ConfigError, PermanentError, TransientError
 from caseflow.transports.local import LocalTransport

@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.case_model import Case
+from caseflow.core.case_model import Case
 from caseflow.diagram import render
 from caseflow.errors import SpecError
-from caseflow.machine import CaseMachine
+from caseflow.core.machine import CaseMachine
 from caseflow.spec import POLL, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,7 +90,28 @@ def test_a_new_state_needs_a_reason(tmp_path):
     with pytest.raises(SpecError, match="why"):
         load_spec(_write(tmp_path, text))
     text = text.replace("description: x", "description: x\n    why: the remote queue pauses")
+    with pytest.raises(SpecError, match="'paused' is not terminal but no transition with the "
+                                        "role 'fail' leaves it"):
+        load_spec(_write(tmp_path, text))
+    # the permanent error's and the cancel's transitions (both list every active state)
+    active = "source: [detected, stable, queued, gpu_locked, uploaded, running"
+    assert text.count(active + "]") == 2
+    text = text.replace(active + "]", active + ", paused]")
     assert "paused" in load_spec(_write(tmp_path, text)).state_names
+
+
+def test_every_active_state_can_be_failed_and_cancelled(tmp_path):
+    """A state nothing ends would be stepped every tick for ever, out of an operator's reach."""
+    text = SPEC.read_text()
+    without_cancel = text.replace(
+        "source: [detected, stable, queued, gpu_locked, uploaded, running]\n    dest: failure\n"
+        "    before: [kill_job",
+        "source: [detected, stable, queued, gpu_locked, uploaded]\n    dest: failure\n"
+        "    before: [kill_job")
+    assert without_cancel != text
+    with pytest.raises(SpecError, match="'running' is not terminal but no transition with the "
+                                        "role 'request' leaves it: an operator's cancel"):
+        load_spec(_write(tmp_path, without_cancel))
 
 
 def test_a_step_must_leave_its_state(tmp_path):

@@ -437,7 +437,7 @@ def test_the_sample_flow_over_ssh_with_the_direct_runner(ssh_ws):
 
 
 def test_polling_many_running_cases_is_one_command_per_tick(ssh_ws):
-    from caseflow.engine import Engine
+    from caseflow.core.engine import Engine
     ssh_ws.write_config(groups={"gpu_a": {"slots": 8}}, workers=4)
     ssh_ws.start()
     for i in range(8):

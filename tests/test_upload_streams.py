@@ -178,7 +178,7 @@ def test_uploads_at_once_share_the_channels_without_waiting_for_each_other(
     assert done == [True, True, True]
     for i in range(3):
         assert local_manifest(tmp_path / "remote" / f"{i}-case") == m.as_set()
-    assert t._channel_budget().free == 2
+    assert t.channel_budget().free == 2
     t.close()
 
 

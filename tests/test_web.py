@@ -128,7 +128,7 @@ def test_read_only_no_request_changes_anything(site):
     # and the page's own connection could not write if it tried
     reader = ws.daemon.web.app.reader
     with reader.lock, pytest.raises(sqlite3.OperationalError, match="readonly|read-only"):
-        reader._store._conn().execute("UPDATE cases SET state = 'stable'")
+        reader._store.connection().execute("UPDATE cases SET state = 'stable'")
 
 
 TRAVERSAL = ["/static/../../../../etc/passwd", "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",

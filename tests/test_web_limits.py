@@ -23,7 +23,7 @@ import time
 import pytest
 
 from caseflow import web
-from caseflow.engine import Engine
+from caseflow.core.engine import Engine
 from caseflow.retry import BUG, TRANSIENT, kind_of
 from caseflow.spec import load_spec
 from caseflow.web import server as server_module

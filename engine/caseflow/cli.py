@@ -15,14 +15,14 @@ import threading
 import time
 from pathlib import Path
 
-from .case_model import job_log_path
 from .cli_args import build_parser
 from .config import config_path_from, load_config
+from .core.case_model import job_log_path
+from .core.engine import Engine
+from .core.machine import CaseMachine
 from .daemon import Daemon, DaemonLock
 from .diagram import render
-from .engine import Engine
 from .errors import AlreadyRunning, CaseflowError, ConfigError
-from .machine import CaseMachine
 from .service import notify_systemd, setup_logging
 from .spec import load_spec
 from .store import CaseRow, Store
@@ -32,9 +32,8 @@ from .views import (
     iso,
     one_line,
     printable,
-    reason_cell,
     slot_json,
-    state_cell,
+    status_table,
     table,
     upload_text,
 )
@@ -113,28 +112,6 @@ def cmd_status(args) -> int:
         return 0
     print(status_table(rows))
     return 0
-
-
-def status_table(rows: list[CaseRow], now: float | None = None) -> str:
-    """The table `caseflow status` prints (and `--watch` redraws)."""
-    now = time.time() if now is None else now
-    return table(
-        ["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
-        [
-            [
-                str(r.id),
-                printable(r.name),
-                state_cell(r, now),
-                r.grp or "-",
-                r.slot_host or r.host or "-",
-                "-" if r.slot_index is None else str(r.slot_index),
-                r.task_id or "-",
-                iso(r.updated_at) or "-",
-                reason_cell(r),
-            ]
-            for r in rows
-        ],
-    )
 
 
 def _field(key: str, value) -> str:
@@ -263,7 +240,7 @@ def cmd_request(args) -> int:
 def _stop_now(engine: Engine, case_id: int) -> None:
     """No daemon runs: a job being stopped first (TERM, KILL after stop_grace_seconds) is
     followed here until it is gone and its case has ended, as the daemon would."""
-    from . import jobs
+    from .core import jobs
 
     deadline = time.monotonic() + engine.config.stop_grace_seconds + 60
     while time.monotonic() < deadline:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import metrics, web
 from .config import permission_warnings
-from .engine import Engine
+from .core.engine import Engine
 from .errors import AlreadyRunning
 from .folders import make_run_folders
 from .watcher import InboxWatcher

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from transitions.extensions import GraphMachine
 
+from .core.machine import machine_kwargs
 from .errors import CaseflowError
-from .machine import machine_kwargs
 from .spec import MachineSpec
 
 FORMATS = ("mermaid", "dot", "svg")

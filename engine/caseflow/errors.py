@@ -20,7 +20,7 @@ class StoreError(CaseflowError):
 class AlreadyRunning(StoreError):
     """Another daemon holds the database."""
 
-    def __init__(self, database, pid):
+    def __init__(self, database: object, pid: int | None) -> None:
         self.database = database
         self.pid = pid
         who = f"pid {pid}" if pid else "unknown pid"

@@ -202,7 +202,10 @@ class StoreCollector:
             "longest for a slot of the group has been queued (0 when none waits).",
             labels=["group"],
         )
-        ages = {g or "": max(0.0, now - t) for g, t in self.reader.oldest_waiting("queued")}
+        ages: dict[str, float] = {}
+        for state in self.spec.slot_taking_states:  # the spec's: cases waiting for a slot
+            for g, t in self.reader.oldest_waiting(state):
+                ages[g or ""] = max(ages.get(g or "", 0.0), now - t)
         for group in groups:
             ages.setdefault(group, 0.0)
         for group, age in sorted(ages.items()):

@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import _CASE_SELECT, CaseRow, HistoryRow, SlotRow, Store
+from .store import CaseRow, HistoryRow, SlotRow, Store
+from .store_schema import CASE_SELECT
 
 
 class _ReadOnlyStore(Store):
@@ -26,7 +27,7 @@ class _ReadOnlyStore(Store):
         super().__init__(path)
         self._ro: sqlite3.Connection | None = None
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
         if self._ro is None:
             uri = Path(self.path).resolve().as_uri() + "?mode=ro"
             self._ro = sqlite3.connect(
@@ -78,7 +79,7 @@ class StatusReader:
             self._store.close()
 
     def _rows(self, sql: str, params: Sequence = ()) -> list:
-        return self._store._conn().execute(sql, params).fetchall()
+        return self._store.connection().execute(sql, params).fetchall()
 
     # -- counts --------------------------------------------------------------------------
     def counts(self, states: Sequence[str] | None = None) -> list[Count]:
@@ -180,7 +181,7 @@ class StatusReader:
         if by_id:
             clause = clause.replace("c.state IN", "+c.state IN")
         rows = self._rows(
-            _CASE_SELECT + clause + f" ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
+            CASE_SELECT + clause + f" ORDER BY {order} LIMIT ? OFFSET ?", [*params, limit, offset]
         )
         return total, [CaseRow(*r) for r in rows]
 

@@ -18,8 +18,13 @@ pure: the tests run them without sleeping or a store.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .errors import HostError, PermanentError, StaleCase, TransientError
+
+if TYPE_CHECKING:
+    from .config import RetryConfig
+    from .store import CaseRow
 
 TRANSIENT, PERMANENT, HOST, STALE, BUG = "transient", "permanent", "host", "stale", "bug"
 
@@ -65,7 +70,7 @@ class Policy:
     give_up_after_seconds: float = 24 * 3600.0
 
     @classmethod
-    def of(cls, retry_config) -> Policy:
+    def of(cls, retry_config: RetryConfig) -> Policy:
         return cls(
             retry_config.initial_seconds,
             retry_config.max_seconds,
@@ -85,7 +90,7 @@ class Streak:
     failing_since: float | None = None
 
     @classmethod
-    def of(cls, row) -> Streak:
+    def of(cls, row: CaseRow) -> Streak:
         return cls(row.attempts, row.failing_since)
 
     @property

@@ -241,7 +241,7 @@ class MachineSpec:
         return True
 
 
-def _names(value, where) -> tuple[str, ...]:
+def _names(value: object, where: str) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
@@ -350,4 +350,14 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
                 f"{path}: state {s.name!r} has step {s.step!r}, "
                 "but no transition with that trigger leaves it"
             )
+        # a case in a state nothing can end would be retried every tick, for ever, and an
+        # operator could not stop it
+        for role, what in (("fail", "a permanent error"), ("request", "an operator's cancel")):
+            if not s.terminal and not any(
+                s.name in spec.sources_of(t) for t in spec.triggers_for(role)
+            ):
+                raise SpecError(
+                    f"{path}: state {s.name!r} is not terminal but no transition with the role "
+                    f"{role!r} leaves it: {what} could not end a case there"
+                )
     return spec

@@ -9,7 +9,6 @@ a crash at any point leaves every case in exactly one state.
 from __future__ import annotations
 
 from .store_cases import CaseQueries
-from .store_schema import CASE_SELECT as _CASE_SELECT
 from .store_schema import MIGRATIONS, SCHEMA_VERSION, CaseRow, HistoryRow, SlotRow
 from .store_slots import SlotQueries
 
@@ -20,7 +19,6 @@ __all__ = [
     "HistoryRow",
     "SlotRow",
     "Store",
-    "_CASE_SELECT",
 ]
 
 

@@ -41,12 +41,12 @@ class CaseQueries(Database):
         return case_id
 
     def get(self, case_id: int) -> CaseRow | None:
-        row = self._conn().execute(CASE_SELECT + " WHERE c.id = ?", (case_id,)).fetchone()
+        row = self.connection().execute(CASE_SELECT + " WHERE c.id = ?", (case_id,)).fetchone()
         return self._case(row) if row else None
 
     def find(self, ref: str) -> list[CaseRow]:
         """Cases whose id or name is `ref` (a name may be shared by several cases)."""
-        conn = self._conn()
+        conn = self.connection()
         rows = conn.execute(CASE_SELECT + " WHERE c.name = ? ORDER BY c.id", (ref,)).fetchall()
         if ref.isdigit():
             rows += conn.execute(CASE_SELECT + " WHERE c.id = ?", (int(ref),)).fetchall()
@@ -58,7 +58,7 @@ class CaseQueries(Database):
         return out
 
     def cases(self, states: Iterable[str] | None = None) -> list[CaseRow]:
-        conn = self._conn()
+        conn = self.connection()
         if states is None:
             rows = conn.execute(CASE_SELECT + " ORDER BY c.id").fetchall()
         else:
@@ -110,7 +110,7 @@ class CaseQueries(Database):
             tail = " LIMIT ?"
             values.append(limit)
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 CASE_SELECT + " WHERE " + " AND ".join(where) + order + tail,
                 values,
@@ -127,7 +127,7 @@ class CaseQueries(Database):
         if not states:
             return []
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 CASE_SELECT + f" WHERE c.state IN ({','.join('?' * len(states))})"
                 f" AND c.next_attempt_at <= ? AND (c.grp IS NULL OR c.grp NOT IN"
@@ -142,7 +142,7 @@ class CaseQueries(Database):
         """The cases in `states` made from the folder at `local_path`."""
         states = list(states)
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 CASE_SELECT
                 + f" WHERE c.local_path = ? AND c.state IN ({','.join('?' * len(states))})"
@@ -160,7 +160,7 @@ class CaseQueries(Database):
             return None
         marks = ",".join("?" * len(states))
         return (
-            self._conn()
+            self.connection()
             .execute(
                 f"SELECT MIN(next_attempt_at) FROM cases WHERE state IN ({marks})"
                 " AND next_attempt_at > ?",
@@ -173,7 +173,7 @@ class CaseQueries(Database):
         """(local_path, inode, state) of every case, oldest first, for telling new folders
         from known ones."""
         return (
-            self._conn()
+            self.connection()
             .execute("SELECT local_path, inode, state FROM cases ORDER BY id")
             .fetchall()
         )
@@ -298,7 +298,7 @@ class CaseQueries(Database):
         """The id of a case made later than `case_id` from a folder at the same path: the
         folder was replaced by a new copy, which is a case of its own."""
         row = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT id FROM cases WHERE local_path = ? AND id > ? ORDER BY id LIMIT 1",
                 (local_path, case_id),
@@ -336,13 +336,13 @@ class CaseQueries(Database):
     def results_paths(self) -> set[str]:
         return {
             r[0]
-            for r in self._conn().execute(
+            for r in self.connection().execute(
                 "SELECT results_path FROM cases WHERE results_path IS NOT NULL"
             )
         }
 
     def _ids(self, sql: str, values, skip: Collection[int], limit: int | None) -> list[int]:
-        ids = [i for (i,) in self._conn().execute(sql, values) if i not in skip]
+        ids = [i for (i,) in self.connection().execute(sql, values) if i not in skip]
         return ids if limit is None else ids[:limit]
 
     def _rows_of(self, ids: list[int]) -> list[CaseRow]:
@@ -351,7 +351,7 @@ class CaseQueries(Database):
         for start in range(0, len(ids), 500):  # well below SQLite's limit of parameters
             part = ids[start : start + 500]
             rows = (
-                self._conn()
+                self.connection()
                 .execute(CASE_SELECT + f" WHERE c.id IN ({','.join('?' * len(part))})", part)
                 .fetchall()
             )
@@ -372,7 +372,7 @@ class CaseQueries(Database):
                 )
             )
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 CASE_SELECT + " WHERE c.wrapup = 1 AND c.next_attempt_at <= ? ORDER BY +c.id",
                 (now,),
@@ -383,7 +383,7 @@ class CaseQueries(Database):
 
     def next_wrapup(self, after: float) -> float | None:
         return (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT MIN(next_attempt_at) FROM cases WHERE wrapup = 1 AND next_attempt_at > ?",
                 (after,),
@@ -442,14 +442,14 @@ class CaseQueries(Database):
             conn.execute("UPDATE cases SET request = ? WHERE id = ?", (request, case_id))
 
     def requested(self) -> list[CaseRow]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             CASE_SELECT + " WHERE c.request IS NOT NULL ORDER BY +c.id"
         )  # + : the partial index serves
         return [self._case(r) for r in rows.fetchall()]
 
     def history(self, case_id: int) -> list[HistoryRow]:
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT id, case_id, src, dst, trigger, at, detail FROM history"
                 " WHERE case_id = ? ORDER BY id",

@@ -276,7 +276,8 @@ class Database:
         self._open: weakref.WeakSet[_ThreadConnection] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def _conn(self) -> sqlite3.Connection:
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection to the database (opened at its first use)."""
         held = getattr(self._local, "held", None)
         if held is None:
             conn = sqlite3.connect(
@@ -300,7 +301,7 @@ class Database:
 
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION; refuse a database from a newer caseflow."""
-        conn = self._conn()
+        conn = self.connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -321,7 +322,7 @@ class Database:
             raise
 
     def schema_version(self) -> int:
-        return self._conn().execute("PRAGMA user_version").fetchone()[0]
+        return self.connection().execute("PRAGMA user_version").fetchone()[0]
 
     class _Tx:
         def __init__(self, conn):
@@ -336,7 +337,7 @@ class Database:
             return False
 
     def transaction(self):
-        return Database._Tx(self._conn())
+        return Database._Tx(self.connection())
 
     def instance_id(self) -> str:
         """A random id of this database, made once; it keeps job labels of two caseflow

@@ -82,7 +82,7 @@ class SlotQueries(Database):
     def free_slot_counts(self) -> dict[str, dict[str, int]]:
         """{group: {host: free slots}}, for telling at once whether a queued case can move."""
         out: dict[str, dict[str, int]] = {}
-        for grp, host, n in self._conn().execute(
+        for grp, host, n in self.connection().execute(
             "SELECT grp, host, COUNT(*) FROM slots WHERE case_id IS NULL AND retired = 0"
             " GROUP BY grp, host"
         ):
@@ -93,7 +93,7 @@ class SlotQueries(Database):
         """A free slot of the group, on one of `hosts` (all when None): on the host with
         the most free slots of the group (spreading the load), the earlier host on a tie."""
         rows = (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT id, grp, idx, device, case_id, retired, host FROM slots WHERE grp = ?"
                 " AND case_id IS NULL AND retired = 0 ORDER BY idx",
@@ -112,7 +112,7 @@ class SlotQueries(Database):
         return SlotRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), host=r[6])
 
     def slots(self) -> list[SlotRow]:
-        rows = self._conn().execute(
+        rows = self.connection().execute(
             "SELECT s.id, s.grp, s.idx, s.device, s.case_id, s.retired, c.name, c.state, s.host"
             " FROM slots s LEFT JOIN cases c ON c.id = s.case_id ORDER BY s.host, s.grp, s.idx"
         )
@@ -183,14 +183,14 @@ class SlotQueries(Database):
 
     def host_notices(self) -> list[tuple[str, str]]:
         return (
-            self._conn()
+            self.connection()
             .execute("SELECT name, notice FROM hosts WHERE notice IS NOT NULL ORDER BY name")
             .fetchall()
         )
 
     def host_problems(self) -> list[tuple[str, str, float]]:
         return (
-            self._conn()
+            self.connection()
             .execute(
                 "SELECT name, problem, since FROM hosts WHERE problem IS NOT NULL ORDER BY name"
             )

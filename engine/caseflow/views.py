@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import overload
 
-from .case_model import job_log_path
+from .backends import RUNNING
+from .core.case_model import job_log_path
 from .spec import load_spec
 from .store import CaseRow, HistoryRow, SlotRow
 
@@ -63,16 +65,18 @@ def _is_terminal(state: str) -> bool:
     return state in _terminal
 
 
-def case_json(row: CaseRow, terminal: bool | None = None) -> dict:
+def case_json(row: CaseRow, terminal: bool | None = None, now: float | None = None) -> dict:
     """One case as `caseflow status --json` lists it: the keys documented in docs/cli.md (a
     test holds them to it). `terminal`: the case has ended, so no next attempt is due (by
-    default, whether its state is a final one of the spec)."""
+    default, whether its state is a final one of the spec). `now`: for the upload's rate in
+    `state_text` (default: the clock's)."""
     if terminal is None:
         terminal = _is_terminal(row.state)
     return {
         "id": row.id,
         "name": row.name,
         "state": row.state,
+        "state_text": state_cell(row, time.time() if now is None else now),
         "group": row.grp,
         "slot": row.slot_index,
         "device": row.slot_device,
@@ -150,7 +154,7 @@ def history_json(history: list[HistoryRow]) -> list[dict]:
 def case_detail(database: Path, row: CaseRow, history: list[HistoryRow], now: float) -> dict:
     """One case as `caseflow show --json` prints it: the status fields, where its job log
     is, its upload in flight and its whole transition history."""
-    out = case_json(row)
+    out = case_json(row, now=now)
     log_file = job_log_path(database, row)
     out["job_log"] = str(log_file) if log_file.exists() else None
     out["upload"] = upload_progress(row, now)
@@ -216,12 +220,14 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
 
 
 def state_cell(row: CaseRow, now: float) -> str:
-    """The STATE column: the state and what it is doing inside it."""
+    """The STATE column: the state and what it is doing inside it (the same text on the
+    status page and in `status --json` as `state_text`). It reads the store's columns and
+    the spec's flags, never a state's name."""
     text = row.state
     progress = upload_text(row, now)
     if progress:
         text += f" ({progress})"
-    if row.queue_status and row.queue_status != "running":
+    if row.queue_status and row.queue_status != RUNNING:  # the queue says more than "running"
         text += f" ({row.queue_status})"
     ended = _is_terminal(row.state)
     if row.job_outcome and not ended:
@@ -243,3 +249,25 @@ def reason_cell(row: CaseRow) -> str:
             f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): {row.last_error}"
         )
     return "-"
+
+
+def status_table(rows: list[CaseRow], now: float | None = None) -> str:
+    """The table `caseflow status` prints (and `--watch` redraws)."""
+    now = time.time() if now is None else now
+    return table(
+        ["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+        [
+            [
+                str(r.id),
+                printable(r.name),
+                state_cell(r, now),
+                r.grp or "-",
+                r.slot_host or r.host or "-",
+                "-" if r.slot_index is None else str(r.slot_index),
+                r.task_id or "-",
+                iso(r.updated_at) or "-",
+                reason_cell(r),
+            ]
+            for r in rows
+        ],
+    )

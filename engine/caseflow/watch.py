@@ -15,7 +15,7 @@ from collections import Counter
 
 from .overview import StatusReader
 from .spec import MachineSpec
-from .views import iso, printable
+from .views import iso, printable, status_table  # the table of `caseflow status`
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
 
@@ -24,8 +24,6 @@ def frame(
     reader: StatusReader, spec: MachineSpec, state: str | None, rows: int, columns: int, now: float
 ) -> list[str]:
     """The lines of one screen."""
-    from .cli import status_table  # the same table as `caseflow status`
-
     counts: Counter = Counter()
     for c in reader.counts():
         counts[c.state] += c.cases

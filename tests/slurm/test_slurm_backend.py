@@ -15,7 +15,8 @@ import yaml
 from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef,
                                JobSpec, JobStatus)
 from caseflow.backends.slurm import SlurmBackend
-from caseflow.backends.slurm_status import (BadOutput, Poll, _exit_of, parse_sacct, parse_squeue,
+from caseflow.backends.output import BadOutput
+from caseflow.backends.slurm_status import (Poll, _exit_of, parse_sacct, parse_squeue,
                                             squeue_outcome)
 from caseflow.config import BackendConfig, SlurmOptions, load_config
 from caseflow.errors import ConfigError, PermanentError, TransientError

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import plugins
 from ..errors import TransientError
+from ..transports import Transport
 
 RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_found"
 # What the queue said about one job could not be read (an entry in a form caseflow does not
@@ -148,7 +149,7 @@ FIND_RECORD = (
 )
 
 
-def find_record(transport, job: JobRef, record: str) -> str | None:
+def find_record(transport: Transport, job: JobRef, record: str) -> str | None:
     """The id a backend recorded in the case folder for `job.label` (FIND_RECORD)."""
     if not job.remote_path:
         return None
@@ -179,6 +180,7 @@ def kinds() -> list[str]:
     return list(plugins.registered(plugins.BACKENDS))
 
 
-def make_backend(host, transport) -> QueueBackend:
-    """The queue of one host (a `config.HostConfig`), reached through `transport`."""
+def make_backend(host: Any, transport: Transport) -> QueueBackend:
+    """The queue of one host (a `config.HostConfig`: typed Any, as in `BackendAdapter.open`,
+    since caseflow.config imports this module), reached through `transport`."""
     return adapter(host.backend.kind).open(host, transport)

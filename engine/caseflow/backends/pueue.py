@@ -54,15 +54,14 @@ from . import (
     JobStatus,
     QueueBackend,
 )
+from .output import BadOutput, quote_start
 from .pueue_groups import PueueGroups
 from .pueue_status import (
     POLL,
-    BadOutput,
     by_exit_code,
     done_result,
     parse_poll,
     parse_status,
-    quote_start,
     status_name,
     task_outcome,
 )

@@ -10,26 +10,14 @@ from __future__ import annotations
 import json
 import re
 
-from ..errors import TransientError
 from ..transports.shell import script
 from . import FAILURE, RUNNING, SUCCESS, UNREADABLE, JobStatus
+from .output import BadOutput, quote_start
 
 RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
 
 # The poll: scripts/pueue-poll.sh
 POLL = script(__package__, "pueue-poll.sh")
-
-
-class BadOutput(TransientError):
-    """pueue printed something caseflow cannot read. Often a truncated read after a
-    dropped connection, so it is retried a few times; then the case fails, quoting it."""
-
-    max_attempts = 3
-
-
-def quote_start(text: str, n: int = 120) -> str:
-    text = text.strip().replace("\n", "\\n")
-    return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
 def parse_status(text: str) -> dict:

@@ -42,12 +42,11 @@ from . import (
     QueueBackend,
     find_record,
 )
+from .output import BadOutput, quote_start
 from .slurm_options import SlurmConfig, check_host, read_config
 from .slurm_status import (
     RUNNING_STATES,
-    BadOutput,
     Poll,
-    _quote_start,
     ended,
     parse_squeue,
     squeue_outcome,
@@ -165,7 +164,7 @@ class SlurmBackend(QueueBackend):
             raise PermanentError(f"Slurm refused the job: {message}")
         if res.returncode in (0, 94):
             raise BadOutput(
-                f"sbatch --parsable printed no job id: {_quote_start(res.stdout + res.stderr)}"
+                f"sbatch --parsable printed no job id: {quote_start(res.stdout + res.stderr)}"
             )
         raise TransientError(f"submitting to Slurm failed (exit {res.returncode}): {message}")
 
@@ -199,7 +198,7 @@ class SlurmBackend(QueueBackend):
                 "squeue on %s printed %d line(s) caseflow cannot read, e.g. %s",
                 self.transport.name,
                 len(unreadable),
-                _quote_start(unreadable[0]),
+                quote_start(unreadable[0]),
             )
         for index, job in enumerate(asked):
             try:
@@ -218,7 +217,7 @@ class SlurmBackend(QueueBackend):
                     UNREADABLE,
                     f"squeue printed a line caseflow cannot read, "
                     f"maybe job {job.task_id}'s: "
-                    f"{_quote_start(unreadable[0])}",
+                    f"{quote_start(unreadable[0])}",
                 )
             out[job.case_id] = status
         return out

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..errors import TransientError
 from . import FAILURE, RUNNING, SUCCESS, JobStatus
+from .output import BadOutput, quote_start
 
 # Slurm's job states (squeue, sacct). Everything not yet ended counts as running.
 RUNNING_STATES = {
@@ -38,18 +38,6 @@ FAILED_STATES = {
     "DEADLINE",
     "REVOKED",
 }
-
-
-class BadOutput(TransientError):
-    """Slurm printed something caseflow cannot read. Often a truncated read after a dropped
-    connection, so it is retried a few times; then the case fails, quoting it."""
-
-    max_attempts = 3
-
-
-def _quote_start(text: str, n: int = 120) -> str:
-    text = text.strip().replace("\n", "\\n")
-    return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
 # -- reading Slurm's answers -------------------------------------------------------------------
@@ -148,7 +136,7 @@ class Poll:
             elif sections:
                 sections[-1][1].append(line)
         if not sections or sections[-1][0] != "end":
-            raise BadOutput(f"the Slurm poll's output is incomplete: {_quote_start(text)}")
+            raise BadOutput(f"the Slurm poll's output is incomplete: {quote_start(text)}")
         self.squeue_rc: int | None = None
         self.squeue_lines: list[str] = []
         self.exits: dict[int, str] = {}  # job index -> its exit file's line
@@ -164,4 +152,4 @@ class Poll:
                 self.missing = set(words[2].split(","))
                 self.sacct = parse_sacct("\n".join(body))
         if self.squeue_rc is None:
-            raise BadOutput(f"the Slurm poll printed no squeue section: {_quote_start(text)}")
+            raise BadOutput(f"the Slurm poll printed no squeue section: {quote_start(text)}")

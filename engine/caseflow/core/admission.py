@@ -11,66 +11,74 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
 
-from . import casefolder
+from .. import casefolder
+from .context import Core
 
-if TYPE_CHECKING:
-    from .engine import Engine
-
-log = logging.getLogger("caseflow.engine")
+log = logging.getLogger("caseflow.core")
 
 
-def detect(engine: Engine, now: float) -> list[int]:
-    """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
-    appeared, gone = engine.watcher.drain() if engine.watcher else (set(), set())
-    inbox, listing = engine.config.inbox, None
-    mono = engine.monotonic()
-    if mono >= engine.next_rescan:
-        engine.next_rescan = mono + engine.config.rescan_seconds
-        try:
-            listing = {e.name for e in os.scandir(inbox)}
-        except OSError as exc:
-            log.error("cannot list the inbox %s: %s", inbox, exc)
-    new, gone = engine.folders.changes(inbox, appeared, gone, listing)
-    for name in gone:
-        for row in engine.store.cases_at(str(inbox / name), [engine.spec.initial]):
-            engine.store.reschedule(row.id, row.state, now)
-    created = []
-    for name, inode in new:
-        created.append(admit(engine, name, inode, now))
-        engine.folders.admit(name, inode)
-    return created
+class Admission:
+    """Admits the inbox's new folders for one engine; knows when the inbox is listed next."""
+
+    def __init__(self, core: Core):
+        self.core = core
+        self.next_rescan = float("-inf")  # monotonic time of the next full inbox listing
+
+    def rescan_soon(self) -> None:
+        self.next_rescan = float("-inf")
+
+    def detect(self, now: float) -> list[int]:
+        """Turn new inbox folders into `detected` cases; nudge cases whose folder went away."""
+        core = self.core
+        appeared, gone = core.watcher.drain() if core.watcher else (set(), set())
+        inbox, listing = core.config.inbox, None
+        mono = core.monotonic()
+        if mono >= self.next_rescan:
+            self.next_rescan = mono + core.config.rescan_seconds
+            try:
+                listing = {e.name for e in os.scandir(inbox)}
+            except OSError as exc:
+                log.error("cannot list the inbox %s: %s", inbox, exc)
+        new, gone = core.folders.changes(inbox, appeared, gone, listing)
+        for name in gone:
+            for row in core.store.cases_at(str(inbox / name), [core.spec.initial]):
+                core.store.reschedule(row.id, row.state, now)
+        created = []
+        for name, inode in new:
+            created.append(admit(core, name, inode, now))
+            core.folders.admit(name, inode)
+        return created
 
 
-def admit(engine: Engine, name: str, inode: str, now: float) -> int:
+def admit(core: Core, name: str, inode: str, now: float) -> int:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # the store keeps text; refuse it, saying so, and go on
         shown = os.fsencode(name).decode("utf-8", "backslashreplace")
-        case_id = engine.store.create_case(
-            shown, str(engine.config.inbox / shown), inode, engine.spec.initial, now, now
+        case_id = core.store.create_case(
+            shown, str(core.config.inbox / shown), inode, core.spec.initial, now, now
         )
         log.warning("case %s %r: its folder name is not valid UTF-8", case_id, shown)
-        engine.fail(
+        core.fail(
             case_id,
             f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
             "a backslash are not text); rename the folder to admit it",
         )
         return case_id
-    path = engine.config.inbox / name
+    path = core.config.inbox / name
     # what the folder looks like now: its quiet period starts here, on the monotonic clock
-    fingerprint, mono = casefolder.newest_change(path), engine.monotonic()
-    case_id = engine.store.create_case(
+    fingerprint, mono = casefolder.newest_change(path), core.monotonic()
+    case_id = core.store.create_case(
         name,
         str(path),
         inode,
-        engine.spec.initial,
+        core.spec.initial,
         now,
-        now + engine.config.quiet_seconds,
+        now + core.config.quiet_seconds,
     )
-    activity = engine.last_activity(name)
-    engine.quiet_since[case_id] = (fingerprint, mono if activity is None else activity, mono)
+    activity = core.last_activity(name)
+    core.quiet_since[case_id] = (fingerprint, mono if activity is None else activity, mono)
     log.info(
         "case %s %r: detected in the inbox",
         case_id,
@@ -78,7 +86,7 @@ def admit(engine: Engine, name: str, inode: str, now: float) -> int:
         extra={
             "case_id": case_id,
             "case_name": name,
-            "to_state": engine.spec.initial,
+            "to_state": core.spec.initial,
             "trigger": "detect",
         },
     )

@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
-from . import casefolder, metrics
-from .backends import LOG_TAIL_BYTES, NOT_FOUND, JobRef, JobSpec
-from .errors import HostError, PermanentError, TransientError
-from .store import CaseRow
+from transitions import EventData
+
+from .. import casefolder, metrics
+from ..backends import LOG_TAIL_BYTES, NOT_FOUND, JobRef, JobSpec
+from ..errors import HostError, PermanentError, TransientError
+from ..store import CaseRow
+from .context import Core
 
 log = logging.getLogger("caseflow.case")
 
@@ -91,11 +94,12 @@ def job_ref(row: CaseRow, instance: str) -> JobRef:
 
 
 class Case:
-    """One case bound to the machine for one trigger. `engine` supplies the ports."""
+    """One case bound to the machine for one trigger. `engine` (the core's context,
+    caseflow.core.context.Core) supplies the ports."""
 
     trigger: Callable[..., bool]  # added by the machine it is bound to (transitions)
 
-    def __init__(self, row: CaseRow, engine):
+    def __init__(self, row: CaseRow, engine: Core):
         self.row = row
         self.engine = engine
         self.changes: dict = {}
@@ -103,7 +107,7 @@ class Case:
         self.release = False
         self.not_before: float | None = None  # set by a condition that says "not yet"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Case {self.row.id} {self.row.name!r} {getattr(self, 'state', '?')}>"
 
     # -- the case's folder --------------------------------------------------------------
@@ -128,7 +132,7 @@ class Case:
             row.folder_stamp is not None and folder_stamp(path) != row.folder_stamp
         ):
             eng.forget_folder(row.local_path, row.inode)  # the next listing admits it anew
-            eng.next_rescan = float("-inf")
+            eng.rescan_soon()
             raise PermanentError(
                 f"replaced by a new copy (or changed at its top level) after it was taken: "
                 f"the folder {row.local_path} is no longer the one this case was admitted "
@@ -137,7 +141,7 @@ class Case:
         return path
 
     # -- conditions --------------------------------------------------------------------
-    def is_quiet(self, event) -> bool:
+    def is_quiet(self, event: EventData) -> bool:
         """Nothing inside the folder changed for the quiet period (and it is still there).
 
         The period is measured on the monotonic clock: a step of the wall clock (NTP, a VM
@@ -159,7 +163,7 @@ class Case:
             if fingerprint != known[0]:
                 # a change the watcher saw has its time; one it missed happened by now
                 seen = activity is not None and activity > known[2]
-                change = max(change, activity) if seen else mono
+                change = max(change, activity) if seen and activity is not None else mono
         if activity is not None:
             change = max(change, activity)
         waited = mono - change
@@ -171,10 +175,10 @@ class Case:
         self.not_before = eng.clock() + eng.config.quiet_seconds - waited
         return False
 
-    def take_slot(self, event) -> bool:
+    def take_slot(self, event: EventData) -> bool:
         """A free slot of the case's group exists; persist takes it atomically."""
         eng, group = self.engine, self.row.grp
-        if eng.config.group(group) is None:
+        if group is None or eng.config.group(group) is None:
             raise PermanentError(
                 f"group {group!r} is no longer configured; configured groups: "
                 + ", ".join(g.name for g in eng.config.groups)
@@ -193,7 +197,7 @@ class Case:
         return True
 
     # -- before callbacks (the work) ---------------------------------------------------
-    def validate_case(self, event) -> None:
+    def validate_case(self, event: EventData) -> None:
         """The folder still exists, everything in it can be sent, and its group is known."""
         eng = self.engine
         path = self.check_folder()
@@ -208,7 +212,7 @@ class Case:
             size_bytes=manifest.size_bytes,
         )
 
-    def upload_case(self, event) -> None:
+    def upload_case(self, event: EventData) -> None:
         eng, row = self.engine, self.row
         host = eng.host_of(row)
         # a fresh connection's login (4-5 round trips) while the case is scanned (10,000 files:
@@ -242,10 +246,10 @@ class Case:
             f"bytes{'' if uploaded else ' (already there)'}",
         )
 
-    def submit_job(self, event) -> None:
+    def submit_job(self, event: EventData) -> None:
         eng, row = self.engine, self.row
         host = eng.host_of(row)
-        group = host.cfg.group(row.grp)
+        group = host.cfg.group(row.grp) if row.grp is not None else None
         env = {
             "CASEFLOW_CASE_ID": str(row.id),
             "CASEFLOW_CASE_NAME": row.name,
@@ -272,7 +276,7 @@ class Case:
         self.changes["task_id"] = task_id
         event.kwargs.setdefault("detail", f"task {task_id}")
 
-    def fetch_results(self, event) -> None:
+    def fetch_results(self, event: EventData) -> None:
         """The job ended: bring its log and results home before the case's terminal state.
 
         Transient errors leave the case running (the engine retries with backoff);
@@ -289,7 +293,8 @@ class Case:
         # a log the backend keeps in the case folder comes with the results (one command)
         log_file = host.backend.log_file(ref) if with_results else None
         text = None if log_file else self._job_log(ref)
-        if not with_results:
+        remote = row.remote_path
+        if folder is None or not remote or not with_results:
             return
         target = Path(row.results_path) if row.results_path else None
         if target is None or target.parent != folder:
@@ -298,16 +303,14 @@ class Case:
         try:
             if log_file:
                 count, text = host.transport.fetch_results_and_tail(
-                    row.remote_path, target, eng.config.results.patterns, log_file, LOG_TAIL_BYTES
+                    remote, target, eng.config.results.patterns, log_file, LOG_TAIL_BYTES
                 )
                 if text is None:  # not there, or not copied (a full disk): asked for alone
                     text = self._job_log(ref)
                 else:
                     write_atomic(job_log_path(eng.config.database, row), text)
             else:
-                count = host.transport.fetch_results(
-                    row.remote_path, target, eng.config.results.patterns
-                )
+                count = host.transport.fetch_results(remote, target, eng.config.results.patterns)
         except PermanentError as exc:
             if log_file:  # the log is kept all the same (`caseflow show`), if it can be had
                 with contextlib.suppress(TransientError, HostError):
@@ -328,7 +331,7 @@ class Case:
             f"{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
         )
 
-    def _job_log(self, ref) -> str | None:
+    def _job_log(self, ref: JobRef) -> str | None:
         """The job's log from its backend, kept where `caseflow show` finds it."""
         eng, row = self.engine, self.row
         try:
@@ -340,8 +343,8 @@ class Case:
             write_atomic(job_log_path(eng.config.database, row), text)
         return text
 
-    def kill_job(self, event) -> None:
-        """Stop the job, if one runs that was not stopped before (caseflow.jobs.stop stops it
+    def kill_job(self, event: EventData) -> None:
+        """Stop the job, if one runs that was not stopped before (caseflow.core.jobs.stop stops it
         first and fires the cancel once the job is gone, `job_ended`: then fetch_results
         brings its log and what it wrote)."""
         row, eng = self.row, self.engine
@@ -362,7 +365,7 @@ class Case:
                 write_atomic(job_log_path(eng.config.database, row), text)
         self.changes["reason"] = "cancelled"
 
-    def reset_for_retry(self, event) -> None:
+    def reset_for_retry(self, event: EventData) -> None:
         if self.row.slot_id is not None:  # kept for an earlier job that may still run
             raise TransientError(
                 "its earlier job is still being stopped (the case keeps its "
@@ -411,13 +414,13 @@ class Case:
         log.info("case %s %r: run %s's results kept in %s", row.id, row.name, row.run, kept)
 
     # -- state callbacks ---------------------------------------------------------------
-    def release_slot(self, event) -> None:
+    def release_slot(self, event: EventData) -> None:
         """`keep_slot`: the case ends while its job may still run (it could not be stopped):
         the slot stays held until the wrap-up has stopped the job or seen it end."""
         self.release = not event.kwargs.get("keep_slot")
 
     # -- the machine's after_state_change hook -------------------------------------------
-    def persist(self, event) -> None:
+    def persist(self, event: EventData) -> None:
         eng, row = self.engine, self.row
         kwargs = event.kwargs
         if kwargs.get("reason"):
@@ -425,7 +428,10 @@ class Case:
         if kwargs.get("requested"):
             self.changes["request"] = None
         detail = kwargs.get("detail") or self.changes.get("reason")
+        # transitions sets both before it calls `before` callbacks
+        assert event.transition is not None and event.event is not None
         src, dst, trigger = event.transition.source, event.transition.dest, event.event.name
+        assert dst is not None  # every transition of the spec has a `dest` (spec.py requires it)
         if dst in eng.spec.terminal_states:  # clean-up, archiving and hook follow, persisted
             self.changes.update(wrapup=1, wrapup_note=None)
         eng.store.commit_transition(

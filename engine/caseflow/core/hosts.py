@@ -19,19 +19,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterable
 
-from .backends import make_backend
-from .config import HostConfig
-from .errors import HostError, PermanentError, TransientError
-from .retry import short
-from .transports import make_transport
+from ..backends import QueueBackend, make_backend
+from ..config import HostConfig, RetryConfig
+from ..errors import HostError, PermanentError, TransientError
+from ..retry import short
+from ..store import Store
+from ..transports import Transport, make_transport
 from .workers import WorkerPool
 
 log = logging.getLogger("caseflow.engine")
 
 
 class Host:
-    def __init__(self, cfg: HostConfig, transport=None, backend=None):
+    def __init__(
+        self,
+        cfg: HostConfig,
+        transport: Transport | None = None,
+        backend: QueueBackend | None = None,
+    ) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self._transport = transport
@@ -50,7 +57,7 @@ class Host:
         self.next_probe = float("-inf")
 
     @property
-    def transport(self):
+    def transport(self) -> Transport:
         if self._transport is None:
             with self._making:
                 if self._transport is None:
@@ -58,7 +65,7 @@ class Host:
         return self._transport
 
     @property
-    def backend(self):
+    def backend(self) -> QueueBackend:
         if self._backend is None:
             transport = self.transport
             with self._making:
@@ -83,7 +90,7 @@ class Host:
             self._transport.close()
 
 
-def shut_down(hosts, until: float, deadline: float) -> int:
+def shut_down(hosts: Iterable[Host], until: float, deadline: float) -> int:
     """Close the hosts' lanes, wait for their steps in flight until the monotonic `until`,
     then close their connections, never past `deadline`: a connection stuck in a hung
     command may not close in time, and is left to the process's exit. Returns how many
@@ -122,14 +129,14 @@ class HostHealth:
     def __init__(
         self,
         hosts: dict[str, Host],
-        store,
-        retry,
-        clock,
-        monotonic,
-        slot_states,
-        wake,
-        on_pause=None,
-    ):
+        store: Store,
+        retry: RetryConfig,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float],
+        slot_states: list[str],
+        wake: Callable[[], None],
+        on_pause: Callable[[str, str], None] | None = None,
+    ) -> None:
         self.hosts = hosts
         self.store = store
         self.retry = retry

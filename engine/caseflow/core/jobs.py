@@ -1,9 +1,9 @@
 """The jobs of running cases: one batched poll per host, a job's end, and stopping a job
 before its case fails.
 
-All of it runs in the host's lane (caseflow.hosts), never on the tick thread. Each function
-takes the engine, whose retry policy (`_settle`) turns what a job's host ran into into the
-case's next move.
+All of it runs in the host's lane (caseflow.core.hosts), never on the tick thread. Each
+function takes the core's context (caseflow.core.context.Core), whose `settle` (the retry
+policy, caseflow.core.outcomes) turns what a job's host ran into into the case's next move.
 """
 
 from __future__ import annotations
@@ -11,40 +11,42 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from . import metrics
-from .backends import RUNNING, SUCCESS, UNREADABLE
+from .. import metrics
+from ..backends import RUNNING, SUCCESS, UNREADABLE, JobRef, JobStatus
+from ..errors import PermanentError, TransientError
+from ..retry import PERMANENT, Streak, kind_of, short
+from ..spec import REQUEST
+from ..store import CaseRow
 from .case_model import job_ref
-from .errors import PermanentError, TransientError
-from .retry import PERMANENT, Streak, kind_of, short
-from .spec import REQUEST
-from .store import CaseRow
+from .context import Core
+from .hosts import Host
 from .workers import QUIET
 
 log = logging.getLogger("caseflow.engine")
 
 
-def poll(engine, host, rows: list[CaseRow]):
+def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
     """Ask the host's queue about all its running cases in one call; act on the answers.
     What cannot be read about one job (UNREADABLE) is that job's problem alone: its case is
     charged a transient attempt and every other case is judged on its own entry.
 
     Returns QUIET when every job was seen still running: nothing for a tick to do (a job's
     end dispatches its own step, whose end wakes the loop; a host answering again wakes it)."""
-    rows = [r for r in rows if r.id not in engine.inflight]
+    rows = [r for r in rows if r.id not in core.inflight]
     if not rows:
         return QUIET
     try:
         with metrics.poll_timer(host.name):
-            answers = host.backend.status([job_ref(r, engine.instance) for r in rows])
+            answers = host.backend.status([job_ref(r, core.instance) for r in rows])
     except Exception as exc:
         if kind_of(exc) == PERMANENT:
             exc = PermanentError(f"the queue's status could not be read: {short(exc)}")
         for i, row in enumerate(rows):
-            engine._settle(row, "poll", exc, trace=i == 0)
-        return
-    engine.health.answered(host)
-    engine.health.note(host, host.backend.notice())
-    now = engine.clock()
+            core.settle(row, "poll", exc, trace=i == 0)
+        return None
+    core.health.answered(host)
+    core.health.note(host, host.backend.notice())
+    now = core.clock()
     quiet = True
     for row in rows:
         status = answers.get(row.id)
@@ -52,13 +54,13 @@ def poll(engine, host, rows: list[CaseRow]):
             continue
         if status.outcome == RUNNING:
             if row.reason is None and Streak.of(row).broken:  # a good poll is a success
-                engine.store.reset_streak(row.id, row.state)
+                core.store.reset_streak(row.id, row.state)
             if status.detail != row.queue_status:
-                engine.store.set_queue_status(row.id, row.state, status.detail)
+                core.store.set_queue_status(row.id, row.state, status.detail)
             continue
         quiet = False
         if status.outcome == UNREADABLE:
-            engine._settle(
+            core.settle(
                 row,
                 "poll",
                 TransientError(
@@ -67,31 +69,33 @@ def poll(engine, host, rows: list[CaseRow]):
             )
             continue
         # remembered first, so that fetching the results survives a restart
-        engine.store.record_job_end(
+        core.store.record_job_end(
             row.id, row.state, status.outcome, status.detail, status.exit_code, now
         )
-        ended = engine.store.get(row.id)
+        ended = core.store.get(row.id)
         if ended is not None and ended.job_outcome:
-            finish(engine, ended)
+            finish(core, ended)
     return QUIET if quiet else None
 
 
-def finish(engine, row: CaseRow) -> None:
+def finish(core: Core, row: CaseRow) -> None:
     """The job of a running case ended: fetch its results, then end the case (in failure,
     with its reason, when it was to fail)."""
     if row.reason:
-        engine._dispatch(row, engine.FAIL, job_ended=True, reason=row.reason)
+        core.dispatch(row, core.FAIL, job_ended=True, reason=row.reason)
         return
-    trigger = engine.spec.job_end_trigger(row.job_outcome)
-    key = "detail" if trigger == engine.spec.job_end_trigger(SUCCESS) else "reason"
-    engine._dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
+    if row.job_outcome is None:  # not ended (the tick and the poll call it for ended jobs)
+        return
+    trigger = core.spec.job_end_trigger(row.job_outcome)
+    key = "detail" if trigger == core.spec.job_end_trigger(SUCCESS) else "reason"
+    core.dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
 
 
 class StillRunning(Exception):
     """The job was asked to stop and is still running: look again at the next poll."""
 
 
-def _stopped(engine, row: CaseRow):
+def _stopped(core: Core, row: CaseRow) -> JobStatus | None:
     """Stop the case's job, step by step: find it when its task id was never stored (a submit
     whose answer was lost), ask the queue about it, and while it runs send TERM (once), then
     KILL once `stop_grace_seconds` have passed since the stop began. Returns how the job was
@@ -99,10 +103,10 @@ def _stopped(engine, row: CaseRow):
     no longer configured: its slots are retired). Raises StillRunning while it runs, and what
     the host ran into."""
     try:
-        host = engine.host_of(row)
+        host = core.host_of(row)
     except PermanentError:
         return None
-    ref = job_ref(row, engine.instance)
+    ref = job_ref(row, core.instance)
     if not row.task_id:
         found = host.backend.find(ref)
         if found is None:
@@ -113,13 +117,13 @@ def _stopped(engine, row: CaseRow):
             row.name,
             found,
         )
-        engine.store.set_task_id(row.id, row.state, found)
+        core.store.set_task_id(row.id, row.state, found)
         ref = replace(ref, task_id=found)
     # signal first, then look: a queue that cannot tell how its job is still gets the stop,
     # and a job that cannot be signalled may be seen to have ended
     refused: Exception | None = None
     try:
-        _signal(engine, row, host, ref)
+        _signal(core, row, host, ref)
     except Exception as exc:
         refused = exc
     try:
@@ -137,16 +141,16 @@ def _stopped(engine, row: CaseRow):
     raise StillRunning()
 
 
-def _signal(engine, row: CaseRow, host, ref) -> None:
+def _signal(core: Core, row: CaseRow, host: Host, ref: JobRef) -> None:
     """TERM once; KILL (again at each look) once `stop_grace_seconds` have passed since the
     stop began, on the monotonic clock (a step of the wall clock killed a job 0.4 s after its
     TERM); after a restart the grace counts from the first look again."""
-    mono = engine.monotonic()
-    began = engine.stop_began.setdefault(row.id, mono)
+    mono = core.monotonic()
+    began = core.stop_began.setdefault(row.id, mono)
     if row.stop_sent == 0:
         host.backend.cancel(ref)
-        engine.store.note_stop_sent(row.id, row.state, 1, engine.clock())
-    elif mono - began >= engine.config.stop_grace_seconds:
+        core.store.note_stop_sent(row.id, row.state, 1, core.clock())
+    elif mono - began >= core.config.stop_grace_seconds:
         if row.stop_sent < 2:
             log.warning(
                 "case %s %r: its job still runs %.0f s after SIGTERM; sending SIGKILL",
@@ -155,36 +159,36 @@ def _signal(engine, row: CaseRow, host, ref) -> None:
                 mono - began,
             )
         host.backend.cancel(ref, force=True)
-        engine.store.note_stop_sent(row.id, row.state, 2, engine.clock())
+        core.store.note_stop_sent(row.id, row.state, 2, core.clock())
 
 
-def _end_trigger(engine, row: CaseRow) -> tuple[str, dict]:
+def _end_trigger(core: Core, row: CaseRow) -> tuple[str, dict]:
     """How a case being stopped ends: by the operator's request that stopped it (`cancel`),
     else by the spec's fail trigger."""
     request = row.request
     if (
         request
-        and request in engine.spec.triggers_for(REQUEST)
-        and engine.machine.allowed(request, row.state)
+        and request in core.spec.triggers_for(REQUEST)
+        and core.machine.allowed(request, row.state)
     ):
         return request, {"requested": True}
-    return engine.FAIL, {"reason": row.reason}
+    return core.FAIL, {"reason": row.reason}
 
 
-def stop(engine, row: CaseRow) -> object:
+def stop(core: Core, row: CaseRow) -> object:
     """Stop the job of a case that is to end (its reason is set: `Engine.stop_first`), then
     end the case once the job is seen gone; until then the case stays where it is, holding
     its slot (status: stopping). A job that cannot be reached now does not keep the case from
     ending, but its slot stays held (the direct runner would otherwise start a second job on
     the same GPU) until the case's wrap-up has stopped the job or seen it end (`stop_kept`)."""
     try:
-        ended = _stopped(engine, row)
+        ended = _stopped(core, row)
     except StillRunning:
-        engine.store.reschedule(row.id, row.state, engine.clock() + engine.config.poll_seconds)
+        core.store.reschedule(row.id, row.state, core.clock() + core.config.poll_seconds)
         return QUIET
     except Exception as exc:
-        trigger, kwargs = _end_trigger(engine, row)
-        engine.step(
+        trigger, kwargs = _end_trigger(core, row)
+        core.step(
             row,
             trigger,
             **kwargs,
@@ -193,41 +197,41 @@ def stop(engine, row: CaseRow) -> object:
             "the case keeps its slot until the job is seen gone",
         )
         return None
-    engine.stop_began.pop(row.id, None)
-    trigger, kwargs = _end_trigger(engine, row)
+    core.stop_began.pop(row.id, None)
+    trigger, kwargs = _end_trigger(core, row)
     if ended is None:
-        engine.step(row, trigger, **kwargs, detail=f"{row.reason}; no job of it runs")
+        core.step(row, trigger, **kwargs, detail=f"{row.reason}; no job of it runs")
         return None
-    engine.store.record_job_end(
-        row.id, row.state, ended.outcome, ended.detail, ended.exit_code, engine.clock()
+    core.store.record_job_end(
+        row.id, row.state, ended.outcome, ended.detail, ended.exit_code, core.clock()
     )
-    fresh = engine.store.get(row.id) or row
+    fresh = core.store.get(row.id) or row
     kwargs["job_ended"] = True  # a job ran: its log and what it wrote are fetched
-    engine.step(fresh, trigger, **kwargs, detail=f"{row.reason}; its job ended: {ended.detail}")
+    core.step(fresh, trigger, **kwargs, detail=f"{row.reason}; its job ended: {ended.detail}")
     return None
 
 
-def stop_kept(engine, row: CaseRow) -> bool:
+def stop_kept(core: Core, row: CaseRow) -> bool:
     """For the wrap-up of a case that ended keeping its slot: stop its job, then free the
     slot once the job is seen gone. True when the slot is free (or was never kept); False:
     tried again later."""
     if row.slot_id is None or row.job_outcome:
         return True
     try:
-        _stopped(engine, row)
+        _stopped(core, row)
     except StillRunning:
-        engine.store.wrapup_progress(
+        core.store.wrapup_progress(
             row.id,
             row.state,
-            retry_at=engine.clock() + engine.config.poll_seconds,
+            retry_at=core.clock() + core.config.poll_seconds,
             note="stopping its job (the case keeps its slot until the job is gone)",
         )
         return False
     except Exception as exc:
-        engine._settle(row, "stopping its job", exc, patient=True)
+        core.settle(row, "stopping its job", exc, patient=True)
         return False
-    engine.store.release_slot(row.id)
-    engine.stop_began.pop(row.id, None)
+    core.store.release_slot(row.id)
+    core.stop_began.pop(row.id, None)
     log.info("case %s %r: its job is gone; its slot is free", row.id, row.name)
-    engine.wake()
+    core.wake()
     return True

@@ -8,13 +8,26 @@ at once. Adding and removing models is guarded by a lock.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol, TypeVar
 
 from transitions import Machine, MachineError
 
-from .spec import MachineSpec
+from ..spec import MachineSpec
+from ..store import CaseRow
 
 __all__ = ["CaseMachine", "MachineError"]
+
+
+class Model(Protocol):
+    """What the machine binds: a case with its row (caseflow.core.case_model.Case)."""
+
+    @property
+    def row(self) -> CaseRow: ...
+
+
+M = TypeVar("M", bound=Model)
 
 
 def machine_kwargs(spec: MachineSpec) -> dict:
@@ -45,7 +58,7 @@ class CaseMachine:
         self._triggers = {s: frozenset(self.machine.get_triggers(s)) for s in spec.state_names}
 
     @contextmanager
-    def bound(self, case):
+    def bound(self, case: M) -> Iterator[M]:
         with self._lock:
             self.machine.add_model(case, initial=case.row.state)
         try:

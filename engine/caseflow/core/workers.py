@@ -13,8 +13,12 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable, Hashable
+from typing import Any
 
-log = logging.getLogger("caseflow.workers")
+Key = Hashable  # a case id, or (work, host name) for a host's own work
+
+log = logging.getLogger("caseflow.core.workers")
 
 # What a piece of work returns when it changed nothing a tick would act on: the loop is not
 # woken for it. A poll that found every job still running woke the loop once a second for
@@ -37,7 +41,7 @@ class WorkerPool:
         for t in self._threads:
             t.start()
 
-    def submit(self, fn, *args, awaited: bool = True) -> None:
+    def submit(self, fn: Callable[..., object], *args: Any, awaited: bool = True) -> None:
         """Run fn(*args) in a thread of the pool. `awaited`: a shutdown waits for it (up to
         its grace period); otherwise it is abandoned when the pool shuts down."""
         with self._cond:
@@ -103,12 +107,12 @@ class InFlight:
     piece per key at a time, run in a pool (a host's lane) or inline without one; `done` is
     called after each piece (it wakes the loop) unless the piece returned QUIET."""
 
-    def __init__(self, done):
-        self._keys: set = set()
+    def __init__(self, done: Callable[[], None]) -> None:
+        self._keys: set[Key] = set()
         self._lock = threading.Lock()
         self.done = done
 
-    def __contains__(self, key) -> bool:
+    def __contains__(self, key: object) -> bool:
         with self._lock:
             return key in self._keys
 
@@ -121,18 +125,25 @@ class InFlight:
         with self._lock:
             return frozenset(k for k in self._keys if isinstance(k, int))
 
-    def claim(self, key) -> bool:
+    def claim(self, key: Key) -> bool:
         with self._lock:
             if key in self._keys:
                 return False
             self._keys.add(key)
             return True
 
-    def release(self, key) -> None:
+    def release(self, key: Key) -> None:
         with self._lock:
             self._keys.discard(key)
 
-    def run(self, pool: WorkerPool | None, key, fn, args: tuple, awaited: bool = True) -> None:
+    def run(
+        self,
+        pool: WorkerPool | None,
+        key: Key,
+        fn: Callable[..., object],
+        args: tuple,
+        awaited: bool = True,
+    ) -> None:
         """Run fn(*args) for a claimed key; the key is released when it is done."""
         if pool is None:
             self._run(fn, key, args)
@@ -142,7 +153,7 @@ class InFlight:
         except RuntimeError:  # shutting down
             self.release(key)
 
-    def _run(self, fn, key, args: tuple) -> None:
+    def _run(self, fn: Callable[..., object], key: Key, args: tuple) -> None:
         result = None
         try:
             result = fn(*args)

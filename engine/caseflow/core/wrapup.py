@@ -20,25 +20,27 @@ import subprocess
 import threading
 from pathlib import Path
 
-from . import casefolder, jobs
+from .. import casefolder
+from ..errors import HostError, PermanentError, TransientError
+from ..store import CaseRow
+from . import jobs
 from .case_model import folder_stamp, free_name, remote_name
-from .errors import HostError, PermanentError, TransientError
-from .store import CaseRow
+from .context import Core
 
-log = logging.getLogger("caseflow.wrapup")
+log = logging.getLogger("caseflow.core.wrapup")
 
 OUTPUT_LIMIT = 2000  # characters of a failed hook's output kept in the note
 
 
-def wrap_up(engine, row: CaseRow) -> None:
+def wrap_up(core: Core, row: CaseRow) -> None:
     notes: list[str] = []
-    if not jobs.stop_kept(engine, row):
+    if not jobs.stop_kept(core, row):
         return  # its job may still run: the slot stays held, tried again later
-    if not _clean_remote(engine, row, notes):
+    if not _clean_remote(core, row, notes):
         return  # the host is unreachable: tried again later
-    row = _archive(engine, row, notes)
-    _run_hook(engine, row, notes)
-    engine.store.wrapup_progress(row.id, row.state, note="; ".join(notes) or None, done=True)
+    row = _archive(core, row, notes)
+    _run_hook(core, row, notes)
+    core.store.wrapup_progress(row.id, row.state, note="; ".join(notes) or None, done=True)
 
 
 def cleanup_wanted(mode: str, row: CaseRow, succeeded: bool) -> bool:
@@ -48,27 +50,29 @@ def cleanup_wanted(mode: str, row: CaseRow, succeeded: bool) -> bool:
     return mode == "always" or (mode == "on_success" and succeeded)
 
 
-def _succeeded(engine, row: CaseRow) -> bool:
+def _succeeded(core: Core, row: CaseRow) -> bool:
     """The case ended where the spec's job-success trigger leads."""
-    return row.state in engine.spec.succeeded_states
+    return row.state in core.spec.succeeded_states
 
 
-def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
+def _clean_remote(core: Core, row: CaseRow, notes: list[str]) -> bool:
     if not row.remote_path and (row.slot_host or row.host):
-        return _discard_upload(engine, row, notes)
-    if not cleanup_wanted(engine.config.finish.remote_cleanup, row, _succeeded(engine, row)):
+        return _discard_upload(core, row, notes)
+    if not row.remote_path or not cleanup_wanted(
+        core.config.finish.remote_cleanup, row, _succeeded(core, row)
+    ):
         return True
     try:
-        engine.host_of(row).transport.remove_tree(row.remote_path)
+        core.host_of(row).transport.remove_tree(row.remote_path)
     except (TransientError, HostError) as exc:
-        retry_at = engine.clock() + engine.config.retry.max_seconds
+        retry_at = core.clock() + core.config.retry.max_seconds
         log.warning(
             "case %s: the remote folder %s could not be removed yet: %s",
             row.id,
             row.remote_path,
             exc,
         )
-        engine.store.wrapup_progress(
+        core.store.wrapup_progress(
             row.id, row.state, retry_at=retry_at, note=f"removing the remote folder: {exc}"
         )
         return False
@@ -82,17 +86,17 @@ def _clean_remote(engine, row: CaseRow, notes: list[str]) -> bool:
     return True
 
 
-def _discard_upload(engine, row: CaseRow, notes: list[str]) -> bool:
+def _discard_upload(core: Core, row: CaseRow, notes: list[str]) -> bool:
     """The case ended before its upload was complete: what an interrupted attempt left for a
     later one to resume is not needed now (a retry of the case uploads again)."""
     try:
-        transport = engine.host_of(row).transport
+        transport = core.host_of(row).transport
         transport.discard_upload(transport.path(remote_name(row)))
     except (TransientError, HostError) as exc:
-        engine.store.wrapup_progress(
+        core.store.wrapup_progress(
             row.id,
             row.state,
-            retry_at=engine.clock() + engine.config.retry.max_seconds,
+            retry_at=core.clock() + core.config.retry.max_seconds,
             note=f"removing the unfinished upload: {exc}",
         )
         return False
@@ -101,15 +105,15 @@ def _discard_upload(engine, row: CaseRow, notes: list[str]) -> bool:
     return True
 
 
-def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
-    finish = engine.config.finish
-    dest = finish.archive_done if _succeeded(engine, row) else finish.archive_failed
+def _archive(core: Core, row: CaseRow, notes: list[str]) -> CaseRow:
+    finish = core.config.finish
+    dest = finish.archive_done if _succeeded(core, row) else finish.archive_failed
     if dest is None:
         return row
     src = Path(row.local_path)
     if src.parent == dest:
         return row  # already there (a repeated wrap-up)
-    newer = engine.store.newer_case_at(row.id, row.local_path)
+    newer = core.store.newer_case_at(row.id, row.local_path)
     if newer is not None:  # the folder there now is a new copy (its inode may be the old one)
         notes.append(f"case folder not archived: {src} is now the folder of case {newer}")
         return row
@@ -124,15 +128,15 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
     if not src.is_dir() or src.is_symlink() or casefolder.inode_of(src) != row.inode:
         moved = _moved_before(dest, row)
         if moved is not None:  # an earlier wrap-up renamed it, then the daemon died
-            engine.store.wrapup_progress(row.id, row.state, local_path=str(moved))
-            engine.forget_folder(str(src), row.inode)
+            core.store.wrapup_progress(row.id, row.state, local_path=str(moved))
+            core.forget_folder(str(src), row.inode)
             log.info(
                 "case %s %r: case folder found in %s, moved there before a restart",
                 row.id,
                 row.name,
                 moved,
             )
-            return engine.store.get(row.id) or row
+            return core.store.get(row.id) or row
         # gone, or another folder of that name now (a new case, whose folder stays)
         notes.append(f"case folder not archived: {src} is no longer there")
         return row
@@ -144,10 +148,10 @@ def _archive(engine, row: CaseRow, notes: list[str]) -> CaseRow:
         notes.append(f"case folder not archived: {exc}")
         log.warning("case %s: could not move %s to %s: %s", row.id, src, dest, exc)
         return row
-    engine.store.wrapup_progress(row.id, row.state, local_path=str(target))
-    engine.forget_folder(str(src), row.inode)
+    core.store.wrapup_progress(row.id, row.state, local_path=str(target))
+    core.forget_folder(str(src), row.inode)
     log.info("case %s %r: case folder moved to %s", row.id, row.name, target)
-    return engine.store.get(row.id) or row
+    return core.store.get(row.id) or row
 
 
 def _moved_before(dest: Path, row: CaseRow) -> Path | None:
@@ -175,14 +179,14 @@ def hook_env(row: CaseRow) -> dict[str, str]:
     }
 
 
-def _run_hook(engine, row: CaseRow, notes: list[str]) -> None:
-    finish = engine.config.finish
+def _run_hook(core: Core, row: CaseRow, notes: list[str]) -> None:
+    finish = core.config.finish
     if not finish.on_finish:
         return
     note = run_command(
         finish.on_finish,
         hook_env(row),
-        engine.config.path.parent,
+        core.config.path.parent,
         finish.on_finish_timeout_seconds,
         f"case {row.id}: on_finish hook",
     )
@@ -190,7 +194,9 @@ def _run_hook(engine, row: CaseRow, notes: list[str]) -> None:
         notes.append(note)
 
 
-def run_command(command, env: dict[str, str], cwd, timeout: float, what: str) -> str | None:
+def run_command(
+    command: str | tuple[str, ...], env: dict[str, str], cwd: Path, timeout: float, what: str
+) -> str | None:
     """Run a hook (a shell string or an argument list) with `env` added, in its own session,
     killed after `timeout` s; its output goes to the log. Returns a note when it failed."""
     argv = list(command) if isinstance(command, tuple) else ["sh", "-c", command]
@@ -227,16 +233,16 @@ def run_command(command, env: dict[str, str], cwd, timeout: float, what: str) ->
     return None
 
 
-def host_paused(engine, host: str, problem: str) -> None:
+def host_paused(core: Core, host: str, problem: str) -> None:
     """Work on a host paused: run the on_host_paused hook, if any, in a thread of its own
     (the tick and the workers do not wait for it)."""
-    command = engine.config.finish.on_host_paused
+    command = core.config.finish.on_host_paused
     if not command:
         return
     env = {
         "CASEFLOW_HOST": host,
         "CASEFLOW_PROBLEM": problem,
-        "CASEFLOW_CONFIG": str(engine.config.path),
+        "CASEFLOW_CONFIG": str(core.config.path),
     }
     threading.Thread(
         target=run_command,
@@ -245,8 +251,8 @@ def host_paused(engine, host: str, problem: str) -> None:
         args=(
             command,
             env,
-            engine.config.path.parent,
-            engine.config.finish.on_finish_timeout_seconds,
+            core.config.path.parent,
+            core.config.finish.on_finish_timeout_seconds,
             f"host {host}: on_host_paused hook",
         ),
     ).start()

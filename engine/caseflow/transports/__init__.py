@@ -33,7 +33,7 @@ BOOKKEEPING = ".caseflow"  # caseflow's own folder at the top of a remote case f
 UPLOADED_MARKER = f"{BOOKKEEPING}/uploaded"  # made when the upload was complete and verified
 
 
-def mark_uploaded(folder) -> None:
+def mark_uploaded(folder: str | os.PathLike[str]) -> None:
     """Mark a local stand-in of a remote case folder as completely uploaded, now; then let
     the file system's clock tick (coarse: 4-10 ms), so that nothing written after this
     shares the mark's timestamp (results are the files changed after the mark)."""
@@ -87,7 +87,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
 
 
-def remove_local(path) -> None:
+def remove_local(path: str | os.PathLike[str]) -> None:
     """Remove a local file, link or folder tree."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path)
@@ -114,7 +114,11 @@ class Transport(ABC):
 
     @abstractmethod
     def upload_dir(
-        self, local_dir: Path, remote_path: str, manifest: Manifest, progress=None
+        self,
+        local_dir: Path,
+        remote_path: str,
+        manifest: Manifest,
+        progress: Callable[[int, int], None] | None = None,
     ) -> bool:
         """Put `local_dir` at `remote_path` via a staging folder, verified against `manifest`.
 

@@ -13,7 +13,7 @@ At most `max_sessions` channels are open at once (sshd's MaxSessions, 10 by defa
 the sessions of one connection); a wait for one is bounded (`command_timeout`). sshd still
 counts a session for a moment after the `ssh` of its channel has ended: an upload's channels
 opened several at once wait until the host has started their command, and one it refused is
-opened again (OpenSSHTransport._bulk_channel). When the master is gone the host pauses with
+opened again (OpenSSHTransport.bulk_channel). When the master is gone the host pauses with
 `needs login: caseflow login HOST` (NeedsLogin): no case fails and none is charged an
 attempt, and the engine probes (a local `ssh -O check`) until the master is back.
 """
@@ -38,7 +38,7 @@ from typing import IO
 from ..errors import HostError, PermanentError, TransientError
 from . import RunResult, Transport, TransportAdapter
 from .openssh_master import Master, NeedsLogin
-from .ssh import TOOLS, SSHTransport, _Permit
+from .ssh import TOOLS, Permit, SSHTransport
 from .ssh_settings import OpenSSHConfig, read_openssh
 from .ssh_upload import StagedUpload
 from .tarstream import LocalWriteError
@@ -87,7 +87,7 @@ class OpenSSHTransport(SSHTransport):
         them in a process of its own)."""
         return self.master.opened
 
-    def _guard(self, fn, what: str):
+    def guard(self, fn, what: str):
         """Run fn; an `ssh` that broke off (a pipe that closed, a timeout) is caseflow's
         error: the host needs a login when its master is gone, else transient."""
         try:
@@ -102,7 +102,7 @@ class OpenSSHTransport(SSHTransport):
             return NeedsLogin(self.name, self.master.probe_seconds)
         return TransientError(text)
 
-    def _ssh_failed(self, stderr: str) -> Exception | None:
+    def ssh_failed(self, stderr: str) -> Exception | None:
         """After an exit code 255: the error, when ssh failed rather than the command."""
         text = " ".join(stderr.split())[:300]
         if any(s in text.lower() for s in _REFUSED):
@@ -148,7 +148,7 @@ class OpenSSHTransport(SSHTransport):
             self.master.ensure()
             return self._exec_once(command, timeout)
 
-    def _take_session(self) -> None:
+    def take_session(self) -> None:
         """One of `max_sessions`, waiting for it at most `command_timeout` seconds."""
         if not self.sessions.acquire(timeout=self.cfg.command_timeout):
             raise TransientError(
@@ -159,7 +159,7 @@ class OpenSSHTransport(SSHTransport):
 
     def _exec_once(self, command: str, timeout: float | None) -> RunResult:
         limit = timeout or self.cfg.command_timeout
-        self._take_session()
+        self.take_session()
         try:
             proc = subprocess.run(
                 self.master.command(command),
@@ -178,7 +178,7 @@ class OpenSSHTransport(SSHTransport):
             self.sessions.release()
         err = proc.stderr.decode("utf-8", "replace")
         if proc.returncode == 255:
-            problem = self._ssh_failed(err)
+            problem = self.ssh_failed(err)
             if problem is not None:
                 raise problem
         self.commands += 1
@@ -189,7 +189,7 @@ class OpenSSHTransport(SSHTransport):
             self.master.ensure()  # a stream cannot be sent twice: the master first
         return _Channel(self, shlex.join(argv))
 
-    def _bulk_channel(self, argv: Sequence[str], several: bool) -> _Channel:
+    def bulk_channel(self, argv: Sequence[str], several: bool) -> _Channel:
         """A channel for an upload's data; one of several opened at once only once the host
         has started its command. sshd counts a session for a moment after the `ssh` of its
         channel has ended, so it may refuse one opened at once in its place: the byte ranges'
@@ -223,7 +223,7 @@ class OpenSSHTransport(SSHTransport):
             time.sleep(wait)  # a session being freed, not an outage
             wait = min(0.5, wait * 2)
 
-    def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
+    def drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
         """All of a channel's stdout, then its stderr once the ssh has ended."""
         out = bytearray()
         reader = chan.makefile("rb", timeout)
@@ -296,8 +296,8 @@ class _Channel:
         self._mark = mark  # the command's stderr starts with MARK (see started)
         if mark:
             command = f"printf {shlex.quote(MARK.decode())} >&2; exec {command}"
-        transport._take_session()
-        self._permit = _Permit(transport.sessions)  # given back once: close, or collected
+        transport.take_session()
+        self._permit = Permit(transport.sessions)  # given back once: close, or collected
         try:
             self.err = tempfile.TemporaryFile()
             self.proc = subprocess.Popen(
@@ -385,7 +385,7 @@ class _Channel:
             if self.proc.poll() is not None:
                 said = os.pread(fd, 1 << 16, 0)
                 if self.proc.returncode == 255 and MARK not in said:
-                    problem = self.t._ssh_failed(said.decode("utf-8", "replace"))
+                    problem = self.t.ssh_failed(said.decode("utf-8", "replace"))
                     if problem is not None:
                         raise problem
                 return
@@ -403,7 +403,7 @@ class _Channel:
     def recv_exit_status(self) -> int:
         rc = self._wait()
         if rc == 255:
-            problem = self.t._ssh_failed(self.stderr_bytes().decode("utf-8", "replace"))
+            problem = self.t.ssh_failed(self.stderr_bytes().decode("utf-8", "replace"))
             if problem is not None:
                 raise problem
         return rc
@@ -428,7 +428,7 @@ class _Channel:
         self._permit.release()
 
 
-def _reap(proc: subprocess.Popen, permit: _Permit) -> None:
+def _reap(proc: subprocess.Popen, permit: Permit) -> None:
     """What closing a channel does, for one that was collected unclosed."""
     try:
         if proc.poll() is None:

@@ -39,11 +39,11 @@ from tenacity import (
 
 from .. import metrics
 from ..errors import PermanentError, TransientError
-from . import BOOKKEEPING, RunResult, Transport, TransportAdapter, remove_local
+from . import BOOKKEEPING, RunResult, Transport, TransportAdapter, remove_local, space_or_permission
 from .shell import script
 from .ssh_connection import Connection, Unreachable, classify, transport_of
 from .ssh_settings import SSHConfig, read_ssh
-from .ssh_upload import StagedUpload, _space_or_permission
+from .ssh_upload import StagedUpload
 from .tarstream import LocalWriteError, extract, writing_locally
 
 log = logging.getLogger("caseflow.ssh")
@@ -86,7 +86,7 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientError) and not isinstance(exc, Unreachable)
 
 
-class _Permit:
+class Permit:
     """One session of `max_sessions`, given back once."""
 
     def __init__(self, sessions: threading.BoundedSemaphore):
@@ -155,7 +155,7 @@ class SSHTransport(StagedUpload, Transport):
         )
         return retrying(fn)
 
-    def _guard(self, fn, what: str):
+    def guard(self, fn, what: str):
         """Run fn; turn connection errors into caseflow errors and drop the broken connection
         (not for a local file's error: LocalWriteError is the caller's to judge)."""
         try:
@@ -198,7 +198,7 @@ class SSHTransport(StagedUpload, Transport):
         when the command may have run already."""
         command = shlex.join(argv)
         return self._retrying(
-            lambda: self._guard(lambda: self._exec(command, timeout), f"running {argv[0]}"),
+            lambda: self.guard(lambda: self._exec(command, timeout), f"running {argv[0]}"),
             f"running {argv[0]}",
         )
 
@@ -209,8 +209,8 @@ class SSHTransport(StagedUpload, Transport):
         it adopts what the first run left (issue 13: a submit retried here after a lost reply
         added a second job)."""
         command, what = shlex.join(argv), f"running {argv[0]}"
-        chan = self._retrying(lambda: self._guard(self._session, what), what)
-        return self._guard(lambda: self._exec(command, timeout, chan), what)
+        chan = self._retrying(lambda: self.guard(self._session, what), what)
+        return self.guard(lambda: self._exec(command, timeout, chan), what)
 
     def _session(self):
         """A new session channel, within `max_sessions` open at once (the server's
@@ -227,7 +227,7 @@ class SSHTransport(StagedUpload, Transport):
         except BaseException:
             self.sessions.release()
             raise
-        permit = _Permit(self.sessions)
+        permit = Permit(self.sessions)
         close = chan.close
 
         def close_and_release() -> None:
@@ -328,7 +328,7 @@ class SSHTransport(StagedUpload, Transport):
             # packet referred to nonexistent channel", paramiko issue #1705): four threads
             # running short commands lost the connection every second or two.
             chan.exec_command("exec </dev/null; " + command)
-            out, err = self._drain(chan, timeout)
+            out, err = self.drain(chan, timeout)
             rc = chan.recv_exit_status()
             if rc == -1 and not chan.get_transport().is_active():
                 # no exit status because the connection was lost (-1 with a live connection:
@@ -346,7 +346,7 @@ class SSHTransport(StagedUpload, Transport):
         metrics.ssh_command(self.name)
         return RunResult(rc, out.decode("utf-8", "replace"), err.decode("utf-8", "replace"))
 
-    def _drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
+    def drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
         """All of stdout and stderr, until the channel's EOF.
 
         Not until the exit status: sshd may send it while output is still held back by
@@ -403,7 +403,7 @@ class SSHTransport(StagedUpload, Transport):
             expr += [")", "(", "-type", "f", "-o", "-type", "l", ")"]
             argv = ["sh", "-c", DOWNLOAD, "caseflow", parent, f"./{base}", *expr]
         try:
-            self._guard(
+            self.guard(
                 lambda: self._tar_download(argv, base, staging, remote_path, links=True),
                 "downloading",
             )
@@ -469,7 +469,7 @@ class SSHTransport(StagedUpload, Transport):
             *tests,
         ]
         try:
-            self._guard(
+            self.guard(
                 lambda: self._tar_download(argv, base, staging, remote_path), "fetching results"
             )
             with writing_locally():
@@ -532,7 +532,7 @@ class SSHTransport(StagedUpload, Transport):
     def remove_tree(self, remote_path: str) -> None:
         res = self.run(["rm", "-rf", "--", remote_path])
         if res.returncode != 0:
-            raise _space_or_permission(res.stderr, f"removing {remote_path}") or TransientError(
+            raise space_or_permission(res.stderr, f"removing {remote_path}") or TransientError(
                 f"removing {remote_path} failed: {res.stderr.strip()[:300]}"
             )
 

@@ -13,11 +13,11 @@ a partial folder; a failed attempt leaves the staging folder for the next one, a
 case resumes is removed (`discard_upload`, and after STALE_MINUTES by any later upload).
 
 `StagedUpload` is a mixin of the transport. What it uses of it: `cfg` (`verify`,
-`large_file_bytes`, `max_channels`), `name`, `run`/`_sh` (a command), `_guard` (errors of the
+`large_file_bytes`, `max_channels`), `name`, `run`/`_sh` (a command), `guard` (errors of the
 connection turned into caseflow's), `_channel(argv)` (a channel with a command started on it:
 `sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`; and, so that
 one thread can keep several channels busy, `send_ready()` (a send would not wait) and
-`send(data)` (sends what the window takes, returns how much): without them, `sendall`), `_drain`
+`send(data)` (sends what the window takes, returns how much): without them, `sendall`), `drain`
 (all of a channel's output) and the `commands` counter; `round_trip()` if it can measure one
 better than a command's time.
 """
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("caseflow.ssh")
 
-_space_or_permission = space_or_permission  # the name ssh.py (and openssh.py) import
 
 PREPARE = script(__package__, "prepare.sh", "listing.sh")
 RESUME = script(__package__, "resume.sh")
@@ -84,9 +83,9 @@ class StagedUpload:
 
         def run(self, argv: Sequence[str], timeout: float | None = ...) -> RunResult: ...
         def _sh(self, script: str, *args: str, what: str) -> RunResult: ...
-        def _guard(self, fn: Callable[[], Any], what: str) -> Any: ...
+        def guard(self, fn: Callable[[], Any], what: str) -> Any: ...
         def _channel(self, argv: Sequence[str]) -> Any: ...
-        def _drain(self, chan: Any, timeout: float | None = ...) -> tuple[bytes, bytes]: ...
+        def drain(self, chan: Any, timeout: float | None = ...) -> tuple[bytes, bytes]: ...
 
     # -- what it uses of the transport, beyond the basics ------------------------------------
     def round_trip(self) -> float:
@@ -102,7 +101,7 @@ class StagedUpload:
         self._rtt_kept = (time.monotonic(), rtt)
         return rtt
 
-    def _channel_budget(self) -> ChannelBudget:
+    def channel_budget(self) -> ChannelBudget:
         """At most `max_channels` bulk channels open at once on this transport, all uploads
         together (the host refuses sessions beyond its MaxSessions)."""
         with _budget_lock:
@@ -111,7 +110,7 @@ class StagedUpload:
                 budget = self._bulk_budget = ChannelBudget(self.cfg.max_channels, self.name)
             return budget
 
-    def _bulk_channel(self, argv: Sequence[str], several: bool) -> Any:
+    def bulk_channel(self, argv: Sequence[str], several: bool) -> Any:
         """A channel for an upload's data (upload_streams.Opening; `several`: one of several
         opened at once): `_channel`, unless the transport must see the host start its command
         first (the `openssh` transport)."""
@@ -125,7 +124,7 @@ class StagedUpload:
         except Exception as exc:  # noqa: BLE001 - paramiko raises EOFError, OSError, ...
             log.debug("closing a channel to %s: %s", self.name, exc)
         finally:
-            self._channel_budget().release()
+            self.channel_budget().release()
 
     def _call(self, argv, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
         """A command, its exit code and raw output (names need not be UTF-8). A script run
@@ -145,7 +144,7 @@ class StagedUpload:
     def _answer(self, chan) -> tuple[int, bytes, bytes]:
         """The exit code and raw output of the command started on `chan`, which is closed."""
         try:
-            out, err = self._drain(chan)
+            out, err = self.drain(chan)
             rc = chan.recv_exit_status()
         finally:
             chan.close()
@@ -213,12 +212,10 @@ class StagedUpload:
         # wanted (or large files' channels follow it); those open once it is known and join
         # the streams as they come. Across 50 ms the data began 6 round trips after the
         # login (measuring, then the prepare command and the channels at once), now 2.
-        preparing = self._guard(lambda: self._start_prepare(remote_path, staging), "staging")
+        preparing = self.guard(lambda: self._start_prepare(remote_path, staging), "staging")
         measuring = None
         if large or needs_round_trip(tarred, self.cfg.max_channels):
-            measuring = _Background(
-                lambda: self._guard(self.round_trip, "measuring the round trip")
-            )
+            measuring = _Background(lambda: self.guard(self.round_trip, "measuring the round trip"))
         try:
             streams = Streams(
                 self,
@@ -236,7 +233,7 @@ class StagedUpload:
             raise
         rtt = 0.0
         try:
-            prepared = self._guard(lambda: self._prepared(preparing, staging), "staging")
+            prepared = self.guard(lambda: self._prepared(preparing, staging), "staging")
             if measuring is not None:
                 rtt = measuring.result()
                 streams.grow(stream_count(rtt, local_dir, tarred, self.cfg.max_channels))
@@ -250,7 +247,7 @@ class StagedUpload:
             kept_files: set[str] = set()
             kept_blocks: dict[str, list[bool]] = {}
             if check:
-                kept_files, kept_blocks = self._guard(
+                kept_files, kept_blocks = self.guard(
                     lambda: self._check_staged(local_dir, staging, check),
                     "checking the staging folder",
                 )
@@ -369,7 +366,7 @@ class StagedUpload:
             local.wait()
         try:
             mine = local.result()
-        except OSError as exc:  # the case folder's problem, not the connection's (_guard)
+        except OSError as exc:  # the case folder's problem, not the connection's (guard)
             raise local_problem(exc, local_dir, self.name) from exc
         if rc != 0:
             raise TransientError(
@@ -384,7 +381,7 @@ class StagedUpload:
         lines = (
             b"".join(sum_line(p, d) for p, d in sorted(sums.items())) if sums is not None else None
         )
-        rc, out, err = self._guard(
+        rc, out, err = self.guard(
             lambda: self._call(
                 [
                     "sh",

@@ -228,7 +228,7 @@ class Opening:
 
     def __init__(self, transport, wanted: int, argv_of, wait: bool = True):
         self.t = transport
-        budget = transport._channel_budget()
+        budget = transport.channel_budget()
         # (waiting for a unit is bounded: one that never comes back must not hold the upload,
         # and with it its case, for good)
         n = budget.take(max(1, wanted), wait=wait, timeout=transport.cfg.command_timeout)
@@ -250,10 +250,10 @@ class Opening:
     def _open(self, i: int, argv: list[str]) -> None:
         try:
             several = len(self.chans) > 1
-            self.chans[i] = self.t._guard(lambda: self.t._bulk_channel(argv, several), "uploading")
+            self.chans[i] = self.t.guard(lambda: self.t.bulk_channel(argv, several), "uploading")
         except BaseException as exc:  # handed to the caller
             self.errors[i] = exc
-            self.t._channel_budget().release()
+            self.t.channel_budget().release()
 
     def opened(self) -> list:
         """The channels that opened (waiting for the rest to open or fail), errors aside."""
@@ -319,7 +319,7 @@ def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, by
             ends.append((-1, b"", b""))
             continue
         try:
-            out, err = t._drain(job.chan)
+            out, err = t.drain(job.chan)
             rc = job.chan.recv_exit_status()
         except (TimeoutError, OSError, EOFError) as exc:
             if job.send_error is None:

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
 
 from .. import metrics
-from ..case_model import job_log_path
+from ..core.case_model import job_log_path
 from ..overview import StatusReader
 from ..views import case_detail, case_json, iso, log_tail, slot_json
 from . import machine_svg, pages

@@ -10,7 +10,7 @@ from html import escape
 from urllib.parse import urlencode
 
 from ..store import CaseRow
-from ..views import iso, printable
+from ..views import iso, printable, state_cell
 
 NAV = (
     ("/", "Overview"),
@@ -82,20 +82,6 @@ def page(title: str, body: str, now: float, kind: str, current: str = "/") -> st
 CASE_COLUMNS = ("ID", "Name", "State", "Group", "Host", "Slot", "Age", "Reason")
 
 
-def state_text(row: CaseRow) -> str:
-    """The state with what is happening in it, as `caseflow status` says it."""
-    text = row.state
-    if row.progress_total and row.state == "gpu_locked":
-        text += f" ({100 * (row.progress_bytes or 0) // row.progress_total}% sent)"
-    if row.queue_status and row.queue_status != "running":
-        text += f" ({row.queue_status})"
-    if row.job_outcome and row.state == "running":
-        text += f" (job ended: {row.job_outcome}; fetching results)"
-    if row.request:
-        text += f" ({row.request} requested)"
-    return text
-
-
 def reason_text(row: CaseRow) -> str | None:
     if row.reason:
         return row.reason
@@ -117,7 +103,7 @@ def case_rows(rows: list[CaseRow], now: float) -> str:
         out.append(
             f'<tr data-id="{r.id}"><td><a href="/cases/{r.id}">{r.id}</a></td>'
             f'<td class="name"><a href="/cases/{r.id}">{esc(r.name)}</a></td>'
-            f'<td class="state s-{esc(r.state)}">{esc(state_text(r))}</td>'
+            f'<td class="state s-{esc(r.state)}">{esc(state_cell(r, now))}</td>'
             f"<td>{esc(r.grp)}</td><td>{esc(r.slot_host or r.host)}</td>"
             f'<td>{slot}</td><td class="age">{age(now - r.created_at)}</td>'
             f'<td class="reason">{esc(reason_text(r))}</td></tr>'
@@ -245,7 +231,7 @@ def case_page(
 ) -> str:
     upload = detail.get("upload")
     fields = [
-        ("State", f'<span data-field="state">{esc(state_text(row))}</span>'),
+        ("State", f'<span data-field="state">{esc(state_cell(row, now))}</span>'),
         ("Reason", f'<span data-field="reason">{esc(reason_text(row))}</span>'),
         ("Group", esc(row.grp)),
         ("Host", esc(row.slot_host or row.host)),

@@ -56,14 +56,7 @@
     return a;
   }
   function stateText(c) {
-    let t = c.state;
-    if (c.progress_total && c.state === "gpu_locked")
-      t += " (" + Math.floor((100 * (c.progress_bytes || 0)) / c.progress_total) + "% sent)";
-    if (c.queue_status && c.queue_status !== "running") t += " (" + c.queue_status + ")";
-    if (c.job_outcome && c.state === "running")
-      t += " (job ended: " + c.job_outcome + "; fetching results)";
-    if (c.request) t += " (" + c.request + " requested)";
-    return t;
+    return c.state_text || c.state; // the server's words, as `caseflow status` says them
   }
   function reasonText(c) {
     if (c.reason) return c.reason;
