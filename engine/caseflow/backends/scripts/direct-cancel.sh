@@ -20,9 +20,10 @@ case $pid in ''|*[!0-9]*) echo "not a pid: $pid" >&2; exit 2 ;; esac
 if kill -0 "$pid" 2>/dev/null && [ "/proc/$pid/cwd" -ef "$d" ] &&
     tr '\000' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$marker"; then
   kill -s "$sig" -- "-$pid" 2>/dev/null
-  ours "$pid" "$label"  # and what left the group
+  # and what left the group, only: a second TERM to a member could cut its handler short
+  ours "$pid" "$label"
   # shellcheck disable=SC2086  # a list of pids
-  [ -z "$ours" ] || kill -s "$sig" $ours 2>/dev/null
+  [ -z "$strays" ] || kill -s "$sig" $strays 2>/dev/null
   echo signalled; exit 0
 fi
 ours "$pid" "$label"

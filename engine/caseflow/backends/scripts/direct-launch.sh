@@ -28,8 +28,8 @@ fi
 # - it outlives a TERM sent to the group (the trap), so that the job is seen running until
 #   it has ended: a job that writes a checkpoint on TERM keeps its GPU slot meanwhile;
 # - once its command has ended, the processes it left (in its group, or anywhere with its
-#   label CASEFLOW_JOB in their environment: a child may leave the group) are sent TERM, then
-#   KILL every 0.2 s after 10 s until they are gone, before the exit code is written: the slot
+#   label CASEFLOW_JOB in their environment: a child may leave the group) are sent TERM (unless
+#   a stop sent it already), then KILL every 0.2 s after 10 s until they are gone, before the exit code is written: the slot
 #   is free only when nothing of the job runs on its GPU (as Slurm ends a job's whole cgroup).
 #   /proc/PID/stat is read whole: a command name may hold a newline.
 # shellcheck disable=SC2016  # the job wrapper's script: expanded by its own shell
@@ -58,7 +58,8 @@ others() {
 }
 others
 if [ -n "$o" ]; then
-  kill -s TERM $o 2>/dev/null
+  # a stop sent TERM to the group (and to the processes that left it) already: once only
+  [ "${stopping:-0}" = 1 ] || kill -s TERM $o 2>/dev/null
   i=0
   while others && [ -n "$o" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   while others && [ -n "$o" ]; do kill -s KILL $o 2>/dev/null; sleep 0.2; done
