@@ -209,6 +209,38 @@ def test_a_stop_with_a_reused_pid_leaves_another_cases_job_alone(tmp_path):
             os.killpg(int(pid), signal.SIGKILL)
 
 
+COUNT_TERMS = (
+    "exec python3 -c 'import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: open(\"terms\", \"a\").write(\"TERM\\n\"))\n"
+    "open(\"ready\", \"w\").close()\n"
+    "while True: time.sleep(0.01)\n'"
+)
+
+
+def test_a_stop_sends_term_to_each_process_of_the_job_once(tmp_path):
+    """A job's TERM handler (writing a checkpoint) must run once: a second TERM can cut the
+    checkpoint short. The stop signalled the job's group, then every process that carries
+    the job's label, members of the group included: each got TERM twice (the randomized
+    soak's `give up` case saw a job's handler run twice)."""
+    backend = DirectBackend(LocalTransport("local", str(tmp_path / "remote")))
+    job = _spec(tmp_path, "checkpoint", COUNT_TERMS, 1)
+    folder = Path(job.remote_path)
+    pid = backend.submit(job)
+    ref = JobRef(job.case_id, pid, job.label, job.remote_path)
+    try:
+        wait_for(lambda: (folder / "ready").exists(), what="the job's handler to be set")
+        backend.cancel(ref)
+        wait_for(lambda: (folder / "terms").exists(), what="the job to get TERM")
+        # the stop's signals were all sent when `cancel` returned; a second one came within
+        # milliseconds of the first
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert (folder / "terms").read_text() == "TERM\n"
+    finally:
+        os.killpg(int(pid), signal.SIGKILL)
+
+
 def test_a_job_whose_wrapper_died_runs_while_its_processes_do(tmp_path):
     """The wrapper killed alone (OOM killer): the job's own processes still run on the GPU,
     so the job is running until they are gone; then it is gone (no exit record)."""
