@@ -150,7 +150,7 @@ def child(work: Path, cases: int, active: int, steady_s: float, profile: bool,
         add_case(store, f"done{i:05d}", str(work / "archive" / f"done{i:05d}"), "success", now,
                  group="gpu_a", host=host)
     built = time.perf_counter() - t0
-    history_built = store._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    history_built = store.connection().execute("SELECT COUNT(*) FROM history").fetchone()[0]
     for i in range(running):
         name = f"run{i:04d}"
         folder = remote / name
@@ -212,15 +212,15 @@ def child(work: Path, cases: int, active: int, steady_s: float, profile: bool,
 
     # 3. the burst: every running job ends
     reader = eng.store
-    h0 = reader._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    h0 = reader.connection().execute("SELECT COUNT(*) FROM history").fetchone()[0]
     t0 = time.perf_counter()
     queue.finish_all()
     eng.wake()
     deadline = time.monotonic() + 600
     while True:
-        counts = dict(reader._conn().execute(
+        counts = dict(reader.connection().execute(
             "SELECT state, COUNT(*) FROM cases WHERE name NOT LIKE 'done%' GROUP BY state"))
-        pending_wrapups = reader._conn().execute(
+        pending_wrapups = reader.connection().execute(
             "SELECT COUNT(*) FROM cases WHERE wrapup = 1").fetchone()[0]
         if counts.get("success") == running and counts.get("running") == queued and \
                 not pending_wrapups:
@@ -229,7 +229,7 @@ def child(work: Path, cases: int, active: int, steady_s: float, profile: bool,
             raise SystemExit(f"the burst did not settle: {counts}")
         time.sleep(0.05)
     burst = time.perf_counter() - t0
-    h1 = reader._conn().execute("SELECT COUNT(*) FROM history").fetchone()[0]
+    h1 = reader.connection().execute("SELECT COUNT(*) FROM history").fetchone()[0]
     rss, peak = rss_mib()
     daemon.request_stop()
     thread.join(60)

@@ -26,7 +26,8 @@ from benchlib import machine, median, ratio, section, workdir  # noqa: E402
 
 from caseflow.backends import RUNNING, JobRef, JobSpec  # noqa: E402
 from caseflow.backends.slurm import SlurmBackend  # noqa: E402
-from caseflow.config import BackendConfig, SlurmOptions, TransportConfig  # noqa: E402
+from caseflow.backends.slurm_options import SlurmOptions  # noqa: E402
+from caseflow.config import BackendConfig, TransportConfig  # noqa: E402
 from caseflow.transports.ssh import SSHTransport  # noqa: E402
 from slurm_cluster import SlurmCluster  # noqa: E402
 

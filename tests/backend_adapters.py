@@ -22,7 +22,8 @@ from caseflow.backends import JobRef, JobSpec
 from caseflow.backends.direct import MARK, DirectBackend
 from caseflow.backends.pueue import PueueBackend
 from caseflow.backends.slurm import SlurmBackend
-from caseflow.config import BackendConfig, GroupConfig, SlurmOptions, TransportConfig
+from caseflow.backends.slurm_options import SlurmOptions
+from caseflow.config import BackendConfig, GroupConfig, TransportConfig
 from caseflow.errors import TransientError
 from caseflow.transports import RunResult
 from caseflow.transports.local import LocalTransport

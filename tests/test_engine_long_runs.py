@@ -16,7 +16,7 @@ from caseflow.core.case_model import Case, remote_name
 from caseflow.casefolder import inode_of
 from caseflow.core.engine import Engine
 from caseflow.transports.local import LocalTransport
-from caseflow.watcher import InboxWatcher
+from caseflow.inbox import InboxWatcher
 from harness import wait_for
 
 

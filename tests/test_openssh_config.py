@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.config import CONTROL_PATH_MAX, load_config
+from caseflow.config import load_config
+from caseflow.transports.ssh_settings import CONTROL_PATH_MAX
 from caseflow.errors import ConfigError
 from caseflow.transports.openssh_master import Master
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 from caseflow.backends import BackendAdapter, BackendConfig
 from caseflow.backends.direct import DirectBackend
-from caseflow.config_reader import NUMBER, can_make, not_negative
+from caseflow.config.reader import NUMBER, can_make, not_negative
 from caseflow.transports import TransportAdapter, TransportConfig
 from caseflow.transports.local import LocalTransport
 

@@ -121,7 +121,7 @@ def check_host(host) -> tuple[str, list[Line]]:
 def check_local(config) -> list[Line]:
     """This machine: what anyone could change, and the folders `caseflow run` will make."""
     from .config import permission_warnings
-    from .folders import run_folders
+    from .run_folders import run_folders
 
     lines = [Line(False, w) for w in permission_warnings(config)]
     for key, folder in run_folders(config):

@@ -24,8 +24,8 @@ from . import metrics, web
 from .config import permission_warnings
 from .core.engine import Engine
 from .errors import AlreadyRunning
-from .folders import make_run_folders
-from .watcher import InboxWatcher
+from .inbox import InboxWatcher
+from .run_folders import make_run_folders
 
 log = logging.getLogger("caseflow.daemon")
 

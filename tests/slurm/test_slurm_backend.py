@@ -18,7 +18,8 @@ from caseflow.backends.slurm import SlurmBackend
 from caseflow.backends.output import BadOutput
 from caseflow.backends.slurm_status import (Poll, _exit_of, parse_sacct, parse_squeue,
                                             squeue_outcome)
-from caseflow.config import BackendConfig, SlurmOptions, load_config
+from caseflow.backends.slurm_options import SlurmOptions
+from caseflow.config import BackendConfig, load_config
 from caseflow.errors import ConfigError, PermanentError, TransientError
 from harness import wait_for
 

@@ -39,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..config_reader import Section
+from ..config.reader import Section
 from ..errors import HostError, PermanentError, TransientError
 from ..transports.shell import script, source
 from . import (

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..config_reader import Reader, Section, not_negative, show
+from ..config.reader import Reader, Section, not_negative, show
 from . import BackendConfig
 
 

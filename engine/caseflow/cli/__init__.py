@@ -15,18 +15,17 @@ import threading
 import time
 from pathlib import Path
 
-from .cli_args import build_parser
-from .config import config_path_from, load_config
-from .core.case_model import job_log_path
-from .core.engine import Engine
-from .core.machine import CaseMachine
-from .daemon import Daemon, DaemonLock
-from .diagram import render
-from .errors import AlreadyRunning, CaseflowError, ConfigError
-from .service import notify_systemd, setup_logging
-from .spec import load_spec
-from .store import CaseRow, Store
-from .views import (
+from ..config import config_path_from, load_config
+from ..core.case_model import job_log_path
+from ..core.engine import Engine
+from ..core.machine import CaseMachine
+from ..daemon import Daemon, DaemonLock
+from ..diagram import render
+from ..errors import AlreadyRunning, CaseflowError, ConfigError
+from ..service import notify_systemd, setup_logging
+from ..spec import load_spec
+from ..store import CaseRow, Store
+from ..views import (
     case_detail,
     case_json,
     iso,
@@ -37,6 +36,7 @@ from .views import (
     table,
     upload_text,
 )
+from .args import build_parser
 
 
 class UsageError(CaseflowError):
@@ -91,7 +91,7 @@ def cmd_status(args) -> int:
     if args.watch:
         if args.json:
             raise UsageError("--watch redraws the table; it cannot be combined with --json")
-        from .watch import watch
+        from .status_watch import watch
 
         return watch(store, spec, args.state)
     rows = store.cases([args.state] if args.state else None)
@@ -240,7 +240,7 @@ def cmd_request(args) -> int:
 def _stop_now(engine: Engine, case_id: int) -> None:
     """No daemon runs: a job being stopped first (TERM, KILL after stop_grace_seconds) is
     followed here until it is gone and its case has ended, as the daemon would."""
-    from .core import jobs
+    from ..core import jobs
 
     deadline = time.monotonic() + engine.config.stop_grace_seconds + 60
     while time.monotonic() < deadline:
@@ -297,7 +297,7 @@ def _report(store: Store, trigger: str, before: CaseRow, mark: int, daemon_pid: 
 
 
 def cmd_check(args) -> int:
-    from .check import check_host, check_local
+    from ..check import check_host, check_local
 
     config = load_config(config_path_from(args.config))
     local = check_local(config)
@@ -318,8 +318,8 @@ def cmd_check(args) -> int:
 
 def cmd_login(args) -> int:
     """Open a host's OpenSSH master connection here, in the terminal (transport openssh)."""
-    from .transports.openssh_master import Master
-    from .transports.ssh_settings import OpenSSHConfig
+    from ..transports.openssh_master import Master
+    from ..transports.ssh_settings import OpenSSHConfig
 
     config = load_config(config_path_from(args.config))
     hosts = [h for h in config.hosts if h.transport.kind == "openssh"]
@@ -422,7 +422,3 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         while _open_stores:
             _open_stores.pop().close()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__
-from .diagram import FORMATS
-from .service import LOG_FORMATS
+from .. import __version__
+from ..diagram import FORMATS
+from ..service import LOG_FORMATS
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,9 +13,9 @@ import sys
 import time
 from collections import Counter
 
-from .overview import StatusReader
-from .spec import MachineSpec
-from .views import iso, printable, status_table  # the table of `caseflow status`
+from ..spec import MachineSpec
+from ..store.reader import StatusReader
+from ..views import iso, printable, status_table  # the table of `caseflow status`
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
 

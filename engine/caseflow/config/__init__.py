@@ -7,43 +7,29 @@ be made; `folders.make_run_folders` makes them, once the daemon is sure to run. 
 paths are resolved against the config file's folder, so the daemon works from any
 working directory.
 
-This module reads the top-level keys; the hosts are read by config_hosts (which hands
+This module reads the top-level keys; the hosts are read by config.hosts (which hands
 each host's `transport:` and `backend:` to the adapter named there), what happens at a
-case's end by config_finish, all with the reader of config_reader.
+case's end by config.finish, all with the reader of config.reader.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
-from . import yamlfile
-from .backends import BackendConfig
-from .config_finish import FinishConfig, ResultsConfig, read_finish, read_results
-from .config_hosts import GroupConfig, HostConfig, read_hosts
-from .config_reader import NUMBER, Reader, can_make, not_negative, positive, resolve
-from .errors import ConfigError
-from .transports import TransportConfig
+from .. import yamlfile
+from ..backends import BackendConfig
+from ..errors import ConfigError
+from ..transports import TransportConfig
+from .finish import FinishConfig, ResultsConfig, read_finish, read_results
+from .hosts import GroupConfig, HostConfig, read_hosts
+from .reader import NUMBER, Reader, can_make, not_negative, positive, resolve
 
 ENV_VAR = "CASEFLOW_CONFIG"
-
-# names that moved to the adapter that owns them, still importable from here
-_MOVED = {
-    "SlurmOptions": "caseflow.backends.slurm_options",
-    "CONTROL_PATH_MAX": "caseflow.transports.ssh_settings",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)

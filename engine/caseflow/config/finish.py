@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config_reader import NUMBER, Reader, can_make, existing_ancestor, positive, resolve, show
+from .reader import NUMBER, Reader, can_make, existing_ancestor, positive, resolve, show
 
 CLEANUP_MODES = ("never", "on_success", "always")
 

@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import backends, transports
-from .backends import BackendConfig
-from .config_reader import Reader, Section, show
-from .plugins import PluginError
-from .transports import VERIFY_MODES, TransportConfig
+from .. import backends, transports
+from ..backends import BackendConfig
+from ..plugins import PluginError
+from ..transports import VERIFY_MODES, TransportConfig
+from .reader import Reader, Section, show
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a group's or a host's
 

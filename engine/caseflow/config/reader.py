@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 NUMBER = (int, float)  # a setting in seconds, say: 5 and 2.5 alike (read with float())
 

@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ..config import Config
+    from ..inbox import InboxFolders
     from ..retry import Policy
     from ..spec import MachineSpec
     from ..store import CaseRow, Store
-    from ..watcher import InboxFolders
     from .hosts import Host, HostHealth
     from .machine import CaseMachine
     from .workers import InFlight
@@ -37,7 +37,7 @@ class Wakes(Protocol):
 
 
 class Watches(Protocol):
-    """The inbox watcher's side the core reads (caseflow.watcher.InboxWatcher)."""
+    """The inbox watcher's side the core reads (caseflow.inbox.InboxWatcher)."""
 
     def drain(self) -> tuple[set[str], set[str]]: ...
 

@@ -19,11 +19,11 @@ from typing import Any
 from ..backends import QueueBackend
 from ..config import Config
 from ..errors import PermanentError
+from ..inbox import InboxFolders
 from ..retry import Policy, short
 from ..spec import FAIL, POLL, MachineSpec, load_spec
 from ..store import CaseRow, Store
 from ..transports import Transport
-from ..watcher import InboxFolders
 from . import jobs, wrapup
 from .admission import Admission
 from .case_model import Case

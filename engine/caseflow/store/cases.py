@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 
-from .errors import StaleCase
-from .store_schema import CASE_SELECT, CHANGEABLE, CaseRow, Database, HistoryRow
-from .store_slots import release_held
+from ..errors import StaleCase
+from .schema import CASE_SELECT, CHANGEABLE, CaseRow, Database, HistoryRow
+from .slots import release_held
 
 
 class CaseQueries(Database):

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import CaseRow, HistoryRow, SlotRow, Store
-from .store_schema import CASE_SELECT
+from . import CaseRow, HistoryRow, SlotRow, Store
+from .schema import CASE_SELECT
 
 
 class _ReadOnlyStore(Store):

@@ -1,5 +1,5 @@
 """The database file: its tables and their migrations, connections and transactions, and the
-rows read from it (the store's queries are in store_cases and store_slots).
+rows read from it (the store's queries are in store.cases and store.slots).
 
 WAL mode, one connection per thread (closed when its thread ends: an upload's
 short-lived range threads report progress here, and 200 large-file uploads once left 306
@@ -17,7 +17,7 @@ import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from .errors import StoreError
+from ..errors import StoreError
 
 MIGRATIONS: list[str] = [
     # v1: cases, history, slots

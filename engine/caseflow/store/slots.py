@@ -6,7 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable, Sequence
 
-from .store_schema import Database, SlotRow
+from .schema import Database, SlotRow
 
 
 def _slot_name(host: str, grp: str, idx: int) -> str:

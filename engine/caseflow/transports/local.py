@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..casefolder import Manifest
-from ..config_reader import Section, can_make
+from ..config.reader import Section, can_make
 from ..errors import PermanentError, TransientError
 from . import (
     BOOKKEEPING,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config_reader import NUMBER, Check, Reader, Section, not_negative, port_number, positive
+from ..config.reader import NUMBER, Check, Reader, Section, not_negative, port_number, positive
 from . import TransportConfig
 
 

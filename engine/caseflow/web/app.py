@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition
 
 from .. import metrics
 from ..core.case_model import job_log_path
-from ..overview import StatusReader
+from ..store.reader import StatusReader
 from ..views import case_detail, case_json, iso, log_tail, slot_json
 from . import machine_svg, pages
 
