@@ -28,7 +28,9 @@ The promises checked (docs/guarantees.md):
    the job's; a success brings home that run's results and nothing else; every copy of an
    inbox folder is one case;
 3. `retry` runs the case again on its inputs as they are when the retry is asked: the
-   retried run's job sees the folder's digest of that moment (or a later edit's).
+   retried run's job sees the folder's digest of that moment (or a later edit's);
+and a stop sends each process of a job TERM once (its handler writing a checkpoint is not cut
+short by a second one): no process records two TERMs or two ENDs.
 
 Two profiles:
 - local (`test_model_based`): the `local` transport and the `direct` runner, fast;
@@ -475,6 +477,8 @@ class Proc:
     digest: str | None = None
     dead: bool = False
     last_alive: float = 0.0
+    terms: int = 0  # TERMs its handler saw (a job that goes on after TERM records each)
+    ends: int = 0  # END lines: a handler run twice (a second TERM) writes two
 
     @property
     def run_no(self) -> int | None:
@@ -540,6 +544,9 @@ class Ledger:
             p.digest = kv["digest"]
         elif event in ("END", "CHILD-END"):
             p.end, p.code = t, int(kv["code"])
+            p.ends += 1
+        elif event == "TERM":
+            p.terms += 1
 
     def sweep(self) -> float:
         """Which processes still live, now (an uptime)."""
@@ -595,6 +602,10 @@ class CopyNotOneCase(Broken):
 
 
 class WrongResults(Broken):
+    pass
+
+
+class SignalledTwice(Broken):
     pass
 
 
@@ -1204,6 +1215,13 @@ class CaseflowModel(RuleBasedStateMachine):
             for p in led.procs.values():
                 if p.kind == "main" and p.digest is not None:
                     self.check_inputs(p, rows[p.case], show)
+
+        # a stop sends TERM once: a second one can cut a job's checkpoint short
+        with promise(SignalledTwice):
+            for p in led.procs.values():
+                assert p.terms <= 1 and p.ends <= 1, (
+                    f"{show(p.case)}: its {p} got TERM {p.terms} times and ended {p.ends} times"
+                )
 
         # promise 1: a slot runs one job at a time
         live = led.live(now)
