@@ -15,7 +15,7 @@ import os
 from .. import casefolder
 from .context import Core
 
-log = logging.getLogger("caseflow.core")
+log = logging.getLogger("caseflow.engine")
 
 
 class Admission:

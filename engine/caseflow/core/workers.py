@@ -18,7 +18,7 @@ from typing import Any
 
 Key = Hashable  # a case id, or (work, host name) for a host's own work
 
-log = logging.getLogger("caseflow.core.workers")
+log = logging.getLogger("caseflow.workers")
 
 # What a piece of work returns when it changed nothing a tick would act on: the loop is not
 # woken for it. A poll that found every job still running woke the loop once a second for

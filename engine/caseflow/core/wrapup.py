@@ -27,7 +27,7 @@ from . import jobs
 from .case_model import folder_stamp, free_name, remote_name
 from .context import Core
 
-log = logging.getLogger("caseflow.core.wrapup")
+log = logging.getLogger("caseflow.wrapup")
 
 OUTPUT_LIMIT = 2000  # characters of a failed hook's output kept in the note
 

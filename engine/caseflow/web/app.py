@@ -101,7 +101,7 @@ class App:
             if path == "/api/summary":
                 return self.json(self.summary(now))
             if path == "/api/cases":
-                return self.json(self.cases_json(query))
+                return self.json(self.cases_json(query, now))
             if m := re.fullmatch(r"/api/cases/([0-9]{1,18})", path):
                 return self.case_json(int(m.group(1)), now)
             if path == "/api/hosts":
@@ -240,14 +240,14 @@ class App:
             ).encode(),
         )
 
-    def cases_json(self, query) -> dict:
+    def cases_json(self, query, now: float) -> dict:
         state, search, number, per_page, count, total, rows = self._page(query)
         return {
             "total": total,
             "page": number,
             "pages": count,
             "per_page": per_page,
-            "cases": [case_json(r) for r in rows],
+            "cases": [case_json(r, now=now) for r in rows],
         }
 
     def _detail(self, case_id: int, now: float):
