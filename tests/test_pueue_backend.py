@@ -340,6 +340,31 @@ def test_cancel_sends_term_and_the_job_runs_until_its_processes_are_gone(pueue, 
     pueue.cancel(r)  # it has ended: nothing to do, no error
 
 
+# a job that counts the TERMs it gets and goes on (its sleep is a child: TERM ends that only)
+COUNT_TERM = ("trap 'echo TERM >> terms' TERM; touch started; "
+              "while [ ! -e stop ]; do sleep 0.05; done")
+
+
+def test_a_cancel_sent_again_after_a_lost_reply_sends_no_second_term(pueue, daemon, jobs):
+    """The transport sends a stop again when its reply was lost: the job's TERM handler (a
+    checkpoint) must run once, as a second TERM can cut it short (the randomized test's remote
+    profile found the handler run twice)."""
+    spec = jobs.spec(121, COUNT_TERM)
+    r = ref(spec, pueue.submit(spec))
+    pgid = _running(spec, pueue, r)
+    terms = Path(spec.remote_path, "terms")
+    try:
+        pueue.cancel(r)
+        wait_for(terms.exists, what="the job to get SIGTERM")
+        pueue.cancel(r)  # again: the first one's reply was lost
+        pueue.cancel(r)
+        assert terms.read_text() == "TERM\n"
+        pueue.cancel(r, force=True)  # a KILL always goes through
+        wait_for(lambda: not alive(pgid), what="the job to be killed")
+    finally:
+        Path(spec.remote_path, "stop").touch()
+
+
 def test_cancel_force_kills_the_whole_process_group_at_once(pueue, daemon, jobs):
     """force: SIGKILL, to a running task and to a job that is still ending after a TERM (pueue
     has marked that one Killed already: its processes are killed from the wrapper's record)."""

@@ -16,6 +16,11 @@ if [ "$pid" = - ]; then
   [ -n "$pid" ] || { echo signalled; exit 0; }
 fi
 case $pid in ''|*[!0-9]*) echo "not a pid: $pid" >&2; exit 2 ;; esac
+# TERM once per run: this command may come again after a lost reply, and a second TERM can cut
+# the job's handler (a checkpoint) short; the marker is made atomically before the first TERM
+if [ "$sig" = TERM ] && [ -d "$d/.caseflow" ] && ! mkdir "$d/.caseflow/stop-term" 2>/dev/null; then
+  echo signalled; exit 0
+fi
 # shellcheck disable=SC3013  # test -ef: dash, bash, busybox and ksh have it (direct-status.sh)
 if kill -0 "$pid" 2>/dev/null && [ "/proc/$pid/cwd" -ef "$d" ] &&
     tr '\000' '\n' < "/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$marker"; then

@@ -19,6 +19,12 @@
 # SIGNALS" for what it did, then "@@caseflow end". pueued not answering: the group is still
 # signalled, then pueue's answer and exit code.
 p=$1 label=$2 dir=$3 how=$4
+# TERM once per run: this command may come again after a lost reply, and a second TERM can cut
+# the job's handler (a checkpoint) short; the marker is made atomically before the first TERM
+# (the randomized test's remote profile: a cancel's reply lost twice, the job's handler ran twice)
+if [ "$how" != kill ] && [ -d "$dir/.caseflow" ] && ! mkdir "$dir/.caseflow/stop-term" 2>/dev/null; then
+  echo "@@caseflow term sent before"; echo "@@caseflow end"; exit 0
+fi
 tasks() {  # pueue's JSON ($1) -> "ID STATE" per task of the label; STATE ? if not read
   printf '%s\n' "$1" | L=$label awk '{
     gsub(/"[0-9]+":[{]"id":/, "\n&"); n = split($0, t, "\n")
@@ -71,7 +77,10 @@ while :; do
   done
   [ -z "$refused" ] && break
   try=$((try + 1))
-  if [ "$try" -ge 5 ]; then printf '%s\n' "$refused"; exit 1; fi
+  if [ "$try" -ge 5 ]; then
+    [ -n "$signalled" ] || rmdir "$dir/.caseflow/stop-term" 2>/dev/null  # none sent: again later
+    printf '%s\n' "$refused"; exit 1
+  fi
   sleep 0.1
 done
 if [ "$how" = kill ]; then signal_job "$dir" "$label" KILL
