@@ -744,6 +744,7 @@ class CaseflowModel(RuleBasedStateMachine):
         self.story: list[str] = []
         self.violation: Broken | None = None  # the first promise seen broken
         self.told_faults = 0
+        self.faults_checked = 0  # injected faults seen by `check` (a kept slot's grace restarts)
         self.did = ""  # what the step did, for the story
         self.engine: Engine | None = None
         self.start_engine()
@@ -1150,6 +1151,11 @@ class CaseflowModel(RuleBasedStateMachine):
         rows = {r.id: r for r in store.cases()}
         self.observe(rows.values())
         holder = {(s.grp, str(s.idx)): s.case_id for s in store.slots() if s.case_id}
+        if len(self.faults.injected) != self.faults_checked:
+            # the remote side failed meanwhile: a wrap-up that could not see the job gone
+            # (its look failed or its reply was lost) keeps the slot; the grace starts again
+            self.faults_checked = len(self.faults.injected)
+            self.kept_since.clear()
 
         def show(case_id):
             r = rows.get(case_id)
