@@ -1078,7 +1078,14 @@ class CaseflowModel(RuleBasedStateMachine):
         while self.host.master.pid() is not None:  # a cut master may take a moment to go
             assert time.monotonic() < deadline, "the cut master connection lives on"
             time.sleep(0.05)
-        self.host.login()
+        for attempt in range(5):  # a person tries again when the login's connection drops
+            try:
+                self.host.login()
+                break
+            except Exception:  # pexpect's EOF: the relay cut a connection it had just taken
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
         self.master_down = False
         self.kept_since.clear()
 
