@@ -747,7 +747,11 @@ class CaseflowModel(RuleBasedStateMachine):
         self.faults_checked = 0  # injected faults seen by `check` (a kept slot's grace restarts)
         self.did = ""  # what the step did, for the story
         self.engine: Engine | None = None
-        self.start_engine()
+        try:
+            self.start_engine()
+        except BaseException:  # the example never runs: its host's daemons are not left behind
+            self.cleanup()
+            raise
 
     # -- the daemon ------------------------------------------------------------------------
     def start_engine(self) -> None:
