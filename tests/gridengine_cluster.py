@@ -14,7 +14,8 @@ two-piece bridge as the Slurm cluster's (a `Relay` thread here, tests/slurm_clus
 
 Settings for fast tests (measured in /work/sge-probe/FINDINGS.md, kept here): the scheduler
 runs every second and right after a submission or a job's end (Debian: every 15 s), accounting
-records are written at once (Debian: up to 15 s after the job's end), `min_uid 0` so that root
+records are written at once (Debian: up to 15 s after the job's end), the execd reports every
+2 s (Debian: 40 s; a cleared Eqw job waited 78 s for it to run again), `min_uid 0` so that root
 may submit (Debian refuses uids below 1000), queues without load thresholds (a loaded test
 machine would put them in alarm state), `shell_start_mode unix_behavior`.
 
@@ -84,13 +85,15 @@ def _edit(text: str, values: Mapping[str, str]) -> str:
 
 class GridEngineCluster:
     """One Grid Engine host (qmaster and execd) with the given queues ({name: slots}) and an
-    sshd, in a network namespace under `root`."""
+    sshd, in a network namespace under `root`. `parallel_environments`: names of parallel
+    environments (all slots on one host, `$pe_slots`) that every queue offers."""
 
     def __init__(self, root: Path, *, queues: Mapping[str, int] | None = None,
-                 timeout: float = 60):
+                 parallel_environments: tuple[str, ...] = (), timeout: float = 60):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.queues = dict(queues or {"all.q": 4})
+        self.parallel_environments = parallel_environments  # each in every queue
         self.timeout = timeout
         self.sge_root = self.root / "root"       # SGE_ROOT; wiped at every start
         self.common = self.sge_root / CELL / "common"
@@ -168,6 +171,19 @@ class GridEngineCluster:
             f.seek(0)
             f.writelines(keep)
             f.truncate()
+
+    def kill_qmaster(self) -> None:
+        """SIGKILL to the qmaster (a crash, an outage of the controller); the execd and the
+        running jobs go on, and its spool keeps the jobs for `start_qmaster`."""
+        proc = self._procs.pop("qmaster")
+        proc.kill()
+        proc.wait(timeout=30)
+
+    def start_qmaster(self) -> None:
+        """Start the qmaster again (after `kill_qmaster`) and wait until it answers."""
+        self._spawn("qmaster", "sge_qmaster")
+        self._wait("the qmaster answering again",
+                   lambda: self.run(["qconf", "-sss"], timeout=30).returncode == 0, ("qmaster",))
 
     def __enter__(self) -> GridEngineCluster:
         return self.start()
@@ -264,6 +280,9 @@ class GridEngineCluster:
             "execd_spool_dir": str(self.spool / "execd"),
             "min_uid": "0",
             "min_gid": "0",
+            # the execd reports every 2 s (Debian: 40 s): a job whose earlier try failed
+            # (Eqw, cleared) may run only once the execd reported that try cleaned up
+            "load_report_time": "00:00:02",
             "reporting_params": "accounting=true reporting=false accounting_flush_time=00:00:00 "
                                 "flush_time=00:00:01 joblog=false sharelog=00:00:00",
         }))
@@ -331,13 +350,21 @@ class GridEngineCluster:
         sched = {"schedule_interval": "0:0:1", "flush_submit_sec": "1", "flush_finish_sec": "1"}
         (tmpl / "sched").write_text(_edit(self._qconf("-ssconf"), sched))
         self._qconf("-Msconf", input_file=tmpl / "sched")
+        for pe in self.parallel_environments:
+            (tmpl / pe).write_text("\n".join([
+                f"pe_name {pe}", "slots 9999", "user_lists NONE", "xuser_lists NONE",
+                "start_proc_args NONE", "stop_proc_args NONE", "allocation_rule $pe_slots",
+                "control_slaves FALSE", "job_is_first_task TRUE", "urgency_slots min",
+                "accounting_summary FALSE", "qsort_args NONE", ""]))
+            self._qconf("-Ap", input_file=tmpl / pe)
         # `qconf -aq` with EDITOR=cat prints the template (and exits non-zero: nothing added)
         template = self.run(["qconf", "-aq"], env={"EDITOR": "cat"}, timeout=30).stdout
         if "qname" not in template:
             raise GridEngineError(f"no queue template from qconf -aq: {template!r}")
         for name, slots in self.queues.items():
             values = {"qname": name, "hostlist": self.host, "slots": str(slots),
-                      "load_thresholds": "NONE", "pe_list": "NONE", "shell": "/bin/sh",
+                      "load_thresholds": "NONE",
+                      "pe_list": " ".join(self.parallel_environments) or "NONE", "shell": "/bin/sh",
                       "shell_start_mode": "unix_behavior"}
             (tmpl / name).write_text(_edit(template, values))
             self._qconf("-Aq", input_file=tmpl / name)

@@ -14,7 +14,8 @@ _TIMES: dict[str, float] = {}
 def gridengine_cluster(tmp_path_factory):
     """One Grid Engine host (qmaster, execd, the queues of QUEUES) and an sshd beside it, in a
     network namespace; shared by the session."""
-    cluster = GridEngineCluster(tmp_path_factory.mktemp("gridengine"), queues=QUEUES)
+    cluster = GridEngineCluster(tmp_path_factory.mktemp("gridengine"), queues=QUEUES,
+                                parallel_environments=("smp",))
     cluster.start()
     _TIMES["start"] = cluster.start_seconds
     yield cluster
