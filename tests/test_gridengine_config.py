@@ -36,9 +36,8 @@ def test_the_shipped_gridengine_example_is_valid(tmp_path):
 
 
 def test_what_qsub_is_told_and_the_job_script_gets():
-    env = {"CASEFLOW_CASE_NAME": "a\nb\\c", "CUDA_VISIBLE_DEVICES": "1"}
     job = JobSpec(case_id=3, label="caseflow-x-3-1", remote_path="/scratch/3-a", group="gpu_a",
-                  command="echo hi", env=env)
+                  command="echo hi", env={"CASEFLOW_CASE_NAME": "a\nb\\c"}, device="1")
     assert GridEngineBackend(None).qsub_args(job) == [
         "-N", "caseflow-x-3-1", "-wd", "/scratch/3-a", "-o", "/dev/null", "-j", "y",
         "-b", "n", "-S", "/bin/sh", "/scratch/3-a/.caseflow/gridengine-job.sh",

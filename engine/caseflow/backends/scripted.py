@@ -37,6 +37,7 @@ from . import (
     JobStatus,
     QueueBackend,
     find_record,
+    job_env,
 )
 from .output import BadOutput, quote_start
 
@@ -60,11 +61,11 @@ def script_argv(script: str, name: str, *args: str) -> list[str]:
     return ["sh", "-c", script, name, *args]
 
 
-def job_argv(job: JobSpec, *, without: Sequence[str] = ()) -> list[str]:
-    """The job's command line `env NAME=VALUE... COMMAND...`: its environment, except the names
-    in `without` (e.g. CUDA_VISIBLE_DEVICES where the queue sets it from the GPUs it
-    allocated), and its command (a string runs with `sh -c`)."""
-    env = [f"{k}={v}" for k, v in sorted(job.env.items()) if k not in without]
+def job_argv(job: JobSpec, *, device: bool = True) -> list[str]:
+    """The job's command line `env NAME=VALUE... COMMAND...`: its environment (`job_env`: with
+    CUDA_VISIBLE_DEVICES for the slot's device, unless `device` is False, where the queue sets
+    it from the GPUs it allocated) and its command (a string runs with `sh -c`)."""
+    env = [f"{k}={v}" for k, v in sorted((job_env(job) if device else job.env).items())]
     command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
     return ["env", *env, *command]
 

@@ -77,9 +77,9 @@ TRANSIENT_SBATCH = (
 
 
 def job_argv(job: JobSpec) -> list[str]:
-    """The job's command line: its environment (without CUDA_VISIBLE_DEVICES: Slurm sets that
-    from the GPUs it allocated) and its command."""
-    return command_line(job, without=("CUDA_VISIBLE_DEVICES",))
+    """The job's command line: its environment (without the slot's device: Slurm sets
+    CUDA_VISIBLE_DEVICES from the GPUs it allocated) and its command."""
+    return command_line(job, device=False)
 
 
 def _slurm_path(path: str) -> str:
