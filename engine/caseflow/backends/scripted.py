@@ -16,7 +16,8 @@ reads the job's log from a file in the case folder (`LOG`). Every command is `sh
 ARG...` (`script_argv`): each variable part is a positional parameter, nothing from a case name
 or path is ever parsed by a shell.
 
-A backend on it is in docs/backends.md ("Adding a scheduler on the base"): gridengine.py.
+The backends on it: slurm.py and gridengine.py; how to write one is in docs/backends.md
+("Adding a scheduler on the base").
 """
 
 from __future__ import annotations
