@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from caseflow.backends import JobRef, JobSpec
 from caseflow.backends.direct import MARK, DirectBackend
+from caseflow.backends.gridengine import GridEngineBackend
+from caseflow.backends.gridengine_options import GridEngineOptions
 from caseflow.backends.pueue import PueueBackend
 from caseflow.backends.slurm import SlurmBackend
 from caseflow.backends.slurm_options import SlurmOptions
@@ -417,6 +420,93 @@ class SlurmAdapter(Adapter):
                 if ln in ACTIVE], DEADLINE, interval=0.1, what="the test's jobs to end")
 
 
+# -- Grid Engine ----------------------------------------------------------------------------------
+def qstat_jobs(cluster) -> dict[str, tuple[str, str]]:
+    """{job id: (name, state letters)} of every job qstat lists, of every user: Grid Engine's
+    own `qstat -u '*' -xml` in the cluster's namespace, read with ElementTree here."""
+    res = cluster.run(["qstat", "-u", "*", "-xml"], check=True)
+    return {e.findtext("JB_job_number"): (e.findtext("JB_name"), e.findtext("state"))
+            for e in ET.fromstring(res.stdout).iter("job_list")}
+
+
+class GridEngineAdapter(Adapter):
+    """Grid Engine: the session's one host (tests/gridengine_fixtures.py), over its sshd.
+    gpu_a's jobs go to all.q (8 slots); gpu_one's to one.q (1 slot), so a second one waits."""
+    poll_name = "caseflow-qstat"
+
+    def __init__(self, transport, root: Path, cluster):
+        self.cluster = cluster
+        super().__init__(transport, root)
+
+    @classmethod
+    def open(cls, request, root: Path, _=None) -> "GridEngineAdapter":
+        cluster = request.getfixturevalue("gridengine_cluster")
+        transport = connected(SSHTransport(TransportConfig(**cluster.transport_settings(root))))
+        return cls(transport, root, cluster)
+
+    def make_backend(self):
+        return GridEngineBackend(self.transport, BackendConfig(
+            kind="gridengine", command="true", gridengine=GridEngineOptions(queue="all.q"),
+            gridengine_groups=(("gpu_one", GridEngineOptions(queue="one.q")),)))
+
+    def _state(self, ref: JobRef) -> str | None:
+        """The job's state letters while qstat lists it (under the case's label)."""
+        name, state = qstat_jobs(self.cluster).get(ref.task_id, (None, None))
+        return state if name == ref.label else None
+
+    def on_queue(self, spec: JobSpec) -> list[str]:
+        return [jid for jid, (name, _) in qstat_jobs(self.cluster).items() if name == spec.label]
+
+    def running(self, ref: JobRef) -> bool:
+        return self._state(ref) == "r"
+
+    def waiting(self, ref: JobRef) -> bool:
+        return self._state(ref) == "qw"
+
+    def ended(self, ref: JobRef) -> bool:
+        return self._state(ref) is None
+
+    def forget(self, refs: list[JobRef]) -> None:
+        """qstat forgets a job as it ends; its accounting record goes as a rotation of the
+        accounting file takes it."""
+        wait_for(lambda: not {r.task_id for r in refs} & set(qstat_jobs(self.cluster)),
+                 DEADLINE, interval=0.1, what="qstat to forget the jobs")
+        for r in refs:
+            self.cluster.purge_accounting(r.task_id, r.label)
+
+    def record(self, ref: JobRef) -> Path:
+        return Path(ref.remote_path, ".caseflow", "gridengine-exit")
+
+    def corrupt_record(self, ref: JobRef) -> None:
+        self.record(ref).write_text(f"{ref.task_id} seven\n")
+
+    def start_record(self, ref: JobRef) -> Path:
+        return Path(ref.remote_path, ".caseflow", "gridengine-job")
+
+    entry_edits = ("a state Grid Engine may have one day", "an entry without its job number")
+
+    def edit_entry(self, out: str, refs: list[JobRef], victim: JobRef, how: str) -> str:
+        """The victim's <job_list> in the qstat section (scripts/gridengine-poll.sh) changed."""
+        lines = out.split("\n")
+        at = lines.index(f"      <JB_job_number>{victim.task_id}</JB_job_number>")
+        if how == "an entry without its job number":
+            del lines[at]
+        else:
+            end = next(i for i in range(at, len(lines)) if "</job_list>" in lines[i])
+            state = next(i for i in range(at, end) if "<state>" in lines[i])
+            lines[state] = "      <state>Zr</state>"
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        super().close()
+        mine = [jid for jid, (name, _) in qstat_jobs(self.cluster).items()
+                if name.startswith(f"caseflow-{self.token}-")]
+        if mine:
+            self.cluster.run(["qdel", *mine])
+            wait_for(lambda: not set(mine) & set(qstat_jobs(self.cluster)), DEADLINE,
+                     interval=0.1, what="the test's jobs to end")
+
+
 # name -> (adapter, its variant): the suite's parametrization
 ADAPTERS = {
     "direct-local": (DirectAdapter, "local"),
@@ -424,4 +514,5 @@ ADAPTERS = {
     "pueue-3.4.1": (PueueAdapter, "3.4.1"),
     "pueue-4.0.4": (PueueAdapter, "4.0.4"),
     "slurm": (SlurmAdapter, None),
+    "gridengine": (GridEngineAdapter, None),
 }

@@ -7,8 +7,9 @@ from harness import Workspace
 from sshd import SSHServer, transport_settings
 from sshd_mfa import MFAServer
 
-# the session's Slurm cluster, shared by tests/slurm and the backend contract suite
-pytest_plugins = ["slurm_fixtures"]
+# the session's Slurm cluster and Grid Engine, each shared by its tests and the backend contract
+# suite
+pytest_plugins = ["slurm_fixtures", "gridengine_fixtures"]
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """One suite, every queue backend: the contract of the port in caseflow/backends/__init__.py.
 
 It runs over the direct runner (over the local transport and over the real sshd), pueue (a
-real pueued 3.4.1 and 4.0.4 per test, over the real sshd) and Slurm (the session's real
-one-node cluster, over its sshd). What the queue says is read with the queue's own tools, not
+real pueued 3.4.1 and 4.0.4 per test, over the real sshd), Slurm (the session's real
+one-node cluster, over its sshd) and Grid Engine (the session's real one-host cell, over its
+sshd). What the queue says is read with the queue's own tools, not
 through the backend under test; faults are produced for real (tests/backend_adapters.py).
 
 A backend adapter is done when it passes this suite. To add one:
@@ -41,7 +42,8 @@ HOSTILE = "it's $(touch CANARY) `touch CANARY`; a,b,c=d\nsecond line %j \\ \"q\"
 
 
 def _params(names):
-    return [pytest.param(n, marks=pytest.mark.slow) if n == "slurm" else n for n in names]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in ("slurm", "gridengine") else n
+            for n in names]
 
 
 def _open(request, tmp_path):

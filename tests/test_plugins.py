@@ -192,7 +192,7 @@ def test_a_source_checkout_without_installation_finds_caseflows_adapters(tmp_pat
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT / "engine")},
                           check=True)
     assert proc.stdout.strip() == ("['local', 'openssh', 'ssh'] "
-                                   "['direct', 'pueue', 'slurm']")
+                                   "['direct', 'gridengine', 'pueue', 'slurm']")
 
 
 def test_settings_of_a_kind_are_built_by_its_adapter():

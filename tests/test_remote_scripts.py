@@ -14,7 +14,8 @@ from caseflow.transports import shell
 PACKAGES = ["caseflow.transports", "caseflow.backends"]
 # every module that loads scripts, so that shell.LOADED holds what each of them sends
 MODULES = ["caseflow.transports.ssh", "caseflow.transports.ssh_upload",
-           "caseflow.backends.direct", "caseflow.backends.slurm", "caseflow.backends.pueue"]
+           "caseflow.backends.direct", "caseflow.backends.slurm", "caseflow.backends.pueue",
+           "caseflow.backends.gridengine"]
 SHELLCHECK = shutil.which("shellcheck")
 
 

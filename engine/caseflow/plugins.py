@@ -34,6 +34,7 @@ OWN = {
         "direct": "caseflow.backends.direct:ADAPTER",
         "pueue": "caseflow.backends.pueue:ADAPTER",
         "slurm": "caseflow.backends.slurm:ADAPTER",
+        "gridengine": "caseflow.backends.gridengine:ADAPTER",
     },
 }
 

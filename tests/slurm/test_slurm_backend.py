@@ -6,6 +6,7 @@ commands inside the cluster's namespace (`slurm_cluster.run`), not through the b
 
 import json
 import shutil
+from dataclasses import replace
 import threading
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def test_a_job_runs_in_its_folder_with_its_env_and_the_gpus_slurm_gives_it(slurm
     backend = slurm.backend(groups={"gpu_big": {"gpus_per_job": 2, "time": "5"}})
     dump = ('printf %s "$CASEFLOW_CASE_NAME" > name.txt; printf %s "$CUDA_VISIBLE_DEVICES" '
             '> gpu.txt; pwd > pwd.txt; echo "hello from the job"; echo "to stderr" >&2')
-    env = {"CASEFLOW_CASE_NAME": HOSTILE, "CUDA_VISIBLE_DEVICES": "7"}  # Slurm's, not this
-    one = slurm.spec(1, dump, name="case 'one' 100% $(x)", env=env)
+    env = {"CASEFLOW_CASE_NAME": HOSTILE}
+    # a slot's device is not passed: CUDA_VISIBLE_DEVICES is Slurm's
+    one = replace(slurm.spec(1, dump, name="case 'one' 100% $(x)", env=env), device="7")
     job = backend.submit(one)
     assert job.isdigit()
     status = ended(backend, ref(one, job))

@@ -38,6 +38,15 @@ class JobSpec:
     command: tuple[str, ...] | str
     env: dict = field(default_factory=dict)
     priority: int = 0
+    # The GPU(s) of the case's slot (its group's `devices`), or None. A backend that runs the
+    # job where caseflow's slots are sets CUDA_VISIBLE_DEVICES from it (`job_env`); one whose
+    # queue picks the GPUs itself (Slurm) leaves it out.
+    device: str | None = None
+
+
+def job_env(job: JobSpec) -> dict[str, str]:
+    """The job's environment: `job.env`, and CUDA_VISIBLE_DEVICES for the slot's device."""
+    return {**job.env, **({} if job.device is None else {"CUDA_VISIBLE_DEVICES": job.device})}
 
 
 @dataclass(frozen=True)
@@ -133,7 +142,7 @@ class BackendAdapter:
 
     config: type[BackendConfig]  # its settings
     open: Callable[[Any, Any], QueueBackend]  # (`config.HostConfig`, transport) -> backend
-    # a `config_reader.Section` -> its settings; None: they are the core keys alone
+    # a `config.reader.Section` -> its settings; None: they are the core keys alone
     read: Callable[[Any], BackendConfig] | None = None
     tools: tuple[str, ...] = ()  # commands it runs on the host (caseflow check)
     # (reader of the host, `config.HostConfig`) -> None, raising the reader's error when the

@@ -28,6 +28,7 @@ from . import (
     JobSpec,
     JobStatus,
     QueueBackend,
+    job_env,
 )
 
 JOB_LOG = ".caseflow/job.log"  # the job's stdout and stderr (scripts/direct-launch.sh)
@@ -51,7 +52,7 @@ COMMAND_BYTES = 100_000
 def job_argv(job: JobSpec) -> list[str]:
     # CASEFLOW_JOB: how the job's processes are told from others once its wrapper is gone
     # (scripts/direct-group.sh)
-    env = [f"{k}={v}" for k, v in sorted({**job.env, "CASEFLOW_JOB": job.label}.items())]
+    env = [f"{k}={v}" for k, v in sorted({**job_env(job), "CASEFLOW_JOB": job.label}.items())]
     command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
     return ["env", *env, *command]
 

@@ -53,6 +53,7 @@ from . import (
     JobSpec,
     JobStatus,
     QueueBackend,
+    job_env,
 )
 from .output import BadOutput, quote_start
 from .pueue_groups import PueueGroups
@@ -233,7 +234,7 @@ class PueueBackend(PueueGroups, QueueBackend):
         add = [self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
-        env = [f"{k}={v}" for k, v in sorted(job.env.items())]
+        env = [f"{k}={v}" for k, v in sorted(job_env(job).items())]
         # sent once: a lost reply is a transient error, and the step's next try finds the
         # task by its label (the script looks first) instead of adding a second one
         res = self._checked(

@@ -1,8 +1,9 @@
 """The `slurm` backend: each case is one Slurm batch job, submitted with `sbatch`.
 
-Every call is ONE remote command through the transport: a small `sh` script that takes every
-variable part (case folder, job name, job id, the job's environment) as a positional parameter,
-so nothing from a case name or path is ever parsed by a shell.
+It is a `ScriptedBackend` (scripted.py): every call is ONE remote command through the
+transport, a small `sh` script that takes every variable part (case folder, job name, job id,
+the job's environment) as a positional parameter, so nothing from a case name or path is ever
+parsed by a shell.
 
 - The job's name is the case's label (`caseflow-<instance>-<case id>-<run>`). Before submitting,
   the submit script looks for a job of that name (the record `.caseflow/slurm-job` in the case
@@ -25,12 +26,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
-from ..errors import PermanentError, TransientError
+from ..errors import TransientError
+from ..transports import RunResult, Transport
 from ..transports.shell import script, source
 from . import (
     FAILURE,
-    LOG_TAIL_BYTES,
     NOT_FOUND,
     RUNNING,
     SUCCESS,
@@ -39,18 +41,12 @@ from . import (
     JobRef,
     JobSpec,
     JobStatus,
-    QueueBackend,
-    find_record,
 )
 from .output import BadOutput, quote_start
+from .scripted import ScriptedBackend, script_argv, short
+from .scripted import job_argv as command_line
 from .slurm_options import SlurmConfig, check_host, read_config
-from .slurm_status import (
-    RUNNING_STATES,
-    Poll,
-    ended,
-    parse_squeue,
-    squeue_outcome,
-)
+from .slurm_status import RUNNING_STATES, Poll, ended, squeue_outcome
 
 log = logging.getLogger("caseflow.slurm")
 
@@ -80,17 +76,10 @@ TRANSIENT_SBATCH = (
 )
 
 
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join(text.split())
-    return text[:n] + ("..." if len(text) > n else "")
-
-
 def job_argv(job: JobSpec) -> list[str]:
-    """The job's command line: its environment (without CUDA_VISIBLE_DEVICES: Slurm sets that
-    from the GPUs it allocated) and its command."""
-    env = [f"{k}={v}" for k, v in sorted(job.env.items()) if k != "CUDA_VISIBLE_DEVICES"]
-    command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
-    return ["env", *env, *command]
+    """The job's command line: its environment (without the slot's device: Slurm sets
+    CUDA_VISIBLE_DEVICES from the GPUs it allocated) and its command."""
+    return command_line(job, device=False)
 
 
 def _slurm_path(path: str) -> str:
@@ -98,9 +87,14 @@ def _slurm_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
-class SlurmBackend(QueueBackend):
-    def __init__(self, transport, backend_config=None):
-        self.transport = transport
+class SlurmBackend(ScriptedBackend[Poll]):
+    queue = "Slurm"
+    RECORD = "slurm-job"
+    LOG = OUTPUT
+    TRANSIENT_REFUSALS = TRANSIENT_SBATCH
+
+    def __init__(self, transport: Transport, backend_config: SlurmConfig | None = None):
+        super().__init__(transport)
         self.config = backend_config
 
     def sbatch_args(self, job: JobSpec) -> list[str]:
@@ -114,113 +108,60 @@ class SlurmBackend(QueueBackend):
             *job_argv(job),
         ]
 
-    # -- the port ------------------------------------------------------------------------
-    def submit(self, job: JobSpec) -> str:
-        # never repeated by the transport: while a first sbatch may still be on its way, a
+    # -- the commands --------------------------------------------------------------------
+    def submit_command(self, job: JobSpec) -> list[str]:
+        # sent once (the base's run_once): while a first sbatch may still be on its way, a
         # repeat would not find its job yet and add a second; the step tries again later
-        res = self.transport.run_once(
-            [
-                "sh",
-                "-c",
-                SUBMIT,
-                "caseflow-sbatch",
-                job.remote_path,
-                job.label,
-                JOB_WRAPPER,
-                *self.sbatch_args(job),
-            ]
-        )
-        lines = res.stdout.strip().splitlines()  # the last line: a login shell may chatter
-        out = lines[-1].split() if lines else []
-        if (
-            res.returncode == 0
-            and len(out) == 2
-            and out[1].isdigit()
-            and out[0] in ("adopted", "submitted")
-        ):
-            if out[0] == "adopted":
-                log.info(
-                    "case %s: adopted slurm job %s (name %s) instead of submitting another",
-                    job.case_id,
-                    out[1],
-                    job.label,
-                )
-            return out[1]
-        message = _short(res.stderr or res.stdout)
-        if res.returncode == 97:
-            raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
-        if res.returncode == 127:
-            raise PermanentError(
-                f"Slurm's commands are missing on {self.transport.name}: {message}"
-            )
-        if res.returncode == 96:
-            raise TransientError(
-                f"squeue failed on {self.transport.name}, so it is not known "
-                f"whether the case has a job already: {message}"
-            )
-        if res.returncode == 95:
-            if any(t.lower() in message.lower() for t in TRANSIENT_SBATCH):
-                raise TransientError(f"sbatch failed: {message}")
-            raise PermanentError(f"Slurm refused the job: {message}")
-        if res.returncode in (0, 94):
-            raise BadOutput(
-                f"sbatch --parsable printed no job id: {quote_start(res.stdout + res.stderr)}"
-            )
-        raise TransientError(f"submitting to Slurm failed (exit {res.returncode}): {message}")
+        return script_argv(
+            SUBMIT, "caseflow-sbatch", job.remote_path, job.label, JOB_WRAPPER,
+            *self.sbatch_args(job),
+        )  # fmt: skip
 
-    def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
-        if not jobs:
-            return {}
-        out: dict[int, JobStatus] = {}
-        asked = [j for j in jobs if j.task_id.isdigit()]
-        for j in jobs:
-            if not j.task_id.isdigit():
-                out[j.case_id] = JobStatus(NOT_FOUND, f"no slurm job id recorded ({j.task_id!r})")
-        if not asked:
-            return out
-        args = [a for j in asked for a in (j.task_id, j.remote_path)]
-        res = self.transport.run(["sh", "-c", POLL, "caseflow-poll", *args])
-        if res.returncode != 0:
-            raise TransientError(
-                f"the Slurm poll failed on {self.transport.name} (exit "
-                f"{res.returncode}): {_short(res.stderr or res.stdout)}"
-            )
-        poll = Poll(res.stdout)
+    def poll_command(self, jobs: Sequence[JobRef]) -> list[str]:
+        return script_argv(
+            POLL, "caseflow-poll", *[a for j in jobs for a in (j.task_id, j.remote_path)]
+        )
+
+    def cancel_command(self, job: JobRef, force: bool) -> list[str]:
+        """scancel (Slurm sends SIGTERM, then SIGKILL after its KillWait); `force`: SIGKILL
+        to the job's processes at once (scancel --signal=KILL)."""
+        kill = ["--signal=KILL", "--full"] if force else []
+        return script_argv(CANCEL, "caseflow-scancel", job.task_id, job.label, *kill)
+
+    # -- the answers ---------------------------------------------------------------------
+    def read_poll(self, res: RunResult, jobs: Sequence[JobRef]) -> Poll:
+        poll = Poll(res.stdout, jobs)
         # one id asked and Slurm has forgotten it: squeue fails, saying so; nothing is listed
         if poll.squeue_rc != 0 and "Invalid job id" not in res.stderr:
             raise TransientError(
                 f"squeue failed on {self.transport.name} (exit "
-                f"{poll.squeue_rc}): {_short(res.stderr or res.stdout)}"
+                f"{poll.squeue_rc}): {short(res.stderr or res.stdout)}"
             )
-        queue, unreadable = parse_squeue(poll.squeue_lines)
-        if unreadable:
+        if poll.unreadable:
             log.warning(
                 "squeue on %s printed %d line(s) caseflow cannot read, e.g. %s",
                 self.transport.name,
-                len(unreadable),
-                quote_start(unreadable[0]),
+                len(poll.unreadable),
+                quote_start(poll.unreadable[0]),
             )
-        for index, job in enumerate(asked):
-            try:
-                status = self._outcome(
-                    job,
-                    queue.get(job.task_id),
-                    poll.exits.get(index),
-                    poll.sacct.get(job.task_id, []),
-                    poll.missing is not None and job.task_id in poll.missing,
-                )
-            except BadOutput as exc:  # this job's problem alone
-                status = JobStatus(UNREADABLE, str(exc))
-            if status.outcome == NOT_FOUND and unreadable and job.task_id not in queue:
-                # one of the lines caseflow could not read may be this job's
-                status = JobStatus(
-                    UNREADABLE,
-                    f"squeue printed a line caseflow cannot read, "
-                    f"maybe job {job.task_id}'s: "
-                    f"{quote_start(unreadable[0])}",
-                )
-            out[job.case_id] = status
-        return out
+        return poll
+
+    def job_status(self, poll: Poll, job: JobRef) -> JobStatus:
+        status = self._outcome(
+            job,
+            poll.queue.get(job.task_id),
+            poll.exits.get(poll.positions[job.case_id]),
+            poll.sacct.get(job.task_id, []),
+            poll.missing is not None and job.task_id in poll.missing,
+        )
+        if status.outcome == NOT_FOUND and poll.unreadable and job.task_id not in poll.queue:
+            # one of the lines caseflow could not read may be this job's
+            return JobStatus(
+                UNREADABLE,
+                f"squeue printed a line caseflow cannot read, maybe job {job.task_id}'s: "
+                f"{quote_start(poll.unreadable[0])}",
+            )
+        return status
 
     def _outcome(
         self,
@@ -261,8 +202,7 @@ class SlurmBackend(QueueBackend):
             # not "gone" (that would end the case as not found); the case is charged an attempt
             return JobStatus(
                 UNREADABLE,
-                f"the exit code file of slurm job {jid} cannot be "
-                f"read: {_short(exit_line or '')!r}",
+                f"the exit code file of slurm job {jid} cannot be read: {short(exit_line or '')!r}",
             )
         return JobStatus(
             NOT_FOUND,
@@ -270,37 +210,15 @@ class SlurmBackend(QueueBackend):
             f"no exit code in {EXIT_FILE}",
         )
 
-    def find(self, job: JobRef) -> str | None:
-        """The job's id from the record the submit wrote in the case folder."""
-        return find_record(self.transport, job, "slurm-job")
 
-    def cancel(self, job: JobRef, force: bool = False) -> None:
-        """scancel (Slurm sends SIGTERM, then SIGKILL after its KillWait); `force`: SIGKILL
-        to the job's processes at once (scancel --signal=KILL)."""
-        if not job.task_id.isdigit():
-            return
-        args = [job.task_id, job.label] + (["--signal=KILL", "--full"] if force else [])
-        res = self.transport.run(["sh", "-c", CANCEL, "caseflow-scancel", *args])
-        if res.returncode != 0:
-            raise TransientError(
-                f"scancel {job.task_id} failed on {self.transport.name}: "
-                f"{_short(res.stderr or res.stdout)}"
-            )
-
-    def job_log(self, job: JobRef) -> str | None:
-        res = self.transport.run(
-            ["tail", "-c", str(LOG_TAIL_BYTES), "--", f"{job.remote_path}/{OUTPUT}"]
-        )
-        return res.stdout if res.returncode == 0 else None
-
-    def log_file(self, job: JobRef) -> str | None:
-        return OUTPUT
+def _open(host: Any, transport: Transport) -> SlurmBackend:
+    return SlurmBackend(transport, host.backend)
 
 
 ADAPTER = BackendAdapter(
     config=SlurmConfig,
     read=read_config,
     check_host=check_host,
-    open=lambda host, transport: SlurmBackend(transport, host.backend),
+    open=_open,
     tools=("sbatch", "squeue", "sacct", "scancel", "sh", "tr", "grep", "tail"),
 )

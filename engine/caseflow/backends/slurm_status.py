@@ -7,8 +7,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from . import FAILURE, RUNNING, SUCCESS, JobStatus
+from . import FAILURE, RUNNING, SUCCESS, JobRef, JobStatus
 from .output import BadOutput, quote_start
+from .scripted import sections
 
 # Slurm's job states (squeue, sacct). Everything not yet ended counts as running.
 RUNNING_STATES = {
@@ -126,24 +127,18 @@ def parse_sacct(text: str) -> dict[str, list[tuple[str, str, int | None, int | N
 
 
 class Poll:
-    """The poll script's output, read (see scripts/slurm-poll.sh)."""
+    """The poll script's output, read (see scripts/slurm-poll.sh); `jobs` in the order they
+    were asked about."""
 
-    def __init__(self, text: str):
-        sections: list[tuple[str, list[str]]] = []
-        for line in text.splitlines():
-            if line.startswith("@@caseflow "):
-                sections.append((line[len("@@caseflow ") :], []))
-            elif sections:
-                sections[-1][1].append(line)
-        if not sections or sections[-1][0] != "end":
-            raise BadOutput(f"the Slurm poll's output is incomplete: {quote_start(text)}")
+    def __init__(self, text: str, jobs: Sequence[JobRef] = ()):
+        self.positions = {j.case_id: n for n, j in enumerate(jobs)}
         self.squeue_rc: int | None = None
         self.squeue_lines: list[str] = []
         self.exits: dict[int, str] = {}  # job index -> its exit file's line
         self.sacct: dict[str, list] = {}  # see parse_sacct
         self.missing: set[str] | None = None  # ids squeue did not list (None: none)
-        for head, body in sections:
-            words = head.split(" ", 2)
+        for head, body in sections(text, "Slurm"):
+            words = " ".join(head).split(" ", 2)
             if words[0] == "squeue" and len(words) == 2 and words[1].isdigit():
                 self.squeue_rc, self.squeue_lines = int(words[1]), body
             elif words[0] == "exit" and len(words) == 3 and words[1].isdigit():
@@ -153,3 +148,5 @@ class Poll:
                 self.sacct = parse_sacct("\n".join(body))
         if self.squeue_rc is None:
             raise BadOutput(f"the Slurm poll printed no squeue section: {quote_start(text)}")
+        # {job id: squeue's fields}, and the lines that name no job id caseflow can read
+        self.queue, self.unreadable = parse_squeue(self.squeue_lines)

@@ -260,8 +260,6 @@ class Case:
         device = row.slot_device or (
             group.device_of(row.slot_index) if group and row.slot_index is not None else None
         )
-        if device is not None:
-            env["CUDA_VISIBLE_DEVICES"] = device
         assert row.remote_path is not None and row.grp is not None  # an uploaded case's
         job = JobSpec(
             case_id=row.id,
@@ -271,6 +269,7 @@ class Case:
             command=host.cfg.backend.command,
             env=env,
             priority=row.priority,
+            device=device,
         )
         task_id = host.backend.submit(job)
         self.changes["task_id"] = task_id

@@ -243,7 +243,7 @@ class TransportAdapter:
 
     config: type[TransportConfig]  # its settings
     open: Callable[[Any], Transport]  # its settings -> the transport of one host
-    # a `config_reader.Section` -> its settings; None: they are the core keys alone
+    # a `config.reader.Section` -> its settings; None: they are the core keys alone
     read: Callable[[Any], TransportConfig] | None = None
     tools: tuple[str, ...] = ()  # commands it runs on the host (caseflow check)
 
