@@ -50,7 +50,7 @@ def settings(kind: str, server, root: Path, work: Path) -> dict:
 
 def _master_cpu(t) -> float:
     """CPU seconds of an openssh transport's master process so far (0 for paramiko)."""
-    pid = t.master.pid() if hasattr(t, "master") else None
+    pid = t.channels.master.pid() if hasattr(t.channels, "master") else None
     if pid is None:
         return 0.0
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -206,7 +206,7 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
                                               scp=Tools(server, work / "target"))
                 shutil.rmtree(large)
             finally:
-                transports["openssh"].master.exit()
+                transports["openssh"].channels.master.exit()
             out["target_on_tmpfs"] = on_tmpfs
             remote = work / "poll-remote"
             remote.mkdir()
@@ -222,7 +222,7 @@ def run(quick: bool = False, repeat: int | None = None) -> dict:
                 for job in jobs:
                     os.killpg(job.pid, signal.SIGKILL)
                     job.wait()
-                subprocess.run(transports["openssh"].master.control("exit"),
+                subprocess.run(transports["openssh"].channels.master.control("exit"),
                                capture_output=True)
             p = out["poll"]
             p["openssh_vs_ssh"] = ratio(p["openssh"]["tick_wall_s"], p["ssh"]["tick_wall_s"])

@@ -192,14 +192,14 @@ def test_master_daemon_opens_it_without_prompts_and_refuses_an_unknown_host_key(
         assert t.run(["true"]).returncode == 0 and t.connects == 1
         assert t.run(["true"]).returncode == 0 and t.connects == 1
     finally:
-        t.master.exit()
+        t.channels.master.exit()
     empty = tmp_path / "known_hosts_empty"
     empty.write_text("")
     t = OpenSSHTransport(TransportConfig(**{**settings, "known_hosts": str(empty)}))
     from caseflow.errors import HostError
     with pytest.raises(HostError, match="host key of 127.0.0.1 was refused"):
         t.run(["true"])
-    assert t.master.pid() is None
+    assert t.channels.master.pid() is None
 
 
 def test_run_once_never_runs_a_command_twice_when_the_master_dies_under_it(tmp_path, sshd):
@@ -216,13 +216,13 @@ def test_run_once_never_runs_a_command_twice_when_the_master_dies_under_it(tmp_p
     thread = threading.Thread(target=lambda: _catch(errors, t.run_once, submit))
     thread.start()  # no master yet: it is opened, then the command runs (once)
     wait_for(lambda: runs.exists(), what="the command to start")
-    os.kill(t.master.pid(), signal.SIGKILL)
+    os.kill(t.channels.master.pid(), signal.SIGKILL)
     thread.join()
     assert len(errors) == 1 and isinstance(errors[0], TransientError), errors
     assert "ended while a command ran" in str(errors[0])
     assert runs.read_text() == "run\n" and t.connects == 1
     assert t.run_once(["true"]).returncode == 0 and t.connects == 2
-    t.master.exit()
+    t.channels.master.exit()
 
 
 def _catch(errors, fn, *args):
@@ -252,7 +252,7 @@ def test_a_master_lost_during_an_upload_needs_a_login_and_leaves_no_case_behind(
     staged = ws.remote / ".staging-1-big" / "scan.bin"
     wait_for(lambda: staged.exists() and staged.stat().st_size > 1 << 20, interval=0.01,
              what="the upload to be under way")
-    os.kill(t.master.pid(), signal.SIGKILL)
+    os.kill(t.channels.master.pid(), signal.SIGKILL)
     thread.join(timeout=60)
     assert len(errors) == 1 and isinstance(errors[0], NeedsLogin), errors
     assert str(errors[0]) == "needs login: caseflow login testhost"

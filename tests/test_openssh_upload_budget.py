@@ -32,7 +32,8 @@ from caseflow.errors import TransientError
 from caseflow.transports import upload_ranges
 from caseflow.transports.local import local_manifest
 from caseflow.transports.openssh import NeedsLogin, OpenSSHTransport
-from caseflow.transports.ssh_upload import ChannelBudget, StagedUpload
+from caseflow.transports.ssh import ChannelTransport
+from caseflow.transports.ssh_upload import ChannelBudget
 from caseflow.transports.tarstream import Counter
 from caseflow.transports.upload_streams import Opening, Streams
 from harness import wait_for
@@ -74,10 +75,10 @@ def _digest(path: Path) -> str:
 def _free_sessions(t: OpenSSHTransport) -> int:
     """How many of max_sessions are free (taken and given back at once)."""
     got = 0
-    while t.sessions.acquire(blocking=False):
+    while t.channels.sessions.acquire(blocking=False):
         got += 1
     for _ in range(got):
-        t.sessions.release()
+        t.channels.sessions.release()
     return got
 
 
@@ -143,7 +144,7 @@ def test_a_master_killed_mid_upload_again_and_again_gives_every_channel_back(
         if after is not None:
             assert reached.wait(120), "the upload did not get under way"
             assert thread.is_alive(), f"the upload ended before the kill: {errors}"
-            os.kill(t.master.pid(), signal.SIGKILL)
+            os.kill(t.channels.master.pid(), signal.SIGKILL)
         thread.join(timeout=180)
         assert not thread.is_alive(), "the upload is stuck"
         return errors
@@ -215,7 +216,7 @@ def test_byte_ranges_the_host_refuses_for_a_moment_are_asked_for_again(tmp_path,
     finally:
         for thread in busy:
             thread.join(timeout=30)
-        t.master.exit()
+        t.channels.master.exit()
         server.stop()
 
 
@@ -272,14 +273,14 @@ class _Chan:
         self.fake.opened.remove(self)
 
 
-class _Fake(StagedUpload):
-    """What the upload's channel code uses of a transport, with channels that open (or fail
-    to) and end (or raise) at the test's word."""
+class _Fake(ChannelTransport):
+    """A transport with its own fake channels (it is its own `channels`: what the upload's
+    channel code uses of them), which open (or fail to) and end (or raise) at the test's
+    word."""
 
     def __init__(self, size: int, fail_open=lambda i: False):
-        self.name = "fake"
-        self.cfg = SimpleNamespace(max_channels=size, command_timeout=5.0)
-        self.commands = 0
+        cfg = SimpleNamespace(name="fake", root="/fake", max_channels=size, command_timeout=5.0)
+        super().__init__(cfg, self, sleep=lambda s: None)
         self.opened: list[_Chan] = []
         self.calls = 0
         self.fail_open = fail_open
@@ -289,11 +290,14 @@ class _Fake(StagedUpload):
     def guard(self, fn, what):
         return fn()
 
-    def _channel(self, argv):
+    def open(self, command):
         i, self.calls = self.calls, self.calls + 1
         if self.fail_open(i):
             raise TransientError(f"channel {i} refused")
-        return _Chan(self, argv)
+        return _Chan(self, command)
+
+    def bulk(self, command, several):
+        return self.open(command)
 
     def drain(self, chan, timeout=None):
         return b"", b""

@@ -12,7 +12,8 @@ import pytest
 from caseflow import casefolder
 from caseflow.config import TransportConfig, load_config
 from caseflow.errors import ConfigError, HostError, TransientError
-from caseflow.transports.ssh import SSHTransport, start_command
+from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh_channels import start_command
 from caseflow.transports.ssh_connection import transport_of
 from caseflow.transports.local import local_manifest
 from harness import wait_for
@@ -134,7 +135,7 @@ def test_a_host_alias_from_ssh_config(sshd, tmp_path):
                           ssh_config=str(conf))
     t = SSHTransport(cfg)
     assert t.run(["printf", "%s", "via alias"]).stdout == "via alias"
-    assert (t.conn.endpoint.hostname, t.conn.endpoint.port) == ("127.0.0.1", sshd.port)
+    assert (t.channels.conn.endpoint.hostname, t.channels.conn.endpoint.port) == ("127.0.0.1", sshd.port)
     t.close()
 
 
@@ -149,7 +150,7 @@ def test_proxyjump_through_one_bastion(sshd, tmp_path):
                           user=sshd.user)
     t = SSHTransport(cfg)
     assert t.run(["echo", "jumped"]).stdout == "jumped\n"
-    assert t.conn._jump is not None and t.connects == 2
+    assert t.channels.conn._jump is not None and t.connects == 2
     t.close()
 
 
@@ -238,10 +239,10 @@ def _at_once(t, tmp_path, threads: int, seconds: float = 0.2) -> tuple[list, int
 
 def _all_sessions_given_back(t) -> bool:
     taken = 0
-    while t.sessions.acquire(blocking=False):
+    while t.channels.sessions.acquire(blocking=False):
         taken += 1
     for _ in range(taken):
-        t.sessions.release()
+        t.channels.sessions.release()
     return taken == t.cfg.max_sessions
 
 
@@ -312,7 +313,7 @@ def test_a_connection_lost_an_instant_ago_is_replaced_for_a_step_not_retried(
     t = make(sshd, tmp_path / "remote", port=relay.port, known_hosts=str(tmp_path / "kh"),
              reconnect_min_interval=0)
     assert t.run(["true"]).returncode == 0
-    old = transport_of(t.conn.client())
+    old = transport_of(t.channels.conn.client())
     relay.cut()
     wait_for(lambda: not old.is_active(), what="paramiko to see the cut")
     monkeypatch.setattr(old, "active", True)  # as in the instant before it did
@@ -340,7 +341,7 @@ def test_during_an_outage_reconnects_are_spaced_out(sshd, relay, tmp_path):
             t.run(["true"])
     # one attempt to reconnect, then none until the interval has passed
     assert relay.accepted - before == 1
-    t.conn._failed_at -= 3600  # the interval passes
+    t.channels.conn._failed_at -= 3600  # the interval passes
     relay.accept()
     assert t.run(["echo", "back"]).stdout == "back\n"
     t.close()
@@ -520,14 +521,14 @@ def test_a_command_started_without_waiting_gets_its_stdin_and_a_refusal_closes_t
     refuses (here a second command on the same channel) closes the channel: sending fails
     and there is no exit status, as when the connection is lost, never a hang."""
     t = SSHTransport(TransportConfig(**transport_settings(sshd, tmp_path)))
-    chan = t._session()
+    chan = t.channels.session()
     start_command(chan, "cat > " + str(tmp_path / "got"))
     chan.sendall(b"sent at once\n")
     chan.shutdown_write()
     assert chan.recv_exit_status() == 0
     chan.close()
     assert (tmp_path / "got").read_text() == "sent at once\n"
-    chan = t._session()
+    chan = t.channels.session()
     start_command(chan, "sleep 30")
     start_command(chan, "true")  # refused: the session runs a command already
     deadline = time.monotonic() + 30
@@ -544,7 +545,7 @@ def test_the_connection_acknowledges_at_once(sshd, tmp_path):
     """sshd's small messages right after the login wait for the client's ACK (Nagle); the
     client's socket sends it at once after every read (and has TCP_NODELAY itself)."""
     t = SSHTransport(TransportConfig(**transport_settings(sshd, tmp_path)))
-    sock = transport_of(t.conn.client()).sock
+    sock = transport_of(t.channels.conn.client()).sock
     assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     assert sock.recv.__qualname__ == "_QuickAckSocket.recv"
     assert t.run(["echo", "ok"]).stdout == "ok\n"

@@ -51,7 +51,7 @@ def host(request, sshd, tmp_path):
         t = SSHTransport(TransportConfig(**settings))
     yield t
     if isinstance(t, OpenSSHTransport):
-        t.master.exit()
+        t.channels.master.exit()
     t.close()
     relay.close()
 

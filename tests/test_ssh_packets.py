@@ -74,7 +74,7 @@ def test_an_upload_goes_as_batched_packets_that_sshd_accepts(sshd, tmp_path, cas
         assert writes["bytes"] >= size  # the files and their tar headers: all of it here
         assert writes["writes"] < writes["bytes"] / 32768  # several packets to a write
         # the bytes count towards the next key re-exchange, as paramiko's own sends do
-        packetizer = transport_of(t.conn.client()).packetizer
+        packetizer = transport_of(t.channels.conn.client()).packetizer
         assert packetizer._Packetizer__sent_bytes > size
         # and the connection still carries paramiko's own packets after ours
         assert t.run(["echo", "still here"]).stdout.strip() == "still here"
@@ -100,7 +100,7 @@ def test_another_cipher_goes_through_paramikos_own_send(tmp_path, case, writes):
     try:
         t, _ = upload(srv, tmp_path, case)
         try:
-            assert transport_of(t.conn.client()).remote_cipher == "aes128-ctr"
+            assert transport_of(t.channels.conn.client()).remote_cipher == "aes128-ctr"
         finally:
             t.close()
     finally:

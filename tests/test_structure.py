@@ -21,7 +21,7 @@ FOREIGN_PRIVATES = {
     # a forked child must not run the parent's atexit handlers nor flush its buffers
     ("caseflow.daemon", "os._exit"),
     # paramiko: the keep-alive without a reply (a "global request" would wait for one)
-    ("caseflow.transports.ssh", "transport._send_user_message"),
+    ("caseflow.transports.ssh_channels", "transport._send_user_message"),
     # paramiko: the ciphers it offers, in caseflow's order of preference (measured)
     ("caseflow.transports.ssh_connection", "_PARAMIKO.Transport._preferred_ciphers"),
     # paramiko: the packetizer's fast path for AES-GCM/CTR (caseflow.transports.ssh_packets)

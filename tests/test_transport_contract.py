@@ -15,7 +15,7 @@ from caseflow.errors import PermanentError
 from caseflow.transports.local import LocalTransport, local_manifest
 from caseflow.transports.openssh import OpenSSHTransport
 from caseflow.transports.openssh_master import Master
-from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh import ChannelTransport, SSHTransport
 from sshd import transport_settings
 from sshd_mfa import open_master, openssh_settings
 
@@ -126,7 +126,7 @@ def test_checksum_verification_catches_same_size_changes(transport, case):
     target = Path(transport.path("9-case"))
     transport.upload_dir(case, str(target), m)
     (target / "top.txt").write_text("TOP")  # same size, other bytes
-    if isinstance(transport, SSHTransport):
+    if isinstance(transport, ChannelTransport):
         transport.cfg = TransportConfig(**{**transport.cfg.__dict__, "verify": "checksum"})
     else:
         transport.verify = "checksum"

@@ -14,11 +14,20 @@ from caseflow.config import TransportConfig
 from caseflow.errors import TransientError
 from caseflow.transports.local import local_manifest
 from caseflow.transports.ssh import SSHTransport
+from caseflow.transports.ssh_channels import ParamikoChannels
 from caseflow.transports.ssh_upload import ONE_COMMAND_BYTES, listing_digest
 from caseflow.transports.tarstream import TarWriter
 from caseflow.transports.upload_ranges import RANGE, channels_for
 from caseflow.transports.upload_streams import UNPACK, stream_count
 from sshd import transport_settings
+
+
+def intercept(t, wrapper) -> None:
+    """Every channel the upload opens (commands and data alike) goes through
+    wrapper(argv, open), `open` opening it as the transport would."""
+    channel, bulk = t.channel, t.bulk_channel
+    t.channel = lambda argv: wrapper(argv, channel)
+    t.bulk_channel = lambda argv, several: wrapper(argv, lambda a: bulk(a, several))
 
 
 def make(sshd, root, **extra) -> SSHTransport:
@@ -74,9 +83,8 @@ def test_several_streams_and_ranges_make_one_verified_copy(sshd, tmp_path, case,
     (tmp_path / "remote").mkdir()
     opened, most = [0], [0]
     lock = threading.Lock()
-    channel = t._channel
 
-    def counting(argv):
+    def counting(argv, channel):
         chan = channel(argv)
         if argv[2] not in (UNPACK, RANGE):  # a command, not data: outside the budget
             return chan
@@ -91,7 +99,7 @@ def test_several_streams_and_ranges_make_one_verified_copy(sshd, tmp_path, case,
             close()
         chan.close = closing
         return chan
-    t._channel = counting
+    intercept(t, counting)
     m = casefolder.scan(case)
     target = tmp_path / "remote" / "5-case"
     assert t.upload_dir(case, str(target), m) is True
@@ -259,8 +267,8 @@ def test_the_round_trip_is_measured_only_where_the_channels_depend_on_it(sshd, t
         requests.append(self._warm is not None)
         return real(self)
 
-    real = SSHTransport.round_trip
-    monkeypatch.setattr(SSHTransport, "round_trip", measured)
+    real = ParamikoChannels.round_trip
+    monkeypatch.setattr(ParamikoChannels, "round_trip", measured)
     t = make(sshd, tmp_path / "remote")
     m = casefolder.scan(case)
     assert t.upload_dir(case, str(tmp_path / "remote" / "a"), m) is True
@@ -285,13 +293,12 @@ def test_streams_opened_once_the_round_trip_is_known_join_the_first(sshd, tmp_pa
     t = make(sshd, tmp_path / "remote", max_channels=max_channels)
     (tmp_path / "remote").mkdir()
     streams = []
-    channel = t._channel
 
-    def counting(argv):
+    def counting(argv, channel):
         if argv[2] == UNPACK:
             streams.append(argv[8])  # the stream's index
         return channel(argv)
-    t._channel = counting
+    intercept(t, counting)
     m = casefolder.scan(case)
     target = tmp_path / "remote" / "6-case"
     assert t.upload_dir(case, str(target), m) is True
@@ -314,14 +321,13 @@ def test_a_stream_that_fails_to_join_fails_the_attempt_and_the_next_one_complete
                         lambda rtt, *a: 4 if rtt else 1)
     t = make(sshd, tmp_path / "remote")
     (tmp_path / "remote").mkdir()
-    channel = t._channel
     refuse = [True]
 
-    def refusing(argv):
+    def refusing(argv, channel):
         if refuse[0] and argv[2] == UNPACK and argv[8] == "2":
             raise TransientError("refused for the test")
         return channel(argv)
-    t._channel = refusing
+    intercept(t, refusing)
     m = casefolder.scan(case)
     target = tmp_path / "remote" / "7-case"
     with pytest.raises(TransientError, match="refused for the test"):

@@ -13,7 +13,7 @@ At most `max_sessions` channels are open at once (sshd's MaxSessions, 10 by defa
 the sessions of one connection); a wait for one is bounded (`command_timeout`). sshd still
 counts a session for a moment after the `ssh` of its channel has ended: an upload's channels
 opened several at once wait until the host has started their command, and one it refused is
-opened again (OpenSSHTransport.bulk_channel). When the master is gone the host pauses with
+opened again (OpenSSHChannels.bulk). When the master is gone the host pauses with
 `needs login: caseflow login HOST` (NeedsLogin): no case fails and none is charged an
 attempt, and the engine probes (a local `ssh -O check`) until the master is back.
 """
@@ -32,15 +32,15 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import IO
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
 
 from ..errors import HostError, PermanentError, TransientError
-from . import RunResult, Transport, TransportAdapter
+from . import RunResult, TransportAdapter
+from .channels import NotStarted, Permit
 from .openssh_master import Master, NeedsLogin
-from .ssh import TOOLS, Permit, SSHTransport
+from .ssh import TOOLS, ChannelTransport
 from .ssh_settings import OpenSSHConfig, read_openssh
-from .ssh_upload import StagedUpload
 from .tarstream import LocalWriteError
 
 log = logging.getLogger("caseflow.openssh")
@@ -60,23 +60,17 @@ _NOTHING_SENT = "connection closed by unknown port 65535"
 # what a bulk channel's command writes to stderr first: the host started it (see started)
 MARK = b"caseflow: started\n"
 
+T = TypeVar("T")
 
-class OpenSSHTransport(SSHTransport):
-    """The `ssh` transport with channels over an OpenSSH master instead of paramiko's."""
 
-    cfg: OpenSSHConfig
-    # no paramiko transport to send a global request on: the round trip is timed on a
-    # command (ssh_upload's default), as the channels are opened through the master anyway
-    round_trip = StagedUpload.round_trip
+class OpenSSHChannels:
+    """Channels as `ssh` processes over an OpenSSH master (a `channels.Channels`)."""
 
-    def __init__(self, cfg, sleep=time.sleep):
-        Transport.__init__(self, cfg.name, cfg.root)
+    def __init__(self, cfg: OpenSSHConfig):
         self.cfg = cfg
+        self.name = cfg.name
         self.master = Master(cfg)
         self.sessions = threading.BoundedSemaphore(cfg.max_sessions)
-        self.sleep = sleep
-        self.commands = 0  # remote commands run (for tests and benchmarks)
-        self._root_resolved = not cfg.root.startswith("~")
 
     def connect_ahead(self) -> None:
         """Nothing: the master is kept open (master: daemon) or opened by `caseflow login`."""
@@ -87,7 +81,12 @@ class OpenSSHTransport(SSHTransport):
         them in a process of its own)."""
         return self.master.opened
 
-    def guard(self, fn, what: str):
+    def round_trip(self) -> None:
+        """None: no paramiko transport to send a global request on; the transport times a
+        command, as the channels are opened through the master anyway."""
+        return None
+
+    def guard(self, fn: Callable[[], T], what: str) -> T:
         """Run fn; an `ssh` that broke off (a pipe that closed, a timeout) is caseflow's
         error: the host needs a login when its master is gone, else transient."""
         try:
@@ -106,7 +105,7 @@ class OpenSSHTransport(SSHTransport):
         """After an exit code 255: the error, when ssh failed rather than the command."""
         text = " ".join(stderr.split())[:300]
         if any(s in text.lower() for s in _REFUSED):
-            return _NotStarted(
+            return NotStarted(
                 f"{self.name} refused one more session (its sshd's "
                 f"MaxSessions; transport.max_sessions is "
                 f"{self.cfg.max_sessions}): {text}"
@@ -122,29 +121,12 @@ class OpenSSHTransport(SSHTransport):
         return None
 
     # -- commands ------------------------------------------------------------------------
-    def run(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
-        command = shlex.join(argv)
-        return self._retrying(lambda: self._exec(command, timeout), f"running {argv[0]}")
-
-    def run_once(self, argv: Sequence[str], timeout: float | None = None) -> RunResult:
-        """A command that must not run twice (a submit): run again only when it cannot have
-        started (no master yet, or the host refused the session); a master lost while it
-        ran is an error (the step tries again later, adopting what the first run left)."""
-        command = shlex.join(argv)
-        for attempt in range(4):
-            try:
-                return self._exec(command, timeout)
-            except _NotStarted:
-                if attempt == 3:
-                    raise
-                self.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def _exec(self, command: str, timeout: float | None, chan: object = None) -> RunResult:
-        """`chan`: unused (each command is an ssh process of its own; run_once is ours)."""
+    def exec(self, command: str, timeout: float | None, what: str) -> RunResult:
+        """Run `command` as an `ssh` of its own; with `master: daemon` and no master yet
+        (nothing was sent), open the master (or say why not) and run it once more."""
         try:
             return self._exec_once(command, timeout)
-        except _MasterGone:  # master: daemon: open it (or say why not), then once more
+        except _MasterGone:
             self.master.ensure()
             return self._exec_once(command, timeout)
 
@@ -181,15 +163,15 @@ class OpenSSHTransport(SSHTransport):
             problem = self.ssh_failed(err)
             if problem is not None:
                 raise problem
-        self.commands += 1
         return RunResult(proc.returncode, proc.stdout.decode("utf-8", "replace"), err)
 
-    def _channel(self, argv: Sequence[str]) -> _Channel:
+    # -- channels ------------------------------------------------------------------------
+    def open(self, command: str) -> _Channel:
         if self.cfg.master == "daemon":
             self.master.ensure()  # a stream cannot be sent twice: the master first
-        return _Channel(self, shlex.join(argv))
+        return _Channel(self, command)
 
-    def bulk_channel(self, argv: Sequence[str], several: bool) -> _Channel:
+    def bulk(self, command: str, several: bool) -> _Channel:
         """A channel for an upload's data; one of several opened at once only once the host
         has started its command. sshd counts a session for a moment after the `ssh` of its
         channel has ended, so it may refuse one opened at once in its place: the byte ranges'
@@ -199,20 +181,20 @@ class OpenSSHTransport(SSHTransport):
         `connect_timeout` (as the ssh transport does). A single channel (a small case's one
         stream) does not wait: its data follows its command at once."""
         if not several:
-            return self._channel(argv)
+            return self.open(command)
         if self.cfg.master == "daemon":
             self.master.ensure()
         deadline = time.monotonic() + self.cfg.connect_timeout
         wait = 0.02
         while True:
-            chan = _Channel(self, shlex.join(argv), mark=True)
+            chan = _Channel(self, command, mark=True)
             try:
                 chan.started(deadline)
                 return chan
             except _MasterGone:
                 chan.close()
                 raise
-            except _NotStarted as exc:
+            except NotStarted as exc:
                 chan.close()
                 if time.monotonic() + wait > deadline:
                     raise
@@ -223,7 +205,7 @@ class OpenSSHTransport(SSHTransport):
             time.sleep(wait)  # a session being freed, not an outage
             wait = min(0.5, wait * 2)
 
-    def drain(self, chan, timeout: float | None = None) -> tuple[bytes, bytes]:
+    def drain(self, chan: _Channel, timeout: float | None = None) -> tuple[bytes, bytes]:
         """All of a channel's stdout, then its stderr once the ssh has ended."""
         out = bytearray()
         reader = chan.makefile("rb", timeout)
@@ -241,7 +223,7 @@ class OpenSSHTransport(SSHTransport):
     def describe(self) -> str:
         return f", {self.cfg.host} through its master connection"
 
-    def check_access(self) -> Iterator[tuple[bool, str]]:
+    def check_access(self, run_true: Callable[[], object]) -> Iterator[tuple[bool, str]]:
         """Is a master connection up? Without one (master: login) nothing more can be
         checked; with one, a command runs through it."""
         try:
@@ -264,7 +246,7 @@ class OpenSSHTransport(SSHTransport):
                 ),
             )
             return
-        self.run(["true"])
+        run_true()
         yield (
             True,
             (
@@ -274,11 +256,17 @@ class OpenSSHTransport(SSHTransport):
         )
 
 
-class _NotStarted(TransientError):
-    """The command did not start (nothing ran on the host): safe to run again."""
+class OpenSSHTransport(ChannelTransport):
+    """The `openssh` transport: channels over an OpenSSH master instead of paramiko's."""
+
+    cfg: OpenSSHConfig
+    channels: OpenSSHChannels
+
+    def __init__(self, cfg: OpenSSHConfig, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(cfg, OpenSSHChannels(cfg), sleep)
 
 
-class _MasterGone(_NotStarted):
+class _MasterGone(NotStarted):
     """master: daemon and no master (nothing was sent): open it and run the command again."""
 
 
@@ -288,7 +276,7 @@ class _Channel:
     shutdown_write, makefile, makefile_stderr, recv_exit_status, closed, eof_received, close.
     Waits are bounded by the command timeout (sending, reading, the exit)."""
 
-    def __init__(self, transport: OpenSSHTransport, command: str, mark: bool = False):
+    def __init__(self, transport: OpenSSHChannels, command: str, mark: bool = False):
         self.t = transport
         self.timeout = transport.cfg.command_timeout
         self._closed = False
@@ -334,7 +322,7 @@ class _Channel:
     def eof_received(self) -> bool:
         return self.proc.poll() is not None
 
-    def sendall(self, data) -> None:
+    def sendall(self, data: Any) -> None:
         view = memoryview(data).cast("B")
         while view:
             try:
@@ -352,7 +340,7 @@ class _Channel:
     def makefile(self, mode: str = "rb", timeout: float | None = None) -> _Reader:
         return _Reader(self.stdout, timeout or self.timeout)
 
-    def makefile_stderr(self, mode: str = "rb"):
+    def makefile_stderr(self, mode: str = "rb") -> _Stderr:
         return _Stderr(self)
 
     def _wait(self) -> int:
@@ -372,7 +360,7 @@ class _Channel:
     def started(self, deadline: float) -> None:
         """Wait until the host has started the command (the MARK on its stderr) or, at the
         latest, until `deadline` (then go on as without). An `ssh` that ended first raises
-        what that means (a session the host refused: _NotStarted)."""
+        what that means (a session the host refused: NotStarted)."""
         fd = self.err.fileno()
         wait = 0.001
         while True:
@@ -443,7 +431,7 @@ def _reap(proc: subprocess.Popen, permit: Permit) -> None:
 class _Reader:
     """A channel's stdout for the tar reader: reads that wait at most `timeout` seconds."""
 
-    def __init__(self, pipe, timeout: float):
+    def __init__(self, pipe: IO[bytes], timeout: float):
         self.pipe = pipe
         self.timeout = timeout
 

@@ -12,14 +12,10 @@ data when it can (scripts/unpack.sh), else in one more (scripts/commit.sh). The 
 a partial folder; a failed attempt leaves the staging folder for the next one, and one that no
 case resumes is removed (`discard_upload`, and after STALE_MINUTES by any later upload).
 
-`StagedUpload` is a mixin of the transport. What it uses of it: `cfg` (`verify`,
-`large_file_bytes`, `max_channels`), `name`, `run`/`_sh` (a command), `guard` (errors of the
-connection turned into caseflow's), `_channel(argv)` (a channel with a command started on it:
-`sendall`, `shutdown_write`, `closed`, `eof_received`, `recv_exit_status`, `close`; and, so that
-one thread can keep several channels busy, `send_ready()` (a send would not wait) and
-`send(data)` (sends what the window takes, returns how much): without them, `sendall`), `drain`
-(all of a channel's output) and the `commands` counter; `round_trip()` if it can measure one
-better than a command's time.
+`StagedUpload` is the base of the transport that reaches a host through channels
+(ssh.ChannelTransport); what it uses of it: `cfg` (`verify`, `large_file_bytes`,
+`max_channels`), `channels` (the channel port, channels.Channels: `open`, `bulk`, `guard`,
+`drain`), `run` (a command, with retries) and the `commands` counter.
 """
 
 from __future__ import annotations
@@ -28,15 +24,16 @@ import logging
 import os
 import posixpath
 import secrets
+import shlex
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ..casefolder import Manifest
 from ..errors import PermanentError, TransientError
-from . import check_room, space_or_permission, upload_ranges, upload_resume
+from . import Transport, check_room, space_or_permission, upload_ranges, upload_resume
 from .shell import script
 from .tarstream import Counter, Progress
 from .upload_check import (
@@ -50,10 +47,12 @@ from .upload_check import (
 from .upload_streams import Streams, local_problem, needs_round_trip, stream_count
 
 if TYPE_CHECKING:
-    from . import RunResult
+    from .channels import Channels
     from .ssh_settings import SSHConfig
 
 log = logging.getLogger("caseflow.ssh")
+
+R = TypeVar("R")
 
 
 PREPARE = script(__package__, "prepare.sh", "listing.sh")
@@ -73,19 +72,17 @@ RTT_KEEP = 300.0  # seconds a measured round trip is used (the default round_tri
 _budget_lock = threading.Lock()
 
 
-class StagedUpload:
+class StagedUpload(Transport):
     """The upload steps of a transport that runs commands on channels (see above)."""
 
-    if TYPE_CHECKING:  # what the transport provides (see the module's docstring)
-        cfg: SSHConfig
-        name: str
-        commands: int
+    cfg: SSHConfig
+    channels: Channels
+    commands: int
 
-        def run(self, argv: Sequence[str], timeout: float | None = ...) -> RunResult: ...
-        def _sh(self, script: str, *args: str, what: str) -> RunResult: ...
-        def guard(self, fn: Callable[[], Any], what: str) -> Any: ...
-        def _channel(self, argv: Sequence[str]) -> Any: ...
-        def drain(self, chan: Any, timeout: float | None = ...) -> tuple[bytes, bytes]: ...
+    def channel(self, argv: Sequence[str]) -> Any:
+        """A new channel with the command `argv` started on it (its stdin is the channel:
+        the caller sends, then shuts the channel's write side down)."""
+        return self.channels.open(shlex.join(argv))
 
     # -- what it uses of the transport, beyond the basics ------------------------------------
     def round_trip(self) -> float:
@@ -112,11 +109,10 @@ class StagedUpload:
 
     def bulk_channel(self, argv: Sequence[str], several: bool) -> Any:
         """A channel for an upload's data (upload_streams.Opening; `several`: one of several
-        opened at once): `_channel`, unless the transport must see the host start its command
-        first (the `openssh` transport)."""
-        return self._channel(argv)
+        opened at once)."""
+        return self.channels.bulk(shlex.join(argv), several)
 
-    def close_bulk(self, chan) -> None:
+    def close_bulk(self, chan: Any) -> None:
         """Close a channel opened within the budget (upload_streams.Opening); closing one of
         a lost connection does not raise (the error was seen when it was used)."""
         try:
@@ -126,11 +122,11 @@ class StagedUpload:
         finally:
             self.channel_budget().release()
 
-    def _call(self, argv, stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
+    def _call(self, argv: Sequence[str], stdin: bytes | None = None) -> tuple[int, bytes, bytes]:
         """A command, its exit code and raw output (names need not be UTF-8). A script run
         this way reads all of its stdin first, or takes none (`exec < /dev/null`, when
         `stdin` is None: no EOF is sent, see prepare.sh)."""
-        chan = self._channel(argv)
+        chan = self.channel(argv)
         if stdin is not None:
             try:
                 if stdin:
@@ -141,10 +137,10 @@ class StagedUpload:
                 raise
         return self._answer(chan)
 
-    def _answer(self, chan) -> tuple[int, bytes, bytes]:
+    def _answer(self, chan: Any) -> tuple[int, bytes, bytes]:
         """The exit code and raw output of the command started on `chan`, which is closed."""
         try:
-            out, err = self.drain(chan)
+            out, err = self.channels.drain(chan)
             rc = chan.recv_exit_status()
         finally:
             chan.close()
@@ -153,7 +149,7 @@ class StagedUpload:
 
     # -- checksums of a complete copy ----------------------------------------------------------
     def checksums(self, path: str) -> dict[str, str]:
-        res = self._sh(SUMS, path, what="checksums")
+        res = self.run(["sh", "-c", SUMS, "caseflow", path])
         if res.returncode != 0:
             raise TransientError(f"sha256sum in {path} failed: {res.stderr.strip()[:300]}")
         return parse_sums(res.stdout)
@@ -212,10 +208,14 @@ class StagedUpload:
         # wanted (or large files' channels follow it); those open once it is known and join
         # the streams as they come. Across 50 ms the data began 6 round trips after the
         # login (measuring, then the prepare command and the channels at once), now 2.
-        preparing = self.guard(lambda: self._start_prepare(remote_path, staging), "staging")
+        preparing = self.channels.guard(
+            lambda: self._start_prepare(remote_path, staging), "staging"
+        )
         measuring = None
         if large or needs_round_trip(tarred, self.cfg.max_channels):
-            measuring = _Background(lambda: self.guard(self.round_trip, "measuring the round trip"))
+            measuring = _Background(
+                lambda: self.channels.guard(self.round_trip, "measuring the round trip")
+            )
         try:
             streams = Streams(
                 self,
@@ -233,7 +233,7 @@ class StagedUpload:
             raise
         rtt = 0.0
         try:
-            prepared = self.guard(lambda: self._prepared(preparing, staging), "staging")
+            prepared = self.channels.guard(lambda: self._prepared(preparing, staging), "staging")
             if measuring is not None:
                 rtt = measuring.result()
                 streams.grow(stream_count(rtt, local_dir, tarred, self.cfg.max_channels))
@@ -247,7 +247,7 @@ class StagedUpload:
             kept_files: set[str] = set()
             kept_blocks: dict[str, list[bool]] = {}
             if check:
-                kept_files, kept_blocks = self.guard(
+                kept_files, kept_blocks = self.channels.guard(
                     lambda: self._check_staged(local_dir, staging, check),
                     "checking the staging folder",
                 )
@@ -339,13 +339,13 @@ class StagedUpload:
         self._swept_at = now
         return STALE_MINUTES
 
-    def _start_prepare(self, target: str, staging: str):
+    def _start_prepare(self, target: str, staging: str) -> Any:
         """The channel of scripts/prepare.sh, started (its answer: `_prepared`)."""
-        return self._channel(
+        return self.channel(
             ["sh", "-c", PREPARE, "caseflow", target, staging, str(self._sweep_minutes())]
         )
 
-    def _prepared(self, chan, staging: str) -> upload_resume.Prepared:
+    def _prepared(self, chan: Any, staging: str) -> upload_resume.Prepared:
         rc, out, err = self._answer(chan)
         if rc not in (0, 3):
             text = err.decode("utf-8", "replace")
@@ -354,7 +354,9 @@ class StagedUpload:
             )
         return upload_resume.parse_prepared(out)
 
-    def _check_staged(self, local_dir: Path, staging: str, check: upload_resume.Check):
+    def _check_staged(
+        self, local_dir: Path, staging: str, check: upload_resume.Check
+    ) -> tuple[set[str], dict[str, list[bool]]]:
         """Remove what does not belong in the staging folder; checksum what may stay, on both
         sides at once."""
         local = _Background(lambda: upload_resume.local_sums(local_dir, check))
@@ -376,12 +378,17 @@ class StagedUpload:
         return upload_resume.kept(check, mine, upload_resume.parse_check(out, check))
 
     def _commit(
-        self, staging: str, target: str, expected, sums: dict | None, times: list[str]
+        self,
+        staging: str,
+        target: str,
+        expected: set[tuple[str, str, int]],
+        sums: dict[str, str] | None,
+        times: list[str],
     ) -> None:
         lines = (
             b"".join(sum_line(p, d) for p, d in sorted(sums.items())) if sums is not None else None
         )
-        rc, out, err = self.guard(
+        rc, out, err = self.channels.guard(
             lambda: self._call(
                 [
                     "sh",
@@ -459,16 +466,16 @@ class ChannelBudget:
             self.cond.notify_all()
 
 
-class _Background:
+class _Background(Generic[R]):
     """`fn()` in a thread of its own, its result (or exception) when asked."""
 
-    def __init__(self, fn):
-        self._result = None
+    def __init__(self, fn: Callable[[], R]):
+        self._result: R | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
         self._thread.start()
 
-    def _run(self, fn) -> None:
+    def _run(self, fn: Callable[[], R]) -> None:
         try:
             self._result = fn()
         except BaseException as exc:  # handed to the caller
@@ -477,8 +484,8 @@ class _Background:
     def wait(self) -> None:
         self._thread.join()
 
-    def result(self):
+    def result(self) -> R:
         self._thread.join()
         if self._error is not None:
             raise self._error
-        return self._result
+        return self._result  # type: ignore[return-value]  # set when there is no error

@@ -250,7 +250,9 @@ class Opening:
     def _open(self, i: int, argv: list[str]) -> None:
         try:
             several = len(self.chans) > 1
-            self.chans[i] = self.t.guard(lambda: self.t.bulk_channel(argv, several), "uploading")
+            self.chans[i] = self.t.channels.guard(
+                lambda: self.t.bulk_channel(argv, several), "uploading"
+            )
         except BaseException as exc:  # handed to the caller
             self.errors[i] = exc
             self.t.channel_budget().release()
@@ -319,7 +321,7 @@ def finish(t, jobs: list[Job], abort: bytes | None) -> list[tuple[int, bytes, by
             ends.append((-1, b"", b""))
             continue
         try:
-            out, err = t.drain(job.chan)
+            out, err = t.channels.drain(job.chan)
             rc = job.chan.recv_exit_status()
         except (TimeoutError, OSError, EOFError) as exc:
             if job.send_error is None:
