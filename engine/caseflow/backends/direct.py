@@ -28,8 +28,8 @@ from . import (
     JobSpec,
     JobStatus,
     QueueBackend,
-    job_env,
 )
+from .scripted import NO_FOLDER, job_argv
 
 JOB_LOG = ".caseflow/job.log"  # the job's stdout and stderr (scripts/direct-launch.sh)
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
@@ -49,14 +49,6 @@ FIND = (
 COMMAND_BYTES = 100_000
 
 
-def job_argv(job: JobSpec) -> list[str]:
-    # CASEFLOW_JOB: how the job's processes are told from others once its wrapper is gone
-    # (scripts/direct-group.sh)
-    env = [f"{k}={v}" for k, v in sorted({**job_env(job), "CASEFLOW_JOB": job.label}.items())]
-    command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
-    return ["env", *env, *command]
-
-
 class DirectBackend(QueueBackend):
     def __init__(self, transport):
         self.transport = transport
@@ -72,11 +64,13 @@ class DirectBackend(QueueBackend):
                 job.remote_path,
                 f"{MARK}-{job.case_id}",
                 job.label,
-                *job_argv(job),
+                # CASEFLOW_JOB: how the job's processes are told from others once its
+                # wrapper is gone (scripts/direct-group.sh)
+                *job_argv(job, env={"CASEFLOW_JOB": job.label}),
             ]
         )
         pid = res.stdout.strip()
-        if res.returncode == 97:
+        if res.returncode == NO_FOLDER:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
         if res.returncode != 0 or not pid.isdigit():
             raise TransientError(

@@ -66,6 +66,7 @@ from .pueue_status import (
     status_name,
     task_outcome,
 )
+from .scripted import NO_FOLDER, NO_ID, job_command
 
 log = logging.getLogger("caseflow.pueue")
 
@@ -229,8 +230,7 @@ class PueueBackend(PueueGroups, QueueBackend):
                 job.group,
             )
             self._manage_groups(data.get("groups", {}))
-        argv = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
-        command = "exec " + shlex.join(["sh", WRAPPER, job.label, *argv])
+        command = "exec " + shlex.join(["sh", WRAPPER, job.label, *job_command(job)])
         add = [self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
@@ -269,9 +269,9 @@ class PueueBackend(PueueGroups, QueueBackend):
                 )
             return task_id
         message = self._error(res)
-        if res.returncode == 97:
+        if res.returncode == NO_FOLDER:
             raise PermanentError(f"the uploaded case folder is missing on {self.transport.name}")
-        if res.returncode == 94:
+        if res.returncode == NO_ID:
             raise BadOutput(f"`pueue add -p` printed no task id: {quote_start(res.stdout)}")
         if (
             "doesn't exist" in message

@@ -62,13 +62,17 @@ def script_argv(script: str, name: str, *args: str) -> list[str]:
     return ["sh", "-c", script, name, *args]
 
 
-def job_argv(job: JobSpec, *, device: bool = True) -> list[str]:
+def job_command(job: JobSpec) -> list[str]:
+    """The job's command as an argv (a string runs with `sh -c`)."""
+    return ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
+
+
+def job_argv(job: JobSpec, *, device: bool = True, env: dict[str, str] | None = None) -> list[str]:
     """The job's command line `env NAME=VALUE... COMMAND...`: its environment (`job_env`: with
     CUDA_VISIBLE_DEVICES for the slot's device, unless `device` is False, where the queue sets
-    it from the GPUs it allocated) and its command (a string runs with `sh -c`)."""
-    env = [f"{k}={v}" for k, v in sorted((job_env(job) if device else job.env).items())]
-    command = ["sh", "-c", job.command] if isinstance(job.command, str) else list(job.command)
-    return ["env", *env, *command]
+    it from the GPUs it allocated; and `env`, the backend's own) and its command."""
+    names = {**(job_env(job) if device else job.env), **(env or {})}
+    return ["env", *(f"{k}={v}" for k, v in sorted(names.items())), *job_command(job)]
 
 
 def short(text: str, n: int = 300) -> str:
