@@ -98,9 +98,6 @@ class Streak:
         return self.attempts > 0 or self.failing_since is not None
 
 
-RESET = Streak()  # what any success leaves
-
-
 @dataclass(frozen=True)
 class Retry:
     """Try again at `next_attempt_at`; `error` is what the case shows meanwhile."""
