@@ -21,7 +21,7 @@ def setting(default: Any, check: Check | None = None, doc: str = "", key: str | 
     the setting's: a float is any number, read with float()), `check(value)` what is wrong
     with a given value, `doc` what it means; `key` its key in its mapping when that is not
     the field's name."""
-    return field(default=default, metadata={"check": check, "doc": doc, "key": key or None})
+    return field(default=default, metadata={"check": check, "doc": doc, "key": key})
 
 
 def declared(cls: type, name: str) -> Field:

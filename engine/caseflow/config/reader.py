@@ -20,7 +20,6 @@ from ..settings import Check, declared, setting_names
 
 # the checks of caseflow.settings, taken from here by the adapters' readers too
 from ..settings import not_negative as not_negative
-from ..settings import one_of as one_of
 from ..settings import positive as positive
 
 NUMBER = (int, float)  # a setting in seconds, say: 5 and 2.5 alike (read with float())
