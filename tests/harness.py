@@ -58,6 +58,21 @@ def wait_for(predicate, timeout: float = DEADLINE, interval: float = 0.05, what:
         time.sleep(interval)
 
 
+def is_valid_path(spec, steps: list[tuple[str | None, str, str]]) -> bool:
+    """Whether a case's history [(src, dst, trigger), ...] is a walk of the spec's machine."""
+    current = None
+    for src, dst, trigger in steps:
+        if src != current:
+            return False
+        if src is None:
+            if dst != spec.initial:
+                return False
+        elif spec.dest_of(trigger, src) != dst:
+            return False
+        current = dst
+    return True
+
+
 def process_alive(pid: int) -> bool:
     """The process exists and is not a zombie (a killed job nobody reaped yet)."""
     try:

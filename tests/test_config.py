@@ -335,3 +335,29 @@ def test_a_typo_of_a_required_key_names_the_typo(ws, section, typo, right):
         load_config(path)
     assert str(err.value).startswith(f"{path}: {section}.{typo}: unknown key (did you mean "
                                      f"{right!r}?"), str(err.value)
+
+
+def test_an_absent_setting_is_its_declared_default(ws):
+    """A config without the optional keys reads into the defaults the dataclasses declare
+    (caseflow.settings.setting), of the declared types."""
+    from dataclasses import fields
+
+    from caseflow.config import Config
+    from caseflow.retry import Policy
+    settings = {k: v for k, v in ws.settings.items()
+                if k in ("inbox", "database", "groups", "transport", "backend")}
+    settings["groups"] = ["a"]
+    ws.config_path.write_text(yaml.safe_dump(settings))
+    config = load_config(ws.config_path)
+    declared = [(config, f) for f in fields(Config)] + [(config.retry, f) for f in fields(Policy)]
+    checked = 0
+    for obj, f in declared:
+        if "doc" in f.metadata:
+            value = getattr(obj, f.name)
+            assert value == f.default and type(value) is type(f.default), f.name
+            checked += 1
+    assert checked == 12
+    assert config.shutdown_timeout_seconds == 60.0
+    assert config.groups[0].slots == 1
+    assert config.finish.remote_cleanup == "never"
+    assert config.finish.on_finish_timeout_seconds == 300.0

@@ -242,3 +242,54 @@ def test_the_case_yaml_example_is_accepted(tmp_path):
     (tmp_path / "case.yaml").write_text(block)
     assert read_case_file(tmp_path, ["gpu_a", "gpu_b"], "gpu_b") == {"group": "gpu_a",
                                                                     "priority": 5}
+
+
+# -- the settings' defaults: docs/configuration.md says what the code declares ---------------
+def _documented_defaults() -> dict[str, str]:
+    """The key table of docs/configuration.md: each key (one to a row) and its default."""
+    text = (ROOT / "docs" / "configuration.md").read_text()
+    return dict(re.findall(r"^\| `([a-z_.]+)` \| ([^|]+) \|", text, re.M))
+
+
+def _shown(default) -> str:
+    """A declared default as the table writes it."""
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    return f"`{default}`"
+
+
+def test_every_setting_is_documented_with_its_declared_default():
+    """Each setting declared with caseflow.settings.setting (its default, check and doc in
+    one place) has its row in docs/configuration.md, and the row gives that default."""
+    from dataclasses import fields
+
+    from caseflow.config import SHUTDOWN_MARGIN_SECONDS, Config, FinishConfig, GroupConfig
+    from caseflow.retry import Policy
+
+    documented = _documented_defaults()
+    # each class, with the prefixes of the mappings its settings are read from
+    sections = [(Config, ("", "stability.", "log.")), (Policy, ("retry.",)),
+                (FinishConfig, ("",)), (GroupConfig, ("groups.",))]
+    seen = []
+    for cls, prefixes in sections:
+        for f in fields(cls):
+            if "doc" not in f.metadata:
+                continue
+            assert f.metadata["doc"], f"{cls.__name__}.{f.name}: no doc"
+            name = f.metadata["key"] or f.name
+            if cls is GroupConfig:  # a group's settings are in the `groups` row
+                assert f.name == "slots" and f.default == 1
+                assert "one slot each" in (ROOT / "docs" / "configuration.md").read_text()
+                seen.append(f.name)
+                continue
+            keys = [p + name for p in prefixes if p + name in documented]
+            assert len(keys) == 1, f"{cls.__name__}.{f.name}: documented as {keys}"
+            shown = documented[keys[0]]
+            if f.name == "shutdown_timeout_seconds":  # its default follows the grace
+                assert shown == f"grace + `{SHUTDOWN_MARGIN_SECONDS:g}`"
+            else:
+                assert shown == _shown(f.default), f"{keys[0]}: documented {shown}"
+            seen.append(f.name)
+    assert len(seen) == 15  # the control: the settings were found

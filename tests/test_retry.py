@@ -3,10 +3,11 @@
 import pytest
 
 from caseflow.errors import HostError, PermanentError, StaleCase, TransientError
-from caseflow.retry import (BUG, HOST, PERMANENT, RESET, STALE, TRANSIENT, GiveUp, Policy,
-                            Retry, Streak, after_error, after_failure, kind_of, short)
+from caseflow.retry import (BUG, HOST, PERMANENT, STALE, TRANSIENT, GiveUp, Policy, Retry,
+                            Streak, after_error, after_failure, kind_of, short)
 
 POLICY = Policy(initial_seconds=5, max_seconds=300, give_up_after_seconds=3600)
+RESET = Streak()  # what any success leaves
 
 
 def test_backoff_doubles_from_the_first_delay_up_to_the_longest():

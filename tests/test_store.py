@@ -7,7 +7,8 @@ import pytest
 
 from caseflow.config import GroupConfig, HostConfig
 from caseflow.errors import StaleCase, StoreError
-from caseflow.store import SCHEMA_VERSION, Store
+from caseflow.store import Store
+from caseflow.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 GROUPS = (GroupConfig("gpu_a", 2, ("0", "1")), GroupConfig("gpu_b", 1))
 
@@ -176,7 +177,6 @@ def test_slots_belong_to_hosts_and_a_free_one_is_taken_where_most_are_free(store
 def test_slots_of_an_older_database_get_their_host_from_the_config(tmp_path):
     path = tmp_path / "old.sqlite"
     conn = sqlite3.connect(path)
-    from caseflow.store import MIGRATIONS
     for v, script in enumerate(MIGRATIONS[:5]):
         conn.executescript(script)
         conn.execute(f"PRAGMA user_version = {v + 1}")

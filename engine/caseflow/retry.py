@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import HostError, PermanentError, StaleCase, TransientError
+from .settings import positive, setting
 
 if TYPE_CHECKING:
-    from .config import RetryConfig
     from .store import CaseRow
 
 TRANSIENT, PERMANENT, HOST, STALE, BUG = "transient", "permanent", "host", "stale", "bug"
@@ -63,19 +63,18 @@ def short(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """How long to wait between attempts and when to stop trying (the `retry:` settings)."""
+    """How long to wait between attempts and when to stop trying: the configuration's
+    `retry:` section is read into it (`Config.retry`)."""
 
-    initial_seconds: float = 5.0
-    max_seconds: float = 300.0
-    give_up_after_seconds: float = 24 * 3600.0
-
-    @classmethod
-    def of(cls, retry_config: RetryConfig) -> Policy:
-        return cls(
-            retry_config.initial_seconds,
-            retry_config.max_seconds,
-            retry_config.give_up_after_seconds,
-        )
+    initial_seconds: float = setting(
+        5.0, positive, "first backoff after a transient error; doubles each attempt"
+    )
+    max_seconds: float = setting(300.0, positive, "the longest backoff")
+    give_up_after_seconds: float = setting(
+        24 * 3600.0,
+        positive,
+        "a case failing transiently this long without a success between ends in failure",
+    )
 
     def delay(self, attempts: int) -> float:
         """The wait after the `attempts`-th failure in a row: doubling, capped."""
@@ -97,9 +96,6 @@ class Streak:
     def broken(self) -> bool:
         """Something failed since the last success (a success has something to reset)."""
         return self.attempts > 0 or self.failing_since is not None
-
-
-RESET = Streak()  # what any success leaves
 
 
 @dataclass(frozen=True)

@@ -216,30 +216,6 @@ class MachineSpec:
                 return t.dest
         return None
 
-    def callback_names(self) -> set[str]:
-        names: set[str] = set()
-        for s in self.states:
-            names.update(s.on_enter)
-            names.update(s.on_exit)
-        for t in self.transitions:
-            for v in t.callbacks.values():
-                names.update(v)
-        return names
-
-    def is_valid_path(self, steps: list[tuple[str | None, str, str]]) -> bool:
-        """Whether a history [(src, dst, trigger), ...] is a walk of this machine."""
-        current = None
-        for src, dst, trigger in steps:
-            if src != current:
-                return False
-            if src is None:
-                if dst != self.initial:
-                    return False
-            elif self.dest_of(trigger, src) != dst:
-                return False
-            current = dst
-        return True
-
 
 def _names(value: object, where: str) -> tuple[str, ...]:
     if value is None:

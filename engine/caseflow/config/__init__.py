@@ -24,23 +24,18 @@ import yaml
 from .. import yamlfile
 from ..backends import BackendConfig
 from ..errors import ConfigError
+from ..retry import Policy
+from ..settings import not_negative, positive, setting
 from ..transports import TransportConfig
 from .finish import FinishConfig, ResultsConfig, read_finish, read_results
 from .hosts import GroupConfig, HostConfig, read_hosts
-from .reader import NUMBER, Reader, can_make, not_negative, positive, resolve
+from .reader import NUMBER, Reader, can_make, resolve
 
 ENV_VAR = "CASEFLOW_CONFIG"
-
-
-@dataclass(frozen=True)
-class RetryConfig:
-    initial_seconds: float = 5.0
-    max_seconds: float = 300.0
-    give_up_after_seconds: float = 24 * 3600.0
-
-    def delay(self, attempts: int) -> float:
-        """Backoff before attempt number `attempts + 1` (exponential, capped)."""
-        return min(self.max_seconds, self.initial_seconds * (2 ** max(0, attempts - 1)))
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SHUTDOWN_GRACE_SECONDS = 30.0  # shutdown_grace_seconds' default
+# shutdown_timeout_seconds' default: this long after the grace (whatever the grace is)
+SHUTDOWN_MARGIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,16 +68,38 @@ class Config:
     inbox: Path
     database: Path
     hosts: tuple[HostConfig, ...]
-    quiet_seconds: float = 5.0
-    rescan_seconds: float = 30.0
-    tick_seconds: float = 2.0
-    poll_seconds: float = 10.0
-    workers: int = 4
-    shutdown_grace_seconds: float = 30.0
-    shutdown_timeout_seconds: float = 60.0
-    stop_grace_seconds: float = 30.0
-    retry: RetryConfig = field(default_factory=RetryConfig)
-    log_level: str = "INFO"
+    # stability:
+    quiet_seconds: float = setting(
+        5.0, not_negative, "a case is admitted once nothing inside it changed for this long"
+    )
+    rescan_seconds: float = setting(
+        30.0, positive, "how often the inbox is listed in full, besides the file-system events"
+    )
+    tick_seconds: float = setting(
+        2.0, positive, "the longest the loop sleeps between ticks (it wakes when work is due)"
+    )
+    poll_seconds: float = setting(10.0, positive, "how often running jobs are polled")
+    workers: int = setting(4, positive, "threads per host for its long steps")
+    shutdown_grace_seconds: float = setting(
+        SHUTDOWN_GRACE_SECONDS,
+        not_negative,
+        "on SIGTERM/SIGINT, how long steps in flight may finish",
+    )
+    # read with the grace given: at least it, by default SHUTDOWN_MARGIN_SECONDS after it
+    shutdown_timeout_seconds: float = setting(
+        SHUTDOWN_GRACE_SECONDS + SHUTDOWN_MARGIN_SECONDS,
+        doc="on SIGTERM/SIGINT the daemon has ended after this long, whatever the hosts do",
+    )
+    stop_grace_seconds: float = setting(
+        30.0, not_negative, "a stopped job is sent SIGKILL this long after SIGTERM"
+    )
+    retry: Policy = field(default_factory=Policy)
+    log_level: str = setting(
+        "INFO",
+        lambda v: None if v.upper() in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}",
+        "the least severe records logged: DEBUG, INFO, WARNING or ERROR",
+        key="level",
+    )
     log_file: Path | None = None
     results: ResultsConfig = field(default_factory=lambda: ResultsConfig(folder=None))
     finish: FinishConfig = field(default_factory=FinishConfig)
@@ -202,36 +219,29 @@ def load_config(path: Path | str) -> Config:
             f"(e.g. {database / 'caseflow.db'})",
         )
     can_make(top, "database", database.parent)
-    tick = float(top.get("tick_seconds", NUMBER, 2.0, positive))
-    poll = float(top.get("poll_seconds", NUMBER, 10.0, positive))
-    workers = top.get("workers", int, 4, positive)
-    grace = float(top.get("shutdown_grace_seconds", NUMBER, 30.0, not_negative))
-    stop_timeout = float(
+    run = top.settings(Config, "tick_seconds", "poll_seconds", "workers", "shutdown_grace_seconds")
+    grace = run["shutdown_grace_seconds"]
+    # the one setting whose default and check follow another's value
+    run["shutdown_timeout_seconds"] = float(
         top.get(
             "shutdown_timeout_seconds",
             NUMBER,
-            grace + 30.0,
+            grace + SHUTDOWN_MARGIN_SECONDS,
             lambda v: (
                 None if v >= grace else f"must be at least shutdown_grace_seconds ({grace:g})"
             ),
         )
     )
-
-    stop_grace = float(top.get("stop_grace_seconds", NUMBER, 30.0, not_negative))
+    run.update(top.settings(Config, "stop_grace_seconds"))
 
     stab = top.sub("stability")
-    quiet = float(stab.get("quiet_seconds", NUMBER, 5.0, not_negative))
-    rescan = float(stab.get("rescan_seconds", NUMBER, 30.0, positive))
+    run.update(stab.settings(Config, "quiet_seconds", "rescan_seconds"))
     stab.finish()
 
     hosts = read_hosts(top, base, database.parent)
 
     rr = top.sub("retry")
-    retry = RetryConfig(
-        initial_seconds=float(rr.get("initial_seconds", NUMBER, 5.0, positive)),
-        max_seconds=float(rr.get("max_seconds", NUMBER, 300.0, positive)),
-        give_up_after_seconds=float(rr.get("give_up_after_seconds", NUMBER, 86400.0, positive)),
-    )
+    retry = Policy(**rr.settings(Policy))
     rr.finish()
 
     results = read_results(top, base, inbox)
@@ -246,16 +256,7 @@ def load_config(path: Path | str) -> Config:
     web = _read_web(top, base)
 
     lg = top.sub("log")
-    level = lg.get(
-        "level",
-        str,
-        "INFO",
-        lambda v: (
-            None
-            if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
-            else "must be one of DEBUG, INFO, WARNING, ERROR"
-        ),
-    ).upper()
+    level = lg.setting(Config, "log_level").upper()
     log_file = lg.get("file", str, None)
     if log_file is not None:
         log_path = resolve(base, log_file)
@@ -270,14 +271,7 @@ def load_config(path: Path | str) -> Config:
         inbox=inbox,
         database=database,
         hosts=hosts,
-        quiet_seconds=quiet,
-        rescan_seconds=rescan,
-        tick_seconds=tick,
-        poll_seconds=poll,
-        workers=workers,
-        shutdown_grace_seconds=grace,
-        shutdown_timeout_seconds=stop_timeout,
-        stop_grace_seconds=stop_grace,
+        **run,
         retry=retry,
         log_level=level,
         log_file=resolve(base, log_file) if log_file else None,

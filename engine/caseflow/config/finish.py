@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .reader import NUMBER, Reader, can_make, existing_ancestor, positive, resolve, show
+from ..settings import one_of, positive, setting
+from .reader import Reader, can_make, existing_ancestor, resolve, show
 
 CLEANUP_MODES = ("never", "on_success", "always")
 
@@ -26,9 +27,15 @@ class FinishConfig:
 
     archive_done: Path | None = None  # success goes here
     archive_failed: Path | None = None  # failure and not_found go here
-    remote_cleanup: str = "never"
+    remote_cleanup: str = setting(
+        "never",
+        one_of(CLEANUP_MODES),
+        "when the case folder on the host is removed, once its results are home",
+    )
     on_finish: tuple[str, ...] | str | None = None
-    on_finish_timeout_seconds: float = 300.0
+    on_finish_timeout_seconds: float = setting(
+        300.0, positive, "a hook running longer is killed (and noted)"
+    )
     # run when work on a host pauses (e.g. `needs login`); same form and timeout as on_finish
     on_host_paused: tuple[str, ...] | str | None = None
 
@@ -90,14 +97,9 @@ def read_finish(top: Reader, base: Path, inbox: Path) -> FinishConfig:
                 f"{folder} is on another file system than the inbox; "
                 "archiving moves folders by renaming, so it must be on the same",
             )
-    cleanup = top.get(
-        "remote_cleanup",
-        str,
-        "never",
-        lambda v: None if v in CLEANUP_MODES else f"must be one of {', '.join(CLEANUP_MODES)}",
-    )
+    cleanup = top.setting(FinishConfig, "remote_cleanup")
     hook = _hook(top, "on_finish")
-    timeout = float(top.get("on_finish_timeout_seconds", NUMBER, 300.0, positive))
+    timeout = top.setting(FinishConfig, "on_finish_timeout_seconds")
     return FinishConfig(
         archive_done=done,
         archive_failed=failed,

@@ -16,6 +16,7 @@ from pathlib import Path
 from .. import backends, transports
 from ..backends import BackendConfig
 from ..plugins import PluginError
+from ..settings import setting
 from ..transports import VERIFY_MODES, TransportConfig
 from .reader import Reader, Section, show
 
@@ -25,7 +26,11 @@ _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a group's or a host's
 @dataclass(frozen=True)
 class GroupConfig:
     name: str
-    slots: int
+    slots: int = setting(
+        1,
+        lambda v: None if v >= 1 else "must be at least 1 (remove the group to stop using it)",
+        "how many of the group's cases the host runs at once",
+    )
     devices: tuple[str, ...] | None = None
 
     def device_of(self, index: int) -> str | None:
@@ -100,7 +105,7 @@ def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
         for i, name in enumerate(raw):
             if not isinstance(name, str) or not _NAME.match(name):
                 raise top.error(f"groups[{i}]", f"not a valid group name: {show(name)}")
-            groups.append(GroupConfig(name=name, slots=1))
+            groups.append(GroupConfig(name=name))
         return tuple(groups)
     for name, settings in raw.items():
         key = f"groups.{name}"
@@ -119,12 +124,7 @@ def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
                 f"groups.{name}", f"expected a mapping like {{slots: 2}}, got {show(settings)}"
             )
         gr = Reader(top.file, settings, prefix=f"{top.prefix}{key}.")
-        slots = gr.get(
-            "slots",
-            int,
-            1,
-            lambda v: None if v >= 1 else "must be at least 1 (remove the group to stop using it)",
-        )
+        slots = gr.setting(GroupConfig, "slots")
         devices = gr.get("devices", list, None, what="a list of device ids")
         gr.finish()
         if devices is not None:

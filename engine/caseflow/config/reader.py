@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..settings import Check, declared, setting_names
+
+# the checks of caseflow.settings, taken from here by the adapters' readers too
+from ..settings import not_negative as not_negative
+from ..settings import positive as positive
 
 NUMBER = (int, float)  # a setting in seconds, say: 5 and 2.5 alike (read with float())
-
-Check = Callable[[Any], "str | None"]  # a value's problem in words, or None when it is fine
 
 
 class Reader:
@@ -71,6 +73,24 @@ class Reader:
             if message:
                 raise self.error(name, message)
         return value
+
+    def setting(self, cls: type, name: str) -> Any:
+        """The setting `name` of the dataclass `cls` (declared with caseflow.settings.setting),
+        read from its key with the default, the check and the type declared there."""
+        f = declared(cls, name)
+        number = type(f.default) is float
+        value = self.get(
+            f.metadata["key"] or name,
+            NUMBER if number else type(f.default),
+            f.default,
+            f.metadata["check"],
+        )
+        return float(value) if number else value
+
+    def settings(self, cls: type, *names: str) -> dict[str, Any]:
+        """The settings `names` of `cls` (`Reader.setting`), read in that order, by name;
+        without names, every setting `cls` declares, in the order of its fields."""
+        return {name: self.setting(cls, name) for name in names or setting_names(cls)}
 
     def sub(self, name: str, required: bool = False) -> Reader:
         value = self.get(name, dict, default=... if required else {}, what="a mapping")
@@ -143,14 +163,6 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 def show(value: Any) -> str:
     """A value as an error names it: its YAML type and its text."""
     return f"{type(value).__name__} {value!r}"
-
-
-def positive(value: float) -> str | None:
-    return None if value > 0 else "must be greater than 0"
-
-
-def not_negative(value: float) -> str | None:
-    return None if value >= 0 else "must not be negative"
 
 
 def port_number(value: int) -> str | None:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..config import Config
     from ..inbox import InboxFolders
-    from ..retry import Policy
     from ..spec import MachineSpec
     from ..store import CaseRow, Store
     from .hosts import Host, HostHealth
@@ -52,7 +51,6 @@ class Core(Protocol):
     spec: MachineSpec
     store: Store
     machine: CaseMachine
-    policy: Policy
     hosts: dict[str, Host]
     health: HostHealth
     folders: InboxFolders

@@ -20,7 +20,7 @@ from ..backends import QueueBackend
 from ..config import Config
 from ..errors import PermanentError
 from ..inbox import InboxFolders
-from ..retry import Policy, short
+from ..retry import short
 from ..spec import FAIL, POLL, MachineSpec, load_spec
 from ..store import CaseRow, Store
 from ..transports import Transport
@@ -60,7 +60,6 @@ class Engine:
         self.watcher = watcher
         self.waker: Wakes | None = None  # the daemon's: wakes its loop
         self.machine = CaseMachine(self.spec)
-        self.policy = Policy.of(config.retry)
         # the hosts, in config order; `transport`/`backend` given here are the first host's
         self.hosts: dict[str, Host] = {}
         for i, h in enumerate(config.hosts):

@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from ..backends import QueueBackend, make_backend
-from ..config import HostConfig, RetryConfig
+from ..config import HostConfig
 from ..errors import HostError, PermanentError, TransientError
-from ..retry import short
+from ..retry import Policy, short
 from ..store import Store
 from ..transports import Transport, make_transport
 from .workers import WorkerPool
@@ -130,7 +130,7 @@ class HostHealth:
         self,
         hosts: dict[str, Host],
         store: Store,
-        retry: RetryConfig,
+        retry: Policy,
         clock: Callable[[], float],
         monotonic: Callable[[], float],
         slot_states: list[str],

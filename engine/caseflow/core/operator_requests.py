@@ -78,5 +78,8 @@ class OperatorRequests:
         moved = bool(self.core.step(row, trigger, requested=True))
         if not moved:
             attempts = self.wait.get(row.id, (0, 0.0))[0] + 1
-            self.wait[row.id] = (attempts, self.core.monotonic() + self.core.policy.delay(attempts))
+            self.wait[row.id] = (
+                attempts,
+                self.core.monotonic() + self.core.config.retry.delay(attempts),
+            )
         return moved

@@ -93,7 +93,7 @@ class Outcomes:
             problem = self.core.health.pause(host, exc)
             if not self.move_elsewhere(row, host, problem):
                 self.core.store.reschedule(
-                    row.id, row.state, self.core.clock() + self.core.policy.max_seconds
+                    row.id, row.state, self.core.clock() + self.core.config.retry.max_seconds
                 )
             return
         if is_unreachable(exc) and host is not None:
@@ -102,7 +102,9 @@ class Outcomes:
                 return
         now = self.core.clock()
         fresh = self.core.store.get(row.id) or row  # the streak as it is now
-        verdict = after_error(self.core.policy, Streak.of(fresh), exc, now, what, patient=patient)
+        verdict = after_error(
+            self.core.config.retry, Streak.of(fresh), exc, now, what, patient=patient
+        )
         metrics.attempt_failed(what)
         if isinstance(verdict, GiveUp):
             metrics.gave_up(what)

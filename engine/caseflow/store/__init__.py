@@ -9,12 +9,10 @@ a crash at any point leaves every case in exactly one state.
 from __future__ import annotations
 
 from .cases import CaseQueries
-from .schema import MIGRATIONS, SCHEMA_VERSION, CaseRow, HistoryRow, SlotRow
+from .schema import CaseRow, HistoryRow, SlotRow
 from .slots import SlotQueries
 
 __all__ = [
-    "MIGRATIONS",
-    "SCHEMA_VERSION",
     "CaseRow",
     "HistoryRow",
     "SlotRow",
