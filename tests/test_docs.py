@@ -267,11 +267,13 @@ def test_every_setting_is_documented_with_its_declared_default():
 
     from caseflow.config import SHUTDOWN_MARGIN_SECONDS, Config, FinishConfig, GroupConfig
     from caseflow.retry import Policy
+    from caseflow.transports.ssh_settings import SSHConfig
 
     documented = _documented_defaults()
     # each class, with the prefixes of the mappings its settings are read from
     sections = [(Config, ("", "stability.", "log.")), (Policy, ("retry.",)),
-                (FinishConfig, ("",)), (GroupConfig, ("groups.",))]
+                (FinishConfig, ("",)), (GroupConfig, ("groups.",)),
+                (SSHConfig, ("transport.",))]  # (and TransportConfig's, which it inherits)
     seen = []
     for cls, prefixes in sections:
         for f in fields(cls):
@@ -292,4 +294,4 @@ def test_every_setting_is_documented_with_its_declared_default():
             else:
                 assert shown == _shown(f.default), f"{keys[0]}: documented {shown}"
             seen.append(f.name)
-    assert len(seen) == 15  # the control: the settings were found
+    assert len(seen) == 21  # the control: the settings were found

@@ -17,7 +17,7 @@ from .. import backends, transports
 from ..backends import BackendConfig
 from ..plugins import PluginError
 from ..settings import setting
-from ..transports import VERIFY_MODES, TransportConfig
+from ..transports import TransportConfig
 from .reader import Reader, Section, show
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a group's or a host's
@@ -174,12 +174,7 @@ def read_transport(
             )
     kind = _kind(tr, "transport", transports.kinds())
     root = tr.get("root", str)
-    verify = tr.get(
-        "verify",
-        str,
-        "size",
-        lambda v: None if v in VERIFY_MODES else f"must be one of {', '.join(VERIFY_MODES)}",
-    )
+    verify = tr.setting(transports.TransportConfig, "verify")
     try:
         adapter = transports.adapter(kind)
     except PluginError as exc:

@@ -25,6 +25,7 @@ from typing import Any
 from .. import plugins
 from ..casefolder import Manifest
 from ..errors import PermanentError
+from ..settings import one_of, setting
 
 VERIFY_MODES = ("size", "checksum")  # how an upload is checked (every transport's `verify:`)
 
@@ -224,7 +225,12 @@ class TransportConfig:
     kind: str
     root: str
     name: str
-    verify: str = "size"
+    verify: str = setting(
+        "size",
+        one_of(VERIFY_MODES),
+        "how an upload is verified before it is renamed into place: every path, type and "
+        "size, or also SHA-256 of every file",
+    )
 
     def __new__(cls, *args: Any, **kwargs: Any) -> TransportConfig:
         if cls is TransportConfig:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config.reader import NUMBER, Check, Reader, Section, not_negative, port_number, positive
+from ..config.reader import Check, Reader, Section, port_number
+from ..settings import not_negative, positive, setting
 from . import TransportConfig
 
 
@@ -30,11 +31,21 @@ class SSHConfig(TransportConfig):
     known_hosts: str | None = None
     accept_new_host_keys: bool = False
     ssh_config: str | None = None
-    connect_timeout: float = 15.0
-    command_timeout: float = 600.0
-    keepalive_seconds: float = 30.0
-    reconnect_min_interval: float = 5.0
-    large_file_bytes: int = 64 * 1024 * 1024
+    connect_timeout: float = setting(15.0, positive, "seconds for connecting and authenticating")
+    command_timeout: float = setting(
+        600.0, positive, "seconds a remote command (or an upload's silence) may take"
+    )
+    keepalive_seconds: float = setting(
+        30.0, not_negative, "SSH keepalive interval of the one long-lived connection"
+    )
+    reconnect_min_interval: float = setting(
+        5.0, not_negative, "after a failed connection attempt, no new one before this many seconds"
+    )
+    large_file_bytes: int = setting(
+        64 * 1024 * 1024,
+        positive,
+        "files at least this large go as byte ranges on several channels at once",
+    )
     # channels open at once on the connection, everything together (the server's
     # MaxSessions, 10 by default in OpenSSH, counts the sessions of one connection)
     max_sessions: int = 10
@@ -66,17 +77,15 @@ def _remote_root(section: Section) -> None:
 
 def _limits(tr: Reader) -> dict[str, Any]:
     """The timeouts and sizes both transports have."""
-    d = SSHConfig
     return dict(
-        connect_timeout=float(tr.get("connect_timeout", NUMBER, d.connect_timeout, positive)),
-        command_timeout=float(tr.get("command_timeout", NUMBER, d.command_timeout, positive)),
-        keepalive_seconds=float(
-            tr.get("keepalive_seconds", NUMBER, d.keepalive_seconds, not_negative)
+        **tr.settings(
+            SSHConfig,
+            "connect_timeout",
+            "command_timeout",
+            "keepalive_seconds",
+            "reconnect_min_interval",
+            "large_file_bytes",
         ),
-        reconnect_min_interval=float(
-            tr.get("reconnect_min_interval", NUMBER, d.reconnect_min_interval, not_negative)
-        ),
-        large_file_bytes=tr.get("large_file_bytes", int, d.large_file_bytes, positive),
         **_sessions(tr),
     )
 
