@@ -60,7 +60,7 @@ def admit(core: Core, name: str, inode: str, now: float) -> int:
             shown, str(core.config.inbox / shown), inode, core.spec.initial, now, now
         )
         log.warning("case %s %r: its folder name is not valid UTF-8", case_id, shown)
-        core.fail(
+        core.outcomes.fail(
             case_id,
             f"the folder name {shown!r} is not valid UTF-8 (the bytes after "
             "a backslash are not text); rename the folder to admit it",

@@ -132,7 +132,7 @@ class Case:
             row.folder_stamp is not None and folder_stamp(path) != row.folder_stamp
         ):
             eng.forget_folder(row.local_path, row.inode)  # the next listing admits it anew
-            eng.rescan_soon()
+            eng.admission.rescan_soon()
             raise PermanentError(
                 f"replaced by a new copy (or changed at its top level) after it was taken: "
                 f"the folder {row.local_path} is no longer the one this case was admitted "

@@ -43,6 +43,49 @@ class Watches(Protocol):
     def last_activity(self, name: str) -> float | None: ...
 
 
+class Settles(Protocol):
+    """What a step ran into, settled (caseflow.core.outcomes.Outcomes)."""
+
+    def settle(
+        self,
+        row: CaseRow,
+        what: str,
+        exc: BaseException,
+        *,
+        patient: bool = False,
+        bug_fails: bool = False,
+        trace: bool = True,
+    ) -> None:
+        """The retry policy applied: skip, back off, pause the host, stop the job, fail."""
+        ...
+
+    def fail(self, case_id: int, reason: str) -> bool:
+        """End the case in failure (its job stopped first, if one may run)."""
+        ...
+
+    def stop_first(self, row: CaseRow, reason: str) -> bool:
+        """Stop the case's job before it ends with `reason`; False when none may run."""
+        ...
+
+
+class Dispatches(Protocol):
+    """Work of a case in its host's lane (caseflow.core.lanes.Lanes)."""
+
+    def step(self, row: CaseRow, trigger: str, **kwargs: Any) -> None: ...
+
+    def call(
+        self, row: CaseRow, fn: Callable[..., object], *args: Any, short: bool = False
+    ) -> None: ...
+
+
+class Rescans(Protocol):
+    """The inbox's listing (caseflow.core.admission.Admission)."""
+
+    def rescan_soon(self) -> None:
+        """List the whole inbox at the next tick (a folder was found replaced)."""
+        ...
+
+
 class Core(Protocol):
     """The engine as the core's helpers see it."""
 
@@ -64,6 +107,22 @@ class Core(Protocol):
     job_states: set[str]  # the spec's `job_may_run` states
     FAIL: str  # the trigger of the `fail` role
 
+    # the parts of the tick the helpers hand work to (read-only: the engine's own objects)
+    @property
+    def outcomes(self) -> Settles:
+        """What a step ran into: retry, pause the host, stop the job, fail."""
+        ...
+
+    @property
+    def lanes(self) -> Dispatches:
+        """A step or a call in the host's lane (inline when not pooled)."""
+        ...
+
+    @property
+    def admission(self) -> Rescans:
+        """The inbox: new folders, the next full listing."""
+        ...
+
     # what the helpers keep between ticks, per case
     quiet_since: dict[int, tuple[float | None, float, float]]  # Case.is_quiet
     stop_began: dict[int, float]  # jobs.stop: monotonic time of the stop's first look
@@ -81,34 +140,7 @@ class Core(Protocol):
         """Fire `trigger` for the case (caseflow.core.engine.Engine.step)."""
         ...
 
-    # outcomes (caseflow.core.outcomes)
-    def settle(
-        self,
-        row: CaseRow,
-        what: str,
-        exc: BaseException,
-        *,
-        patient: bool = False,
-        bug_fails: bool = False,
-        trace: bool = True,
-    ) -> None: ...
-
-    def fail(self, case_id: int, reason: str) -> bool: ...
-
-    def stop_first(self, row: CaseRow, reason: str) -> bool: ...
-
-    # the lanes (caseflow.core.lanes)
-    def dispatch(self, row: CaseRow, trigger: str, **kwargs: Any) -> None: ...
-
-    def dispatch_call(
-        self, row: CaseRow, fn: Callable[..., object], *args: Any, short: bool = False
-    ) -> None: ...
-
     # the inbox (caseflow.core.admission)
     def forget_folder(self, path: str, inode: str | None) -> None: ...
 
     def last_activity(self, name: str) -> float | None: ...
-
-    def rescan_soon(self) -> None:
-        """List the whole inbox at the next tick (a folder was found replaced)."""
-        ...

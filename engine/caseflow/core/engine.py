@@ -183,9 +183,9 @@ class Engine:
             assert step is not None  # _steps holds the states that have one
             if row.reason and row.state in self.job_states:
                 # to fail (or be cancelled) once the job its submit may have started is gone
-                self.dispatch_call(row, jobs.stop, self, row, short=True)
+                self.lanes.call(row, jobs.stop, self, row, short=True)
             elif state.worker and self.pooled:
-                self.dispatch(row, step)
+                self.lanes.step(row, step)
             elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
                 if self.step(row, step) is None:
                     # e.g. no free slot of the group: the younger cases behind it wait too
@@ -202,19 +202,19 @@ class Engine:
             if row.job_outcome:
                 jobs.finish(self, row)
             elif row.reason:  # to fail once its job is stopped
-                self.dispatch_call(row, jobs.stop, self, row, short=True)
+                self.lanes.call(row, jobs.stop, self, row, short=True)
             else:
                 try:
                     polled.setdefault(self.host_of(row).name, []).append(row)
                 except PermanentError as exc:
-                    self.fail(row.id, short(exc))
+                    self.outcomes.fail(row.id, short(exc))
         for name, rows in polled.items():  # one status command per host, in its lane
             if name in poll_due:
                 host = self.hosts[name]
                 host.last_poll = mono
                 self.lanes.host_work(host, "poll", self.poll, host, rows)
         for row in self.store.wrapups_due(now, skip=busy):
-            self.dispatch_call(row, self._wrap_up, row)
+            self.lanes.call(row, self._wrap_up, row)
         for host in self.health.probes_due():
             self.lanes.host_work(host, "probe", self.health.probe, host)
 
@@ -264,9 +264,6 @@ class Engine:
         """Turn new inbox folders into `detected` cases (caseflow.core.admission)."""
         return self.admission.detect(now)
 
-    def rescan_soon(self) -> None:
-        self.admission.rescan_soon()
-
     # -- one step of one case, and what it ran into -----------------------------------------
     def step(self, row: CaseRow, trigger: str, **kwargs: Any) -> bool | None:
         """Fire `trigger` for the case; what its callbacks raise goes to the retry policy.
@@ -286,41 +283,14 @@ class Engine:
         except MachineError as exc:
             log.warning("case %s: %s is not allowed now: %s", row.id, trigger, exc)
         except Exception as exc:  # a bug in a step ends the case, visibly (not a silent loop)
-            self.settle(row, trigger, exc, bug_fails=True)
+            self.outcomes.settle(row, trigger, exc, bug_fails=True)
         return False
-
-    # -- outcomes (caseflow.core.outcomes) and the lanes (caseflow.core.lanes) ----------
-    def settle(
-        self,
-        row: CaseRow,
-        what: str,
-        exc: BaseException,
-        *,
-        patient: bool = False,
-        bug_fails: bool = False,
-        trace: bool = True,
-    ) -> None:
-        self.outcomes.settle(row, what, exc, patient=patient, bug_fails=bug_fails, trace=trace)
-
-    def fail(self, case_id: int, reason: str) -> bool:
-        return self.outcomes.fail(case_id, reason)
-
-    def stop_first(self, row: CaseRow, reason: str) -> bool:
-        return self.outcomes.stop_first(row, reason)
-
-    def dispatch(self, row: CaseRow, trigger: str, **kwargs: Any) -> None:
-        self.lanes.step(row, trigger, **kwargs)
-
-    def dispatch_call(
-        self, row: CaseRow, fn: Callable[..., object], *args: Any, short: bool = False
-    ) -> None:
-        self.lanes.call(row, fn, *args, short=short)
 
     def _wrap_up(self, row: CaseRow) -> None:
         try:
             wrapup.wrap_up(self, row)
         except Exception as exc:  # a bug: backed off, logged once per backoff
-            self.settle(row, "wrap-up", exc, patient=True)
+            self.outcomes.settle(row, "wrap-up", exc, patient=True)
 
     # -- the jobs of running cases (caseflow.core.jobs) --------------------------------------
     def poll(self, host: Host, rows: list[CaseRow]) -> object:

@@ -42,7 +42,7 @@ def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
         if kind_of(exc) == PERMANENT:
             exc = PermanentError(f"the queue's status could not be read: {short(exc)}")
         for i, row in enumerate(rows):
-            core.settle(row, "poll", exc, trace=i == 0)
+            core.outcomes.settle(row, "poll", exc, trace=i == 0)
         return None
     core.health.answered(host)
     core.health.note(host, host.backend.notice())
@@ -60,7 +60,7 @@ def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
             continue
         quiet = False
         if status.outcome == UNREADABLE:
-            core.settle(
+            core.outcomes.settle(
                 row,
                 "poll",
                 TransientError(
@@ -82,13 +82,13 @@ def finish(core: Core, row: CaseRow) -> None:
     """The job of a running case ended: fetch its results, then end the case (in failure,
     with its reason, when it was to fail)."""
     if row.reason:
-        core.dispatch(row, core.FAIL, job_ended=True, reason=row.reason)
+        core.lanes.step(row, core.FAIL, job_ended=True, reason=row.reason)
         return
     if row.job_outcome is None:  # not ended (the tick and the poll call it for ended jobs)
         return
     trigger = core.spec.job_end_trigger(row.job_outcome)
     key = "detail" if trigger == core.spec.job_end_trigger(SUCCESS) else "reason"
-    core.dispatch(row, trigger, job_ended=True, **{key: row.job_detail})
+    core.lanes.step(row, trigger, job_ended=True, **{key: row.job_detail})
 
 
 class StillRunning(Exception):
@@ -228,7 +228,7 @@ def stop_kept(core: Core, row: CaseRow) -> bool:
         )
         return False
     except Exception as exc:
-        core.settle(row, "stopping its job", exc, patient=True)
+        core.outcomes.settle(row, "stopping its job", exc, patient=True)
         return False
     core.store.release_slot(row.id)
     core.stop_began.pop(row.id, None)

@@ -66,11 +66,11 @@ class OperatorRequests:
         if row.reason and row.state in core.job_states:
             return False  # its job is being stopped; the request ends the case then (jobs.stop)
         if core.spec.dest_of(trigger, row.state) in core.spec.terminal_states and (
-            core.stop_first(row, f"{trigger} requested")
+            core.outcomes.stop_first(row, f"{trigger} requested")
         ):
             return False  # a job may run: it is stopped first; the case keeps its slot till then
         if core.pooled:
-            core.dispatch_call(row, self._apply_now, row, trigger, short=True)
+            core.lanes.call(row, self._apply_now, row, trigger, short=True)
             return False
         return self._apply_now(row, trigger)
 
