@@ -54,23 +54,6 @@ class DaemonLock:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
 
-    def holder(self) -> int | None:
-        """The pid of the daemon holding the lock, or None when none does."""
-        try:
-            fd = os.open(self.path, os.O_RDWR)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                text = os.pread(fd, 64, 0).decode().strip()
-                return int(text) if text.isdigit() else -1
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
     def release(self) -> None:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)

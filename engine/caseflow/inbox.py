@@ -154,15 +154,6 @@ class InboxWatcher(FileSystemEventHandler):
                     del self._activity[name]
         return appeared, gone
 
-    def tracked(self) -> int:
-        """How many folders' activity is kept."""
-        with self._lock:
-            return len(self._activity)
-
-    def forget(self, name: str) -> None:
-        with self._lock:
-            self._activity.pop(name, None)
-
     def start(self) -> None:
         observer = self._observer = Observer()
         observer.schedule(self, self.inbox, recursive=True)

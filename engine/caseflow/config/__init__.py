@@ -131,9 +131,6 @@ class Config:
                 return h
         return None
 
-    def hosts_serving(self, group: str) -> list[HostConfig]:
-        return [h for h in self.hosts if h.group(group) is not None]
-
     # the first host's ports (the only host of a single-host config)
     @property
     def transport(self) -> TransportConfig:

@@ -82,7 +82,7 @@ class Engine:
         steps = {s.name: s for s in self.spec.states if s.step}
         self._steps = steps
         self._step_states = [n for n, st in steps.items() if st.step != POLL]
-        self._poll_states = [n for n, st in steps.items() if st.step == POLL]
+        self._poll_states = self.spec.poll_states
         self._slot_taking = set(self.spec.slot_taking_states)
         self.job_states = set(self.spec.job_states)
         # quiet periods, on the monotonic clock: case id -> (the folder's newest ctime at the

@@ -321,9 +321,6 @@ class Database:
             conn.execute("ROLLBACK")
             raise
 
-    def schema_version(self) -> int:
-        return self.connection().execute("PRAGMA user_version").fetchone()[0]
-
     class _Tx:
         def __init__(self, conn):
             self.conn = conn
