@@ -89,12 +89,15 @@ class GridEngineCluster:
     environments (all slots on one host, `$pe_slots`) that every queue offers."""
 
     def __init__(self, root: Path, *, queues: Mapping[str, int] | None = None,
-                 parallel_environments: tuple[str, ...] = (), timeout: float = 60):
+                 parallel_environments: tuple[str, ...] = (), timeout: float = 60,
+                 accounting_flush_time: str = "00:00:00"):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.queues = dict(queues or {"all.q": 4})
         self.parallel_environments = parallel_environments  # each in every queue
         self.timeout = timeout
+        # when a job's accounting record is written after its end (Debian's default: 15 s)
+        self.accounting_flush_time = accounting_flush_time
         self.sge_root = self.root / "root"       # SGE_ROOT; wiped at every start
         self.common = self.sge_root / CELL / "common"
         self.spool = self.root / "spool"
@@ -283,7 +286,8 @@ class GridEngineCluster:
             # the execd reports every 2 s (Debian: 40 s): a job whose earlier try failed
             # (Eqw, cleared) may run only once the execd reported that try cleaned up
             "load_report_time": "00:00:02",
-            "reporting_params": "accounting=true reporting=false accounting_flush_time=00:00:00 "
+            "reporting_params": "accounting=true reporting=false "
+                                f"accounting_flush_time={self.accounting_flush_time} "
                                 "flush_time=00:00:01 joblog=false sharelog=00:00:00",
         }))
         (tmpl / "hosts" / self.host).write_text(f"hostname {self.host}\n")

@@ -41,11 +41,15 @@ def test_what_qsub_is_told_and_the_job_script_gets():
     assert GridEngineBackend(None).qsub_args(job) == [
         "-N", "caseflow-x-3-1", "-wd", "/scratch/3-a", "-o", "/dev/null", "-j", "y",
         "-b", "n", "-S", "/bin/sh", "/scratch/3-a/.caseflow/gridengine-job.sh",
-        "env", "CASEFLOW_CASE_NAME=a\\0012b\\0134c", "CUDA_VISIBLE_DEVICES=1",
+        "env", "CASEFLOW_CASE_NAME=a\\0012b\\0134c", "CASEFLOW_JOB=caseflow-x-3-1",
+        "CUDA_VISIBLE_DEVICES=1",
         "sh", "-c", "echo hi"]
     assert GridEngineOptions().qsub_args() == []
     with pytest.raises(PermanentError, match="expand the '\\$'"):
         GridEngineBackend(None).qsub_args(JobSpec(3, "l", "/scratch/$USER/3-a", "g", "true"))
+    # Grid Engine cuts -wd at a line break: the job would wait in Eqw for good
+    with pytest.raises(PermanentError, match="line break.*rename the case folder"):
+        GridEngineBackend(None).qsub_args(JobSpec(3, "l", "/scratch/3-a\nb", "g", "true"))
 
 
 @pytest.mark.parametrize("backend, message", [

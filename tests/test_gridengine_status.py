@@ -139,18 +139,32 @@ def test_the_poll_answer_job_by_job():
     assert set(poll.qacct) == {2, 3} and poll.qacct[3][0] == 1
     assert poll.reasons == {1: ["error: can't chdir to /nonexistent/folder: "
                                 "No such file or directory"]}
-    backend = GridEngineBackend(transport=None)
+    now = [1000.0]
+    backend = GridEngineBackend(transport=None, clock=lambda: now[0])
+    assert backend.accounting_wait == 60  # the default
     status = {r.case_id: backend.job_status(poll, r) for r in refs}
     assert status[1].outcome == RUNNING and status[1].detail == "r on all.q@vm"
     assert status[2].outcome == RUNNING and "can't chdir" in status[2].detail
     assert (status[3].outcome, status[3].exit_code) == (FAILURE, 3)
-    assert status[4].outcome == NOT_FOUND and "99999" in status[4].detail
+    # gone from qstat without a record: the record may still come (accounting_flush_time)
+    assert status[4].outcome == RUNNING and "waiting for Grid Engine's accounting" in \
+        status[4].detail
     # the id is listed under another job's name: not this case's job
     other = backend.job_status(poll, JobRef(1, "3", "caseflow-x-1-1", "/r/1"))
     assert other.outcome == NOT_FOUND and "not this case's" in other.detail
-    # the record is another job's (an id used again): the exit code file decides
-    again = backend.job_status(poll, JobRef(3, "1", "caseflow-x-3-1", "/r/3"))
-    assert (again.outcome, again.exit_code) == (FAILURE, 3) and "exit code file" in again.detail
+    # the record is another job's (an id used again): waited for, then the exit code file
+    again = JobRef(3, "1", "caseflow-x-3-1", "/r/3")
+    assert backend.job_status(poll, again).outcome == RUNNING
+    now[0] += 59
+    assert backend.job_status(poll, again).outcome == RUNNING
+    assert backend.job_status(poll, refs[3]).outcome == RUNNING
+    now[0] += 1
+    again_status = backend.job_status(poll, again)
+    assert (again_status.outcome, again_status.exit_code) == (FAILURE, 3)
+    assert "exit code file" in again_status.detail
+    gone = backend.job_status(poll, refs[3])
+    assert gone.outcome == NOT_FOUND and "99999" in gone.detail
+    assert backend.unaccounted == {}
     backend.polled(refs, poll)
     assert "(Eqw: 8)" in backend.notice() and "HELD" not in backend.notice()
 
@@ -172,7 +186,8 @@ def test_a_job_the_script_saw_listed_but_the_parser_did_not_is_unreadable():
     refs = [JobRef(1, "3", "runs", "/r/1"), JobRef(2, "99999", "caseflow-x-4-1", "/r/4")]
     text = data("poll.txt").replace("<JB_job_number>3</JB_job_number>", "")
     poll = Poll(text, refs)
-    backend = GridEngineBackend(transport=None)
+    backend = GridEngineBackend(transport=None, clock=lambda: 0.0)
+    backend.accounting_wait = 0
     with pytest.raises(BadOutput, match="qstat lists job 3 in a form"):
         backend.job_status(poll, refs[0])
     # and an id no longer listed, without record or exit file, may be the unreadable entry

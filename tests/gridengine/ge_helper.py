@@ -29,10 +29,14 @@ class GridEngine:
         self.token = os.urandom(3).hex()  # job names unique in the session
         self.labels: list[str] = []
 
-    def backend(self, groups: dict | None = None, **options) -> GridEngineBackend:
+    def backend(self, groups: dict | None = None, accounting_wait: float = 0.0,
+                **options) -> GridEngineBackend:
+        """`accounting_wait`: 0 by default, as the test cluster writes a job's accounting
+        record at once (a missing one is missing for good)."""
         base = GridEngineOptions(**{"queue": "all.q", **options})
         return GridEngineBackend(self.transport, GridEngineConfig(
-            kind="gridengine", command="true", gridengine=base,
+            kind="gridengine", command="true", accounting_wait_seconds=accounting_wait,
+            gridengine=base,
             gridengine_groups=tuple((g, GridEngineOptions(**{**base.__dict__, **o}))
                                     for g, o in (groups or {}).items())))
 

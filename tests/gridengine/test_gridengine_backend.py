@@ -217,6 +217,80 @@ def test_a_submit_whose_record_was_lost_adopts_the_job_by_its_name(ge):
     assert status.outcome == NOT_FOUND and "deleted before it started" in status.detail
 
 
+# -- what Grid Engine reads into a job's end ---------------------------------------------------
+def test_exit_codes_99_and_100_end_the_job_once_with_that_code(ge):
+    """Grid Engine reads a job script's exit 99 as "run it again" and 100 as "error state"; a
+    case's command may end with either: it runs once and its case ends with that code."""
+    backend = ge.backend()
+    specs = [ge.spec(60 + i, f"echo start >> starts.txt; exit {code}")
+             for i, code in enumerate((99, 100, 3))]
+    refs = [ge.ref(s, backend.submit(s)) for s in specs]
+    for spec, ref, code in zip(specs, refs, (99, 100, 3)):
+        status = ended(ge, backend, ref)
+        assert (status.outcome, status.exit_code) == (FAILURE, code), status
+        assert (Path(spec.remote_path) / "starts.txt").read_text() == "start\n"
+        assert ge.state(ref.task_id) is None  # not queued again, not in an error state
+        assert (Path(spec.remote_path) / ".caseflow/gridengine-exit").read_text() == \
+            f"{ref.task_id} {code}\n"
+
+
+def _labelled(label: str) -> list[int]:
+    """The pids of the processes whose environment holds CASEFLOW_JOB=label."""
+    pids = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if f"CASEFLOW_JOB={label}".encode() in environ.read_bytes().split(b"\0"):
+                pids.append(int(environ.parent.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_what_the_job_left_running_is_ended_before_the_job_counts_as_ended(ge):
+    """A child in a session of its own (setsid) outlives the job's process group, which is all
+    Grid Engine ends; it would hold the slot's GPU after the case ended. The wrapper ends what
+    carries the job's label (TERM; KILL 10 s later for one that ignores TERM) before it writes
+    the exit code: once the job counts as ended, nothing of it runs."""
+    backend = ge.backend()
+    spec = ge.spec(63, "setsid sleep 300 & setsid sh -c 'trap \"\" TERM; sleep 300' & "
+                       "sleep 1; echo left > left.txt")
+    ref = ge.ref(spec, backend.submit(spec))
+    wait_for(lambda: (Path(spec.remote_path) / "left.txt").exists(), DEADLINE,
+             what="the job to leave its children")
+    assert len(_labelled(spec.label)) >= 2  # the two children, in sessions of their own
+    status = ended(ge, backend, ref)
+    assert (status.outcome, status.exit_code) == (SUCCESS, 0), status
+    assert _labelled(spec.label) == []
+
+
+def test_a_job_killed_before_its_accounting_record_is_judged_when_the_record_comes(tmp_path):
+    """A cluster of its own that writes accounting 20 s after a job's end (Debian's default is
+    15 s). A job killed as a whole (SIGKILL to its group: the OOM killer, a limit, an admin)
+    leaves no exit code file and, for 20 s, no record: the job counts as running meanwhile,
+    and its case then fails with Grid Engine's verdict, not "not found" (found by a review,
+    stop 35)."""
+    with GridEngineCluster(tmp_path / "cell", queues={"all.q": 2},
+                           accounting_flush_time="00:00:20") as cluster:
+        transport = connect(cluster, tmp_path / "remote")
+        ge = GridEngine(cluster, transport, tmp_path / "remote")
+        try:
+            backend = ge.backend(accounting_wait=120)
+            spec = ge.spec(64, "touch started; sleep 1; kill -9 0")
+            ref = ge.ref(spec, backend.submit(spec))
+            wait_for(lambda: (Path(spec.remote_path) / "started").exists(), DEADLINE,
+                     what="the job to start")
+            ge.wait_state(ref.task_id, None)  # gone from qstat
+            seen = []
+            status = wait_for(
+                lambda: (s := backend.status([ref])[64]).outcome != RUNNING and s
+                or seen.append(s.detail), 120, interval=0.5, what="the job's verdict")
+            assert any("waiting for Grid Engine's accounting record" in d for d in seen), seen
+            assert status.outcome == FAILURE and "137" in status.detail, status
+            assert not (Path(spec.remote_path) / ".caseflow/gridengine-exit").exists()
+        finally:
+            transport.close()
+
+
 # -- the qmaster down -----------------------------------------------------------------------------
 def test_while_the_qmaster_is_down_nothing_is_judged_and_after_it_the_job_is_known(tmp_path):
     """A cluster of its own: its qmaster is killed, as in a crash. Submitting, polling and

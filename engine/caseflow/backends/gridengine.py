@@ -16,12 +16,17 @@ It is a `ScriptedBackend` (scripted.py): every call is ONE remote command, a sma
   values at commas. The wrapper records "NAME ID" in `.caseflow/gridengine-job` when it starts
   and "ID EXIT_CODE" in `.caseflow/gridengine-exit` when the command ends; the command's
   stdout and stderr go to `.caseflow/gridengine.out` (Grid Engine's own `-o` is /dev/null: it
-  would expand `$` and split at `,` and `:` in a path).
+  would expand `$` and split at `,` and `:` in a path). Before it writes the exit code it ends
+  what the command left running (it carries CASEFLOW_JOB=LABEL: a child in a session of its
+  own outlives the process group Grid Engine ends), and it never exits 99 or 100 (Grid Engine:
+  "run again", "error state"); the exit code file keeps the command's own code.
 - Polling is one command per host per tick: `qstat -xml` of the user's own jobs; for a job in
   an error state (Eqw) its reasons (`qstat -j ID`); only for the ids qstat no longer lists,
   `qacct -j ID` and the exit code file. A job qstat lists has not ended (RUNNING, Eqw too: it
   waits for a person, and `notice` says so); an accounting record whose `failed` is not 0 is a
-  failure whatever the exit status (100 after a `qdel` of a running job, exit status 137).
+  failure whatever the exit status (100 after a `qdel` of a running job, exit status 137). A
+  job gone from qstat whose record is not written yet counts as running for up to
+  `accounting_wait_seconds`.
 - Cancel is `qdel ID` after `qstat -j ID` said the job is still named after the case (ids start
   over when the qmaster loses its spool). A pending job deleted gets no accounting record: it
   is then not_found.
@@ -30,13 +35,24 @@ It is a `ScriptedBackend` (scripted.py): every call is ONE remote command, a sma
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..errors import PermanentError, TransientError
 from ..transports import RunResult, Transport
 from ..transports.shell import script, source
-from . import FAILURE, NOT_FOUND, SUCCESS, UNREADABLE, BackendAdapter, JobRef, JobSpec, JobStatus
+from . import (
+    FAILURE,
+    NOT_FOUND,
+    RUNNING,
+    SUCCESS,
+    UNREADABLE,
+    BackendAdapter,
+    JobRef,
+    JobSpec,
+    JobStatus,
+)
 from .gridengine_options import GridEngineConfig, check_host, read_config
 from .gridengine_status import (
     NO_RECORD,
@@ -94,15 +110,36 @@ class GridEngineBackend(ScriptedBackend[Poll]):
     LOG = OUTPUT
     TRANSIENT_REFUSALS = TRANSIENT_QSUB
 
-    def __init__(self, transport: Transport, backend_config: GridEngineConfig | None = None):
+    def __init__(
+        self,
+        transport: Transport,
+        backend_config: GridEngineConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         super().__init__(transport)
         self.config = backend_config
         self.stuck: dict[str, str] = {}  # job id -> its state, for the jobs a person must free
+        # job id -> when a poll first found it gone from qstat without an accounting record
+        # (in memory: after a restart the wait starts again, which only delays the verdict)
+        self.unaccounted: dict[str, float] = {}
+        self.clock = clock
+        self.accounting_wait = (
+            backend_config.accounting_wait_seconds
+            if isinstance(backend_config, GridEngineConfig)
+            else GridEngineConfig.accounting_wait_seconds
+        )
 
     def qsub_args(self, job: JobSpec) -> list[str]:
         if "$" in job.remote_path:  # the configuration refuses such a root (check_host)
             raise PermanentError(
                 f"Grid Engine would expand the '$' in the case folder {job.remote_path!r}"
+            )
+        if "\n" in job.remote_path or "\r" in job.remote_path:
+            # Grid Engine cuts -wd at a line break: the job would wait in Eqw for good ("can't
+            # chdir"), and clearing the error would not help (found by a review, stop 35)
+            raise PermanentError(
+                f"Grid Engine cannot run a job in a folder whose name has a line break "
+                f"({job.remote_path!r}): rename the case folder without one and copy it in again"
             )
         options = self.config.gridengine_options(job.group).qsub_args() if self.config else []
         return [
@@ -112,7 +149,9 @@ class GridEngineBackend(ScriptedBackend[Poll]):
             "-b", "n", "-S", "/bin/sh",
             *options,
             f"{job.remote_path}/{WRAPPER}",
-            *map(job_arg, job_argv(job)),
+            # CASEFLOW_JOB: how the wrapper finds what the command left running (a child in a
+            # session of its own) and ends it before the job counts as ended
+            *map(job_arg, job_argv(job, env={"CASEFLOW_JOB": job.label})),
         ]  # fmt: skip
 
     # -- the commands --------------------------------------------------------------------
@@ -172,8 +211,14 @@ class GridEngineBackend(ScriptedBackend[Poll]):
         return status
 
     def _ended(self, job: JobRef, qacct: tuple[int, str], exit_line: str | None) -> JobStatus:
-        """A job qstat no longer lists: its accounting record decides, else (none yet, or
-        accounting purged or off) the exit code file its wrapper wrote."""
+        """A job qstat no longer lists. Its accounting record decides whether Grid Engine
+        failed it (`failed` not 0: a qdel, a limit, a kill); else the exit code file its
+        wrapper wrote gives the command's own code (the wrapper may not pass it on to Grid
+        Engine: 99 and 100 mean "run again" and "error state" there). Grid Engine writes the
+        record up to `accounting_flush_time` after the end (Debian: 15 s): until it comes,
+        for at most `accounting_wait_seconds`, the job counts as running; then the exit code
+        file decides alone, and without one the job vanished (a pending job deleted gets no
+        record; a job killed as a whole writes no exit code: only its record tells)."""
         jid = job.task_id
         rc, text = qacct
         if rc != 0 and not NO_RECORD.search(text):
@@ -183,24 +228,36 @@ class GridEngineBackend(ScriptedBackend[Poll]):
             for r in (parse_qacct(text) if rc == 0 else [])
             if r.get("jobnumber") == jid and r.get("jobname") == job.label
         ]
-        if records:
-            return accounted_outcome(jid, records[-1])
         words = (exit_line or "").split()
+        code = None
         if len(words) == 2 and words[0] == jid and words[1].lstrip("-").isdigit():
             code = int(words[1])
-            where = "its exit code file; Grid Engine has no accounting record of it"
-            if code == 0:
-                return JobStatus(SUCCESS, f"grid engine job {jid} ended, exit code 0 ({where})", 0)
-            return JobStatus(
-                FAILURE, f"grid engine job {jid} ended, exit code {code} ({where})", code
-            )
-        if words and (len(words) != 2 or words[0] == jid):
+        if records:
+            self.unaccounted.pop(jid, None)
+            status = accounted_outcome(jid, records[-1])
+            if code is None or status.exit_code is None:  # (failed: Grid Engine's verdict)
+                return status
+            return _exit_status(jid, code, "")
+        if words and code is None and (len(words) != 2 or words[0] == jid):
             # the file is this job's (or not in caseflow's form) but its code cannot be read:
             # not "gone" (that would end the case as not found); the case is charged an attempt
             return JobStatus(
                 UNREADABLE,
                 f"the exit code file of grid engine job {jid} cannot be read: "
                 f"{short(exit_line or '')!r}",
+            )
+        since = self.unaccounted.setdefault(jid, self.clock())
+        waited = self.clock() - since
+        if waited < self.accounting_wait:
+            return JobStatus(
+                RUNNING,
+                f"ended; waiting for Grid Engine's accounting record ({waited:.0f} s of "
+                f"backend.accounting_wait_seconds {self.accounting_wait:.0f})",
+            )
+        self.unaccounted.pop(jid, None)
+        if code is not None:
+            return _exit_status(
+                jid, code, " (its exit code file; Grid Engine has no accounting record of it)"
             )
         return JobStatus(
             NOT_FOUND,
@@ -252,6 +309,13 @@ class GridEngineBackend(ScriptedBackend[Poll]):
 
 def _open(host: Any, transport: Transport) -> GridEngineBackend:
     return GridEngineBackend(transport, host.backend)
+
+
+def _exit_status(jid: str, code: int, where: str) -> JobStatus:
+    """The outcome of a job that ended with `code` (its command's own)."""
+    if code == 0:
+        return JobStatus(SUCCESS, f"grid engine job {jid} ended, exit code 0{where}", 0)
+    return JobStatus(FAILURE, f"grid engine job {jid} ended, exit code {code}{where}", code)
 
 
 ADAPTER = BackendAdapter(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config.reader import Reader, Section, positive, show
+from ..settings import not_negative, setting
 from . import BackendConfig
 
 
@@ -40,6 +41,12 @@ class GridEngineConfig(BackendConfig):
 
     gridengine: GridEngineOptions = field(default_factory=GridEngineOptions)
     gridengine_groups: tuple[tuple[str, GridEngineOptions], ...] = ()
+    accounting_wait_seconds: float = setting(
+        60.0,
+        not_negative,
+        "how long a job qstat no longer lists may lack its accounting record before its exit "
+        "code file (or, without one, its absence) decides how it ended",
+    )
 
     def gridengine_options(self, group: str) -> GridEngineOptions:
         return dict(self.gridengine_groups).get(group, self.gridengine)
@@ -65,7 +72,12 @@ def read_config(section: Section) -> GridEngineConfig:
         gr = Reader(br.file, settings, prefix=f"{br.prefix}groups.{name}.")
         overrides.append((name, read_options(gr, every)))
         gr.finish()
-    return GridEngineConfig(**section.core, gridengine=every, gridengine_groups=tuple(overrides))
+    return GridEngineConfig(
+        **section.core,
+        gridengine=every,
+        gridengine_groups=tuple(overrides),
+        accounting_wait_seconds=br.setting(GridEngineConfig, "accounting_wait_seconds"),
+    )
 
 
 def check_host(reader: Reader, host: Any) -> None:
