@@ -88,6 +88,20 @@ def test_run_once_passes_every_argument_verbatim_and_reports_exit_code(transport
     assert list(tmp_path.rglob("CANARY")) == []
 
 
+@pytest.mark.parametrize("once", [False, True])
+def test_an_argument_that_is_not_utf8_reaches_the_host_byte_for_byte(transport, tmp_path, once):
+    """A folder name need not be UTF-8 (Linux names are bytes; Python holds the others as
+    surrogates): such an argument reaches the command as its bytes, also on the paramiko
+    channel (it raised UnicodeEncodeError there, and the case failed with an internal error:
+    found by a review, stop 35)."""
+    out = tmp_path / "out.bin"
+    name = os.fsdecode(b"case-\xff\xfe-\xc3\xa9")
+    run = transport.run_once if once else transport.run
+    res = run(["sh", "-c", 'printf %s "$1" > "$2"', "x", name, str(out)])
+    assert res.returncode == 0, res
+    assert out.read_bytes() == b"case-\xff\xfe-\xc3\xa9"
+
+
 def test_run_reports_exit_code_and_stderr(transport):
     res = transport.run(["sh", "-c", "echo out; echo err >&2; exit 5"])
     assert (res.returncode, res.stdout, res.stderr) == (5, "out\n", "err\n")

@@ -43,6 +43,13 @@ class _RefusedSessions(logging.Filter):
 logging.getLogger("paramiko.transport").addFilter(_RefusedSessions())
 
 
+def _wire(command: str) -> bytes:
+    """A command as the bytes the host gets: an argument that is not UTF-8 (a file name's
+    bytes, held by Python as surrogates) goes as those bytes, as the OpenSSH client sends it
+    (paramiko would encode it strictly and raise)."""
+    return command.encode("utf-8", "surrogateescape")
+
+
 def _lost(transport: paramiko.Transport, exc: BaseException) -> bool:
     """Whether `exc`, raised opening a channel, says the connection itself is gone."""
     if isinstance(exc, (EOFError, OSError)) and not isinstance(exc, TimeoutError):
@@ -63,7 +70,7 @@ def start_command(chan: paramiko.Channel, command: str) -> None:
     m.add_int(chan.remote_chanid)
     m.add_string("exec")
     m.add_boolean(True)  # want the answer: a refusal closes the channel (_request_failed)
-    m.add_string(command)
+    m.add_string(_wire(command))
     # paramiko has no public call that does not wait (nor this one in its stubs)
     transport._send_user_message(m)  # type: ignore[attr-defined]
 
@@ -223,7 +230,7 @@ class ParamikoChannels:
             # command ends at once, and OpenSSH then drops the whole connection ("ieof
             # packet referred to nonexistent channel", paramiko issue #1705): four threads
             # running short commands lost the connection every second or two.
-            chan.exec_command("exec </dev/null; " + command)
+            chan.exec_command(_wire("exec </dev/null; " + command))
             out, err = self.drain(chan, timeout)
             rc = chan.recv_exit_status()
             if rc == -1 and not chan.get_transport().is_active():
