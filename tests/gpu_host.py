@@ -67,6 +67,27 @@ class GpuHost:
         self.server.close() if self.kind == "openssh" else self.server.stop()
 
 
+class GridEngineHost:
+    """A one-host Grid Engine (tests/gridengine_cluster.py) as a GPU host: its own sshd in the
+    cluster's network namespace, reached through the cluster's bridge (a Relay, which can cut
+    the connections). The jobs run on this machine, in the cluster's namespace."""
+
+    kind = "ssh"
+    master = None
+
+    def __init__(self, root: Path, slots: int):
+        from gridengine_cluster import GridEngineCluster
+
+        self.cluster = GridEngineCluster(root / "cell", queues={"all.q": slots}).start()
+        self.relay = self.cluster.bridge
+
+    def transport(self, remote_root: Path, **extra) -> dict:
+        return self.cluster.transport_settings(remote_root, **extra)
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
 # (transport, pueue version) of a GPU host; a suite's tests run over both transports on the
 # newest pueue, or with @pytest.mark.parametrize("gpu_host", [...], indirect=True) on others
 HOSTS = [("ssh", "4.0.4"), ("openssh", "4.0.4")]

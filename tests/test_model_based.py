@@ -98,7 +98,7 @@ from caseflow.core.machine import CaseMachine
 from caseflow.errors import TransientError
 from caseflow.spec import load_spec
 from caseflow.transports import make_transport
-from gpu_host import GpuHost
+from gpu_host import GpuHost, GridEngineHost
 from harness import Workspace
 
 # -- settings ------------------------------------------------------------------------------
@@ -682,7 +682,7 @@ class CaseflowModel(RuleBasedStateMachine):
         super().__init__()
         self.broken = False
         self.tmp = Path(tempfile.mkdtemp(prefix="caseflow-model-"))
-        self.host: GpuHost | None = None
+        self.host: GpuHost | GridEngineHost | None = None
         self.master_down = False  # openssh: the master was killed; no login yet
         self.ws = Workspace(self.tmp)
         self.ledger_dir = self.tmp / "ledger"
@@ -699,7 +699,12 @@ class CaseflowModel(RuleBasedStateMachine):
         if self.HOST is not None:
             kind, backend["kind"], version = self.HOST
             try:
-                self.host = GpuHost(self.tmp, version, kind=kind)
+                if backend["kind"] == "gridengine":
+                    self.host = GridEngineHost(self.tmp, sum(GROUPS.values()))
+                    # the test cluster writes a job's accounting record at once
+                    backend.update(queue="all.q", accounting_wait_seconds=0)
+                else:
+                    self.host = GpuHost(self.tmp, version, kind=kind)
                 transport = self.host.transport(self.ws.remote, verify="size")
             except BaseException:
                 if self.host is not None:
@@ -1457,6 +1462,9 @@ class CaseflowModel(RuleBasedStateMachine):
             if not self.broken and self.engine is not None:
                 try:
                     self.drain()
+                    if TRACE:
+                        print("-- drained: " + " ".join(
+                            f"{r.id}:{r.name}:{r.state}" for r in self.rows()))
                     self.final_checks()
                 except Broken as exc:
                     raise type(exc)(
@@ -1526,6 +1534,7 @@ REMOTE_HOSTS = [
     ("ssh", "pueue", "4.0.4"),
     ("openssh", "pueue", "4.0.4"),
     ("openssh", "direct", "4.0.4"),
+    ("ssh", "gridengine", "8.1.9"),  # Debian 12's Grid Engine (the version is its own)
 ]
 
 
