@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -106,3 +107,39 @@ def test_status_json_has_the_documented_fields(ws, procs):
     assert {"id", "name", "state", "group", "slot", "task_id", "reason", "updated_at"} <= set(out[0])
     assert (out[0]["name"], out[0]["state"], out[0]["group"]) == ("json-me", "success", "gpu_a")
     d.stop()
+
+
+def test_sighup_reopens_the_log_file_after_logrotate_moved_it_and_nothing_is_lost(ws, procs,
+                                                                                 tmp_path):
+    """config/caseflow.logrotate run by Debian's logrotate (its path, owner and signal command
+    pointed at this daemon): the old lines stay in the rotated file, the daemon writes on into
+    the new one, and SIGHUP changes nothing else (the daemon runs on, its cases go on)."""
+    log_file = tmp_path / "logs" / "caseflow.log"
+    log_file.parent.mkdir()
+    ws.write_config(log={"file": str(log_file), "level": "INFO"})
+    daemon = procs()
+    ws.drop_case("before")
+    ws.wait_state("before", "success")
+    conf = (Path(__file__).resolve().parent.parent / "config" / "caseflow.logrotate").read_text()
+    assert "/data/caseflow/caseflow.log {" in conf and "create 0640 caseflow caseflow" in conf
+    conf = (conf.replace("/data/caseflow/caseflow.log", str(log_file))
+                .replace("create 0640 caseflow caseflow", "create 0640 root root")
+                .replace("systemctl kill --kill-whom=main --signal=HUP caseflow.service",
+                         f"kill -HUP {daemon.p.pid}"))
+    (tmp_path / "caseflow.logrotate").write_text(conf)
+    res = subprocess.run(["logrotate", "--force", "--state", str(tmp_path / "state"),
+                          str(tmp_path / "caseflow.logrotate")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    rotated = log_file.with_name("caseflow.log.1")  # delaycompress: not compressed yet
+    wait_for(lambda: "SIGHUP: log file reopened" in log_file.read_text(), what="the reopen")
+    ws.drop_case("after")
+    ws.wait_state("after", "success")
+    assert daemon.p.poll() is None  # SIGHUP did not stop it
+    assert daemon.stop() == 0
+    old, new = rotated.read_text(), log_file.read_text()
+    assert "caseflow running" in old and "before" in old and "after" not in old
+    assert "caseflow running" not in new and "after" in new and "stopped" in new
+    # every line the daemon wrote to stderr is in one of the two files, once
+    lines = [line for line in daemon.text().splitlines() if line.strip()]
+    written = old.splitlines() + new.splitlines()
+    assert sorted(written) == sorted(lines)

@@ -26,6 +26,7 @@ from .core.engine import Engine
 from .errors import AlreadyRunning
 from .inbox import InboxWatcher
 from .run_folders import make_run_folders
+from .service import reopen_log_files
 
 log = logging.getLogger("caseflow.daemon")
 
@@ -165,6 +166,7 @@ class Daemon:
         self.ready = threading.Event()
         self.web: web.StatusServer | None = None  # the status page, with `web:` in the config
         self._stopping = False  # plain attributes: a signal handler sets them
+        self._reopen_logs = False
         self._stop_asked_at: float | None = None
         self._signals = False
 
@@ -179,12 +181,20 @@ class Daemon:
         else:
             self.waker.wake_from_signal()
 
+    def request_reopen_logs(self, signum: int | None = None, frame: object = None) -> None:
+        """SIGHUP: open the log file again at the next turn of the loop (logrotate moved it);
+        nothing else. As a signal handler it takes no lock (the loop reopens the file)."""
+        self._reopen_logs = True
+        self.waker.wake_from_signal()
+
     def install_signal_handlers(self) -> None:
         """For `caseflow run` (the main thread of the process): SIGTERM and SIGINT stop the
-        daemon within shutdown_timeout_seconds, whatever the hosts do."""
+        daemon within shutdown_timeout_seconds, whatever the hosts do; SIGHUP reopens the
+        log file."""
         signal.set_wakeup_fd(self.waker.fileno, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reopen_logs)
         self._signals = True
 
     def run(self) -> int:
@@ -213,6 +223,10 @@ class Daemon:
                 log.info("%s", line)
             self.ready.set()
             while not self._stopping:
+                if self._reopen_logs:
+                    self._reopen_logs = False
+                    reopened = reopen_log_files()  # (its first line goes to the new file)
+                    log.info("SIGHUP: %s", "log file reopened" if reopened else "no log file")
                 try:
                     with metrics.tick_timer():
                         self.engine.tick()

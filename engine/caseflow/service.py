@@ -55,10 +55,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+class LogFile(logging.FileHandler):
+    """`log.file`: appended to, and opened again by name on SIGHUP (`reopen`), as after
+    logrotate moved it away (config/caseflow.logrotate): the lines go on into the new file."""
+
+    def reopen(self) -> None:
+        # setStream flushes the old stream and swaps them under the handler's lock: no line is
+        # half in the old file
+        old = self.setStream(open(self.baseFilename, "a", encoding=self.encoding))  # noqa: SIM115
+        if old is not None:
+            old.close()
+
+
+def reopen_log_files() -> int:
+    """Open every log file again by its name (SIGHUP); how many there were."""
+    files = [h for h in logging.getLogger().handlers if isinstance(h, LogFile)]
+    for handler in files:
+        handler.reopen()
+    return len(files)
+
+
 def setup_logging(level: str = "INFO", file: Path | None = None, fmt: str = "text") -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if file:
-        handlers.append(logging.FileHandler(file, encoding="utf-8"))
+        handlers.append(LogFile(file, encoding="utf-8"))
     formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for h in handlers:
         h.setFormatter(formatter)
