@@ -40,7 +40,7 @@ def test_what_qsub_is_told_and_the_job_script_gets():
                   command="echo hi", env={"CASEFLOW_CASE_NAME": "a\nb\\c"}, device="1")
     assert GridEngineBackend(None).qsub_args(job) == [
         "-N", "caseflow-x-3-1", "-wd", "/scratch/3-a", "-o", "/dev/null", "-j", "y",
-        "-b", "n", "-S", "/bin/sh", "/scratch/3-a/.caseflow/gridengine-job.sh",
+        "-b", "n", "-S", "/bin/sh", "-notify", "/scratch/3-a/.caseflow/gridengine-job.sh",
         "env", "CASEFLOW_CASE_NAME=a\\0012b\\0134c", "CASEFLOW_JOB=caseflow-x-3-1",
         "CUDA_VISIBLE_DEVICES=1",
         "sh", "-c", "echo hi"]

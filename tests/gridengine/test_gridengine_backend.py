@@ -143,10 +143,12 @@ def test_a_job_deleted_by_a_person_while_running_fails_with_grid_engines_reason(
     wait_for(lambda: (Path(spec.remote_path) / "started").exists(), DEADLINE, what="the start")
     ge.cluster.run(["qdel", ref.task_id], check=True)
     status = ended(ge, backend, ref)
-    assert status.outcome == FAILURE and status.exit_code is None, status
-    assert status.detail == (f"grid engine job {ref.task_id} failed (100: assumedly after "
-                             "job), exit status 137")
-    assert not (Path(spec.remote_path) / ".caseflow/gridengine-exit").exists()  # killed
+    # -notify: SIGUSR2 ended the command (128 + 12); the wrapper lived and wrote its code
+    assert (status.outcome, status.exit_code) == (FAILURE, 140), status
+    assert status.detail == (f"grid engine job {ref.task_id} ended, exit code 140 "
+                             "(SIGUSR2: a qdel)")
+    assert (Path(spec.remote_path) / ".caseflow/gridengine-exit").read_text() == \
+        f"{ref.task_id} 140\n"
     assert "started 6" in backend.job_log(ref)
     backend.cancel(ref)  # it has ended: no error
 
@@ -246,21 +248,78 @@ def _labelled(label: str) -> list[int]:
     return pids
 
 
+def _pids(folder: Path) -> list[int]:
+    """The pids the job's children wrote to child-*.pid."""
+    return [int(f.read_text()) for f in sorted(folder.glob("child-*.pid")) if f.read_text()]
+
+
+def _live(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+# children that outlive the job's process group: in a session of their own, one that ignores
+# TERM, one with an empty environment (no label), one whose name overwrites its environment
+LEFTOVERS = ("setsid sh -c 'echo $$ > child-1.pid; exec sleep 300' & "
+             "setsid sh -c 'trap \"\" TERM; echo $$ > child-2.pid; sleep 300' & "
+             "setsid env -i sh -c 'echo $$ > child-3.pid; exec sleep 300' & "
+             "setsid perl -e 'open F, \">child-4.pid\"; print F $$; close F; "
+             "$0 = \"trainer \" . \"x\" x 400; sleep 300' & "
+             "while [ \"$(ls child-*.pid 2>/dev/null | wc -l)\" -lt 4 ]; do sleep 0.05; done; ")
+
+
 def test_what_the_job_left_running_is_ended_before_the_job_counts_as_ended(ge):
     """A child in a session of its own (setsid) outlives the job's process group, which is all
-    Grid Engine ends; it would hold the slot's GPU after the case ended. The wrapper ends what
-    carries the job's label (TERM; KILL 10 s later for one that ignores TERM) before it writes
-    the exit code: once the job counts as ended, nothing of it runs."""
+    Grid Engine ends; it would hold the slot's GPU after the case ended. The wrapper ends the
+    job's processes (Grid Engine's additional group id, which no child sheds, or the label in
+    the environment): TERM, KILL 10 s later for one that ignores TERM, before it writes the
+    exit code: once the job counts as ended, nothing of it runs (found by reviews, stop 35)."""
     backend = ge.backend()
-    spec = ge.spec(63, "setsid sleep 300 & setsid sh -c 'trap \"\" TERM; sleep 300' & "
-                       "sleep 1; echo left > left.txt")
+    spec = ge.spec(63, LEFTOVERS + "echo left > left.txt; " + HOLD)
     ref = ge.ref(spec, backend.submit(spec))
     wait_for(lambda: (Path(spec.remote_path) / "left.txt").exists(), DEADLINE,
              what="the job to leave its children")
-    assert len(_labelled(spec.label)) >= 2  # the two children, in sessions of their own
+    children = _pids(Path(spec.remote_path))
+    assert len(children) == 4 and all(map(_live, children)), children
+    (Path(spec.remote_path) / "release").touch()
     status = ended(ge, backend, ref)
     assert (status.outcome, status.exit_code) == (SUCCESS, 0), status
-    assert _labelled(spec.label) == []
+    assert not [p for p in children if _live(p)] and _labelled(spec.label) == []
+
+
+def test_a_cancelled_job_ends_what_it_left_before_it_counts_as_ended(ge):
+    """caseflow's cancel is a qdel; its jobs are submitted with -notify, so Grid Engine sends
+    SIGUSR2 first and the wrapper, which lives through it, ends the job's processes (a bare
+    qdel killed the wrapper too, and the children lived on)."""
+    backend = ge.backend()
+    spec = ge.spec(65, LEFTOVERS + "echo left > left.txt; sleep 300")
+    ref = ge.ref(spec, backend.submit(spec))
+    wait_for(lambda: (Path(spec.remote_path) / "left.txt").exists(), DEADLINE,
+             what="the job to leave its children")
+    children = _pids(Path(spec.remote_path))
+    assert len(children) == 4 and all(map(_live, children)), children
+    backend.cancel(ref)
+    status = ended(ge, backend, ref)
+    assert status.outcome in (FAILURE, NOT_FOUND), status
+    assert not [p for p in children if _live(p)]
+
+
+def test_a_soft_limit_warns_the_command_and_the_wrapper_lives_on(ge):
+    """`s_rt` (a soft run-time limit) sends SIGUSR1 as a warning: a command that handles it
+    finishes, and its case ends with its own exit code (the wrapper died of it, found by a
+    review)."""
+    backend = ge.backend(resources=("s_rt=0:0:2",))
+    spec = ge.spec(66, "trap 'touch warned' USR1; i=0; "
+                       "while [ ! -e warned ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+                       "sleep 1; echo done > finished.txt")
+    ref = ge.ref(spec, backend.submit(spec))
+    status = ended(ge, backend, ref)
+    folder = Path(spec.remote_path)
+    assert (folder / "warned").exists() and (folder / "finished.txt").exists()
+    assert (status.outcome, status.exit_code) == (SUCCESS, 0), status
 
 
 def test_a_job_killed_before_its_accounting_record_is_judged_when_the_record_comes(tmp_path):

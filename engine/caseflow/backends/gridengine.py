@@ -17,9 +17,11 @@ It is a `ScriptedBackend` (scripted.py): every call is ONE remote command, a sma
   and "ID EXIT_CODE" in `.caseflow/gridengine-exit` when the command ends; the command's
   stdout and stderr go to `.caseflow/gridengine.out` (Grid Engine's own `-o` is /dev/null: it
   would expand `$` and split at `,` and `:` in a path). Before it writes the exit code it ends
-  what the command left running (it carries CASEFLOW_JOB=LABEL: a child in a session of its
-  own outlives the process group Grid Engine ends), and it never exits 99 or 100 (Grid Engine:
-  "run again", "error state"); the exit code file keeps the command's own code.
+  what the command left running (Grid Engine's additional group id of the job, or
+  CASEFLOW_JOB=LABEL in the environment: a child in a session of its own outlives the process
+  group Grid Engine ends), it lives through SIGUSR1/SIGUSR2 (a soft limit's warning; a qdel,
+  the job being submitted with -notify), and it never exits 99 or 100 (Grid Engine: "run
+  again", "error state"); the exit code file keeps the command's own code.
 - Polling is one command per host per tick: `qstat -xml` of the user's own jobs; for a job in
   an error state (Eqw) its reasons (`qstat -j ID`); only for the ids qstat no longer lists,
   `qacct -j ID` and the exit code file. A job qstat lists has not ended (RUNNING, Eqw too: it
@@ -35,6 +37,7 @@ It is a `ScriptedBackend` (scripted.py): every call is ONE remote command, a sma
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -147,6 +150,9 @@ class GridEngineBackend(ScriptedBackend[Poll]):
             "-wd", job.remote_path,
             "-o", "/dev/null", "-j", "y",
             "-b", "n", "-S", "/bin/sh",
+            # a qdel sends SIGUSR2 first (SIGKILL after the cluster's `notify` time): the
+            # wrapper lives on to end what the command left (a bare qdel killed it too)
+            "-notify",
             *options,
             f"{job.remote_path}/{WRAPPER}",
             # CASEFLOW_JOB: how the wrapper finds what the command left running (a child in a
@@ -268,6 +274,8 @@ class GridEngineBackend(ScriptedBackend[Poll]):
     def polled(self, jobs: Sequence[JobRef], poll: Poll) -> None:
         """Keep the caseflow jobs that wait for a person (an error state, a hold)."""
         labels = {j.task_id: j.label for j in jobs}
+        # a job no longer asked about (its case ended, or was stopped) waits for nothing
+        self.unaccounted = {j: t for j, t in self.unaccounted.items() if j in labels}
         self.stuck = {
             q.id: q.state
             for q in poll.queued.values()
@@ -315,7 +323,16 @@ def _exit_status(jid: str, code: int, where: str) -> JobStatus:
     """The outcome of a job that ended with `code` (its command's own)."""
     if code == 0:
         return JobStatus(SUCCESS, f"grid engine job {jid} ended, exit code 0{where}", 0)
-    return JobStatus(FAILURE, f"grid engine job {jid} ended, exit code {code}{where}", code)
+    why = ""
+    if 128 < code < 128 + signal.NSIG:  # the shell's code for a command a signal ended
+        try:
+            name = signal.Signals(code - 128).name
+        except ValueError:
+            name = f"signal {code - 128}"
+        # SIGUSR2: a qdel (the job is submitted with -notify); SIGUSR1: a soft limit
+        hint = {"SIGUSR2": ": a qdel", "SIGUSR1": ": a soft limit (s_rt, s_cpu, ...)"}
+        why = f" ({name}{hint.get(name, '')})"
+    return JobStatus(FAILURE, f"grid engine job {jid} ended, exit code {code}{why}{where}", code)
 
 
 ADAPTER = BackendAdapter(
