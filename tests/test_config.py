@@ -23,7 +23,7 @@ def _config(ws, **changes):
     ({"tick_seconds": 0}, "tick_seconds", "greater than 0"),
     ({"workers": 1.5}, "workers", "whole number"),
     ({"groups": {"gpu_a": {"slots": 0}}}, "groups.gpu_a.slots", "at least 1"),
-    ({"groups": {"gpu_a": {"slots": 2, "devices": [0]}}}, "groups.gpu_a.devices", "1 entries"),
+    ({"groups": {"gpu_a": {"slots": 2, "devices": [0]}}}, "groups.gpu_a.devices", "1 entry "),
     ({"groups": {"gpu_a": {"slot": 2}}}, "groups.gpu_a.slot", "did you mean 'slots'"),
     ({"groups": {}}, "groups", "at least one group"),
     ({"groups": {"-rf": 1}}, "groups", "not a valid group name"),
@@ -35,6 +35,10 @@ def _config(ws, **changes):
     ({"colour": "blue"}, "colour", "unknown key"),
     ({"retry": {"max_seconds": -1}}, "retry.max_seconds", "greater than 0"),
     ({"log": {"level": "LOUD"}}, "log.level", "must be one of"),
+    # the value refused is echoed: a typo is seen at once
+    ({"transport": {"kind": "local", "root": "remote", "verify": "sha1"}}, "transport.verify",
+     "must be one of size, checksum (got 'sha1')"),
+    ({"remote_cleanup": "sometimes"}, "remote_cleanup", "(got 'sometimes')"),
 ])
 def test_mistakes_name_file_and_key(ws, changes, key, words):
     path = _config(ws, **changes)

@@ -2,6 +2,8 @@
 caseflow owns fits a unix socket's path; `caseflow login` is only for openssh hosts."""
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,15 @@ def test_a_folder_others_can_reach_is_refused(ws, tmp_path):
     master = Master(_load(ws, control_path=str(open_folder / "cm")).transport)
     with pytest.raises(HostError, match="closed to others"):
         master.prepare_folder()
+
+
+def test_login_without_a_terminal_says_to_run_it_in_one(ws):
+    _load(ws)
+    out = subprocess.run([sys.executable, "-m", "caseflow.cli", "login", "-c",
+                          str(ws.config_path)], stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert "run it in a terminal" in out.stderr and "master: daemon" in out.stderr
 
 
 def test_login_is_only_for_openssh_hosts(ws):

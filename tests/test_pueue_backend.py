@@ -731,6 +731,7 @@ def test_caseflow_check_runs_the_client_and_asks_the_daemon(daemon, host, ws):
     proc = ws.cli("check")
     assert proc.returncode == 1
     assert "FAIL  pueue daemon not running on testhost" in proc.stdout, proc.stdout
+    assert "Start it on the host as the SSH user: `pueued -d`" in proc.stdout  # what to do
     assert "\x1b" not in proc.stdout  # pueue's colours are not passed on
     ws.write_config(backend={**backend, "pueue": str(ws.root / "no-pueue-here")})
     proc = ws.cli("check")

@@ -49,9 +49,14 @@ def test_a_changed_host_key_is_refused_even_with_accept_new(sshd, tmp_path):
     other = SSHServer(tmp_path / "impostor")  # a different host key, same address
     known = other.write_known_hosts(tmp_path / "known_hosts", port=sshd.port)
     t = make(sshd, tmp_path / "remote", known_hosts=str(known), accept_new_host_keys=True)
-    with pytest.raises(HostError, match="CHANGED"):
+    with pytest.raises(HostError, match="CHANGED") as err:
         t.run(["true"])
     assert not (tmp_path / "remote").exists()
+    # what to do, as OpenSSH says it: the file, the line, the command
+    name = f"[127.0.0.1]:{sshd.port}"
+    lines = [i for i, line in enumerate(known.read_text().splitlines(), 1) if name in line]
+    assert lines and f"line {lines[0]} of {known}" in str(err.value), err.value
+    assert f"ssh-keygen -f {known} -R '{name}'" in str(err.value), err.value
 
 
 def test_accept_new_host_keys_trusts_on_first_use_and_records_the_key(sshd, tmp_path):
@@ -550,3 +555,19 @@ def test_the_connection_acknowledges_at_once(sshd, tmp_path):
     assert sock.recv.__qualname__ == "_QuickAckSocket.recv"
     assert t.run(["echo", "ok"]).stdout == "ok\n"
     t.close()
+
+
+def test_the_known_hosts_lines_of_a_host_are_found_plain_and_hashed(tmp_path):
+    import paramiko
+
+    from caseflow.transports.ssh_connection import known_hosts_lines
+    name = "[10.0.0.7]:2222"
+    known = tmp_path / "known_hosts"
+    known.write_text("# a comment [10.0.0.7]:2222\n"
+                     "other.example ssh-ed25519 AAAA\n"
+                     f"{paramiko.HostKeys.hash_host(name)} ssh-ed25519 AAAA\n"
+                     f"gpu1,{name} ssh-rsa AAAA\n"
+                     f"@cert-authority {name} ssh-ed25519 AAAA\n")
+    assert known_hosts_lines(str(known), name) == [3, 4, 5]
+    assert known_hosts_lines(str(known), "[10.0.0.7]:22") == []
+    assert known_hosts_lines(str(tmp_path / "absent"), name) == []

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from .errors import HostError, PermanentError, StaleCase, TransientError
 from .settings import positive, setting
+from .text import plural
 
 if TYPE_CHECKING:
     from .store import CaseRow
@@ -133,11 +134,12 @@ def after_failure(
     grown = Streak(attempts, since)
     if not patient:
         if max_attempts and attempts >= max_attempts:
-            return GiveUp(grown, f"{error} (after {attempts} attempts)")
+            return GiveUp(grown, f"{error} (after {plural(attempts, 'attempt')})")
         if now - since >= policy.give_up_after_seconds:
             return GiveUp(
                 grown,
-                f"gave up after {attempts} attempts over {now - since:.0f} s; last error: {error}",
+                f"gave up after {plural(attempts, 'attempt')} over {now - since:.0f} s; "
+                f"last error: {error}",
             )
     return Retry(grown, now + policy.delay(attempts), f"{what}: {error}" if what else error)
 

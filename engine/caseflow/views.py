@@ -17,6 +17,7 @@ from .backends import RUNNING
 from .core.case_model import job_log_path
 from .spec import load_spec
 from .store import CaseRow, HistoryRow, SlotRow
+from .text import plural
 
 LOG_TAIL_LINES = 10
 REASON_WIDTH = 120  # characters of a reason in the status table (`show` has all of it)
@@ -246,7 +247,8 @@ def reason_cell(row: CaseRow) -> str:
         return one_line(row.reason)
     if row.last_error:
         return one_line(
-            f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): {row.last_error}"
+            f"retrying since {iso(row.failing_since)} ({plural(row.attempts, 'attempt')}): "
+            f"{row.last_error}"
         )
     return "-"
 

@@ -135,7 +135,8 @@ class PueueBackend(PueueGroups, QueueBackend):
             raise DaemonNotRunning(
                 f"pueue daemon not running on {self.transport.name} "
                 f"(`pueue {what}`: {words.strip()[:200]}); its cases wait "
-                "until pueued answers"
+                "until pueued answers. Start it on the host as the SSH user: `pueued -d`, or "
+                "its service: `systemctl --user start pueued`"
             )
         return res
 

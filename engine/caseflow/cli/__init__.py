@@ -345,6 +345,13 @@ def cmd_login(args) -> int:
     assert isinstance(settings, OpenSSHConfig)  # kind openssh, as chosen above
     master = Master(settings)
     pid = master.pid()
+    if pid is None and not sys.stdin.isatty():
+        # ssh would ask for the one-time code or password where nobody can answer
+        raise UsageError(
+            f"caseflow login {host.name} asks for the host's login (a one-time code, a "
+            "password): run it in a terminal. For a host that needs no person at login "
+            "(keys, an agent), `master: daemon` has caseflow open the connection itself"
+        )
     if pid is None:
         print(f"logging in to {host.name} ({settings.host}) ...", flush=True)
         rc = master.login()

@@ -15,6 +15,7 @@ from collections import Counter
 
 from ..spec import MachineSpec
 from ..store.reader import StatusReader
+from ..text import plural
 from ..views import iso, printable, status_table  # the table of `caseflow status`
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
@@ -29,10 +30,10 @@ def frame(
         counts[c.state] += c.cases
     total = sum(counts.values())
     lines = [
-        f"caseflow status at {iso(now)}: {total} case{'' if total == 1 else 's'}"
+        f"caseflow status at {iso(now)}: {plural(total, 'case')}"
         + (f" (showing {state})" if state else "")
         + "; Ctrl-C to stop",
-        "  ".join(f"{name} {counts.get(name, 0)}" for name in spec.state_names),
+        *count_lines(spec, counts, columns),
     ]
     for h in reader.hosts():
         if h.problem:
@@ -54,6 +55,22 @@ def frame(
         if shown > len(cases):
             lines.append(f"... and {shown - len(cases)} more (the active ones are shown first)")
     return [line[:columns] for line in lines[:rows]]
+
+
+def count_lines(spec: MachineSpec, counts: Counter, columns: int) -> list[str]:
+    """The cases per state, wrapped to `columns`: the states with cases, and the terminal
+    states always (a failure must not be cut off the edge of an 80-column terminal)."""
+    words = [
+        f"{name} {counts.get(name, 0)}"
+        for name in spec.state_names
+        if counts.get(name, 0) or name in spec.terminal_states
+    ]
+    lines = [""]
+    for word in words:
+        if lines[-1] and len(lines[-1]) + 2 + len(word) > columns:
+            lines.append("")
+        lines[-1] += ("  " if lines[-1] else "") + word
+    return lines
 
 
 def watch(

@@ -17,6 +17,7 @@ from .. import backends, transports
 from ..backends import BackendConfig
 from ..plugins import PluginError
 from ..settings import setting
+from ..text import plural
 from ..transports import TransportConfig
 from .reader import Reader, Section, show
 
@@ -131,7 +132,7 @@ def read_groups(top: Reader) -> tuple[GroupConfig, ...]:
             if len(devices) != slots:
                 raise gr.error(
                     "devices",
-                    f"has {len(devices)} entries but slots is {slots}; "
+                    f"has {plural(len(devices), 'entry', 'entries')} but slots is {slots}; "
                     'give one device id (or a list like "0,1") per slot',
                 )
             for d in devices:

@@ -70,8 +70,8 @@ class Reader:
             raise self.error(name, f"expected {what or _kind_name(kinds)}, got {show(value)}")
         if check is not None:
             message = check(value)
-            if message:
-                raise self.error(name, message)
+            if message:  # the value refused, echoed: a typo is seen at once
+                raise self.error(name, f"{message} (got {value!r})")
         return value
 
     def setting(self, cls: type, name: str) -> Any:

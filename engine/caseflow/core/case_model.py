@@ -23,6 +23,7 @@ from .. import casefolder, metrics
 from ..backends import LOG_TAIL_BYTES, NOT_FOUND, JobRef, JobSpec
 from ..errors import HostError, PermanentError, TransientError
 from ..store import CaseRow
+from ..text import plural
 from .context import Core
 
 log = logging.getLogger("caseflow.case")
@@ -242,8 +243,8 @@ class Case:
         )
         event.kwargs.setdefault(
             "detail",
-            f"{manifest.file_count} files, {manifest.size_bytes} "
-            f"bytes{'' if uploaded else ' (already there)'}",
+            f"{plural(manifest.file_count, 'file')}, {plural(manifest.size_bytes, 'byte')}"
+            f"{'' if uploaded else ' (already there)'}",
         )
 
     def submit_job(self, event: EventData) -> None:

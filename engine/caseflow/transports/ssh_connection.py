@@ -13,6 +13,7 @@ from __future__ import annotations
 import getpass
 import logging
 import os
+import shlex
 import socket
 import threading
 import time
@@ -172,6 +173,44 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
+def known_hosts_lines(path: str, name: str) -> list[int]:
+    """The lines of the known_hosts file `path` with a key for `name` (as paramiko and
+    OpenSSH write it: `[host]:port` for a port other than 22), plain or hashed."""
+    found = []
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split()
+        if len(fields) < 3 or line.lstrip().startswith("#"):
+            continue
+        names = fields[1 if fields[0].startswith("@") else 0].split(",")
+        for entry in names:
+            if entry == name:
+                found.append(number)
+                break
+            if entry.startswith("|1|"):
+                salt = entry.split("|")[2]
+                if paramiko.HostKeys.hash_host(name, salt) == entry:
+                    found.append(number)
+                    break
+    return found
+
+
+def changed_key_hint(path: str, name: str) -> str:
+    """What to do about a changed host key, as OpenSSH says it: the known_hosts file, the
+    line, and the command that removes the old key (once the new one is known to be right)."""
+    lines = known_hosts_lines(path, name)
+    where = f"line {', '.join(map(str, lines))} of {path}" if lines else path
+    return (
+        f"The key caseflow trusts for {name} is on {where}. If the host's key was changed on "
+        f"purpose (ask its admin), remove the old one with: ssh-keygen -f {shlex.quote(path)} "
+        f"-R {shlex.quote(name)} (then accept the new key: transport.accept_new_host_keys, or "
+        "an ssh to the host)"
+    )
+
+
 def classify(exc: Exception, what: str) -> Exception:
     """A paramiko/socket error as caseflow's TransientError or HostError."""
     if isinstance(exc, (HostError, TransientError)):
@@ -274,6 +313,10 @@ class Connection:
         except Exception as exc:
             metrics.ssh_error(self.cfg.name)
             err = classify(exc, f"connecting to {self.endpoint}")
+            if isinstance(exc, paramiko.BadHostKeyException):
+                ep = self.endpoint  # its name in known_hosts: [host]:port beside port 22
+                name = ep.hostname if ep.port == 22 else f"[{ep.hostname}]:{ep.port}"
+                err = HostError(f"{err}. {changed_key_hint(ep.known_hosts, name)}")
             if isinstance(err, TransientError):
                 err = Unreachable(str(err))
             self._failed_at = self.clock()

@@ -10,6 +10,7 @@ from html import escape
 from urllib.parse import urlencode
 
 from ..store import CaseRow
+from ..text import plural
 from ..views import iso, printable, state_cell
 
 NAV = (
@@ -87,7 +88,8 @@ def reason_text(row: CaseRow) -> str | None:
         return row.reason
     if row.last_error:
         return (
-            f"retrying since {iso(row.failing_since)} ({row.attempts} attempts): {row.last_error}"
+            f"retrying since {iso(row.failing_since)} ({plural(row.attempts, 'attempt')}): "
+            f"{row.last_error}"
         )
     return None
 
@@ -159,7 +161,8 @@ def overview(
 ) -> str:
     active = sum(n for s, n in counts.items() if s not in spec.terminal_states)
     body = (
-        f'<h1>Overview</h1><p class="summary" id="summary">{total} cases, {active} active.'
+        '<h1>Overview</h1><p class="summary" id="summary">'
+        f"{plural(total, 'case')}, {active} active."
         f"</p>{host_banner(hosts)}"
         f'<figure class="diagram">{svg}<figcaption>The case machine '
         "(specs/case_machine.yaml); the numbers are the cases in each state now."

@@ -55,13 +55,17 @@
     a.href = "/cases/" + Number(id);
     return a;
   }
+  function plural(n, word) {
+    return n.toLocaleString("en") + " " + word + (n === 1 ? "" : "s"); // as caseflow.text
+  }
   function stateText(c) {
     return c.state_text || c.state; // the server's words, as `caseflow status` says them
   }
   function reasonText(c) {
     if (c.reason) return c.reason;
     if (c.last_error)
-      return "retrying since " + c.failing_since + " (" + c.attempts + " attempts): " + c.last_error;
+      return "retrying since " + c.failing_since + " (" + plural(c.attempts, "attempt") + "): " +
+        c.last_error;
     return null;
   }
 
@@ -109,7 +113,7 @@
       if (g) g.classList.toggle("busy", n > 0);
       if (!(g && g.classList.contains("terminal"))) active += n;
     }
-    setText(document.getElementById("summary"), s.total + " cases, " + active + " active.");
+    setText(document.getElementById("summary"), plural(s.total, "case") + ", " + active + " active.");
     const alerts = document.getElementById("alerts");
     if (alerts) {
       const items = [];
