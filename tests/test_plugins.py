@@ -249,7 +249,7 @@ def test_a_third_party_adapters_mistakes_read_like_the_cores(ws, installed, opti
 
 def test_a_third_party_backends_mistakes_read_like_the_cores(ws, installed):
     path = ws.write_config(backend={"kind": "tagged", "command": "true", "tag": "not one"})
-    with pytest.raises(ConfigError, match=r": backend.tag: must be letters and digits$"):
+    with pytest.raises(ConfigError, match=r": backend.tag: must be letters and digits \(got 'not one'\)$"):
         load_config(path)
     path = ws.write_config(backend={"kind": "tagged", "command": "true", "tga": "x"})
     with pytest.raises(ConfigError, match=r": backend.tga: unknown key \(did you mean 'tag'"):
