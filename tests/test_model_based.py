@@ -132,6 +132,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "specs" / "case_machine.yaml").read_text())
 TERMINAL = {s["name"] for s in SPEC["states"] if s.get("terminal")}
 STATES = {s["name"] for s in SPEC["states"]}
+JOB_STATES = {s["name"] for s in SPEC["states"] if s.get("job_may_run")}
 INITIAL = SPEC["initial"]
 
 
@@ -613,6 +614,10 @@ class NotSettled(Broken):
     pass
 
 
+class WorkOnDrainedHost(Broken):
+    pass
+
+
 @contextlib.contextmanager
 def promise(kind: type[Broken]):
     """A failed `assert` inside is a broken promise of that kind."""
@@ -744,6 +749,9 @@ class CaseflowModel(RuleBasedStateMachine):
         self.exempt_cases: set[int] = set()
         self.ended: dict[tuple[int, int], tuple[str, int | None, str | None]] = {}
         self.kept_since: dict[int, tuple[float, int]] = {}
+        # `caseflow host pause`: since when (uptime, as the ledger's), and the runs whose job
+        # may start meanwhile (their submit was sent, or may have been, before the drain)
+        self.drained: tuple[float, set[tuple[int, str]]] | None = None
         self.ticks = 0
         self.steps = 0
         self.story: list[str] = []
@@ -1028,6 +1036,33 @@ class CaseflowModel(RuleBasedStateMachine):
         self.engine.store.set_request(row.id, CANCEL)  # what `caseflow cancel` records
         self.did = f": case {row.id} ({row.state})"
 
+    @precondition(lambda self: on("drain") and self.drained is None)
+    @rule()
+    @step()
+    def pause_host(self):
+        """`caseflow host pause`: the host takes no new case and starts no upload or submit;
+        its running jobs go on."""
+        if self.stopped:
+            return
+        started = {(r.id, str(r.run)) for r in self.rows() if r.state in JOB_STATES}
+        self.drained = (uptime(), started)
+        self.engine.store.set_host_drain(
+            self.config.hosts[0].name, "model", self.engine.clock()
+        )  # what `caseflow host pause` records
+
+    @precondition(lambda self: self.drained is not None)
+    @rule()
+    @step()
+    def resume_host(self):
+        """`caseflow host resume`: the waiting cases go on."""
+        if self.stopped:
+            return
+        self.resume()
+
+    def resume(self) -> None:
+        self.engine.store.set_host_drain(self.config.hosts[0].name, None, self.engine.clock())
+        self.drained = None
+
     @precondition(lambda self: bool(self.held()))
     @rule(data=st.data())
     @step()
@@ -1287,6 +1322,17 @@ class CaseflowModel(RuleBasedStateMachine):
                     f"{show(case_id)} still holds a slot, long after its job's processes are gone"
                 )
 
+        # a drained host starts no job but those whose submit was sent before the drain
+        with promise(WorkOnDrainedHost):
+            if self.drained is not None:
+                since, exempt = self.drained
+                for p in self.ledger.procs.values():
+                    if p.kind == "main" and p.start >= since and (p.case, p.run) not in exempt:
+                        raise AssertionError(
+                            f"{show(p.case)}: its job {p} started {p.start - since:.2f} s "
+                            "after the host was drained"
+                        )
+
         # every copy of a folder is at most one case (exactly one once it is complete: at
         # the end)
         with promise(CopyNotOneCase):
@@ -1377,6 +1423,8 @@ class CaseflowModel(RuleBasedStateMachine):
         self.faults.clear()
         if self.master_down:
             self.relogin()
+        if self.drained is not None:
+            self.resume()
         for c in self.present():
             while not c.complete:
                 self.write_piece(c)

@@ -254,7 +254,7 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
     assert hosts == [{"name": "local", "transport": "local", "backend": "direct",
                       "status": "paused", "problem": "authentication failed <b>(check the key)</b>",
                       "paused_since": hosts[0]["paused_since"],
-                      "notice": "pueue group gpu_a is paused", "probing": False}]
+                      "notice": "pueue group gpu_a is paused", "drain": None, "probing": False}]
     assert hosts[0]["paused_since"].endswith("Z")
     for path in ("/", "/hosts"):
         html = request(url, path)[2].decode()
@@ -265,3 +265,14 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
     paused_for = float(re.search(r'caseflow_host_paused_seconds\{host="local"\} (\S+)',
                                  text).group(1))
     assert 1190 < paused_for < 1200 + DEADLINE
+    # drained by an operator (`caseflow host pause`), the problem over
+    ws.store.set_host_problem("local", None, time.time())
+    ws.store.set_host_drain("local", "disk swap <i>7</i>", since)
+    [host] = get_json(url, "/api/hosts")["hosts"]
+    assert host["status"] == "drained" and host["drain"].startswith("DRAINED since "), host
+    assert "caseflow host resume local" in host["drain"]
+    for path in ("/", "/hosts"):
+        html = request(url, path)[2].decode()
+        assert "disk swap &lt;i&gt;7&lt;/i&gt;" in html and "<i>7" not in html
+    text = request(url, "/metrics")[2].decode()
+    assert 'caseflow_host_drained{host="local"} 1.0' in text

@@ -252,9 +252,16 @@ class StoreCollector:
             "transport.reconnect_min_interval).",
             labels=["host"],
         )
+        drained = GaugeMetricFamily(
+            "caseflow_host_drained",
+            "1 while an operator drained the host (`caseflow host pause`: no new upload or "
+            "submit there; its running jobs go on).",
+            labels=["host"],
+        )
         known = {h.name: h for h in self.reader.hosts()}
         for cfg in self.config.hosts:
             row = known.get(cfg.name)
+            drained.add_metric([cfg.name], int(bool(row and row.drain)))
             is_paused = bool(row and row.problem)
             paused.add_metric([cfg.name], int(is_paused))
             paused_for.add_metric(
@@ -263,7 +270,7 @@ class StoreCollector:
             )
             host = self.engine.hosts.get(cfg.name) if self.engine is not None else None
             down.add_metric([cfg.name], int(bool(host is not None and host.down)))
-        return paused, paused_for, down
+        return paused, paused_for, down, drained
 
     def _transitions_total(self):
         with self._lock:  # only what was added since the last scrape is read

@@ -38,6 +38,14 @@ def iso(t: float | None) -> str | None:
     )
 
 
+def drain_text(reason: str, since: float | None, host: str) -> str:
+    """A drained host as `status`, `status --watch` and the page say it."""
+    return (
+        f"DRAINED since {iso(since)} ({one_line(reason, 1000)}): no new upload or submit, "
+        f"running jobs go on; `caseflow host resume {host}` ends it"
+    )
+
+
 def printable(text: str | None) -> str:
     """A name as it can be shown on one terminal line (control characters escaped)."""
     if text is None:

@@ -25,9 +25,11 @@ from ..errors import AlreadyRunning, CaseflowError, ConfigError
 from ..service import notify_systemd, setup_logging
 from ..spec import load_spec
 from ..store import CaseRow, Store
+from ..text import plural
 from ..views import (
     case_detail,
     case_json,
+    drain_text,
     iso,
     one_line,
     printable,
@@ -107,6 +109,8 @@ def cmd_status(args) -> int:
         print(f"host {name}: work PAUSED since {iso(since)}: {one_line(problem, 10_000)}")
     for name, notice in store.host_notices():
         print(f"host {name}: {one_line(notice, 10_000)}")
+    for name, (reason, since) in sorted(store.host_drains().items()):
+        print(f"host {name}: {drain_text(reason, since, name)}")
     if not rows:
         print("no cases")
         return 0
@@ -388,6 +392,33 @@ def cmd_diagram(args) -> int:
     return 0
 
 
+def cmd_host(args) -> int:
+    """`caseflow host pause|resume HOST`: the drain is kept in the store; a running daemon
+    follows it at its next tick (one that starts later, at its first)."""
+    names = [h.name for h in load_config(config_path_from(args.config)).hosts]
+    if args.host not in names:
+        raise UsageError(f"no host {args.host!r}; configured: {', '.join(names)}")
+    config, store = _open(args)
+    holding = [r for r in store.cases(load_spec().slot_states) if r.host == args.host]
+    now = time.time()
+    if args.action == "pause":
+        reason = " ".join(args.reason.split()) or "drained by an operator"
+        store.set_host_drain(args.host, reason, now)
+        since = store.host_drains()[args.host][1]
+        print(
+            f"host {args.host}: drained since {iso(since)} ({reason}): it takes no new case "
+            f"and starts no upload or submit; {plural(len(holding), 'case')} on it "
+            "(running jobs go on; the others wait). `caseflow host resume "
+            f"{args.host}` ends it"
+        )
+        return 0
+    if not store.set_host_drain(args.host, None, now):
+        print(f"host {args.host}: not drained; nothing to do")
+        return 0
+    print(f"host {args.host}: resumed; {plural(len(holding), 'case')} on it go on")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
@@ -395,6 +426,7 @@ COMMANDS = {
     "resources": cmd_resources,
     "retry": cmd_request,
     "cancel": cmd_request,
+    "host": cmd_host,
     "check": cmd_check,
     "login": cmd_login,
     "diagram": cmd_diagram,

@@ -94,6 +94,26 @@ def build_parser() -> argparse.ArgumentParser:
             help="how long to wait for a running daemon to apply it (default 60)",
         )
         s.add_argument("--no-wait", action="store_true", help="only record the request")
+    s = command(
+        "host",
+        "drain a host for maintenance (no new upload or submit there; its running jobs go "
+        "on) or resume it",
+    )
+    host_sub = s.add_subparsers(
+        dest="action", required=True, parser_class=_Parser, metavar="ACTION"
+    )
+    h = host_sub.add_parser(
+        "pause",
+        parents=[common],
+        help="drain HOST: it takes no new case and starts no upload or submit; kept across "
+        "restarts until `caseflow host resume`",
+    )
+    h.add_argument("host", help="the host's name, as in `caseflow status`")
+    h.add_argument("--reason", default="", help="why, shown with the host (e.g. a ticket)")
+    h = host_sub.add_parser(
+        "resume", parents=[common], help="end HOST's drain: its waiting cases go on at once"
+    )
+    h.add_argument("host", help="the host's name")
     command(
         "check",
         "check this machine's folders and each host: connection, host key, "

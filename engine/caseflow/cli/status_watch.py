@@ -16,7 +16,7 @@ from collections import Counter
 from ..spec import MachineSpec
 from ..store.reader import StatusReader
 from ..text import plural
-from ..views import iso, printable, status_table  # the table of `caseflow status`
+from ..views import drain_text, iso, printable, status_table  # the table of `caseflow status`
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
 
@@ -43,6 +43,8 @@ def frame(
             )
         if h.notice:
             lines.append(f"host {printable(h.name)}: {printable(h.notice)}")
+        if h.drain:
+            lines.append(f"host {printable(h.name)}: {drain_text(h.drain, h.drain_since, h.name)}")
     lines.append("")
     room = max(1, rows - len(lines) - 2)  # the table's header and a last line
     shown, cases = reader.page(

@@ -37,6 +37,9 @@ from .workers import InFlight
 
 log = logging.getLogger("caseflow.engine")
 
+# seconds until a case a drain holds back is looked at again (resuming the host wakes it at once)
+DRAINED_RECHECK = 3600.0
+
 
 class Engine:
     def __init__(
@@ -84,6 +87,11 @@ class Engine:
         self._step_states = [n for n, st in steps.items() if st.step != POLL]
         self._poll_states = self.spec.poll_states
         self._slot_taking = set(self.spec.slot_taking_states)
+        # the states whose step starts work on the case's host (an upload, a submit): none
+        # of it on a drained host
+        self._host_work = {
+            s.name for s in self.spec.states if s.holds_slot and s.step and s.step != POLL
+        }
         self.job_states = set(self.spec.job_states)
         # quiet periods, on the monotonic clock: case id -> (the folder's newest ctime at the
         # last look, when it last changed, when it was last looked at) (Case.is_quiet)
@@ -170,6 +178,7 @@ class Engine:
     def tick(self) -> None:
         now = self._tick_started = self.clock()
         mono = self.monotonic()
+        self.health.sync_drains()
         self.detect(now)
         self.apply_requests()
         blocked: set[tuple] = set()  # (state, group) whose condition said "no" this tick
@@ -184,6 +193,9 @@ class Engine:
             if row.reason and row.state in self.job_states:
                 # to fail (or be cancelled) once the job its submit may have started is gone
                 self.lanes.call(row, jobs.stop, self, row, short=True)
+            elif row.state in self._host_work and self._drained(row):
+                # its host is drained: it waits (resuming the host makes it due at once)
+                self.store.reschedule(row.id, row.state, now + DRAINED_RECHECK)
             elif state.worker and self.pooled:
                 self.lanes.step(row, step)
             elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
@@ -217,6 +229,10 @@ class Engine:
             self.lanes.call(row, self._wrap_up, row)
         for host in self.health.probes_due():
             self.lanes.host_work(host, "probe", self.health.probe, host)
+
+    def _drained(self, row: CaseRow) -> bool:
+        host = self.hosts.get(row.host or "")
+        return host is not None and host.drain is not None
 
     def _due_steps(self, now: float, busy: frozenset[int]) -> list[CaseRow]:
         """The cases whose step is due. Cases waiting for a slot are read only as many as

@@ -50,6 +50,7 @@ class Host:
         self.short_lane: WorkerPool | None = None
         self.problem: str | None = None  # work paused (authentication, host key), shown
         self.notice: str | None = None  # something a person should know (a paused group)
+        self.drain: str | None = None  # an operator drained it (`caseflow host pause`): why
         # monotonic times
         self.avoid_until = float("-inf")  # unreachable or paused: no new cases before this
         self.last_poll = float("-inf")
@@ -77,9 +78,9 @@ class Host:
         return group is not None and self.cfg.group(group) is not None
 
     def takes_new_cases(self, now: float) -> bool:
-        """Not known to be unreachable or paused (after a while it is tried again);
-        `now` is monotonic."""
-        return now >= self.avoid_until
+        """Not drained, nor known to be unreachable or paused (after a while it is tried
+        again); `now` is monotonic."""
+        return self.drain is None and now >= self.avoid_until
 
     def open_lanes(self, size: int) -> None:
         self.lane = WorkerPool(size, name=f"caseflow-{self.name}")
@@ -195,6 +196,23 @@ class HostHealth:
             woken = self.store.wake_host(host.name, self.slot_states, self.clock())
             log.info("host %s answers again; %d waiting case(s) go on now", host.name, woken)
             self.wake()
+
+    def sync_drains(self) -> None:
+        """Follow the drains an operator set or lifted in the store (`caseflow host pause` /
+        `resume`, also while no daemon ran): a drained host takes no new case, and its cases
+        that hold a slot start no upload or submit; lifted, they are due at once."""
+        drains = self.store.host_drains()
+        for host in self.hosts.values():
+            reason = drains.get(host.name, (None, 0.0))[0]
+            if reason == host.drain:
+                continue
+            if reason is not None:
+                log.info("host %s: drained: %s (running jobs go on)", host.name, reason)
+            else:
+                woken = self.store.wake_host(host.name, self.slot_states, self.clock())
+                log.info("host %s: resumed; %d waiting case(s) go on now", host.name, woken)
+                self.wake()
+            host.drain = reason
 
     def note(self, host: Host, notice: str | None) -> None:
         if notice != host.notice:

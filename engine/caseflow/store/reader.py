@@ -58,6 +58,8 @@ class HostRow:
     since: float | None  # paused since
     notice: str | None
     updated: float | None
+    drain: str | None = None  # an operator drained the host (`caseflow host pause`): why
+    drain_since: float | None = None
 
 
 def like_pattern(text: str) -> str:
@@ -201,6 +203,7 @@ class StatusReader:
     def hosts(self) -> list[HostRow]:
         with self.lock:
             rows = self._rows(
-                "SELECT name, problem, since, notice, updated FROM hosts ORDER BY name"
+                "SELECT name, problem, since, notice, updated, drain, drain_since FROM hosts"
+                " ORDER BY name"
             )
         return [HostRow(*r) for r in rows]

@@ -130,6 +130,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE cases ADD COLUMN folder_stamp TEXT;
     CREATE INDEX cases_path ON cases (local_path);
     """,
+    # v8: a host an operator drained (`caseflow host pause`): no new upload or submit there
+    # until `caseflow host resume`; why, and since when
+    """
+    ALTER TABLE hosts ADD COLUMN drain TEXT;
+    ALTER TABLE hosts ADD COLUMN drain_since REAL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -181,6 +181,37 @@ class SlotQueries(Database):
                 (name, notice, now),
             )
 
+    def set_host_drain(self, name: str, reason: str | None, now: float) -> bool:
+        """Drain the host (`reason`, kept with the time) or stop draining it (None); whether
+        that changed anything."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT drain FROM hosts WHERE name = ?", (name,)).fetchone()
+            if reason is None:
+                if row is None or row[0] is None:
+                    return False
+                conn.execute(
+                    "UPDATE hosts SET drain = NULL, drain_since = NULL, updated = ? WHERE name = ?",
+                    (now, name),
+                )
+                return True
+            conn.execute(
+                "INSERT INTO hosts (name, drain, drain_since, updated) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET drain = excluded.drain,"
+                " drain_since = COALESCE(hosts.drain_since, excluded.drain_since),"
+                " updated = excluded.updated",
+                (name, reason, now, now),
+            )
+            return True
+
+    def host_drains(self) -> dict[str, tuple[str, float]]:
+        """The drained hosts: name -> (reason, since)."""
+        rows = (
+            self.connection()
+            .execute("SELECT name, drain, drain_since FROM hosts WHERE drain IS NOT NULL")
+            .fetchall()
+        )
+        return {name: (reason, since) for name, reason, since in rows}
+
     def host_notices(self) -> list[tuple[str, str]]:
         return (
             self.connection()

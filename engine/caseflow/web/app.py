@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition
 from .. import metrics
 from ..core.case_model import job_log_path
 from ..store.reader import StatusReader
-from ..views import case_detail, case_json, iso, log_tail, slot_json
+from ..views import case_detail, case_json, drain_text, iso, log_tail, slot_json
 from . import machine_svg, pages
 
 PER_PAGE = 50  # cases per HTML page
@@ -196,16 +196,26 @@ class App:
             row = stored.get(cfg.name)
             live = self.engine.hosts.get(cfg.name) if self.engine is not None else None
             paused = bool(row and row.problem)
+            drained = bool(row and row.drain)
             down = bool(live is not None and live.down)
             hosts.append(
                 {
                     "name": cfg.name,
                     "transport": cfg.transport.kind,
                     "backend": cfg.backend.kind,
-                    "status": "paused" if paused else "unreachable" if down else "up",
+                    "status": "paused"
+                    if paused
+                    else "unreachable"
+                    if down
+                    else "drained"
+                    if drained
+                    else "up",
                     "problem": row.problem if row else None,
                     "paused_since": iso(row.since) if paused and row else None,
                     "notice": row.notice if row else None,
+                    "drain": drain_text(row.drain, row.drain_since, cfg.name)
+                    if drained and row and row.drain
+                    else None,
                     # a host that does not answer is probed until it does
                     "probing": down,
                 }

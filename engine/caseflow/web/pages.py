@@ -147,6 +147,7 @@ def host_banner(hosts: list[dict]) -> str:
         if h["status"] == "paused"
     ]
     lines += [f"<li>host {esc(h['name'])}: {esc(h['notice'])}</li>" for h in hosts if h["notice"]]
+    lines += [f"<li>host {esc(h['name'])}: {esc(h['drain'])}</li>" for h in hosts if h["drain"]]
     return f'<ul class="alerts" id="alerts" aria-live="polite">{"".join(lines)}</ul>'
 
 
@@ -310,7 +311,8 @@ def hosts_page(hosts: list[dict], groups: list[dict], slots: list[dict], now: fl
         f'<tr><th scope="row">{esc(h["name"])}</th><td>{esc(h["transport"])} / '
         f'{esc(h["backend"])}</td><td class="host-{esc(h["status"])}">{esc(h["status"])}</td>'
         f"<td>{esc(h['paused_since'])}</td>"
-        f"<td>{esc(' · '.join(t for t in (h['problem'], h['notice']) if t) or None)}</td></tr>"
+        f"<td>{esc(' · '.join(t for t in (h['problem'], h['notice'], h['drain']) if t) or None)}"
+        "</td></tr>"
         for h in hosts
     )
     group_rows = "".join(

@@ -121,6 +121,7 @@
         if (h.status === "paused")
           items.push(el("li", "host " + show(h.name) + ": work PAUSED since " + show(h.paused_since) + ": " + show(h.problem)));
         if (h.notice) items.push(el("li", "host " + show(h.name) + ": " + show(h.notice)));
+        if (h.drain) items.push(el("li", "host " + show(h.name) + ": " + show(h.drain)));
       }
       alerts.replaceChildren(...items);
     }
@@ -186,7 +187,7 @@
     document.querySelector("#hosts tbody").replaceChildren(...h.hosts.map((x) => {
       const tr = cells([[show(x.transport) + " / " + show(x.backend)],
         [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [show(x.paused_since)],
-        [show([x.problem, x.notice].filter((t) => t).join(" · ") || null)]]);
+        [show([x.problem, x.notice, x.drain].filter((t) => t).join(" · ") || null)]]);
       const th = el("th", show(x.name));
       th.scope = "row";
       tr.prepend(th);
