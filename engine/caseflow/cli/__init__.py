@@ -7,12 +7,14 @@ Errors go to stderr as one line; an ordinary mistake never shows a traceback.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 from ..config import config_path_from, load_config
@@ -199,6 +201,10 @@ def cmd_request(args) -> int:
     config, store = _open(args)
     spec = load_spec()
     machine = CaseMachine(spec)
+    if args.case is None:
+        return _bulk_request(args, config, store, machine)
+    if args.state or args.host or args.since:
+        raise UsageError("name a case, or select cases with --state/--host/--since; not both")
     row = resolve(store, args.case)
     if not machine.allowed(trigger, row.state):
         raise CaseflowError(
@@ -239,6 +245,89 @@ def cmd_request(args) -> int:
     finally:
         lock.release()
     return _report(store, trigger, row, mark, daemon_pid=None)
+
+
+def _since(text: str) -> float:
+    """--since: an ISO 8601 date or time (local unless it gives Z or an offset)."""
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--since {text!r}: not a date or time (ISO 8601: 2026-12-07 or 2026-12-07T14:00)"
+        ) from None
+    return when.timestamp()  # (naive: local time)
+
+
+def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
+    """retry / cancel of every case that --state, --host and --since select (and the request
+    applies to): listed, confirmed unless --yes, then requested one by one and reported."""
+    trigger = args.command
+    if not (args.state or args.host):
+        raise UsageError(
+            f"name a case, or select cases with --state or --host: `caseflow "
+            f"{trigger} CASE`, `caseflow {trigger} --state failure`"
+        )
+    if args.state and args.state not in load_spec().state_names:
+        raise UsageError(
+            f"--state {args.state!r}: not a state; states: " + ", ".join(load_spec().state_names)
+        )
+    if args.host and args.host not in [h.name for h in config.hosts]:
+        raise UsageError(
+            f"--host {args.host!r}: no such host; configured: "
+            + ", ".join(h.name for h in config.hosts)
+        )
+    since = _since(args.since) if args.since else None
+    rows = [
+        r
+        for r in store.cases([args.state] if args.state else None)
+        if (not args.host or args.host in (r.host, r.slot_host))
+        and (since is None or (r.updated_at or 0) >= since)
+        and machine.allowed(trigger, r.state)
+        and r.request is None
+    ]
+    if not rows:
+        print(f"no case to {trigger}: none selected that {trigger} applies to")
+        return 0
+    print(f"{trigger} {plural(len(rows), 'case')}:")
+    for r in rows:
+        print(f"  case {r.id} {printable(r.name)} ({r.state}{', ' + r.host if r.host else ''})")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(
+                f"add --yes to {trigger} these {plural(len(rows), 'case')} (no terminal to ask in)"
+            )
+        if input("go on? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("nothing done")
+            return 1
+    lock = DaemonLock(config.database)
+    try:
+        lock.acquire()
+    except AlreadyRunning as exc:  # all requested at once; the daemon applies them together
+        marks = {r.id: max((h.id for h in store.history(r.id)), default=0) for r in rows}
+        for r in rows:
+            store.set_request(r.id, trigger)
+        print(f"requested; the running daemon (pid {exc.pid}) applies them at its next tick")
+        if args.no_wait:
+            return 0
+        deadline = time.monotonic() + args.wait
+        while time.monotonic() < deadline and any(
+            (now := store.get(r.id)) is not None and now.request is not None for r in rows
+        ):
+            time.sleep(0.2)
+        reports = [_report(store, trigger, r, marks[r.id], daemon_pid=exc.pid) for r in rows]
+        return 1 if any(reports) else 0
+    lock.release()  # no daemon: each is applied here, one after the other
+    failed = 0
+    for r in rows:
+        one = argparse.Namespace(
+            **{**vars(args), "case": str(r.id), "state": None, "host": None, "since": None}
+        )
+        try:
+            failed += cmd_request(one) != 0
+        except CaseflowError as exc:  # it moved on meanwhile
+            print(f"case {r.id} {printable(r.name)}: {exc}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def _stop_now(engine: Engine, case_id: int) -> None:

@@ -85,7 +85,22 @@ def build_parser() -> argparse.ArgumentParser:
         ("cancel", "stop an active case (kills its job if one runs); it ends in failure"),
     ):
         s = command(name, text)
-        s.add_argument("case", help="case id or unique name")
+        s.add_argument(
+            "case",
+            nargs="?",
+            help="case id or unique name; or, without it, every case the filters below select",
+        )
+        s.add_argument("--state", help="every case in this state (with no case named)")
+        s.add_argument(
+            "--host", help="every case on this host (its slot's or its job's; with no case named)"
+        )
+        s.add_argument(
+            "--since",
+            metavar="TIME",
+            help="only cases updated at or after TIME (ISO 8601, e.g. 2026-12-07 or "
+            "2026-12-07T14:00; local time unless it says Z or an offset)",
+        )
+        s.add_argument("--yes", action="store_true", help="do it without asking (several cases)")
         s.add_argument(
             "--wait",
             type=float,
