@@ -40,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    def command(name: str, text: str, config: bool = True):
+    def command(name: str, text: str, config: bool = True, usage: str | None = None):
         return sub.add_parser(
             name,
             parents=[common] if config else [],
             help=text,
             description=text[0].upper() + text[1:] + ".",
+            usage=usage,
         )
 
     s = command("run", "run the daemon in the foreground until SIGTERM or SIGINT")
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("retry", "run a failed or lost case again, validated and uploaded afresh"),
         ("cancel", "stop an active case (kills its job if one runs); it ends in failure"),
     ):
-        s = command(name, text)
+        # (one line of usage: a mistake's message stays two lines, usage and error)
+        s = command(name, text, usage=f"caseflow {name} [options] CASE | --state S | --host H")
         s.add_argument(
             "case",
             nargs="?",
