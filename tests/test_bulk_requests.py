@@ -8,7 +8,7 @@ import sys
 
 import pexpect
 
-from harness import DEADLINE
+from harness import DEADLINE, wait_for
 
 
 def test_retry_of_every_failed_case_with_a_running_daemon(ws):
@@ -75,3 +75,28 @@ def test_bulk_mistakes_are_usage_errors(ws):
     ):
         out = ws.cli(*args)
         assert out.returncode == 2 and words in out.stderr, (args, out.stderr)
+
+
+def test_since_out_of_range_or_empty_and_ctrl_d_at_the_prompt_change_nothing(ws):
+    ws.start()
+    ws.drop_case("f", exit_code=3)
+    ws.wait_state("f", "failure")
+    for since in ("0001-01-01", ""):  # (year 1 is out of range for a timestamp)
+        out = ws.cli("retry", "--state", "failure", "--since", since, "--yes")
+        assert out.returncode == 2 and "not a date or time" in out.stderr, (since, out)
+        assert "Traceback" not in out.stderr
+    out = ws.cli("retry", "--state", "failure", "--since", "2000-01-01t00:00z", "--no-wait",
+                 "--yes")
+    assert out.returncode == 0 and "retry 1 case:" in out.stdout, out  # RFC 3339's lower case
+    wait_for(lambda: (r := ws.case("f")).run == 2 and r.state == "failure" and not r.request,
+             what="the second run to fail")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    child = pexpect.spawn(sys.executable, ["-m", "caseflow.cli", "retry", "--state", "failure",
+                                           "-c", str(ws.config_path)], env=env,
+                          encoding="utf-8", timeout=DEADLINE)
+    child.expect(r"go on\? \[y/N\] ")
+    child.sendeof()
+    child.expect("nothing done")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 1 and "Traceback" not in child.before

@@ -46,3 +46,34 @@ def test_host_names_a_configured_host(ws):
     assert out.returncode == 2 and "no host 'elsewhere'; configured: local" in out.stderr
     out = ws.cli("host", "drain", "local")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_an_upload_under_way_when_the_drain_lands_submits_nothing_until_resume(ws, monkeypatch):
+    """The drain is looked at again where the step runs, in the host's lane: a case whose
+    upload was under way when the host was drained ends its upload and then waits (its submit
+    was queued behind it and ran after the drain, found by a review); resumed while no daemon
+    runs, it goes on at the next start, not an hour later."""
+    import threading
+
+    from caseflow.core import case_model
+    gate = threading.Event()
+    upload = case_model.Case.upload_case
+
+    def held(self, event):
+        if self.row.name == "slow":
+            gate.wait(60)
+        return upload(self, event)
+    monkeypatch.setattr(case_model.Case, "upload_case", held)
+    ws.start()
+    ws.drop_case("slow")
+    ws.wait_state("slow", "gpu_locked")
+    ws.cli("host", "pause", "local", check=True)
+    _ticks(ws, 3)  # the daemon has seen the drain
+    gate.set()
+    ws.wait_state("slow", "uploaded")
+    _ticks(ws, 10)
+    assert ws.case("slow").state == "uploaded"  # no submit on a drained host
+    ws.stop()
+    ws.cli("host", "resume", "local", check=True)
+    ws.start()
+    ws.wait_state("slow", "success")

@@ -250,12 +250,13 @@ def cmd_request(args) -> int:
 def _since(text: str) -> float:
     """--since: an ISO 8601 date or time (local unless it gives Z or an offset)."""
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        return when.timestamp()  # (naive: local time)
+    except (ValueError, OverflowError, OSError):  # not a time, or out of range (year 1, 9999)
         raise UsageError(
-            f"--since {text!r}: not a date or time (ISO 8601: 2026-12-07 or 2026-12-07T14:00)"
+            f"--since {text!r}: not a date or time caseflow can use (ISO 8601: 2026-12-07 "
+            "or 2026-12-07T14:00)"
         ) from None
-    return when.timestamp()  # (naive: local time)
 
 
 def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
@@ -276,7 +277,7 @@ def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
             f"--host {args.host!r}: no such host; configured: "
             + ", ".join(h.name for h in config.hosts)
         )
-    since = _since(args.since) if args.since else None
+    since = _since(args.since) if args.since is not None else None
     rows = [
         r
         for r in store.cases([args.state] if args.state else None)
@@ -296,7 +297,12 @@ def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
             raise UsageError(
                 f"add --yes to {trigger} these {plural(len(rows), 'case')} (no terminal to ask in)"
             )
-        if input("go on? [y/N] ").strip().lower() not in ("y", "yes"):
+        try:
+            answer = input("go on? [y/N] ")
+        except EOFError:  # Ctrl-D: no
+            answer = ""
+            print()
+        if answer.strip().lower() not in ("y", "yes"):
             print("nothing done")
             return 1
     lock = DaemonLock(config.database)
@@ -314,7 +320,13 @@ def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
             (now := store.get(r.id)) is not None and now.request is not None for r in rows
         ):
             time.sleep(0.2)
-        reports = [_report(store, trigger, r, marks[r.id], daemon_pid=exc.pid) for r in rows]
+        reports = []
+        for r in rows:
+            now = store.get(r.id)
+            if now is not None and now.request and now.reason and now.stop_since is not None:
+                reports.append(_report_stopping(config, now))  # its job is being stopped
+            else:
+                reports.append(_report(store, trigger, r, marks[r.id], daemon_pid=exc.pid))
         return 1 if any(reports) else 0
     lock.release()  # no daemon: each is applied here, one after the other
     failed = 0
@@ -504,6 +516,9 @@ def cmd_host(args) -> int:
     if not store.set_host_drain(args.host, None, now):
         print(f"host {args.host}: not drained; nothing to do")
         return 0
+    # its waiting cases are due now (a daemon that runs does the same when it sees the drain
+    # lifted; one started later would not see a change: found by a review)
+    store.wake_host(args.host, load_spec().slot_states, now)
     print(f"host {args.host}: resumed; {plural(len(holding), 'case')} on it go on")
     return 0
 

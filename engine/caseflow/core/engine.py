@@ -287,6 +287,16 @@ class Engine:
         True if the case moved; None if a condition said "not now" without saying
         until when; False otherwise.
         """
+        if (
+            row.state in self._host_work
+            and trigger == self._steps[row.state].step  # its upload or submit, not a fail
+            and not row.reason
+            and self._drained(row)
+        ):
+            # its host was drained after the step was handed to its lane: no upload or submit
+            # starts there (a review found a queued submit that ran after the drain)
+            self.store.reschedule(row.id, row.state, self.clock() + DRAINED_RECHECK)
+            return False
         case = Case(row, self)
         try:
             with self.machine.bound(case):
