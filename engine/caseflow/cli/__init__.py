@@ -268,10 +268,9 @@ def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
             f"name a case, or select cases with --state or --host: `caseflow "
             f"{trigger} CASE`, `caseflow {trigger} --state failure`"
         )
-    if args.state and args.state not in load_spec().state_names:
-        raise UsageError(
-            f"--state {args.state!r}: not a state; states: " + ", ".join(load_spec().state_names)
-        )
+    states = load_spec().state_names
+    if args.state and args.state not in states:
+        raise UsageError(f"--state {args.state!r}: not a state; states: " + ", ".join(states))
     if args.host and args.host not in [h.name for h in config.hosts]:
         raise UsageError(
             f"--host {args.host!r}: no such host; configured: "

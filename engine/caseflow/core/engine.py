@@ -193,9 +193,6 @@ class Engine:
             if row.reason and row.state in self.job_states:
                 # to fail (or be cancelled) once the job its submit may have started is gone
                 self.lanes.call(row, jobs.stop, self, row, short=True)
-            elif row.state in self._host_work and self._drained(row):
-                # its host is drained: it waits (resuming the host makes it due at once)
-                self.store.reschedule(row.id, row.state, now + DRAINED_RECHECK)
             elif state.worker and self.pooled:
                 self.lanes.step(row, step)
             elif row.id not in self.inflight and (row.state, row.grp) not in blocked:
@@ -293,8 +290,9 @@ class Engine:
             and not row.reason
             and self._drained(row)
         ):
-            # its host was drained after the step was handed to its lane: no upload or submit
-            # starts there (a review found a queued submit that ran after the drain)
+            # its host is drained, also if it was after the step was handed to its lane (a
+            # review found a queued submit that ran after the drain): no upload or submit
+            # starts there; the case waits, and resuming the host makes it due at once
             self.store.reschedule(row.id, row.state, self.clock() + DRAINED_RECHECK)
             return False
         case = Case(row, self)
