@@ -39,11 +39,12 @@ Feature: Jobs run in the GPU host's pueue queue
       | 3.4.1   |
       | 4.0.4   |
 
-  Scenario Outline: pueue's daemon is not running: no case fails, the host says so, work goes on when it starts
+  Scenario Outline: pueue's daemon is not running: no case fails, the host says so at once, work goes on when it starts
     Given the GPU host runs pueue <version>, but its daemon is not started
     And caseflow is running
+    Then caseflow status shows the host with "work PAUSED (queue daemon down) since"
     When the case folder "heart_0011" is dropped into the inbox
-    Then caseflow status shows the host with "pueue daemon not running"
+    Then caseflow status shows "waiting for host testhost: pueue daemon not running" for "heart_0011"
     And the case "heart_0011" is uploaded
     When the pueue daemon is started
     Then the case "heart_0011" ends in success

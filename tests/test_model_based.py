@@ -95,7 +95,7 @@ from hypothesis.stateful import (
 
 from caseflow.core.engine import Engine
 from caseflow.core.machine import CaseMachine
-from caseflow.errors import TransientError
+from caseflow.errors import HOST_PROBLEM_KINDS, QUEUE_DOWN, UNREACHABLE, TransientError
 from caseflow.spec import load_spec
 from caseflow.transports import make_transport
 from gpu_host import GpuHost, GridEngineHost
@@ -122,6 +122,10 @@ MAX_FOLDERS = 5  # folder names per example
 CLOCK_STEP = 60.0  # a forward step of the engine's wall clock
 GROUPS = {"gpu_a": 2, "gpu_b": 1}
 GIVE_UP = 30.0  # retry.give_up_after_seconds (a clock step makes a failing streak give up)
+HEALTH = 0.5  # health_seconds: a host that seems well is probed this often
+# (seconds, ticks) after which the store must say what the host's queue is like: a stopped
+# pueued shown, or a running one no longer (probes every HEALTH, a paused host every RETRY_MAX)
+HEALTH_SHOWN = (6.0, 20)
 # retry.initial_seconds / max_seconds: a step lost to a fault is tried again a few steps
 # later (a step takes 0.1-0.2 s), so what happens in between does not hang on a race
 RETRY_INITIAL, RETRY_MAX = 0.5, 2.0
@@ -618,6 +622,10 @@ class WorkOnDrainedHost(Broken):
     pass
 
 
+class HostHealthWrong(Broken):
+    pass
+
+
 @contextlib.contextmanager
 def promise(kind: type[Broken]):
     """A failed `assert` inside is a broken promise of that kind."""
@@ -721,6 +729,7 @@ class CaseflowModel(RuleBasedStateMachine):
             poll_seconds=0.05,
             workers=1,
             stability={"quiet_seconds": QUIET, "rescan_seconds": 0.01},
+            health_seconds=HEALTH,
             groups={g: {"slots": n} for g, n in GROUPS.items()},
             transport=transport,
             backend=backend,
@@ -752,6 +761,8 @@ class CaseflowModel(RuleBasedStateMachine):
         # `caseflow host pause`: since when (uptime, as the ledger's), and the runs whose job
         # may start meanwhile (their submit was sent, or may have been, before the drain)
         self.drained: tuple[float, set[tuple[int, str]]] | None = None
+        # pueued SIGKILLed (True) or started again (False): since when (monotonic, ticks)
+        self.queue_change: tuple[bool, float, int] | None = None
         self.ticks = 0
         self.steps = 0
         self.story: list[str] = []
@@ -1133,6 +1144,35 @@ class CaseflowModel(RuleBasedStateMachine):
         self.master_down = False
         self.kept_since.clear()
 
+    @precondition(
+        lambda self: on("queue_down")
+        and self.HOST is not None
+        and self.HOST[1] == "pueue"
+        and not (self.queue_change and self.queue_change[0])
+    )
+    @rule()
+    @step()
+    def queue_daemon_down(self):
+        """pueued dies (SIGKILL: its tasks' processes go on): no case fails, the host is
+        shown paused (queue daemon down) within a few probes."""
+        if self.stopped:
+            return
+        self.host.pueue.kill()
+        self.queue_change = (True, time.monotonic(), self.ticks)
+
+    @precondition(lambda self: bool(self.queue_change and self.queue_change[0]))
+    @rule()
+    @step()
+    def queue_daemon_up(self):
+        """pueued is started again (its state file kept): work goes on, the problem goes."""
+        if self.stopped:
+            return
+        self.queue_up()
+
+    def queue_up(self) -> None:
+        self.host.pueue.start()
+        self.queue_change = (False, time.monotonic(), self.ticks)
+
     @precondition(lambda self: on("lost_reply"))
     @rule(n=st.sampled_from([1, 3, 6]), of=st.sampled_from(["job_start", "any_command"]))
     @step()
@@ -1333,6 +1373,33 @@ class CaseflowModel(RuleBasedStateMachine):
                             "after the host was drained"
                         )
 
+        # what is wrong with the host is in the store with its kind and a real since; a
+        # stopped pueued shows within a few probes, and goes once it runs again
+        with promise(HostHealthWrong):
+            shown = {name: (since, kind) for name, _, since, kind in store.host_problems()}
+            for name, (since, kind) in shown.items():
+                assert since is not None and kind in HOST_PROBLEM_KINDS, (
+                    f"host {name}: problem shown with since {since!r} and kind {kind!r}"
+                )
+            if self.queue_change is not None:
+                down, at, ticks = self.queue_change
+                got = shown.get(self.config.hosts[0].name, (None, None))[1]
+                settled = (
+                    time.monotonic() - at >= HEALTH_SHOWN[0]
+                    and self.ticks - ticks >= HEALTH_SHOWN[1]
+                    and not self.master_down
+                )
+                if settled and down:
+                    assert got == QUEUE_DOWN, (
+                        f"pueued was killed {time.monotonic() - at:.1f} s ago; the host shows "
+                        f"{got or 'no problem'}"
+                    )
+                if settled and not down:
+                    assert got in (None, UNREACHABLE), (
+                        f"pueued runs again since {time.monotonic() - at:.1f} s; the host still "
+                        f"shows {got}"
+                    )
+
         # every copy of a folder is at most one case (exactly one once it is complete: at
         # the end)
         with promise(CopyNotOneCase):
@@ -1425,6 +1492,8 @@ class CaseflowModel(RuleBasedStateMachine):
             self.relogin()
         if self.drained is not None:
             self.resume()
+        if self.queue_change and self.queue_change[0]:
+            self.queue_up()
         for c in self.present():
             while not c.complete:
                 self.write_piece(c)

@@ -46,7 +46,9 @@ def two_hosts(ws):
         hosts[name] = {"transport": {"kind": "local", "root": f"remote/{name}"},
                        "backend": {"kind": "direct", "command": JOB.replace("{ctl}", str(ws.ctl))},
                        "groups": {"gpu_a": {"slots": 2}}}
-    ws.write_config(hosts=hosts, retry={"initial_seconds": 1, "max_seconds": 30})
+    # health probes an hour apart: the tests count the commands of polls and steps
+    ws.write_config(hosts=hosts, retry={"initial_seconds": 1, "max_seconds": 30},
+                    health_seconds=3600)
     engines = []
 
     def make():

@@ -253,9 +253,14 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
     hosts = get_json(url, "/api/hosts")["hosts"]
     assert hosts == [{"name": "local", "transport": "local", "backend": "direct",
                       "status": "paused", "problem": "authentication failed <b>(check the key)</b>",
-                      "paused_since": hosts[0]["paused_since"],
+                      "problem_kind": "config", "problem_line": hosts[0]["problem_line"],
+                      "since": hosts[0]["paused_since"], "paused_since": hosts[0]["paused_since"],
+                      "free_bytes": hosts[0]["free_bytes"],
                       "notice": "pueue group gpu_a is paused", "drain": None, "probing": False}]
     assert hosts[0]["paused_since"].endswith("Z")
+    assert hosts[0]["problem_line"] == (f"work PAUSED since {hosts[0]['since']}: "
+                                        "authentication failed <b>(check the key)</b>")
+    assert hosts[0]["free_bytes"] > 0  # the probe at the daemon's start measured it
     for path in ("/", "/hosts"):
         html = request(url, path)[2].decode()
         assert "authentication failed &lt;b&gt;(check the key)&lt;/b&gt;" in html

@@ -27,6 +27,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from . import __version__
+from .errors import HOST_PROBLEM_KINDS, UNREACHABLE
 
 disable_created_metrics()  # no caseflow_*_created series: the process start time says it
 REGISTRY = CollectorRegistry()
@@ -258,19 +259,48 @@ class StoreCollector:
             "submit there; its running jobs go on).",
             labels=["host"],
         )
+        up = GaugeMetricFamily(
+            "caseflow_host_up",
+            "1 while the host answers and takes work (not unreachable, not paused).",
+            labels=["host"],
+        )
+        problem = GaugeMetricFamily(
+            "caseflow_host_problem",
+            "1 for the kind of problem the host has now (unreachable, host_key, auth, login, "
+            "queue_down, config, disk_low); 0 for the others.",
+            labels=["host", "kind"],
+        )
+        problem_for = GaugeMetricFamily(
+            "caseflow_host_problem_seconds",
+            "How long the host has had its problem, of whatever kind (0 when it has none).",
+            labels=["host"],
+        )
+        free = GaugeMetricFamily(
+            "caseflow_host_free_bytes",
+            "Free space of the file system holding the host's remote root, at the last probe "
+            "(every health_seconds).",
+            labels=["host"],
+        )
         known = {h.name: h for h in self.reader.hosts()}
         for cfg in self.config.hosts:
             row = known.get(cfg.name)
-            drained.add_metric([cfg.name], int(bool(row and row.drain)))
-            is_paused = bool(row and row.problem)
-            paused.add_metric([cfg.name], int(is_paused))
-            paused_for.add_metric(
-                [cfg.name],
-                max(0.0, now - row.since) if is_paused and row is not None and row.since else 0.0,
-            )
             host = self.engine.hosts.get(cfg.name) if self.engine is not None else None
-            down.add_metric([cfg.name], int(bool(host is not None and host.down)))
-        return paused, paused_for, down, drained
+            kind = row.kind if row is not None and row.problem else None
+            since = row.since if row is not None and kind is not None and row.since else None
+            lasted = max(0.0, now - since) if since is not None else 0.0
+            drained.add_metric([cfg.name], int(bool(row and row.drain)))
+            is_paused = bool(row and row.paused)
+            paused.add_metric([cfg.name], int(is_paused))
+            paused_for.add_metric([cfg.name], lasted if is_paused else 0.0)
+            is_down = kind == UNREACHABLE or bool(host is not None and host.down and not is_paused)
+            down.add_metric([cfg.name], int(is_down))
+            up.add_metric([cfg.name], int(not is_paused and not is_down))
+            for k in HOST_PROBLEM_KINDS:
+                problem.add_metric([cfg.name, k], int(k == kind))
+            problem_for.add_metric([cfg.name], lasted)
+            if host is not None and host.free_bytes is not None:
+                free.add_metric([cfg.name], host.free_bytes)
+        return paused, paused_for, down, drained, up, problem, problem_for, free
 
     def _transitions_total(self):
         with self._lock:  # only what was added since the last scrape is read

@@ -56,10 +56,10 @@ def kind_of(exc: BaseException) -> str:
     return BUG
 
 
-def short(exc: BaseException) -> str:
-    """An error as one can show it on a case: its message, at most 500 characters."""
+def short(exc: BaseException, limit: int = 500) -> str:
+    """An error as one can show it on a case: its message, at most `limit` characters."""
     text = str(exc) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)

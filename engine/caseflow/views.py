@@ -9,17 +9,21 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import overload
 
 from .backends import RUNNING
 from .core.case_model import job_log_path
+from .errors import AUTH, DISK_LOW, HOST_KEY, LOGIN, QUEUE_DOWN, UNREACHABLE
 from .spec import load_spec
 from .store import CaseRow, HistoryRow, SlotRow
+from .store.reader import HostRow
 from .text import plural
 
 LOG_TAIL_LINES = 10
+WAIT_WIDTH = 100  # characters of why a host makes its cases wait, in a case's state text
 REASON_WIDTH = 120  # characters of a reason in the status table (`show` has all of it)
 _TAIL_BYTES = 64 * 1024  # enough for the last lines; a job log may be gigabytes
 
@@ -36,6 +40,65 @@ def iso(t: float | None) -> str | None:
     return (
         datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
     )
+
+
+# how `status`, `status --watch` and the page begin a host's problem line, by its kind
+_PROBLEM_HEADS = {
+    UNREACHABLE: "UNREACHABLE",
+    DISK_LOW: "LOW ON DISK",
+    HOST_KEY: "work PAUSED (host key)",
+    AUTH: "work PAUSED (authentication)",
+    LOGIN: "work PAUSED (needs login)",
+    QUEUE_DOWN: "work PAUSED (queue daemon down)",
+}
+
+
+def host_problem_text(kind: str, problem: str, since: float | None) -> str:
+    """A host's problem as `status`, `status --watch` and the page say it: what, since
+    when, and the problem's own text (which says what to do)."""
+    head = _PROBLEM_HEADS.get(kind, "work PAUSED")
+    return f"{head} since {iso(since) or 'unknown'}: {one_line(problem, 10_000)}"
+
+
+def host_lines(hosts: Iterable[HostRow]) -> list[str]:
+    """One line per thing a person should know about each host: its problem, a notice
+    (a paused pueue group), a drain."""
+    lines = []
+    for h in hosts:
+        name = printable(h.name)
+        if h.problem:
+            lines.append(f"host {name}: {host_problem_text(h.kind, h.problem, h.since)}")
+        if h.notice:
+            lines.append(f"host {name}: {one_line(h.notice, 10_000)}")
+        if h.drain:
+            lines.append(f"host {name}: {drain_text(h.drain, h.drain_since, h.name)}")
+    return lines
+
+
+def host_waits(
+    hosts: Iterable[HostRow], groups: Mapping[str, Iterable[str]] | None = None
+) -> dict[str, str]:
+    """Why the cases of each host that cannot take work now wait (host name -> why): its
+    problem, or its drain. A nearly full disk does not stop work and is left out. With
+    `groups` (group -> the hosts serving it), also "group G" -> why, for a group none of
+    whose hosts takes work -> "host H: why; ..." (its queued cases wait for them; a host
+    name has no space)."""
+    waits = {}
+    for h in hosts:
+        if h.problem and h.kind != DISK_LOW:
+            waits[h.name] = one_line(h.problem, WAIT_WIDTH)
+        elif h.drain:
+            waits[h.name] = one_line(f"drained ({h.drain})", WAIT_WIDTH)
+    for group, names in (groups or {}).items():
+        names = list(names)
+        if names and all(n in waits for n in names):
+            waits[f"group {group}"] = "; ".join(f"host {printable(n)}: {waits[n]}" for n in names)
+    return waits
+
+
+def group_hosts(config) -> dict[str, list[str]]:
+    """Group -> the configured hosts serving it (for host_waits)."""
+    return {g.name: [h.name for h in config.hosts if h.group(g.name)] for g in config.groups}
 
 
 def drain_text(reason: str, since: float | None, host: str) -> str:
@@ -65,6 +128,8 @@ def one_line(text: str | None, width: int = REASON_WIDTH) -> str:
 
 
 _terminal: frozenset[str] | None = None
+_host_work: frozenset[str] | None = None
+_slot_taking: frozenset[str] | None = None
 
 
 def _is_terminal(state: str) -> bool:
@@ -74,18 +139,40 @@ def _is_terminal(state: str) -> bool:
     return state in _terminal
 
 
-def case_json(row: CaseRow, terminal: bool | None = None, now: float | None = None) -> dict:
+def _is_host_work(state: str) -> bool:
+    """The case holds a slot and its next step is work on the host (an upload, a submit)."""
+    global _host_work
+    if _host_work is None:
+        spec = load_spec()
+        _host_work = frozenset(set(spec.slot_states) - set(spec.poll_states))
+    return state in _host_work
+
+
+def _takes_slot(state: str) -> bool:
+    global _slot_taking
+    if _slot_taking is None:
+        _slot_taking = frozenset(load_spec().slot_taking_states)
+    return state in _slot_taking
+
+
+def case_json(
+    row: CaseRow,
+    terminal: bool | None = None,
+    now: float | None = None,
+    waits: Mapping[str, str] | None = None,
+) -> dict:
     """One case as `caseflow status --json` lists it: the keys documented in docs/cli.md (a
     test holds them to it). `terminal`: the case has ended, so no next attempt is due (by
     default, whether its state is a final one of the spec). `now`: for the upload's rate in
-    `state_text` (default: the clock's)."""
+    `state_text` (default: the clock's); `waits`: why the hosts that cannot take work now
+    make their cases wait (`host_waits`)."""
     if terminal is None:
         terminal = _is_terminal(row.state)
     return {
         "id": row.id,
         "name": row.name,
         "state": row.state,
-        "state_text": state_cell(row, time.time() if now is None else now),
+        "state_text": state_cell(row, time.time() if now is None else now, waits),
         "group": row.grp,
         "slot": row.slot_index,
         "device": row.slot_device,
@@ -160,10 +247,16 @@ def history_json(history: list[HistoryRow]) -> list[dict]:
     ]
 
 
-def case_detail(database: Path, row: CaseRow, history: list[HistoryRow], now: float) -> dict:
+def case_detail(
+    database: Path,
+    row: CaseRow,
+    history: list[HistoryRow],
+    now: float,
+    waits: Mapping[str, str] | None = None,
+) -> dict:
     """One case as `caseflow show --json` prints it: the status fields, where its job log
     is, its upload in flight and its whole transition history."""
-    out = case_json(row, now=now)
+    out = case_json(row, now=now, waits=waits)
     log_file = job_log_path(database, row)
     out["job_log"] = str(log_file) if log_file.exists() else None
     out["upload"] = upload_progress(row, now)
@@ -228,17 +321,24 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def state_cell(row: CaseRow, now: float) -> str:
+def state_cell(row: CaseRow, now: float, waits: Mapping[str, str] | None = None) -> str:
     """The STATE column: the state and what it is doing inside it (the same text on the
     status page and in `status --json` as `state_text`). It reads the store's columns and
-    the spec's flags, never a state's name."""
+    the spec's flags, never a state's name. `waits` (`host_waits`): a case whose host cannot
+    take work now says so, not "0 B of 12 KB (0%)" (issue 27)."""
     text = row.state
+    ended = _is_terminal(row.state)
+    host = row.slot_host or row.host
+    why = (waits or {}).get(host or "") if not ended and _is_host_work(row.state) else None
     progress = upload_text(row, now)
-    if progress:
+    if why:
+        text += f" (waiting for host {printable(host)}: {why})"
+    elif waits and not ended and _takes_slot(row.state) and f"group {row.grp}" in waits:
+        text += f" (waiting for {waits[f'group {row.grp}']})"
+    elif progress:
         text += f" ({progress})"
     if row.queue_status and row.queue_status != RUNNING:  # the queue says more than "running"
         text += f" ({row.queue_status})"
-    ended = _is_terminal(row.state)
     if row.job_outcome and not ended:
         text += f" (job ended: {row.job_outcome}; fetching results)"
     if row.reason and not row.job_outcome and not ended:
@@ -261,7 +361,9 @@ def reason_cell(row: CaseRow) -> str:
     return "-"
 
 
-def status_table(rows: list[CaseRow], now: float | None = None) -> str:
+def status_table(
+    rows: list[CaseRow], now: float | None = None, waits: Mapping[str, str] | None = None
+) -> str:
     """The table `caseflow status` prints (and `--watch` redraws)."""
     now = time.time() if now is None else now
     return table(
@@ -270,7 +372,7 @@ def status_table(rows: list[CaseRow], now: float | None = None) -> str:
             [
                 str(r.id),
                 printable(r.name),
-                state_cell(r, now),
+                state_cell(r, now, waits),
                 r.grp or "-",
                 r.slot_host or r.host or "-",
                 "-" if r.slot_index is None else str(r.slot_index),

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..config.reader import Section
-from ..errors import HostError, PermanentError, TransientError
+from ..errors import QUEUE_DOWN, HostError, PermanentError, TransientError
 from ..transports.shell import script, source
 from . import (
     LOG_TAIL_BYTES,
@@ -96,6 +96,8 @@ LOST = "pueue lost track of the task; waiting for its processes to end"
 
 class DaemonNotRunning(HostError):
     """pueued does not answer on the host: its cases wait (none fails) and it is shown."""
+
+    kind = QUEUE_DOWN
 
 
 class PueueBackend(PueueGroups, QueueBackend):

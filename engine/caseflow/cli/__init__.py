@@ -27,11 +27,14 @@ from ..errors import AlreadyRunning, CaseflowError, ConfigError
 from ..service import notify_systemd, setup_logging
 from ..spec import load_spec
 from ..store import CaseRow, Store
+from ..store.reader import StatusReader
 from ..text import plural
 from ..views import (
     case_detail,
     case_json,
-    drain_text,
+    group_hosts,
+    host_lines,
+    host_waits,
     iso,
     one_line,
     printable,
@@ -97,26 +100,30 @@ def cmd_status(args) -> int:
             raise UsageError("--watch redraws the table; it cannot be combined with --json")
         from .status_watch import watch
 
-        return watch(store, spec, args.state)
+        return watch(store, spec, args.state, groups=group_hosts(config))
     rows = store.cases([args.state] if args.state else None)
     terminal = set(spec.terminal_states)
+    reader = StatusReader(store.path)
+    try:
+        hosts = reader.hosts()
+    finally:
+        reader.close()
+    waits = host_waits(hosts, group_hosts(config))
     if args.json:
         print(
             json.dumps(
-                [case_json(r, r.state in terminal) for r in rows], indent=2, ensure_ascii=False
+                [case_json(r, r.state in terminal, waits=waits) for r in rows],
+                indent=2,
+                ensure_ascii=False,
             )
         )
         return 0
-    for name, problem, since in store.host_problems():
-        print(f"host {name}: work PAUSED since {iso(since)}: {one_line(problem, 10_000)}")
-    for name, notice in store.host_notices():
-        print(f"host {name}: {one_line(notice, 10_000)}")
-    for name, (reason, since) in sorted(store.host_drains().items()):
-        print(f"host {name}: {drain_text(reason, since, name)}")
+    for line in host_lines(hosts):
+        print(line)
     if not rows:
         print("no cases")
         return 0
-    print(status_table(rows))
+    print(status_table(rows, waits=waits))
     return 0
 
 
@@ -135,9 +142,14 @@ def cmd_show(args) -> int:
     row = resolve(store, args.case)
     history = store.history(row.id)
     log_file = job_log_path(config.database, row)
-    out = case_json(row, row.state in spec.terminal_states)
+    reader = StatusReader(store.path)
+    try:
+        waits = host_waits(reader.hosts(), group_hosts(config))
+    finally:
+        reader.close()
+    out = case_json(row, row.state in spec.terminal_states, waits=waits)
     if args.json:
-        out = case_detail(config.database, row, history, time.time())
+        out = case_detail(config.database, row, history, time.time(), waits)
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for key, value in out.items():

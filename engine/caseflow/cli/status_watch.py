@@ -12,19 +12,26 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterable, Mapping
 
 from ..spec import MachineSpec
 from ..store.reader import StatusReader
 from ..text import plural
-from ..views import drain_text, iso, printable, status_table  # the table of `caseflow status`
+from ..views import host_lines, host_waits, iso, status_table  # as `caseflow status` says it
 
 HOME, CLEAR_LINE, CLEAR_BELOW, CLEAR_SCREEN = "\x1b[H", "\x1b[K", "\x1b[J", "\x1b[2J"
 
 
 def frame(
-    reader: StatusReader, spec: MachineSpec, state: str | None, rows: int, columns: int, now: float
+    reader: StatusReader,
+    spec: MachineSpec,
+    state: str | None,
+    rows: int,
+    columns: int,
+    now: float,
+    groups: Mapping[str, Iterable[str]] | None = None,
 ) -> list[str]:
-    """The lines of one screen."""
+    """The lines of one screen (`groups`: group -> its hosts, as views.host_waits takes)."""
     counts: Counter = Counter()
     for c in reader.counts():
         counts[c.state] += c.cases
@@ -35,16 +42,8 @@ def frame(
         + "; Ctrl-C to stop",
         *count_lines(spec, counts, columns),
     ]
-    for h in reader.hosts():
-        if h.problem:
-            lines.append(
-                f"host {printable(h.name)}: work PAUSED since {iso(h.since)}: "
-                f"{printable(h.problem)}"
-            )
-        if h.notice:
-            lines.append(f"host {printable(h.name)}: {printable(h.notice)}")
-        if h.drain:
-            lines.append(f"host {printable(h.name)}: {drain_text(h.drain, h.drain_since, h.name)}")
+    hosts = reader.hosts()
+    lines += host_lines(hosts)
     lines.append("")
     room = max(1, rows - len(lines) - 2)  # the table's header and a last line
     shown, cases = reader.page(
@@ -53,7 +52,7 @@ def frame(
     if not cases:
         lines.append("no cases")
     else:
-        lines += status_table(cases).splitlines()
+        lines += status_table(cases, now, host_waits(hosts, groups)).splitlines()
         if shown > len(cases):
             lines.append(f"... and {shown - len(cases)} more (the active ones are shown first)")
     return [line[:columns] for line in lines[:rows]]
@@ -82,6 +81,7 @@ def watch(
     interval: float = 1.0,
     out=None,
     clock=time.time,
+    groups: Mapping[str, Iterable[str]] | None = None,
 ) -> int:
     out = out or sys.stdout
     reader = StatusReader(store.path)
@@ -89,7 +89,7 @@ def watch(
     try:
         while True:
             size = shutil.get_terminal_size()
-            lines = frame(reader, spec, state, size.lines, size.columns, clock())
+            lines = frame(reader, spec, state, size.lines, size.columns, clock(), groups)
             out.write(
                 HOME
                 + "".join(line + CLEAR_LINE + "\n" for line in lines[:-1])

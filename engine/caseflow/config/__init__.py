@@ -79,6 +79,18 @@ class Config:
         2.0, positive, "the longest the loop sleeps between ticks (it wakes when work is due)"
     )
     poll_seconds: float = setting(10.0, positive, "how often running jobs are polled")
+    health_seconds: float = setting(
+        60.0,
+        positive,
+        "how often each host that seems well is probed (its connection, its queue's daemon, "
+        "its free disk), besides at the start and soon after an error",
+    )
+    low_disk_gib: float = setting(
+        1.0,
+        not_negative,
+        "a host whose remote root has less free space than this (GiB) is shown as a problem "
+        "(0: never)",
+    )
     workers: int = setting(4, positive, "threads per host for its long steps")
     shutdown_grace_seconds: float = setting(
         SHUTDOWN_GRACE_SECONDS,
@@ -216,7 +228,15 @@ def load_config(path: Path | str) -> Config:
             f"(e.g. {database / 'caseflow.db'})",
         )
     can_make(top, "database", database.parent)
-    run = top.settings(Config, "tick_seconds", "poll_seconds", "workers", "shutdown_grace_seconds")
+    run = top.settings(
+        Config,
+        "tick_seconds",
+        "poll_seconds",
+        "health_seconds",
+        "low_disk_gib",
+        "workers",
+        "shutdown_grace_seconds",
+    )
     grace = run["shutdown_grace_seconds"]
     # the one setting whose default and check follow another's value
     run["shutdown_timeout_seconds"] = float(

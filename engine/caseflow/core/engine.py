@@ -76,6 +76,8 @@ class Engine:
             self.spec.slot_states,
             self.wake,
             on_pause=lambda name, problem: wrapup.host_paused(self, name, problem),
+            health_seconds=config.health_seconds,
+            low_disk_bytes=int(config.low_disk_gib * (1 << 30)),
         )
         self.folders = InboxFolders()
         self.inflight = InFlight(done=self.wake)

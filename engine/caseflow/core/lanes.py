@@ -64,4 +64,5 @@ class Lanes:
             fresh = self.core.store.get(row.id)
             name = (fresh.slot_host or fresh.host) if fresh is not None else None
             if name is not None and name in self.core.hosts:
-                self.core.health.answered(self.core.hosts[name])
+                # the transport worked; whether the queue's daemon does, its poll says
+                self.core.health.answered(self.core.hosts[name], queue=False)

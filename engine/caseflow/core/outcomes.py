@@ -97,9 +97,11 @@ class Outcomes:
                 )
             return
         if is_unreachable(exc) and host is not None:
-            self.core.health.unreachable(host)
+            self.core.health.unreachable(host, exc)
             if self.move_elsewhere(row, host, short(exc)):
                 return
+        elif host is not None and kind != STALE:
+            self.core.health.errored(host)  # a probe soon says whether the host is the trouble
         now = self.core.clock()
         fresh = self.core.store.get(row.id) or row  # the streak as it is now
         verdict = after_error(

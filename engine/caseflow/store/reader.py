@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import DISK_LOW, UNREACHABLE
 from . import CaseRow, HistoryRow, SlotRow, Store
 from .schema import CASE_SELECT
 
@@ -54,12 +55,19 @@ class Count:
 @dataclass(frozen=True)
 class HostRow:
     name: str
-    problem: str | None  # work paused (authentication, host key)
-    since: float | None  # paused since
+    problem: str | None  # what is wrong with it (unreachable, host key, queue daemon down...)
+    since: float | None  # since when (a problem of this kind)
     notice: str | None
     updated: float | None
     drain: str | None = None  # an operator drained the host (`caseflow host pause`): why
     drain_since: float | None = None
+    kind: str = "config"  # errors.HOST_PROBLEM_KINDS: which problem it is
+
+    @property
+    def paused(self) -> bool:
+        """Work on it is paused: it answers but cannot be used (not merely unreachable or
+        short of disk, which do not stop work)."""
+        return bool(self.problem) and self.kind not in (UNREACHABLE, DISK_LOW)
 
 
 def like_pattern(text: str) -> str:
@@ -203,7 +211,8 @@ class StatusReader:
     def hosts(self) -> list[HostRow]:
         with self.lock:
             rows = self._rows(
-                "SELECT name, problem, since, notice, updated, drain, drain_since FROM hosts"
+                "SELECT name, problem, since, notice, updated, drain, drain_since,"
+                " COALESCE(kind, 'config') FROM hosts"
                 " ORDER BY name"
             )
         return [HostRow(*r) for r in rows]

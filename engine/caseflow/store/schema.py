@@ -136,6 +136,12 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosts ADD COLUMN drain TEXT;
     ALTER TABLE hosts ADD COLUMN drain_since REAL;
     """,
+    # v9: what kind of problem a host has (errors.HOST_PROBLEM_KINDS): the problem column
+    # now also holds an unreachable host's and a nearly full disk's, which do not pause it
+    """
+    ALTER TABLE hosts ADD COLUMN kind TEXT;
+    UPDATE hosts SET kind = 'config' WHERE problem IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

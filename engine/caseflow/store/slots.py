@@ -156,18 +156,27 @@ class SlotQueries(Database):
             )
             return cur.rowcount
 
-    def set_host_problem(self, name: str, problem: str | None, now: float) -> None:
+    def set_host_problem(
+        self, name: str, problem: str | None, now: float, kind: str = "config"
+    ) -> None:
+        """What is wrong with the host (None: nothing). `since` is when a problem of this
+        kind began: kept while the text changes, new when the kind does."""
         with self.transaction() as conn:
             if problem is None:
                 conn.execute(
-                    "UPDATE hosts SET problem = NULL, since = NULL WHERE name = ?", (name,)
+                    "UPDATE hosts SET problem = NULL, since = NULL, kind = NULL, updated = ?"
+                    " WHERE name = ?",
+                    (now, name),
                 )
             else:
+                # since was left NULL by an earlier clear: "PAUSED since None" (issue 27)
                 conn.execute(
-                    "INSERT INTO hosts (name, problem, since, updated) VALUES (?, ?, ?, ?)"
+                    "INSERT INTO hosts (name, problem, since, kind, updated) VALUES (?, ?, ?, ?, ?)"
                     " ON CONFLICT (name) DO UPDATE SET problem = excluded.problem,"
-                    " updated = excluded.updated",
-                    (name, problem, now, now),
+                    " since = CASE WHEN hosts.since IS NOT NULL AND hosts.kind IS excluded.kind"
+                    " THEN hosts.since ELSE excluded.since END,"
+                    " kind = excluded.kind, updated = excluded.updated",
+                    (name, problem, now, kind, now),
                 )
 
     def set_host_notice(self, name: str, notice: str | None, now: float) -> None:
@@ -219,11 +228,13 @@ class SlotQueries(Database):
             .fetchall()
         )
 
-    def host_problems(self) -> list[tuple[str, str, float]]:
+    def host_problems(self) -> list[tuple[str, str, float, str]]:
+        """The hosts with a problem: (name, problem, since, kind)."""
         return (
             self.connection()
             .execute(
-                "SELECT name, problem, since FROM hosts WHERE problem IS NOT NULL ORDER BY name"
+                "SELECT name, problem, since, COALESCE(kind, 'config') FROM hosts"
+                " WHERE problem IS NOT NULL ORDER BY name"
             )
             .fetchall()
         )

@@ -27,8 +27,8 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import HostError, TransientError
-from .ssh_connection import Unreachable
+from ..errors import AUTH, HOST_KEY, LOGIN, HostError, TransientError
+from .ssh_connection import Unreachable, still_failing
 from .ssh_settings import CONTROL_PATH_MAX
 
 log = logging.getLogger("caseflow.openssh")
@@ -65,7 +65,7 @@ class NeedsLogin(HostError):
     `probe_seconds`: it goes on by itself once someone has logged in."""
 
     def __init__(self, host: str, probe_seconds: float):
-        super().__init__(f"needs login: caseflow login {host}")
+        super().__init__(f"needs login: caseflow login {host}", kind=LOGIN)
         self.probe_seconds = probe_seconds
 
 
@@ -90,7 +90,7 @@ class Master:
         self._effective: dict[str, str] | None = None  # `ssh -G`
         self._lock = threading.Lock()  # one opening at a time (master: daemon)
         self._failed_at: float | None = None
-        self._failure = ""
+        self._failure: Exception | None = None
         self.opened = 0  # masters opened by this process (tests, benchmarks)
 
     # -- argument lists ----------------------------------------------------------------
@@ -285,14 +285,13 @@ class Master:
             if self._failed_at is not None:
                 since = self.clock() - self._failed_at
                 if since < self.cfg.reconnect_min_interval:
-                    raise Unreachable(
-                        f"{self.alias} unreachable ({self._failure}); not trying "
-                        f"again for {self.cfg.reconnect_min_interval - since:.0f} s"
+                    raise still_failing(
+                        self.alias, self._failure, self.cfg.reconnect_min_interval - since
                     )
             try:
                 self._open_batch()
             except (HostError, TransientError) as exc:
-                self._failed_at, self._failure = self.clock(), str(exc)
+                self._failed_at, self._failure = self.clock(), exc
                 raise
             self._failed_at = None
 
@@ -331,12 +330,14 @@ def opening_error(alias: str, stderr: str) -> Exception:
     if any(s in low for s in _HOST_KEY):
         return HostError(
             f"the host key of {alias} was refused by OpenSSH (unknown or CHANGED; "
-            f"nothing was sent): {text}"
+            f"nothing was sent): {text}",
+            kind=HOST_KEY,
         )
     if any(s in low for s in _AUTH):
         return HostError(
             f"authentication to {alias} failed: {text}; check the key, agent or "
-            "ticket (master: daemon cannot answer prompts: use master: login)"
+            "ticket (master: daemon cannot answer prompts: use master: login)",
+            kind=AUTH,
         )
     if any(s in low for s in _UNREACHABLE) or not low:
         return Unreachable(f"connecting to {alias}: {text or 'ssh exited 255'}")

@@ -24,7 +24,7 @@ from typing import Any
 import paramiko
 
 from .. import metrics
-from ..errors import HostError, TransientError
+from ..errors import AUTH, HOST_KEY, HostError, TransientError
 
 log = logging.getLogger("caseflow.ssh")
 
@@ -159,7 +159,8 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise HostError(
                 f"the host key of {hostname} ({fingerprint}) is not in {self.known_hosts}; "
                 f"check it and add it (e.g. ssh-keyscan), or set "
-                f"transport.accept_new_host_keys: true to trust it on first use"
+                f"transport.accept_new_host_keys: true to trust it on first use",
+                kind=HOST_KEY,
             )
         client.get_host_keys().add(hostname, key.get_name(), key)
         Path(self.known_hosts).parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +212,15 @@ def changed_key_hint(path: str, name: str) -> str:
     )
 
 
+def still_failing(alias: str, failure: Exception | None, wait: float) -> Exception:
+    """What a connection attempt within the reconnect interval after a failure raises: the
+    same host problem again (a refused host key stays one: seen as "unreachable" it was
+    charged to the case and hid the host key's problem), or that the host is unreachable."""
+    if isinstance(failure, HostError):
+        return HostError(str(failure), kind=failure.kind)
+    return Unreachable(f"{alias} unreachable ({failure}); not trying again for {wait:.0f} s")
+
+
 def classify(exc: Exception, what: str) -> Exception:
     """A paramiko/socket error as caseflow's TransientError or HostError."""
     if isinstance(exc, (HostError, TransientError)):
@@ -220,12 +230,14 @@ def classify(exc: Exception, what: str) -> Exception:
         return HostError(
             f"{what}: the host key of {exc.hostname} has CHANGED (got "
             f"{exc.key.get_name()} {fingerprint}, "
-            f"expected the one in known_hosts); refusing to connect"
+            f"expected the one in known_hosts); refusing to connect",
+            kind=HOST_KEY,
         )
     if isinstance(exc, paramiko.AuthenticationException):
         return HostError(
             f"{what}: authentication failed ({exc}); check the key "
-            "(transport.identity_file) or the ssh-agent"
+            "(transport.identity_file) or the ssh-agent",
+            kind=AUTH,
         )
     if isinstance(exc, socket.gaierror):
         return TransientError(f"{what}: cannot resolve the host name ({exc.strerror})")
@@ -249,7 +261,7 @@ class Connection:
         self._client: paramiko.SSHClient | None = None
         self._jump: paramiko.SSHClient | None = None
         self._failed_at: float | None = None
-        self._failure: str = ""
+        self._failure: Exception | None = None
         # the failure of a connection made ahead (connect_ahead), for the next caller to raise
         self._unreported: Exception | None = None
         self.connects = 0  # connection attempts made (for tests and benchmarks)
@@ -303,10 +315,8 @@ class Connection:
         if self._failed_at is not None:
             since = self.clock() - self._failed_at
             if since < self.cfg.reconnect_min_interval:
-                raise Unreachable(
-                    f"{self.endpoint.alias} unreachable ({self._failure}); "
-                    f"not trying again for "
-                    f"{self.cfg.reconnect_min_interval - since:.0f} s"
+                raise still_failing(
+                    self.endpoint.alias, self._failure, self.cfg.reconnect_min_interval - since
                 )
         try:
             self._client = self._open()
@@ -316,11 +326,11 @@ class Connection:
             if isinstance(exc, paramiko.BadHostKeyException):
                 ep = self.endpoint  # its name in known_hosts: [host]:port beside port 22
                 name = ep.hostname if ep.port == 22 else f"[{ep.hostname}]:{ep.port}"
-                err = HostError(f"{err}. {changed_key_hint(ep.known_hosts, name)}")
+                err = HostError(f"{err}. {changed_key_hint(ep.known_hosts, name)}", kind=HOST_KEY)
             if isinstance(err, TransientError):
                 err = Unreachable(str(err))
             self._failed_at = self.clock()
-            self._failure = str(err)
+            self._failure = err
             self._drop()
             raise err from exc
         self._failed_at = None

@@ -17,8 +17,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition
 
 from .. import metrics
 from ..core.case_model import job_log_path
+from ..errors import UNREACHABLE
 from ..store.reader import StatusReader
-from ..views import case_detail, case_json, drain_text, iso, log_tail, slot_json
+from ..views import (
+    case_detail,
+    case_json,
+    drain_text,
+    group_hosts,
+    host_problem_text,
+    host_waits,
+    iso,
+    log_tail,
+    slot_json,
+)
 from . import machine_svg, pages
 
 PER_PAGE = 50  # cases per HTML page
@@ -195,9 +206,12 @@ class App:
         for cfg in self.config.hosts:
             row = stored.get(cfg.name)
             live = self.engine.hosts.get(cfg.name) if self.engine is not None else None
-            paused = bool(row and row.problem)
+            paused = bool(row and row.paused)
             drained = bool(row and row.drain)
-            down = bool(live is not None and live.down)
+            down = bool(live is not None and live.down) or bool(
+                row and row.problem and row.kind == UNREACHABLE
+            )
+            problem = row.problem if row and row.problem else None
             hosts.append(
                 {
                     "name": cfg.name,
@@ -209,9 +223,18 @@ class App:
                     if down
                     else "drained"
                     if drained
+                    else "disk_low"
+                    if problem
                     else "up",
-                    "problem": row.problem if row else None,
+                    "problem": problem,
+                    "problem_kind": row.kind if row and problem else None,
+                    # what `caseflow status` prints for it (the page's banner)
+                    "problem_line": host_problem_text(row.kind, problem, row.since)
+                    if row and problem
+                    else None,
+                    "since": iso(row.since) if row and problem else None,
                     "paused_since": iso(row.since) if paused and row else None,
+                    "free_bytes": live.free_bytes if live is not None else None,
                     "notice": row.notice if row else None,
                     "drain": drain_text(row.drain, row.drain_since, cfg.name)
                     if drained and row and row.drain
@@ -238,33 +261,41 @@ class App:
         total, rows = self.reader.page(limit=20, active_first=self.spec.terminal_states)
         svg = machine_svg.render(self.spec, states)
         return Response(
-            200, pages.overview(self.spec, svg, states, hosts, rows, total, now).encode()
+            200,
+            pages.overview(self.spec, svg, states, hosts, rows, total, now, self.waits()).encode(),
         )
+
+    def waits(self) -> dict[str, str]:
+        """Why the cases of a host that cannot take work now wait (views.host_waits)."""
+        return host_waits(self.reader.hosts(), group_hosts(self.config))
 
     def cases(self, query, now: float) -> Response:
         state, search, number, per_page, count, total, rows = self._page(query, PER_PAGE)
         return Response(
             200,
             pages.cases_page(
-                self.spec, rows, total, state, search, number, count, per_page, now
+                self.spec, rows, total, state, search, number, count, per_page, now, self.waits()
             ).encode(),
         )
 
     def cases_json(self, query, now: float) -> dict:
         state, search, number, per_page, count, total, rows = self._page(query)
+        waits = self.waits()
         return {
             "total": total,
             "page": number,
             "pages": count,
             "per_page": per_page,
-            "cases": [case_json(r, now=now) for r in rows],
+            "cases": [case_json(r, now=now, waits=waits) for r in rows],
         }
 
     def _detail(self, case_id: int, now: float):
         row = self.reader.case(case_id)
         if row is None:
             return None, None
-        return row, case_detail(self.config.database, row, self.reader.history(case_id), now)
+        return row, case_detail(
+            self.config.database, row, self.reader.history(case_id), now, self.waits()
+        )
 
     def case(self, case_id: int, now: float) -> Response:
         row, detail = self._detail(case_id, now)

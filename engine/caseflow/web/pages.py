@@ -6,6 +6,7 @@ links carry case ids, never names.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from html import escape
 from urllib.parse import urlencode
 
@@ -94,7 +95,7 @@ def reason_text(row: CaseRow) -> str | None:
     return None
 
 
-def case_rows(rows: list[CaseRow], now: float) -> str:
+def case_rows(rows: list[CaseRow], now: float, waits: Mapping[str, str] | None = None) -> str:
     out = []
     for r in rows:
         slot = (
@@ -105,7 +106,7 @@ def case_rows(rows: list[CaseRow], now: float) -> str:
         out.append(
             f'<tr data-id="{r.id}"><td><a href="/cases/{r.id}">{r.id}</a></td>'
             f'<td class="name"><a href="/cases/{r.id}">{esc(r.name)}</a></td>'
-            f'<td class="state s-{esc(r.state)}">{esc(state_cell(r, now))}</td>'
+            f'<td class="state s-{esc(r.state)}">{esc(state_cell(r, now, waits))}</td>'
             f"<td>{esc(r.grp)}</td><td>{esc(r.slot_host or r.host)}</td>"
             f'<td>{slot}</td><td class="age">{age(now - r.created_at)}</td>'
             f'<td class="reason">{esc(reason_text(r))}</td></tr>'
@@ -113,14 +114,20 @@ def case_rows(rows: list[CaseRow], now: float) -> str:
     return "".join(out)
 
 
-def case_table(rows: list[CaseRow], now: float, caption: str, table_id: str) -> str:
+def case_table(
+    rows: list[CaseRow],
+    now: float,
+    caption: str,
+    table_id: str,
+    waits: Mapping[str, str] | None = None,
+) -> str:
     head = "".join(f'<th scope="col">{c}</th>' for c in CASE_COLUMNS)
     empty = (
         "" if rows else f'<tr class="empty"><td colspan="{len(CASE_COLUMNS)}">no cases</td></tr>'
     )
     return (
         f'<table class="cases" id="{table_id}"><caption>{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now)}{empty}</tbody></table>"
+        f"<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now, waits)}{empty}</tbody></table>"
     )
 
 
@@ -140,11 +147,9 @@ def counts_table(spec, counts: dict[str, int]) -> str:
 
 
 def host_banner(hosts: list[dict]) -> str:
+    """Every host with a problem (as `caseflow status` says it), a notice or a drain."""
     lines = [
-        f"<li>host {esc(h['name'])}: work PAUSED since {esc(h['paused_since'])}: "
-        f"{esc(h['problem'])}</li>"
-        for h in hosts
-        if h["status"] == "paused"
+        f"<li>host {esc(h['name'])}: {esc(h['problem_line'])}</li>" for h in hosts if h["problem"]
     ]
     lines += [f"<li>host {esc(h['name'])}: {esc(h['notice'])}</li>" for h in hosts if h["notice"]]
     lines += [f"<li>host {esc(h['name'])}: {esc(h['drain'])}</li>" for h in hosts if h["drain"]]
@@ -159,6 +164,7 @@ def overview(
     rows: list[CaseRow],
     total: int,
     now: float,
+    waits: Mapping[str, str] | None = None,
 ) -> str:
     active = sum(n for s, n in counts.items() if s not in spec.terminal_states)
     body = (
@@ -173,6 +179,7 @@ def overview(
             now,
             'Active cases first, then the latest ended ones (<a href="/cases">all cases</a>)',
             "recent",
+            waits,
         )
     )
     return page("Overview", body, now, "overview", "/")
@@ -188,6 +195,7 @@ def cases_page(
     pages: int,
     per_page: int,
     now: float,
+    waits: Mapping[str, str] | None = None,
 ) -> str:
     options = "".join(
         f'<option value="{esc(s)}"{" selected" if s == state else ""}>{esc(s)}</option>'
@@ -225,7 +233,7 @@ def cases_page(
         f"<h1>Cases</h1>{form}{pager}"
         f'<div data-state="{esc(state or "")}" data-q="{esc(search)}" data-page="{number}" '
         f'data-per-page="{per_page}" id="cases-query">'
-        f"{case_table(rows, now, caption, 'cases')}</div>{pager}"
+        f"{case_table(rows, now, caption, 'cases', waits)}</div>{pager}"
     )
     return page("Cases", body, now, "cases", "/cases")
 
@@ -235,7 +243,7 @@ def case_page(
 ) -> str:
     upload = detail.get("upload")
     fields = [
-        ("State", f'<span data-field="state">{esc(state_cell(row, now))}</span>'),
+        ("State", f'<span data-field="state">{esc(detail["state_text"])}</span>'),
         ("Reason", f'<span data-field="reason">{esc(reason_text(row))}</span>'),
         ("Group", esc(row.grp)),
         ("Host", esc(row.slot_host or row.host)),
@@ -310,7 +318,7 @@ def hosts_page(hosts: list[dict], groups: list[dict], slots: list[dict], now: fl
     host_rows = "".join(
         f'<tr><th scope="row">{esc(h["name"])}</th><td>{esc(h["transport"])} / '
         f'{esc(h["backend"])}</td><td class="host-{esc(h["status"])}">{esc(h["status"])}</td>'
-        f"<td>{esc(h['paused_since'])}</td>"
+        f"<td>{esc(h['since'])}</td>"
         f"<td>{esc(' · '.join(t for t in (h['problem'], h['notice'], h['drain']) if t) or None)}"
         "</td></tr>"
         for h in hosts
@@ -335,7 +343,7 @@ def hosts_page(hosts: list[dict], groups: list[dict], slots: list[dict], now: fl
         "<h1>Hosts and slots</h1>"
         '<table id="hosts"><caption>Hosts</caption><thead><tr><th scope="col">Host</th>'
         '<th scope="col">Transport / queue</th><th scope="col">Status</th>'
-        '<th scope="col">Paused since</th><th scope="col">Problem or notice</th></tr></thead>'
+        '<th scope="col">Since</th><th scope="col">Problem or notice</th></tr></thead>'
         f"<tbody>{host_rows}</tbody></table>"
         '<table id="groups"><caption>Slots per group</caption><thead><tr>'
         '<th scope="col">Host</th><th scope="col">Group</th><th scope="col">In use</th>'

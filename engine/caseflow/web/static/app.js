@@ -118,8 +118,7 @@
     if (alerts) {
       const items = [];
       for (const h of s.hosts) {
-        if (h.status === "paused")
-          items.push(el("li", "host " + show(h.name) + ": work PAUSED since " + show(h.paused_since) + ": " + show(h.problem)));
+        if (h.problem) items.push(el("li", "host " + show(h.name) + ": " + show(h.problem_line)));
         if (h.notice) items.push(el("li", "host " + show(h.name) + ": " + show(h.notice)));
         if (h.drain) items.push(el("li", "host " + show(h.name) + ": " + show(h.drain)));
       }
@@ -186,7 +185,7 @@
     const h = await getJSON("/api/hosts");
     document.querySelector("#hosts tbody").replaceChildren(...h.hosts.map((x) => {
       const tr = cells([[show(x.transport) + " / " + show(x.backend)],
-        [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [show(x.paused_since)],
+        [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [show(x.since)],
         [show([x.problem, x.notice, x.drain].filter((t) => t).join(" · ") || null)]]);
       const th = el("th", show(x.name));
       th.scope = "row";

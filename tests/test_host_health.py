@@ -1,0 +1,209 @@
+"""Host problems are visible at once (issue 27): every host is probed when the daemon starts,
+then every `health_seconds` and soon after an error; a host that is not healthy has a line in
+`caseflow status`, a banner on the page, a real `since`, metrics by kind, and the shipped alert
+rules fire in a real Prometheus for their causes. Real sshd, real pueued, real Prometheus."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from gpu_host import GpuHost
+from harness import DEADLINE, JOB, wait_for
+from sshd import free_port, transport_settings
+from test_metrics import ALERTS, scrape, tool, value
+from webtools import WEB, get_json, request
+
+
+def _when(iso_text: str) -> float:
+    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
+
+
+def _other_key_line(tmp_path: Path, port: int) -> str:
+    """A known_hosts line for 127.0.0.1:port with a key the server does not have (its key
+    changed, as a reinstalled host's does)."""
+    key = tmp_path / "other_host_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    kind, b64 = Path(f"{key}.pub").read_text().split()[:2]
+    return f"[127.0.0.1]:{port} {kind} {b64}\n"
+
+
+@pytest.fixture
+def gpu_host(tmp_path):
+    hosts = []
+
+    def make(**kw) -> GpuHost:
+        host = GpuHost(tmp_path / f"h{len(hosts)}", **kw)
+        hosts.append(host)
+        return host
+    yield make
+    for h in hosts:
+        h.close()
+
+
+def _status_lines(ws) -> dict[str, str]:
+    out = ws.cli("status", check=True).stdout
+    return dict(re.findall(r"^host (\S+): (.*)$", out, re.M))
+
+
+def test_each_kind_of_host_problem_shows_at_once_and_its_alert_fires(ws, sshd, gpu_host,
+                                                                      tmp_path):
+    """Four hosts, each with its own trouble, and no case at all: pueued stopped, nothing
+    listening, a changed host key, a disk that is (by the setting) short of room. Each has a
+    `caseflow status` line with a real `since`, a banner line, its metrics, and its alert
+    rule (the shipped file, its thresholds cut to seconds) fires in a real Prometheus."""
+    started = time.time()
+    pueue = gpu_host()
+    pueue.pueue.stop()
+    job = JOB.replace("{ctl}", str(ws.ctl))
+    rekeyed = tmp_path / "known_hosts_rekeyed"
+    rekeyed.write_text(_other_key_line(tmp_path, sshd.port))
+    for key in ("groups", "transport", "backend"):
+        ws.settings.pop(key)
+    hosts = {
+        "stopped": {"transport": pueue.transport(ws.remote / "stopped"),
+                    "backend": {"kind": "pueue", "command": job}},
+        "gone": {"transport": transport_settings(sshd, ws.remote / "gone", port=free_port()),
+                 "backend": {"kind": "direct", "command": job}},
+        "rekeyed": {"transport": transport_settings(sshd, ws.remote / "rekeyed",
+                                                    known_hosts=str(rekeyed)),
+                    "backend": {"kind": "direct", "command": job}},
+        "full": {"transport": transport_settings(sshd, ws.remote / "full"),
+                 "backend": {"kind": "direct", "command": job}},
+    }
+    for i, (name, h) in enumerate(hosts.items()):
+        h["transport"]["name"] = name
+        h["groups"] = {f"g{i}": {"slots": 1}}
+    # every file system here has less than a million GiB free: "full" is short of disk
+    ws.write_config(hosts=hosts, low_disk_gib=1_000_000, web=WEB,
+                    retry={"initial_seconds": 0.2, "max_seconds": 2})
+    url = ws.start().web.url
+
+    # Prometheus with the shipped rules, their thresholds cut from minutes to a second
+    rules = ALERTS.read_text()
+    rules = re.sub(r"> \d+ \* 60\b", "> 1", rules)
+    rules = re.sub(r"for: \d+m\b", "for: 1s", rules)
+    (tmp_path / "rules.yml").write_text(rules)
+    prom_port = free_port()
+    config = tmp_path / "prometheus.yml"
+    config.write_text(json.dumps({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "scrape_configs": [{"job_name": "caseflow", "scrape_interval": "1s",
+                            "static_configs": [{"targets": [url.split("//")[1].rstrip("/")]}]}]}))
+    log = open(tmp_path / "prometheus.log", "wb")
+    prom = subprocess.Popen([tool("prometheus"), f"--config.file={config}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+                            stdout=log, stderr=log)
+    api = f"http://127.0.0.1:{prom_port}"
+    try:
+        # the command line: one line per host, each with what it is and a real since
+        expected = {"stopped": "work PAUSED (queue daemon down) since",
+                    "gone": "UNREACHABLE since", "rekeyed": "work PAUSED (host key) since",
+                    "full": "LOW ON DISK since"}
+
+        def all_shown():
+            lines = _status_lines(ws)
+            return lines if all(lines.get(h, "").startswith(t) for h, t in expected.items()) \
+                else None
+        lines = wait_for(all_shown, what="a status line for each host's problem")
+        for name, line in lines.items():
+            since = _when(re.search(r"since (\S+):", line).group(1))
+            assert started - 1 <= since <= time.time(), line
+        assert "pueued -d" in lines["stopped"]  # what to do
+        assert "caseflow check" in lines["gone"]
+        assert "CHANGED" in lines["rekeyed"] and f"ssh-keygen -f {rekeyed}" in lines["rekeyed"]
+        assert "GiB free" in lines["full"] and "make room" in lines["full"]
+
+        html = request(url, "/")[2].decode()
+        for name, head in expected.items():
+            assert f"host {name}: {head}" in html, name
+        api_hosts = {h["name"]: h for h in get_json(url, "/api/hosts")["hosts"]}
+        assert {n: h["status"] for n, h in api_hosts.items()} == {
+            "stopped": "paused", "gone": "unreachable", "rekeyed": "paused", "full": "disk_low"}
+        assert api_hosts["full"]["free_bytes"] > 0
+
+        first = scrape(url)
+        for name, kind in (("stopped", "queue_down"), ("gone", "unreachable"),
+                           ("rekeyed", "host_key"), ("full", "disk_low")):
+            assert value(first, "caseflow_host_problem", host=name, kind=kind) == 1
+            assert value(first, "caseflow_host_up", host=name) == int(name == "full")
+        wait_for(lambda: value(scrape(url), "caseflow_host_paused_seconds", host="stopped")
+                 > value(first, "caseflow_host_paused_seconds", host="stopped") + 1,
+                 what="the paused seconds to grow")
+
+        def firing():
+            status, _, body = request(api, "/api/v1/alerts")
+            alerts = json.loads(body)["data"]["alerts"] if status == 200 else []
+            return {(a["labels"]["alertname"], a["labels"].get("host"))
+                    for a in alerts if a["state"] == "firing"}
+
+        def ready():
+            try:
+                return prom.poll() is not None or request(api, "/-/ready")[0] == 200
+            except OSError:
+                return False
+        wait_for(ready, what="Prometheus to be ready")
+        assert prom.poll() is None, (tmp_path / "prometheus.log").read_text()
+        want = {("CaseflowHostPaused", "stopped"), ("CaseflowHostPaused", "rekeyed"),
+                ("CaseflowHostUnreachable", "gone"), ("CaseflowHostKeyRefused", "rekeyed"),
+                ("CaseflowHostDiskLow", "full")}
+        wait_for(lambda: want <= firing(), what=f"the alerts {want} to fire (last: {firing()})")
+        host_alerts = {f for f in firing() if f[0].startswith("CaseflowHost")}
+        assert host_alerts == want, host_alerts  # and no other host's
+    finally:
+        prom.terminate()
+        prom.wait(timeout=DEADLINE)
+        log.close()
+
+
+def test_a_case_waiting_for_a_stopped_pueued_says_so_and_goes_on_when_it_runs(ws, gpu_host):
+    """pueued stopped before the daemon starts: the probe at the start shows it (no case
+    needed); a case that arrives waits, saying for what; pueued started again, the line goes
+    and the case ends in success."""
+    host = gpu_host()
+    host.pueue.stop()
+    ws.write_config(transport=host.transport(ws.remote),
+                    backend={"kind": "pueue", "command": JOB.replace("{ctl}", str(ws.ctl))},
+                    retry={"initial_seconds": 0.2, "max_seconds": 2})
+    ws.start()
+    wait_for(lambda: _status_lines(ws).get("testhost", "").startswith(
+        "work PAUSED (queue daemon down) since"), what="the status line of the stopped pueued")
+    ws.drop_case("waits")
+
+    def says_it_waits():
+        rows = json.loads(ws.cli("status", "--json", check=True).stdout)
+        return rows and "waiting for host testhost: pueue daemon not running" in \
+            rows[0]["state_text"]
+    wait_for(says_it_waits, what="the case to say that it waits for the host")
+    shown = ws.cli("show", "waits", check=True).stdout
+    assert "waiting for host testhost: pueue daemon not running" in shown
+    host.pueue.start()
+    ws.wait_state("waits", "success")
+    wait_for(lambda: "testhost" not in _status_lines(ws), what="the host's line to go")
+
+
+def test_probes_follow_health_seconds_and_a_wrong_host_key_shows_without_a_case(ws, sshd,
+                                                                              tmp_path):
+    """A wrong known_hosts shows at the start, with no case; once the file is fixed, the next
+    probe clears the problem without a case or a restart; a healthy host is probed again
+    every health_seconds (its transport counts the commands)."""
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text(_other_key_line(tmp_path, sshd.port))
+    ws.write_config(transport=transport_settings(sshd, ws.remote, known_hosts=str(wrong)),
+                    health_seconds=1, retry={"initial_seconds": 0.2, "max_seconds": 1})
+    ws.start()
+    line = wait_for(lambda: _status_lines(ws).get("testhost"), what="the host key's line")
+    assert line.startswith("work PAUSED (host key) since") and str(wrong) in line
+    sshd.write_known_hosts(wrong)  # the right key, as the admin confirmed it
+    wait_for(lambda: "testhost" not in _status_lines(ws), what="the next probe to clear it")
+    host = ws.daemon.engine.hosts["testhost"]
+    seen = host.transport.commands
+    wait_for(lambda: host.transport.commands >= seen + 2, what="two more probes")
