@@ -22,17 +22,25 @@ class HostTransport(LocalTransport):
     def __init__(self, name, root):
         super().__init__(name, root)
         self.fail_uploads_with = None
+        self.fail_commands_with = None  # every command too (a host down, not one upload)
         self.uploads = []
         self.commands = 0
 
     def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         self.uploads.append(Path(local_dir).name)
         if self.fail_uploads_with is not None:
+            # the host went down (or began to refuse us) during the upload: its commands,
+            # the probes among them, fail from now on too (with them answering, the host was
+            # cleared after one probe interval of the test's clock, and a later case went
+            # there when the first took long: a failure of the full suite on a loaded machine)
+            self.fail_commands_with = self.fail_uploads_with
             raise self.fail_uploads_with
         return super().upload_dir(local_dir, remote_path, manifest, progress)
 
     def run(self, argv, timeout=60.0):
         self.commands += 1
+        if self.fail_commands_with is not None:
+            raise self.fail_commands_with
         return super().run(argv, timeout)
 
 
