@@ -56,3 +56,12 @@ Feature: A case's life, from the inbox to its outcome
     And the case "liver_0006" ends in failure
     And the reason given for "liver_0006" is "cancelled"
     And the job of "liver_0007" started only after the job of "liver_0006" had stopped
+
+  Scenario: An operator follows a running job's output until its case ends
+    Given the case folder "liver_0008" whose job waits to be released was dropped into the inbox
+    And the job of "liver_0008" is running
+    When the operator follows the log of "liver_0008"
+    Then the operator sees "job of case" in the log of "liver_0008" while its job runs
+    When the job of "liver_0008" is released
+    Then the case "liver_0008" ends in success
+    And following the log of "liver_0008" ends by itself, saying it ended in success

@@ -279,3 +279,53 @@ class Workspace:
             raise AssertionError(f"caseflow {' '.join(args)} exited {proc.returncode}:\n"
                                  f"{proc.stdout}\n{proc.stderr}")
         return proc
+
+
+class RunningCommand:
+    """A `caseflow` command that goes on (`caseflow logs -f`), as a real process; what it has
+    printed so far, read as it comes."""
+
+    def __init__(self, config: Path, *args: str):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "caseflow.cli", "-c", str(config), *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._out, self._err = bytearray(), bytearray()
+        self._threads = [threading.Thread(target=self._pump, args=(f, buf), daemon=True)
+                         for f, buf in ((self.proc.stdout, self._out),
+                                        (self.proc.stderr, self._err))]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _pump(f, buf: bytearray) -> None:
+        while chunk := os.read(f.fileno(), 65536):
+            buf += chunk
+
+    @property
+    def out(self) -> str:
+        return bytes(self._out).decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        return bytes(self._err).decode("utf-8", "replace")
+
+    def wait_out(self, text: str) -> None:
+        """Until `text` is on its stdout (it failing to come, with what it printed)."""
+        wait_for(lambda: text in self.out or self.proc.poll() is not None, what=repr(text))
+        assert text in self.out, f"{text!r} not printed; stdout:\n{self.out}\nstderr:\n{self.err}"
+
+    def wait_err(self, text: str) -> None:
+        wait_for(lambda: text in self.err or self.proc.poll() is not None, what=repr(text))
+        assert text in self.err, f"{text!r} not said; stdout:\n{self.out}\nstderr:\n{self.err}"
+
+    def end(self) -> int:
+        """Its exit code, once it has ended by itself (killed after DEADLINE)."""
+        try:
+            rc = self.proc.wait(DEADLINE)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            for t in self._threads:
+                t.join(DEADLINE)
+        return rc

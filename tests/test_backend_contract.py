@@ -26,7 +26,8 @@ many jobs is one remote command; a job that fails reports its exit code; after t
 forgot a job its record on the host decides, without one the job has vanished (not_found),
 and a record that cannot be read is unreadable; one entry that cannot be read is that job's
 problem alone; a running job whose start record is spoiled is not taken for gone; cancel of a
-running and of a queued job; the log of a finished, a failed and a cancelled job.
+running and of a queued job; the log of a finished, a failed and a cancelled job; the log file
+written as the job prints, read from where the last read ended (`caseflow logs -f`).
 """
 
 from pathlib import Path
@@ -35,6 +36,7 @@ import pytest
 
 from backend_adapters import ADAPTERS, HOLD
 from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE
+from caseflow.job_output import LogReader, Shown, log_path
 from harness import DEADLINE, wait_for
 
 # what a case name may carry: quotes, $(...), backticks, ;, commas, =, a newline, %, \
@@ -241,3 +243,30 @@ def test_cancel_of_a_queued_job_takes_it_off_the_queue_and_leaves_the_others(que
     assert ended(queue, h).outcome == SUCCESS
     assert queue.backend.status([w])[51].outcome == status.outcome
     assert not (Path(waiting.remote_path) / "ran").exists()  # it never ran
+
+
+# -- the log, as the job writes it ----------------------------------------------------------------
+def test_the_log_file_grows_as_the_job_prints_and_is_read_from_where_it_left_off(adapter):
+    """`caseflow logs -f` and the status page read the backend's `log_file` on the host while
+    the job runs (caseflow.job_output): the job's output must go into it as it is printed, not
+    when the job ends, and each read takes up where the last one ended."""
+    spec = adapter.spec(60, f'echo "first"; touch started; {HOLD}; echo "second" >&2')
+    ref = adapter.submit(spec)
+    path = log_path(adapter.backend, ref)
+    assert path is not None and path.startswith(spec.remote_path + "/")
+    reader, shown, text = LogReader(adapter.transport, path, 1 << 20), Shown(), []
+
+    def read_until(line: str):
+        def more():
+            got = reader.read()
+            text.append(shown.feed(got.data))
+            return line in "".join(text)
+        wait_for(more, DEADLINE, interval=0.1, what=f"{line!r} in the job's log")
+
+    read_until("first\n")
+    assert "second" not in "".join(text)  # read while the job runs (it waits for release)
+    adapter.release(spec)
+    read_until("second\n")
+    assert ended(adapter, ref).outcome == SUCCESS
+    assert "".join(text).count("first\n") == 1 and "first\nsecond\n" in "".join(text)
+    assert reader.offset == len(Path(path).read_bytes())  # nothing left, nothing read twice

@@ -8,7 +8,7 @@ pytest.register_assert_rewrite("bdd_steps")
 
 from bdd_steps import *  # noqa: E402,F401,F403  (shared steps become fixtures here)
 from bdd_steps import shown  # noqa: E402
-from harness import wait_for  # noqa: E402
+from harness import RunningCommand, wait_for  # noqa: E402
 
 scenarios("lifecycle.feature")
 
@@ -76,3 +76,32 @@ def started_after(ws, later, earlier):
     stopped = float((ws.ctl / f"{earlier}.stopped").read_text())
     started = float((ws.ctl / f"{later}.started").read_text())
     assert started >= stopped, f"{later} started at {started}, {earlier} stopped at {stopped}"
+
+
+@pytest.fixture
+def following():
+    """`caseflow logs -f` processes a scenario started, by case name."""
+    running: dict[str, RunningCommand] = {}
+    yield running
+    for proc in running.values():
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+        proc.end()
+
+
+@when(parsers.parse('the operator follows the log of "{name}"'))
+def follow_log(ws, following, name):
+    following[name] = RunningCommand(ws.config_path, "logs", "-f", name)
+
+
+@then(parsers.parse('the operator sees "{words}" in the log of "{name}" while its job runs'))
+def sees_in_log(ws, following, words, name):
+    following[name].wait_out(words)
+    assert following[name].proc.poll() is None and ws.case(name).state == "running"
+
+
+@then(parsers.parse('following the log of "{name}" ends by itself, saying it ended in {state:w}'))
+def follow_ends(ws, following, name, state):
+    proc = following[name]
+    assert proc.end() == 0, proc.err
+    assert f"{name} ended: {state}" in proc.err, proc.err

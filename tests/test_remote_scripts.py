@@ -15,7 +15,7 @@ PACKAGES = ["caseflow.transports", "caseflow.backends"]
 # every module that loads scripts, so that shell.LOADED holds what each of them sends
 MODULES = ["caseflow.transports.ssh", "caseflow.transports.ssh_upload",
            "caseflow.backends.direct", "caseflow.backends.slurm", "caseflow.backends.pueue",
-           "caseflow.backends.gridengine"]
+           "caseflow.backends.gridengine", "caseflow.job_output"]
 SHELLCHECK = shutil.which("shellcheck")
 
 

@@ -8,6 +8,7 @@ import json
 import re
 import socket
 import sqlite3
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from caseflow import web
 from caseflow.spec import load_spec
 from harness import DEADLINE, wait_for
+from sshd import transport_settings
 from webtools import WEB, fill_cases, get_json, request
 
 
@@ -281,3 +283,67 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
         assert "disk swap &lt;i&gt;7&lt;/i&gt;" in html and "<i>7" not in html
     text = request(url, "/metrics")[2].decode()
     assert 'caseflow_host_drained{host="local"} 1.0' in text
+
+
+# -- a running job's tail ----------------------------------------------------------------------
+# prints markup, an ampersand and a colour, then waits for <ctl>/step-<case id>, then one more
+TAIL_JOB = r"""
+echo "line 1 <b>bold</b> & more"
+printf 'colour \033[31mred\033[0m\n'
+while [ ! -e "{ctl}/step-$CASEFLOW_CASE_ID" ]; do sleep 0.05; done
+echo "line 2"
+"""
+
+
+def test_a_running_jobs_tail_is_read_on_the_host_at_most_every_few_seconds(ws, sshd):
+    """The case page's job log while the job runs: its last lines read on the host (over the
+    real sshd) by the daemon, refreshed, HTML-escaped, control characters as escapes; however
+    many ask, at most one read per case every READ_SECONDS; the kept log once it has ended."""
+    from caseflow.web.live_tails import READ_SECONDS
+    ws.write_config(web=WEB, transport=transport_settings(sshd, ws.remote),
+                    backend={"kind": "direct", "command": TAIL_JOB.replace("{ctl}", str(ws.ctl))})
+    daemon = ws.start()
+    url, live = daemon.web.url, daemon.web.app.live
+    ws.drop_case("tailed")
+    row = ws.wait_state("tailed", "running")
+    path = f"/api/cases/{row.id}/log"
+    first = wait_for(lambda: (j := get_json(url, path))["lines"][1:] and j,
+                     what="the job's first lines on the page")
+    assert first["live"] is True and first["problem"] is None
+    assert first["lines"] == ["line 1 <b>bold</b> & more", "colour \\x1b[31mred\\x1b[0m"]
+    assert first["source"] == f"testhost:{row.remote_path}/.caseflow/job.log"
+    assert first["size"] == len(b"line 1 <b>bold</b> & more\ncolour \x1b[31mred\x1b[0m\n") and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ",
+                                                first["read_at"])
+    html = request(url, f"/cases/{row.id}")[2].decode()
+    assert ('<pre class="log" id="log-text">line 1 &lt;b&gt;bold&lt;/b&gt; &amp; more\n'
+            "colour \\x1b[31mred\\x1b[0m</pre>") in html
+    assert "\x1b" not in html and "The job&#x27;s output in testhost:" in html
+
+    # many viewers at once: the host is read at most once per case every READ_SECONDS
+    reads, began = live.reads, time.monotonic()
+    errors: list[str] = []
+
+    def viewer():  # a page asks every second; these ask ten times as often, for a while
+        while time.monotonic() - began < 2.5 * READ_SECONDS:
+            try:
+                assert get_json(url, path)["lines"][0] == "line 1 <b>bold</b> & more"
+            except Exception as exc:  # noqa: BLE001 (reported below)
+                errors.append(repr(exc))
+            time.sleep(0.1)
+    viewers = [threading.Thread(target=viewer) for _ in range(8)]
+    for t in viewers:
+        t.start()
+    for t in viewers:
+        t.join(DEADLINE)
+    spent = time.monotonic() - began
+    assert not errors, errors[:3]
+    assert 1 <= live.reads - reads <= spent / READ_SECONDS + 1, (live.reads - reads, spent)
+
+    (ws.ctl / f"step-{row.id}").touch()
+    wait_for(lambda: get_json(url, path)["lines"][-1:] == ["line 2"] or
+             ws.case("tailed").state == "success", what="line 2 on the page")
+    ws.wait_state("tailed", "success")
+    kept = get_json(url, path)
+    assert kept["live"] is False and kept["read_at"] is None
+    assert kept["lines"][-1] == "line 2" and kept["lines"][1] == "colour \\x1b[31mred\\x1b[0m"
+    assert kept["source"].endswith(f"logs/{row.id}-1.log")

@@ -124,6 +124,34 @@ def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
     assert not page.script_errors and not page.dialogs
 
 
+def test_the_case_page_shows_a_running_jobs_tail_refreshed(ws, browser_page, tmp_path):
+    """The job's last lines, read on the host while it runs, come in without a reload; what
+    the job prints as markup or terminal controls shows as text."""
+    page = browser_page
+    job = ('echo "<img src=x onerror=alert(1)> first"; printf \'red \\033[31m!\\n\'; '
+           'while [ ! -e "{ctl}/more" ]; do sleep 0.05; done; echo "second"; '
+           'while [ ! -e "{ctl}/end" ]; do sleep 0.05; done').replace("{ctl}", str(ws.ctl))
+    ws.write_config(web=WEB, backend={"kind": "direct", "command": job})
+    url = ws.start().web.url
+    ws.drop_case("tailing")
+    row = ws.wait_state("tailing", "running")
+    page.goto(f"{url}cases/{row.id}")
+    text = page.locator("#log-text")
+    wait_for(lambda: text.inner_text() == "<img src=x onerror=alert(1)> first\nred \\x1b[31m!",
+             what="the first lines")
+    assert page.locator("#log").get_attribute("data-live") == "true"
+    assert "The job's output in local:" in page.locator("#log-about").inner_text()
+    (ws.ctl / "more").touch()
+    wait_for(lambda: text.inner_text().endswith("\nsecond"), what="the next line, without a reload")
+    shot(page, tmp_path, "case-tail")
+    (ws.ctl / "end").touch()
+    wait_for(lambda: page.locator("#log").get_attribute("data-live") == "false",
+             what="the kept log once the case ended")
+    assert text.inner_text().endswith("\nsecond")
+    assert page.evaluate("document.querySelectorAll('img').length") == 0
+    assert not page.script_errors and not page.dialogs
+
+
 # The hostile suite's names (tests/reliability/test_hostile.py), and markup meant to run a
 # script wherever a name is shown. A folder name cannot hold "/": those are written into the
 # store directly (a name is only data there), as are reasons and errors that carry markup.

@@ -17,6 +17,7 @@ from typing import overload
 from .backends import RUNNING
 from .core.case_model import job_log_path
 from .errors import AUTH, DISK_LOW, HOST_KEY, LOGIN, QUEUE_DOWN, UNREACHABLE
+from .job_output import clean
 from .spec import load_spec
 from .store import CaseRow, HistoryRow, SlotRow
 from .store.reader import HostRow
@@ -266,7 +267,7 @@ def case_detail(
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int | None]:
     """The last `lines` lines of a job log and its size in bytes (([], None) when absent),
-    reading at most the last 64 KiB."""
+    reading at most the last 64 KiB; control characters as escapes (job_output.clean)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -274,7 +275,7 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> tuple[list[str], int | 
             data = f.read(_TAIL_BYTES)
     except OSError:
         return [], None
-    text = data.decode("utf-8", errors="replace").splitlines()
+    text = clean(data.decode("utf-8", errors="replace")).splitlines()
     if size > _TAIL_BYTES and text:
         text = text[1:]  # the first line read is probably cut
     return text[-lines:], size

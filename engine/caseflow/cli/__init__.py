@@ -179,6 +179,13 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_logs(args) -> int:
+    from .logs import show_log
+
+    config, store = _open(args)
+    return show_log(config, store, load_spec(), resolve(store, args.case), args.follow)
+
+
 def cmd_resources(args) -> int:
     config, store = _open(args)
     slots = store.slots()
@@ -538,6 +545,7 @@ COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
     "show": cmd_show,
+    "logs": cmd_logs,
     "resources": cmd_resources,
     "retry": cmd_request,
     "cancel": cmd_request,

@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
         "job_log (the kept log's path), upload (bytes, total, percent, rate, "
         "seconds left, or null) and history (a list of transitions)",
     )
+    s = command(
+        "logs",
+        "print a case's job log: an ended job's kept log, a running job's output so far "
+        "(read on its host); with -f, the output as the job writes it, until the case ends",
+    )
+    s.add_argument("case", help="case id or unique name (`--` before a name starting with -)")
+    s.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="follow the output as it is written (waiting for a job that has not started), "
+        "until the case ends; then say how it ended (on stderr) and exit 0",
+    )
     s = command("resources", "list the GPU slots and the case holding each")
     s.add_argument(
         "--json",

@@ -28,11 +28,14 @@ from ..views import (
     host_waits,
     iso,
     log_tail,
+    size,
     slot_json,
 )
 from . import machine_svg, pages
+from .live_tails import READ_SECONDS, LiveTails
 
 PER_PAGE = 50  # cases per HTML page
+LOG_LINES = 30  # of a job's log on a case's page
 MAX_PER_PAGE = 1000  # per JSON page
 # the classic text format, which every Prometheus 2.x reads (Debian 12 has 2.42); newer
 # prometheus_client announce version 1.0.0, whose only change is UTF-8 names (not ours)
@@ -51,6 +54,9 @@ API = {
     "&q=TEXT (name contains) &page=N &per_page=N (at most 1000) "
     "&order=active (active ones oldest first, then ended ones newest first)",
     "/api/cases/ID": "one case as `caseflow show --json` prints it",
+    "/api/cases/ID/log": "the last lines of the case's job log: while its job may run, read "
+    "on the host (at most once per case every few seconds, however many ask); else the log "
+    "kept when it ended (the page asks for it every second)",
     "/api/hosts": "the hosts, slots per group, and each slot as `caseflow resources --json`",
     "/metrics": "Prometheus metrics",
 }
@@ -89,6 +95,8 @@ class App:
         self.registry.register(metrics.StoreCollector(self.reader, spec, config, engine, clock))
         self.registry.register(_Forward(metrics.REGISTRY))
         metrics.declare(config, spec)
+        self.live = LiveTails(engine, LOG_LINES, clock) if engine is not None else None
+        self.job_states = set(spec.job_states)
 
     def close(self) -> None:
         self.reader.close()
@@ -115,6 +123,11 @@ class App:
                 return self.json(self.cases_json(query, now))
             if m := re.fullmatch(r"/api/cases/([0-9]{1,18})", path):
                 return self.case_json(int(m.group(1)), now)
+            if m := re.fullmatch(r"/api/cases/([0-9]{1,18})/log", path):
+                row = self.reader.case(int(m.group(1)))
+                if row is None:
+                    return self.json({"error": f"no case {m.group(1)}"}, 404)
+                return self.json(self.job_log(row))
             if path == "/api/hosts":
                 hosts, groups, slots = self.hosts_data(now)
                 return self.json({"hosts": hosts, "groups": groups, "slots": slots})
@@ -301,8 +314,39 @@ class App:
         row, detail = self._detail(case_id, now)
         if row is None:
             return self.error(404, "Not found", f"There is no case {case_id}.", "/cases", now)
-        lines, log_size = log_tail(job_log_path(self.config.database, row))
-        return Response(200, pages.case_page(row, detail, lines, log_size, now).encode())
+        return Response(200, pages.case_page(row, detail, self.job_log(row), now).encode())
+
+    def job_log(self, row) -> dict:
+        """The last lines of the case's job log (/api/cases/ID/log): while its job may run,
+        as the daemon read them on the host last (LiveTails); else the log kept when it ended.
+        Control characters are escapes (job_output.clean), as `caseflow logs` shows them."""
+        out = {"case_id": row.id, "run": row.run, "live": False, "source": None, "size": None}
+        if self.live is not None and row.state in self.job_states:
+            tail = self.live.tail(row)
+            out.update(live=True, source=tail.source, size=tail.size, read_at=iso(tail.read_at))
+            out["lines"] = list(tail.lines)
+            out["problem"] = tail.problem
+            about = "The job's output"
+            if tail.source:
+                about += f" in {tail.source}"
+            if tail.size is not None:
+                about += f" ({size(tail.size)})"
+            if tail.read_at is not None:
+                about += (
+                    f", read at {iso(tail.read_at)} (again every {READ_SECONDS:g} s while it "
+                    f"runs): the last {len(tail.lines)} lines"
+                )
+            out["about"] = about + (f". {tail.problem}" if tail.problem else ".")
+            return out
+        path = job_log_path(self.config.database, row)
+        lines, log_size = log_tail(path, LOG_LINES)
+        out.update(read_at=None, lines=lines, problem=None)
+        if log_size is None:
+            out["about"] = "No job log yet."
+        else:
+            out.update(source=str(path), size=log_size)
+            out["about"] = f"{path} ({size(log_size)}), the last {len(lines)} lines:"
+        return out
 
     def case_json(self, case_id: int, now: float) -> Response:
         row, detail = self._detail(case_id, now)

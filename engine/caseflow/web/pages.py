@@ -238,9 +238,8 @@ def cases_page(
     return page("Cases", body, now, "cases", "/cases")
 
 
-def case_page(
-    row: CaseRow, detail: dict, log_lines: list[str], log_size: int | None, now: float
-) -> str:
+def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
+    """One case; `job_log` is its log's last lines as /api/cases/ID/log gives them."""
     upload = detail.get("upload")
     fields = [
         ("State", f'<span data-field="state">{esc(detail["state_text"])}</span>'),
@@ -291,19 +290,18 @@ def case_page(
         f"{' <span class=detail>' + esc(h['detail']) + '</span>' if h['detail'] else ''}</li>"
         for h in detail["history"]
     )
-    if log_size is None:
-        log = "<p>No job log yet.</p>"
-    else:
-        text = escape("\n".join(log_lines))
-        log = (
-            f"<p>{esc(detail['job_log'])} ({size(log_size)}), the last {len(log_lines)} "
-            f'lines:</p><pre class="log">{text}</pre>'
-        )
+    # (the lines are clean already: escaped for HTML alone, their tabs kept)
+    text = escape("\n".join(job_log["lines"]))
+    log = (
+        f'<p id="log-about">{esc(job_log["about"])}</p>'
+        f'<pre class="log" id="log-text"{"" if text else " hidden"}>{text}</pre>'
+    )
     body = (
         f'<h1>Case {row.id}: <span class="name" id="case-name">{esc(row.name)}</span></h1>'
         f'<div id="case" data-id="{row.id}"><dl class="fields">{dl}</dl>{progress}'
         f'<section><h2>History</h2><ol class="timeline" id="history">{timeline}</ol>'
-        f"</section><section><h2>Job log</h2>{log}</section>"
+        f'</section><section id="log" data-live="{str(job_log["live"]).lower()}">'
+        f"<h2>Job log</h2>{log}</section>"
         f'<p><a href="/api/cases/{row.id}">This case as JSON</a></p></div>'
     )
     return page(f"Case {row.id}", body, now, "case", "")

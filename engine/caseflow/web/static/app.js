@@ -173,6 +173,18 @@
         (up.rate_bytes_per_second ? size(up.rate_bytes_per_second) + "/s" : "–") + ", " +
         (up.seconds_left === null ? "–" : age(up.seconds_left)) + " left");
     }
+    // the job's last lines: read on its host while it runs (the server reads there at most
+    // once every few seconds per case, however many pages ask), else the log kept at its end
+    const log = await getJSON("/api/cases/" + Number(box.dataset.id) + "/log");
+    const section = document.getElementById("log");
+    if (section) {
+      section.dataset.live = String(Boolean(log.live));
+      setText(document.getElementById("log-about"), printable(String(log.about)));
+      const pre = document.getElementById("log-text");
+      // (the lines come with their control characters as escapes: shown as they are)
+      setText(pre, log.lines.join("\n"));
+      pre.hidden = log.lines.length === 0;
+    }
     return null;
   }
 
