@@ -272,7 +272,7 @@ class Workspace:
             env: dict | None = None) -> subprocess.CompletedProcess:
         full_env = {**os.environ, **(env or {})}
         cmd = [sys.executable, "-m", "caseflow.cli", *args]
-        if args and args[0] not in ("diagram",) and "-c" not in args:
+        if args and args[0] not in ("diagram", "init", "files", "help") and "-c" not in args:
             cmd += ["-c", str(self.config_path)]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
         if check and proc.returncode != 0:

@@ -122,7 +122,8 @@ import yaml
 
 from harness import DEADLINE
 
-COMMANDS = ["run", "status", "show", "resources", "retry", "cancel", "check", "diagram"]
+COMMANDS = ["run", "status", "show", "resources", "retry", "cancel", "check", "diagram", "init",
+            "files", "help"]
 
 
 def test_the_config_option_before_the_command(ws):
@@ -225,6 +226,12 @@ def _mistakes(ws, tmp_path):
             (["diagram", "-o", str(tmp_path)], 2, "cannot write"),
             (["diagram", "-o", str(tmp_path / "x" / "y.mmd")], 2, "does not exist"),
             (["diagram", "--format", "png"], 2, "invalid choice"),
+            (["init", str(tmp_path)], 2, "is a folder"),
+            (["init", str(tmp_path / "no" / "c.yaml")], 2, "does not exist: make it first"),
+            (["init", str(ws.config_path)], 2, "never overwrites"),
+            (["init", "--example", "cloud", str(tmp_path / "c.yaml")], 2, "invalid choice"),
+            (["files", "nothing.conf"], 1, "ships no file"),
+            (["help", "everything"], 2, "no help topic"),
             ([*c, "retry", "--wait", "soon", "x"], 2, "invalid float"),
             (["frobnicate"], 2, "invalid choice")]
     return out
@@ -369,3 +376,96 @@ def test_text_logs_are_one_line_per_event(ws):
     assert all(stamp.match(line) for line in lines), [l for l in lines if not stamp.match(l)]
     failed = [line for line in lines if f"case {row.id} 'folded': stable -> failure" in line]
     assert len(failed) == 1 and 'in "case.yaml", line 1, column 8' in failed[0], failed
+
+
+# -- what caseflow ships: init, files, help (tests/test_service.py runs them installed) ------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("example, source", [
+    ("local", "local.yaml"), ("ssh-pueue", "config.yaml"), ("slurm", "slurm.yaml"),
+    ("gridengine", "gridengine.yaml"), ("multi-host", "multi_host.yaml")])
+def test_init_writes_the_example_once_and_makes_nothing_else(ws, tmp_path, example, source):
+    """The starter is the shipped example, its folders beside the new file (`../inbox` of
+    config/local.yaml: the clone's inbox, `./inbox` of the starter); a second init leaves it
+    as it is; nothing else is made, not even the inbox `caseflow run` needs."""
+    target = tmp_path / "starter" / "new" / "caseflow.yaml"
+    target.parent.mkdir(parents=True)
+    proc = ws.cli("init", str(target), "--example", example, check=True)
+    expected = (ROOT / "config" / source).read_text().replace("../", "./")
+    assert target.read_text() == expected
+    assert f"wrote {target}: the example {example}" in proc.stdout
+    inbox = yaml.safe_load(expected)["inbox"]
+    inbox = (target.parent / inbox).resolve() if not inbox.startswith("/") else Path(inbox)
+    assert f"mkdir -p {inbox}" in proc.stdout and f"caseflow -c {target} check" in proc.stdout
+    made = tmp_path / "starter"
+    assert sorted(str(p.relative_to(made)) for p in made.rglob("*")) == ["new",
+                                                                       "new/caseflow.yaml"]
+    target.write_text("# mine\n")
+    proc = ws.cli("init", str(target), "--example", example)
+    assert proc.returncode == 2 and "never overwrites" in proc.stderr
+    assert target.read_text() == "# mine\n"
+
+
+def test_the_local_starter_passes_check_and_runs_a_case(ws, tmp_path):
+    """`caseflow init` with no --example, the inbox it names made as it says, then `check` and
+    a case through `caseflow run` (a real process) with the starter as written."""
+    folder = tmp_path / "mine"  # (the workspace's own config is in tmp_path)
+    folder.mkdir()
+    target = folder / "caseflow.yaml"
+    proc = ws.cli("init", str(target), check=True)
+    mkdir = next(line.split("#")[0].split() for line in proc.stdout.splitlines()
+                 if line.strip().startswith("mkdir"))
+    subprocess.run(mkdir, check=True)
+    proc = ws.cli("-c", str(target), "check")
+    assert proc.returncode == 0 and "all checks passed" in proc.stdout, proc.stdout + proc.stderr
+    daemon = subprocess.Popen([sys.executable, "-m", "caseflow.cli", "-c", str(target), "run"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        (folder / "inbox" / "first").mkdir()
+        (folder / "inbox" / "first" / "data.txt").write_text("x")
+        summary = folder / "results" / "first" / "output" / "summary.txt"
+        wait_for(summary.exists, timeout=DEADLINE, what="the demo job's summary")
+        assert "case: first" in summary.read_text()
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(timeout=DEADLINE) == 0
+
+
+def test_files_lists_prints_and_locates_what_caseflow_ships(ws):
+    listing = ws.cli("files", check=True).stdout
+    for name in ("config/caseflow.service", "config/caseflow.logrotate",
+                 "config/prometheus/caseflow-alerts.yml", "config/grafana/caseflow-dashboard.json",
+                 "config/local.yaml", "config/slurm.yaml"):
+        assert f"  {name} " in listing, listing
+        printed = subprocess.run([sys.executable, "-m", "caseflow.cli", "files", name],
+                                 capture_output=True, timeout=DEADLINE, check=True).stdout
+        assert printed == (ROOT / name).read_bytes()
+        assert ws.cli("files", "--path", name, check=True).stdout.strip() == str(ROOT / name)
+    # its file name is enough when it is unique
+    assert ws.cli("files", "caseflow.service", check=True).stdout == \
+        (ROOT / "config" / "caseflow.service").read_text()
+
+
+def test_help_lists_every_doc_and_prints_one(ws):
+    listing = ws.cli("help", check=True).stdout
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        title = page.read_text().splitlines()[0].lstrip("# ")
+        assert re.search(rf"^  {re.escape(page.stem)} +{re.escape(title)}$", listing, re.M), \
+            (page.stem, listing)
+    assert ws.cli("help", "cli", check=True).stdout == (ROOT / "docs" / "cli.md").read_text()
+    assert ws.cli("help", "service.md", check=True).stdout == \
+        (ROOT / "docs" / "service.md").read_text()
+
+
+def test_help_texts_point_to_the_installed_docs_not_to_a_clone(ws):
+    """No --help names a file of the repository (docs/cli.md): an installed caseflow has none;
+    they name `caseflow help TOPIC`, which prints the installed doc."""
+    texts = [ws.cli("--help", check=True).stdout]
+    texts += [ws.cli(name, "--help", check=True).stdout for name in COMMANDS]
+    texts += [ws.cli("host", action, "--help", check=True).stdout for action in ("pause", "resume")]
+    for text in texts:
+        assert not re.search(r"\b(docs|config|specs)/", text), text
+    assert "`caseflow help`" in texts[0] and "`caseflow help cli`" in texts[0]
+    status = " ".join(ws.cli("status", "--help", check=True).stdout.split())
+    assert "the keys `caseflow help cli` lists" in status

@@ -39,6 +39,13 @@ def _config(ws, **changes):
     ({"transport": {"kind": "local", "root": "remote", "verify": "sha1"}}, "transport.verify",
      "must be one of size, checksum (got 'sha1')"),
     ({"remote_cleanup": "sometimes"}, "remote_cleanup", "(got 'sometimes')"),
+    # backend.pueue: a command line, split as a shell would (tests/test_pueue_backend.py runs one)
+    ({"backend": {"kind": "pueue", "command": "true", "pueue": " "}}, "backend.pueue",
+     "is empty: the pueue client, e.g. `pueue` or `pueue -c FILE` (got ' ')"),
+    ({"backend": {"kind": "pueue", "command": "true", "pueue": "pueue -c 'my.yml"}},
+     "backend.pueue", "not a command line: No closing quotation"),
+    ({"backend": {"kind": "pueue", "command": "true", "pueue": ["pueue", "-c"]}},
+     "backend.pueue", "expected a string"),
 ])
 def test_mistakes_name_file_and_key(ws, changes, key, words):
     path = _config(ws, **changes)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from markdown_it import MarkdownIt
 
+import service_guide
 from harness import DEADLINE, wait_for
 from repo_copy import copy_of_the_repository
 
@@ -102,23 +103,6 @@ NOT_RUN = {
     ".venv/bin/python bench/upload_bench.py": "a benchmark",
     "caseflow -c my-config.yaml check": "read-only; tests/test_ssh.py runs check on a real host",
     "caseflow -c my-config.yaml run": "the daemon; the walk-through and test_service.py run it",
-    "python3 -m venv /opt/caseflow": "test_service.py installs into a fresh venv in a temp folder",
-    "/opt/caseflow/bin/pip install /path/to/caseflow": "test_service.py, in a temp folder",
-    "/opt/caseflow/bin/caseflow --help": "test_service.py, with the installed caseflow",
-    "pipx install /path/to/caseflow": "test_service.py, with PIPX_HOME in a temp folder",
-    "caseflow --help": "test_service.py, with the pipx-installed caseflow",
-    "useradd --system --home-dir /var/lib/caseflow --shell /usr/sbin/nologin caseflow":
-        "administration of the target machine",
-    "install -d -o caseflow -g caseflow /data/caseflow /data/caseflow/inbox":
-        "administration of the target machine",
-    "install -D -m 0640 -g caseflow my-config.yaml /etc/caseflow/caseflow.yaml":
-        "administration of the target machine",
-    "install -m 0644 config/caseflow.service /etc/systemd/system/caseflow.service":
-        "administration of the target machine",
-    "systemd-analyze verify /etc/systemd/system/caseflow.service":
-        "test_service.py runs it on the unit",
-    "systemctl daemon-reload && systemctl enable --now caseflow": "needs systemd as PID 1",
-    "journalctl -u caseflow -f": "read-only",
     "caseflow status --watch -c config/local.yaml":
         "read-only; tests/test_status_watch.py runs it through a real terminal",
     "caseflow status --watch --state queued -c ...": "the same, one state",
@@ -138,13 +122,20 @@ def _walk_through() -> list[str]:
 
 
 def test_every_example_command_is_run_or_known_to_be_safe():
+    """Every command of the README's and the docs' shell blocks: the walk-through runs it,
+    tests/test_service.py follows docs/service.md with it, or NOT_RUN says why no test runs it
+    (service_guide.NOT_RUN for docs/service.md)."""
     walk = set(_walk_through())
+    guide = set(service_guide.run_by_the_test())
     for page in PAGES:
         for command in _commands(page):
-            assert command in walk or command in NOT_RUN, \
+            assert command in walk or command in NOT_RUN or command in guide or (
+                page == service_guide.GUIDE and command in service_guide.NOT_RUN), \
                 f"{page.name}: `{command}` is run by no test; run it in one, or add it to " \
                 "NOT_RUN saying why it need not be"
     assert set(NOT_RUN) <= {c for p in PAGES for c in _commands(p)}, "NOT_RUN lists gone commands"
+    assert set(service_guide.NOT_RUN) <= set(service_guide.commands()), \
+        "service_guide.NOT_RUN lists gone commands"
 
 
 def _make_run_recipe() -> list[str]:

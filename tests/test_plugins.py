@@ -202,7 +202,7 @@ def test_settings_of_a_kind_are_built_by_its_adapter():
     t = TransportConfig(kind="ssh", name="h", root="/r", host="h.example")
     assert type(t) is SSHConfig and t.connect_timeout == 15.0
     b = BackendConfig(kind="pueue", command="true")
-    assert type(b) is PueueConfig and b.pueue == "pueue"
+    assert type(b) is PueueConfig and b.pueue == ("pueue",)
     with pytest.raises(ValueError, match="unknown transport kind 'nope'"):
         TransportConfig(kind="nope", name="h", root="/r")
 

@@ -225,7 +225,7 @@ print(json.dumps(data))'
 else exec {shlex.quote(str(daemon.client))} "$@"; fi
 """)
     odd.chmod(0o755)
-    pueue.pueue = str(odd)
+    pueue.pueue = (str(odd),)
     answers = pueue.status(refs)
     assert answers[43].outcome == UNREADABLE and "Exploded" in answers[43].detail
     assert [answers[i].outcome for i in (40, 41, 42)] == [SUCCESS, FAILURE, RUNNING]
@@ -505,6 +505,61 @@ def test_a_stop_repeated_after_a_lost_reply_leaves_the_task_that_got_its_id_alon
     assert outcome(pueue, r_b[0], RUNNING, state).detail == state
     if state == "running":
         assert alive(started(b))
+
+
+# -- backend.pueue: a command with arguments --------------------------------------------------
+def _own_config(daemon, tmp_path) -> Path:
+    """A copy of the daemon's config file (the same socket) at a path a shell would split,
+    expand and substitute: reaching pueue whole shows that every word was quoted."""
+    path = tmp_path / "pueue conf's $HOME `touch CANARY`" / "pueue.yml"
+    path.parent.mkdir()
+    path.write_text(daemon.config.read_text())
+    return path
+
+
+def test_a_client_with_its_own_config_file_reaches_its_daemon_in_every_command(
+        daemon, transport, jobs, tmp_path):
+    """backend.pueue `pueue -c FILE` (a pueued started with its own config, `pueued -c FILE`),
+    with the real client of the daemon's version: groups, submit, the poll, find, the log,
+    cancel and check all reach that daemon."""
+    words = [str(daemon.pueue), "-c", str(_own_config(daemon, tmp_path))]
+    backend = PueueBackend(transport, GROUPS, pueue=words)
+    done = jobs.spec(70, "echo hello from pueue")
+    r_done = ref(done, backend.submit(done))
+    assert daemon.tasks()[r_done.task_id]["label"] == done.label
+    assert outcome(backend, r_done, SUCCESS).exit_code == 0
+    assert "hello from pueue" in backend.job_log(r_done)
+    held = jobs.spec(71, "sleep 60")
+    r_held = ref(held, backend.submit(held))
+    pgid = started(held)
+    assert backend.find(JobRef(71, "", held.label, held.remote_path)) == r_held.task_id
+    backend.cancel(r_held)
+    assert "killed" in outcome(backend, r_held, FAILURE).detail
+    wait_for(lambda: not alive(pgid), what="the cancelled job to end")
+    assert all(ok for ok, _ in backend.check()), backend.check()
+    assert f"pueue client {shlex.join(words)}: pueue {daemon.version}" in \
+        [text for _, text in backend.check()]
+    assert daemon.groups()["gpu_a"]["parallel_tasks"] == 2
+    assert not list(tmp_path.rglob("CANARY"))
+
+
+def test_backend_pueue_from_the_config_is_split_like_a_shell_and_runs_a_case(daemon, host, ws):
+    """The same as a configuration says it: `caseflow check` and a case to success."""
+    conf = _own_config(daemon, ws.root)
+    command = f"{shlex.quote(str(daemon.pueue))} -c {shlex.quote(str(conf))}"
+    ws.write_config(transport=transport_settings(host, ws.remote),
+                    backend={"kind": "pueue", "command": "echo done > out.txt",
+                             "pueue": command})
+    assert ws.config().hosts[0].backend.pueue == (str(daemon.pueue), "-c", str(conf))
+    proc = ws.cli("check")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ok    pueue daemon answers" in proc.stdout
+    ws.start()
+    ws.drop_case("with its own config")
+    row = ws.wait_state("with its own config", "success", "failure", "not_found")
+    assert row.state == "success", row.reason
+    assert daemon.tasks()[row.task_id]["label"].startswith("caseflow-")
+    assert not list(ws.root.rglob("CANARY"))
 
 
 # -- what happens to pueued, for real ------------------------------------------------------

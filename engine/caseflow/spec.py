@@ -7,12 +7,12 @@ engine knows about states and triggers comes from the `MachineSpec` built here.
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from . import shipped
 from .errors import SpecError
 
 SPEC_NAME = "case_machine.yaml"
@@ -51,32 +51,12 @@ _CORE_STATES = (
 )
 
 
-def _installed_spec() -> list[Path]:
-    """The spec as the installed distribution recorded it (pip, pipx: a data file under
-    share/caseflow/specs of wherever it installed, a venv, ~/.local or /usr/local)."""
-    from importlib import metadata
-
-    try:
-        files = metadata.distribution("caseflow").files or []
-    except metadata.PackageNotFoundError:
-        return []
-    return [
-        Path(f.locate()).resolve()
-        for f in files
-        if f.name == SPEC_NAME and f.parent.name == "specs"
-    ]
-
-
 def default_spec_path() -> Path:
     """Where the spec is: $CASEFLOW_SPEC, the source checkout, or the installed data file."""
     env = os.environ.get("CASEFLOW_SPEC")
     if env:
         return Path(env)
-    candidates = [
-        Path(__file__).resolve().parents[2] / "specs" / SPEC_NAME,
-        *_installed_spec(),
-        Path(sys.prefix) / "share" / "caseflow" / "specs" / SPEC_NAME,
-    ]
+    candidates = [root / "specs" / SPEC_NAME for root in shipped.roots()]
     for path in candidates:
         if path.is_file():
             return path

@@ -80,8 +80,8 @@ LOG_FILE = ".caseflow/job.log"  # the job's stdout and stderr, as the wrapper wr
 # the group's id.
 JOB_WRAPPER = source(__package__, "pueue-job.sh")
 SUBMIT = script(__package__, "pueue-submit.sh")
-CANCEL = script(__package__, "pueue-cancel.sh", "pueue-kill.sh")
-FIND = script(__package__, "pueue-find.sh")
+CANCEL = script(__package__, "pueue-cancel.sh", "pueue-client.sh", "pueue-kill.sh")
+FIND = script(__package__, "pueue-find.sh", "pueue-client.sh")
 LOG = script(__package__, "pueue-log.sh")
 
 # pueued is not there ("Did you start it?"), or went away while the client shook hands with
@@ -105,14 +105,15 @@ class PueueBackend(PueueGroups, QueueBackend):
         self,
         transport,
         groups,
-        pueue: str = "pueue",
+        pueue: str | Sequence[str] = "pueue",
         manage_groups: bool = True,
         sleep=time.sleep,
         clock=time.monotonic,
     ):
         self.transport = transport
         self.groups = {g.name: g.slots for g in groups}
-        self.pueue = pueue
+        # the client's words (backend.pueue: `pueue -c /etc/pueue.yml`); a string is one word
+        self.pueue: tuple[str, ...] = (pueue,) if isinstance(pueue, str) else tuple(pueue)
         self.manage_groups = manage_groups
         self.version: str | None = None
         self.major = 0
@@ -122,8 +123,15 @@ class PueueBackend(PueueGroups, QueueBackend):
         self._counts: dict[str, int] = {}  # of caseflow's tasks: stashed, paused, lost
 
     # -- plumbing ------------------------------------------------------------------------
+    @property
+    def client(self) -> str:
+        """The client's command line, every word shell-quoted: what the remote scripts take as
+        their first argument (they run it with `pq`, scripts/pueue-client.sh) and what a
+        message shows."""
+        return shlex.join(self.pueue)
+
     def _run(self, *args: str):
-        return self._checked(self.transport.run([self.pueue, *args]), args[0])
+        return self._checked(self.transport.run([*self.pueue, *args]), args[0])
 
     def _checked(self, res, what: str):
         """`res`, unless it says that pueued is not running: then DaemonNotRunning."""
@@ -154,16 +162,16 @@ class PueueBackend(PueueGroups, QueueBackend):
         """Once per connection: detect pueue's version; create groups and set their slots."""
         if self._prepared_on == self._connection_id() and self.version:
             return
-        res = self.transport.run([self.pueue, "--version"])
+        res = self.transport.run([*self.pueue, "--version"])
         match = re.search(r"(\d+)\.(\d+)\.(\d+)", res.stdout)
         if res.returncode != 0 or not match:
             if res.returncode == 127 or "not found" in res.stderr:
                 raise PermanentError(
                     f"pueue is not installed on {self.transport.name} "
-                    f"(`{self.pueue} --version`: {res.stderr.strip()[:200]})"
+                    f"(`{self.client} --version`: {res.stderr.strip()[:200]})"
                 )
             raise TransientError(
-                f"`pueue --version` failed on {self.transport.name}: {self._error(res)}"
+                f"`{self.client} --version` failed on {self.transport.name}: {self._error(res)}"
             )
         self.version, self.major = match.group(0), int(match.group(1))
         log.info("pueue %s on %s", self.version, self.transport.name)
@@ -188,7 +196,7 @@ class PueueBackend(PueueGroups, QueueBackend):
     def _poll(self, jobs: Sequence[JobRef]) -> tuple[dict, list[tuple[str, int | str | None]]]:
         args = [a for j in jobs for a in (j.label, j.remote_path or "/nonexistent")]
         res = self._checked(
-            self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll", self.pueue, *args]),
+            self.transport.run(["sh", "-c", POLL, "caseflow-pueue-poll", self.client, *args]),
             "status",
         )
         if res.returncode != 0:
@@ -234,7 +242,7 @@ class PueueBackend(PueueGroups, QueueBackend):
             )
             self._manage_groups(data.get("groups", {}))
         command = "exec " + shlex.join(["sh", WRAPPER, job.label, *job_command(job)])
-        add = [self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
+        add = [*self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
         env = [f"{k}={v}" for k, v in sorted(job_env(job).items())]
@@ -407,7 +415,7 @@ class PueueBackend(PueueGroups, QueueBackend):
                     "-c",
                     CANCEL,
                     "caseflow-pueue-cancel",
-                    self.pueue,
+                    self.client,
                     job.label,
                     job.remote_path or "/nonexistent",
                     "kill" if force else "term",
@@ -441,7 +449,7 @@ class PueueBackend(PueueGroups, QueueBackend):
                     "-c",
                     FIND,
                     "caseflow-pueue-find",
-                    self.pueue,
+                    self.client,
                     job.label,
                     job.remote_path or "/nonexistent",
                 ]
@@ -527,15 +535,28 @@ class PueueBackend(PueueGroups, QueueBackend):
 class PueueConfig(BackendConfig):
     """`kind: pueue`."""
 
-    pueue: str = "pueue"  # the pueue client on the host
+    # the pueue client on the host: its words, e.g. ("pueue", "-c", "/etc/pueue.yml")
+    pueue: tuple[str, ...] = ("pueue",)
     manage_groups: bool = True  # create the groups and set their parallel tasks to the slots
+
+
+def _command_words(text: str) -> str | None:
+    """What is wrong with `backend.pueue` as a command line, or None."""
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:  # an unclosed quote
+        return f"not a command line: {exc}"
+    return None if words else "is empty: the pueue client, e.g. `pueue` or `pueue -c FILE`"
 
 
 def read_config(section: Section) -> PueueConfig:
     br, d = section.reader, PueueConfig
+    # a command with arguments (`pueue -c /etc/pueue.yml`: a pueued of its own config), split
+    # here as a shell would; each word is quoted again where it reaches the remote shell
+    pueue = br.get("pueue", str, shlex.join(d.pueue), check=_command_words)
     return PueueConfig(
         **section.core,
-        pueue=br.get("pueue", str, d.pueue),
+        pueue=tuple(shlex.split(pueue)),
         manage_groups=br.get("manage_groups", bool, d.manage_groups),
     )
 

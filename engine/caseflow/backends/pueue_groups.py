@@ -28,7 +28,7 @@ class PueueGroups:
     if TYPE_CHECKING:  # what PueueBackend provides
         transport: Any
         groups: dict[str, int]
-        pueue: str
+        pueue: tuple[str, ...]
         manage_groups: bool
         major: int
         paused_groups: set[str]
@@ -36,6 +36,8 @@ class PueueGroups:
         _clock: Callable[[], float]
         _sleep: Callable[[float], None]
 
+        @property
+        def client(self) -> str: ...
         def _run(self, *args: str) -> Any: ...
         @staticmethod
         def _error(res: Any) -> str: ...
@@ -44,7 +46,7 @@ class PueueGroups:
     def check(self) -> list[tuple[bool, str]]:
         """`caseflow check` on a pueue host: the client runs and the daemon answers. Makes no
         group (caseflow makes them at its first contact when manage_groups is on)."""
-        res = self.transport.run([self.pueue, "--version"])
+        res = self.transport.run([*self.pueue, "--version"])
         match = re.search(r"\d+\.\d+\.\d+", res.stdout)
         if res.returncode != 0 or not match:
             why = (
@@ -52,8 +54,8 @@ class PueueGroups:
                 if res.returncode == 127 or "not found" in res.stderr
                 else f"`--version` failed (exit {res.returncode}): {self._error(res)}"
             )
-            return [(False, f"pueue client {self.pueue}: {why}")]
-        lines = [(True, f"pueue client {self.pueue}: pueue {match.group(0)}")]
+            return [(False, f"pueue client {self.client}: {why}")]
+        lines = [(True, f"pueue client {self.client}: pueue {match.group(0)}")]
         try:
             data = self._status()
         except (HostError, TransientError) as exc:  # DaemonNotRunning, BadOutput, ...

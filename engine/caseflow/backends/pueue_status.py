@@ -17,7 +17,7 @@ from .output import BadOutput, quote_start
 RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
 
 # The poll: scripts/pueue-poll.sh
-POLL = script(__package__, "pueue-poll.sh")
+POLL = script(__package__, "pueue-poll.sh", "pueue-client.sh")
 
 
 def parse_status(text: str) -> dict:

@@ -43,12 +43,8 @@ from ..views import (
     table,
     upload_text,
 )
-from .args import build_parser
-
-
-class UsageError(CaseflowError):
-    pass
-
+from .args import UsageError, build_parser
+from .files import cmd_files, cmd_help, cmd_init
 
 _open_stores: list[Store] = []  # closed when the command ends (no -wal/-shm left behind)
 
@@ -553,6 +549,9 @@ COMMANDS = {
     "check": cmd_check,
     "login": cmd_login,
     "diagram": cmd_diagram,
+    "init": cmd_init,
+    "files": cmd_files,
+    "help": cmd_help,
 }
 
 

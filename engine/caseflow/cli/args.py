@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__
+from .. import __version__, shipped
 from ..diagram import FORMATS
+from ..errors import CaseflowError
 from ..service import LOG_FORMATS
+
+
+class UsageError(CaseflowError):
+    """A mistake in how a command was called (exit 2, as argparse's own)."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +25,14 @@ class _Parser(argparse.ArgumentParser):
 
 CONFIG_HELP = "the configuration file (default: $CASEFLOW_CONFIG)"
 JSON_STATUS = (
-    "print the cases as a JSON list of objects, one per case, with the keys listed in docs/cli.md"
+    "print the cases as a JSON list of objects, one per case, with the keys `caseflow help cli` "
+    "lists"
+)
+# under every --help of the top: where the rest is, installed with caseflow (no clone needed)
+DOCS = (
+    "Start with `caseflow init FILE` (a commented configuration) and `caseflow -c FILE check`. "
+    "The documentation is installed with caseflow: `caseflow help` lists it, `caseflow help cli` "
+    "prints the command reference, `caseflow help service` how to run caseflow as a service."
 )
 
 
@@ -35,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="caseflow",
         description="Ferries compute cases from an inbox folder to a "
         "GPU host's queue and brings their results back.",
+        epilog=DOCS,
     )
     p.add_argument("--version", action="version", version=f"caseflow {__version__}")
     p.add_argument("-c", "--config", metavar="FILE", default=None, help=CONFIG_HELP)
@@ -162,4 +175,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="mermaid (default), dot, or svg (needs Graphviz's dot)",
     )
     s.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout")
+    s = command(
+        "init",
+        "write a commented starter configuration to PATH (never over an existing file; it makes "
+        "nothing else)",
+        config=False,
+        usage="caseflow init PATH [--example " + "|".join(shipped.EXAMPLES) + "]",
+    )
+    s.add_argument("path", metavar="PATH", help="the file to write, e.g. caseflow.yaml")
+    s.add_argument(
+        "--example",
+        choices=list(shipped.EXAMPLES),
+        default="local",
+        help="the setup to start from: "
+        + "; ".join(f"{name}: {what}" for name, (_, what) in shipped.EXAMPLES.items())
+        + " (default: local)",
+    )
+    s = command(
+        "files",
+        "list the files installed with caseflow (systemd unit, logrotate file, alert rules, "
+        "dashboard, examples), or print one",
+        config=False,
+    )
+    s.add_argument(
+        "name", nargs="?", metavar="NAME", help="the file to print, e.g. caseflow.service"
+    )
+    s.add_argument("--path", action="store_true", help="print where NAME is instead")
+    s = command(
+        "help", "list the documentation installed with caseflow, or print one topic", config=False
+    )
+    s.add_argument("topic", nargs="?", metavar="TOPIC", help="e.g. cli, configuration, service")
     return p

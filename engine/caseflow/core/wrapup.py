@@ -144,9 +144,22 @@ def _archive(core: Core, row: CaseRow, notes: list[str]) -> CaseRow:
         dest.mkdir(parents=True, exist_ok=True)  # made by `caseflow run`; again if it went
         target = free_name(dest, row.name, row.id)
         os.rename(src, target)
-    except (OSError, PermanentError) as exc:
+    except PermanentError as exc:
         notes.append(f"case folder not archived: {exc}")
         log.warning("case %s: could not move %s to %s: %s", row.id, src, dest, exc)
+        return row
+    except OSError as exc:
+        why = str(exc)
+        if isinstance(exc, PermissionError) and os.access(src.parent, os.W_OK):
+            # the inbox is writable, so it is the folder: moving a folder into another one
+            # changes its `..`, which needs write permission on the folder itself
+            why = (
+                f"permission denied: moving {src} into {dest} needs write permission on the "
+                "case folder itself; in a shared inbox, whoever drops a case gives it to the "
+                "group (chmod g+w: `caseflow help service`)"
+            )
+        notes.append(f"case folder not archived: {why}")
+        log.warning("case %s: could not move %s to %s: %s", row.id, src, dest, why)
         return row
     core.store.wrapup_progress(row.id, row.state, local_path=str(target))
     core.forget_folder(str(src), row.inode)

@@ -1,7 +1,8 @@
 #!/bin/sh
 # The pueue backend's cancel, one command: the check and the action together.
-# $1 = pueue client, $2 = label, $3 = case folder, $4 = term (stop: SIGTERM) or kill (SIGKILL to
-# the job's whole process group). Uses signal_job (pueue-kill.sh).
+# $1 = pueue client (run by pq, pueue-client.sh), $2 = label, $3 = case folder, $4 = term (stop:
+# SIGTERM) or kill (SIGKILL to the job's whole process group). Uses pq and signal_job
+# (pueue-kill.sh).
 # The task is found by its label, never by a stored id: pueue reuses ids after clean, remove
 # and reset, and this command may be sent again after a lost reply (the transport repeats it),
 # by when the id may be another case's task. pueue picks the label's tasks (`status --json
@@ -18,7 +19,8 @@
 # Prints "@@caseflow removed ID", "@@caseflow signalled ID SIGNAL", "@@caseflow group PGID
 # SIGNALS" for what it did, then "@@caseflow end". pueued not answering: the group is still
 # signalled, then pueue's answer and exit code.
-p=$1 label=$2 dir=$3 how=$4
+# shellcheck disable=SC2034  # read by pq (pueue-client.sh)
+pueue=$1 label=$2 dir=$3 how=$4
 # TERM once per run: this command may come again after a lost reply, and a second TERM can cut
 # the job's handler (a checkpoint) short; the marker is made atomically before the first TERM
 # (the randomized test's remote profile: a cancel's reply lost twice, the job's handler ran twice)
@@ -41,12 +43,12 @@ tasks() {  # pueue's JSON ($1) -> "ID STATE" per task of the label; STATE ? if n
   }'
 }
 stop() {  # $1 = id of a running or paused task: signal it as $how says; pueue's answer in $said
-  if [ "$how" = kill ]; then said=$("$p" kill "$1" 2>&1)
-  else said=$("$p" kill -s sigterm "$1" 2>&1); fi
+  if [ "$how" = kill ]; then said=$(pq kill "$1" 2>&1)
+  else said=$(pq kill -s sigterm "$1" 2>&1); fi
 }
 signalled='' try=0
 while :; do
-  out=$("$p" status --json "label=$label"); rc=$?
+  out=$(pq status --json "label=$label"); rc=$?
   if [ "$rc" -ne 0 ]; then
     if [ "$how" = kill ]; then signal_job "$dir" "$label" KILL
     else signal_job "$dir" "$label" TERM CONT; fi
@@ -61,17 +63,17 @@ while :; do
     case $st in
       Done) continue ;;
       Queued|Stashed|Locked)
-        said=$("$p" remove "$id" 2>&1) && { echo "@@caseflow removed $id"; continue; } ;;
+        said=$(pq remove "$id" 2>&1) && { echo "@@caseflow removed $id"; continue; } ;;
       Running|Paused)
         if stop "$id"; then
           if [ "$st" = Paused ] && [ "$how" != kill ]; then
-            "$p" kill -s sigcont "$id" > /dev/null 2>&1
+            pq kill -s sigcont "$id" > /dev/null 2>&1
           fi
           signalled=1; echo "@@caseflow signalled $id $how"; continue
         fi ;;
       *)  # a state this script cannot read: stopped as pueue allows
         if stop "$id"; then signalled=1; echo "@@caseflow signalled $id $how"; continue; fi
-        said=$("$p" remove "$id" 2>&1) && { echo "@@caseflow removed $id"; continue; } ;;
+        said=$(pq remove "$id" 2>&1) && { echo "@@caseflow removed $id"; continue; } ;;
     esac
     refused=$said
   done

@@ -1,15 +1,17 @@
 #!/bin/sh
 # The pueue backend's poll, one command for every job of the host.
-# $1 = pueue client; $2 $3, $4 $5, ...: the label and case folder of every job asked about.
+# $1 = pueue client (run by pq, pueue-client.sh); $2 $3, $4 $5, ...: the label and case folder
+# of every job asked about.
 # "@@caseflow status", pueue's JSON, then per job "@@caseflow job N PROCESSES": none (no start
 # record of this label), gone, or the process group id when `kill -0` finds the group; then
 # "@@caseflow live PGID" for each of those groups with a process that is not a zombie (`kill
 # -0` also finds zombies, which an init that reaps slowly, e.g. in a container, leaves for a
 # while), or "@@caseflow ps-failed"; then "@@caseflow exit N CODE" for each job's exit record.
 # The exit records are read last: a job seen gone has written its record before it ended.
-p=$1; shift
+# shellcheck disable=SC2034  # read by pq (pueue-client.sh)
+pueue=$1; shift
 echo "@@caseflow status"
-"$p" status --json || exit "$?"
+pq status --json || exit "$?"
 n=0; groups=
 for a in "$@"; do
   n=$((n+1)); [ $((n % 2)) -eq 1 ] && { label=$a; continue; }
