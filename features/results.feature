@@ -12,6 +12,9 @@ Feature: Results come home
 
   Cases with a higher priority (in their case.yaml) take a free slot first.
 
+  Ended cases can be pruned from caseflow's store, so that it stays small over
+  the years; their results and archived folders stay where they are.
+
   Scenario: The results of a successful job come home next to the inbox
     Given caseflow is running
     When the case folder "lung_0001" is dropped into the inbox
@@ -83,3 +86,25 @@ Feature: Results come home
     When the job of "lung_0010" is released
     Then the case "lung_0012" runs on slot 0 of gpu_b
     And the case "lung_0011" is still queued
+
+  Scenario: Ended cases leave the store; their results and archived folders stay
+    Given finished cases are archived to "done" and "failed"
+    And caseflow is running
+    And the case folder "lung_0020" was dropped into the inbox
+    And the case "lung_0020" has ended in success
+    And the case folder "lung_0020" is in "done"
+    When the operator prunes the cases that ended before tomorrow, exporting them to "pruned.jsonl"
+    Then caseflow no longer knows "lung_0020"
+    And "pruned.jsonl" holds "lung_0020" with its history, from detected to success
+    And the results of "lung_0020" stay in "results"
+    And the case folder "lung_0020" is still in "done"
+
+  Scenario: A case whose folder is still in the inbox stays, so that it never runs again
+    Given caseflow is running
+    And the case folder "lung_0021" was dropped into the inbox
+    And the case "lung_0021" has ended in success
+    When the operator prunes the cases that ended before tomorrow
+    Then caseflow says it kept "lung_0021", whose folder is still in the inbox
+    When caseflow is stopped
+    And caseflow starts
+    Then caseflow knows "lung_0021" as one case, whose job ran once

@@ -35,6 +35,7 @@ class Context:
     """What a scenario sets up besides the workspace, to watch it and to clean it up."""
     writers: dict = field(default_factory=dict)  # folder name -> Writer
     mounts: list = field(default_factory=list)   # file systems mounted for the scenario
+    pruned: str = ""  # what `caseflow prune` printed
 
 
 @pytest.fixture

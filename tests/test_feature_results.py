@@ -1,7 +1,10 @@
 """Steps of features/results.feature: results and logs come home, archiving, remote
-clean-up, the on_finish hook, and priority."""
+clean-up, the on_finish hook, priority, and pruning ended cases from the store."""
 
+import datetime
+import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +160,65 @@ def hook_ran(ws, name, state, code):
 def show_notes(ws, name, words):
     assert words in (shown(ws, name)["wrapup_note"] or "")
     assert "the hook failed" in shown(ws, name)["wrapup_note"]
+
+
+# -- pruning -------------------------------------------------------------------------------
+@when(parsers.re(r"the operator prunes the cases that ended before tomorrow"
+                 r'(?:, exporting them to "(?P<export>[^"]+)")?'))
+def operator_prunes(ws, context, export):
+    # an ended case is pruned once its wrap-up (archiving, the hook) is done: what an operator
+    # pruning cases of days ago sees
+    wait_for(lambda: not any(r.wrapup for r in ws.cases()), what="the wrap-ups to finish")
+    tomorrow = (datetime.date.today() + datetime.timedelta(days=1)).isoformat()
+    args = ["prune", "--ended-before", tomorrow, "--yes"]
+    if export:
+        args += ["--export", str(ws.root / export)]
+    context.pruned = ws.cli(*args, check=True).stdout
+
+
+@then(parsers.parse('caseflow no longer knows "{name}"'))
+def no_longer_known(ws, context, name):
+    assert f"{name}: pruned (success)" in context.pruned, context.pruned
+    out = ws.cli("show", name)
+    assert out.returncode == 1 and f"no case with id or name {name!r}" in out.stderr, out
+    assert ws.cli("status", "--json", check=True).stdout.strip() == "[]"
+
+
+@then(parsers.parse('"{export}" holds "{name}" with its history, from {first} to {last}'))
+def export_holds(ws, export, name, first, last):
+    cases = [json.loads(line) for line in (ws.root / export).read_text().splitlines()]
+    assert [c["name"] for c in cases] == [name]
+    history = [h["to"] for h in cases[0]["history"]]
+    assert history[0] == first and history[-1] == last == cases[0]["state"], history
+
+
+@then(parsers.parse('the results of "{name}" stay in "{where}"'))
+def results_still_there(ws, name, where):
+    assert (ws.root / where / name / "output" / "result.txt").is_file()
+    assert (ws.root / where / name / "caseflow-job.log").is_file()
+
+
+@then(parsers.parse('the case folder "{name}" is still in "{where}"'))
+def folder_still_there(ws, name, where):
+    assert (ws.root / where / name / "data.bin").is_file()
+
+
+@then(parsers.parse('caseflow says it kept "{name}", whose folder is still in the inbox'))
+def kept_in_inbox(ws, context, name):
+    assert "kept: 1 case whose folder is still in the inbox" in context.pruned, context.pruned
+    assert f"{name}: {ws.inbox / name}" in context.pruned
+    assert ws.case(name).state == "success"
+
+
+@then(parsers.parse('caseflow knows "{name}" as one case, whose job ran once'))
+def one_case_one_job(ws, name):
+    # the daemon lists the whole inbox at its start (and every rescan_seconds): wait for a
+    # listing made after now, and two ticks after it
+    admission = ws.daemon.engine.admission
+    mark = time.monotonic()
+    rescan = ws.config().rescan_seconds
+    wait_for(lambda: admission.next_rescan >= mark + rescan, what="a listing of the inbox")
+    ticks = ws.ticks
+    wait_for(lambda: ws.ticks >= ticks + 2, what="two ticks after it")
+    assert [(r.state, r.run) for r in ws.cases(name)] == [("success", 1)]
+    assert len(list(ws.remote.glob(f"*-{name}"))) == 1  # one upload, one job

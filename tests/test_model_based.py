@@ -29,6 +29,10 @@ The promises checked (docs/guarantees.md):
    inbox folder is one case;
 3. `retry` runs the case again on its inputs as they are when the retry is asked: the
    retried run's job sees the folder's digest of that moment (or a later edit's);
+4. `caseflow prune` removes only cases that have ended for good (wrap-up done, no request,
+   no slot, no process of their job alive), never the case of a folder still in the inbox,
+   and removes all of each (its history too); a pruned case's copy never becomes a case
+   again (the checks above count pruned cases as the test saw them last);
 and a stop sends each process of a job TERM once (its handler writing a checkpoint is not cut
 short by a second one): no process records two TERMs or two ENDs.
 
@@ -55,7 +59,7 @@ Environment:
     CASEFLOW_MODEL_WITHOUT   comma-separated features to leave out, to look at one thing at a
                              time: child, term, hold, clock_step, lost_reply, remote_down,
                              restart, retry, cancel, replace, delete, edit, copy_in_pieces,
-                             cut (the remote profile's lose_connection)
+                             prune, cut (the remote profile's lose_connection)
     CASEFLOW_MODEL_KEEP=1    keep each example's folder (printed) instead of removing it
 
 A failure prints the shrunk sequence of steps (`state.drop_case(...)`, `state.run_until(...)`,
@@ -67,6 +71,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import random
@@ -93,6 +98,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from caseflow import prune as pruning
 from caseflow.core.engine import Engine
 from caseflow.core.machine import CaseMachine
 from caseflow.errors import HOST_PROBLEM_KINDS, QUEUE_DOWN, UNREACHABLE, TransientError
@@ -626,6 +632,10 @@ class HostHealthWrong(Broken):
     pass
 
 
+class PrunedTooSoon(Broken):
+    pass
+
+
 @contextlib.contextmanager
 def promise(kind: type[Broken]):
     """A failed `assert` inside is a broken promise of that kind."""
@@ -758,6 +768,8 @@ class CaseflowModel(RuleBasedStateMachine):
         self.exempt_cases: set[int] = set()
         self.ended: dict[tuple[int, int], tuple[str, int | None, str | None]] = {}
         self.kept_since: dict[int, tuple[float, int]] = {}
+        self.pruned: dict[int, object] = {}  # case id -> its row when `caseflow prune` took it
+        self.exported = 0  # lines in the prune's export
         # `caseflow host pause`: since when (uptime, as the ledger's), and the runs whose job
         # may start meanwhile (their submit was sent, or may have been, before the drain)
         self.drained: tuple[float, set[tuple[int, str]]] | None = None
@@ -832,7 +844,7 @@ class CaseflowModel(RuleBasedStateMachine):
             return False
         if any(not c.complete for c in self.present()):
             return False
-        known = {r.inode for r in rows}
+        known = {r.inode for r in [*rows, *self.pruned.values()]}
         if any(c.inode not in known for c in self.present()):
             return False
         self.ledger.refresh()
@@ -1047,6 +1059,65 @@ class CaseflowModel(RuleBasedStateMachine):
         self.engine.store.set_request(row.id, CANCEL)  # what `caseflow cancel` records
         self.did = f": case {row.id} ({row.state})"
 
+    @precondition(lambda self: on("prune"))
+    @rule(keep=st.sampled_from([0, 1, 3]), export=st.booleans(), tidy=st.booleans())
+    @step()
+    def prune(self, keep, export, tidy):
+        """`caseflow prune --ended-before T --yes` (with `--export FILE` when `export`),
+        through the functions the command calls, VACUUM included: T just after the ends of
+        the ended cases but the `keep` latest (a cut-off a replay of the example draws
+        alike). With `tidy` the operator first moves the folders of the cases that have
+        ended (and been wrapped up) out of the inbox, as the command asks."""
+        if self.stopped:
+            return
+        store = self.engine.store
+        if tidy and on("delete"):
+            for c in self.present():
+                r = self.case_of(c.name)
+                if r is not None and r.inode == c.inode and r.state in TERMINAL and not (
+                    r.wrapup or r.request
+                ):
+                    self.take_away(c.name)
+        ends = sorted(r.updated_at for r in self.rows() if r.state in TERMINAL)
+        if len(ends) <= keep:
+            self.did = ": nothing ended before the cut-off"
+            return
+        cut = ends[-keep - 1] + 0.001
+        inbox, terminal = self.config.inbox, sorted(TERMINAL)
+        planned = pruning.plan(store, inbox, cut, terminal)
+        export_to = self.tmp / "pruned.jsonl" if export else None
+        done = pruning.carry_out(store, inbox, planned, terminal, export_to)
+        store.compact()  # what the command does without --no-vacuum
+        self.did = (
+            f": {len(done.removed)} of {len(ends)} ended cases"
+            f" ({len(planned.kept)} kept: their folder is in the inbox)"
+        )
+        self.ledger.refresh()
+        self.ledger.sweep()
+        live = {p.case for p in self.ledger.live(float("inf"))}
+        self.pruned.update((r.id, r) for r in done.removed)
+        with promise(PrunedTooSoon):
+            for r in done.removed:
+                assert r.state in TERMINAL and r.updated_at < cut, f"case {r.id} had not ended"
+                assert not r.wrapup and r.request is None and r.slot_id is None, (
+                    f"case {r.id} was pruned with its wrap-up, a request or a slot pending"
+                )
+                assert r.id not in live, f"case {r.id} was pruned while its job still runs"
+                c = self.by_inode.get(r.inode)
+                assert c is None or self.current.get(c.name) != c.key, (
+                    f"case {r.id} was pruned, but its folder {c.key} is still in the inbox"
+                )
+                assert store.get(r.id) is None and store.history(r.id) == [], (
+                    f"case {r.id} was pruned, but rows of it are left"
+                )
+            if export_to is not None:
+                lines = export_to.read_text().splitlines() if export_to.exists() else []
+                ids = [json.loads(line)["id"] for line in lines[self.exported :]]
+                assert ids == [r.id for r in done.removed], (
+                    f"the export has {ids} for the pruned cases {[r.id for r in done.removed]}"
+                )
+                self.exported = len(lines)
+
     @precondition(lambda self: on("drain") and self.drained is None)
     @rule()
     @step()
@@ -1248,8 +1319,10 @@ class CaseflowModel(RuleBasedStateMachine):
             self.faults_checked = len(self.faults.injected)
             self.kept_since.clear()
 
+        known = {**self.pruned, **rows}  # what the store has, and what a prune took
+
         def show(case_id):
-            r = rows.get(case_id)
+            r = known.get(case_id)
             return f"case {case_id} {r.name!r} ({r.state}, run {r.run})" if r else f"case {case_id}"
 
         # every case is in one state of the spec, and got there by a walk of the spec
@@ -1300,7 +1373,7 @@ class CaseflowModel(RuleBasedStateMachine):
         # each run starts at most one job
         with promise(JobStartedTwice):
             for p in led.procs.values():
-                assert p.case in rows, f"a job ran for {show(p.case)}, which the store lacks"
+                assert p.case in known, f"a job ran for {show(p.case)}, which the store lacks"
             for (case_id, run), started in led.starts.items():
                 assert len(started) == 1, (
                     f"{show(case_id)} run {run}: its job started {len(started)} times: "
@@ -1311,7 +1384,7 @@ class CaseflowModel(RuleBasedStateMachine):
         with promise(WrongInputs):
             for p in led.procs.values():
                 if p.kind == "main" and p.digest is not None:
-                    self.check_inputs(p, rows[p.case], show)
+                    self.check_inputs(p, known[p.case], show)
 
         # a stop sends TERM once: a second one can cut a job's checkpoint short
         with promise(SignalledTwice):
@@ -1401,10 +1474,11 @@ class CaseflowModel(RuleBasedStateMachine):
                     )
 
         # every copy of a folder is at most one case (exactly one once it is complete: at
-        # the end)
+        # the end), a pruned case counted (a copy detected again after its case was pruned
+        # would be a second one)
         with promise(CopyNotOneCase):
             per_copy: dict[str, list[int]] = {}
-            for r in rows.values():
+            for r in known.values():
                 c = self.by_inode.get(r.inode)
                 assert c is not None, f"{show(r.id)}: no folder the test copied has its inode"
                 per_copy.setdefault(c.key, []).append(r.id)
@@ -1413,7 +1487,7 @@ class CaseflowModel(RuleBasedStateMachine):
 
         # nothing but each case's own results in its results folder
         with promise(WrongResults):
-            self.check_results(rows, show, final)
+            self.check_results(known, show, final)
 
     def check_inputs(self, p: Proc, r, show) -> None:
         c = self.by_inode.get(r.inode)

@@ -14,9 +14,11 @@ import sqlite3
 import sys
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from .. import prune
 from ..config import config_path_from, load_config
 from ..core.case_model import job_log_path
 from ..core.engine import Engine
@@ -38,6 +40,7 @@ from ..views import (
     iso,
     one_line,
     printable,
+    size,
     slot_json,
     status_table,
     table,
@@ -239,7 +242,7 @@ def cmd_request(args) -> int:
         if args.no_wait:
             return 0
         deadline = time.monotonic() + args.wait
-        while (now := store.get(row.id)).request is not None:
+        while (now := store.get(row.id)) is not None and now.request is not None:
             if time.monotonic() >= deadline:
                 if now.reason and now.stop_since is not None:  # its job is being stopped
                     return _report_stopping(config, now)
@@ -262,16 +265,35 @@ def cmd_request(args) -> int:
     return _report(store, trigger, row, mark, daemon_pid=None)
 
 
-def _since(text: str) -> float:
-    """--since: an ISO 8601 date or time (local unless it gives Z or an offset)."""
+def _since(text: str, option: str = "--since") -> float:
+    """--since, --ended-before: an ISO 8601 date or time (local unless it gives Z or an
+    offset)."""
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
         return when.timestamp()  # (naive: local time)
     except (ValueError, OverflowError, OSError):  # not a time, or out of range (year 1, 9999)
         raise UsageError(
-            f"--since {text!r}: not a date or time caseflow can use (ISO 8601: 2026-12-07 "
+            f"{option} {text!r}: not a date or time caseflow can use (ISO 8601: 2026-12-07 "
             "or 2026-12-07T14:00)"
         ) from None
+
+
+def _confirmed(what: str, yes: bool) -> bool:
+    """Whether to go on with `what` (e.g. "retry these 3 cases"), listed above: --yes, or the
+    person at the terminal said so; with no terminal to ask in, a usage error."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise UsageError(f"add --yes to {what} (no terminal to ask in)")
+    try:
+        answer = input("go on? [y/N] ")
+    except EOFError:  # Ctrl-D: no
+        answer = ""
+        print()
+    if answer.strip().lower() in ("y", "yes"):
+        return True
+    print("nothing done")
+    return False
 
 
 def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
@@ -306,19 +328,8 @@ def _bulk_request(args, config, store: Store, machine: CaseMachine) -> int:
     print(f"{trigger} {plural(len(rows), 'case')}:")
     for r in rows:
         print(f"  case {r.id} {printable(r.name)} ({r.state}{', ' + r.host if r.host else ''})")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UsageError(
-                f"add --yes to {trigger} these {plural(len(rows), 'case')} (no terminal to ask in)"
-            )
-        try:
-            answer = input("go on? [y/N] ")
-        except EOFError:  # Ctrl-D: no
-            answer = ""
-            print()
-        if answer.strip().lower() not in ("y", "yes"):
-            print("nothing done")
-            return 1
+    if not _confirmed(f"{trigger} these {plural(len(rows), 'case')}", args.yes):
+        return 1
     lock = DaemonLock(config.database)
     try:
         lock.acquire()
@@ -382,8 +393,10 @@ def _report_stopping(config, row: CaseRow) -> int:
 
 def _report(store: Store, trigger: str, before: CaseRow, mark: int, daemon_pid: int | None) -> int:
     now = store.get(before.id)
-    assert now is not None  # cases are never deleted
     name = printable(before.name)
+    if now is None:  # pruned meanwhile (a prune takes no case with a request waiting)
+        print(f"case {before.id} {name}: no longer in the store (pruned)", file=sys.stderr)
+        return 1
     done = next((h for h in store.history(before.id) if h.id > mark and h.trigger == trigger), None)
     if done is None:
         why = f": {one_line(now.last_error)}" if now.last_error else ""
@@ -537,6 +550,107 @@ def cmd_host(args) -> int:
     return 0
 
 
+LISTED = 20  # cases listed one by one; of more, the first ones and a count
+
+
+def _listing(rows: list[CaseRow], line) -> None:
+    for r in rows[:LISTED]:
+        print(f"  {line(r)}")
+    if len(rows) > LISTED:
+        print(f"  ... and {len(rows) - LISTED:,} more")
+
+
+def cmd_prune(args) -> int:
+    """`caseflow prune --ended-before DATE`: ended cases leave the store (caseflow.prune),
+    listed and confirmed first. With a daemon running or without one: the command writes the
+    store the daemon uses, as a retry or cancel does (SQLite serialises the two writers),
+    and removes only cases the daemon has nothing left to do for."""
+    before = _since(args.ended_before, "--ended-before")
+    export_to = Path(args.export) if args.export else None
+    if export_to is not None:
+        try:
+            prune.check_export(export_to)
+        except prune.ExportError as exc:
+            raise UsageError(str(exc)) from None
+    config, store = _open(args)
+    terminal = load_spec().terminal_states
+    planned = prune.plan(store, config.inbox, before, terminal)
+    cut = iso(before)
+    if planned.prune:
+        per_state = Counter(r.state for r in planned.prune)
+        print(
+            f"prune {plural(len(planned.prune), 'case')} that ended before {cut} ("
+            + ", ".join(f"{state} {n:,}" for state, n in sorted(per_state.items()))
+            + "):"
+        )
+        _listing(
+            planned.prune,
+            lambda r: f"case {r.id} {printable(r.name)} ({r.state}, ended {iso(r.updated_at)})",
+        )
+    else:
+        print(f"no case to prune: none that ended before {cut} can go now")
+    if planned.kept:
+        print(
+            f"kept: {plural(len(planned.kept), 'case')} whose folder is still in the inbox (it "
+            "would be taken for a new case and run again once its case is gone); move the "
+            "folder out of the inbox (or archive ended cases: `archive:`), then prune again:"
+        )
+        _listing(
+            planned.kept, lambda r: f"case {r.id} {printable(r.name)}: {printable(r.local_path)}"
+        )
+    if planned.unsettled:
+        print(
+            f"not yet: {plural(len(planned.unsettled), 'case')} that ended before {cut} "
+            "still wait for their wrap-up, a request or their GPU slot; a later prune takes them"
+        )
+    if not planned.prune:
+        return 0
+    if export_to is not None:
+        print(f"they are written to {export_to} first")
+    if not _confirmed(f"prune these {plural(len(planned.prune), 'case')}", args.yes):
+        return 1
+    size_before = store.file_size()
+    try:
+        done = prune.carry_out(store, config.inbox, planned, terminal, export_to)
+    except prune.ExportError as exc:
+        raise CaseflowError(f"{exc}; nothing was pruned") from None
+    if done.exported:
+        print(f"exported {plural(done.exported, 'case')} to {export_to}")
+    if len(done.removed) <= LISTED:
+        for r in done.removed:
+            print(f"case {r.id} {printable(r.name)}: pruned ({r.state})")
+    else:
+        print(f"pruned {plural(len(done.removed), 'case')}")
+    if done.changed:
+        print(
+            f"left as they are: {plural(len(done.changed), 'case')} that changed meanwhile (a "
+            "request, a retry, their folder back in the inbox):"
+        )
+        _listing(done.changed, lambda r: f"case {r.id} {printable(r.name)}")
+    if not done.removed:
+        return 0
+    where = config.database
+    if args.no_vacuum:
+        store.checkpoint()
+        print(
+            f"store {where}: {size(size_before)} before, {size(store.file_size())} after; "
+            f"{size(store.free_bytes())} of it free, which new cases reuse (without "
+            "--no-vacuum the file gives it back)"
+        )
+        return 0
+    try:
+        store.compact()
+    except sqlite3.Error as exc:  # e.g. no room for the copy VACUUM writes
+        print(
+            f"caseflow: store {where}: the cases are pruned, but the file was not made "
+            f"smaller: {exc}; new cases reuse the freed space",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"store {where}: {size(size_before)} before, {size(store.file_size())} after")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "status": cmd_status,
@@ -546,6 +660,7 @@ COMMANDS = {
     "retry": cmd_request,
     "cancel": cmd_request,
     "host": cmd_host,
+    "prune": cmd_prune,
     "check": cmd_check,
     "login": cmd_login,
     "diagram": cmd_diagram,

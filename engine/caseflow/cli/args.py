@@ -138,6 +138,33 @@ def build_parser() -> argparse.ArgumentParser:
         )
         s.add_argument("--no-wait", action="store_true", help="only record the request")
     s = command(
+        "prune",
+        "remove ended cases from the store (their results, archived folders and job logs "
+        "stay), after listing them and asking",
+        usage="caseflow prune --ended-before DATE [--export FILE] [--yes] [--no-vacuum]",
+    )
+    s.add_argument(
+        "--ended-before",
+        metavar="DATE",
+        required=True,
+        help="the cases that ended before DATE (ISO 8601, e.g. 2026-01-01 or "
+        "2026-01-01T14:00; local time unless it says Z or an offset)",
+    )
+    s.add_argument(
+        "--export",
+        metavar="FILE",
+        help="first write the cases to FILE, one JSON object a line (the keys of `status "
+        "--json` and their history); added after the lines of an earlier export in FILE; "
+        "nothing is removed if it cannot be written",
+    )
+    s.add_argument("--yes", action="store_true", help="do it without asking")
+    s.add_argument(
+        "--no-vacuum",
+        action="store_true",
+        help="leave the freed space inside the database file (new cases reuse it) instead "
+        "of giving it back to the file system (VACUUM: writers wait while it runs)",
+    )
+    s = command(
         "host",
         "drain a host for maintenance (no new upload or submit there; its running jobs go "
         "on) or resume it",
