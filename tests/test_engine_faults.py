@@ -269,6 +269,11 @@ def test_a_folder_name_that_is_not_utf8_never_blocks_the_others(ws, engines):
     assert "not valid UTF-8" in status and "caf\\xe9" in status
     ticks(engine, clock, 3, 10)  # rescans: refused once, not at every listing
     assert len(ws.cases()) == 3 and os.path.isdir(bad)
+    # nor at every start: the store has the name as shown, matched to the folder's inode
+    engine.shutdown()
+    again, clock, _ = engines()
+    ticks(again, clock, 3, 10)
+    assert len(ws.cases()) == 3, [(r.id, r.name) for r in ws.cases()]
 
 
 # -- folders copied in again (item 2) -----------------------------------------------------------

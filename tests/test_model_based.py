@@ -136,7 +136,9 @@ HEALTH_SHOWN = (6.0, 20)
 # later (a step takes 0.1-0.2 s), so what happens in between does not hang on a race
 RETRY_INITIAL, RETRY_MAX = 0.5, 2.0
 
-STATS = {"examples": 0, "steps": 0}  # of this process, printed at the end
+# of this process, printed at the end; "queue_shown": checks that found a killed pueued shown
+# (and a restarted one no longer), the host-health invariant at work
+STATS = {"examples": 0, "steps": 0, "queue_shown": 0}
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "specs" / "case_machine.yaml").read_text())
@@ -1462,6 +1464,7 @@ class CaseflowModel(RuleBasedStateMachine):
                     and self.ticks - ticks >= HEALTH_SHOWN[1]
                     and not self.master_down
                 )
+                STATS["queue_shown"] += settled
                 if settled and down:
                     assert got == QUEUE_DOWN, (
                         f"pueued was killed {time.monotonic() - at:.1f} s ago; the host shows "
@@ -1765,7 +1768,7 @@ def explore(model, examples: int, steps: int, profile: str):
         f"(again: CASEFLOW_MODEL_SEED={chosen}); without: {sorted(WITHOUT) or 'nothing'}"
     )
     hypothesis_core.global_force_seed = chosen
-    STATS.update(examples=0, steps=0)
+    STATS.update(examples=0, steps=0, queue_shown=0)
     started = time.monotonic()
     try:
         run_state_machine_as_test(model, settings=test_settings)
@@ -1773,5 +1776,6 @@ def explore(model, examples: int, steps: int, profile: str):
         hypothesis_core.global_force_seed = forced
         print(
             f"caseflow model ({profile}): ran {STATS['examples']} examples, {STATS['steps']} "
-            f"steps in {time.monotonic() - started:.0f} s (seed {chosen})"
+            f"steps in {time.monotonic() - started:.0f} s (seed {chosen}); a killed or "
+            f"restarted pueued checked as shown {STATS['queue_shown']} times"
         )

@@ -170,6 +170,11 @@ def short_name(name: str, limit: int = 180) -> str:
     return os.fsdecode(data[:limit])
 
 
+def shown_name(name: str) -> str:
+    """A folder name that is not UTF-8 as the store keeps it: its odd bytes escaped."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def inode_of(path: Path) -> str | None:
     try:
         st = os.stat(path)

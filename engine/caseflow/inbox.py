@@ -19,7 +19,7 @@ from watchdog.events import FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-from .casefolder import inode_of
+from .casefolder import inode_of, shown_name
 
 log = logging.getLogger("caseflow.watcher")
 
@@ -36,6 +36,22 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def undecodable(inbox: Path) -> dict[str, tuple[str, str | None]]:
+    """The inbox's folders whose names are not UTF-8: name as shown -> (the name as Python
+    has it, its inode)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    try:
+        names = os.listdir(inbox)
+    except OSError:
+        return out
+    for name in names:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            out[shown_name(name)] = (name, inode_of(inbox / name))
+    return out
+
+
 class InboxFolders:
     """The inbox folders that are cases now: name -> the inode of the folder its case was
     made from. A folder is new (a new case) when its name is not here, or when it has
@@ -49,11 +65,16 @@ class InboxFolders:
 
     def seed(self, inbox: Path, folders) -> None:
         """The cases' folders (local_path, inode, ...) from the store, oldest first: each
-        name keeps its latest case's inode."""
+        name keeps its latest case's inode. A folder whose name is not UTF-8 is in the store
+        under its name as shown (`caf\\xe9`): it is matched to the folder of that inode here
+        (else it became a new failed case at every start)."""
+        shown = undecodable(inbox)
         for local_path, inode, *_ in folders:
             path = Path(local_path)
             if path.parent == inbox and inode is not None:
-                self._inode[path.name] = inode
+                real = shown.get(path.name)
+                name = real[0] if real is not None and real[1] == inode else path.name
+                self._inode[name] = inode
 
     def is_new(self, name: str, inode: str) -> bool:
         return self._inode.get(name) != inode

@@ -55,7 +55,7 @@ def admit(core: Core, name: str, inode: str, now: float) -> int:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:  # the store keeps text; refuse it, saying so, and go on
-        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        shown = casefolder.shown_name(name)
         case_id = core.store.create_case(
             shown, str(core.config.inbox / shown), inode, core.spec.initial, now, now
         )
