@@ -1224,23 +1224,38 @@ class CaseflowModel(RuleBasedStateMachine):
         and not (self.queue_change and self.queue_change[0])
     )
     @rule()
-    @step()
+    @step(ticks=False)
     def queue_daemon_down(self):
         """pueued dies (SIGKILL: its tasks' processes go on): no case fails, the host is
-        shown paused (queue daemon down) within a few probes."""
+        shown paused (queue daemon down) within a few probes (ticks until it is, or until
+        the check's time is up: the check after a tick then fails)."""
         if self.stopped:
             return
         self.host.pueue.kill()
         self.queue_change = (True, time.monotonic(), self.ticks)
+        self.until_shown(lambda kind: kind == QUEUE_DOWN)
 
     @precondition(lambda self: bool(self.queue_change and self.queue_change[0]))
     @rule()
-    @step()
+    @step(ticks=False)
     def queue_daemon_up(self):
-        """pueued is started again (its state file kept): work goes on, the problem goes."""
+        """pueued is started again (its state file kept): work goes on, the problem goes
+        (ticks until it has, or until the check's time is up)."""
         if self.stopped:
             return
         self.queue_up()
+        self.until_shown(lambda kind: kind in (None, UNREACHABLE))
+
+    def until_shown(self, shown) -> None:
+        """Tick until the host's problem, as the store has it, is `shown`, at most a little
+        longer than HEALTH_SHOWN (the check after each tick fails past it)."""
+        _, at, ticks = self.queue_change
+        name = self.config.hosts[0].name
+        while time.monotonic() - at < HEALTH_SHOWN[0] + 2 or self.ticks - ticks < HEALTH_SHOWN[1]:
+            self.step_engine()
+            kinds = {n: k for n, _, _, k in self.engine.store.host_problems()}
+            if shown(kinds.get(name)):
+                return
 
     def queue_up(self) -> None:
         self.host.pueue.start()
