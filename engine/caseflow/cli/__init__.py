@@ -32,6 +32,7 @@ from ..views import (
     case_detail,
     case_json,
     drain_text,
+    durations_block,
     iso,
     one_line,
     printable,
@@ -100,10 +101,14 @@ def cmd_status(args) -> int:
         return watch(store, spec, args.state)
     rows = store.cases([args.state] if args.state else None)
     terminal = set(spec.terminal_states)
+    histories = store.histories(r.id for r in rows)  # for the durations
+    now = time.time()
     if args.json:
         print(
             json.dumps(
-                [case_json(r, r.state in terminal) for r in rows], indent=2, ensure_ascii=False
+                [case_json(r, r.state in terminal, now, histories[r.id]) for r in rows],
+                indent=2,
+                ensure_ascii=False,
             )
         )
         return 0
@@ -116,7 +121,7 @@ def cmd_status(args) -> int:
     if not rows:
         print("no cases")
         return 0
-    print(status_table(rows))
+    print(status_table(rows, now, histories))
     return 0
 
 
@@ -135,16 +140,19 @@ def cmd_show(args) -> int:
     row = resolve(store, args.case)
     history = store.history(row.id)
     log_file = job_log_path(config.database, row)
-    out = case_json(row, row.state in spec.terminal_states)
+    now = time.time()
+    out = case_json(row, row.state in spec.terminal_states, now, history)
     if args.json:
-        out = case_detail(config.database, row, history, time.time())
+        out = case_detail(config.database, row, history, now)
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for key, value in out.items():
-        print(_field(key, value))
-    progress = upload_text(row, time.time())
+        if key not in ("durations", "job_times"):  # a block of their own, below
+            print(_field(key, value))
+    progress = upload_text(row, now)
     if progress:
         print(_field("uploading", progress))
+    print(durations_block(row, out["durations"], spec.terminal_states))
     if row.results_fetched and row.results_path:
         print(f"\nresults are in {printable(row.results_path)}")
     elif row.results_path and row.job_outcome:

@@ -9,12 +9,13 @@ a crash at any point leaves every case in exactly one state.
 from __future__ import annotations
 
 from .cases import CaseQueries
-from .schema import CaseRow, HistoryRow, SlotRow
+from .schema import CaseRow, HistoryRow, JobTimes, SlotRow
 from .slots import SlotQueries
 
 __all__ = [
     "CaseRow",
     "HistoryRow",
+    "JobTimes",
     "SlotRow",
     "Store",
 ]

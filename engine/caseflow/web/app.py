@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
 
-from .. import metrics
+from .. import durations, metrics
 from ..core.case_model import job_log_path
 from ..store.reader import StatusReader
 from ..views import case_detail, case_json, drain_text, iso, log_tail, slot_json
@@ -238,26 +238,47 @@ class App:
         total, rows = self.reader.page(limit=20, active_first=self.spec.terminal_states)
         svg = machine_svg.render(self.spec, states)
         return Response(
-            200, pages.overview(self.spec, svg, states, hosts, rows, total, now).encode()
+            200,
+            pages.overview(
+                self.spec, svg, states, hosts, rows, total, now, self.totals(rows, now)
+            ).encode(),
         )
+
+    def totals(self, rows, now: float) -> dict[int, float | None]:
+        """Each case's current run's time (the Time column)."""
+        histories = self.reader.histories(r.id for r in rows)
+        return {
+            r.id: durations.of_case(r, histories[r.id], now, self.spec)[durations.TOTAL]
+            for r in rows
+        }
 
     def cases(self, query, now: float) -> Response:
         state, search, number, per_page, count, total, rows = self._page(query, PER_PAGE)
         return Response(
             200,
             pages.cases_page(
-                self.spec, rows, total, state, search, number, count, per_page, now
+                self.spec,
+                rows,
+                total,
+                state,
+                search,
+                number,
+                count,
+                per_page,
+                now,
+                self.totals(rows, now),
             ).encode(),
         )
 
     def cases_json(self, query, now: float) -> dict:
         state, search, number, per_page, count, total, rows = self._page(query)
+        histories = self.reader.histories(r.id for r in rows)  # for the durations
         return {
             "total": total,
             "page": number,
             "pages": count,
             "per_page": per_page,
-            "cases": [case_json(r, now=now) for r in rows],
+            "cases": [case_json(r, now=now, history=histories[r.id]) for r in rows],
         }
 
     def _detail(self, case_id: int, now: float):
