@@ -13,14 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sqlite3
 import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from caseflow import durations
-from caseflow.backends import RUNNING, SUCCESS, JobStatus
+from caseflow.backends import RUNNING, SUCCESS, JobRef, JobStatus
+from caseflow.backends.times import zone_offset
 from caseflow.spec import load_spec
-from caseflow.store import HistoryRow, JobTimes
+from caseflow.store import HistoryRow, JobTimes, Store
+from caseflow.store.schema import MIGRATIONS, SCHEMA_VERSION
 from harness import JOB, wait_for
 from pueue_daemon import VERSIONS, PueueDaemon
 from sshd import SSHServer, transport_settings
@@ -165,6 +170,49 @@ def test_a_retried_case_shows_its_latest_run_and_the_histograms_count_each_run_o
     assert [c["durations"] for c in listing if c["id"] == row.id] == [case["durations"]]
 
 
+def test_a_job_running_when_caseflow_was_upgraded_is_not_given_a_start_it_did_not_have(ws):
+    """A database from before the job times (schema v8) with a case whose job runs: the
+    daemon's polls must not take the first look after the upgrade for the job's start."""
+    ws.start()
+    ws.drop_case("old", hold="o")
+    ws.wait_state("old", "running")
+    ws.stop()
+    conn = sqlite3.connect(ws.database)  # as v8 left it: no job times
+    conn.execute("UPDATE cases SET job_started = NULL, job_ended = NULL,"
+                 " job_times_source = 'unknown'")
+    conn.execute("UPDATE history SET job_started = NULL, job_ended = NULL,"
+                 " job_times_source = 'unknown'")
+    conn.commit()
+    conn.close()
+    (ws.remote_folder("old") / ".caseflow" / "started").unlink()  # an older wrapper's job
+    ws.start()
+    ws.release("o")
+    row = ws.wait_state("old", "success")
+    assert row.job_started is None and row.job_times_source == "unknown"
+    d = listed(ws, "old")["durations"]
+    assert d["queue_wait"] is None and d["run"] is None and d["results"] is None
+    assert d["quiet"] is not None and d["total"] is not None
+
+
+def test_the_migration_marks_the_cases_and_history_of_an_older_database(tmp_path):
+    path = tmp_path / "old.sqlite"
+    conn = sqlite3.connect(path)
+    for v, script in enumerate(MIGRATIONS[:8]):
+        conn.executescript(script)
+        conn.execute(f"PRAGMA user_version = {v + 1}")
+    conn.execute("INSERT INTO cases (name, local_path, state, next_attempt_at, created_at,"
+                 " updated_at) VALUES ('was-running', '/x', 'running', 0, 0, 0)")
+    conn.execute("INSERT INTO history (case_id, src, dst, trigger, at) VALUES"
+                 " (1, NULL, 'detected', 'detect', 0)")
+    conn.commit()
+    conn.close()
+    store = Store(path)
+    assert store.migrate() == SCHEMA_VERSION
+    assert store.get(1).job_times_source == "unknown"
+    assert [h.job_times_source for h in store.history(1)] == ["unknown"]
+    store.close()
+
+
 # -- over the real sshd to a real pueued ----------------------------------------------------------
 @pytest.fixture(params=VERSIONS)
 def pueue_host(request, ws):
@@ -185,7 +233,7 @@ def test_over_ssh_with_pueue_the_job_times_are_pueues_own(ws, pueue_host):
     ws.drop_case("queued-a", hold="a", group="gpu_b")  # gpu_b has one slot: one at a time
     ws.drop_case("timed", hold="b")
     row = wait_for(lambda: (r := ws.case("timed")) and r.job_started and r, what="a job start")
-    assert row.job_times == "queue"  # pueue says when it started the task, while it runs
+    assert row.job_times_source == "queue"  # pueue says when it started the task, while it runs
     ws.release("b")
     ws.release("a")
     row = ws.wait_state("timed", "success")
@@ -279,3 +327,91 @@ def test_a_queue_time_outside_what_caseflow_saw_is_not_taken(caplog):
     assert durations.on_running(7, JobTimes(), waits, 1030.0, lambda: 1001.0) is None
     assert durations.on_running(7, JobTimes(None, None, "unknown"), running, 1030.0,
                                 lambda: 1001.0) is None  # a job of an older caseflow
+
+
+# -- what the queues say of when a job ran: their real answers, captured (tests/data/) -------------
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def utc(*parts, zone_hours: float = 0) -> float:
+    """A moment given as the host's local time at `zone_hours` from UTC."""
+    return datetime(*parts, tzinfo=timezone(timedelta(hours=zone_hours))).timestamp()
+
+
+def test_slurm_start_and_end_from_squeue_and_sacct():
+    """Slurm 22.05's own answer to the poll (tests/data/slurm/capture.py), times as Unix time
+    (SLURM_TIME_FORMAT=%s): sacct's Start and End for a job squeue forgot, squeue's StartTime
+    and EndTime for one it lists as ended, StartTime of a running one; a pending one waits."""
+    from caseflow.backends.slurm import SlurmBackend
+    from caseflow.backends.slurm_status import Poll
+    captured = json.loads((DATA / "slurm" / "jobs.json").read_text())
+    refs = [JobRef(n, jid, name, f"/jobs/{name}")
+            for n, (name, jid) in enumerate(captured["ids"].items())]
+    poll = Poll((DATA / "slurm" / "poll-times.txt").read_text(), refs)
+    got = {r.label: SlurmBackend(None).job_status(poll, r) for r in refs}
+    assert (got["forgotten"].outcome, got["forgotten"].started, got["forgotten"].ended) == \
+        (SUCCESS, 1796684032, 1796684033)
+    assert (got["ended"].outcome, got["ended"].started, got["ended"].ended) == \
+        (SUCCESS, 1796684042, 1796684043)
+    assert got["running"].outcome == RUNNING and not got["running"].waiting
+    assert (got["running"].started, got["running"].ended) == (1796684044, None)
+    assert got["waiting"].outcome == RUNNING and got["waiting"].waiting
+    assert got["waiting"].started is None
+    low, high = captured["moments"]["before"], captured["moments"]["after"]
+    for status in got.values():
+        for t in (status.started, status.ended):
+            assert t is None or low - 1 <= t <= high, (status, low, high)
+    # sacct's own times in the cluster's zone (UTC there) are the same moments
+    assert [line.split("|")[1] for line in captured["sacct_local_times"]] == \
+        [datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+         for t in (1796684032, 1796684042)]
+
+
+def test_grid_engine_start_and_end_in_the_hosts_zone():
+    """Grid Engine 8.1.9's answers (tests/data/gridengine/) print local times without an
+    offset: qstat's JAT_start_time, qacct's start_time and end_time ("-/-" for a job that
+    never started). The poll says the host's offset (`date +%z`); without it no time is read."""
+    from caseflow.backends.gridengine_status import (Poll, accounted_outcome, parse_qacct,
+                                                     parse_qstat, queued_outcome)
+    jobs, _ = parse_qstat((DATA / "gridengine" / "qstat-states.xml").read_text())
+    plus_one = zone_offset("+0100")
+    running = queued_outcome(jobs["3"], zone=plus_one)
+    assert not running.waiting and running.started == utc(2026, 12, 7, 17, 15, 19, zone_hours=1)
+    assert queued_outcome(jobs["3"]).started is None  # no zone: not guessed
+    assert queued_outcome(jobs["7"], zone=plus_one).waiting  # qw
+    three = parse_qacct((DATA / "gridengine" / "qacct-exit-three.txt").read_text())[-1]
+    ended = accounted_outcome("1", three, zone_offset("-0530"))
+    assert (ended.started, ended.ended) == (utc(2026, 12, 7, 17, 15, 18, zone_hours=-5.5),) * 2
+    qdel = parse_qacct((DATA / "gridengine" / "qacct-qdel-running.txt").read_text())[-1]
+    killed = accounted_outcome("3", qdel, plus_one)
+    assert killed.ended - killed.started == 3
+    never = parse_qacct((DATA / "gridengine" / "qacct-eqw-deleted.txt").read_text())[-1]
+    assert accounted_outcome("8", never, plus_one).started is None
+    text = "@@caseflow zone +0100\n" + (DATA / "gridengine" / "poll.txt").read_text()
+    refs = [JobRef(0, "3", "runs", "/jobs/3"), JobRef(1, "2", "no-such-folder", "/jobs/2"),
+            JobRef(2, "1", "exits-three", "/jobs/1")]
+    poll = Poll(text, refs)
+    assert poll.zone == plus_one
+    assert queued_outcome(poll.queued["3"], zone=poll.zone).started == running.started
+
+
+def test_pueue_start_and_end_in_both_encodings():
+    """pueue's own state files (tests/data/pueue/): 3.x keeps start and end in the task, 4.x
+    in the body of its status; Queued and Stashed tasks wait."""
+    from caseflow.backends.pueue_status import task_outcome
+    v4 = json.loads((DATA / "pueue" / "v4.0.0_state.json").read_text())["tasks"]
+    done = task_outcome(v4["0"])
+    assert done.started == pytest.approx(utc(2024, 7, 18, 14, 55, 2, 890447, zone_hours=2))
+    assert done.ended == pytest.approx(utc(2024, 7, 18, 14, 55, 3, 191922, zone_hours=2))
+    failed = task_outcome(v4["1"])
+    assert failed.exit_code == 2 and failed.ended - failed.started == pytest.approx(0.30162, abs=1e-5)
+    running = task_outcome(v4["3"])
+    assert running.started == pytest.approx(utc(2024, 7, 18, 14, 55, 23, 365190, zone_hours=2))
+    assert running.ended is None and not running.waiting
+    assert task_outcome(v4["4"]).waiting and task_outcome(v4["2"]).waiting  # Queued, Stashed
+    assert task_outcome(v4["4"]).started is None
+    v2 = json.loads((DATA / "pueue" / "v2.0.0_state.json").read_text())["tasks"]
+    old = task_outcome(v2["0"])
+    assert old.started == pytest.approx(utc(2022, 5, 9, 18, 41, 29, 273563, zone_hours=2))
+    assert old.ended == pytest.approx(utc(2022, 5, 9, 18, 41, 29, 473998, zone_hours=2))
+    assert task_outcome(v2["2"]).waiting and task_outcome(v2["2"]).started is None

@@ -127,7 +127,9 @@ def of_case(
     spec = spec or default_spec()
     all_runs = runs(spec, history)
     current = all_runs[-1] if all_runs else []
-    found = phases(spec, current, JobTimes(row.job_started, row.job_ended, row.job_times), now)
+    found = phases(
+        spec, current, JobTimes(row.job_started, row.job_ended, row.job_times_source), now
+    )
     return {k: None if v is None else round(v, 3) for k, v in found.items()}
 
 

@@ -298,7 +298,7 @@ class StoreCollector:
             )
             for end, group, history in ended:
                 run = durations.runs(self.spec, history)[-1]
-                job = JobTimes(end.job_started, end.job_ended, end.job_times)
+                job = JobTimes(end.job_started, end.job_ended, end.job_times_source)
                 for phase, seconds in durations.phases(self.spec, run, job, end.at).items():
                     if seconds is not None:
                         self._observe((phase, group or "", end.dst), seconds)

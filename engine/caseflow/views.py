@@ -128,7 +128,11 @@ def case_json(
 
 def job_times_json(row: CaseRow) -> dict:
     """When the current run's job started and ended, and who said so (caseflow.durations)."""
-    return {"started": iso(row.job_started), "ended": iso(row.job_ended), "source": row.job_times}
+    return {
+        "started": iso(row.job_started),
+        "ended": iso(row.job_ended),
+        "source": row.job_times_source,
+    }
 
 
 def upload_progress(row: CaseRow, now: float) -> dict | None:
@@ -246,8 +250,8 @@ def durations_block(row: CaseRow, found: dict, terminal_states) -> str:
     active = row.state not in terminal_states
     current = next((p for p in reversed(durations.PHASES) if found[p] is not None), None)
     head = f"durations (run {row.run}"
-    if row.job_times in JOB_TIMES_TEXT:
-        head += f"; {JOB_TIMES_TEXT[row.job_times]}"
+    if row.job_times_source in JOB_TIMES_TEXT:
+        head += f"; {JOB_TIMES_TEXT[row.job_times_source]}"
     lines = [f"\n{head}):"]
     for key in durations.KEYS:
         value = found[key]

@@ -389,7 +389,7 @@ class Case:
             exit_code=None,
             job_started=None,
             job_ended=None,
-            job_times=None,
+            job_times_source=None,
             results_fetched=0,
             wrapup=0,
             wrapup_note=None,

@@ -89,7 +89,7 @@ def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
 
 
 def _times(row: CaseRow) -> JobTimes:
-    return JobTimes(row.job_started, row.job_ended, row.job_times)
+    return JobTimes(row.job_started, row.job_ended, row.job_times_source)
 
 
 def _submitted(core: Core, row: CaseRow) -> Callable[[], float | None]:

@@ -234,8 +234,8 @@ class CaseQueries(Database):
             # with the job's times as they are now: the row that ends a run keeps its job's
             conn.execute(
                 "INSERT INTO history (case_id, src, dst, trigger, at, detail, job_started,"
-                " job_ended, job_times) SELECT ?, ?, ?, ?, ?, ?, job_started, job_ended,"
-                " job_times FROM cases WHERE id = ?",
+                " job_ended, job_times_source) SELECT ?, ?, ?, ?, ?, ?, job_started,"
+                " job_ended, job_times_source FROM cases WHERE id = ?",
                 (case_id, src, dst, trigger, now, detail, case_id),
             )
 
@@ -330,7 +330,7 @@ class CaseQueries(Database):
         caseflow.durations), and make the case due for its results."""
         sets, values = "", []
         if times is not None:
-            sets = ", job_started = ?, job_ended = ?, job_times = ?"
+            sets = ", job_started = ?, job_ended = ?, job_times_source = ?"
             values = [times.started, times.ended, times.source]
         with self.transaction() as conn:
             conn.execute(
@@ -344,7 +344,7 @@ class CaseQueries(Database):
         """When the job started, as the queue says or as a poll first saw it running."""
         with self.transaction() as conn:
             conn.execute(
-                "UPDATE cases SET job_started = ?, job_times = ? WHERE id = ? AND state = ?",
+                "UPDATE cases SET job_started = ?, job_times_source = ? WHERE id = ? AND state = ?",
                 (times.started, times.source, case_id, state),
             )
 

@@ -137,7 +137,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosts ADD COLUMN drain_since REAL;
     """,
     # v9: when the current run's job started and ended on its host, and who said so
-    # (job_times: "queue" when the queue or the job's wrapper reported every time kept,
+    # (job_times_source: "queue" when the queue or the job's wrapper reported every time kept,
     # "observed" when a poll saw it; caseflow.durations). Each history row carries them as
     # they were when it was written, so that every run's job keeps its times after a retry.
     # Cases from before know nothing of their job's times ("unknown"): no poll now takes a
@@ -145,12 +145,12 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE cases ADD COLUMN job_started REAL;
     ALTER TABLE cases ADD COLUMN job_ended REAL;
-    ALTER TABLE cases ADD COLUMN job_times TEXT;
-    UPDATE cases SET job_times = 'unknown';
+    ALTER TABLE cases ADD COLUMN job_times_source TEXT;
+    UPDATE cases SET job_times_source = 'unknown';
     ALTER TABLE history ADD COLUMN job_started REAL;
     ALTER TABLE history ADD COLUMN job_ended REAL;
-    ALTER TABLE history ADD COLUMN job_times TEXT;
-    UPDATE history SET job_times = 'unknown';
+    ALTER TABLE history ADD COLUMN job_times_source TEXT;
+    UPDATE history SET job_times_source = 'unknown';
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -181,7 +181,7 @@ CHANGEABLE = {
     "folder_stamp",
     "job_started",
     "job_ended",
-    "job_times",
+    "job_times_source",
 }
 
 
@@ -223,7 +223,7 @@ class CaseRow:
     folder_stamp: str | None
     job_started: float | None
     job_ended: float | None
-    job_times: str | None
+    job_times_source: str | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -255,7 +255,7 @@ class HistoryRow:
     # the case's job times when the row was written (its run's, on the row that ended it)
     job_started: float | None = None
     job_ended: float | None = None
-    job_times: str | None = None
+    job_times_source: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,8 @@ class JobTimes:
 
 
 HISTORY_SELECT = (
-    "SELECT id, case_id, src, dst, trigger, at, detail, job_started, job_ended, job_times"
+    "SELECT id, case_id, src, dst, trigger, at, detail, job_started, job_ended,"
+    " job_times_source"
     " FROM history"
 )
 CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-4]
