@@ -28,7 +28,7 @@ from functools import lru_cache
 
 from .backends import JobStatus
 from .spec import MachineSpec, load_spec
-from .store import HistoryRow, JobTimes
+from .store import CaseRow, HistoryRow, JobTimes
 
 log = logging.getLogger("caseflow.engine")
 
@@ -107,7 +107,7 @@ def phases(
         return sum(max(0.0, min(b, y) - max(a, x)) for x, y in spans)
 
     start = None if job.started is None else min(max(job.started, low), high)
-    stop = None if job.ended is None else min(max(job.ended, start or low), high)
+    stop = None if job.ended is None else min(max(job.ended, low if start is None else start), high)
     inf = float("inf")
     if start is None:  # not started (as far as caseflow knows): it waited all the while
         out["queue_wait"] = within(-inf, inf if stop is None else stop)
@@ -120,7 +120,7 @@ def phases(
 
 
 def of_case(
-    row, history: Sequence[HistoryRow], now: float, spec: MachineSpec | None = None
+    row: CaseRow, history: Sequence[HistoryRow], now: float, spec: MachineSpec | None = None
 ) -> dict[str, float | None]:
     """The durations of the case's current run (a retried case: its latest), rounded to
     milliseconds, as `status --json` gives them."""
