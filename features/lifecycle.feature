@@ -14,6 +14,12 @@ Feature: A case's life, from the inbox to its outcome
     And the result of "liver_0001" is in its folder on the GPU host
     And no GPU slot is held
 
+  Scenario: An operator sees where a case's time to result went
+    When the case folder "liver_0007" is dropped into the inbox
+    Then the case "liver_0007" ends in success
+    And caseflow shows how long "liver_0007" spent in quiet, slot wait, upload, queue wait, run and results, together its total
+    And the start and end of the job of "liver_0007" are those the GPU host noted
+
   Scenario: A job that fails ends the case in failure, with its exit code as the reason
     When the case folder "liver_0002" whose job exits with code 3 is dropped into the inbox
     Then the case "liver_0002" ends in failure

@@ -25,11 +25,13 @@ The cases: submit; submit again adopts the case's job (one job on the queue); on
 many jobs is one remote command; a job that fails reports its exit code; after the queue
 forgot a job its record on the host decides, without one the job has vanished (not_found),
 and a record that cannot be read is unreadable; one entry that cannot be read is that job's
-problem alone; a running job whose start record is spoiled is not taken for gone; cancel of a
-running and of a queued job; the log of a finished, a failed and a cancelled job; the log file
-written as the job prints, read from where the last read ended (`caseflow logs -f`).
+problem alone; a running job whose start record is spoiled is not taken for gone; when the job
+started and ended, and that a job waiting in the queue says so; cancel of a running and of a
+queued job; the log of a finished, a failed and a cancelled job; the log file written as the
+job prints, read from where the last read ended (`caseflow logs -f`).
 """
 
+import time
 from pathlib import Path
 
 import pytest
@@ -208,6 +210,50 @@ def test_a_running_job_whose_start_record_is_spoiled_is_not_taken_for_gone(adapt
     assert adapter.running(ref)
     known_gap(adapter, "spoiled start record", status.outcome in (RUNNING, UNREADABLE))
     assert status.outcome in (RUNNING, UNREADABLE), status
+
+
+# -- when the job ran -----------------------------------------------------------------------------
+SLACK = 2.0  # Slurm and Grid Engine say whole seconds (caseflow.durations.TOLERANCE)
+
+
+def test_the_jobs_start_and_end_lie_between_its_submit_and_the_poll_that_saw_it_end(adapter):
+    """What the queue (or the direct runner's wrapper) says of when the job ran, as
+    JobStatus.started and .ended: the job's durations in `status --json` are made of them."""
+    spec = adapter.spec(60, f"touch started; {HOLD}; sleep 1")
+    submitted = time.time()
+    ref = adapter.submit(spec)
+    started(spec)
+    running = until(adapter, [ref], lambda a: a[60].outcome == RUNNING and not a[60].waiting,
+                    "the job to be seen running")[60]
+    on_disk = (Path(spec.remote_path) / "started").stat().st_mtime  # the job's first command
+    if running.started is not None:  # a queue that says when it started the job
+        assert submitted - SLACK <= running.started <= on_disk + SLACK, (submitted, running)
+    assert running.ended is None
+    released = time.time()
+    adapter.release(spec)
+    status = ended(adapter, ref)
+    seen = time.time()
+    assert status.outcome == SUCCESS, status
+    assert status.started is not None and status.ended is not None, status
+    assert submitted - SLACK <= status.started <= on_disk + SLACK, (submitted, status, on_disk)
+    # it ran until it was released, and a second more; it ended before the poll saw it end
+    assert released + 1 - SLACK <= status.ended <= seen + SLACK, (released, status, seen)
+    assert status.ended - status.started >= released + 1 - on_disk - SLACK, status
+
+
+def test_a_job_waiting_in_the_queue_says_so_and_has_not_started(queue):
+    holder = queue.spec(61, f"touch started; {HOLD}", group="gpu_one")
+    waiting = queue.spec(62, "true", group="gpu_one")
+    h = queue.submit(holder)
+    wait_for(lambda: queue.running(h), DEADLINE, what="the first job to run")
+    w = queue.submit(waiting)
+    wait_for(lambda: queue.waiting(w), DEADLINE, what="the second job to wait in the queue")
+    answers = queue.backend.status([h, w])
+    assert answers[62].outcome == RUNNING and answers[62].waiting, answers[62]
+    assert answers[62].started is None and answers[62].ended is None, answers[62]
+    assert answers[61].outcome == RUNNING and not answers[61].waiting, answers[61]
+    queue.release(holder)
+    assert ended(queue, w).outcome == SUCCESS
 
 
 # -- cancel ---------------------------------------------------------------------------------------

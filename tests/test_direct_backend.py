@@ -1,6 +1,7 @@
 """The `direct` runner over the local transport: start, poll many in one call, cancel."""
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -178,7 +179,7 @@ def test_an_exit_code_file_that_cannot_be_read_is_that_jobs_problem_alone(any_ba
     answers = backend.status(refs)
     assert [answers[i].outcome for i in range(4)] == [SUCCESS, RUNNING, FAILURE, UNREADABLE]
     assert answers[2].exit_code == 4
-    assert "'3 exit garbage'" in answers[3].detail and jobs[3].remote_path in answers[3].detail
+    assert "'3 exit garbage " in answers[3].detail and jobs[3].remote_path in answers[3].detail
     backend.cancel(refs[1])
 
 
@@ -192,6 +193,17 @@ def test_what_the_status_script_says_is_read_per_job():
     assert answers[2].exit_code == 137
     assert "printed '4 exit 1 2'" in answers[4].detail
     assert "printed 2 lines" in answers[5].detail and "printed nothing" in answers[6].detail
+
+
+def test_the_exit_line_carries_when_the_wrapper_saw_the_job_start_and_end():
+    refs = [JobRef(i, str(100 + i), f"l{i}", f"/cases/{i}") for i in range(3)]
+    answers = parse_status("0 exit 0 1796684032.123456789 1796684040.5\n"
+                           "1 exit 2 - -\n"  # launched by an older caseflow: no notes
+                           "2 exit 0 1796684032.%N 1796684040.%N\n", refs)  # a date without %N
+    assert (answers[0].outcome, answers[0].started, answers[0].ended) == \
+        (SUCCESS, 1796684032.123456789, 1796684040.5)
+    assert (answers[1].exit_code, answers[1].started, answers[1].ended) == (2, None, None)
+    assert (answers[2].started, answers[2].ended) == (1796684032, 1796684040)
 
 
 def test_a_live_process_that_is_not_the_job_is_not_taken_for_it(backend, tmp_path):
@@ -240,7 +252,9 @@ def test_the_status_script_answers_alike_where_the_shell_has_no_test_ef(backend,
             [str(other.pid), jobs[2].remote_path, refs[2].label]
         answers = [backend.transport.run(["sh", "-c", script, "caseflow-status", *triples])
                    for script in (STATUS, without)]
-        assert answers[0].stdout == answers[1].stdout == "0 running\n1 exit 3\n2 gone\n"
+        assert answers[0].stdout == answers[1].stdout
+        assert re.fullmatch(r"0 running\n1 exit 3 \d+\.\d+ \d+\.\d+\n2 gone\n",
+                            answers[0].stdout), answers[0].stdout
         assert answers[0].stderr == answers[1].stderr == ""
     finally:
         other.kill()

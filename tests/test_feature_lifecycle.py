@@ -105,3 +105,23 @@ def follow_ends(ws, following, name, state):
     proc = following[name]
     assert proc.end() == 0, proc.err
     assert f"{name} ended: {state}" in proc.err, proc.err
+
+
+@then(parsers.parse('caseflow shows how long "{name}" spent in {phases}, together its total'))
+def durations_shown(ws, name, phases):
+    names = [p.strip() for p in phases.replace(" and ", ", ").split(",")]
+    found = shown(ws, name)["durations"]
+    assert [k.replace("_", " ") for k in found][:-1] == names and list(found)[-1] == "total"
+    assert all(v is not None and v >= 0 for v in found.values()), found
+    assert sum(found[k] for k in list(found)[:-1]) == pytest.approx(found["total"], abs=0.01)
+    text = ws.cli("show", name, check=True).stdout
+    block = text.split("\ndurations (run 1", 1)[1].split("\n\n", 1)[0]
+    assert [line.split("  ")[1].strip() for line in block.splitlines()[1:]] == [*names, "total"]
+
+
+@then(parsers.parse('the start and end of the job of "{name}" are those the GPU host noted'))
+def job_times_noted(ws, name):
+    row, notes = ws.case(name), ws.remote_folder(name) / ".caseflow"
+    assert shown(ws, name)["job_times"]["source"] == "queue"
+    assert row.job_started == pytest.approx(float((notes / "started").read_text()), abs=1e-6)
+    assert row.job_ended == pytest.approx(float((notes / "ended").read_text()), abs=1e-6)

@@ -11,6 +11,7 @@ picture).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -98,9 +99,17 @@ def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
     page.goto(f"{url}cases/{row.id}")
     history = page.locator("#history li")
     assert history.count() == 6  # detect .. submit
+    # its durations: the phase it is in counts up without a reload
+    run = page.locator('#durations [data-phase="run"]')
+    shown = run.inner_text()
+    wait_for(lambda: run.inner_text() not in ("–", shown), what="the run's time to count up")
+    assert page.locator('#durations [data-phase="results"]').inner_text() == "–"
     ws.release("end")
     ws.wait_state("story", "failure")
     wait_for(lambda: history.count() == 7, what="the fail to appear without a reload")
+    wait_for(lambda: page.locator("#job-times-source").inner_text() ==
+             "as its queue reported them", what="the job's times from its wrapper")
+    assert page.locator('#durations [data-phase="results"]').inner_text().endswith(" s")
     wait_for(lambda: page.locator('[data-field="state"]').inner_text() == "failure",
              what="the state field")
     assert page.locator('[data-field="reason"]').inner_text() == "job exited with code 3"
@@ -120,6 +129,10 @@ def test_the_case_page_shows_its_history_live(site, browser_page, tmp_path):
     shot(page, tmp_path, "hosts")
     page.goto(f"{url}cases?state=failure")
     assert page.locator("#cases tbody tr").count() == 1
+    time_cell = page.locator("#cases tbody td.time")
+    assert re.fullmatch(r"\d+ s", time_cell.inner_text()), time_cell.inner_text()
+    wait_for(lambda: page.locator("#live").inner_text() == "· live", what="a live refresh")
+    assert re.fullmatch(r"\d+ s", time_cell.inner_text()), time_cell.inner_text()
     shot(page, tmp_path, "cases")
     assert not page.script_errors and not page.dialogs
 

@@ -1,8 +1,9 @@
 """Prometheus metrics, served on the status page's listener at /metrics.
 
 Two kinds. What the store knows (cases per state and group, slots, paused hosts, the
-oldest queued case, transitions by trigger) is read from the database at scrape time by
-`StoreCollector`, so it is right after a restart and costs nothing between scrapes.
+oldest queued case, transitions by trigger, the phases of the runs that ended) is read from
+the database at scrape time by `StoreCollector`, so it is right after a restart and costs
+nothing between scrapes.
 What only happens in the process (SSH commands, errors and connections, upload bytes and
 time, poll and tick durations, failed attempts, give-ups) is counted by the one-line calls
 below, placed in the engine and the transports; those counters start at 0 with the daemon.
@@ -24,10 +25,11 @@ from prometheus_client import (
     ProcessCollector,
     disable_created_metrics,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from . import __version__
+from . import __version__, durations
 from .errors import HOST_PROBLEM_KINDS, UNREACHABLE
+from .store import JobTimes
 
 disable_created_metrics()  # no caseflow_*_created series: the process start time says it
 REGISTRY = CollectorRegistry()
@@ -88,6 +90,17 @@ GIVE_UPS = Counter(
     ["step"],
     registry=REGISTRY,
 )
+
+
+# the buckets of caseflow_case_phase_seconds: from a quiet period of seconds to a queue wait of days
+PHASE_BUCKETS = (
+    1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400,
+    3 * 86400, float("inf"),
+)  # fmt: skip
+
+
+def _empty_histogram() -> list:
+    return [[0] * len(PHASE_BUCKETS), 0.0]
 
 
 # -- the hooks (one line each where they are called) -----------------------------------------
@@ -161,6 +174,11 @@ class StoreCollector:
         self._transitions: dict[tuple[str, str], int] = {("detect", spec.initial): 0}
         for t in spec.transitions:
             self._transitions[(t.trigger, t.dest)] = 0
+        # (phase, group, state) -> [count per bucket (not cumulative), sum]: every run that
+        # ended, read from the history once (a restart reads it all again: nothing is counted
+        # twice, nothing is lost)
+        self._runs_seen = 0
+        self._phases: dict[tuple[str, str, str], list] = {}
 
     def describe(self):
         return []  # nothing to check at registration; names are fixed below
@@ -173,6 +191,7 @@ class StoreCollector:
         yield from self._slots()
         yield from self._hosts(now)
         yield self._transitions_total()
+        yield self._phase_seconds(groups)
         info = GaugeMetricFamily(
             "caseflow_build_info", "caseflow's version (always 1).", labels=["version"]
         )
@@ -301,6 +320,46 @@ class StoreCollector:
             if host is not None and host.free_bytes is not None:
                 free.add_metric([cfg.name], host.free_bytes)
         return paused, paused_for, down, drained, up, problem, problem_for, free
+
+    def _phase_seconds(self, groups):
+        with self._lock:  # only the runs that ended since the last scrape are read
+            self._runs_seen, ended = self.reader.runs_ended_after(
+                self._runs_seen, self.spec.terminal_states
+            )
+            for end, group, history in ended:
+                run = durations.runs(self.spec, history)[-1]
+                job = JobTimes(end.job_started, end.job_ended, end.job_times_source)
+                for phase, seconds in durations.phases(self.spec, run, job, end.at).items():
+                    if seconds is not None:
+                        self._observe((phase, group or "", end.dst), seconds)
+            for phase in durations.KEYS:  # every configured group's series from the start
+                for group in groups:
+                    for state in self.spec.terminal_states:
+                        self._phases.setdefault((phase, group, state), _empty_histogram())
+            found = {k: (list(v[0]), v[1]) for k, v in self._phases.items()}
+        family = HistogramMetricFamily(
+            "caseflow_case_phase_seconds",
+            "How long the runs of cases that ended spent in each phase (quiet, slot_wait, "
+            "upload, queue_wait, run, results) and in all (total: the time to result), per "
+            "group and the state the run ended in (from the store's history: kept across "
+            "restarts; docs/status-page.md says where each phase begins and ends).",
+            labels=["phase", "group", "state"],
+        )
+        order = {p: i for i, p in enumerate(durations.KEYS)}
+        for (phase, group, state), (counts, total) in sorted(
+            found.items(), key=lambda kv: (order[kv[0][0]], kv[0][1:])
+        ):
+            cumulative, buckets = 0, []
+            for bound, n in zip(PHASE_BUCKETS, counts, strict=True):
+                cumulative += n
+                buckets.append(("+Inf" if bound == float("inf") else str(bound), cumulative))
+            family.add_metric([phase, group, state], buckets, total)
+        return family
+
+    def _observe(self, key: tuple[str, str, str], seconds: float) -> None:
+        entry = self._phases.setdefault(key, _empty_histogram())
+        entry[0][next(i for i, b in enumerate(PHASE_BUCKETS) if seconds <= b)] += 1
+        entry[1] += seconds
 
     def _transitions_total(self):
         with self._lock:  # only what was added since the last scrape is read

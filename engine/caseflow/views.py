@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import overload
 
+from . import durations
 from .backends import RUNNING
 from .core.case_model import job_log_path
 from .errors import AUTH, DISK_LOW, HOST_KEY, LOGIN, QUEUE_DOWN, UNREACHABLE
@@ -160,20 +161,23 @@ def case_json(
     row: CaseRow,
     terminal: bool | None = None,
     now: float | None = None,
+    history: list[HistoryRow] | None = None,
     waits: Mapping[str, str] | None = None,
 ) -> dict:
     """One case as `caseflow status --json` lists it: the keys documented in docs/cli.md (a
     test holds them to it). `terminal`: the case has ended, so no next attempt is due (by
     default, whether its state is a final one of the spec). `now`: for the upload's rate in
-    `state_text` (default: the clock's); `waits`: why the hosts that cannot take work now
-    make their cases wait (`host_waits`)."""
+    `state_text` and the durations of a run still going (default: the clock's). `history`:
+    the case's, for its durations (without it they are all null); `waits`: why the hosts that
+    cannot take work now make their cases wait (`host_waits`)."""
     if terminal is None:
         terminal = _is_terminal(row.state)
+    now = time.time() if now is None else now
     return {
         "id": row.id,
         "name": row.name,
         "state": row.state,
-        "state_text": state_cell(row, time.time() if now is None else now, waits),
+        "state_text": state_cell(row, now, waits),
         "group": row.grp,
         "slot": row.slot_index,
         "device": row.slot_device,
@@ -201,6 +205,17 @@ def case_json(
         "next_attempt_at": None if terminal else iso(row.next_attempt_at),
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
+        "durations": durations.of_case(row, history or [], now),
+        "job_times": job_times_json(row),
+    }
+
+
+def job_times_json(row: CaseRow) -> dict:
+    """When the current run's job started and ended, and who said so (caseflow.durations)."""
+    return {
+        "started": iso(row.job_started),
+        "ended": iso(row.job_ended),
+        "source": row.job_times_source,
     }
 
 
@@ -257,7 +272,7 @@ def case_detail(
 ) -> dict:
     """One case as `caseflow show --json` prints it: the status fields, where its job log
     is, its upload in flight and its whole transition history."""
-    out = case_json(row, now=now, waits=waits)
+    out = case_json(row, now=now, history=history, waits=waits)
     log_file = job_log_path(database, row)
     out["job_log"] = str(log_file) if log_file.exists() else None
     out["upload"] = upload_progress(row, now)
@@ -312,6 +327,31 @@ def duration(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+JOB_TIMES_TEXT = {
+    durations.QUEUE: "the job's start and end as its queue reported them",
+    durations.OBSERVED: "the job's start or end as caseflow's polls saw it",
+    durations.UNKNOWN: "the job's times are not known (the case is from an older caseflow)",
+}
+
+
+def durations_block(row: CaseRow, found: dict, terminal_states) -> str:
+    """The durations of `caseflow show`: one line per phase of the current run; the phase
+    a case still in progress is in counts "so far"."""
+    active = row.state not in terminal_states
+    current = next((p for p in reversed(durations.PHASES) if found[p] is not None), None)
+    head = f"durations (run {row.run}"
+    if row.job_times_source in JOB_TIMES_TEXT:
+        head += f"; {JOB_TIMES_TEXT[row.job_times_source]}"
+    lines = [f"\n{head}):"]
+    for key in durations.KEYS:
+        value = found[key]
+        text = "-" if value is None else f"{value:.1f} s" if value < 10 else duration(value)
+        if active and value is not None and key in (current, durations.TOTAL):
+            text += " so far"
+        lines.append(f"  {key.replace('_', ' '):11} {text}")
+    return "\n".join(lines)
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)
@@ -363,12 +403,17 @@ def reason_cell(row: CaseRow) -> str:
 
 
 def status_table(
-    rows: list[CaseRow], now: float | None = None, waits: Mapping[str, str] | None = None
+    rows: list[CaseRow],
+    now: float | None = None,
+    histories: dict[int, list[HistoryRow]] | None = None,
+    waits: Mapping[str, str] | None = None,
 ) -> str:
-    """The table `caseflow status` prints (and `--watch` redraws)."""
+    """The table `caseflow status` prints (and `--watch` redraws). TIME: the current run's
+    total so far, its time to result once it has ended (from `histories`, the cases')."""
     now = time.time() if now is None else now
+    histories = histories or {}
     return table(
-        ["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "UPDATED", "REASON"],
+        ["ID", "NAME", "STATE", "GROUP", "HOST", "SLOT", "TASK", "TIME", "UPDATED", "REASON"],
         [
             [
                 str(r.id),
@@ -378,6 +423,7 @@ def status_table(
                 r.slot_host or r.host or "-",
                 "-" if r.slot_index is None else str(r.slot_index),
                 r.task_id or "-",
+                durations.short(durations.of_case(r, histories.get(r.id, []), now)["total"]),
                 iso(r.updated_at) or "-",
                 reason_cell(r),
             ]

@@ -64,6 +64,14 @@ class JobStatus:
     outcome: str  # RUNNING, SUCCESS, FAILURE, NOT_FOUND or UNREADABLE
     detail: str = ""  # what a person should read (e.g. "exit code 3")
     exit_code: int | None = None
+    # When the job started and ended on its host as the queue (or the job's wrapper) says, in
+    # Unix time; None when it has not, or the queue does not say: caseflow then takes the poll
+    # that first saw it running (not `waiting`), or saw it end (caseflow.durations). `waiting`:
+    # RUNNING, but not started yet (pending in the queue, held). Answers about a job are
+    # compared without them: the same answer at another moment carries other times.
+    started: float | None = field(default=None, compare=False)
+    ended: float | None = field(default=None, compare=False)
+    waiting: bool = field(default=False, compare=False)
 
 
 LOG_TAIL_BYTES = 1_000_000  # of a job's output, kept at most (its end)

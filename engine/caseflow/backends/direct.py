@@ -1,10 +1,11 @@
 """The `direct` runner: no queue, the job is started detached in its case folder.
 
 It keeps its bookkeeping in `<case folder>/.caseflow/`: `pid` (the job's
-session leader), `exit_code` (written when the job ends) and `job.log` (stdout
-and stderr). All of it goes through the transport's `run` with argument lists;
-the shell scripts (scripts/direct-*.sh) take every variable part as a positional parameter, so
-nothing from a case name or path is ever parsed by a shell.
+session leader), `exit_code` (written when the job ends), `started` and `ended` (when, as Unix
+time: the job's durations) and `job.log` (stdout and stderr). All of it goes through the
+transport's `run` with argument lists; the shell scripts (scripts/direct-*.sh) take every
+variable part as a positional parameter, so nothing from a case name or path is ever parsed by
+a shell.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from . import (
     QueueBackend,
 )
 from .scripted import NO_FOLDER, job_argv
+from .times import epoch
 
 JOB_LOG = ".caseflow/job.log"  # the job's stdout and stderr (scripts/direct-launch.sh)
 MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for the job
@@ -181,12 +183,13 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
             out[job.case_id] = JobStatus(
                 NOT_FOUND, "the job's process is gone and left no exit code"
             )
-        elif len(parts) == 3 and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
+        elif len(parts) in (3, 5) and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
             code = int(parts[2])
+            started, ended = (epoch(t) for t in parts[3:]) if len(parts) == 5 else (None, None)
             out[job.case_id] = (
-                JobStatus(SUCCESS, "exit code 0", 0)
+                JobStatus(SUCCESS, "exit code 0", 0, started, ended)
                 if code == 0
-                else JobStatus(FAILURE, f"job exited with code {code}", code)
+                else JobStatus(FAILURE, f"job exited with code {code}", code, started, ended)
             )
         else:
             what = (

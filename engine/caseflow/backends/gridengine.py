@@ -40,6 +40,8 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import timezone
 from typing import Any
 
 from ..errors import PermanentError, TransientError
@@ -203,10 +205,10 @@ class GridEngineBackend(ScriptedBackend[Poll]):
                     f"grid engine job {jid} is not this case's (it is named "
                     f"{queued.name!r}, not {job.label})",
                 )
-            return queued_outcome(queued, poll.reasons.get(n, ()))
+            return queued_outcome(queued, poll.reasons.get(n, ()), poll.zone)
         if n not in poll.qacct:  # the poll script saw the id in qstat's answer, the parser not
             raise BadOutput(f"qstat lists job {jid} in a form caseflow cannot read")
-        status = self._ended(job, poll.qacct[n], poll.exits.get(n))
+        status = self._ended(job, poll.qacct[n], poll.exits.get(n), poll.zone)
         if status.outcome == NOT_FOUND and poll.unreadable:
             # one of the entries caseflow could not read may be this job's
             return JobStatus(
@@ -216,7 +218,13 @@ class GridEngineBackend(ScriptedBackend[Poll]):
             )
         return status
 
-    def _ended(self, job: JobRef, qacct: tuple[int, str], exit_line: str | None) -> JobStatus:
+    def _ended(
+        self,
+        job: JobRef,
+        qacct: tuple[int, str],
+        exit_line: str | None,
+        zone: timezone | None = None,
+    ) -> JobStatus:
         """A job qstat no longer lists. Its accounting record decides whether Grid Engine
         failed it (`failed` not 0: a qdel, a limit, a kill); else the exit code file its
         wrapper wrote gives the command's own code (the wrapper may not pass it on to Grid
@@ -240,10 +248,10 @@ class GridEngineBackend(ScriptedBackend[Poll]):
             code = int(words[1])
         if records:
             self.unaccounted.pop(jid, None)
-            status = accounted_outcome(jid, records[-1])
+            status = accounted_outcome(jid, records[-1], zone)
             if code is None or status.exit_code is None:  # (failed: Grid Engine's verdict)
                 return status
-            return _exit_status(jid, code, "")
+            return replace(_exit_status(jid, code, ""), started=status.started, ended=status.ended)
         if words and code is None and (len(words) != 2 or words[0] == jid):
             # the file is this job's (or not in caseflow's form) but its code cannot be read:
             # not "gone" (that would end the case as not found); the case is charged an attempt

@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timezone
 
 from . import FAILURE, RUNNING, SUCCESS, JobRef, JobStatus
 from .output import BadOutput, quote_start
 from .scripted import sections, short
+from .times import local, zone_offset
 
 # The letters of a job's state in qstat (qstat(1)); a job qstat lists has not ended.
 STATES = {
@@ -29,6 +31,7 @@ STATES = {
     "d": "being deleted",
     "E": "in ERROR",
 }
+STARTED = "rtsST"  # the letters of a job that has started (running, or suspended since)
 # qacct's answer when it has no record of the job: "error: job id 12 not found", or the
 # accounting file is not there yet (no job has ended since the cell was made)
 NO_RECORD = re.compile(r"job id \S+ not found|accounting: No such file|no jobs running since")
@@ -43,6 +46,7 @@ class Queued:
     state: str  # its letters: "r", "qw", "Eqw", "hqw", "dr", ...
     queue: str  # "all.q@node1" once it runs, else ""
     slots: str
+    start: str = ""  # JAT_start_time once it runs: the host's local time, no offset
 
 
 def _text(element: ET.Element, tag: str) -> str:
@@ -75,6 +79,7 @@ def parse_qstat(text: str) -> tuple[dict[str, Queued], list[str]]:
                 state=_text(entry, "state"),
                 queue=_text(entry, "queue_name"),
                 slots=_text(entry, "slots"),
+                start=_text(entry, "JAT_start_time"),
             ),
         )
     return jobs, unreadable
@@ -92,12 +97,23 @@ def error_reasons(lines: Sequence[str]) -> list[str]:
     return out
 
 
-def queued_outcome(job: Queued, reasons: Sequence[str] = ()) -> JobStatus:
+def queued_outcome(
+    job: Queued, reasons: Sequence[str] = (), zone: timezone | None = None
+) -> JobStatus:
     """The outcome of a job qstat lists: it has not ended (RUNNING); the detail says how it
-    stands. A job in an error state (Eqw) never starts by itself: it waits for a person."""
-    letters, jid = job.state, job.id
+    stands, and when it started (its JAT_start_time in the host's `zone`) or that it has not
+    (`waiting`). A job in an error state (Eqw) never starts by itself: it waits for a person."""
+    letters = job.state
     if not letters or set(letters) - set(STATES):
-        raise BadOutput(f"qstat lists job {jid} in a state caseflow does not know: {letters!r}")
+        raise BadOutput(f"qstat lists job {job.id} in a state caseflow does not know: {letters!r}")
+    status = _queued(job, reasons)
+    if not set(letters) & set(STARTED):
+        return replace(status, waiting=True)
+    return replace(status, started=local(job.start, zone))
+
+
+def _queued(job: Queued, reasons: Sequence[str]) -> JobStatus:
+    letters, jid = job.state, job.id
     if "E" in letters:
         why = "; ".join(reasons) or "qstat -j gives no reason"
         return JobStatus(
@@ -134,10 +150,22 @@ def parse_qacct(text: str) -> list[dict[str, str]]:
     return records
 
 
-def accounted_outcome(job_id: str, record: dict[str, str]) -> JobStatus:
+def accounted_outcome(
+    job_id: str, record: dict[str, str], zone: timezone | None = None
+) -> JobStatus:
     """The outcome of a job from its accounting record: `failed` not 0 (Grid Engine could not
     start it, or killed it: 100 after qdel or a limit) is a failure whatever the exit status;
-    else the exit status decides."""
+    else the exit status decides. With the record's start_time and end_time (in the host's
+    `zone`; "-/-" for a job that never started)."""
+    status = _accounted(job_id, record)
+    return replace(
+        status,
+        started=local(record.get("start_time"), zone),
+        ended=local(record.get("end_time"), zone),
+    )
+
+
+def _accounted(job_id: str, record: dict[str, str]) -> JobStatus:
     failed = re.fullmatch(r"(\d+)\s*(?::\s*(.*))?", record.get("failed", ""))
     status = re.match(r"(-?\d+)\b", record.get("exit_status", ""))
     if not failed or not status:
@@ -171,8 +199,12 @@ class Poll:
         self.qacct: dict[int, tuple[int, str]] = {}  # job index -> (qacct's exit code, text)
         self.queued: dict[str, Queued] = {}  # qstat's entries (parse_qstat), once it answered
         self.unreadable: list[str] = []
+        # the host's offset from UTC: Grid Engine prints its times without one
+        self.zone: timezone | None = None
         for head, body in sections(text, "Grid Engine"):
-            if head[0] == "qstat" and len(head) == 2 and head[1].isdigit():
+            if head[0] == "zone" and len(head) == 2:
+                self.zone = zone_offset(head[1])
+            elif head[0] == "qstat" and len(head) == 2 and head[1].isdigit():
                 self.qstat_rc, self.qstat = int(head[1]), "\n".join(body)
             elif head[0] == "reason" and len(head) == 2 and head[1].isdigit():
                 self.reasons[int(head[1])] = error_reasons(body)

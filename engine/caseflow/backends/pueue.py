@@ -37,7 +37,7 @@ import re
 import shlex
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..config.reader import Section
 from ..errors import QUEUE_DOWN, HostError, PermanentError, TransientError
@@ -333,15 +333,21 @@ class PueueBackend(PueueGroups, QueueBackend):
                 f"does not know: {quote_start(json.dumps(task))}",
             )
         ours = task is not None and task["label"] == job.label
+        # when pueue started the task: still the job's start when its records decide how it
+        # ended (pueue's end is then its wrapper's, not the job's: that end is the poll's)
+        started = None
         if task is not None and ours:
             status = task_outcome(task)
             if status_name(task) != "Done":
                 return status
+            started = status.started
             killed = done_result(task) == "Killed"
             if procs == "alive":
                 said = "Killed" if killed else status.detail
                 return JobStatus(
-                    RUNNING, f"{LOST} (pueue says the task ended: {said}; its processes live on)"
+                    RUNNING,
+                    f"{LOST} (pueue says the task ended: {said}; its processes live on)",
+                    started=started,
                 )
             if not killed:
                 return status
@@ -349,7 +355,7 @@ class PueueBackend(PueueGroups, QueueBackend):
         else:
             why = f"pueue no longer knows {name}"
         if procs == "alive":
-            return JobStatus(RUNNING, f"{LOST} ({why})")
+            return JobStatus(RUNNING, f"{LOST} ({why})", started=started)
         if isinstance(code, str):  # it names the job, but what it says is no exit code
             return JobStatus(
                 UNREADABLE,
@@ -357,7 +363,7 @@ class PueueBackend(PueueGroups, QueueBackend):
                 f"{quote_start(code)}, not an exit code ({why})",
             )
         if code is not None:
-            return by_exit_code(code, f"the job's own record; {why}")
+            return replace(by_exit_code(code, f"the job's own record; {why}"), started=started)
         if ours:
             return status
         return JobStatus(
@@ -393,7 +399,9 @@ class PueueBackend(PueueGroups, QueueBackend):
                 elif status.detail == "paused" and group not in paused:
                     counts["paused"] += 1  # paused on its own (`pueue pause ID`)
                 if group in paused:
-                    status = JobStatus(RUNNING, f"{status.detail}; pueue group {group} is PAUSED")
+                    status = replace(
+                        status, detail=f"{status.detail}; pueue group {group} is PAUSED"
+                    )
             out[job.case_id] = status
         self._note(data.get("groups", {}), counts)
         return out

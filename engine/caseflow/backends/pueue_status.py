@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 from ..transports.shell import script
 from . import FAILURE, RUNNING, SUCCESS, UNREADABLE, JobStatus
 from .output import BadOutput, quote_start
+from .times import rfc3339
 
 RUNNING_STATES = ("Queued", "Stashed", "Running", "Paused", "Locked")
+WAITING_STATES = ("Queued", "Stashed", "Locked")  # of them, not started yet
 
 # The poll: scripts/pueue-poll.sh
 POLL = script(__package__, "pueue-poll.sh", "pueue-client.sh")
@@ -61,9 +64,33 @@ def _unreadable(task: dict, what) -> JobStatus:
     )
 
 
+def task_times(task: dict) -> tuple[float | None, float | None]:
+    """When pueue started the task and saw it end: 3.x keeps `start` and `end` in the task,
+    4.x in its status's body ({"Done": {"start": ..., "end": ...}}); None where not set."""
+    where = task
+    if "start" not in task and "end" not in task:  # 4.x
+        status = task.get("status")
+        body = next(iter(status.values())) if isinstance(status, dict) and len(status) == 1 else {}
+        where = body if isinstance(body, dict) else {}
+    return rfc3339(where.get("start")), rfc3339(where.get("end"))
+
+
 def task_outcome(task: dict) -> JobStatus:
-    """Map a task's status (3.x or 4.x encoding) to caseflow's outcome; UNREADABLE (for this
-    task alone) when pueue says something caseflow does not know."""
+    """Map a task's status (3.x or 4.x encoding) to caseflow's outcome, with the task's times;
+    UNREADABLE (for this task alone) when pueue says something caseflow does not know."""
+    status = _outcome(task)
+    if status.outcome == UNREADABLE:
+        return status
+    started, ended = task_times(task)
+    return replace(
+        status,
+        started=started,
+        ended=ended if status.outcome != RUNNING else None,
+        waiting=status_name(task) in WAITING_STATES,
+    )
+
+
+def _outcome(task: dict) -> JobStatus:
     name = status_name(task)
     if name in RUNNING_STATES:
         body = task["status"].get(name) if isinstance(task["status"], dict) else None

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import replace
 
 from . import FAILURE, RUNNING, SUCCESS, JobRef, JobStatus
 from .output import BadOutput, quote_start
 from .scripted import sections
+from .times import epoch
 
 # Slurm's job states (squeue, sacct). Everything not yet ended counts as running.
 RUNNING_STATES = {
@@ -42,7 +44,16 @@ FAILED_STATES = {
 
 
 # -- reading Slurm's answers -------------------------------------------------------------------
-SQUEUE_FIELDS = ("id", "state", "reason", "exit_code", "nodes", "gres", "name")
+SQUEUE_FIELDS = ("id", "state", "reason", "exit_code", "nodes", "gres", "start", "end", "name")
+# of the RUNNING_STATES, those of a job that has not started (its StartTime is a forecast)
+WAITING_STATES = {
+    "PENDING",
+    "CONFIGURING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "RESV_DEL_HOLD",
+}
 
 
 def _exit_of(value: str) -> tuple[int | None, int | None]:
@@ -59,8 +70,9 @@ def _exit_of(value: str) -> tuple[int | None, int | None]:
 
 
 def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
-    """The poll's squeue lines ("ID|STATE|REASON|EXIT_CODE|NODES|GRES|NAME") -> ({job id:
-    fields}, the lines that name no job id caseflow can read)."""
+    """The poll's squeue lines ("ID|STATE|REASON|EXIT_CODE|NODES|GRES|START|END|NAME", the
+    times as Unix time) -> ({job id: fields}, the lines that name no job id caseflow can
+    read)."""
     jobs: dict[str, dict] = {}
     unreadable = []
     for line in lines:
@@ -74,8 +86,21 @@ def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
     return jobs, unreadable
 
 
-def ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobStatus:
-    """The outcome of a job Slurm says has ended in `state`."""
+def ended(
+    job_id: str,
+    state: str,
+    code: int | None,
+    signal: int | None,
+    started: float | None = None,
+    stopped: float | None = None,
+) -> JobStatus:
+    """The outcome of a job Slurm says has ended in `state` (it ran from `started` to
+    `stopped`, when Slurm says)."""
+    status = _ended(job_id, state, code, signal)
+    return replace(status, started=started, ended=stopped)
+
+
+def _ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobStatus:
     if state == "COMPLETED":
         return JobStatus(SUCCESS, f"slurm job {job_id} COMPLETED, exit code 0", 0)
     if state not in FAILED_STATES:
@@ -103,26 +128,32 @@ def squeue_outcome(job_id: str, job: dict) -> JobStatus:
             detail += (f" on {nodes}" if nodes else "") + (
                 f", {gres}" if gres and gres != "N/A" else ""
             )
-        return JobStatus(RUNNING, detail)
+        if state in WAITING_STATES:  # its StartTime is when Slurm expects to start it
+            return JobStatus(RUNNING, detail, waiting=True)
+        return JobStatus(RUNNING, detail, started=epoch(job.get("start")))
     code, signal = _exit_of(job.get("exit_code", ""))
-    return ended(job_id, state, code, signal)
+    return ended(job_id, state, code, signal, epoch(job.get("start")), epoch(job.get("end")))
 
 
-def parse_sacct(text: str) -> dict[str, list[tuple[str, str, int | None, int | None]]]:
-    """`sacct -X -P -n -o JobID,JobName,State,ExitCode` lines -> {id: [(name, state, exit,
-    signal), ...]} in the order printed (an id may repeat when Slurm's ids started over)."""
+Accounted = tuple[str, str, int | None, int | None, float | None, float | None]
+
+
+def parse_sacct(text: str) -> dict[str, list[Accounted]]:
+    """`sacct -X -P -n -o JobID,JobName,State,ExitCode,Start,End` lines (the times as Unix
+    time) -> {id: [(name, state, exit, signal, start, end), ...]} in the order printed (an id
+    may repeat when Slurm's ids started over)."""
     out: dict[str, list] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 4 or not parts[0].isdigit():
+        if len(parts) != 6 or not parts[0].isdigit():
             continue
-        job_id, name, state, exit_code = parts
+        job_id, name, state, exit_code, start, end = parts
         state = state.split()[0] if state.strip() else ""  # "CANCELLED by 1000"
         code = sig = None
         m = re.fullmatch(r"(\d+):(\d+)", exit_code.strip())
         if m:
             code, sig = int(m.group(1)), int(m.group(2))
-        out.setdefault(job_id, []).append((name, state, code, sig))
+        out.setdefault(job_id, []).append((name, state, code, sig, epoch(start), epoch(end)))
     return out
 
 

@@ -34,6 +34,7 @@ from ..text import plural
 from ..views import (
     case_detail,
     case_json,
+    durations_block,
     group_hosts,
     host_lines,
     host_waits,
@@ -108,10 +109,12 @@ def cmd_status(args) -> int:
     finally:
         reader.close()
     waits = host_waits(hosts, group_hosts(config))
+    histories = store.histories(r.id for r in rows)  # for the durations
+    now = time.time()
     if args.json:
         print(
             json.dumps(
-                [case_json(r, r.state in terminal, waits=waits) for r in rows],
+                [case_json(r, r.state in terminal, now, histories[r.id], waits) for r in rows],
                 indent=2,
                 ensure_ascii=False,
             )
@@ -122,7 +125,7 @@ def cmd_status(args) -> int:
     if not rows:
         print("no cases")
         return 0
-    print(status_table(rows, waits=waits))
+    print(status_table(rows, now, histories, waits))
     return 0
 
 
@@ -146,16 +149,19 @@ def cmd_show(args) -> int:
         waits = host_waits(reader.hosts(), group_hosts(config))
     finally:
         reader.close()
-    out = case_json(row, row.state in spec.terminal_states, waits=waits)
+    now = time.time()
+    out = case_json(row, row.state in spec.terminal_states, now, history, waits)
     if args.json:
-        out = case_detail(config.database, row, history, time.time(), waits)
+        out = case_detail(config.database, row, history, now, waits)
         print(json.dumps(out, indent=2, ensure_ascii=False))
         return 0
     for key, value in out.items():
-        print(_field(key, value))
-    progress = upload_text(row, time.time())
+        if key not in ("durations", "job_times"):  # a block of their own, below
+            print(_field(key, value))
+    progress = upload_text(row, now)
     if progress:
         print(_field("uploading", progress))
+    print(durations_block(row, out["durations"], spec.terminal_states))
     if row.results_fetched and row.results_path:
         print(f"\nresults are in {printable(row.results_path)}")
     elif row.results_path and row.job_outcome:

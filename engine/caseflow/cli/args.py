@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="text: one line per event for a person (default); json: one JSON "
         "object per line for a log collector",
     )
-    s = command("status", "list the cases: state, group, host, slot, task, reason")
+    s = command("status", "list the cases: state, group, host, slot, task, time, reason")
     s.add_argument("--json", action="store_true", help=JSON_STATUS)
     s.add_argument("--state", help="only cases in this state")
     s.add_argument(
@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="redraw the table every second, counts per state on top, until Ctrl-C",
     )
-    s = command("show", "show one case: every field, its results, its job log, its history")
+    s = command(
+        "show", "show one case: every field, its durations, its results, its job log, its history"
+    )
     s.add_argument("case", help="case id or unique name (`--` before a name starting with -)")
     s.add_argument(
         "--json",

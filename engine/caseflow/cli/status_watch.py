@@ -52,7 +52,9 @@ def frame(
     if not cases:
         lines.append("no cases")
     else:
-        lines += status_table(cases, now, host_waits(hosts, groups)).splitlines()
+        lines += status_table(
+            cases, now, reader.histories(c.id for c in cases), host_waits(hosts, groups)
+        ).splitlines()
         if shown > len(cases):
             lines.append(f"... and {shown - len(cases)} more (the active ones are shown first)")
     return [line[:columns] for line in lines[:rows]]

@@ -9,14 +9,15 @@ policy, caseflow.core.outcomes) turns what a job's host ran into into the case's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
-from .. import metrics
+from .. import durations, metrics
 from ..backends import RUNNING, SUCCESS, UNREADABLE, JobRef, JobStatus
 from ..errors import PermanentError, TransientError
 from ..retry import PERMANENT, Streak, kind_of, short
 from ..spec import REQUEST
-from ..store import CaseRow
+from ..store import CaseRow, JobTimes
 from .case_model import job_ref
 from .context import Core
 from .hosts import Host
@@ -57,6 +58,9 @@ def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
                 core.store.reset_streak(row.id, row.state)
             if status.detail != row.queue_status:
                 core.store.set_queue_status(row.id, row.state, status.detail)
+            start = durations.on_running(row.id, _times(row), status, now, _submitted(core, row))
+            if start is not None:
+                core.store.note_job_start(row.id, row.state, start)
             continue
         quiet = False
         if status.outcome == UNREADABLE:
@@ -70,12 +74,27 @@ def poll(core: Core, host: Host, rows: list[CaseRow]) -> object:
             continue
         # remembered first, so that fetching the results survives a restart
         core.store.record_job_end(
-            row.id, row.state, status.outcome, status.detail, status.exit_code, now
+            row.id,
+            row.state,
+            status.outcome,
+            status.detail,
+            status.exit_code,
+            now,
+            durations.on_end(row.id, _times(row), status, now, _submitted(core, row)),
         )
         ended = core.store.get(row.id)
         if ended is not None and ended.job_outcome:
             finish(core, ended)
     return QUIET if quiet else None
+
+
+def _times(row: CaseRow) -> JobTimes:
+    return JobTimes(row.job_started, row.job_ended, row.job_times_source)
+
+
+def _submitted(core: Core, row: CaseRow) -> Callable[[], float | None]:
+    """When the case's submit was sent (asked only when a queue's time is to be checked)."""
+    return lambda: core.store.entered(row.id, core.spec.job_states)
 
 
 def finish(core: Core, row: CaseRow) -> None:
@@ -202,8 +221,15 @@ def stop(core: Core, row: CaseRow) -> object:
     if ended is None:
         core.step(row, trigger, **kwargs, detail=f"{row.reason}; no job of it runs")
         return None
+    now = core.clock()
     core.store.record_job_end(
-        row.id, row.state, ended.outcome, ended.detail, ended.exit_code, core.clock()
+        row.id,
+        row.state,
+        ended.outcome,
+        ended.detail,
+        ended.exit_code,
+        now,
+        durations.on_end(row.id, _times(row), ended, now, _submitted(core, row)),
     )
     fresh = core.store.get(row.id) or row
     kwargs["job_ended"] = True  # a job ran: its log and what it wrote are fetched

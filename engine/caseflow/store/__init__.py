@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from .cases import CaseQueries
 from .pruning import PruneQueries
-from .schema import CaseRow, HistoryRow, SlotRow
+from .schema import CaseRow, HistoryRow, JobTimes, SlotRow
 from .slots import SlotQueries
 
 __all__ = [
     "CaseRow",
     "HistoryRow",
+    "JobTimes",
     "SlotRow",
     "Store",
 ]

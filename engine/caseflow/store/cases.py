@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from ..errors import StaleCase
-from .schema import CASE_SELECT, CHANGEABLE, CaseRow, Database, HistoryRow
+from .schema import CASE_SELECT, CHANGEABLE, HISTORY_SELECT, CaseRow, Database, HistoryRow, JobTimes
 from .slots import release_held
 
 
@@ -231,10 +231,12 @@ class CaseQueries(Database):
                     raise StaleCase(f"slot {take_slot} was taken meanwhile")
             if release_slot:
                 release_held(conn, case_id)
+            # with the job's times as they are now: the row that ends a run keeps its job's
             conn.execute(
-                "INSERT INTO history (case_id, src, dst, trigger, at, detail)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (case_id, src, dst, trigger, now, detail),
+                "INSERT INTO history (case_id, src, dst, trigger, at, detail, job_started,"
+                " job_ended, job_times_source) SELECT ?, ?, ?, ?, ?, ?, job_started,"
+                " job_ended, job_times_source FROM cases WHERE id = ?",
+                (case_id, src, dst, trigger, now, detail, case_id),
             )
 
     def note_failure(
@@ -315,16 +317,51 @@ class CaseQueries(Database):
             )
 
     def record_job_end(
-        self, case_id: int, state: str, outcome: str, detail: str, exit_code: int | None, now: float
+        self,
+        case_id: int,
+        state: str,
+        outcome: str,
+        detail: str,
+        exit_code: int | None,
+        now: float,
+        times: JobTimes | None = None,
     ) -> None:
-        """The queue said the job ended: keep how, and make the case due for its results."""
+        """The queue said the job ended: keep how (and when it ran: `times`, see
+        caseflow.durations), and make the case due for its results."""
+        sets, values = "", []
+        if times is not None:
+            sets = ", job_started = ?, job_ended = ?, job_times_source = ?"
+            values = [times.started, times.ended, times.source]
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE cases SET job_outcome = ?, job_detail = ?, exit_code = ?,"
-                " queue_status = NULL, next_attempt_at = ?, updated_at = ?"
+                f" queue_status = NULL, next_attempt_at = ?, updated_at = ?{sets}"
                 " WHERE id = ? AND state = ?",
-                (outcome, detail, exit_code, now, now, case_id, state),
+                (outcome, detail, exit_code, now, now, *values, case_id, state),
             )
+
+    def note_job_start(self, case_id: int, state: str, times: JobTimes) -> None:
+        """When the job started, as the queue says or as a poll first saw it running."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE cases SET job_started = ?, job_times_source = ? WHERE id = ? AND state = ?",
+                (times.started, times.source, case_id, state),
+            )
+
+    def entered(self, case_id: int, states: Collection[str]) -> float | None:
+        """When the case last came into `states` from outside them (for the states a job may
+        run in: when its submit was sent, the earliest its job can have started)."""
+        states = list(states)
+        marks = ",".join("?" * len(states))
+        return (
+            self.connection()
+            .execute(
+                f"SELECT MAX(at) FROM history WHERE case_id = ? AND dst IN ({marks})"
+                f" AND (src IS NULL OR src NOT IN ({marks}))",
+                (case_id, *states, *states),
+            )
+            .fetchone()[0]
+        )
 
     def set_results_path(self, case_id: int, state: str, path: str) -> None:
         with self.transaction() as conn:
@@ -450,11 +487,26 @@ class CaseQueries(Database):
     def history(self, case_id: int) -> list[HistoryRow]:
         rows = (
             self.connection()
-            .execute(
-                "SELECT id, case_id, src, dst, trigger, at, detail FROM history"
-                " WHERE case_id = ? ORDER BY id",
-                (case_id,),
-            )
+            .execute(HISTORY_SELECT + " WHERE case_id = ? ORDER BY id", (case_id,))
             .fetchall()
         )
         return [HistoryRow(*r) for r in rows]
+
+    def histories(self, case_ids: Iterable[int]) -> dict[int, list[HistoryRow]]:
+        """The history of each of these cases (for the durations of a list of cases)."""
+        ids = list(case_ids)
+        out: dict[int, list[HistoryRow]] = {i: [] for i in ids}
+        for start in range(0, len(ids), 500):  # well below SQLite's limit of parameters
+            part = ids[start : start + 500]
+            rows = (
+                self.connection()
+                .execute(
+                    HISTORY_SELECT + f" WHERE case_id IN ({','.join('?' * len(part))})"
+                    " ORDER BY case_id, id",
+                    part,
+                )
+                .fetchall()
+            )
+            for r in rows:
+                out[r[1]].append(HistoryRow(*r))
+        return out

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DISK_LOW, UNREACHABLE
 from . import CaseRow, HistoryRow, SlotRow, Store
-from .schema import CASE_SELECT
+from .schema import CASE_SELECT, HISTORY_SELECT
 
 
 class _ReadOnlyStore(Store):
@@ -132,6 +132,38 @@ class StatusReader:
             )
         return newest, rows
 
+    def runs_ended_after(
+        self, last_id: int, terminal_states: Sequence[str]
+    ) -> tuple[int, list[tuple[HistoryRow, str | None, list[HistoryRow]]]]:
+        """The history rows after `last_id` that ended a run (into one of `terminal_states`),
+        each with its case's group and its case's history up to it: the newest id and those,
+        so that a scrape reads only the runs that ended since the previous one."""
+        marks = ",".join("?" * len(terminal_states))
+        with self.lock:
+            newest = self._rows("SELECT COALESCE(MAX(id), 0) FROM history")[0][0]
+            ends = [
+                HistoryRow(*r)
+                for r in self._rows(
+                    HISTORY_SELECT + f" WHERE id > ? AND id <= ? AND dst IN ({marks}) ORDER BY id",
+                    (last_id, newest, *terminal_states),
+                )
+            ]
+            ids = sorted({e.case_id for e in ends})
+            histories = self._store.histories(ids)
+            groups: dict[int, str | None] = {}
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                groups.update(
+                    self._rows(
+                        f"SELECT id, grp FROM cases WHERE id IN ({','.join('?' * len(part))})",
+                        part,
+                    )
+                )
+        return newest, [
+            (e, groups.get(e.case_id), [h for h in histories[e.case_id] if h.id <= e.id])
+            for e in ends
+        ]
+
     # -- cases ---------------------------------------------------------------------------
     def page(
         self,
@@ -202,6 +234,11 @@ class StatusReader:
     def history(self, case_id: int) -> list[HistoryRow]:
         with self.lock:
             return self._store.history(case_id)
+
+    def histories(self, case_ids: Iterable[int]) -> dict[int, list[HistoryRow]]:
+        """The histories of a page of cases (their durations), in one query per 500."""
+        with self.lock:
+            return self._store.histories(case_ids)
 
     # -- hosts and slots -----------------------------------------------------------------
     def slots(self) -> list[SlotRow]:

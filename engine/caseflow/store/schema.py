@@ -142,6 +142,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE hosts ADD COLUMN kind TEXT;
     UPDATE hosts SET kind = 'config' WHERE problem IS NOT NULL;
     """,
+    # v10: when the current run's job started and ended on its host, and who said so
+    # (job_times_source: "queue" when the queue or the job's wrapper reported every time kept,
+    # "observed" when a poll saw it; caseflow.durations). Each history row carries them as
+    # they were when it was written, so that every run's job keeps its times after a retry.
+    # Cases from before know nothing of their job's times ("unknown"): no poll now takes a
+    # job that started long ago for one starting now.
+    """
+    ALTER TABLE cases ADD COLUMN job_started REAL;
+    ALTER TABLE cases ADD COLUMN job_ended REAL;
+    ALTER TABLE cases ADD COLUMN job_times_source TEXT;
+    UPDATE cases SET job_times_source = 'unknown';
+    ALTER TABLE history ADD COLUMN job_started REAL;
+    ALTER TABLE history ADD COLUMN job_ended REAL;
+    ALTER TABLE history ADD COLUMN job_times_source TEXT;
+    UPDATE history SET job_times_source = 'unknown';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -169,6 +185,9 @@ CHANGEABLE = {
     "stop_since",
     "stop_sent",
     "folder_stamp",
+    "job_started",
+    "job_ended",
+    "job_times_source",
 }
 
 
@@ -208,6 +227,9 @@ class CaseRow:
     stop_since: float | None
     stop_sent: int
     folder_stamp: str | None
+    job_started: float | None
+    job_ended: float | None
+    job_times_source: str | None
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None
@@ -236,8 +258,28 @@ class HistoryRow:
     trigger: str
     at: float
     detail: str | None
+    # the case's job times when the row was written (its run's, on the row that ended it)
+    job_started: float | None = None
+    job_ended: float | None = None
+    job_times_source: str | None = None
 
 
+@dataclass(frozen=True)
+class JobTimes:
+    """When a case's job started and ended on its host (Unix time, None: not known), and
+    `source`: "queue" (the queue or the job's wrapper said every time here), "observed" (a
+    poll saw one), "unknown" (the case is older than caseflow's keeping of job times)."""
+
+    started: float | None = None
+    ended: float | None = None
+    source: str | None = None
+
+
+HISTORY_SELECT = (
+    "SELECT id, case_id, src, dst, trigger, at, detail, job_started, job_ended,"
+    " job_times_source"
+    " FROM history"
+)
 CASE_COLUMNS = [f.name for f in fields(CaseRow)][:-4]
 CASE_SELECT = (
     "SELECT "

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, exposition, generate_latest
 
-from .. import metrics
+from .. import durations, metrics
 from ..core.case_model import job_log_path
 from ..errors import UNREACHABLE
 from ..store.reader import StatusReader
@@ -275,31 +275,60 @@ class App:
         svg = machine_svg.render(self.spec, states)
         return Response(
             200,
-            pages.overview(self.spec, svg, states, hosts, rows, total, now, self.waits()).encode(),
+            pages.overview(
+                self.spec,
+                svg,
+                states,
+                hosts,
+                rows,
+                total,
+                now,
+                self.totals(rows, now),
+                self.waits(),
+            ).encode(),
         )
 
     def waits(self) -> dict[str, str]:
         """Why the cases of a host that cannot take work now wait (views.host_waits)."""
         return host_waits(self.reader.hosts(), group_hosts(self.config))
 
+    def totals(self, rows, now: float) -> dict[int, float | None]:
+        """Each case's current run's time (the Time column)."""
+        histories = self.reader.histories(r.id for r in rows)
+        return {
+            r.id: durations.of_case(r, histories[r.id], now, self.spec)[durations.TOTAL]
+            for r in rows
+        }
+
     def cases(self, query, now: float) -> Response:
         state, search, number, per_page, count, total, rows = self._page(query, PER_PAGE)
         return Response(
             200,
             pages.cases_page(
-                self.spec, rows, total, state, search, number, count, per_page, now, self.waits()
+                self.spec,
+                rows,
+                total,
+                state,
+                search,
+                number,
+                count,
+                per_page,
+                now,
+                self.totals(rows, now),
+                self.waits(),
             ).encode(),
         )
 
     def cases_json(self, query, now: float) -> dict:
         state, search, number, per_page, count, total, rows = self._page(query)
+        histories = self.reader.histories(r.id for r in rows)  # for the durations
         waits = self.waits()
         return {
             "total": total,
             "page": number,
             "pages": count,
             "per_page": per_page,
-            "cases": [case_json(r, now=now, waits=waits) for r in rows],
+            "cases": [case_json(r, now=now, history=histories[r.id], waits=waits) for r in rows],
         }
 
     def _detail(self, case_id: int, now: float):

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from html import escape
 from urllib.parse import urlencode
 
+from .. import durations
 from ..store import CaseRow
 from ..text import plural
 from ..views import iso, printable, state_cell
@@ -81,7 +82,9 @@ def page(title: str, body: str, now: float, kind: str, current: str = "/") -> st
 
 
 # -- cases -----------------------------------------------------------------------------------
-CASE_COLUMNS = ("ID", "Name", "State", "Group", "Host", "Slot", "Age", "Reason")
+CASE_COLUMNS = ("ID", "Name", "State", "Group", "Host", "Slot", "Age", "Time", "Reason")
+# what the Time column holds (caseflow.durations: the current run's total)
+TIME_TITLE = "the current run's time: so far while it is active, its time to result once it ended"
 
 
 def reason_text(row: CaseRow) -> str | None:
@@ -95,7 +98,12 @@ def reason_text(row: CaseRow) -> str | None:
     return None
 
 
-def case_rows(rows: list[CaseRow], now: float, waits: Mapping[str, str] | None = None) -> str:
+def case_rows(
+    rows: list[CaseRow],
+    now: float,
+    totals: dict[int, float | None],
+    waits: Mapping[str, str] | None = None,
+) -> str:
     out = []
     for r in rows:
         slot = (
@@ -109,6 +117,7 @@ def case_rows(rows: list[CaseRow], now: float, waits: Mapping[str, str] | None =
             f'<td class="state s-{esc(r.state)}">{esc(state_cell(r, now, waits))}</td>'
             f"<td>{esc(r.grp)}</td><td>{esc(r.slot_host or r.host)}</td>"
             f'<td>{slot}</td><td class="age">{age(now - r.created_at)}</td>'
+            f'<td class="time">{age(totals.get(r.id))}</td>'
             f'<td class="reason">{esc(reason_text(r))}</td></tr>'
         )
     return "".join(out)
@@ -119,15 +128,19 @@ def case_table(
     now: float,
     caption: str,
     table_id: str,
+    totals: dict[int, float | None],
     waits: Mapping[str, str] | None = None,
 ) -> str:
-    head = "".join(f'<th scope="col">{c}</th>' for c in CASE_COLUMNS)
+    """A table of cases; `totals`: each one's current run's time (caseflow.durations)."""
+    title = f' title="{esc(TIME_TITLE)}"'
+    head = "".join(f'<th scope="col"{title if c == "Time" else ""}>{c}</th>' for c in CASE_COLUMNS)
     empty = (
         "" if rows else f'<tr class="empty"><td colspan="{len(CASE_COLUMNS)}">no cases</td></tr>'
     )
     return (
         f'<table class="cases" id="{table_id}"><caption>{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now, waits)}{empty}</tbody></table>"
+        f"<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now, totals, waits)}{empty}</tbody>"
+        "</table>"
     )
 
 
@@ -164,6 +177,7 @@ def overview(
     rows: list[CaseRow],
     total: int,
     now: float,
+    totals: dict[int, float | None],
     waits: Mapping[str, str] | None = None,
 ) -> str:
     active = sum(n for s, n in counts.items() if s not in spec.terminal_states)
@@ -179,6 +193,7 @@ def overview(
             now,
             'Active cases first, then the latest ended ones (<a href="/cases">all cases</a>)',
             "recent",
+            totals,
             waits,
         )
     )
@@ -195,6 +210,7 @@ def cases_page(
     pages: int,
     per_page: int,
     now: float,
+    totals: dict[int, float | None],
     waits: Mapping[str, str] | None = None,
 ) -> str:
     options = "".join(
@@ -233,7 +249,7 @@ def cases_page(
         f"<h1>Cases</h1>{form}{pager}"
         f'<div data-state="{esc(state or "")}" data-q="{esc(search)}" data-page="{number}" '
         f'data-per-page="{per_page}" id="cases-query">'
-        f"{case_table(rows, now, caption, 'cases', waits)}</div>{pager}"
+        f"{case_table(rows, now, caption, 'cases', totals, waits)}</div>{pager}"
     )
     return page("Cases", body, now, "cases", "/cases")
 
@@ -283,6 +299,7 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
             f'<span id="upload-text">{size(upload["bytes"])} of {size(upload["total"])} '
             f"({upload['percent']} %), {rate}, {left} left</span></p></section>"
         )
+    timing = durations_section(row, detail)
     timeline = "".join(
         f'<li><span class="at">{when_iso(h["at"])}</span> '
         f'<span class="move">{esc(h["from"] or "(new)")} → {esc(h["to"])}</span> '
@@ -298,13 +315,48 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
     )
     body = (
         f'<h1>Case {row.id}: <span class="name" id="case-name">{esc(row.name)}</span></h1>'
-        f'<div id="case" data-id="{row.id}"><dl class="fields">{dl}</dl>{progress}'
+        f'<div id="case" data-id="{row.id}"><dl class="fields">{dl}</dl>{progress}{timing}'
         f'<section><h2>History</h2><ol class="timeline" id="history">{timeline}</ol>'
         f'</section><section id="log" data-live="{str(job_log["live"]).lower()}">'
         f"<h2>Job log</h2>{log}</section>"
         f'<p><a href="/api/cases/{row.id}">This case as JSON</a></p></div>'
     )
     return page(f"Case {row.id}", body, now, "case", "")
+
+
+# where the job's start and end came from (`job_times.source`; the same words in app.js)
+JOB_TIMES = {
+    durations.QUEUE: "as its queue reported them",
+    durations.OBSERVED: "as caseflow's polls saw them",
+    durations.UNKNOWN: "not known: the case is from an older caseflow",
+}
+
+
+def durations_section(row: CaseRow, detail: dict) -> str:
+    """The durations of the case's current run: a row per phase, then the total (the page's
+    script keeps the numbers current: `data-phase`)."""
+    found, job = detail["durations"], detail["job_times"]
+    rows = "".join(
+        f'<tr><th scope="row">{esc(key.replace("_", " "))}</th>'
+        f'<td class="num" data-phase="{key}">{seconds(found[key])}</td></tr>'
+        for key in durations.KEYS
+    )
+    return (
+        f'<section id="durations"><h2>Durations (run {esc(row.run)})</h2>'
+        '<table class="durations"><caption>Time spent in each phase; a phase in progress '
+        f"counts up to now</caption><tbody>{rows}</tbody></table>"
+        f'<p>The job started <span id="job-started">{esc(job["started"])}</span>, ended '
+        f'<span id="job-ended">{esc(job["ended"])}</span> '
+        f'(<span id="job-times-source">{esc(JOB_TIMES.get(job["source"] or ""))}</span>).'
+        "</p></section>"
+    )
+
+
+def seconds(value: float | None) -> str:
+    """A duration to the tenth of a second below 90 s, else as `age` says it."""
+    if value is None:
+        return "–"
+    return f"{value:.1f} s" if value < 90 else age(value)
 
 
 def when_iso(text: str | None) -> str:

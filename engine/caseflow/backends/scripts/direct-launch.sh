@@ -31,9 +31,13 @@ fi
 #   label CASEFLOW_JOB in their environment: a child may leave the group) are sent TERM (unless
 #   a stop sent it already), then KILL every 0.2 s after 10 s until they are gone, before the exit code is written: the slot
 #   is free only when nothing of the job runs on its GPU (as Slurm ends a job's whole cgroup).
+# - it notes when the job started and when it ended (.caseflow/started, .caseflow/ended: Unix
+#   time, `date +%s.%N`; the status script gives them with the exit code: the job's real times,
+#   not when a poll happened to see them).
 #   /proc/PID/stat is read whole: a command name may hold a newline.
 # shellcheck disable=SC2016  # the job wrapper's script: expanded by its own shell
 setsid sh -c 'echo $$ > .caseflow/pid
+date +%s.%N > .caseflow/started
 label=$1; shift
 trap "stopping=1" TERM
 "$@" > .caseflow/job.log 2>&1 < /dev/null
@@ -64,6 +68,7 @@ if [ -n "$o" ]; then
   while others && [ -n "$o" ] && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
   while others && [ -n "$o" ]; do kill -s KILL $o 2>/dev/null; sleep 0.2; done
 fi
+date +%s.%N > .caseflow/ended
 echo "$rc" > .caseflow/exit_code.tmp && mv .caseflow/exit_code.tmp .caseflow/exit_code' \
   "$marker" "$label" "$@" < /dev/null > /dev/null 2>&1 &
 if wait_pid; then echo "$pid"; exit 0; fi

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The Grid Engine backend's poll. $1 $2, $3 $4, ...: the job id and case folder of every job
 # asked about. Sections, each after a line "@@caseflow ...":
+#   zone OFFSET: the host's offset from UTC (`date +%z`): Grid Engine's times have none
 #   qstat RC: `qstat -xml` of the user's own jobs (caseflow's, and any others of the user)
 #   reason N: for the N-th job when qstat lists it in an error state (E): its error reasons
 #   exit N LINE: the exit code file of the N-th job, when qstat does not list it
@@ -9,6 +10,7 @@
 # qstat lists a job until it has ended; its accounting record follows (Grid Engine's
 # accounting_flush_time after the end). qacct reads the whole accounting file: it is asked
 # only about the jobs that left qstat, once for each.
+printf '@@caseflow zone %s\n' "$(date +%z)"
 out=$(qstat -u "$(id -un)" -xml); rc=$?
 printf '@@caseflow qstat %s\n' "$rc"
 if [ -n "$out" ]; then printf '%s\n' "$out"; fi

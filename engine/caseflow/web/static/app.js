@@ -34,6 +34,15 @@
     if (s < 48 * 3600) return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
     return Math.floor(s / 86400) + " d " + Math.floor((s % 86400) / 3600) + " h";
   }
+  const JOB_TIMES = { // as pages.JOB_TIMES
+    queue: "as its queue reported them",
+    observed: "as caseflow's polls saw them",
+    unknown: "not known: the case is from an older caseflow",
+  };
+  function seconds(value) { // as pages.seconds: tenths of a second below 90 s
+    if (value === null || value === undefined) return "–";
+    return value < 90 ? value.toFixed(1) + " s" : age(value);
+  }
   function size(n) {
     if (n === null || n === undefined) return "–";
     for (const [unit, f] of [["GB", 1e9], ["MB", 1e6], ["kB", 1e3]]) {
@@ -80,6 +89,7 @@
     tr.append(id, name, el("td", show(stateText(c)), "state s-" + c.state.replace(/[^a-z_]/g, "")),
       el("td", show(c.group)), el("td", show(c.host)), el("td", slot),
       el("td", age((now - Date.parse(c.created_at)) / 1000), "age"),
+      el("td", c.durations.total === null ? "–" : age(c.durations.total), "time"),
       el("td", show(reasonText(c)), "reason"));
     return tr;
   }
@@ -89,7 +99,7 @@
     if (!rows.length) {
       const tr = el("tr", undefined, "empty");
       const td = el("td", "no cases");
-      td.colSpan = 8;
+      td.colSpan = 9;
       tr.appendChild(td);
       rows.push(tr);
     }
@@ -163,6 +173,11 @@
         return li;
       }));
     }
+    for (const cell of box.querySelectorAll("[data-phase]"))
+      setText(cell, seconds(c.durations[cell.dataset.phase]));
+    setText(document.getElementById("job-started"), show(c.job_times.started));
+    setText(document.getElementById("job-ended"), show(c.job_times.ended));
+    setText(document.getElementById("job-times-source"), show(JOB_TIMES[c.job_times.source]));
     const up = c.upload;
     const text = document.getElementById("upload-text");
     if (up && text) {
