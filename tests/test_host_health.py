@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from caseflow import metrics
 from gpu_host import GpuHost
 from harness import DEADLINE, JOB, wait_for
 from sshd import free_port, transport_settings
@@ -207,3 +208,80 @@ def test_probes_follow_health_seconds_and_a_wrong_host_key_shows_without_a_case(
     host = ws.daemon.engine.hosts["testhost"]
     seen = host.transport.commands
     wait_for(lambda: host.transport.commands >= seen + 2, what="two more probes")
+
+
+def test_a_host_without_its_queues_commands_is_paused_and_fails_no_case(ws, gpu_host):
+    """backend.pueue names a client the host lacks: the probe at the start shows it (it was
+    a debug line, and the first case failed for it and kept its slot for good: a review);
+    a case waits for the host, saying so, and fails nothing."""
+    host = gpu_host()
+    ws.write_config(transport=host.transport(ws.remote),
+                    backend={"kind": "pueue", "pueue": "/nonexistent/pueue",
+                             "command": JOB.replace("{ctl}", str(ws.ctl))},
+                    retry={"initial_seconds": 0.2, "max_seconds": 1})
+    ws.start()
+    line = wait_for(lambda: _status_lines(ws).get("testhost"), what="the host's status line")
+    assert line.startswith("work PAUSED since") and "pueue is not installed" in line, line
+    assert "backend.pueue" in line  # what to do
+    ws.drop_case("waits")
+    row = wait_for(lambda: (r := ws.case("waits")) and r.state in ("queued", "uploaded") and
+                   "waiting for host testhost: pueue is not installed" in
+                   json.loads(ws.cli("show", "waits", "--json", check=True).stdout)["state_text"]
+                   and r, what="the case to wait for the host, saying why")
+    assert row.reason is None
+
+
+def test_a_host_no_longer_configured_leaves_no_problem_behind(ws, sshd):
+    """A host that was unreachable when it was taken out of the config: its problem is not
+    shown by `status` (nobody probes it any more), and the next start clears it from the
+    store."""
+    for key in ("groups", "transport", "backend"):
+        ws.settings.pop(key)
+    job = JOB.replace("{ctl}", str(ws.ctl))
+    hosts = {"kept": {"transport": transport_settings(sshd, ws.remote / "kept"),
+                      "backend": {"kind": "direct", "command": job}, "groups": {"g": {"slots": 1}}},
+             "gone": {"transport": transport_settings(sshd, ws.remote / "gone", port=free_port()),
+                      "backend": {"kind": "direct", "command": job}, "groups": {"g": {"slots": 1}}}}
+    for name, h in hosts.items():
+        h["transport"]["name"] = name
+    ws.write_config(hosts=hosts)
+    ws.start()
+    wait_for(lambda: _status_lines(ws).get("gone", "").startswith("UNREACHABLE"),
+             what="the unreachable host's line")
+    ws.stop()
+    del hosts["gone"]
+    ws.write_config(hosts=hosts)
+    assert "gone" not in _status_lines(ws)  # before any start
+    ws.start()
+    wait_for(lambda: all(name != "gone" for name, *_ in ws.store.host_problems()),
+             what="the start to clear the removed host's problem")
+
+
+def test_a_short_blip_keeps_a_stopped_queues_since_and_tells_once(ws, gpu_host, tmp_path):
+    """pueued down all along, the host unreachable for a moment: the host stays paused for
+    its queue with the same since, and on_host_paused ran once (a blip started the outage
+    over and ran the hook again: a review)."""
+    host = gpu_host()
+    host.pueue.stop()
+    told = tmp_path / "told"
+    ws.write_config(transport=host.transport(ws.remote),
+                    backend={"kind": "pueue", "command": JOB.replace("{ctl}", str(ws.ctl))},
+                    health_seconds=1, retry={"initial_seconds": 0.2, "max_seconds": 2},
+                    on_host_paused=f"echo \"$CASEFLOW_HOST\" >> {told}")
+    ws.start()
+    line = wait_for(lambda: _status_lines(ws).get("testhost", "").startswith(
+        "work PAUSED (queue daemon down)") and _status_lines(ws)["testhost"],
+        what="the stopped queue's line")
+    since = re.search(r"since (\S+):", line).group(1)
+    wait_for(lambda: told.exists(), what="the hook")
+    errors = metrics.SSH_ERRORS.labels("testhost")
+    before = errors._value.get()
+    host.relay.refuse()  # the blip: connections cut, new ones refused
+    wait_for(lambda: errors._value.get() >= before + 2, what="connections refused in the blip")
+    host.relay.accept()
+    engine = ws.daemon.engine.hosts["testhost"]
+    after = time.monotonic()
+    wait_for(lambda: engine.last_probe > after + 1, what="probes after the blip")
+    line = _status_lines(ws)["testhost"]
+    assert line.startswith(f"work PAUSED (queue daemon down) since {since}:"), line
+    assert told.read_text() == "testhost\n"

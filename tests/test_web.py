@@ -347,3 +347,36 @@ def test_a_running_jobs_tail_is_read_on_the_host_at_most_every_few_seconds(ws, s
     assert kept["live"] is False and kept["read_at"] is None
     assert kept["lines"][-1] == "line 2" and kept["lines"][1] == "colour \\x1b[31mred\\x1b[0m"
     assert kept["source"].endswith(f"logs/{row.id}-1.log")
+
+
+def test_cycling_through_more_running_cases_than_tails_kept_does_not_read_the_host_more(
+        ws, monkeypatch):
+    """A client asking for the tails of more running cases than are kept, one after the other
+    and again: each case's log is still read at most once per READ_SECONDS, and the host at
+    most HOST_READS_PER_SECOND times a second (each request read on the host when the evicted
+    tail took its last read's time with it: a review). KEPT is made small to need few jobs."""
+    from caseflow.web import live_tails
+    monkeypatch.setattr(live_tails, "KEPT", 3)
+    ws.write_config(web=WEB, groups={"gpu_a": {"slots": 8}},
+                    backend={"kind": "direct", "command": TAIL_JOB.replace("{ctl}", str(ws.ctl))})
+    daemon = ws.start()
+    url, live = daemon.web.url, daemon.web.app.live
+    names = [f"cycled{i}" for i in range(8)]
+    for name in names:
+        ws.drop_case(name)
+    ids = [ws.wait_state(name, "running").id for name in names]
+    reads, began = live.reads, time.monotonic()
+    asked = 0
+    while time.monotonic() - began < 2 * live_tails.READ_SECONDS:
+        for case_id in ids:
+            get_json(url, f"/api/cases/{case_id}/log")
+            asked += 1
+    spent = time.monotonic() - began
+    done = live.reads - reads
+    assert asked > 3 * len(ids)  # every case asked for again and again
+    assert done <= min(len(ids) * (spent / live_tails.READ_SECONDS + 1),
+                       spent * live_tails.HOST_READS_PER_SECOND + 1), (done, asked, spent)
+    for case_id in ids:
+        (ws.ctl / f"step-{case_id}").touch()
+    for name in names:
+        ws.wait_state(name, "success")

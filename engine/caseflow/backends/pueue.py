@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ..config.reader import Section
-from ..errors import QUEUE_DOWN, HostError, PermanentError, TransientError
+from ..errors import CONFIG, QUEUE_DOWN, HostError, PermanentError, TransientError
 from ..transports.shell import script, source
 from . import (
     LOG_TAIL_BYTES,
@@ -166,9 +166,13 @@ class PueueBackend(PueueGroups, QueueBackend):
         match = re.search(r"(\d+)\.(\d+)\.(\d+)", res.stdout)
         if res.returncode != 0 or not match:
             if res.returncode == 127 or "not found" in res.stderr:
-                raise PermanentError(
+                # the host's problem, not a case's: a case failed for it and kept its slot
+                # while its stop could never find pueue (a review, issue 27)
+                raise HostError(
                     f"pueue is not installed on {self.transport.name} "
-                    f"(`{self.client} --version`: {res.stderr.strip()[:200]})"
+                    f"(`{self.client} --version`: {res.stderr.strip()[:200]}); install it "
+                    "there, or set backend.pueue to where it is",
+                    kind=CONFIG,
                 )
             raise TransientError(
                 f"`{self.client} --version` failed on {self.transport.name}: {self._error(res)}"

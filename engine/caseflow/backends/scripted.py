@@ -27,7 +27,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from ..errors import PermanentError, TransientError
+from ..errors import CONFIG, HostError, PermanentError, TransientError
 from ..transports import RunResult, Transport
 from . import (
     LOG_TAIL_BYTES,
@@ -170,8 +170,12 @@ class ScriptedBackend(QueueBackend, Generic[P]):
         code = res.returncode
         if code == NO_FOLDER:
             return PermanentError(f"the uploaded case folder is missing on {where}")
-        if code == NOT_INSTALLED:
-            return PermanentError(f"{self.queue}'s commands are missing on {where}: {message}")
+        if code == NOT_INSTALLED:  # the host's problem, not the case's: it pauses
+            return HostError(
+                f"{self.queue}'s commands are missing on {where}: {message}; install them, or "
+                "put them on the SSH user's PATH",
+                kind=CONFIG,
+            )
         if code == NO_BOOKKEEPING:
             return TransientError(f"writing caseflow's files in the case folder failed: {message}")
         if code == QUEUE_UNKNOWN:

@@ -105,7 +105,8 @@ def cmd_status(args) -> int:
     terminal = set(spec.terminal_states)
     reader = StatusReader(store.path)
     try:
-        hosts = reader.hosts()
+        # a host no longer configured is nobody's to probe: its old problem is not shown
+        hosts = [h for h in reader.hosts() if config.host(h.name) is not None]
     finally:
         reader.close()
     waits = host_waits(hosts, group_hosts(config))

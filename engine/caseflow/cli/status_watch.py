@@ -43,6 +43,9 @@ def frame(
         *count_lines(spec, counts, columns),
     ]
     hosts = reader.hosts()
+    if groups is not None:  # the configured hosts' only (a removed one's problem is stale)
+        known = {name for names in groups.values() for name in names}
+        hosts = [h for h in hosts if h.name in known]
     lines += host_lines(hosts)
     lines.append("")
     room = max(1, rows - len(lines) - 2)  # the table's header and a last line

@@ -178,13 +178,18 @@ class HostHealth:
     def load(self) -> None:
         """What the store says is wrong with the hosts (shown since an earlier run, until
         the first probe says otherwise)."""
+        now = self.clock()
         for name, problem, _, kind in self.store.host_problems():
             if name in self.hosts:
                 self.hosts[name].problem = problem
                 self.hosts[name].problem_kind = kind
+            else:  # a host no longer configured: nothing probes it; shown forever (a review)
+                self.store.set_host_problem(name, None, now)
         for name, notice in self.store.host_notices():
             if name in self.hosts:
                 self.hosts[name].notice = notice
+            else:
+                self.store.set_host_notice(name, None, now)
 
     def _set(self, host: Host, kind: str | None, problem: str | None) -> None:
         if problem == host.problem and kind == host.problem_kind:
@@ -205,10 +210,12 @@ class HostHealth:
         # connection a person opens: checking for it costs nothing on the host)
         host.down = True
         host.next_probe = now + getattr(exc, "probe_seconds", self.retry.max_seconds)
+        kind = getattr(exc, "kind", CONFIG)
         if message != host.problem:
             log.error("host %s: work paused: %s", host.name, message)
-            self._set(host, getattr(exc, "kind", CONFIG), message)
-            if self.on_pause is not None:
+            new = kind != host.problem_kind
+            self._set(host, kind, message)
+            if new and self.on_pause is not None:  # once per pause, not per wording of it
                 self.on_pause(host.name, message)
         return message
 
@@ -221,8 +228,11 @@ class HostHealth:
         if not host.down:
             host.down = True
             host.next_probe = now + self.probe_interval(host)
-        if host.problem_kind != UNREACHABLE:
-            # the transport's "not trying again for N s" changes at every call: not shown
+        if host.problem_kind is None or host.problem_kind == DISK_LOW:
+            # a host paused for a problem it still has keeps it, and its since, while it is
+            # also briefly unreachable (a blip reset a stopped pueued's since and ran the
+            # hook again: a review); the transport's "not trying again for N s" changes at
+            # every call: not shown
             cause = re.sub(r"; not trying again for \d+ s$", "", short(exc)) if exc else ""
             log.warning("host %s: unreachable: %s", host.name, cause or "no answer")
             self._set(
@@ -236,8 +246,10 @@ class HostHealth:
     def answered(self, host: Host, queue: bool = True) -> None:
         """A command on the host worked: its problem is over; its waiting cases go on.
         `queue`: the queue answered too (a poll, a probe); only that ends a problem of the
-        queue's daemon. A nearly full disk is ended only by a probe that finds room."""
-        if host.problem_kind == QUEUE_DOWN and not queue:
+        queue (its daemon down, its commands missing: an upload that worked meanwhile ended
+        the pause, the submit after it paused the host again). A nearly full disk is ended
+        only by a probe that finds room."""
+        if host.problem_kind in (QUEUE_DOWN, CONFIG) and not queue:
             return
         host.avoid_until = float("-inf")
         if host.problem is not None and host.problem_kind != DISK_LOW:
@@ -324,7 +336,9 @@ class HostHealth:
             host.backend.probe()  # and its queue answers (e.g. pueue's daemon runs)
         except HostError as exc:
             self.pause(host, exc)
-        except (TransientError, PermanentError) as exc:
+        except PermanentError as exc:  # the host or its queue cannot be used as they are
+            self.pause(host, HostError(short(exc, HOST_PROBLEM_LIMIT), kind=CONFIG))
+        except TransientError as exc:
             if is_unreachable(exc):
                 self.unreachable(host, exc)
             else:

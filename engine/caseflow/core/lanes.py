@@ -40,11 +40,13 @@ class Lanes:
         host = self.outcomes.host_or_none(row) or next(iter(self.core.hosts.values()))
         self.core.inflight.run(host.short_lane if short else host.lane, row.id, fn, args)
 
-    def host_work(self, host: Host, work: str, fn: Callable[..., object], *args: Any) -> None:
+    def host_work(self, host: Host, work: str, fn: Callable[..., object], *args: Any) -> bool:
         """A host's own work (a poll, a probe), in its short lane: one of each at a time; a
-        shutdown does not wait for it."""
-        if self.core.inflight.claim((work, host.name)):
-            self.core.inflight.run(host.short_lane, (work, host.name), fn, args, awaited=False)
+        shutdown does not wait for it. False: that work is in flight already."""
+        if not self.core.inflight.claim((work, host.name)):
+            return False
+        self.core.inflight.run(host.short_lane, (work, host.name), fn, args, awaited=False)
+        return True
 
     def still(self, row: CaseRow) -> CaseRow | None:
         """The case as the store has it now, if it is still where `row` saw it: a step that

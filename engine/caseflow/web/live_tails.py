@@ -4,8 +4,11 @@ However many pages show a case, its log is read on the host at most once per REA
 page gets the tail read last, and when that is older a read starts in the host's short lane
 (beside its polls: one at a time per case, never on a page's thread, and a shutdown does not
 wait for it). A page's first look at a case waits up to FIRST_WAIT for the first read. At most
-KEPT tails are kept, the ones asked for least recently go first. A host known not to answer is
-not asked; the page says so and keeps the lines read before.
+KEPT tails are kept, the ones asked for least recently go first; when a read was started is
+kept for ASKED_KEPT cases (a client cycling through more running cases than KEPT evicted each
+tail before it was asked again, and every request read on the host: a review), and a host is
+read for tails at most HOST_READS_PER_SECOND times a second, however many cases and pages. A
+host known not to answer is not asked; the page says so and keeps the lines read before.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from ..store import CaseRow
 
 READ_SECONDS = 3.0  # at most one read on the host per case in this time
 KEPT = 64  # cases whose tail is kept
+ASKED_KEPT = 4096  # cases whose last read's start is kept (a float each)
+HOST_READS_PER_SECOND = 4.0  # tail reads on one host, whatever the cases and pages
 TAIL_BYTES = 64 * 1024  # read from the log's end: enough for the last lines
 FIRST_WAIT = 2.0
 
@@ -40,8 +45,8 @@ class Tail:
 
 class _Entry:
     def __init__(self) -> None:
-        self.asked = float("-inf")  # monotonic: when a read was last started
         self.tail: Tail | None = None
+        self.reading = False  # a read was started for it and has not settled
 
 
 class LiveTails:
@@ -58,6 +63,10 @@ class LiveTails:
         self.monotonic = monotonic
         self.reads = 0  # reads done on hosts (a test counts them)
         self._entries: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        # monotonic: when a read of the case's tail last started; of a host's, the earliest
+        # the next may start
+        self._asked: OrderedDict[tuple[int, int], float] = OrderedDict()
+        self._host_next: dict[str | None, float] = {}
         self._cond = threading.Condition()
 
     def tail(self, row: CaseRow) -> Tail:
@@ -71,13 +80,21 @@ class LiveTails:
                     self._entries.popitem(last=False)
             self._entries.move_to_end(key)
             now = self.monotonic()
-            due = now - entry.asked >= READ_SECONDS
+            name = row.slot_host or row.host
+            due = now - self._asked.get(
+                key, float("-inf")
+            ) >= READ_SECONDS and now >= self._host_next.get(name, float("-inf"))
             if due:
-                entry.asked = now
+                self._asked[key] = now
+                self._asked.move_to_end(key)
+                while len(self._asked) > ASKED_KEPT:
+                    self._asked.popitem(last=False)
+                self._host_next[name] = now + 1.0 / HOST_READS_PER_SECOND
+                entry.reading = True
         if due:
             self._start(row, entry)
-        with self._cond:
-            self._cond.wait_for(lambda: entry.tail is not None, FIRST_WAIT)
+        with self._cond:  # a first read started for it: wait a little for its lines
+            self._cond.wait_for(lambda: entry.tail is not None or not entry.reading, FIRST_WAIT)
             return entry.tail or Tail(problem="reading it on the host; it shows in a moment")
 
     def _start(self, row: CaseRow, entry: _Entry) -> None:
@@ -94,7 +111,12 @@ class LiveTails:
                 ),
             )
         else:
-            self.engine.lanes.host_work(host, f"log-tail-{row.id}", self._read, host, row, entry)
+            if not self.engine.lanes.host_work(
+                host, f"log-tail-{row.id}", self._read, host, row, entry
+            ):  # a read of it is under way (for a tail evicted meanwhile)
+                with self._cond:
+                    entry.reading = False
+                    self._cond.notify_all()
 
     def _read(self, host: Any, row: CaseRow, entry: _Entry) -> object:
         try:
@@ -121,5 +143,5 @@ class LiveTails:
 
     def _settle(self, entry: _Entry, tail: Tail) -> None:
         with self._cond:
-            entry.tail = tail
+            entry.tail, entry.reading = tail, False
             self._cond.notify_all()
