@@ -37,11 +37,11 @@ def chromium():
             browser.close()
 
 
-@pytest.fixture
-def browser_page(chromium):
-    """A fresh page (its own context: no cookies from other tests) that records every dialog
-    a script opens and every error a script raises."""
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+def open_page(chromium, **context):
+    """A fresh page (its own context: no cookies from other tests, 1400×1000 unless `context`
+    says otherwise) that records every dialog a script opens, every error a script raises
+    and every address it asks for; and its context, to close."""
+    context = chromium.new_context(**{"viewport": {"width": 1400, "height": 1000}, **context})
     page = context.new_page()
     page.dialogs = []
     page.script_errors = []
@@ -53,5 +53,19 @@ def browser_page(chromium):
     page.on("pageerror", lambda exc: page.script_errors.append(str(exc)))
     page.requests = []  # every address the page asked for (all must be the status page's)
     page.on("request", lambda request: page.requests.append(request.url))
+    return page, context
+
+
+@pytest.fixture
+def browser_page(chromium):
+    page, context = open_page(chromium)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def new_york_page(chromium):
+    """A page of a browser in New York (its time zone; English as in the US)."""
+    page, context = open_page(chromium, timezone_id="America/New_York", locale="en-US")
     yield page
     context.close()

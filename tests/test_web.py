@@ -10,14 +10,18 @@ import socket
 import sqlite3
 import threading
 import time
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from caseflow import web
 from caseflow.spec import load_spec
+from caseflow.views import iso
+from caseflow.web.pages import local_time
 from harness import DEADLINE, wait_for
 from sshd import transport_settings
-from webtools import WEB, fill_cases, get_json, request
+from webtools import JULY, UNREACHABLE_TEXT, WEB, fill_cases, get_json, needs_a_person, request
 
 
 @pytest.fixture
@@ -241,7 +245,7 @@ def test_the_overview_counts_and_the_summary_agree(site):
     assert summary["total"] == 34 and summary["groups"] == {}  # per group: the active ones
     html = request(url, "/")[2].decode()
     assert 'id="count-success" x=' in html and '>30</text>' in html
-    assert '<td class="num" id="n-failure">4</td>' in html
+    assert '<span class="count" id="n-failure">4</span>' in html
     assert {s.name for s in load_spec().states} <= {
         part.split('"')[0] for part in html.split('id="state-')[1:]}
 
@@ -255,10 +259,12 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
     hosts = get_json(url, "/api/hosts")["hosts"]
     assert hosts == [{"name": "local", "transport": "local", "backend": "direct",
                       "status": "paused", "problem": "authentication failed <b>(check the key)</b>",
-                      "problem_kind": "config", "problem_line": hosts[0]["problem_line"],
+                      "problem_kind": "config", "problem_head": "work PAUSED",
+                      "problem_line": hosts[0]["problem_line"],
                       "since": hosts[0]["paused_since"], "paused_since": hosts[0]["paused_since"],
                       "free_bytes": hosts[0]["free_bytes"],
-                      "notice": "pueue group gpu_a is paused", "drain": None, "probing": False}]
+                      "notice": "pueue group gpu_a is paused", "drain": None,
+                      "drain_reason": None, "drain_since": None, "probing": False}]
     assert hosts[0]["paused_since"].endswith("Z")
     assert hosts[0]["problem_line"] == (f"work PAUSED since {hosts[0]['since']}: "
                                         "authentication failed <b>(check the key)</b>")
@@ -281,6 +287,7 @@ def test_a_paused_host_on_the_pages_and_in_the_metrics(site):
     for path in ("/", "/hosts"):
         html = request(url, path)[2].decode()
         assert "disk swap &lt;i&gt;7&lt;/i&gt;" in html and "<i>7" not in html
+        assert f'DRAINED since <time datetime="{host["drain_since"]}"' in html
     text = request(url, "/metrics")[2].decode()
     assert 'caseflow_host_drained{host="local"} 1.0' in text
 
@@ -318,6 +325,11 @@ def test_a_running_jobs_tail_is_read_on_the_host_at_most_every_few_seconds(ws, s
     assert ('<pre class="log" id="log-text">line 1 &lt;b&gt;bold&lt;/b&gt; &amp; more\n'
             "colour \\x1b[31mred\\x1b[0m</pre>") in html
     assert "\x1b" not in html and "The job&#x27;s output in testhost:" in html
+    # when they were read: a <time> in the page, the ISO in the JSON
+    stamp = re.search(r', read at <time datetime="([^"]+)" title="\1">\d\d:\d\d:\d\d</time> '
+                      r"\(again every 3 s while it runs\): the last 2 lines\.</p>", html)
+    assert stamp and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", stamp.group(1)), html[-2000:]
+    assert f", read at {first['read_at']} (again" in first["about"]
 
     # many viewers at once: the host is read at most once per case every READ_SECONDS
     reads, began = live.reads, time.monotonic()
@@ -380,3 +392,106 @@ def test_cycling_through_more_running_cases_than_tails_kept_does_not_read_the_ho
         (ws.ctl / f"step-{case_id}").touch()
     for name in names:
         ws.wait_state(name, "success")
+
+
+# -- what needs a person; times -----------------------------------------------------------
+@pytest.fixture
+def in_kolkata(monkeypatch):
+    """The daemon's machine in India (UTC+05:30, no summer time): the page's times are
+    written in its zone before a script runs."""
+    monkeypatch.setenv("TZ", "Asia/Kolkata")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+ISO_AS_TEXT = re.compile(r">[^<]*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # an ISO time shown
+
+
+def test_the_overview_says_what_needs_a_person_in_local_times(ws, in_kolkata):
+    """/api/summary's `attention` and the overview without a script: the unreachable host,
+    the cases that failed in the last 24 h (not those cancelled or older), those retrying,
+    those waiting for the host, those unchanged for 4 h; every time shown in the daemon's zone
+    as a <time> keeping the ISO 8601 UTC, which the JSON keeps as it was."""
+    ws.write_config(web=WEB)
+    now = time.time()
+    ids = needs_a_person(ws, now)
+    server = web.start(ws.config(), load_spec())
+    try:
+        url = server.url
+        summary = get_json(url, "/api/summary")
+        a = summary["attention"]
+        assert a["failed"]["states"] == {"failure": 3, "not_found": 1}
+        assert a["failed"]["total"] == 4 and a["failed"]["hours"] == 24
+        assert [c["name"] for c in a["failed"]["cases"]] == ["lost-0", "broken-2", "broken-1",
+                                                             "broken-0"]
+        asked = datetime.fromisoformat(summary["at"].replace("Z", "+00:00")).timestamp()
+        assert a["failed"]["since"] == iso(asked - 24 * 3600)
+        assert (a["retrying"]["total"], [c["name"] for c in a["retrying"]["cases"]]) == \
+            (2, ["flaky-0", "flaky-1"]) == (summary["retrying"], ["flaky-0", "flaky-1"])
+        assert a["waiting"]["total"] == 21 and len(a["waiting"]["cases"]) == 5
+        assert "(waiting for host local: cannot connect" in a["waiting"]["cases"][2]["state_text"]
+        assert (a["stuck"]["total"], a["stuck"]["hours"]) == (2, 4)
+        assert [c["name"] for c in a["stuck"]["cases"]] == ["slow-0", "slow-1"]
+        listed = {c["id"]: c for c in get_json(url, "/api/cases?per_page=1000")["cases"]}
+        for part in a.values():  # each case as `caseflow status --json` lists it
+            for c in part["cases"]:
+                assert c == listed[c["id"]]
+                assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c["updated_at"])
+
+        html = request(url, "/")[2].decode()
+        since = iso(now - 1500)
+        in_india = local_time(now - 1500, now)
+        assert in_india.endswith(datetime.fromtimestamp(
+            now - 1500, ZoneInfo("Asia/Kolkata")).strftime("%H:%M:%S"))  # the daemon's zone
+        assert (f'<li>host local: UNREACHABLE since <time datetime="{since}" title="{since}">'
+                f"{in_india}</time>: {UNREACHABLE_TEXT}</li>") in html
+        assert "times in IST" in html and '<p class="calm" id="calm" hidden>' in html
+        for key in ("failed", "retrying", "waiting", "stuck"):
+            assert f'<section class="attn" id="attn-{key}">' in html, key
+        assert '<a href="/cases?state=failure">3 failure</a>, ' \
+            '<a href="/cases?state=not_found">1 not_found</a>' in html
+        assert "stopped-by-me" not in html.split('id="recent"')[0]  # cancelled: not a failure
+        assert "old-fail" not in html.split('id="recent"')[0]
+        assert html.index('id="attention"') < html.index('id="recent"') < html.index(
+            'class="machine"')
+        assert 'class="counts"' not in html  # the diagram's numbers: in a line, not a table
+
+        # a time of another year, in the daemon's zone; the same in JSON as ISO 8601 UTC
+        page = request(url, f"/cases/{ids['july']}")[2].decode()
+        assert ('<dt>Detected</dt><dd><time datetime="2025-07-04T16:05:09Z" '
+                'title="2025-07-04T16:05:09Z">Fri 4 Jul 2025 21:35:09</time></dd>') in page
+        assert '<time datetime="2025-07-04T17:05:09Z" title="2025-07-04T17:05:09Z">' \
+            "Fri 4 Jul 2025 22:35:09</time>" in page  # its history
+        detail = get_json(url, f"/api/cases/{ids['july']}")
+        assert detail["created_at"] == "2025-07-04T16:05:09Z" == iso(JULY)
+        assert detail["history"][0]["at"] == "2025-07-04T17:05:09Z"
+        # retrying: since when, and when it tries again
+        flaky = request(url, f"/cases/{ids['flaky-0']}")[2].decode()
+        assert (f'retrying since <time datetime="{iso(now - 900)}" title="{iso(now - 900)}">'
+                f"{local_time(now - 900, now)}</time> (3 attempts): case.yaml") in flaky
+        assert (f'<dt>Next attempt</dt><dd><span data-field="next"><time datetime="'
+                f'{iso(now + 3600)}"') in flaky
+        # no time anywhere is shown as ISO text, only in attributes
+        for path in ("/", "/cases", f"/cases/{ids['july']}", f"/cases/{ids['flaky-0']}",
+                     "/hosts"):
+            text = request(url, path)[2].decode()
+            assert not ISO_AS_TEXT.search(text), (path, ISO_AS_TEXT.search(text))
+        hosts = get_json(url, "/api/hosts")["hosts"]
+        assert (hosts[0]["problem_head"], hosts[0]["since"]) == ("UNREACHABLE", since)
+        assert hosts[0]["problem_line"] == f"UNREACHABLE since {since}: {UNREACHABLE_TEXT}"
+    finally:
+        server.stop()
+
+
+def test_nothing_needs_you(site):
+    ws, url = site
+    fill_cases(ws.database, 5)
+    a = get_json(url, "/api/summary")["attention"]
+    assert [a[k]["total"] for k in ("failed", "retrying", "waiting", "stuck")] == [0, 0, 0, 0]
+    html = request(url, "/")[2].decode()
+    assert '<p class="calm" id="calm">Nothing needs you: every host answers' in html
+    for key in ("failed", "retrying", "waiting", "stuck"):
+        assert f'<section class="attn" id="attn-{key}" hidden>' in html, key
+    assert html.count('<tr data-id="') == 5

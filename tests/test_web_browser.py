@@ -16,14 +16,19 @@ import shutil
 import sqlite3
 import time
 import unicodedata
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
-from browser import browser_page, chromium  # noqa: F401,F811 (fixtures the tests take by name)
-from caseflow.views import printable
+from browser import browser_page, chromium, new_york_page  # noqa: F401,F811 (fixtures by name)
+from caseflow import web
+from caseflow.spec import load_spec
+from caseflow.views import iso, printable
+from caseflow.web.pages import local_time
 from harness import DEADLINE, wait_for
-from webtools import WEB, fill_cases
+from webtools import JULY, UNREACHABLE_TEXT, WEB, add_case, fill_cases, needs_a_person
 
 pytestmark = pytest.mark.slow
 
@@ -154,6 +159,13 @@ def test_the_case_page_shows_a_running_jobs_tail_refreshed(ws, browser_page, tmp
              what="the first lines")
     assert page.locator("#log").get_attribute("data-live") == "true"
     assert "The job's output in local:" in page.locator("#log-about").inner_text()
+    read = page.locator("#log-about time")  # when the lines were read, in the browser's zone
+    zone = ZoneInfo(page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone"))
+    wait_for(lambda: read.count() == 1, what="when the lines were read")
+    stamp = read.get_attribute("datetime")
+    assert read.inner_text() == local_time(
+        datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp(), time.time(), zone)
+    assert f", read at {read.inner_text()} (again every 3 s" in page.locator("#log-about").inner_text()
     (ws.ctl / "more").touch()
     wait_for(lambda: text.inner_text().endswith("\nsecond"), what="the next line, without a reload")
     shot(page, tmp_path, "case-tail")
@@ -304,3 +316,113 @@ def test_a_busy_overview(ws, browser_page, tmp_path):
         writer.join()
         ws.release("busy")
     assert not page.script_errors
+
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+
+def in_new_york(text: str) -> str:
+    """How the page writes a time (ISO 8601) in New York: as web.pages.local_time."""
+    return local_time(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp(),
+                      time.time(), NEW_YORK)
+
+
+def live(page) -> bool:
+    return page.locator("#live").inner_text() == "· live"
+
+
+def test_the_first_screen_shows_what_needs_a_person_then_the_cases(ws, new_york_page, tmp_path):
+    """At 1400×1000, before any scrolling: what needs a person (the unreachable host; cases
+    failed, retrying, waiting for the host, stuck) and at least ten rows of the case list,
+    the diagram below them. Times are New York's (the browser's zone), each <time> keeping
+    the ISO 8601 UTC; also in what the script rebuilds. (A status page without a daemon,
+    which would move the scene's cases.)"""
+    ws.write_config(web=WEB)
+    now = time.time()
+    ids = needs_a_person(ws, now)
+    server = web.start(ws.config(), load_spec())
+    page = new_york_page
+    try:
+        page.goto(server.url)
+        wait_for(lambda: live(page), what="a live refresh")
+
+        def names(key: str) -> list[str]:
+            return [t.split(" ", 1)[1] for t in
+                    page.locator(f"#attn-{key} li > a").all_inner_texts()]
+        banner = page.locator("#alerts li")
+        assert banner.count() == 1
+        since = banner.locator("time").get_attribute("datetime")
+        assert since == iso(now - 1500)
+        assert banner.inner_text() == (f"host local: UNREACHABLE since {in_new_york(since)}: "
+                                       f"{UNREACHABLE_TEXT}")
+        failed = page.locator("#attn-failed")
+        assert failed.locator("h3").inner_text() == "Failed in 24 h: 3 failure, 1 not_found"
+        assert failed.locator("h3 a").first.get_attribute("href") == "/cases?state=failure"
+        assert names("failed") == ["lost-0", "broken-2", "broken-1", "broken-0"]  # the latest first
+        assert names("retrying") == ["flaky-0", "flaky-1"]
+        assert page.locator("#attn-retrying li").first.inner_text() == (
+            f"{ids['flaky-0']} flaky-0 case.yaml: cannot read it: Permission denied (stable, "
+            f"3 attempts since {in_new_york(iso(now - 900))})")
+        assert page.locator("#attn-failed li").first.inner_text() == (
+            f"{ids['lost-0']} lost-0 the queue no longer knows the job (not_found, "
+            f"{in_new_york(iso(now - 500))})")
+        assert page.locator("#attn-waiting .n").inner_text() == "21"  # the queued and upload-wait
+        assert names("waiting") == ["slow-0", "slow-1", "upload-wait", "queued-00", "queued-01"]
+        assert page.locator("#attn-waiting .more").inner_text() == "and 16 more"
+        assert "waiting for host local: cannot connect" in \
+            page.locator("#attn-waiting li").nth(2).inner_text()
+        assert names("stuck") == ["slow-0", "slow-1"]
+        assert page.locator("#calm").is_hidden()
+
+        # all of it, and ten cases or more, on the first screen; the diagram after them
+        def box(locator) -> dict:
+            b = locator.bounding_box()
+            return {"top": b["y"], "bottom": b["y"] + b["height"]}
+        attention = box(page.locator("#attention"))
+        assert attention["top"] < 200 and attention["bottom"] < 1000, attention
+        rows = page.locator("#recent tbody tr")
+        assert rows.count() == 20
+        shown = [i for i in range(rows.count()) if box(rows.nth(i))["bottom"] <= 1000]
+        assert len(shown) >= 10 and shown[0] == 0, shown
+        assert box(rows.nth(0))["top"] > attention["bottom"]
+        assert page.locator("#recent td.name").first.inner_text() == "slow-0"  # active first
+        diagram = box(page.locator("svg.machine"))
+        assert diagram["top"] > box(page.locator("#recent"))["bottom"], diagram
+        shot(page, tmp_path, "first-screen")
+
+        # every time on the page in New York's zone, its datetime and title in UTC
+        assert page.locator("#zone").inner_text() == "times in America/New_York"
+        times = page.locator("time")
+        assert times.count() >= 10  # the header, the banner, the lists, the retrying cases
+        for i in range(times.count()):
+            t = times.nth(i)
+            stamp = t.get_attribute("datetime")
+            assert stamp.endswith("Z") and t.get_attribute("title") == stamp
+            assert t.inner_text() == in_new_york(stamp), stamp
+        assert page.locator("#recent tr", has_text="flaky-0").locator("td.reason time").count() == 1
+
+        # a case that fails now comes into the list without a reload, its time New York's
+        ended = time.time()
+        add_case(ws.database, "broken-new", "failure", now - 60, ended,
+                 (("running", "failure", "fail", ended),), reason="job exited with code 9")
+        wait_for(lambda: names("failed")[:1] == ["broken-new"], what="the new failure listed")
+        first = page.locator("#attn-failed li").first.locator("time")
+        assert first.get_attribute("datetime") == iso(ended)
+        assert first.inner_text() == in_new_york(iso(ended))
+        assert failed.locator("h3").inner_text() == "Failed in 24 h: 4 failure, 1 not_found"
+
+        # a time of July 2025, in New York's summer time; the history as the script wrote it
+        page.goto(f"{server.url}cases/{ids['july']}")
+        wait_for(lambda: live(page), what="a live refresh")
+        detected = page.locator("dl.fields time").first
+        assert detected.get_attribute("datetime") == "2025-07-04T16:05:09Z"
+        assert detected.get_attribute("title") == "2025-07-04T16:05:09Z"
+        assert detected.inner_text() == "Fri 4 Jul 2025 12:05:09"
+        assert page.locator("#history time").inner_text() == "Fri 4 Jul 2025 13:05:09"
+        assert page.locator("#history time").get_attribute("datetime") == iso(JULY + 3600)
+        page.goto(f"{server.url}hosts")
+        wait_for(lambda: live(page), what="a live refresh")
+        assert page.locator("#hosts tbody time").inner_text() == in_new_york(since)
+        assert not page.script_errors and not page.dialogs
+    finally:
+        server.stop()

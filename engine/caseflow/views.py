@@ -55,11 +55,29 @@ _PROBLEM_HEADS = {
 }
 
 
-def host_problem_text(kind: str, problem: str, since: float | None) -> str:
+class Stamp(str):
+    """A time (ISO 8601, UTC) in a text made of parts: the command line and the JSON show
+    the parts joined (the ISO as it is), the status page shows the time as a <time> in the
+    reader's zone (web.pages.parts_html)."""
+
+
+def _stamp(t: float | None) -> str:
+    return "unknown" if t is None else Stamp(iso(t))
+
+
+def problem_head(kind: str) -> str:
+    """How a host's problem line begins: "UNREACHABLE", "work PAUSED (host key)"..."""
+    return _PROBLEM_HEADS.get(kind, "work PAUSED")
+
+
+def host_problem_parts(kind: str, problem: str, since: float | None) -> list[str]:
     """A host's problem as `status`, `status --watch` and the page say it: what, since
     when, and the problem's own text (which says what to do)."""
-    head = _PROBLEM_HEADS.get(kind, "work PAUSED")
-    return f"{head} since {iso(since) or 'unknown'}: {one_line(problem, 10_000)}"
+    return [f"{problem_head(kind)} since ", _stamp(since), f": {one_line(problem, 10_000)}"]
+
+
+def host_problem_text(kind: str, problem: str, since: float | None) -> str:
+    return "".join(host_problem_parts(kind, problem, since))
 
 
 def host_lines(hosts: Iterable[HostRow]) -> list[str]:
@@ -103,12 +121,18 @@ def group_hosts(config) -> dict[str, list[str]]:
     return {g.name: [h.name for h in config.hosts if h.group(g.name)] for g in config.groups}
 
 
-def drain_text(reason: str, since: float | None, host: str) -> str:
+def drain_parts(reason: str, since: float | None, host: str) -> list[str]:
     """A drained host as `status`, `status --watch` and the page say it."""
-    return (
-        f"DRAINED since {iso(since)} ({one_line(reason, 1000)}): no new upload or submit, "
-        f"running jobs go on; `caseflow host resume {host}` ends it"
-    )
+    return [
+        "DRAINED since ",
+        _stamp(since),
+        f" ({one_line(reason, 1000)}): no new upload or submit, running jobs go on; "
+        f"`caseflow host resume {host}` ends it",
+    ]
+
+
+def drain_text(reason: str, since: float | None, host: str) -> str:
+    return "".join(drain_parts(reason, since, host))
 
 
 def printable(text: str | None) -> str:
@@ -391,15 +415,23 @@ def state_cell(row: CaseRow, now: float, waits: Mapping[str, str] | None = None)
     return one_line(text, width=10_000)
 
 
-def reason_cell(row: CaseRow) -> str:
+def reason_parts(row: CaseRow) -> list[str] | None:
+    """Why the case failed (or is failing), or how it keeps trying after errors; None when
+    neither."""
     if row.reason:
-        return one_line(row.reason)
+        return [row.reason]
     if row.last_error:
-        return one_line(
-            f"retrying since {iso(row.failing_since)} ({plural(row.attempts, 'attempt')}): "
-            f"{row.last_error}"
-        )
-    return "-"
+        return [
+            "retrying since ",
+            _stamp(row.failing_since),
+            f" ({plural(row.attempts, 'attempt')}): {row.last_error}",
+        ]
+    return None
+
+
+def reason_cell(row: CaseRow) -> str:
+    parts = reason_parts(row)
+    return one_line("".join(parts)) if parts else "-"
 
 
 def status_table(

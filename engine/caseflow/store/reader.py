@@ -227,6 +227,82 @@ class StatusReader:
         )
         return total, [CaseRow(*r) for r in rows]
 
+    # -- what needs a person (the overview's first part: web.attention) ------------------
+    # Each finds its cases by the state index and stops after `limit` rows of them; the
+    # rest is counted. With 10,000 cases each takes a millisecond or two.
+    def ended_since(
+        self, states: Sequence[str], since: float, not_by: Sequence[str], limit: int
+    ) -> tuple[dict[str, int], list[CaseRow]]:
+        """Cases that ended in one of `states` at `since` or later, except those ended by
+        one of the triggers `not_by` (an operator's cancel): how many per state, and the
+        latest `limit` of them."""
+        where = [f"c.state IN ({','.join('?' * len(states))})", "c.updated_at >= ?"]
+        params = [*states, since]
+        if not_by:
+            # the case's last move (history_case index: one lookup per recent case)
+            where.append(
+                "(SELECT h.trigger FROM history h WHERE h.case_id = c.id"
+                f" ORDER BY h.id DESC LIMIT 1) NOT IN ({','.join('?' * len(not_by))})"
+            )
+            params += list(not_by)
+        clause = " WHERE " + " AND ".join(where)
+        with self.lock:
+            per_state = dict(
+                self._rows(
+                    f"SELECT c.state, COUNT(*) FROM cases c{clause} GROUP BY c.state", params
+                )
+            )
+            rows = self._rows(
+                CASE_SELECT + clause + " ORDER BY c.updated_at DESC LIMIT ?", [*params, limit]
+            )
+        return per_state, [CaseRow(*r) for r in rows]
+
+    def retrying(self, states: Sequence[str], limit: int) -> tuple[int, list[CaseRow]]:
+        """Cases in `states` whose last attempt failed (they wait out a backoff): how many,
+        and the `limit` failing longest."""
+        where = [f"c.state IN ({','.join('?' * len(states))})", "c.last_error IS NOT NULL"]
+        with self.lock:
+            return self._slice(where, list(states), "c.failing_since, c.id", 0, limit)
+
+    def unchanged(
+        self, states: Sequence[str], before: float, limit: int
+    ) -> tuple[int, list[CaseRow]]:
+        """Cases in `states`, not retrying, that have not changed (no move, no failed
+        attempt) since `before`: how many, and the `limit` unchanged longest."""
+        where = [
+            f"c.state IN ({','.join('?' * len(states))})",
+            "c.last_error IS NULL",
+            "c.updated_at < ?",
+        ]
+        with self.lock:
+            return self._slice(where, [*states, before], "c.updated_at, c.id", 0, limit)
+
+    def waiting_on(
+        self,
+        host_states: Sequence[str],
+        hosts: Sequence[str],
+        group_states: Sequence[str],
+        groups: Sequence[str],
+        limit: int,
+    ) -> tuple[int, list[CaseRow]]:
+        """Cases in `host_states` on one of `hosts`, or in `group_states` of one of `groups`
+        (those whose hosts cannot take work now): how many, and the `limit` oldest."""
+        either, params = [], []
+        for states, column, names in (
+            (host_states, "c.host", hosts),
+            (group_states, "c.grp", groups),
+        ):
+            if states and names:
+                either.append(
+                    f"(c.state IN ({','.join('?' * len(states))})"
+                    f" AND {column} IN ({','.join('?' * len(names))}))"
+                )
+                params += [*states, *names]
+        if not either:
+            return 0, []
+        with self.lock:
+            return self._slice(["(" + " OR ".join(either) + ")"], params, "c.id", 0, limit)
+
     def case(self, case_id: int) -> CaseRow | None:
         with self.lock:
             return self._store.get(case_id)

@@ -28,11 +28,12 @@ from ..views import (
     host_waits,
     iso,
     log_tail,
-    size,
+    problem_head,
     slot_json,
 )
-from . import machine_svg, pages
-from .live_tails import READ_SECONDS, LiveTails
+from . import machine_svg, overview, pages
+from .attention import attention
+from .live_tails import LiveTails, about_parts
 
 PER_PAGE = 50  # cases per HTML page
 LOG_LINES = 30  # of a job's log on a case's page
@@ -49,7 +50,7 @@ STATIC_TYPES = {
 }
 API = {
     "/api/summary": "cases per state; per group of the active states; the hosts and their "
-    "slots per group (the page asks for it every second)",
+    "slots per group; what needs a person (the page asks for it every second)",
     "/api/cases": "cases as `caseflow status --json` lists them, a page at a time: ?state=S "
     "&q=TEXT (name contains) &page=N &per_page=N (at most 1000) "
     "&order=active (active ones oldest first, then ended ones newest first)",
@@ -203,6 +204,7 @@ class App:
     def summary(self, now: float) -> dict:
         states, groups, retrying = self.counts()
         hosts, slot_groups, _ = self.hosts_data(now)
+        waits = self.waits()
         return {
             "at": iso(now),
             "total": sum(states.values()),
@@ -211,6 +213,7 @@ class App:
             "retrying": retrying,
             "hosts": hosts,
             "slots": slot_groups,
+            "attention": attention(self.reader, self.spec, waits, now).json(now, waits),
         }
 
     def hosts_data(self, now: float) -> tuple[list[dict], list[dict], list[dict]]:
@@ -241,6 +244,7 @@ class App:
                     else "up",
                     "problem": problem,
                     "problem_kind": row.kind if row and problem else None,
+                    "problem_head": problem_head(row.kind) if row and problem else None,
                     # what `caseflow status` prints for it (the page's banner)
                     "problem_line": host_problem_text(row.kind, problem, row.since)
                     if row and problem
@@ -252,6 +256,8 @@ class App:
                     "drain": drain_text(row.drain, row.drain_since, cfg.name)
                     if drained and row and row.drain
                     else None,
+                    "drain_reason": row.drain if drained and row else None,
+                    "drain_since": iso(row.drain_since) if drained and row else None,
                     # a host that does not answer is probed until it does
                     "probing": down,
                 }
@@ -271,22 +277,14 @@ class App:
     def overview(self, now: float) -> Response:
         states, _, _ = self.counts()
         hosts, _, _ = self.hosts_data(now)
-        total, rows = self.reader.page(limit=20, active_first=self.spec.terminal_states)
+        waits = self.waits()
+        total, rows = self.reader.page(limit=overview.CASES, active_first=self.spec.terminal_states)
         svg = machine_svg.render(self.spec, states)
-        return Response(
-            200,
-            pages.overview(
-                self.spec,
-                svg,
-                states,
-                hosts,
-                rows,
-                total,
-                now,
-                self.totals(rows, now),
-                self.waits(),
-            ).encode(),
+        needs = attention(self.reader, self.spec, waits, now)
+        html = overview.page(
+            self.spec, svg, states, hosts, needs, rows, total, now, waits, self.totals(rows, now)
         )
+        return Response(200, html.encode())
 
     def waits(self) -> dict[str, str]:
         """Why the cases of a host that cannot take work now wait (views.host_waits)."""
@@ -353,28 +351,14 @@ class App:
         if self.live is not None and row.state in self.job_states:
             tail = self.live.tail(row)
             out.update(live=True, source=tail.source, size=tail.size, read_at=iso(tail.read_at))
-            out["lines"] = list(tail.lines)
-            out["problem"] = tail.problem
-            about = "The job's output"
-            if tail.source:
-                about += f" in {tail.source}"
-            if tail.size is not None:
-                about += f" ({size(tail.size)})"
-            if tail.read_at is not None:
-                about += (
-                    f", read at {iso(tail.read_at)} (again every {READ_SECONDS:g} s while it "
-                    f"runs): the last {len(tail.lines)} lines"
-                )
-            out["about"] = about + (f". {tail.problem}" if tail.problem else ".")
-            return out
-        path = job_log_path(self.config.database, row)
-        lines, log_size = log_tail(path, LOG_LINES)
-        out.update(read_at=None, lines=lines, problem=None)
-        if log_size is None:
-            out["about"] = "No job log yet."
+            out.update(lines=list(tail.lines), problem=tail.problem)
         else:
-            out.update(source=str(path), size=log_size)
-            out["about"] = f"{path} ({size(log_size)}), the last {len(lines)} lines:"
+            path = job_log_path(self.config.database, row)
+            lines, log_size = log_tail(path, LOG_LINES)
+            out.update(read_at=None, lines=lines, problem=None)
+            if log_size is not None:
+                out.update(source=str(path), size=log_size)
+        out["about"] = "".join(about_parts(out))
         return out
 
     def case_json(self, case_id: int, now: float) -> Response:

@@ -25,6 +25,7 @@ from ..core.workers import QUIET
 from ..errors import CaseflowError
 from ..job_output import last_lines, log_path, read_piece
 from ..store import CaseRow
+from ..views import Stamp, size
 
 READ_SECONDS = 3.0  # at most one read on the host per case in this time
 KEPT = 64  # cases whose tail is kept
@@ -145,3 +146,25 @@ class LiveTails:
         with self._cond:
             entry.tail, entry.reading = tail, False
             self._cond.notify_all()
+
+
+def about_parts(log: dict) -> list[str]:
+    """What the case page says above a job's last lines (`about` in /api/cases/ID/log): where
+    they come from and, for a running job's, when they were read on its host."""
+    if not log["live"]:
+        if log["size"] is None:
+            return ["No job log yet."]
+        return [f"{log['source']} ({size(log['size'])}), the last {len(log['lines'])} lines:"]
+    parts = ["The job's output"]
+    if log["source"]:
+        parts.append(f" in {log['source']}")
+    if log["size"] is not None:
+        parts.append(f" ({size(log['size'])})")
+    if log["read_at"] is not None:
+        parts += [
+            ", read at ",
+            Stamp(log["read_at"]),
+            f" (again every {READ_SECONDS:g} s while it runs): the last {len(log['lines'])} lines",
+        ]
+    parts.append(f". {log['problem']}" if log["problem"] else ".")
+    return parts

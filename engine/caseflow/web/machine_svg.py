@@ -96,7 +96,7 @@ def render(spec: MachineSpec, counts: dict[str, int] | None = None) -> str:
         '<title id="machine-title">The case state machine</title>',
         '<desc id="machine-desc">Each box is a state with the number of cases in it; '
         "arrows are the moves the spec allows, labelled with their triggers. The same "
-        'numbers are in the table "Cases per state".</desc>',
+        "numbers are on the line above the list of what needs attention.</desc>",
         '<defs><marker id="arrow" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" '
         'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
         'class="arrowhead"/></marker></defs>',

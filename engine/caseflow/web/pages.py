@@ -2,18 +2,22 @@
 the numbers current). Every value that comes from a case, a host or a request goes through
 `esc` (HTML-escaped, control characters shown as escapes like the command line shows them);
 links carry case ids, never names.
+
+Times are <time datetime="ISO 8601, UTC">, shown in the daemon's zone here (`local_time`)
+and in the browser's by the script (the same form); the ISO is in each one's title.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime, tzinfo
 from html import escape
 from urllib.parse import urlencode
 
 from .. import durations
 from ..store import CaseRow
-from ..text import plural
-from ..views import iso, printable, state_cell
+from ..views import Stamp, drain_parts, host_problem_parts, iso, printable, reason_parts, state_cell
+from .live_tails import about_parts
 
 NAV = (
     ("/", "Overview"),
@@ -53,12 +57,49 @@ def size(n: int | None) -> str:
     return f"{n} B"
 
 
-def when(t: float | None) -> str:
-    """A time as a <time> element (UTC, ISO 8601)."""
+DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def local_time(t: float, now: float, zone: tzinfo | None = None) -> str:
+    """A time in the daemon's zone (or `zone`) as a person reads it: "23:45:10" today, "Mon 7
+    Dec 23:45:10" on another day, "Mon 7 Dec 2025 23:45:10" in another year (static/app.js
+    writes the same in the browser's zone)."""
+    d, today = datetime.fromtimestamp(t, zone), datetime.fromtimestamp(now, zone)
+    clock = f"{d:%H:%M:%S}"
+    if d.date() == today.date():
+        return clock
+    day = f"{DAYS[d.weekday()]} {d.day} {MONTHS[d.month - 1]}"
+    return f"{day}{'' if d.year == today.year else f' {d.year}'} {clock}"
+
+
+def zone_name(now: float) -> str:
+    """The daemon's time zone, as the page's times are written before the script runs."""
+    return datetime.fromtimestamp(now).astimezone().tzname() or "local time"
+
+
+def when(t: float | None, now: float, element_id: str = "") -> str:
+    """A time as a <time> element: ISO 8601 UTC in its datetime and title, the daemon's local
+    time as its text."""
     if t is None:
         return "–"
     text = iso(t)
-    return f'<time datetime="{text}">{text}</time>'
+    id_attr = f' id="{element_id}"' if element_id else ""
+    return f'<time{id_attr} datetime="{text}" title="{text}">{local_time(t, now)}</time>'
+
+
+def when_iso(text: str | None, now: float) -> str:
+    """`when` for a time given as ISO 8601 (as the JSON dicts hold them)."""
+    if not text:
+        return "–"
+    return when(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp(), now)
+
+
+def parts_html(parts: Sequence[str] | None, now: float) -> str:
+    """A text made of parts (views.Stamp: a time in it) as HTML: its times as <time>."""
+    if parts is None:
+        return "–"
+    return "".join(when_iso(p, now) if isinstance(p, Stamp) else esc(p) for p in parts)
 
 
 def page(title: str, body: str, now: float, kind: str, current: str = "/") -> str:
@@ -75,7 +116,9 @@ def page(title: str, body: str, now: float, kind: str, current: str = "/") -> st
         '<script src="/static/app.js" defer></script></head>'
         f'<body data-page="{kind}"><a class="skip" href="#main">Skip to content</a>'
         f'<header><p class="brand">caseflow</p><nav aria-label="Main">{nav}</nav>'
-        f'<p class="updated">As of <span id="updated">{iso(now)}</span> '
+        f'<p class="updated">As of {when(now, now, "updated")} · <span id="zone" '
+        'title="The zone of the daemon\'s machine; point at a time to see it in UTC">'
+        f"times in {esc(zone_name(now))}</span> "
         '<span id="live" class="live" hidden>· live</span></p></header>'
         f'<main id="main">{body}</main></body></html>\n'
     )
@@ -85,17 +128,6 @@ def page(title: str, body: str, now: float, kind: str, current: str = "/") -> st
 CASE_COLUMNS = ("ID", "Name", "State", "Group", "Host", "Slot", "Age", "Time", "Reason")
 # what the Time column holds (caseflow.durations: the current run's total)
 TIME_TITLE = "the current run's time: so far while it is active, its time to result once it ended"
-
-
-def reason_text(row: CaseRow) -> str | None:
-    if row.reason:
-        return row.reason
-    if row.last_error:
-        return (
-            f"retrying since {iso(row.failing_since)} ({plural(row.attempts, 'attempt')}): "
-            f"{row.last_error}"
-        )
-    return None
 
 
 def case_rows(
@@ -111,14 +143,17 @@ def case_rows(
             if r.slot_index is None
             else f"{r.slot_index}" + (f" (device {esc(r.slot_device)})" if r.slot_device else "")
         )
+        state = esc(state_cell(r, now, waits))
+        # (the titles: the whole text where a compact table cuts it)
         out.append(
             f'<tr data-id="{r.id}"><td><a href="/cases/{r.id}">{r.id}</a></td>'
-            f'<td class="name"><a href="/cases/{r.id}">{esc(r.name)}</a></td>'
-            f'<td class="state s-{esc(r.state)}">{esc(state_cell(r, now, waits))}</td>'
+            f'<td class="name" title="{esc(r.name)}"><a href="/cases/{r.id}">{esc(r.name)}</a></td>'
+            f'<td class="state s-{esc(r.state)}" title="{state}">{state}</td>'
             f"<td>{esc(r.grp)}</td><td>{esc(r.slot_host or r.host)}</td>"
             f'<td>{slot}</td><td class="age">{age(now - r.created_at)}</td>'
             f'<td class="time">{age(totals.get(r.id))}</td>'
-            f'<td class="reason">{esc(reason_text(r))}</td></tr>'
+            f'<td class="reason" title="{esc(r.reason or r.last_error or "")}">'
+            f"{parts_html(reason_parts(r), now)}</td></tr>"
         )
     return "".join(out)
 
@@ -130,74 +165,54 @@ def case_table(
     table_id: str,
     totals: dict[int, float | None],
     waits: Mapping[str, str] | None = None,
+    compact: bool = False,
 ) -> str:
-    """A table of cases; `totals`: each one's current run's time (caseflow.durations)."""
-    title = f' title="{esc(TIME_TITLE)}"'
-    head = "".join(f'<th scope="col"{title if c == "Time" else ""}>{c}</th>' for c in CASE_COLUMNS)
+    """A table of cases; `totals`: each one's current run's time (caseflow.durations);
+    `compact`: one line a case, long texts cut (their whole text in a title)."""
+
+    def th(column: str) -> str:
+        title = f' title="{esc(TIME_TITLE)}"' if column == "Time" else ""
+        return f'<th scope="col" class="c-{column.lower()}"{title}>{column}</th>'
+
+    head = "".join(th(c) for c in CASE_COLUMNS)
     empty = (
         "" if rows else f'<tr class="empty"><td colspan="{len(CASE_COLUMNS)}">no cases</td></tr>'
     )
     return (
-        f'<table class="cases" id="{table_id}"><caption>{caption}</caption>'
-        f"<thead><tr>{head}</tr></thead><tbody>{case_rows(rows, now, totals, waits)}{empty}</tbody>"
-        "</table>"
+        f'<table class="cases{" compact" if compact else ""}" id="{table_id}">'
+        f"<caption>{caption}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{case_rows(rows, now, totals, waits)}{empty}</tbody></table>"
     )
 
 
-def counts_table(spec, counts: dict[str, int]) -> str:
-    rows = "".join(
-        f'<tr class="{"terminal" if s.terminal else "active"}"><th scope="row">'
-        f'<a href="/cases?state={esc(s.name)}">{esc(s.name)}</a></th>'
-        f'<td class="num" id="n-{esc(s.name)}">{counts.get(s.name, 0)}</td>'
-        f"<td>{esc(s.description)}</td></tr>"
-        for s in spec.states
-    )
-    return (
-        '<table class="counts" id="counts"><caption>Cases per state</caption><thead><tr>'
-        '<th scope="col">State</th><th scope="col">Cases</th><th scope="col">Meaning</th>'
-        f"</tr></thead><tbody>{rows}</tbody></table>"
-    )
+def problem_html(h: dict, now: float) -> str:
+    """A host's problem (an /api/hosts entry) as `caseflow status` says it."""
+    parts = host_problem_parts(h["problem_kind"], h["problem"], None)
+    if h["since"]:
+        parts[1] = Stamp(h["since"])
+    return parts_html(parts, now)
 
 
-def host_banner(hosts: list[dict]) -> str:
-    """Every host with a problem (as `caseflow status` says it), a notice or a drain."""
-    lines = [
-        f"<li>host {esc(h['name'])}: {esc(h['problem_line'])}</li>" for h in hosts if h["problem"]
-    ]
-    lines += [f"<li>host {esc(h['name'])}: {esc(h['notice'])}</li>" for h in hosts if h["notice"]]
-    lines += [f"<li>host {esc(h['name'])}: {esc(h['drain'])}</li>" for h in hosts if h["drain"]]
+def drain_html(h: dict, now: float) -> str:
+    parts = drain_parts(h["drain_reason"], None, h["name"])
+    if h["drain_since"]:
+        parts[1] = Stamp(h["drain_since"])
+    return parts_html(parts, now)
+
+
+def host_banner(hosts: list[dict], now: float) -> str:
+    """Every host with a problem (as `caseflow status` says it), a notice or a drain (the
+    script writes the same lines from /api/summary's hosts)."""
+    lines = []
+    for h in hosts:
+        name = f"host {esc(h['name'])}: "
+        if h["problem"]:
+            lines.append(f"<li>{name}{problem_html(h, now)}</li>")
+        if h["notice"]:
+            lines.append(f"<li>{name}{esc(h['notice'])}</li>")
+        if h["drain"]:
+            lines.append(f"<li>{name}{drain_html(h, now)}</li>")
     return f'<ul class="alerts" id="alerts" aria-live="polite">{"".join(lines)}</ul>'
-
-
-def overview(
-    spec,
-    svg: str,
-    counts: dict[str, int],
-    hosts: list[dict],
-    rows: list[CaseRow],
-    total: int,
-    now: float,
-    totals: dict[int, float | None],
-    waits: Mapping[str, str] | None = None,
-) -> str:
-    active = sum(n for s, n in counts.items() if s not in spec.terminal_states)
-    body = (
-        '<h1>Overview</h1><p class="summary" id="summary">'
-        f"{plural(total, 'case')}, {active} active."
-        f"</p>{host_banner(hosts)}"
-        f'<figure class="diagram">{svg}<figcaption>The case machine '
-        "(specs/case_machine.yaml); the numbers are the cases in each state now."
-        f"</figcaption></figure>{counts_table(spec, counts)}"
-        + case_table(
-            rows,
-            now,
-            'Active cases first, then the latest ended ones (<a href="/cases">all cases</a>)',
-            "recent",
-            totals,
-            waits,
-        )
-    )
-    return page("Overview", body, now, "overview", "/")
 
 
 def cases_page(
@@ -259,7 +274,7 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
     upload = detail.get("upload")
     fields = [
         ("State", f'<span data-field="state">{esc(detail["state_text"])}</span>'),
-        ("Reason", f'<span data-field="reason">{esc(reason_text(row))}</span>'),
+        ("Reason", f'<span data-field="reason">{parts_html(reason_parts(row), now)}</span>'),
         ("Group", esc(row.grp)),
         ("Host", esc(row.slot_host or row.host)),
         (
@@ -283,8 +298,10 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
         ("Case folder", esc(row.local_path)),
         ("Remote folder", esc(row.remote_path)),
         ("Wrap-up", esc(detail["wrapup"] or row.wrapup_note)),
-        ("Detected", when(row.created_at)),
-        ("Last change", when(row.updated_at)),
+        ("Detected", when(row.created_at, now)),
+        ("Last change", f'<span data-field="updated">{when(row.updated_at, now)}</span>'),
+        # while it waits out a backoff after a failed attempt
+        ("Next attempt", f'<span data-field="next">{when(next_attempt(detail, now), now)}</span>'),
     ]
     dl = "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in fields)
     progress = ""
@@ -299,9 +316,9 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
             f'<span id="upload-text">{size(upload["bytes"])} of {size(upload["total"])} '
             f"({upload['percent']} %), {rate}, {left} left</span></p></section>"
         )
-    timing = durations_section(row, detail)
+    timing = durations_section(row, detail, now)
     timeline = "".join(
-        f'<li><span class="at">{when_iso(h["at"])}</span> '
+        f'<li><span class="at">{when_iso(h["at"], now)}</span> '
         f'<span class="move">{esc(h["from"] or "(new)")} → {esc(h["to"])}</span> '
         f'<b class="trigger">{esc(h["trigger"])}</b>'
         f"{' <span class=detail>' + esc(h['detail']) + '</span>' if h['detail'] else ''}</li>"
@@ -310,7 +327,7 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
     # (the lines are clean already: escaped for HTML alone, their tabs kept)
     text = escape("\n".join(job_log["lines"]))
     log = (
-        f'<p id="log-about">{esc(job_log["about"])}</p>'
+        f'<p id="log-about">{parts_html(about_parts(job_log), now)}</p>'
         f'<pre class="log" id="log-text"{"" if text else " hidden"}>{text}</pre>'
     )
     body = (
@@ -332,7 +349,7 @@ JOB_TIMES = {
 }
 
 
-def durations_section(row: CaseRow, detail: dict) -> str:
+def durations_section(row: CaseRow, detail: dict, now: float) -> str:
     """The durations of the case's current run: a row per phase, then the total (the page's
     script keeps the numbers current: `data-phase`)."""
     found, job = detail["durations"], detail["job_times"]
@@ -345,8 +362,8 @@ def durations_section(row: CaseRow, detail: dict) -> str:
         f'<section id="durations"><h2>Durations (run {esc(row.run)})</h2>'
         '<table class="durations"><caption>Time spent in each phase; a phase in progress '
         f"counts up to now</caption><tbody>{rows}</tbody></table>"
-        f'<p>The job started <span id="job-started">{esc(job["started"])}</span>, ended '
-        f'<span id="job-ended">{esc(job["ended"])}</span> '
+        f'<p>The job started <span id="job-started">{when_iso(job["started"], now)}</span>, '
+        f'ended <span id="job-ended">{when_iso(job["ended"], now)}</span> '
         f'(<span id="job-times-source">{esc(JOB_TIMES.get(job["source"] or ""))}</span>).'
         "</p></section>"
     )
@@ -359,18 +376,29 @@ def seconds(value: float | None) -> str:
     return f"{value:.1f} s" if value < 90 else age(value)
 
 
-def when_iso(text: str | None) -> str:
-    return f'<time datetime="{esc(text)}">{esc(text)}</time>' if text else "–"
+def next_attempt(detail: dict, now: float) -> float | None:
+    """When a case retrying after an error tries again (None when it does not wait)."""
+    if not detail["last_error"] or not detail["next_attempt_at"]:
+        return None
+    t = datetime.fromisoformat(detail["next_attempt_at"].replace("Z", "+00:00")).timestamp()
+    return t if t > now else None
 
 
 # -- hosts -----------------------------------------------------------------------------------
+def host_texts(h: dict, now: float) -> str:
+    """A host's problem, notice and drain, for the hosts table."""
+    texts = [esc(t) for t in (h["problem"], h["notice"]) if t]
+    if h["drain"]:
+        texts.append(drain_html(h, now))
+    return " · ".join(texts) or "–"
+
+
 def hosts_page(hosts: list[dict], groups: list[dict], slots: list[dict], now: float) -> str:
     host_rows = "".join(
         f'<tr><th scope="row">{esc(h["name"])}</th><td>{esc(h["transport"])} / '
         f'{esc(h["backend"])}</td><td class="host-{esc(h["status"])}">{esc(h["status"])}</td>'
-        f"<td>{esc(h['since'])}</td>"
-        f"<td>{esc(' · '.join(t for t in (h['problem'], h['notice'], h['drain']) if t) or None)}"
-        "</td></tr>"
+        f"<td>{when_iso(h['since'] or h['drain_since'], now)}</td>"
+        f"<td>{host_texts(h, now)}</td></tr>"
         for h in hosts
     )
     group_rows = "".join(

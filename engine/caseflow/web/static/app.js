@@ -2,6 +2,10 @@
 // reload, by asking the page's own JSON endpoints once a second. Everything the server
 // sends is put into the page as text (textContent), never as markup. Without this script
 // the pages still work: they show what was true when they were loaded.
+//
+// Times: the server writes each as <time datetime="ISO 8601 UTC" title="the same">, its text
+// in the daemon's zone; this script writes them in the browser's zone, in the same form
+// (web.pages.local_time), at load, every second, and in everything it rebuilds.
 "use strict";
 
 (function () {
@@ -53,6 +57,51 @@
   function setText(el, value) {
     if (el && el.textContent !== value) el.textContent = value;
   }
+  // as views.one_line: runs of white space one space, a long text cut, saying so
+  function oneLine(v, width) {
+    if (v === null || v === undefined) return "–";
+    const flat = printable(String(v).replace(/\s+/g, " ").trim());
+    return flat.length <= width ? flat : flat.slice(0, width - 1).trimEnd() + "…";
+  }
+
+  // -- times: in the browser's zone, as web.pages.local_time writes them ---------------
+  const DAYS = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"];
+  const MONTHS = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+    "Dec"];
+  const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone;
+  function two(n) {
+    return String(n).padStart(2, "0");
+  }
+  function localTime(iso) {
+    const d = new Date(iso);
+    if (!iso || isNaN(d.getTime())) return show(iso);
+    const now = new Date();
+    const clock = two(d.getHours()) + ":" + two(d.getMinutes()) + ":" + two(d.getSeconds());
+    if (d.toDateString() === now.toDateString()) return clock;
+    return DAYS[d.getDay()] + " " + d.getDate() + " " + MONTHS[d.getMonth()] +
+      (d.getFullYear() === now.getFullYear() ? "" : " " + d.getFullYear()) + " " + clock;
+  }
+  function timeEl(iso, fallback) {
+    if (!iso) return fallback === undefined ? "–" : fallback;
+    const t = el("time", localTime(iso));
+    t.dateTime = iso;
+    t.title = iso;
+    return t;
+  }
+  function localizeTimes() {
+    for (const t of document.querySelectorAll("time[datetime]")) {
+      setText(t, localTime(t.dateTime));
+      if (t.title !== t.dateTime) t.title = t.dateTime;
+    }
+  }
+  // a text made of strings and <time> elements, put in `box` when it says something new
+  function setParts(box, parts) {
+    if (!box) return;
+    const key = parts.map((p) => typeof p === "string" ? p : "\u0000" + p.dateTime).join("");
+    if (box.dataset.parts === key) return;
+    box.dataset.parts = key;
+    box.replaceChildren(...parts);
+  }
   function el(tag, text, cls) {
     const e = document.createElement(tag);
     if (text !== undefined) e.textContent = text;
@@ -70,12 +119,12 @@
   function stateText(c) {
     return c.state_text || c.state; // the server's words, as `caseflow status` says them
   }
-  function reasonText(c) {
-    if (c.reason) return c.reason;
+  function reasonParts(c) { // as views.reason_parts
+    if (c.reason) return [show(c.reason)];
     if (c.last_error)
-      return "retrying since " + c.failing_since + " (" + plural(c.attempts, "attempt") + "): " +
-        c.last_error;
-    return null;
+      return ["retrying since ", timeEl(c.failing_since, "unknown"),
+        show(" (" + plural(c.attempts, "attempt") + "): " + c.last_error)];
+    return ["–"];
   }
 
   function caseRow(c, now) {
@@ -85,12 +134,16 @@
     id.appendChild(caseLink(c.id, String(Number(c.id))));
     const name = el("td", undefined, "name");
     name.appendChild(caseLink(c.id, show(c.name)));
+    name.title = show(c.name);
     const slot = c.slot === null ? "–" : c.slot + (c.device ? " (device " + show(c.device) + ")" : "");
-    tr.append(id, name, el("td", show(stateText(c)), "state s-" + c.state.replace(/[^a-z_]/g, "")),
-      el("td", show(c.group)), el("td", show(c.host)), el("td", slot),
+    const state = el("td", show(stateText(c)), "state s-" + c.state.replace(/[^a-z_]/g, ""));
+    state.title = state.textContent; // (the whole text where a compact table cuts it)
+    const reason = el("td", undefined, "reason");
+    reason.title = printable(c.reason || c.last_error || "");
+    reason.append(...reasonParts(c));
+    tr.append(id, name, state, el("td", show(c.group)), el("td", show(c.host)), el("td", slot),
       el("td", age((now - Date.parse(c.created_at)) / 1000), "age"),
-      el("td", c.durations.total === null ? "–" : age(c.durations.total), "time"),
-      el("td", show(reasonText(c)), "reason"));
+      el("td", c.durations.total === null ? "–" : age(c.durations.total), "time"), reason);
     return tr;
   }
   function fillCases(table, cases, now) {
@@ -113,27 +166,93 @@
   }
 
   // -- the pages ----------------------------------------------------------------------
+  function li(parts, title) {
+    const item = el("li");
+    item.append(...parts);
+    if (title !== undefined) item.title = title;
+    return item;
+  }
+  // a host's problem and its drain, as views.host_problem_parts and views.drain_parts say them
+  function problemParts(h) {
+    return [show(h.problem_head) + " since ", timeEl(h.since, "unknown"),
+      ": " + oneLine(h.problem, 10000)];
+  }
+  function drainParts(h) {
+    return ["DRAINED since ", timeEl(h.drain_since, "unknown"), " (" + oneLine(h.drain_reason, 1000) +
+      "): no new upload or submit, running jobs go on; `caseflow host resume " + show(h.name) +
+      "` ends it"];
+  }
+  // the banner: every host with a problem, a notice or a drain (as web.pages.host_banner)
+  function hostLines(hosts) {
+    const items = [];
+    for (const h of hosts) {
+      const name = "host " + show(h.name) + ": ";
+      if (h.problem) items.push(li([name, ...problemParts(h)]));
+      if (h.notice) items.push(li([name + show(h.notice)]));
+      if (h.drain) items.push(li([name, ...drainParts(h)]));
+    }
+    return items;
+  }
+  // what needs a person (as web.overview.attention_html)
+  function attnItem(c, what, title) {
+    const span = el("span", undefined, "what");
+    span.append(...what);
+    return li([caseLink(c.id, Number(c.id) + " " + show(c.name)), " ", span],
+      title ? printable(title) : "");
+  }
+  function attnSection(key, total, items, count) {
+    const box = document.getElementById("attn-" + key);
+    if (!box) return;
+    box.hidden = total === 0;
+    const n = box.querySelector(".n");
+    if (Array.isArray(count)) n.replaceChildren(...count);
+    else setText(n, String(count));
+    box.querySelector("ul").replaceChildren(...items);
+    const more = box.querySelector(".more");
+    setText(more, "and " + (total - items.length) + " more");
+    more.hidden = items.length >= total;
+  }
+  function fillAttention(a, hosts, now) {
+    const lines = hostLines(hosts);
+    document.getElementById("alerts").replaceChildren(...lines);
+    const links = [];
+    for (const [state, n] of Object.entries(a.failed.states)) {
+      if (!n) continue;
+      if (links.length) links.push(", ");
+      const link = el("a", n + " " + show(state));
+      link.href = "/cases?state=" + encodeURIComponent(state);
+      links.push(link);
+    }
+    // (what went wrong first: the end of a long line is cut)
+    attnSection("failed", a.failed.total, a.failed.cases.map((c) => attnItem(c,
+      [show(c.reason) + " (" + show(c.state) + ", ", timeEl(c.updated_at), ")"], c.reason)), links);
+    attnSection("retrying", a.retrying.total, a.retrying.cases.map((c) => attnItem(c,
+      [show(c.last_error) + " (" + show(c.state) + ", " + plural(c.attempts, "attempt") + " since ",
+        timeEl(c.failing_since), ")"], c.last_error)), a.retrying.total);
+    attnSection("waiting", a.waiting.total, a.waiting.cases.map((c) => attnItem(c,
+      [show(stateText(c))], stateText(c))), a.waiting.total);
+    attnSection("stuck", a.stuck.total, a.stuck.cases.map((c) => attnItem(c,
+      [show(c.state) + " since ", timeEl(c.updated_at),
+        " (" + age((now - Date.parse(c.updated_at)) / 1000) + ")"], stateText(c))), a.stuck.total);
+    const quiet = !lines.length && !a.failed.total && !a.retrying.total && !a.waiting.total &&
+      !a.stuck.total;
+    document.getElementById("calm").hidden = !quiet;
+  }
+
   async function overview() {
     const s = await getJSON("/api/summary");
     let active = 0;
     for (const [state, n] of Object.entries(s.states)) {
       setText(document.getElementById("count-" + state), String(n));
-      setText(document.getElementById("n-" + state), String(n));
+      const chip = document.getElementById("n-" + state);
+      setText(chip, String(n));
+      if (chip) chip.parentElement.classList.toggle("none", n === 0);
       const g = document.getElementById("state-" + state);
       if (g) g.classList.toggle("busy", n > 0);
       if (!(g && g.classList.contains("terminal"))) active += n;
     }
     setText(document.getElementById("summary"), plural(s.total, "case") + ", " + active + " active.");
-    const alerts = document.getElementById("alerts");
-    if (alerts) {
-      const items = [];
-      for (const h of s.hosts) {
-        if (h.problem) items.push(el("li", "host " + show(h.name) + ": " + show(h.problem_line)));
-        if (h.notice) items.push(el("li", "host " + show(h.name) + ": " + show(h.notice)));
-        if (h.drain) items.push(el("li", "host " + show(h.name) + ": " + show(h.drain)));
-      }
-      alerts.replaceChildren(...items);
-    }
+    if (document.getElementById("attention")) fillAttention(s.attention, s.hosts, Date.parse(s.at));
     const recent = document.getElementById("recent");
     if (recent) {
       const page = await getJSON("/api/cases?order=active&per_page=20");
@@ -160,13 +279,17 @@
     const box = document.getElementById("case");
     const c = await getJSON("/api/cases/" + Number(box.dataset.id));
     setText(box.querySelector('[data-field="state"]'), show(stateText(c)));
-    setText(box.querySelector('[data-field="reason"]'), show(reasonText(c)));
+    setParts(box.querySelector('[data-field="reason"]'), reasonParts(c));
+    setParts(box.querySelector('[data-field="updated"]'), [timeEl(c.updated_at)]);
+    // while it waits out a backoff after a failed attempt (as web.pages.next_attempt)
+    const next = c.last_error && c.next_attempt_at && Date.parse(c.next_attempt_at) > Date.now();
+    setParts(box.querySelector('[data-field="next"]'), [next ? timeEl(c.next_attempt_at) : "–"]);
     const history = document.getElementById("history");
     if (history.children.length !== c.history.length) {
       history.replaceChildren(...c.history.map((h) => {
         const li = el("li");
-        const at = el("time", show(h.at), "at");
-        at.dateTime = h.at || "";
+        const at = el("span", undefined, "at");
+        at.append(timeEl(h.at));
         li.append(at, " ", el("span", show(h.from === null ? "(new)" : h.from) + " → " + show(h.to), "move"),
           " ", el("b", show(h.trigger), "trigger"));
         if (h.detail) li.append(" ", el("span", show(h.detail), "detail"));
@@ -175,8 +298,8 @@
     }
     for (const cell of box.querySelectorAll("[data-phase]"))
       setText(cell, seconds(c.durations[cell.dataset.phase]));
-    setText(document.getElementById("job-started"), show(c.job_times.started));
-    setText(document.getElementById("job-ended"), show(c.job_times.ended));
+    setParts(document.getElementById("job-started"), [timeEl(c.job_times.started)]);
+    setParts(document.getElementById("job-ended"), [timeEl(c.job_times.ended)]);
     setText(document.getElementById("job-times-source"), show(JOB_TIMES[c.job_times.source]));
     const up = c.upload;
     const text = document.getElementById("upload-text");
@@ -194,13 +317,24 @@
     const section = document.getElementById("log");
     if (section) {
       section.dataset.live = String(Boolean(log.live));
-      setText(document.getElementById("log-about"), printable(String(log.about)));
+      setParts(document.getElementById("log-about"), aboutParts(log));
       const pre = document.getElementById("log-text");
       // (the lines come with their control characters as escapes: shown as they are)
       setText(pre, log.lines.join("\n"));
       pre.hidden = log.lines.length === 0;
     }
     return null;
+  }
+
+  // what the page says above a job's lines: for a running job's, when they were read on the
+  // host, as a <time> (the server writes `about` with that `read_at` after ", read at ")
+  function aboutParts(log) {
+    const about = String(log.about);
+    const mark = log.read_at ? ", read at " + log.read_at : null;
+    const i = mark ? about.indexOf(mark) : -1;
+    if (i < 0) return [printable(about)];
+    return [printable(about.slice(0, i)) + ", read at ", timeEl(log.read_at),
+      printable(about.slice(i + mark.length))];
   }
 
   function cells(values) {
@@ -212,8 +346,12 @@
     const h = await getJSON("/api/hosts");
     document.querySelector("#hosts tbody").replaceChildren(...h.hosts.map((x) => {
       const tr = cells([[show(x.transport) + " / " + show(x.backend)],
-        [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [show(x.since)],
-        [show([x.problem, x.notice, x.drain].filter((t) => t).join(" · ") || null)]]);
+        [show(x.status), "host-" + x.status.replace(/[^a-z]/g, "")], [""], [""]]);
+      tr.children[2].append(timeEl(x.since || x.drain_since));
+      // (as web.pages.host_texts)
+      const texts = [x.problem, x.notice].filter((t) => t).map((t) => [show(t)]);
+      if (x.drain) texts.push(drainParts(x));
+      tr.children[3].append(...(texts.length ? texts.flatMap((t, i) => i ? [" · ", ...t] : t) : ["–"]));
       const th = el("th", show(x.name));
       th.scope = "row";
       tr.prepend(th);
@@ -233,6 +371,12 @@
     return null;
   }
 
+  const zone = document.getElementById("zone");
+  if (zone && ZONE) {
+    setText(zone, "times in " + ZONE);
+    zone.title = "Your browser's time zone; point at a time to see it in UTC (ISO 8601)";
+  }
+  localizeTimes();
   const refresh = { overview: overview, cases: cases, case: oneCase, hosts: hosts }[kind];
   if (!refresh) return;
   const live = document.getElementById("live");
@@ -242,7 +386,8 @@
     if (!document.hidden) {
       try {
         const at = await refresh();
-        setText(updated, at || new Date().toISOString().replace(/\.\d+Z$/, "Z"));
+        updated.dateTime = at || new Date().toISOString().replace(/\.\d+Z$/, "Z");
+        localizeTimes(); // (also the ones written at load: "today" moves on at midnight)
         setText(live, "· live");
         live.hidden = false;
         live.classList.remove("offline");
