@@ -205,6 +205,7 @@ class App:
         states, groups, retrying = self.counts()
         hosts, slot_groups, _ = self.hosts_data(now)
         waits = self.waits()
+        needs = attention(self.reader, self.spec, waits, now)
         return {
             "at": iso(now),
             "total": sum(states.values()),
@@ -213,7 +214,7 @@ class App:
             "retrying": retrying,
             "hosts": hosts,
             "slots": slot_groups,
-            "attention": attention(self.reader, self.spec, waits, now).json(now, waits),
+            "attention": needs.json(now, waits, self.reader.histories(r.id for r in needs.rows)),
         }
 
     def hosts_data(self, now: float) -> tuple[list[dict], list[dict], list[dict]]:

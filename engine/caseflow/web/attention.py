@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..spec import MachineSpec
-from ..store import CaseRow
+from ..store import CaseRow, HistoryRow
 from ..store.reader import StatusReader
 from ..views import case_json, iso
 
@@ -51,11 +51,16 @@ class Attention:
         totals = (self.failed_total, self.retrying_total, self.waiting_total, self.stuck_total)
         return not any(totals)
 
-    def json(self, now: float, waits: Mapping[str, str]) -> dict:
-        """`attention` in /api/summary: each case as `caseflow status --json` lists it."""
+    def json(
+        self, now: float, waits: Mapping[str, str], histories: Mapping[int, list[HistoryRow]]
+    ) -> dict:
+        """`attention` in /api/summary: each case as `caseflow status --json` lists it
+        (`histories`: theirs, for their durations)."""
 
         def cases(rows: list[CaseRow]) -> list[dict]:
-            return [case_json(r, now=now, waits=waits) for r in rows]
+            return [
+                case_json(r, now=now, history=histories.get(r.id, []), waits=waits) for r in rows
+            ]
 
         return {
             "failed": {
@@ -69,6 +74,11 @@ class Attention:
             "waiting": {"total": self.waiting_total, "cases": cases(self.waiting)},
             "stuck": {"hours": STUCK_HOURS, "total": self.stuck_total, "cases": cases(self.stuck)},
         }
+
+    @property
+    def rows(self) -> list[CaseRow]:
+        """Every case listed."""
+        return [*self.failed, *self.retrying, *self.waiting, *self.stuck]
 
 
 def ended_badly(spec: MachineSpec) -> list[str]:

@@ -172,7 +172,7 @@ def case_table(
 
     def th(column: str) -> str:
         title = f' title="{esc(TIME_TITLE)}"' if column == "Time" else ""
-        return f'<th scope="col" class="c-{column.lower()}"{title}>{column}</th>'
+        return f'<th scope="col"{title} class="c-{column.lower()}">{column}</th>'
 
     head = "".join(th(c) for c in CASE_COLUMNS)
     empty = (
