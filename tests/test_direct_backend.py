@@ -174,12 +174,16 @@ def test_an_exit_code_file_that_cannot_be_read_is_that_jobs_problem_alone(any_ba
     refs = [_ref(j, backend.submit(j)) for j in jobs]
     wait_for(lambda: [s.outcome for s in backend.status(refs).values()] ==
              [SUCCESS, RUNNING, FAILURE, SUCCESS], what="the jobs to end but one")
-    # the last job's exit code file is not a number (a disk that filled, a stray write)
+    # the last job's exit code file is not a number (a stray write: the job's own?): that
+    # job's problem alone; the script says "bad" (a space or a CR in it must not make more
+    # fields or lines of the poll)
     (Path(jobs[3].remote_path) / ".caseflow" / "exit_code").write_text("garbage\n")
+    # ... and a job that still runs may write one too: it is running while it runs
+    (Path(jobs[1].remote_path) / ".caseflow" / "exit_code").write_text("1 2\n")
     answers = backend.status(refs)
     assert [answers[i].outcome for i in range(4)] == [SUCCESS, RUNNING, FAILURE, UNREADABLE]
     assert answers[2].exit_code == 4
-    assert "'3 exit garbage " in answers[3].detail and jobs[3].remote_path in answers[3].detail
+    assert "'3 exit bad" in answers[3].detail and jobs[3].remote_path in answers[3].detail
     backend.cancel(refs[1])
 
 

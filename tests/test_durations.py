@@ -415,3 +415,31 @@ def test_pueue_start_and_end_in_both_encodings():
     assert old.started == pytest.approx(utc(2022, 5, 9, 18, 41, 29, 273563, zone_hours=2))
     assert old.ended == pytest.approx(utc(2022, 5, 9, 18, 41, 29, 473998, zone_hours=2))
     assert task_outcome(v2["2"]).waiting and task_outcome(v2["2"]).started is None
+
+
+def test_a_job_that_writes_its_own_bookkeeping_harms_no_case(ws):
+    """A job runs in its case folder and can write caseflow's files there: a start time
+    with a space in it, or with carriage returns that look like other jobs' lines, leaves
+    its own case readable (its times as caseflow saw them) and every other case of the same
+    poll untouched (one never ended and kept its slot, the other failed its neighbours: a
+    review). All four end in success."""
+    job = (
+        'if [ -e evil-space ]; then printf "1765127718 0" > .caseflow/started; fi; '
+        'if [ -e evil-cr ]; then printf "1\\r0 x\\r1 x\\r2 x\\r3 x" > .caseflow/started; fi; '
+        f'while [ ! -e "{ws.ctl}/go" ]; do sleep 0.05; done'
+    )
+    ws.write_config(groups={"gpu_a": {"slots": 4}}, backend={"kind": "direct", "command": job})
+    ws.start()
+    names = ["evil-space", "evil-cr", "victim1", "victim2"]
+    for name in names:
+        ws.drop_case(name, files={name: "x"})
+    for name in names:
+        ws.wait_state(name, "running")
+    wait_for(lambda: all((ws.remote_folder(n) / ".caseflow" / "started").read_bytes()[:1] == b"1"
+                         for n in names[:2]), what="the jobs to write their started files")
+    (ws.ctl / "go").touch()
+    for name in names:
+        row = ws.wait_state(name, "success")
+        assert row.exit_code == 0 and row.slot_index is None, row
+    shown_evil = json.loads(ws.cli("show", "evil-cr", "--json", check=True).stdout)
+    assert all(v is None or v >= 0 for v in shown_evil["durations"].values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import time
 from datetime import datetime
@@ -285,3 +286,38 @@ def test_a_short_blip_keeps_a_stopped_queues_since_and_tells_once(ws, gpu_host, 
     line = _status_lines(ws)["testhost"]
     assert line.startswith(f"work PAUSED (queue daemon down) since {since}:"), line
     assert told.read_text() == "testhost\n"
+
+
+def test_a_scripted_queue_without_its_commands_stays_paused_until_they_are_there(
+        ws, monkeypatch, tmp_path):
+    """A Slurm host whose commands the SSH user cannot find (a submit exits 127): the probe
+    looks for them, so the pause stays until they are there (a probe that looked at nothing
+    ended it at once, cases were sent there again and the hook ran at every round: a review).
+    Here the "host" is this machine with a PATH that has a shell and its tools but no
+    Slurm; then the whole PATH again (Slurm is installed for the test suite)."""
+    from caseflow.core.engine import Engine
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "df", "tail", "dirname"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    ws.write_config(backend={"kind": "slurm", "command": "true"},
+                    groups={"gpu_a": {"slots": 2}, "gpu_b": {"slots": 1}})
+    engine = Engine(ws.config())
+    try:
+        engine.start(workers=False)
+        host = engine.first_host
+        monkeypatch.setenv("PATH", str(bare))
+        engine.health.probe(host)
+        engine.health.probe(host)  # again: still paused, the same problem
+        assert host.problem_kind == "config", host.problem
+        assert "Slurm's commands are missing" in host.problem and "sbatch" in host.problem
+        assert [p[3] for p in ws.store.host_problems()] == ["config"]
+        assert not engine.health.usable_for(engine.config.groups[0].name)
+        monkeypatch.undo()  # the commands are there again
+        assert shutil.which("sbatch"), "Slurm's client is missing: run .ci/system-deps"
+        host.next_probe = float("-inf")
+        engine.health.probe(host)
+        assert host.problem is None and ws.store.host_problems() == []
+    finally:
+        engine.shutdown()
+        engine.store.close()

@@ -169,7 +169,7 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
     """The status script's lines -> every job's status. A line that cannot be read, or no line
     at all, is that job's problem alone (UNREADABLE): the others keep their real outcomes."""
     lines: dict[int, list[str]] = {}
-    for line in text.splitlines():
+    for line in text.split("\n"):  # the shell's lines (splitlines also splits at \r, \f...)
         index = line.split(" ", 1)[0]
         if index.isdigit() and int(index) < len(jobs):
             lines.setdefault(int(index), []).append(line)

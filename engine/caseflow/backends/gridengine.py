@@ -111,6 +111,7 @@ def job_arg(arg: str) -> str:
 
 class GridEngineBackend(ScriptedBackend[Poll]):
     queue = "Grid Engine"
+    QUEUE_TOOLS = ("qsub", "qstat", "qacct", "qdel")
     RECORD = RECORD
     LOG = OUTPUT
     TRANSIENT_REFUSALS = TRANSIENT_QSUB

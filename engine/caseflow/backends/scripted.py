@@ -107,9 +107,34 @@ class ScriptedBackend(QueueBackend, Generic[P]):
     # words of a refused submit (REFUSED) that make it worth trying again later (the queue's
     # controller down or busy); any other refusal fails the case with the queue's message
     TRANSIENT_REFUSALS: tuple[str, ...] = ()
+    QUEUE_TOOLS: tuple[str, ...] = ()  # the queue's own commands (the host's probe asks)
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
+
+    def probe(self) -> None:
+        """The queue's commands are on the host. A host paused because a submit found them
+        missing (NOT_INSTALLED) is resumed only once they are there: a probe that looked at
+        nothing ended that pause at once, and cases were sent there again (a review)."""
+        if not self.QUEUE_TOOLS:
+            return
+        res = self.transport.run(
+            [
+                "sh",
+                "-c",
+                'for t; do command -v "$t" >/dev/null 2>&1 || printf "%s\\n" "$t"; done',
+                "probe",
+                *self.QUEUE_TOOLS,
+            ],
+            timeout=30,
+        )
+        missing = res.stdout.split() if res.returncode == 0 else []
+        if missing:
+            raise HostError(
+                f"{self.queue}'s commands are missing on {self.transport.name}: "
+                f"{', '.join(missing)}; install them, or put them on the SSH user's PATH",
+                kind=CONFIG,
+            )
 
     # -- what a backend gives ------------------------------------------------------------
     @abstractmethod

@@ -89,6 +89,7 @@ def _slurm_path(path: str) -> str:
 
 class SlurmBackend(ScriptedBackend[Poll]):
     queue = "Slurm"
+    QUEUE_TOOLS = ("sbatch", "squeue", "sacct", "scancel")
     RECORD = "slurm-job"
     LOG = OUTPUT
     TRANSIENT_REFUSALS = TRANSIENT_SBATCH

@@ -35,16 +35,22 @@ else
 fi
 proc=
 [ -d /proc/self ] && proc=1  # without /proc, kill -0 is all there is to know
+# The job runs in the case folder and can write its bookkeeping files: what is read from them
+# is passed on only when it is a number ("bad" or "-" else). A space or a carriage return in
+# its started file made its line unreadable (its case never ended and kept its slot), or a
+# line of every other job of the batch (they were failed): a review, issue 27.
 exited() {  # $1 = bookkeeping folder: its exit code file, read into $code
   code=
   [ -s "$1/exit_code" ] && { read -r code || [ -n "$code" ]; } < "$1/exit_code"
+  case $code in '') return 1 ;; - | *[!0-9-]* | ?*-*) code=bad ;; esac
 }
 noted() {  # $1 = bookkeeping folder: the job's start and end times, into $times
   times=
   for f in started ended; do
     t=
     [ -s "$1/$f" ] && { read -r t || [ -n "$t" ]; } < "$1/$f"
-    times="$times ${t:--}"
+    case $t in '' | *[!0-9.]*) t=- ;; esac
+    times="$times $t"
   done
 }
 n=0
@@ -56,12 +62,15 @@ while [ "$#" -ge 3 ]; do
     pid=
     { read -r pid || [ -n "$pid" ]; } < "$b/pid"
   fi
-  if exited "$b"; then s="exit $code"
+  # an exit code that is no number ("bad": a stray write, the job's own?) is said only once
+  # no process of the job is left (the engine cannot read it: UNREADABLE)
+  if exited "$b" && [ "$code" != bad ]; then s="exit $code"
   elif [ -n "$pid" ] && kill -0 "$pid" && { [ -z "$proc" ] || same "/proc/$pid/cwd" "$d"; }
   then s=running
   elif [ -d "$b/launched" ] && [ ! -s "$b/pid" ]; then s=running  # its pid is not written yet
-  elif exited "$b"; then s="exit $code"  # it ended since the first look
+  elif exited "$b" && [ "$code" != bad ]; then s="exit $code"  # it ended since the first look
   elif [ -n "$pid" ] && [ -n "$proc" ] && ours "$pid" "$label" && [ -n "$ours" ]; then s=running
+  elif exited "$b"; then s="exit $code"
   else s=gone
   fi
   case $s in exit*) noted "$b"; s="$s$times" ;; esac
