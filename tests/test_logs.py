@@ -169,6 +169,9 @@ def test_a_log_that_gets_shorter_or_is_replaced_is_read_again_from_its_start(loc
     follow.wait_out("a new log\n")
     follow.proc.send_signal(2)  # Ctrl-C
     assert follow.end() == 130
+    step(ws, row, 2)  # the job's last steps: it ends (it was left waiting, a process a run)
+    step(ws, row, 3)
+    ws.wait_state("rotated", "success")
 
 
 def test_an_ended_case_prints_its_kept_log_and_one_without_a_job_says_why(local):
