@@ -286,9 +286,13 @@ class RunningCommand:
     printed so far, read as it comes."""
 
     def __init__(self, config: Path, *args: str):
+        # Ctrl-C as in a terminal: a CI that starts the suite in the background (a shell's
+        # `&`) hands it SIGINT ignored, and Python then never raises KeyboardInterrupt (the
+        # rotated-log test's Ctrl-C was not heard in such a full run)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "caseflow.cli", "-c", str(config), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self._out, self._err = bytearray(), bytearray()
         self._threads = [threading.Thread(target=self._pump, args=(f, buf), daemon=True)
                          for f, buf in ((self.proc.stdout, self._out),
