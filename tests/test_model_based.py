@@ -300,6 +300,7 @@ class Faults:
     lose_only_once: bool = False  # ... only of commands that must not run twice (submits)
     down: int = 0  # the next N remote calls fail before anything happens
     injected: list = field(default_factory=list)
+    failed_at: float = float("-inf")  # monotonic time of the last call failed on purpose
 
     def clear(self) -> None:
         self.lose = self.down = 0
@@ -344,6 +345,7 @@ class Faulty:
             f = self.faults
             if f.down > 0:
                 f.down -= 1
+                f.failed_at = time.monotonic()
                 f.injected.append(f"failed before it ran: {what(argv)}")
                 raise TransientError("the remote side is briefly failing (injected)")
             res = fn(self._with_run(argv), *args, **kwargs)
@@ -364,6 +366,7 @@ class Faulty:
     def upload_dir(self, local_dir, remote_path, manifest, progress=None):
         if self.faults.down > 0:
             self.faults.down -= 1
+            self.faults.failed_at = time.monotonic()
             self.faults.injected.append(f"failed before it ran: upload of {Path(local_dir).name}")
             raise TransientError("the remote side is briefly failing (injected)")
         self.inside = True  # the upload's own commands: one call, one fault
@@ -778,6 +781,7 @@ class CaseflowModel(RuleBasedStateMachine):
         # pueued SIGKILLed (True) or started again (False): since when (monotonic, ticks)
         self.queue_change: tuple[bool, float, int] | None = None
         self.ticks = 0
+        self.failed = (float("-inf"), 0)  # (when, after which tick) a call last failed on purpose
         self.steps = 0
         self.story: list[str] = []
         self.violation: Broken | None = None  # the first promise seen broken
@@ -805,8 +809,11 @@ class CaseflowModel(RuleBasedStateMachine):
     def step_engine(self) -> None:
         """One tick of the daemon, a little real time for the real jobs, and the checks
         (a job that outlives its slot by a second is seen, however long the step)."""
+        failed_at = self.faults.failed_at
         self.engine.tick()
         self.ticks += 1
+        if self.faults.failed_at != failed_at:  # a call failed on purpose in this tick
+            self.failed = (self.faults.failed_at, self.ticks)
         time.sleep(TICK_SLEEP)
         self.await_starts()
         self.check()
@@ -1246,12 +1253,21 @@ class CaseflowModel(RuleBasedStateMachine):
         self.queue_up()
         self.until_shown(lambda kind: kind in (None, UNREACHABLE))
 
+    def queue_changed(self) -> tuple[float, int]:
+        """Since when (time, ticks) the host's health should show the queue's last change: the
+        change, or the last remote call failed on purpose after it (a probe that failed says
+        nothing about the queue; the next is due a reconnect interval later)."""
+        _, at, ticks = self.queue_change
+        return max((at, ticks), self.failed)
+
     def until_shown(self, shown) -> None:
         """Tick until the host's problem, as the store has it, is `shown`, at most a little
         longer than HEALTH_SHOWN (the check after each tick fails past it)."""
-        _, at, ticks = self.queue_change
         name = self.config.hosts[0].name
-        while time.monotonic() - at < HEALTH_SHOWN[0] + 2 or self.ticks - ticks < HEALTH_SHOWN[1]:
+        while True:
+            at, ticks = self.queue_changed()
+            if time.monotonic() - at >= HEALTH_SHOWN[0] + 2 and self.ticks - ticks >= HEALTH_SHOWN[1]:
+                return
             self.step_engine()
             kinds = {n: k for n, _, _, k in self.engine.store.host_problems()}
             if shown(kinds.get(name)):
@@ -1472,7 +1488,8 @@ class CaseflowModel(RuleBasedStateMachine):
                     f"host {name}: problem shown with since {since!r} and kind {kind!r}"
                 )
             if self.queue_change is not None:
-                down, at, ticks = self.queue_change
+                down = self.queue_change[0]
+                at, ticks = self.queue_changed()
                 got = shown.get(self.config.hosts[0].name, (None, None))[1]
                 settled = (
                     time.monotonic() - at >= HEALTH_SHOWN[0]
