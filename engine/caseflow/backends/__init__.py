@@ -25,6 +25,13 @@ RUNNING, SUCCESS, FAILURE, NOT_FOUND = "running", "success", "failure", "not_fou
 # know, a Slurm job without an id, ...). It is that job's problem alone: the engine charges its
 # case a transient attempt (`detail` is the reason) and judges every other job on its own entry.
 UNREADABLE = "unreadable"
+# The job did not fail, it was taken away by the infrastructure: its node failed, it was
+# preempted, its host rebooted (its processes gone, no exit record). `detail` says by what, as
+# a person reads it ("node gpu3 failed (Slurm NODE_FAIL)"). Given only when none of the job's
+# processes can still run. The engine runs the case again as a new run, within
+# `retry.infrastructure_reruns`; a job that exited non-zero, was cancelled or killed for its
+# own limits is a FAILURE, never LOST.
+LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class JobRef:
 
 @dataclass(frozen=True)
 class JobStatus:
-    outcome: str  # RUNNING, SUCCESS, FAILURE, NOT_FOUND or UNREADABLE
+    outcome: str  # RUNNING, SUCCESS, FAILURE, NOT_FOUND, LOST or UNREADABLE
     detail: str = ""  # what a person should read (e.g. "exit code 3")
     exit_code: int | None = None
     # When the job started and ended on its host as the queue (or the job's wrapper) says, in
