@@ -367,7 +367,7 @@ def test_an_absent_setting_is_its_declared_default(ws):
             value = getattr(obj, f.name)
             assert value == f.default and type(value) is type(f.default), f.name
             checked += 1
-    assert checked == 14
+    assert checked == 15
     assert config.shutdown_timeout_seconds == 60.0
     assert config.groups[0].slots == 1
     assert config.finish.remote_cleanup == "never"

@@ -223,7 +223,7 @@ def test_status_json_keys_are_the_documented_ones(ws):
     assert by_name["listed"]["next_attempt_at"] is None  # ended: nothing is due
     assert by_name["waiting"]["next_attempt_at"] is not None
     show = json.loads(ws.cli("show", "--json", "waiting", check=True).stdout)
-    assert list(show) == documented + ["job_log", "upload", "history"]
+    assert list(show) == documented + ["job_log", "upload", "history", "runs"]
 
 
 def test_the_case_yaml_example_is_accepted(tmp_path):
@@ -285,4 +285,4 @@ def test_every_setting_is_documented_with_its_declared_default():
             else:
                 assert shown == _shown(f.default), f"{keys[0]}: documented {shown}"
             seen.append(f.name)
-    assert len(seen) == 23  # the control: the settings were found
+    assert len(seen) == 24  # the control: the settings were found
