@@ -6,8 +6,9 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   its label matches; submit first looks for a task with the case's label and adopts it (the
   daemon may have died between `pueue add` and the store's commit): a case never gets two tasks.
 - The task runs caseflow's wrapper `.caseflow/pueue-job.sh` (no case data in it) with the job's
-  command as its arguments. It records "LABEL PGID DAEMON" in `.caseflow/pueue-job` when it starts and
-  "LABEL EXIT_CODE" in `.caseflow/pueue-exit` when the command ends, and writes the job's stdout
+  command as its arguments. It records "LABEL PGID DAEMON" in `.caseflow/pueue-job` when it
+  starts (DAEMON: the pueued that started it) and "LABEL EXIT_CODE" in `.caseflow/pueue-exit`
+  when the command ends, and writes the job's stdout
   and stderr to `.caseflow/job.log` as they are: `pueue log` cannot give a log that is not UTF-8
   (3.4.1 and 4.0.4 print an error in its place), so caseflow never asks pueue for the text.
   pueue starts every task as the leader of its own process group, so a SIGKILLed pueued leaves
