@@ -256,6 +256,7 @@ def test_every_setting_is_documented_with_its_declared_default():
     one place) has its row in docs/configuration.md, and the row gives that default."""
     from dataclasses import fields
 
+    from caseflow.backends.direct import DirectConfig
     from caseflow.config import SHUTDOWN_MARGIN_SECONDS, Config, FinishConfig, GroupConfig
     from caseflow.retry import Policy
     from caseflow.transports.ssh_settings import SSHConfig
@@ -264,7 +265,8 @@ def test_every_setting_is_documented_with_its_declared_default():
     # each class, with the prefixes of the mappings its settings are read from
     sections = [(Config, ("", "stability.", "log.")), (Policy, ("retry.",)),
                 (FinishConfig, ("",)), (GroupConfig, ("groups.",)),
-                (SSHConfig, ("transport.",))]  # (and TransportConfig's, which it inherits)
+                (SSHConfig, ("transport.",)),  # (and TransportConfig's, which it inherits)
+                (DirectConfig, ("backend.",))]
     seen = []
     for cls, prefixes in sections:
         for f in fields(cls):
