@@ -143,7 +143,7 @@ RETRY_INITIAL, RETRY_MAX = 0.5, 2.0
 
 # of this process, printed at the end; "queue_shown": checks that found a killed pueued shown
 # (and a restarted one no longer), the host-health invariant at work
-STATS = {"examples": 0, "steps": 0, "queue_shown": 0}
+STATS = {"examples": 0, "steps": 0, "queue_shown": 0, "reruns": 0, "lost_too_often": 0}
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "specs" / "case_machine.yaml").read_text())
@@ -1285,7 +1285,8 @@ class CaseflowModel(RuleBasedStateMachine):
         name = self.config.hosts[0].name
         while True:
             at, ticks = self.queue_changed()
-            if time.monotonic() - at >= HEALTH_SHOWN[0] + 2 and self.ticks - ticks >= HEALTH_SHOWN[1]:
+            late = time.monotonic() - at >= HEALTH_SHOWN[0] + 2
+            if late and self.ticks - ticks >= HEALTH_SHOWN[1]:
                 return
             self.step_engine()
             kinds = {n: k for n, _, _, k in self.engine.store.host_problems()}
@@ -1297,18 +1298,28 @@ class CaseflowModel(RuleBasedStateMachine):
         self.queue_change = (False, time.monotonic(), self.ticks)
 
     @precondition(
-        lambda self: on("reboot") and (self.HOST is None or self.HOST[1] in ("direct", "pueue"))
+        lambda self: on("reboot")
+        and (self.HOST is None or self.HOST[1] in ("direct", "pueue"))
+        and bool(self.present())  # (the test's own model: a folder that may have a job)
     )
-    @rule()
+    @rule(when=st.sampled_from(["now", "a job runs"]))
     @step()
-    def reboot(self):
+    def reboot(self, when):
         """The GPU host reboots, short of rebooting: every process of every job dies at once
         (SIGKILL: no END in the ledger, no exit code), the host's boot id changes (direct)
         and its queue daemon comes back with its state file (pueue; killed first, as in a
         reboot, so that it does not see its tasks die). The runs taken away are noted: only
-        they may be rerun (RerunWrong)."""
+        they may be rerun (RerunWrong). `when`: at once, or once a job runs (ticking at most
+        2 x RUN_UNTIL seconds for one: most jobs of an example run a moment only)."""
         if self.stopped:
             return
+        until = time.monotonic() + 2 * RUN_UNTIL
+        while when != "now" and time.monotonic() < until:
+            if any(r.state == "running" for r in self.rows()) and self.ledger.live(float("inf")):
+                break
+            self.step_engine()
+            self.ledger.refresh()
+            self.ledger.sweep()
         deadline = time.monotonic() + 5  # a submit in flight: its job may not have said START
         while self.engine.inflight.case_ids() and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -1725,6 +1736,9 @@ class CaseflowModel(RuleBasedStateMachine):
         self.check(final=True)
         store = self.engine.store
         rows = {r.id: r for r in store.cases()}
+        for r in rows.values():
+            STATS["reruns"] += sum(h.trigger in RERUN for h in store.history(r.id))
+            STATS["lost_too_often"] += "lost to the infrastructure" in (r.reason or "")
         with promise(SlotKeptAfterJob):
             held = [(s.grp, s.idx, s.case_id) for s in store.slots() if s.case_id is not None]
             assert not held, f"slots still held at the end, every job gone: {held}"
@@ -1898,7 +1912,7 @@ def explore(model, examples: int, steps: int, profile: str):
         f"(again: CASEFLOW_MODEL_SEED={chosen}); without: {sorted(WITHOUT) or 'nothing'}"
     )
     hypothesis_core.global_force_seed = chosen
-    STATS.update(examples=0, steps=0, queue_shown=0)
+    STATS.update(examples=0, steps=0, queue_shown=0, reruns=0, lost_too_often=0)
     started = time.monotonic()
     try:
         run_state_machine_as_test(model, settings=test_settings)
@@ -1907,5 +1921,6 @@ def explore(model, examples: int, steps: int, profile: str):
         print(
             f"caseflow model ({profile}): ran {STATS['examples']} examples, {STATS['steps']} "
             f"steps in {time.monotonic() - started:.0f} s (seed {chosen}); a killed or "
-            f"restarted pueued checked as shown {STATS['queue_shown']} times"
+            f"restarted pueued checked as shown {STATS['queue_shown']} times; {STATS['reruns']} "
+            f"reruns, {STATS['lost_too_often']} cases lost more often than the budget"
         )

@@ -286,6 +286,7 @@ class Case:
         if not event.kwargs.get("job_ended"):
             return
         eng, row = self.engine, self.row
+        lead = event.kwargs.get("lead", "")  # what the move says before the job's end
         ref = job_ref(row, eng.instance)
         host = eng.host_of(row)
         folder = eng.config.results.folder
@@ -317,7 +318,7 @@ class Case:
                     self._job_log(ref)
             if row.job_outcome in (NOT_FOUND, LOST) or event.kwargs.get("requested"):
                 # nothing more to lose (or the operator's cancel): say so and go on
-                event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
+                event.kwargs["detail"] = f"{lead}{row.job_detail}; no results: {exc}"
                 return
             prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" else ""
             raise PermanentError(f"{prefix}results could not be retrieved: {exc}") from exc
@@ -328,7 +329,7 @@ class Case:
             write_atomic(target / log_name, text)
         self.changes.update(results_path=str(target), results_fetched=1)
         event.kwargs["detail"] = (
-            f"{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
+            f"{lead}{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
         )
 
     def _job_log(self, ref: JobRef) -> str | None:

@@ -133,6 +133,7 @@ def rerun(core: Core, row: CaseRow) -> None:
         row,
         core.spec.job_end_trigger(LOST),
         job_ended=True,
+        lead=f"rerun {row.reruns + 1} of {budget}: ",
         detail=f"rerun {row.reruns + 1} of {budget}: {cause}",
     )
 
