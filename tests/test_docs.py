@@ -287,4 +287,4 @@ def test_every_setting_is_documented_with_its_declared_default():
             else:
                 assert shown == _shown(f.default), f"{keys[0]}: documented {shown}"
             seen.append(f.name)
-    assert len(seen) == 24  # the control: the settings were found
+    assert len(seen) == 25  # the control: the settings were found
