@@ -75,8 +75,8 @@ def history_says(ws, name, words):
 @then(parsers.parse('the job of "{name}" is running again, as run {run:d}'))
 def running_again(ws, name, run):
     row = ws.wait_state(name, "running")
-    wait_for(lambda: ws.case(name).run == run and ws.case(name).task_id,
-             what=f"run {run} of {name!r} to be submitted")
+    wait_for(lambda: ws.case(name).run == run and ws.case(name).state == "running"
+             and ws.case(name).task_id, what=f"run {run} of {name!r} to be submitted")
     assert ws.case(name).run == run
     assert process_alive(ws.job_pid(name)), f"run {run}'s job of {name!r} is not running"
     assert row is not None
@@ -85,8 +85,11 @@ def running_again(ws, name, run):
 @when(parsers.parse('the GPU host reboots under the job of "{name}" {times:d} times'))
 def reboots_under(ws, name, times):
     for n in range(1, times + 1):
-        wait_for(lambda n=n: ws.case(name).run == n and ws.case(name).state == "running"
-                 and ws.case(name).task_id, what=f"run {n} of {name!r} to run")
+        def running(n=n):
+            row = ws.case(name)
+            return row is not None and row.run == n and row.state == "running" and row.task_id
+
+        wait_for(running, what=f"run {n} of {name!r} to run")
         pid = ws.job_pid(name)
         wait_for(lambda pid=pid: process_alive(pid), what=f"run {n}'s job of {name!r}")
         assert reboot(ws), f"run {n}'s job of {name!r} was not running"
