@@ -136,3 +136,6 @@ def both_runs(ws, name):
     html = request(ws.daemon.web.url, f"/cases/{shown(ws, name)['id']}")[2].decode()
     assert "2 (1 rerun: the infrastructure took its job away)" in html, html
     assert 'id="runs"' in html and "rerun 1 of 2: host local rebooted" in html, html
+    # and the metrics, by host and cause
+    metrics = request(ws.daemon.web.url, "/metrics")[2].decode()
+    assert 'caseflow_reruns_total{cause="host_restarted",host="local"} 1.0' in metrics, metrics

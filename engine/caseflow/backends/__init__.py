@@ -37,16 +37,21 @@ LOST_CAUSES = ("preempted", "node_failed", "host_restarted", "processes_gone")
 
 
 def lost_cause(detail: str) -> str:
-    """The kind of a LOST job's cause (LOST_CAUSES), read from its detail: a backend names a
-    preemption, a node's failure or a reboot (or restart) in so many words."""
-    text = detail.lower()
-    if "preempt" in text:
-        return "preempted"
-    if "node" in text and ("fail" in text or "boot" in text):
-        return "node_failed"
-    if "reboot" in text or "boot id" in text or "restart" in text:
-        return "host_restarted"
+    """The kind of a LOST job's cause (LOST_CAUSES), read from its detail by the words the
+    backends end it with (`LOST_MARKS`), never by a word that a host's or node's name may
+    hold ("node01 rebooted" is a restart, not a node's failure: a review)."""
+    for cause, marks in LOST_MARKS.items():
+        if any(mark in detail for mark in marks):
+            return cause
     return "processes_gone"
+
+
+# what a backend's LOST detail says, by cause (a name holds no space or parenthesis)
+LOST_MARKS = {
+    "preempted": ("(Slurm PREEMPTED)",),
+    "node_failed": ("(Slurm NODE_FAIL)", "(Slurm BOOT_FAIL)"),
+    "host_restarted": ("(boot id changed)", "the pueue daemon that started it no longer runs"),
+}
 
 
 @dataclass(frozen=True)
