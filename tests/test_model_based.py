@@ -1924,3 +1924,22 @@ def explore(model, examples: int, steps: int, profile: str):
             f"restarted pueued checked as shown {STATS['queue_shown']} times; {STATS['reruns']} "
             f"reruns, {STATS['lost_too_often']} cases lost more often than the budget"
         )
+
+
+def test_model_example_results_beside_a_pruned_cases_kept_run():
+    """A shrunk example the test found (issue 28): a case rerun after a reboot keeps its lost
+    run's results as results/c1.run-1; its folder is replaced (the case fails), the case is
+    pruned, and the new copy's case took results/c1, beside the kept run it would pass for.
+    A new case's results never go beside an earlier run's kept results."""
+    state = CaseflowModel()
+    try:
+        job = Job(group="gpu_b", exit=0, hold=True, term_s=0, child_s=0, work_s=0.3, data=1000)
+        name = state.drop_case(job=job)
+        state.reboot(when="a job runs")
+        state.replace_folder(job=job, name=name, pieces=2, same_sizes=True)
+        state.replace_folder(job=job, name=name, pieces=2, same_sizes=True)
+        state.tick(n=10)
+        state.prune(export=True, keep=0, tidy=True)
+        assert state.rebooted, "the reboot took no job away: the example tests nothing"
+    finally:
+        state.teardown()

@@ -63,7 +63,9 @@ def write_atomic(path: Path, text: str) -> None:
 
 def free_name(folder: Path, name: str, case_id: int, taken: Collection[str] = frozenset()) -> Path:
     """`folder/name`, or with the case id (and a counter) appended when that is taken:
-    never a path that exists or that another case uses."""
+    never a path that exists or that another case uses, nor one beside which an earlier
+    run's results are kept (`<name>.run-1`: a case pruned after its rerun or retry left
+    them there, and they would pass for this case's; a model-based example found it)."""
     base = casefolder.short_name(name)
     candidates = itertools.chain(
         (base, f"{base}-{case_id}"), (f"{base}-{case_id}-{i}" for i in range(2, 1000))
@@ -74,6 +76,7 @@ def free_name(folder: Path, name: str, case_id: int, taken: Collection[str] = fr
             str(path) not in taken
             and not os.path.lexists(path)
             and not os.path.lexists(folder / f".staging-{candidate}")
+            and not os.path.lexists(folder / f"{candidate}.run-1")
         ):
             return path
     raise PermanentError(f"no free name for {name!r} in {folder}")
