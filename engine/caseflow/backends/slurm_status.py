@@ -48,7 +48,7 @@ FAILED_STATES = {
 # OUT_OF_MEMORY, FAILED, CANCELLED (by a person or by caseflow), DEADLINE are the job's own.
 # The cause as a person reads it: {nodes} is "node c1", "nodes c[1-4]" or "its node", {one}
 # the same with "one of nodes c[1-4]" (Slurm does not say which of a job's nodes failed).
-LOST_CAUSES = {
+LOST_ENDS = {
     "NODE_FAIL": "{one} failed (Slurm NODE_FAIL)",
     "BOOT_FAIL": "{one} failed to boot (Slurm BOOT_FAIL)",
     "PREEMPTED": "preempted by a higher-priority job on {nodes} (Slurm PREEMPTED)",
@@ -101,7 +101,7 @@ def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
 
 
 def _lost(state: str, nodes: str | None) -> JobStatus:
-    """The LOST outcome of a job Slurm ended in `state` (one of LOST_CAUSES) on `nodes`
+    """The LOST outcome of a job Slurm ended in `state` (one of LOST_ENDS) on `nodes`
     (Slurm's node list: "c1", "c[1-4]", "c1,c3"; "" or "(null)" when it names none)."""
     nodes = (nodes or "").strip()
     if not nodes or nodes in ("(null)", "None", "None assigned", "N/A"):
@@ -110,7 +110,7 @@ def _lost(state: str, nodes: str | None) -> JobStatus:
         said, one = f"nodes {nodes}", f"one of nodes {nodes}"
     else:
         said = one = f"node {nodes}"
-    return JobStatus(LOST, LOST_CAUSES[state].format(nodes=said, one=one))
+    return JobStatus(LOST, LOST_ENDS[state].format(nodes=said, one=one))
 
 
 def ended(
@@ -135,7 +135,7 @@ def _ended(
         return JobStatus(SUCCESS, f"slurm job {job_id} COMPLETED, exit code 0", 0)
     if state not in FAILED_STATES:
         raise BadOutput(f"unknown Slurm job state {state!r} of job {job_id}")
-    if state in LOST_CAUSES:
+    if state in LOST_ENDS:
         return _lost(state, nodes)
     detail = f"slurm job {job_id} {state}"
     if signal:
