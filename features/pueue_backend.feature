@@ -73,16 +73,17 @@ Feature: Jobs run in the GPU host's pueue queue
       | 3.4.1   |
       | 4.0.4   |
 
-  Scenario Outline: pueue restarted with its state lost: the groups come back, a running case whose task vanished is not found
+  Scenario Outline: pueue restarted with its state lost: the groups come back, the running case whose task vanished runs again
     Given the GPU host runs pueue <version>
     And caseflow is running
     And the case "heart_0014" for gpu_b is running and waits to be released
     When the pueue daemon is stopped, its state file removed, and started again
-    Then the case "heart_0014" ends in not_found
-    And the reason given for "heart_0014" mentions "no longer knows"
+    Then the case "heart_0014" runs again as run 2, its history saying "no longer knows"
+    And pueue's group gpu_b has 1 parallel task again
+    When the job of "heart_0014" is released
+    Then the case "heart_0014" ends in success
     When the case folder "heart_0015" for gpu_b is dropped into the inbox
     Then the case "heart_0015" ends in success
-    And pueue's group gpu_b has 1 parallel task again
 
     Examples:
       | version |
@@ -159,15 +160,47 @@ Feature: Jobs run in the GPU host's pueue queue
       | 3.4.1   |
       | 4.0.4   |
 
-  Scenario Outline: A pueue daemon restart kills the running task and pauses the group
+  Scenario Outline: A pueue daemon restart kills the running task and pauses the group: the case runs again once the group goes on
     Given the GPU host runs pueue <version>
     And caseflow is running
     And the case "heart_0005" for gpu_b is running and waits to be released
     And another user's task waits in pueue group gpu_b
     When the pueue daemon is stopped and started again
-    Then the case "heart_0005" ends in failure
-    And the reason given for "heart_0005" mentions "killed"
+    Then the case "heart_0005" runs again as run 2, its history saying "marked the task Killed"
     And caseflow status shows the host with "pueue group(s) gpu_b PAUSED"
+    When someone runs "pueue start -g gpu_b" on the GPU host
+    And the job of "heart_0005" is released
+    Then the case "heart_0005" ends in success
+
+    Examples:
+      | version |
+      | 3.4.1   |
+      | 4.0.4   |
+
+  Scenario Outline: pueue's daemon killed and the job's processes with it, as in a reboot: the case runs again
+    Given the GPU host runs pueue <version>
+    And caseflow is running
+    And the case "heart_0016" for gpu_b is running and waits to be released
+    When the pueue daemon is killed with SIGKILL, the job of "heart_0016" with it, and pueued is started again
+    Then pueue says the task of "heart_0016" was killed and starts nothing by itself
+    And the case "heart_0016" runs again as run 2, its history saying "the pueue daemon that started it no longer runs"
+    When the job of "heart_0016" is released
+    Then the case "heart_0016" ends in success
+    And no GPU slot is held
+
+    Examples:
+      | version |
+      | 3.4.1   |
+      | 4.0.4   |
+
+  Scenario Outline: A case the operator cancels in pueue is not run again
+    Given the GPU host runs pueue <version>
+    And caseflow is running
+    And the case "heart_0017" for gpu_b is running and waits to be released
+    When the operator cancels "heart_0017"
+    Then the case "heart_0017" ends in failure
+    And the reason given for "heart_0017" is "cancelled"
+    And the case "heart_0017" ran once
 
     Examples:
       | version |

@@ -46,6 +46,13 @@ def _config(ws, **changes):
      "backend.pueue", "not a command line: No closing quotation"),
     ({"backend": {"kind": "pueue", "command": "true", "pueue": ["pueue", "-c"]}},
      "backend.pueue", "expected a string"),
+    # backend.boot_id_file: a path on the host (tests/test_direct_backend.py changes one)
+    ({"backend": {"kind": "direct", "command": "true", "boot_id_file": "boot_id"}},
+     "backend.boot_id_file", "must be an absolute path on the host (got 'boot_id')"),
+    ({"backend": {"kind": "direct", "command": "true", "boot_id_file": 7}},
+     "backend.boot_id_file", "expected a string"),
+    ({"backend": {"kind": "direct", "command": "true", "boot_id": "/x"}},
+     "backend.boot_id", "did you mean 'boot_id_file'"),
 ])
 def test_mistakes_name_file_and_key(ws, changes, key, words):
     path = _config(ws, **changes)
@@ -54,6 +61,13 @@ def test_mistakes_name_file_and_key(ws, changes, key, words):
     message = str(err.value)
     assert message.startswith(f"{path}: {key}:"), message
     assert words in message
+
+
+def test_the_direct_runners_boot_id_file_is_the_kernels_unless_set(ws):
+    assert load_config(_config(ws)).backend.boot_id_file == "/proc/sys/kernel/random/boot_id"
+    path = _config(ws, backend={"kind": "direct", "command": "true",
+                                "boot_id_file": "/srv/with space/boot id"})
+    assert load_config(path).backend.boot_id_file == "/srv/with space/boot id"
 
 
 def test_missing_required_sections(ws):
@@ -367,7 +381,7 @@ def test_an_absent_setting_is_its_declared_default(ws):
             value = getattr(obj, f.name)
             assert value == f.default and type(value) is type(f.default), f.name
             checked += 1
-    assert checked == 14
+    assert checked == 15
     assert config.shutdown_timeout_seconds == 60.0
     assert config.groups[0].slots == 1
     assert config.finish.remote_cleanup == "never"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.backends import (FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef,
-                               JobSpec)
+from caseflow.backends import (FAILURE, LOST, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef,
+                               JobSpec, JobStatus)
 from caseflow.backends.direct import DirectBackend, parse_status
 from caseflow.transports.local import LocalTransport
 from harness import wait_for
@@ -252,7 +252,8 @@ def test_the_status_script_answers_alike_where_the_shell_has_no_test_ef(backend,
         wait_for(lambda: backend.status(refs)[2].outcome != RUNNING, what="the cancel")
         (Path(jobs[2].remote_path) / ".caseflow" / "exit_code").unlink(missing_ok=True)
         (Path(jobs[2].remote_path) / ".caseflow" / "pid").write_text(f"{other.pid}\n")
-        triples = [x for r in refs[:2] for x in (r.task_id, r.remote_path, r.label)] + \
+        triples = [backend.boot_id_file] + \
+            [x for r in refs[:2] for x in (r.task_id, r.remote_path, r.label)] + \
             [str(other.pid), jobs[2].remote_path, refs[2].label]
         answers = [backend.transport.run(["sh", "-c", script, "caseflow-status", *triples])
                    for script in (STATUS, without)]
@@ -281,3 +282,89 @@ def test_more_jobs_than_one_command_carries_go_in_several(backend, tmp_path, mon
     assert [answers[i].outcome for i in range(60)] == [SUCCESS, FAILURE] * 30
     assert 3 <= len(backend.transport.calls) <= 10
     assert all(len(" ".join(c)) < direct.COMMAND_BYTES for c in backend.transport.calls)
+
+
+# -- a host rebooted under a job: its boot id changed (issue 28) -------------------------------
+@pytest.fixture(params=["local", "ssh"])
+def booted(request, tmp_path):
+    """The direct runner over the local transport and over the real sshd, told to read the
+    host's boot id from a file of the test's (at a path with a space and a quote): the test
+    "reboots" the host by writing another id there."""
+    root, boot = tmp_path / "remote", tmp_path / "it's boot" / "boot id"
+    boot.parent.mkdir()
+    boot.write_text("4a1e0c9e-0000-4000-8000-000000000001\n")
+    if request.param == "local":
+        t = LocalTransport("local", str(root))
+    else:
+        from caseflow.config import TransportConfig
+        from caseflow.transports.ssh import SSHTransport
+        from sshd import transport_settings
+        root.mkdir()
+        t = SSHTransport(TransportConfig(**transport_settings(request.getfixturevalue("sshd"),
+                                                              root)))
+    backend = DirectBackend(t, boot_id_file=str(boot))
+    backend.boot = boot
+    yield backend
+    t.close()
+
+
+def _kill_job(ref):
+    """SIGKILL the job's whole process group (its wrapper leads it), as a power cut does."""
+    pgid = int(ref.task_id)
+    os.killpg(pgid, signal.SIGKILL)
+    wait_for(lambda: not _group_members(pgid), what="the job's processes to be gone")
+
+
+def test_a_job_gone_after_its_host_rebooted_is_lost(booted, tmp_path):
+    """Processes gone, no exit code, and the boot id is not the one its launch noted: LOST,
+    naming the host. Another job of the same poll that ended with exit 3 before is a FAILURE
+    (its exit code is read first); one launched after the reboot runs."""
+    failed = _job(tmp_path, "failed", "exit 3", case_id=1)
+    lost = _job(tmp_path, "lost", "sleep 300", case_id=2)
+    r_failed, r_lost = _ref(failed, booted.submit(failed)), _ref(lost, booted.submit(lost))
+    _wait_outcome(booted, r_failed, FAILURE)
+    assert Path(lost.remote_path, ".caseflow", "boot_id").read_text() == booted.boot.read_text()
+    _kill_job(r_lost)
+    booted.boot.write_text("4a1e0c9e-0000-4000-8000-000000000002\n")
+    after = _job(tmp_path, "after", "sleep 300", case_id=3)
+    r_after = _ref(after, booted.submit(after))
+    answers = booted.status([r_failed, r_lost, r_after])
+    assert (answers[1].outcome, answers[1].exit_code) == (FAILURE, 3)
+    assert answers[2] == JobStatus(
+        LOST, f"host {booted.transport.name} rebooted while the job ran (boot id changed)")
+    assert answers[3].outcome == RUNNING
+    booted.cancel(r_after)
+    _wait_outcome(booted, r_after, FAILURE)
+
+
+def test_a_job_killed_on_the_same_boot_is_not_found_as_before(booted, tmp_path):
+    job = _job(tmp_path, "killed", "sleep 300")
+    ref = _ref(job, booted.submit(job))
+    _kill_job(ref)
+    status = _wait_outcome(booted, ref, NOT_FOUND)
+    assert "no exit code" in status.detail
+
+
+def test_a_job_that_exited_3_stays_a_failure_after_a_reboot(booted, tmp_path):
+    job = _job(tmp_path, "three", ["sh", "-c", "exit 3"])
+    ref = _ref(job, booted.submit(job))
+    _wait_outcome(booted, ref, FAILURE)
+    booted.boot.write_text("another boot\n")
+    status = booted.status([ref])[1]
+    assert (status.outcome, status.exit_code) == (FAILURE, 3)
+
+
+def test_without_a_boot_id_a_gone_job_is_not_found(booted, tmp_path):
+    """A host whose boot id cannot be read (no such file), or a job launched without one noted
+    (an older caseflow): a gone job is what it was before, never LOST on a guess."""
+    unread = _job(tmp_path, "unread", "sleep 300", case_id=1)
+    r_unread = _ref(unread, booted.submit(unread))
+    older = _job(tmp_path, "older", "sleep 300", case_id=2)
+    r_older = _ref(older, booted.submit(older))
+    Path(older.remote_path, ".caseflow", "boot_id").unlink()
+    _kill_job(r_unread)
+    _kill_job(r_older)
+    booted.boot.write_text("another boot\n")
+    assert booted.status([r_older])[2].outcome == NOT_FOUND
+    booted.boot.unlink()
+    assert booted.status([r_unread])[1].outcome == NOT_FOUND

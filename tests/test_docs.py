@@ -223,7 +223,7 @@ def test_status_json_keys_are_the_documented_ones(ws):
     assert by_name["listed"]["next_attempt_at"] is None  # ended: nothing is due
     assert by_name["waiting"]["next_attempt_at"] is not None
     show = json.loads(ws.cli("show", "--json", "waiting", check=True).stdout)
-    assert list(show) == documented + ["job_log", "upload", "history"]
+    assert list(show) == documented + ["job_log", "upload", "history", "runs"]
 
 
 def test_the_case_yaml_example_is_accepted(tmp_path):
@@ -256,6 +256,7 @@ def test_every_setting_is_documented_with_its_declared_default():
     one place) has its row in docs/configuration.md, and the row gives that default."""
     from dataclasses import fields
 
+    from caseflow.backends.direct import DirectConfig
     from caseflow.config import SHUTDOWN_MARGIN_SECONDS, Config, FinishConfig, GroupConfig
     from caseflow.retry import Policy
     from caseflow.transports.ssh_settings import SSHConfig
@@ -264,7 +265,8 @@ def test_every_setting_is_documented_with_its_declared_default():
     # each class, with the prefixes of the mappings its settings are read from
     sections = [(Config, ("", "stability.", "log.")), (Policy, ("retry.",)),
                 (FinishConfig, ("",)), (GroupConfig, ("groups.",)),
-                (SSHConfig, ("transport.",))]  # (and TransportConfig's, which it inherits)
+                (SSHConfig, ("transport.",)),  # (and TransportConfig's, which it inherits)
+                (DirectConfig, ("backend.",))]
     seen = []
     for cls, prefixes in sections:
         for f in fields(cls):
@@ -285,4 +287,4 @@ def test_every_setting_is_documented_with_its_declared_default():
             else:
                 assert shown == _shown(f.default), f"{keys[0]}: documented {shown}"
             seen.append(f.name)
-    assert len(seen) == 23  # the control: the settings were found
+    assert len(seen) == 25  # the control: the settings were found

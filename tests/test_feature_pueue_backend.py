@@ -1,6 +1,7 @@
 """Steps of features/pueue_backend.feature: caseflow over the real sshd to a real pueued
 (tests/pueue_daemon.py) of the scenario's version, whose client is `pueue` on the sessions' PATH."""
 
+import os
 import shlex
 import signal
 import subprocess
@@ -136,6 +137,49 @@ def daemon_state_lost(pueue_host):
     daemon.state_file.unlink()
     daemon.start()
     assert daemon.tasks() == {} and set(daemon.groups()) == {"default"}
+
+
+@when(parsers.parse('the pueue daemon is killed with SIGKILL, the job of "{name}" with it, and '
+                    'pueued is started again'))
+def daemon_and_job_killed(ws, pueue_host, name):
+    """A reboot, short of rebooting: pueued and the job's whole process group SIGKILLed (no
+    exit record is written), then pueued started again on its state file."""
+    host = pueue_host[0]
+    _caseflow_tasks_run(host.daemon)
+    record = ws.remote_folder(name) / ".caseflow" / "pueue-job"
+    host.killed_group = int(record.read_text().split()[1])
+    host.daemon.kill()
+    os.killpg(host.killed_group, signal.SIGKILL)
+    wait_for(lambda: not host.daemon.task_processes(), what="the job's processes to be gone")
+    host.daemon.start()
+
+
+@then(parsers.parse('pueue says the task of "{name}" was killed and starts nothing by itself'))
+def killed_not_restarted(ws, pueue_host, name):
+    """Run 1's task (by its label: caseflow may have added run 2's by now) is Done/Killed, and
+    its wrapper did not run again (its start record still names the killed group)."""
+    row = ws.case(name)
+    tasks = [t for t in pueue_host[0].tasks().values()
+             if (t["label"] or "").endswith(f"-{row.id}-1")]
+    assert len(tasks) == 1 and status_name(tasks[0]) == "Done", tasks
+    assert result_of(tasks[0]) == "Killed", tasks[0]
+    record = Path(tasks[0]["path"], ".caseflow", "pueue-job").read_text().split()
+    assert int(record[1]) == pueue_host[0].killed_group
+
+
+@then(parsers.parse('the case "{name}" runs again as run {run:d}, its history saying "{words}"'))
+def runs_again(ws, name, run, words):
+    wait_for(lambda: (row := ws.case(name)).run == run and row.state == "running"
+             and row.task_id, what=f"run {run} of {name!r} to be submitted")
+    details = [h["detail"] or "" for h in shown(ws, name)["history"]]
+    assert any(words in d for d in details), "\n".join(details)
+    ended = [r["ended"] for r in shown(ws, name)["runs"]]
+    assert ended[:run - 1] == ["rerun"] * (run - 1), ended
+
+
+@then(parsers.parse('the case "{name}" ran once'))
+def ran_once(ws, name):
+    assert shown(ws, name)["run"] == 1 and [r["run"] for r in shown(ws, name)["runs"]] == [1]
 
 
 @given(parsers.parse("pueue's daemon will be killed right before the next \"pueue add\" "

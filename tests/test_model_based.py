@@ -29,7 +29,11 @@ The promises checked (docs/guarantees.md):
    inbox folder is one case;
 3. `retry` runs the case again on its inputs as they are when the retry is asked: the
    retried run's job sees the folder's digest of that moment (or a later edit's);
-4. `caseflow prune` removes only cases that have ended for good (wrap-up done, no request,
+4. a job the infrastructure took away (`reboot`: every job's processes SIGKILLed, the boot id
+   changed, pueued restarted) runs again by itself, as a new run: only such a run is rerun,
+   at most `retry.infrastructure_reruns` times between two retries; an untouched case that
+   was only rerun ends in success, or in failure saying it was lost too often;
+5. `caseflow prune` removes only cases that have ended for good (wrap-up done, no request,
    no slot, no process of their job alive), never the case of a folder still in the inbox,
    and removes all of each (its history too); a pruned case's copy never becomes a case
    again (the checks above count pruned cases as the test saw them last);
@@ -59,7 +63,7 @@ Environment:
     CASEFLOW_MODEL_WITHOUT   comma-separated features to leave out, to look at one thing at a
                              time: child, term, hold, clock_step, lost_reply, remote_down,
                              restart, retry, cancel, replace, delete, edit, copy_in_pieces,
-                             prune, cut (the remote profile's lose_connection)
+                             prune, reboot, cut (the remote profile's lose_connection)
     CASEFLOW_MODEL_KEEP=1    keep each example's folder (printed) instead of removing it
 
 A failure prints the shrunk sequence of steps (`state.drop_case(...)`, `state.run_until(...)`,
@@ -127,6 +131,7 @@ CONFIRM = 0.3  # a live job whose slot its case does not hold: looked at again a
 MAX_FOLDERS = 5  # folder names per example
 CLOCK_STEP = 60.0  # a forward step of the engine's wall clock
 GROUPS = {"gpu_a": 2, "gpu_b": 1}
+BUDGET = 1  # retry.infrastructure_reruns: a second loss of the same case ends it (issue 28)
 GIVE_UP = 30.0  # retry.give_up_after_seconds (a clock step makes a failing streak give up)
 HEALTH = 0.5  # health_seconds: a host that seems well is probed this often
 # (seconds, ticks) after which the store must say what the host's queue is like: a stopped
@@ -138,7 +143,7 @@ RETRY_INITIAL, RETRY_MAX = 0.5, 2.0
 
 # of this process, printed at the end; "queue_shown": checks that found a killed pueued shown
 # (and a restarted one no longer), the host-health invariant at work
-STATS = {"examples": 0, "steps": 0, "queue_shown": 0}
+STATS = {"examples": 0, "steps": 0, "queue_shown": 0, "reruns": 0, "lost_too_often": 0}
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = yaml.safe_load((ROOT / "specs" / "case_machine.yaml").read_text())
@@ -160,6 +165,7 @@ def _sources(t) -> list[str]:
 
 MOVES = {(src, t["trigger"], t["dest"]) for t in SPEC["transitions"] for src in _sources(t)}
 LOST = {t["trigger"] for t in SPEC["transitions"] if "job_lost" in _roles(t)}
+RERUN = {t["trigger"] for t in SPEC["transitions"] if "job_rerun" in _roles(t)}
 RETRY, CANCEL = "retry", "cancel"  # the operator's requests (`caseflow retry` / `cancel`)
 
 # -- the job: ground truth in a ledger -------------------------------------------------------
@@ -637,6 +643,10 @@ class HostHealthWrong(Broken):
     pass
 
 
+class RerunWrong(Broken):
+    """A run was rerun that the infrastructure did not take away, or more than the budget."""
+
+
 class PrunedTooSoon(Broken):
     pass
 
@@ -723,9 +733,13 @@ class CaseflowModel(RuleBasedStateMachine):
             JOB.replace("{ledger}", str(self.ledger_dir)).replace("{ctl}", str(self.ws.ctl))
         )
         transport = {"kind": "local", "root": "remote", "verify": "size"}
-        backend = {"kind": "direct", "command": f"exec sh {job}"}
+        self.boot_id = self.tmp / "boot_id"  # the direct runner's, in place of the kernel's
+        self.boot_id.write_text("boot-0\n")
+        backend = {"kind": "direct", "command": f"exec sh {job}", "boot_id_file": str(self.boot_id)}
         if self.HOST is not None:
             kind, backend["kind"], version = self.HOST
+            if backend["kind"] != "direct":
+                del backend["boot_id_file"]
             try:
                 if backend["kind"] == "gridengine":
                     self.host = GridEngineHost(self.tmp, sum(GROUPS.values()))
@@ -752,6 +766,7 @@ class CaseflowModel(RuleBasedStateMachine):
                 "initial_seconds": RETRY_INITIAL,
                 "max_seconds": RETRY_MAX,
                 "give_up_after_seconds": GIVE_UP,
+                "infrastructure_reruns": BUDGET,
             },
             log={"level": "WARNING"},
         )
@@ -780,6 +795,10 @@ class CaseflowModel(RuleBasedStateMachine):
         self.drained: tuple[float, set[tuple[int, str]]] | None = None
         # pueued SIGKILLed (True) or started again (False): since when (monotonic, ticks)
         self.queue_change: tuple[bool, float, int] | None = None
+        # the runs whose job a reboot of the host took away (its processes SIGKILLed), and
+        # how many reboots there were
+        self.rebooted: set[tuple[int, int]] = set()
+        self.reboots = 0
         self.ticks = 0
         self.failed = (float("-inf"), 0)  # (when, after which tick) a call last failed on purpose
         self.steps = 0
@@ -1266,7 +1285,8 @@ class CaseflowModel(RuleBasedStateMachine):
         name = self.config.hosts[0].name
         while True:
             at, ticks = self.queue_changed()
-            if time.monotonic() - at >= HEALTH_SHOWN[0] + 2 and self.ticks - ticks >= HEALTH_SHOWN[1]:
+            late = time.monotonic() - at >= HEALTH_SHOWN[0] + 2
+            if late and self.ticks - ticks >= HEALTH_SHOWN[1]:
                 return
             self.step_engine()
             kinds = {n: k for n, _, _, k in self.engine.store.host_problems()}
@@ -1276,6 +1296,64 @@ class CaseflowModel(RuleBasedStateMachine):
     def queue_up(self) -> None:
         self.host.pueue.start()
         self.queue_change = (False, time.monotonic(), self.ticks)
+
+    @precondition(
+        lambda self: on("reboot")
+        and (self.HOST is None or self.HOST[1] in ("direct", "pueue"))
+        and bool(self.present())  # (the test's own model: a folder that may have a job)
+    )
+    @rule(when=st.sampled_from(["now", "a job runs"]))
+    @step()
+    def reboot(self, when):
+        """The GPU host reboots, short of rebooting: every process of every job dies at once
+        (SIGKILL: no END in the ledger, no exit code), the host's boot id changes (direct)
+        and its queue daemon comes back with its state file (pueue; killed first, as in a
+        reboot, so that it does not see its tasks die). The runs taken away are noted: only
+        they may be rerun (RerunWrong). `when`: at once, or once a job runs (ticking at most
+        2 x RUN_UNTIL seconds for one: most jobs of an example run a moment only)."""
+        if self.stopped:
+            return
+        until = time.monotonic() + 2 * RUN_UNTIL
+        while when != "now" and time.monotonic() < until:
+            if any(r.state == "running" for r in self.rows()) and self.ledger.live(float("inf")):
+                break
+            self.step_engine()
+            self.ledger.refresh()
+            self.ledger.sweep()
+        deadline = time.monotonic() + 5  # a submit in flight: its job may not have said START
+        while self.engine.inflight.case_ids() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pueue = self.HOST is not None and self.HOST[1] == "pueue"
+        if pueue and not (self.queue_change and self.queue_change[0]):
+            self.host.pueue.kill()
+        self.ledger.refresh()
+        self.ledger.sweep()
+        me = os.getpgrp()
+        taken = []
+        for p in self.ledger.live(float("inf")):
+            fields = proc_stat(p.pid)
+            if fields is None or fields[19] != p.st:
+                continue
+            group = int(fields[2])
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if group != me:
+                    os.killpg(group, signal.SIGKILL)
+                os.kill(p.pid, signal.SIGKILL)
+            if p.kind == "main" and p.run_no is not None:
+                taken.append((p.case, p.run_no))
+        deadline = time.monotonic() + 10
+        while any(alive(p.pid, p.st) for p in self.ledger.live(float("inf"))):
+            assert time.monotonic() < deadline, "a job's process outlived SIGKILL"
+            time.sleep(0.02)
+        # and every run that may have had a job then (one launched a moment before may not
+        # have written its START yet)
+        may = {(r.id, r.run) for r in self.rows() if r.state in JOB_STATES}
+        self.rebooted.update(taken, may)
+        self.reboots += 1
+        self.boot_id.write_text(f"boot-{self.reboots}\n")
+        if pueue:
+            self.queue_up()
+        self.did = f": took away {sorted(taken) or 'no job'}"
 
     @precondition(lambda self: on("lost_reply"))
     @rule(n=st.sampled_from([1, 3, 6]), of=st.sampled_from(["job_start", "any_command"]))
@@ -1375,10 +1453,10 @@ class CaseflowModel(RuleBasedStateMachine):
                 assert hist[-1][1] == r.state, f"{show(r.id)}: history ends in {hist[-1][1]}"
                 run = 1
                 for src, _dst, trig in hist[1:]:
-                    if src in TERMINAL:
-                        run += 1
                     if trig in LOST:
                         ended_lost.add((r.id, run))
+                    if src in TERMINAL or trig in RERUN:
+                        run += 1
                 assert run == r.run, f"{show(r.id)}: its history has {run} runs, the case {r.run}"
 
         # the engine's word on a run's end is the job's: an exit code means it ran, and it is
@@ -1401,6 +1479,30 @@ class CaseflowModel(RuleBasedStateMachine):
                 assert p.code is None or p.code == code, (
                     f"{show(case_id)}: run {run} ended with exit code {code}; its job exited "
                     f"{p.code}"
+                )
+
+        # only a run the infrastructure took away is run again by itself, at most BUDGET times
+        # between two retries, and the case counts them
+        with promise(RerunWrong):
+            for r in rows.values():
+                run, since_retry = 1, 0
+                for h in store.history(r.id)[1:]:
+                    if h.trigger in RERUN:
+                        assert (r.id, run) in self.rebooted, (
+                            f"{show(r.id)}: run {run} was rerun ({h.detail}), but no reboot "
+                            "took its job away"
+                        )
+                        since_retry += 1
+                        assert since_retry <= BUDGET, (
+                            f"{show(r.id)}: rerun {since_retry} times since its last retry; "
+                            f"the budget is {BUDGET}"
+                        )
+                    if h.src in TERMINAL:
+                        since_retry = 0
+                    if h.src in TERMINAL or h.trigger in RERUN:
+                        run += 1
+                assert r.reruns == since_retry, (
+                    f"{show(r.id)}: counts {r.reruns} reruns; its history has {since_retry}"
                 )
 
         # each run starts at most one job
@@ -1634,6 +1736,9 @@ class CaseflowModel(RuleBasedStateMachine):
         self.check(final=True)
         store = self.engine.store
         rows = {r.id: r for r in store.cases()}
+        for r in rows.values():
+            STATS["reruns"] += sum(h.trigger in RERUN for h in store.history(r.id))
+            STATS["lost_too_often"] += "lost to the infrastructure" in (r.reason or "")
         with promise(SlotKeptAfterJob):
             held = [(s.grp, s.idx, s.case_id) for s in store.slots() if s.case_id is not None]
             assert not held, f"slots still held at the end, every job gone: {held}"
@@ -1666,8 +1771,15 @@ class CaseflowModel(RuleBasedStateMachine):
                     and c.job.exit == 0
                     and r.id not in self.cancelled
                     and r.id not in self.exempt_cases
-                    and r.run == 1
+                    and r.run == 1 + r.reruns  # run again only by reruns
                 ):
+                    if r.reruns == BUDGET and r.state == "failure":
+                        with promise(RerunWrong):
+                            assert "lost to the infrastructure" in (r.reason or ""), (
+                                f"case {r.id} {r.name!r} was rerun {r.reruns} times, then "
+                                f"failed: {r.reason}"
+                            )
+                        continue
                     assert r.state == "success", (
                         f"case {r.id} {r.name!r} of the untouched folder {c.key} (job {c.job}) "
                         f"ended {r.state}: {r.reason}"
@@ -1800,7 +1912,7 @@ def explore(model, examples: int, steps: int, profile: str):
         f"(again: CASEFLOW_MODEL_SEED={chosen}); without: {sorted(WITHOUT) or 'nothing'}"
     )
     hypothesis_core.global_force_seed = chosen
-    STATS.update(examples=0, steps=0, queue_shown=0)
+    STATS.update(examples=0, steps=0, queue_shown=0, reruns=0, lost_too_often=0)
     started = time.monotonic()
     try:
         run_state_machine_as_test(model, settings=test_settings)
@@ -1809,5 +1921,6 @@ def explore(model, examples: int, steps: int, profile: str):
         print(
             f"caseflow model ({profile}): ran {STATS['examples']} examples, {STATS['steps']} "
             f"steps in {time.monotonic() - started:.0f} s (seed {chosen}); a killed or "
-            f"restarted pueued checked as shown {STATS['queue_shown']} times"
+            f"restarted pueued checked as shown {STATS['queue_shown']} times; {STATS['reruns']} "
+            f"reruns, {STATS['lost_too_often']} cases lost more often than the budget"
         )

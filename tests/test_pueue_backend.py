@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from caseflow.backends import FAILURE, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec
+from caseflow.backends import (
+    FAILURE, LOST, NOT_FOUND, RUNNING, SUCCESS, UNREADABLE, JobRef, JobSpec,
+)
 from caseflow.backends.pueue import DaemonNotRunning, PueueBackend
 from caseflow.backends.output import BadOutput
 from caseflow.backends.pueue_status import parse_poll, parse_status, task_outcome
@@ -624,11 +626,70 @@ def test_pueued_sigkilled_while_a_job_runs_keeps_its_slot_until_its_processes_en
     assert "lost track" in pueue.notice()
     pueue.cancel(r_other)  # pueue cannot stop it any more: caseflow kills its process group
     wait_for(lambda: not alive(other_pgid), what="the lost job to be killed")
-    assert outcome(pueue, r_other, FAILURE).detail.startswith("killed")
+    # gone without an exit code under a daemon that is not the one that started it: LOST to
+    # the backend; the engine makes the end of a job it asked to stop its cancel
+    assert outcome(pueue, r_other, LOST)
     jobs.release(70)
     status = outcome(pueue, r, SUCCESS)
     assert "the job's own record" in status.detail and status.exit_code == 0
     assert pueue.notice() is None
+
+
+def test_a_job_whose_daemon_and_processes_were_killed_is_lost_and_not_started_again(
+        pueue, daemon, jobs):
+    """A reboot, short of rebooting: pueued SIGKILLed, the task's process group killed, pueued
+    started again. pueue marks the task Killed and starts nothing by itself (a group with
+    queued tasks comes back paused); no exit record, no process, and the daemon that started it
+    is gone: LOST, with the cause. A job of the same group still queued stays queued."""
+    spec, queued = jobs.spec(72, "sleep 60", group="gpu_b"), jobs.spec(73, "true", group="gpu_b")
+    r, r_queued = ref(spec, pueue.submit(spec)), ref(queued, pueue.submit(queued))
+    pgid = started(spec)
+    record = Path(spec.remote_path, ".caseflow", "pueue-job").read_text()
+    daemon.kill()
+    os.killpg(pgid, 9)
+    wait_for(lambda: not alive(pgid), what="the job's processes to be gone")
+    daemon.start()
+    status = pueue.status([r])[72]
+    assert status.outcome == LOST, status
+    assert "pueue daemon that started it no longer runs" in status.detail
+    assert pueue.transport.name in status.detail
+    assert "pueue marked the task Killed" in status.detail
+    tasks = daemon.tasks()
+    assert status_name(tasks[r.task_id]) == "Done" and result_of(tasks[r.task_id]) == "Killed"
+    assert status_name(tasks[r_queued.task_id]) == "Queued"
+    assert daemon.groups()["gpu_b"]["status"] == "Paused"
+    assert Path(spec.remote_path, ".caseflow", "pueue-job").read_text() == record  # not rerun
+    assert not Path(queued.remote_path, ".caseflow", "pueue-job").exists()
+    assert daemon.task_processes() == []
+    assert not Path(spec.remote_path, ".caseflow", "pueue-exit").exists()
+
+
+def test_a_job_that_exited_while_its_daemon_was_down_ends_by_its_exit_record(
+        pueue, daemon, jobs):
+    """The exit record is read first: a job that wrote its exit code is never LOST, whatever
+    happened to the daemon. Exit 3 is the job's failure."""
+    spec = jobs.spec(74, "exit 3", hold=True)
+    r = ref(spec, pueue.submit(spec))
+    pgid = started(spec)
+    daemon.kill()
+    jobs.release(74)
+    wait_for(lambda: not alive(pgid), what="the job to end")
+    daemon.start()
+    status = outcome(pueue, r, FAILURE)
+    assert status.exit_code == 3 and "the job's own record" in status.detail
+
+
+def test_pueue_kill_under_a_running_daemon_is_the_jobs_end_not_lost(pueue, daemon, jobs):
+    """Someone's `pueue kill` on the host: the daemon that started the job still runs, so its
+    end is the job's (FAILURE, no rerun), as is one that exits 3."""
+    spec, failing = jobs.spec(75, "sleep 60"), jobs.spec(76, "exit 3")
+    r, r_failing = ref(spec, pueue.submit(spec)), ref(failing, pueue.submit(failing))
+    pgid = started(spec)
+    daemon.run("kill", r.task_id, check=True)
+    wait_for(lambda: not alive(pgid), what="pueue kill to end the job")
+    status = outcome(pueue, r, FAILURE)
+    assert status.detail.startswith("killed"), status
+    assert (outcome(pueue, r_failing, FAILURE).exit_code) == 3
 
 
 @pytest.mark.parametrize("loss", ["removed", "corrupted"])
@@ -637,7 +698,7 @@ def test_pueued_restarted_with_its_state_lost(pueue, daemon, jobs, loss):
     The groups come back before the next add; the running case's task is not found."""
     held = jobs.spec(80, "sleep 60", group="gpu_b")
     r = ref(held, pueue.submit(held))
-    outcome(pueue, r, RUNNING, "running")
+    started(held)  # its start record written: the job is known to have run
     daemon.stop()
     if loss == "removed":
         daemon.state_file.unlink()
@@ -645,8 +706,8 @@ def test_pueued_restarted_with_its_state_lost(pueue, daemon, jobs, loss):
         daemon.state_file.write_text(daemon.state_file.read_text()[:50])
     daemon.start()
     assert daemon.tasks() == {} and set(daemon.groups()) == {"default"}
-    status = pueue.status([r])[80]
-    assert status.outcome == NOT_FOUND and "no longer knows" in status.detail
+    status = pueue.status([r])[80]  # stopped by the daemon's own stop: the infrastructure's
+    assert status.outcome == LOST and "no longer knows" in status.detail, status
     new = jobs.spec(81, "true", group="gpu_b")
     task = pueue.submit(new)
     assert daemon.groups()["gpu_b"]["parallel_tasks"] == 1
@@ -703,10 +764,11 @@ def test_a_paused_group_after_a_daemon_restart_is_reported(pueue, daemon, jobs):
                                                                           group="gpu_b")
     r1, r2 = ref(running, pueue.submit(running)), ref(waiting, pueue.submit(waiting))
     outcome(pueue, r1, RUNNING, "running")
+    started(running)
     daemon.stop()   # pueued kills its tasks on SIGTERM ...
     daemon.start()  # ... and pauses groups with queued tasks when it starts again
     answers = pueue.status([r1, r2])
-    assert answers[95].outcome == FAILURE and "killed" in answers[95].detail
+    assert answers[95].outcome == LOST and "marked the task Killed" in answers[95].detail
     assert answers[96].outcome == RUNNING and "gpu_b is PAUSED" in answers[96].detail
     assert "gpu_b" in pueue.notice() and "PAUSED" in pueue.notice()
 
@@ -759,6 +821,16 @@ def test_a_poll_answer_cut_short_is_bad_output():
     assert parse_poll(head + "@@caseflow end\n", 1)[1] == [("none", None)]
     with pytest.raises(BadOutput, match="ended early"):
         parse_poll(head, 1)
+
+
+def test_a_gone_job_whose_daemon_is_gone_is_lost_and_a_live_one_is_not():
+    """`@@caseflow daemon N gone` marks a job whose group is gone (or only zombies) as lost; a
+    group with a live process stays alive whatever is said of its daemon."""
+    text = ('@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 gone\n'
+            '@@caseflow job 1 41\n@@caseflow job 2 42\n@@caseflow job 3 gone\n'
+            '@@caseflow live 42\n@@caseflow daemon 0 gone\n@@caseflow daemon 1 gone\n'
+            '@@caseflow daemon 2 gone\n@@caseflow end\n')
+    assert [procs for procs, _ in parse_poll(text, 4)[1]] == ["lost", "lost", "alive", "gone"]
 
 
 def test_an_exit_record_that_names_the_job_but_holds_no_exit_code_is_kept_as_said():

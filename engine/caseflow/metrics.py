@@ -28,6 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from . import __version__, durations
+from .backends import LOST_CAUSES
 from .errors import HOST_PROBLEM_KINDS, UNREACHABLE
 from .store import JobTimes
 
@@ -81,6 +82,13 @@ FAILED_ATTEMPTS = Counter(
     "caseflow_failed_attempts",
     "Steps that failed with a transient error; the case tries again after its backoff.",
     ["step"],
+    registry=REGISTRY,
+)
+RERUNS = Counter(
+    "caseflow_reruns",
+    "Runs of cases taken away by the infrastructure and run again (retry.infrastructure_reruns), "
+    "by host and cause: preempted, node_failed, host_restarted, processes_gone.",
+    ["host", "cause"],
     registry=REGISTRY,
 )
 GIVE_UPS = Counter(
@@ -143,6 +151,10 @@ def gave_up(step: str) -> None:
     GIVE_UPS.labels(step).inc()
 
 
+def rerun(host: str, cause: str) -> None:
+    RERUNS.labels(host, cause).inc()
+
+
 def declare(config, spec) -> None:
     """Every configured host's and every step's series exist from the start (at 0), so that
     rates and alerts (`increase(...) > 0`) see the first event."""
@@ -153,6 +165,8 @@ def declare(config, spec) -> None:
         if h.transport.kind == "ssh":
             for counter in (SSH_COMMANDS, SSH_ERRORS, SSH_CONNECTS):
                 counter.labels(h.name)
+        for cause in LOST_CAUSES:
+            RERUNS.labels(h.name, cause)
         UPLOAD_BYTES.labels(h.name)
         UPLOAD_SECONDS.labels(h.name)
         POLL_SECONDS.labels(h.name)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import HostError, PermanentError, StaleCase, TransientError
-from .settings import positive, setting
+from .settings import not_negative, positive, setting
 from .text import plural
 
 if TYPE_CHECKING:
@@ -75,6 +75,12 @@ class Policy:
         24 * 3600.0,
         positive,
         "a case failing transiently this long without a success between ends in failure",
+    )
+    infrastructure_reruns: int = setting(
+        2,
+        not_negative,
+        "a case whose job the infrastructure took away (its node failed, it was preempted, its"
+        " host rebooted) runs again by itself this many times; then it ends in failure",
     )
 
     def delay(self, attempts: int) -> float:

@@ -18,11 +18,30 @@ from .errors import SpecError
 SPEC_NAME = "case_machine.yaml"
 POLL = "poll"  # the special step of a state whose cases are polled in batches
 _CALLBACK_KEYS = ("conditions", "unless", "before", "after", "prepare")
-_TRANSITION_KEYS = {"trigger", "source", "dest", "description", "role", *_CALLBACK_KEYS}
+_TRANSITION_KEYS = {"trigger", "source", "dest", "description", "role", "why", *_CALLBACK_KEYS}
+# the design's triggers; any other needs a `why:` saying what it adds
+_CORE_TRIGGERS = (
+    "stabilize",
+    "enqueue",
+    "lock_gpu",
+    "requeue",
+    "upload",
+    "submit",
+    "complete",
+    "fail",
+    "lose",
+    "retry",
+    "cancel",
+)
 # what the engine uses a trigger for (`role:` of a transition): it asks the spec by role and
 # never names a trigger. The roles of ONE_TRIGGER are each one trigger's, and required.
 FAIL, REQUEST, REQUEUE = "fail", "request", "requeue"
-JOB_END_ROLES = {"success": "job_success", "failure": "job_failure", "not_found": "job_lost"}
+JOB_END_ROLES = {
+    "success": "job_success",
+    "failure": "job_failure",
+    "not_found": "job_lost",
+    "lost": "job_rerun",  # taken away by the infrastructure: the case runs again
+}
 ONE_TRIGGER = (FAIL, REQUEUE, *JOB_END_ROLES.values())
 REQUIRED_ROLES = (FAIL, *JOB_END_ROLES.values())
 ROLES = (*ONE_TRIGGER, REQUEST)
@@ -174,7 +193,7 @@ class MachineSpec:
 
     def job_end_trigger(self, outcome: str) -> str:
         """The trigger that ends a polled case whose job ended with `outcome` (a backend's
-        SUCCESS, FAILURE or NOT_FOUND)."""
+        SUCCESS, FAILURE, NOT_FOUND or LOST)."""
         return self.required_trigger(JOB_END_ROLES[outcome])
 
     @property
@@ -258,6 +277,11 @@ def load_spec(path: Path | str | None = None) -> MachineSpec:
         for key in ("trigger", "source", "dest"):
             if key not in raw:
                 raise SpecError(f"{where}: `{key}` is required")
+        if raw["trigger"] not in _CORE_TRIGGERS and not raw.get("why"):
+            raise SpecError(
+                f"{where}: trigger {raw['trigger']!r} is not one of the design's transitions; "
+                "add `why:` saying what it adds"
+            )
         sources = _names(raw["source"], where + ".source")
         for s in (*sources, raw["dest"]):
             if s not in names:

@@ -10,16 +10,17 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import overload
 
 from . import durations
-from .backends import RUNNING
+from .backends import LOST, RUNNING
 from .core.case_model import job_log_path
 from .errors import AUTH, DISK_LOW, HOST_KEY, LOGIN, QUEUE_DOWN, UNREACHABLE
 from .job_output import clean
-from .spec import load_spec
+from .spec import JOB_END_ROLES, load_spec
 from .store import CaseRow, HistoryRow, SlotRow
 from .store.reader import HostRow
 from .text import plural
@@ -214,6 +215,7 @@ def case_json(
         "attempts": row.attempts,
         "failing_since": iso(row.failing_since),
         "run": row.run,
+        "reruns": row.reruns,
         "priority": row.priority,
         "request": row.request,
         "file_count": row.file_count,
@@ -287,6 +289,41 @@ def history_json(history: list[HistoryRow]) -> list[dict]:
     ]
 
 
+def runs_of(database: Path, row: CaseRow, history: list[HistoryRow]) -> list[dict]:
+    """Every run of the case, from its history: when it began, how it ended (the move that
+    ended it: into a terminal state, or the spec's rerun when the infrastructure took its
+    job away; null while it goes on) and its kept log. A run begins at the case's first
+    move, at a move out of a terminal state (a retry) and at a rerun."""
+    spec = load_spec()
+    rerun = spec.trigger_for(JOB_END_ROLES[LOST])
+    terminal = set(spec.terminal_states)
+    runs: list[dict] = []
+
+    def close(end: HistoryRow) -> None:
+        runs[-1].update(ended_at=iso(end.at), ended=end.trigger, to=end.dst, detail=end.detail)
+
+    for h in history:
+        if not runs or h.trigger == rerun or (h.src in terminal and h.dst not in terminal):
+            if runs and runs[-1]["ended"] is None:
+                close(h)
+            n = len(runs) + 1
+            log = job_log_path(database, replace(row, run=n))
+            runs.append(
+                {
+                    "run": n,
+                    "began_at": iso(h.at),
+                    "ended_at": None,
+                    "ended": None,
+                    "to": None,
+                    "detail": None,
+                    "job_log": str(log) if log.exists() else None,
+                }
+            )
+        elif h.dst in terminal and runs[-1]["ended"] is None:
+            close(h)
+    return runs
+
+
 def case_detail(
     database: Path,
     row: CaseRow,
@@ -301,6 +338,7 @@ def case_detail(
     out["job_log"] = str(log_file) if log_file.exists() else None
     out["upload"] = upload_progress(row, now)
     out["history"] = history_json(history)
+    out["runs"] = runs_of(database, row, history)
     return out
 
 
@@ -404,8 +442,12 @@ def state_cell(row: CaseRow, now: float, waits: Mapping[str, str] | None = None)
         text += f" ({progress})"
     if row.queue_status and row.queue_status != RUNNING:  # the queue says more than "running"
         text += f" ({row.queue_status})"
-    if row.job_outcome and not ended:
+    if row.job_outcome == LOST and not ended:
+        text += " (its job was taken away by the infrastructure; fetching what it wrote)"
+    elif row.job_outcome and not ended:
         text += f" (job ended: {row.job_outcome}; fetching results)"
+    if row.reruns and not ended:  # run again by itself: `show` says why
+        text += f" (run {row.run}: rerun {row.reruns} after its job was lost)"
     if row.reason and not row.job_outcome and not ended:
         text += " (stopping its job before it fails)"
     if row.slot_index is not None and ended:

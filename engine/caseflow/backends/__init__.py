@@ -32,6 +32,21 @@ UNREADABLE = "unreadable"
 # `retry.infrastructure_reruns`; a job that exited non-zero, was cancelled or killed for its
 # own limits is a FAILURE, never LOST.
 LOST = "lost"
+# what took a LOST job away, as a label of caseflow_reruns (bounded: never the detail itself)
+LOST_CAUSES = ("preempted", "node_failed", "host_restarted", "processes_gone")
+
+
+def lost_cause(detail: str) -> str:
+    """The kind of a LOST job's cause (LOST_CAUSES), read from its detail: a backend names a
+    preemption, a node's failure or a reboot (or restart) in so many words."""
+    text = detail.lower()
+    if "preempt" in text:
+        return "preempted"
+    if "node" in text and ("fail" in text or "boot" in text):
+        return "node_failed"
+    if "reboot" in text or "boot id" in text or "restart" in text:
+        return "host_restarted"
+    return "processes_gone"
 
 
 @dataclass(frozen=True)

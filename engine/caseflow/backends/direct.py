@@ -2,7 +2,10 @@
 
 It keeps its bookkeeping in `<case folder>/.caseflow/`: `pid` (the job's
 session leader), `exit_code` (written when the job ends), `started` and `ended` (when, as Unix
-time: the job's durations) and `job.log` (stdout and stderr). All of it goes through the
+time: the job's durations), `boot_id` (the host's boot when the job was launched) and `job.log`
+(stdout and stderr). A job gone without an exit code on a host whose boot id has changed since
+was lost to a reboot (LOST: the engine runs the case again); gone on the same boot, something
+killed it (NOT_FOUND). All of it goes through the
 transport's `run` with argument lists; the shell scripts (scripts/direct-*.sh) take every
 variable part as a positional parameter, so nothing from a case name or path is ever parsed by
 a shell.
@@ -13,12 +16,16 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+from ..config.reader import Section
 from ..errors import PermanentError, TransientError
+from ..settings import setting
 from ..transports.shell import script
 from . import (
     FAILURE,
     LOG_TAIL_BYTES,
+    LOST,
     NOT_FOUND,
     RUNNING,
     SUCCESS,
@@ -51,9 +58,13 @@ FIND = (
 COMMAND_BYTES = 100_000
 
 
+BOOT_ID = "/proc/sys/kernel/random/boot_id"  # Linux: a new random id at every boot
+
+
 class DirectBackend(QueueBackend):
-    def __init__(self, transport):
+    def __init__(self, transport, boot_id_file: str = BOOT_ID):
         self.transport = transport
+        self.boot_id_file = boot_id_file  # on the host: read at each launch and each poll
 
     def submit(self, job: JobSpec) -> str:
         # never repeated by the transport: a step tried again later finds the first launch
@@ -66,6 +77,7 @@ class DirectBackend(QueueBackend):
                 job.remote_path,
                 f"{MARK}-{job.case_id}",
                 job.label,
+                self.boot_id_file,
                 # CASEFLOW_JOB: how the job's processes are told from others once its
                 # wrapper is gone (scripts/direct-group.sh)
                 *job_argv(job, env={"CASEFLOW_JOB": job.label}),
@@ -86,8 +98,8 @@ class DirectBackend(QueueBackend):
         pid (the task id; "-" when it is not a pid: the script reads the pid file), its case
         folder and its label."""
         out: dict[int, JobStatus] = {}
-        for batch in _batches(jobs):
-            args = []
+        for batch in _batches(jobs, len(self.boot_id_file.encode())):
+            args = [self.boot_id_file]
             for j in batch:
                 args += [j.task_id if j.task_id.isdigit() else "-", j.remote_path, j.label]
             res = self.transport.run(["sh", "-c", STATUS, "caseflow-status", *args])
@@ -95,7 +107,7 @@ class DirectBackend(QueueBackend):
                 raise TransientError(
                     f"job status query failed (exit {res.returncode}): {res.stderr.strip()}"
                 )
-            out.update(parse_status(res.stdout, batch))
+            out.update(parse_status(res.stdout, batch, self.transport.name))
         return out
 
     def find(self, job: JobRef) -> str | None:
@@ -149,12 +161,14 @@ class DirectBackend(QueueBackend):
             )
 
 
-def _batches(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
+def _batches(jobs: Sequence[JobRef], fixed: int = 0) -> list[list[JobRef]]:
+    """The jobs in batches whose status command stays within COMMAND_BYTES; `fixed`: the
+    bytes of the command's other arguments."""
     batches: list[list[JobRef]] = []
     size = COMMAND_BYTES
     for j in jobs:
         cost = len(shlex.quote(j.remote_path).encode()) + len(j.task_id) + len(j.label) + 6
-        if size + cost > COMMAND_BYTES - len(STATUS.encode()) - 100:
+        if size + cost > COMMAND_BYTES - len(STATUS.encode()) - fixed - 100:
             batches.append([])
             size = 0
         batches[-1].append(j)
@@ -165,9 +179,10 @@ def _batches(jobs: Sequence[JobRef]) -> list[list[JobRef]]:
 _RUNNING = JobStatus(RUNNING, "running")
 
 
-def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
+def parse_status(text: str, jobs: Sequence[JobRef], host: str = "the host") -> dict[int, JobStatus]:
     """The status script's lines -> every job's status. A line that cannot be read, or no line
-    at all, is that job's problem alone (UNREADABLE): the others keep their real outcomes."""
+    at all, is that job's problem alone (UNREADABLE): the others keep their real outcomes.
+    `host`: the host's name, as a LOST job's detail names it."""
     lines: dict[int, list[str]] = {}
     for line in text.split("\n"):  # the shell's lines (splitlines also splits at \r, \f...)
         index = line.split(" ", 1)[0]
@@ -182,6 +197,10 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
         elif parts[1:] == ["gone"]:
             out[job.case_id] = JobStatus(
                 NOT_FOUND, "the job's process is gone and left no exit code"
+            )
+        elif parts[1:] == ["rebooted"]:
+            out[job.case_id] = JobStatus(
+                LOST, f"host {host} rebooted while the job ran (boot id changed)"
             )
         elif len(parts) in (3, 5) and parts[1] == "exit" and re.fullmatch(r"-?\d{1,9}", parts[2]):
             code = int(parts[2])
@@ -205,9 +224,30 @@ def parse_status(text: str, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:
     return out
 
 
-# settings: the core keys alone; the scripts need setsid (a session of the job's own) and sh
+def _absolute(value: str) -> str | None:
+    return None if value.startswith("/") else "must be an absolute path on the host"
+
+
+@dataclass(frozen=True)
+class DirectConfig(BackendConfig):
+    """`kind: direct`."""
+
+    boot_id_file: str = setting(
+        BOOT_ID,
+        _absolute,
+        "the file on the host whose first line changes at every boot: a job gone without an "
+        "exit code after it changed was lost to a reboot, and its case runs again",
+    )
+
+
+def read_config(section: Section) -> DirectConfig:
+    return DirectConfig(**section.core, **section.reader.settings(DirectConfig))
+
+
+# the scripts need setsid (a session of the job's own) and sh
 ADAPTER = BackendAdapter(
-    config=BackendConfig,
+    config=DirectConfig,
+    read=read_config,
     tools=("setsid", "sh"),
-    open=lambda host, transport: DirectBackend(transport),
+    open=lambda host, transport: DirectBackend(transport, host.backend.boot_id_file),
 )

@@ -6,8 +6,9 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   its label matches; submit first looks for a task with the case's label and adopts it (the
   daemon may have died between `pueue add` and the store's commit): a case never gets two tasks.
 - The task runs caseflow's wrapper `.caseflow/pueue-job.sh` (no case data in it) with the job's
-  command as its arguments. It records "LABEL PGID" in `.caseflow/pueue-job` when it starts and
-  "LABEL EXIT_CODE" in `.caseflow/pueue-exit` when the command ends, and writes the job's stdout
+  command as its arguments. It records "LABEL PGID DAEMON" in `.caseflow/pueue-job` when it
+  starts (DAEMON: the pueued that started it) and "LABEL EXIT_CODE" in `.caseflow/pueue-exit`
+  when the command ends, and writes the job's stdout
   and stderr to `.caseflow/job.log` as they are: `pueue log` cannot give a log that is not UTF-8
   (3.4.1 and 4.0.4 print an error in its place), so caseflow never asks pueue for the text.
   pueue starts every task as the leader of its own process group, so a SIGKILLed pueued leaves
@@ -17,6 +18,13 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   pueue: the case stays `running` ("pueue lost track of the task; waiting for its processes to
   end") while any process of the group is alive, so its GPU slot is not handed on, and ends by
   the exit code the job recorded.
+- A job lost to the infrastructure: its group gone, no exit record, and the pueued that started
+  it (recorded in the start record as pid and start time) no longer runs: the daemon was
+  restarted under it, or the host rebooted (pueued stops its tasks on the way down). That is
+  LOST (the engine runs the case again), whether the restarted daemon lists the task as Killed
+  (3.4.1 and 4.0.4 do; neither starts it again, and a group with Queued tasks comes back
+  PAUSED) or lost its state. A `pueue kill` or `pueue reset` leaves that daemon running: the
+  job's end (FAILURE, NOT_FOUND), as is a job that wrote its exit code.
 - Cancel finds the task by its label and acts in the same remote command (scripts/pueue-cancel.sh):
   a stored id alone may name another case's task by then (a cancel repeated after a lost reply,
   the id reused after `clean`/`remove`), and a submit whose reply was lost left no id at all.
@@ -44,6 +52,7 @@ from ..errors import CONFIG, QUEUE_DOWN, HostError, PermanentError, TransientErr
 from ..transports.shell import script, source
 from . import (
     LOG_TAIL_BYTES,
+    LOST,
     NOT_FOUND,
     RUNNING,
     UNREADABLE,
@@ -91,7 +100,7 @@ DAEMON_DOWN = re.compile(
     r"handshake|Connection reset by peer"
 )
 COLOURS = re.compile(r"\x1b\[[0-9;]*m")  # pueue colours its errors, even without a terminal
-LOST = "pueue lost track of the task; waiting for its processes to end"
+LOST_TRACK = "pueue lost track of the task; waiting for its processes to end"
 
 
 class DaemonNotRunning(HostError):
@@ -350,7 +359,7 @@ class PueueBackend(PueueGroups, QueueBackend):
                 said = "Killed" if killed else status.detail
                 return JobStatus(
                     RUNNING,
-                    f"{LOST} (pueue says the task ended: {said}; its processes live on)",
+                    f"{LOST_TRACK} (pueue says the task ended: {said}; its processes live on)",
                     started=started,
                 )
             if not killed:
@@ -359,7 +368,7 @@ class PueueBackend(PueueGroups, QueueBackend):
         else:
             why = f"pueue no longer knows {name}"
         if procs == "alive":
-            return JobStatus(RUNNING, f"{LOST} ({why})", started=started)
+            return JobStatus(RUNNING, f"{LOST_TRACK} ({why})", started=started)
         if isinstance(code, str):  # it names the job, but what it says is no exit code
             return JobStatus(
                 UNREADABLE,
@@ -368,6 +377,17 @@ class PueueBackend(PueueGroups, QueueBackend):
             )
         if code is not None:
             return replace(by_exit_code(code, f"the job's own record; {why}"), started=started)
+        if procs == "lost":
+            # no exit code, no process left, and the pueued that started it is gone: the
+            # daemon was restarted under it (a reboot stops it too); a `pueue kill` or reset
+            # leaves the daemon running and stays the job's end (FAILURE, NOT_FOUND)
+            return JobStatus(
+                LOST,
+                f"its processes on {self.transport.name} are gone without an exit code and "
+                "the pueue daemon that started it no longer runs (pueued was restarted or "
+                f"the host rebooted; {why})",
+                started=started,
+            )
         if ours:
             return status
         return JobStatus(
@@ -395,7 +415,7 @@ class PueueBackend(PueueGroups, QueueBackend):
             tid, task = self._entry(job, tasks, labels)
             status = self._judge(job, tid, task, record)
             group = task.get("group") if isinstance(task, dict) else None
-            if status.outcome == RUNNING and status.detail.startswith(LOST):
+            if status.outcome == RUNNING and status.detail.startswith(LOST_TRACK):
                 counts["lost"] += 1
             elif status.outcome == RUNNING:
                 if status.detail.startswith("stashed"):

@@ -41,6 +41,7 @@ from ..views import (
     iso,
     one_line,
     printable,
+    runs_of,
     size,
     slot_json,
     status_table,
@@ -172,6 +173,26 @@ def cmd_show(args) -> int:
         print(f"\njob log ({log_file}), last {min(10, len(lines))} of {len(lines)} lines:")
         for line in lines[-10:]:
             print(f"  {printable(line)}")
+    runs = runs_of(config.database, row, history)
+    if len(runs) > 1:  # retried or rerun: how each run ended, where its log is
+        print("\nruns:")
+        print(
+            table(
+                ["RUN", "BEGAN", "ENDED", "HOW", "LOG"],
+                [
+                    [
+                        str(r["run"]),
+                        r["began_at"],
+                        r["ended_at"] or "-",
+                        one_line(f"{r['ended']}: {r['detail'] or r['to']}", 200)
+                        if r["ended"]
+                        else "going on",
+                        r["job_log"] or "-",
+                    ]
+                    for r in runs
+                ],
+            )
+        )
     print("\nhistory:")
     print(
         table(

@@ -20,7 +20,7 @@ from pathlib import Path
 from transitions import EventData
 
 from .. import casefolder, metrics
-from ..backends import LOG_TAIL_BYTES, NOT_FOUND, JobRef, JobSpec
+from ..backends import LOG_TAIL_BYTES, LOST, NOT_FOUND, JobRef, JobSpec, lost_cause
 from ..errors import HostError, PermanentError, TransientError
 from ..store import CaseRow
 from ..text import plural
@@ -286,6 +286,7 @@ class Case:
         if not event.kwargs.get("job_ended"):
             return
         eng, row = self.engine, self.row
+        lead = event.kwargs.get("lead", "")  # what the move says before the job's end
         ref = job_ref(row, eng.instance)
         host = eng.host_of(row)
         folder = eng.config.results.folder
@@ -315,9 +316,9 @@ class Case:
             if log_file:  # the log is kept all the same (`caseflow show`), if it can be had
                 with contextlib.suppress(TransientError, HostError):
                     self._job_log(ref)
-            if row.job_outcome == NOT_FOUND or event.kwargs.get("requested"):
+            if row.job_outcome in (NOT_FOUND, LOST) or event.kwargs.get("requested"):
                 # nothing more to lose (or the operator's cancel): say so and go on
-                event.kwargs["detail"] = f"{row.job_detail}; no results: {exc}"
+                event.kwargs["detail"] = f"{lead}{row.job_detail}; no results: {exc}"
                 return
             prefix = f"{row.job_detail}; " if row.job_detail and event.event.name == "fail" else ""
             raise PermanentError(f"{prefix}results could not be retrieved: {exc}") from exc
@@ -328,7 +329,7 @@ class Case:
             write_atomic(target / log_name, text)
         self.changes.update(results_path=str(target), results_fetched=1)
         event.kwargs["detail"] = (
-            f"{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
+            f"{lead}{row.job_detail}; {count} result file{'' if count == 1 else 's'} in {target}"
         )
 
     def _job_log(self, ref: JobRef) -> str | None:
@@ -373,9 +374,35 @@ class Case:
             )
         if self.row.wrapup:  # the earlier run's clean-up, archiving and hook come first
             raise TransientError("the earlier run's wrap-up is not done yet; the retry follows")
-        self._keep_earlier_results()
+        self._keep_earlier_results(self.row.results_path)
         path = Path(self.row.local_path)  # taken again as it is now
         self.changes["folder_stamp"] = folder_stamp(path) if path.is_dir() else None
+        self.changes["reruns"] = 0  # a person's retry starts the infrastructure's budget anew
+        self._new_run()
+
+    def reset_for_rerun(self, event: EventData) -> None:
+        """The job was taken away by the infrastructure (caseflow.core.jobs.finish): a new run
+        of the same case folder (the one the case took: a folder replaced since ends the case
+        at its validation, caseflow.core.case_model.Case.check_folder). What the lost run
+        wrote was fetched (fetch_results, before this); it is kept as a retry keeps it, and its
+        remote folder is removed where `remote_cleanup: always` says so."""
+        row, eng = self.row, self.engine
+        results = self.changes.get("results_path", row.results_path)
+        fetched = self.changes.get("results_fetched", row.results_fetched)
+        if row.remote_path and fetched and eng.config.finish.remote_cleanup == "always":
+            try:
+                eng.host_of(row).transport.remove_tree(row.remote_path)
+            except PermanentError as exc:  # kept; the new run has a folder of its own
+                log.warning(
+                    "case %s: the lost run's remote folder was not removed: %s", row.id, exc
+                )
+        self._keep_earlier_results(results)
+        self.changes.update(reruns=row.reruns + 1, results_path=results)
+        self._new_run()
+        self.changes["remote_path"] = None  # the new run's upload sets its own
+        metrics.rerun(row.slot_host or row.host or "", lost_cause(row.job_detail or ""))
+
+    def _new_run(self) -> None:
         self.changes.update(
             host=None,
             reason=None,
@@ -395,14 +422,15 @@ class Case:
             wrapup_note=None,
         )
 
-    def _keep_earlier_results(self) -> None:
-        """A retry is a new run; the earlier run's results (and the log with them) are kept:
-        results/<name> is renamed results/<name>.run-<its run>, and the new run's results
-        come to results/<name> again. (Its log also stays in logs/<id>-<run>.log.)"""
+    def _keep_earlier_results(self, results_path: str | None) -> None:
+        """A retry or a rerun is a new run; the earlier run's results (`results_path`, and
+        the log with them) are kept: results/<name> is renamed results/<name>.run-<its run>,
+        and the new run's results come to results/<name> again. (Its log also stays in
+        logs/<id>-<run>.log.)"""
         row, folder = self.row, self.engine.config.results.folder
-        if not row.results_path or folder is None:
+        if not results_path or folder is None:
             return
-        current = Path(row.results_path)
+        current = Path(results_path)
         if current.parent != folder or not os.path.lexists(current):
             return
         kept = free_name(

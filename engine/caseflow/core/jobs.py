@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .. import durations, metrics
-from ..backends import RUNNING, SUCCESS, UNREADABLE, JobRef, JobStatus
+from ..backends import LOST, RUNNING, SUCCESS, UNREADABLE, JobRef, JobStatus
 from ..errors import PermanentError, TransientError
 from ..retry import PERMANENT, Streak, kind_of, short
 from ..spec import REQUEST
@@ -105,9 +105,37 @@ def finish(core: Core, row: CaseRow) -> None:
         return
     if row.job_outcome is None:  # not ended (the tick and the poll call it for ended jobs)
         return
+    if row.job_outcome == LOST:
+        rerun(core, row)
+        return
     trigger = core.spec.job_end_trigger(row.job_outcome)
     key = "detail" if trigger == core.spec.job_end_trigger(SUCCESS) else "reason"
     core.lanes.step(row, trigger, job_ended=True, **{key: row.job_detail})
+
+
+def rerun(core: Core, row: CaseRow) -> None:
+    """The job was taken away by the infrastructure (LOST: its node failed, it was preempted,
+    its host rebooted; none of its processes runs): the case runs again as a new run, at most
+    `retry.infrastructure_reruns` times; past that it ends in failure with the cause and the
+    count. (A job caseflow was stopping never comes here: `finish` ends it as asked.)"""
+    budget = core.config.retry.infrastructure_reruns
+    cause = row.job_detail or "taken away by the infrastructure"
+    if row.reruns >= budget:
+        core.lanes.step(
+            row,
+            core.FAIL,
+            job_ended=True,
+            reason=f"{cause}; lost to the infrastructure {row.reruns + 1} times, not run again "
+            f"(retry.infrastructure_reruns: {budget})",
+        )
+        return
+    core.lanes.step(
+        row,
+        core.spec.job_end_trigger(LOST),
+        job_ended=True,
+        lead=f"rerun {row.reruns + 1} of {budget}: ",
+        detail=f"rerun {row.reruns + 1} of {budget}: {cause}",
+    )
 
 
 class StillRunning(Exception):

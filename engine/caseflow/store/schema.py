@@ -158,6 +158,11 @@ MIGRATIONS: list[str] = [
     ALTER TABLE history ADD COLUMN job_times_source TEXT;
     UPDATE history SET job_times_source = 'unknown';
     """,
+    # v11: how many times the case's job was taken away by the infrastructure (a node failed,
+    # a preemption, a reboot) and the case ran again by itself (retry.infrastructure_reruns)
+    """
+    ALTER TABLE cases ADD COLUMN reruns INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -188,6 +193,7 @@ CHANGEABLE = {
     "job_started",
     "job_ended",
     "job_times_source",
+    "reruns",
 }
 
 
@@ -230,6 +236,7 @@ class CaseRow:
     job_started: float | None
     job_ended: float | None
     job_times_source: str | None
+    reruns: int
     slot_id: int | None = None
     slot_index: int | None = None
     slot_device: str | None = None

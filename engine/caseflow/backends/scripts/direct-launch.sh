@@ -1,13 +1,14 @@
 #!/bin/sh
 # The direct runner's submit. $1 = case folder, $2 = marker (the job wrapper's $0, so that a
-# reused pid is not taken for the job), $3 = label (the job's CASEFLOW_JOB), $4... = the job's
-# argv (env K=V ... command).
+# reused pid is not taken for the job), $3 = label (the job's CASEFLOW_JOB), $4 = the host's
+# boot id file (its first line is copied to .caseflow/boot_id: the status script tells a host
+# rebooted under the job by it), $5... = the job's argv (env K=V ... command).
 # Starts the job detached in its own session and prints its pid; a second launch in the same
 # folder prints the first one's pid instead of starting another job. The job's first command
 # writes its pid in one write: a reader sees no file, an empty one (not written yet: the
 # status script takes a launched job without a pid for running) or the whole pid.
 cd -- "$1" || { echo "case folder $1 is missing" >&2; exit 97; }
-marker=$2; label=$3; shift 3
+marker=$2; label=$3; boot_file=$4; shift 4
 [ -d .caseflow ] || mkdir .caseflow || exit 98
 # The pid is waited for in steps of 2 ms, not 50 ms: a submit of a tiny case took 113 ms, most
 # of it this wait (the job's pid is written by its first command, a few ms after the start).
@@ -24,6 +25,9 @@ if ! mkdir .caseflow/launched 2>/dev/null; then
   if wait_pid; then echo "$pid"; exit 0; fi
   echo "a launch was started here before but left no pid" >&2; exit 99
 fi
+boot=
+{ read -r boot || [ -n "$boot" ]; } < "$boot_file" 2>/dev/null
+[ -z "$boot" ] || printf '%s\n' "$boot" > .caseflow/boot_id
 # The job wrapper (its $0 the marker, the leader of the job's session and process group):
 # - it outlives a TERM sent to the group (the trap), so that the job is seen running until
 #   it has ended: a job that writes a checkpoint on TERM keeps its GPU slot meanwhile;

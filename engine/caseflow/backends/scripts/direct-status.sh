@@ -1,9 +1,11 @@
 #!/bin/sh
-# The direct runner's poll. Arguments: triples of the job's pid (its task id; "-" when unknown:
-# then .caseflow/pid is read), its case folder and its label (CASEFLOW_JOB). One line per
-# triple, in order: "<n> exit <code> <started> <ended>" | "<n> running" | "<n> gone"; started and
-# ended are the job wrapper's notes of its times ("-" where there is none: a job launched by an
-# older caseflow).
+# The direct runner's poll. Arguments: the host's boot id file, then triples of the job's pid
+# (its task id; "-" when unknown: then .caseflow/pid is read), its case folder and its label
+# (CASEFLOW_JOB). One line per triple, in order: "<n> exit <code> <started> <ended>" |
+# "<n> running" | "<n> gone" | "<n> rebooted" (gone, and the boot id its launch noted in
+# .caseflow/boot_id is not the host's now: the host rebooted under the job); started and ended
+# are the job wrapper's notes of its times ("-" where there is none: a job launched by an older
+# caseflow).
 # Shell builtins only, in one pass, few system calls: a poll of 1,000 running jobs took
 # 2.1-2.6 s when each job cost a cat, a tr and a grep (a process each); with builtins only it
 # still made 37 system calls a job (most of them saving and restoring file descriptors for the
@@ -53,6 +55,14 @@ noted() {  # $1 = bookkeeping folder: the job's start and end times, into $times
     times="$times $t"
   done
 }
+boot=  # the host's boot id now (none: it cannot be read, and no job is said rebooted)
+{ read -r boot || [ -n "$boot" ]; } < "$1"
+shift
+rebooted() {  # $1 = bookkeeping folder: its launch noted another boot id than the host's now
+  was=
+  [ -n "$boot" ] && [ -s "$1/boot_id" ] && { read -r was || [ -n "$was" ]; } < "$1/boot_id"
+  [ -n "$was" ] && [ "$was" != "$boot" ]
+}
 n=0
 out=
 while [ "$#" -ge 3 ]; do
@@ -71,6 +81,7 @@ while [ "$#" -ge 3 ]; do
   elif exited "$b" && [ "$code" != bad ]; then s="exit $code"  # it ended since the first look
   elif [ -n "$pid" ] && [ -n "$proc" ] && ours "$pid" "$label" && [ -n "$ours" ]; then s=running
   elif exited "$b"; then s="exit $code"
+  elif rebooted "$b"; then s=rebooted
   else s=gone
   fi
   case $s in exit*) noted "$b"; s="$s$times" ;; esac

@@ -7,8 +7,13 @@
 # output is not UTF-8 (3.4.1 and 4.0.4) prints an error in place of the whole log. pueue's log
 # of the task says where the output is. No trap: a TERM (caseflow's cancel) ends this wrapper
 # at once, as it ends a job that does not catch it.
+# The start record is "LABEL PGID DAEMON": DAEMON is the pueued that started the task (this
+# shell's parent), as its pid and start time, "PID:START" (START empty when ps cannot say): a
+# job whose processes are gone without an exit record while that daemon no longer runs was lost
+# to the infrastructure (pueued restarted, the host rebooted), not ended by `pueue kill`.
 label=$1; shift
-printf '%s %s\n' "$label" "$$" > .caseflow/pueue-job.tmp &&
+daemon=$PPID:$(LC_ALL=C TZ=UTC0 ps -o lstart= -p "$PPID" 2>/dev/null | tr -d ' ')
+printf '%s %s %s\n' "$label" "$$" "$daemon" > .caseflow/pueue-job.tmp &&
   mv -f .caseflow/pueue-job.tmp .caseflow/pueue-job
 if { : > .caseflow/job.log; } 2>/dev/null; then
   printf 'caseflow: the output of this job is in %s/.caseflow/job.log\n' "$PWD"

@@ -5,7 +5,7 @@
 # SIGNAL..." when it did. For the processes pueue cannot stop: those of a task it lost track of
 # (a daemon restart) or marked ended while they live on (its leader ended on a TERM).
 signal_job() {
-  [ -r "$1/.caseflow/pueue-job" ] && read -r l g < "$1/.caseflow/pueue-job" || return 0
+  [ -r "$1/.caseflow/pueue-job" ] && read -r l g _ < "$1/.caseflow/pueue-job" || return 0
   [ "$l" = "$2" ] || return 0
   case $g in ''|*[!0-9]*) return 0 ;; esac
   kill -0 -"$g" 2>/dev/null || return 0
