@@ -3,7 +3,9 @@ Feature: Jobs run as Slurm batch jobs on a GPU cluster
   over SSH and named after the case. Slurm chooses the GPU (and sets
   CUDA_VISIBLE_DEVICES); caseflow's slots of a group are the most jobs it keeps
   in Slurm's queue for that group. caseflow asks about all its jobs with one
-  command per tick (squeue, and sacct for jobs squeue has forgotten).
+  command per tick (squeue, and sacct for jobs squeue has forgotten). A job Slurm
+  took away (its node failed, it was preempted) runs again as a new run; a job that
+  failed by itself (its exit code, its time limit) does not.
   (These scenarios run against a real one-node Slurm cluster with 2 GPUs.)
 
   Background:
@@ -45,3 +47,27 @@ Feature: Jobs run as Slurm batch jobs on a GPU cluster
     And the reason given for "brain_0006" is "cancelled"
     And the Slurm job of "brain_0006" is CANCELLED
     And no GPU slot is held
+
+  Scenario: A case whose node fails runs again once the node is back
+    Given caseflow submits its Slurm jobs with --no-requeue
+    And caseflow is running
+    And the case "brain_0007" for gpu_a is running and waits to be released
+    And the Slurm job of "brain_0007" is RUNNING
+    When the node of the Slurm cluster goes down under the job of "brain_0007"
+    Then the Slurm job of "brain_0007" is NODE_FAIL
+    And the history of "brain_0007" says "rerun 1 of 2: node NODE failed (Slurm NODE_FAIL)"
+    And once the node is back the job of "brain_0007" runs again in Slurm, as run 2
+    When the job of "brain_0007" is released
+    Then the case "brain_0007" ends in success
+    And Slurm ran two jobs for "brain_0007": the first NODE_FAIL, the second COMPLETED
+    And no GPU slot is held
+
+  Scenario: A case over its time limit ends in failure and is not run again
+    Given caseflow gives its Slurm jobs a time limit of 1 minute
+    And caseflow is running
+    And the case "brain_0008" for gpu_a is running and waits to be released
+    When Slurm ends the job of "brain_0008" at its time limit
+    Then the case "brain_0008" ends in failure
+    And the reason given for "brain_0008" mentions "TIMEOUT"
+    And Slurm ran exactly one job for "brain_0008", named after the case, and it TIMEOUT
+    And the case "brain_0008" is on its first run

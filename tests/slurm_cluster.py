@@ -42,6 +42,16 @@ SLURM_COMMANDS = ("munged", "munge", "slurmctld", "slurmd", "sbatch", "squeue", 
 SYSTEM_COMMANDS = ("unshare", "nsenter", "ip", "umount")
 SSH_PORT = 22  # the sshd's port inside the namespace (nothing else listens there)
 FAKE_ADDRESS = "10.254.254.1/32"  # without a non-127 address getaddrinfo() fails in slurmctld
+# SlurmCluster(preemption=True): partitions of two priority tiers (see the class). A partition's
+# PreemptMode is the mode of ITS jobs when they are preempted; the cluster's is the default.
+PREEMPTION = [
+    "PreemptType=preempt/partition_prio",
+    "PreemptMode=CANCEL",
+    "PartitionName=low Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 PreemptMode=CANCEL",
+    "PartitionName=low-requeue Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=1 "
+    "PreemptMode=REQUEUE",
+    "PartitionName=high Nodes=ALL MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF",
+]
 
 
 class SlurmError(RuntimeError):
@@ -82,11 +92,21 @@ class SlurmCluster:
     an sshd, in a network namespace under `root`. `min_job_age`: seconds a finished job stays
     in squeue/scontrol (Slurm's MinJobAge; 2 is its smallest recommended value, and records
     are purged by a periodic pass, so "forgotten" can take longer, see tests/slurm/NOTES.md).
-    `slurm_conf`: extra slurm.conf lines."""
+    `slurm_conf`: extra slurm.conf lines. `preemption`: partitions whose jobs a job of a
+    higher-priority partition preempts (PreemptType=preempt/partition_prio), beside the default
+    partition `debug`, whose jobs are never preempted:
+
+        low          PriorityTier=1, PreemptMode=CANCEL  (a preempted job ends PREEMPTED)
+        low-requeue  PriorityTier=1, PreemptMode=REQUEUE (it goes back to the queue, the same id)
+        high         PriorityTier=10, its jobs preempt the two above (never preempted)
+
+    Slurm lets a requeued job start again only after `cred_expire` (AuthInfo, 120 s by
+    default): tests make it eligible at once with `scontrol update jobid=ID starttime=now`.
+    Every partition has every node, so sinfo prints a line per partition."""
 
     def __init__(self, root: Path, *, min_job_age: int = 300, gpus: int = 2,
                  cpus: int | None = None, slurm_conf: tuple[str, ...] | list[str] = (),
-                 timeout: float = 60):
+                 preemption: bool = False, timeout: float = 60):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.min_job_age = min_job_age
@@ -94,6 +114,7 @@ class SlurmCluster:
         self.cpus = cpus
         self.node_cpus: int | None = None      # the CPUs configured, once started
         self.extra_conf = list(slurm_conf)
+        self.preemption = preemption
         self.timeout = timeout
         self.node = socket.gethostname().split(".")[0]
         self.netns = self.root / "netns"
@@ -303,7 +324,9 @@ class SlurmCluster:
             *overrides,
             f"NodeName={node} NodeAddr=127.0.0.1 {layout} RealMemory={hw['RealMemory']}{gres}"
             " State=UNKNOWN",
-            "PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP",
+            "PartitionName=debug Default=YES Nodes=ALL MaxTime=INFINITE State=UP"
+            + (" PreemptMode=OFF" if self.preemption else ""),
+            *(PREEMPTION if self.preemption else []),
             *self.extra_conf,  # a repeated key: the last line wins
             "",
         ]
@@ -323,10 +346,11 @@ class SlurmCluster:
             ["scontrol", "ping"], timeout=30).stdout, ("slurmctld",))
         self._spawn("slurmd", [_which("slurmd"), "-D", "-f", str(self.conf), "-N", self.node])
 
-        def idle() -> bool:
-            state = self.run(["sinfo", "-h", "-o", "%T"], timeout=30).stdout.strip()
+        def idle() -> bool:  # sinfo -p: one line (the node is in every partition)
+            state = self.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], timeout=30).stdout.strip()
             if state.startswith(("drain", "down")) and "*" not in state:
-                reason = self.run(["sinfo", "-h", "-o", "%E"], timeout=30).stdout.strip()
+                reason = self.run(["sinfo", "-h", "-p", "debug", "-o", "%E"],
+                                  timeout=30).stdout.strip()
                 raise SlurmError(f"node {state}: {reason}")
             return state == "idle"
         self._wait("node idle", idle, ("slurmctld", "slurmd"))

@@ -17,9 +17,10 @@ MIN_JOB_AGE = 2  # Slurm's smallest: MinJobAge=1 is read as 2
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """One Slurm node with 2 fake GPUs and at least 4 CPUs (more CPUs than GPUs, so that GPU
-    jobs wait for GPUs, not for CPUs), and an sshd beside it; shared by the session."""
+    jobs wait for GPUs, not for CPUs), its partitions for preemption (SlurmCluster's
+    `preemption`), and an sshd beside it; shared by the session."""
     cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"), min_job_age=MIN_JOB_AGE, gpus=2,
-                           cpus=max(4, os.cpu_count() or 1))
+                           cpus=max(4, os.cpu_count() or 1), preemption=True)
     cluster.start()
     _TIMES["start"] = cluster.start_seconds
     yield cluster

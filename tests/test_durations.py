@@ -350,11 +350,11 @@ def test_slurm_start_and_end_from_squeue_and_sacct():
     poll = Poll((DATA / "slurm" / "poll-times.txt").read_text(), refs)
     got = {r.label: SlurmBackend(None).job_status(poll, r) for r in refs}
     assert (got["forgotten"].outcome, got["forgotten"].started, got["forgotten"].ended) == \
-        (SUCCESS, 1796684032, 1796684033)
+        (SUCCESS, 1796696838, 1796696839)
     assert (got["ended"].outcome, got["ended"].started, got["ended"].ended) == \
-        (SUCCESS, 1796684042, 1796684043)
+        (SUCCESS, 1796696848, 1796696849)
     assert got["running"].outcome == RUNNING and not got["running"].waiting
-    assert (got["running"].started, got["running"].ended) == (1796684044, None)
+    assert (got["running"].started, got["running"].ended) == (1796696850, None)
     assert got["waiting"].outcome == RUNNING and got["waiting"].waiting
     assert got["waiting"].started is None
     low, high = captured["moments"]["before"], captured["moments"]["after"]
@@ -364,7 +364,7 @@ def test_slurm_start_and_end_from_squeue_and_sacct():
     # sacct's own times in the cluster's zone (UTC there) are the same moments
     assert [line.split("|")[1] for line in captured["sacct_local_times"]] == \
         [datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
-         for t in (1796684032, 1796684042)]
+         for t in (1796696838, 1796696848)]
 
 
 def test_grid_engine_start_and_end_in_the_hosts_zone():

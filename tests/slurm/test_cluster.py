@@ -106,8 +106,10 @@ def test_ssh_sessions_have_slurm_conf_and_the_slurm_commands(slurm_cluster, slur
     assert lines[0] == str(slurm_cluster.conf)
     assert [Path(p).name for p in lines[1:]] == ["sbatch", "squeue", "scontrol", "scancel",
                                                  "sacct"]
-    res = slurm.cmd("sinfo", "-h", "-o", "%T %c %G")
-    assert res.stdout.split() == ["idle", str(slurm_cluster.node_cpus), "gpu:2"]
+    res = slurm.cmd("sinfo", "-h", "-o", "%P %T %c %G")
+    assert [line.split() for line in res.stdout.splitlines()] == [
+        [partition, "idle", str(slurm_cluster.node_cpus), "gpu:2"]
+        for partition in ("debug*", "low", "low-requeue", "high")]
 
 
 def test_a_gpu_job_completes_and_sees_its_gpu(slurm):

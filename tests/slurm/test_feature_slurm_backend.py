@@ -15,6 +15,7 @@ pytest.register_assert_rewrite("bdd_steps")
 from bdd_steps import *  # noqa: E402,F401,F403  (shared steps become fixtures here)
 from bdd_steps import case_ends_in, cli_json, drop, results_folder, shown  # noqa: E402
 from harness import DEADLINE, JOB, wait_for  # noqa: E402
+from test_slurm_lost import wait_node_up  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +87,18 @@ def slurm_host(ws, slurm_cluster, slurm_view, gpus):
     ws.write_config(transport=slurm_cluster.transport_settings(ws.remote),
                     backend={"kind": "slurm", "command": JOB.replace("{ctl}", str(ws.ctl)),
                              "gpus_per_job": 1})
+
+
+@given("caseflow submits its Slurm jobs with --no-requeue")
+def no_requeue(ws):
+    """A job whose node fails then ends NODE_FAIL (Slurm's default, JobRequeue=1, would put it
+    back in its queue under the same id, which caseflow follows)."""
+    ws.write_config(backend={**ws.settings["backend"], "extra_args": ["--no-requeue"]})
+
+
+@given(parsers.parse("caseflow gives its Slurm jobs a time limit of {minutes:d} minute"))
+def time_limit(ws, minutes):
+    ws.write_config(backend={**ws.settings["backend"], "time": str(minutes)})
 
 
 @given(parsers.parse("caseflow keeps up to {slots:d} jobs of {group} in Slurm's queue"))
@@ -168,3 +181,65 @@ def slurm_job_is(ws, slurm_view, name, state):
     if state == "RUNNING":  # and caseflow has seen it so
         wait_for(lambda: (shown(ws, name)["queue_status"] or "").startswith("RUNNING"),
                  what=f"caseflow to see {name!r} running in Slurm")
+
+
+# -- the infrastructure's ends and the job's ---------------------------------------------------
+@pytest.fixture
+def node_back(slurm_cluster):
+    """After the scenario, the node is up again, whatever it did to it."""
+    yield slurm_cluster.node
+    wait_node_up(slurm_cluster)
+
+
+@when(parsers.parse('the node of the Slurm cluster goes down under the job of "{name}"'))
+def node_goes_down(ws, slurm_cluster, node_back, name):
+    started = ws.ctl / f"{name}.started"
+    wait_for(started.exists, what=f"the job of {name!r} to start")  # not only allocated
+    started.unlink()  # the next run's start writes it again
+    slurm_cluster.run(["scontrol", "update", f"nodename={node_back}", "state=down",
+                       "reason=test"], check=True)
+
+
+@then(parsers.parse('the history of "{name}" says "{words}"'))
+def history_says(ws, slurm_cluster, name, words):
+    words = words.replace("node NODE ", f"node {slurm_cluster.node} ")  # the cluster's node
+
+    def found():
+        details = [h["detail"] or "" for h in shown(ws, name)["history"]]
+        return next((d for d in details if words in d), None)
+    wait_for(found, what=f"the history of {name!r} to say {words!r}")
+
+
+@then(parsers.parse('once the node is back the job of "{name}" runs again in Slurm, as run '
+                    '{run:d}'))
+def runs_again(ws, slurm_cluster, slurm_view, name, run):
+    wait_node_up(slurm_cluster)
+    wait_for(lambda: ws.case(name).run == run and ws.case(name).task_id,
+             what=f"run {run} of {name!r} to be submitted")
+    task = ws.case(name).task_id
+    wait_for(lambda: slurm_view.state(task) == "RUNNING", what=f"slurm job {task} to run")
+    wait_for((ws.ctl / f"{name}.started").exists, what=f"run {run} of {name!r} to start")
+    assert ws.case(name).state == "running"
+
+
+@then(parsers.parse('Slurm ran two jobs for "{name}": the first {first}, the second {second}'))
+def two_jobs(ws, slurm_view, name, first, second):
+    row = ws.case(name)
+    labels = [f"caseflow-{ws.store.instance_id()}-{row.id}-{run}" for run in (1, 2)]
+    jobs = [slurm_view.jobs_named(label) for label in labels]
+    assert [list(j.values()) for j in jobs] == [[first], [second]], jobs
+    assert list(jobs[1]) == [row.task_id]
+
+
+@when(parsers.parse('Slurm ends the job of "{name}" at its time limit'))
+def at_time_limit(ws, slurm_view, name):
+    ws.wait_state(name, "running")
+    job_id = wait_for(lambda: ws.case(name).task_id, what=f"the job of {name!r} to be submitted")
+    # a limit of 1 minute, Slurm's smallest: it checks the limits every 30 s
+    wait_for(lambda: slurm_view.state(job_id) == "TIMEOUT", 150, interval=0.5,
+             what=f"slurm job {job_id} to reach its time limit (60-90 s)")
+
+
+@then(parsers.parse('the case "{name}" is on its {nth} run'))
+def nth_run(ws, name, nth):
+    assert shown(ws, name)["run"] == ["first", "second", "third"].index(nth) + 1

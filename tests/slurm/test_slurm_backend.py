@@ -464,30 +464,31 @@ def test_states_exit_codes_and_odd_lines_are_read():
                                 "gres": "N/A"}).detail == "RUNNING on n1"
     with pytest.raises(BadOutput, match="unknown Slurm job state 'EXPLODED'"):
         squeue_outcome("8", {"state": "EXPLODED", "exit_code": "0"})
-    jobs, odd = parse_squeue(["5|RUNNING|None|0|n1|gres:gpu:1|1796683690|1796687290|"
+    jobs, odd = parse_squeue(["5|RUNNING|None|0|n1|gres:gpu:1|1796683690|1796687290|0|"
                               "caseflow-x|with|bars",
-                              "|RUNNING|None|0|n1|N/A|N/A|N/A|no id", "6|PENDING", "garbage"])
+                              "|RUNNING|None|0|n1|N/A|N/A|N/A|0|no id", "6|PENDING", "garbage"])
     assert jobs["5"]["name"] == "caseflow-x|with|bars" and jobs["5"]["gres"] == "gres:gpu:1"
     assert list(jobs) == ["5"] and len(odd) == 3
-    assert parse_sacct("4|caseflow-x-1-1|CANCELLED by 0|0:0|1796683690|1796683694\n"
-                       "JobID|JobName|State|ExitCode|Start|End\n"
-                       "7|caseflow-x-2-1|CANCELLED by 0|0:0|Unknown|1796683694\n"
+    assert parse_sacct("4|caseflow-x-1-1|CANCELLED by 0|0:0|1796683690|1796683694|n1\n"
+                       "JobID|JobName|State|ExitCode|Start|End|NodeList\n"
+                       "7|caseflow-x-2-1|CANCELLED by 0|0:0|Unknown|1796683694|None assigned\n"
+                       "8|caseflow-x-3-1|COMPLETED|0:0|1796683690|1796683694\n"  # no NodeList
                        "sacct: error: something\n") == \
-        {"4": [("caseflow-x-1-1", "CANCELLED", 0, 0, 1796683690, 1796683694)],
-         "7": [("caseflow-x-2-1", "CANCELLED", 0, 0, None, 1796683694)]}
+        {"4": [("caseflow-x-1-1", "CANCELLED", 0, 0, 1796683690, 1796683694, "n1")],
+         "7": [("caseflow-x-2-1", "CANCELLED", 0, 0, None, 1796683694, "None assigned")]}
     with pytest.raises(BadOutput, match="incomplete"):
-        Poll("@@caseflow squeue 0\n5|RUNNING|None|0|n1|N/A|N/A|N/A|x\n")  # cut off
+        Poll("@@caseflow squeue 0\n5|RUNNING|None|0|n1|N/A|N/A|N/A|0|x\n")  # cut off
 
 
 def test_which_answer_counts_when_squeue_no_longer_lists_the_job():
     outcome = SlurmBackend(None)._outcome
     r = JobRef(1, "5", "caseflow-x-1-1", "/cases/1-x")
-    running = [("caseflow-x-1-1", "RUNNING", 0, 0, 1796683690, None)]
+    running = [("caseflow-x-1-1", "RUNNING", 0, 0, 1796683690, None, "n1")]
     assert outcome(r, None, None, running, True).outcome == RUNNING
     assert outcome(r, None, "5 2", running, True) == JobStatus(
         FAILURE, "slurm job 5 ended, exit code 2 (its exit code file; Slurm no longer lists it)",
         2)
-    other = [("caseflow-x-9-1", "COMPLETED", 0, 0, 1, 2)]  # the same id, another job's record
+    other = [("caseflow-x-9-1", "COMPLETED", 0, 0, 1, 2, "n1")]  # the same id, another job's
     assert outcome(r, None, None, other, True).outcome == NOT_FOUND
     assert outcome(r, {"name": "someone-else", "state": "RUNNING"}, "5 0", [],
                    False).outcome == NOT_FOUND

@@ -187,9 +187,9 @@ class SlurmBackend(ScriptedBackend[Poll]):
         exited = len(words) == 2 and words[0] == jid and words[1].lstrip("-").isdigit()
         ours = [a for a in accounted if a[0] == job.label]
         if ours:
-            _, state, code, signal, started, stopped = ours[-1]
+            _, state, code, signal, started, stopped, nodes = ours[-1]
             if state not in RUNNING_STATES:
-                return ended(jid, state, code, signal, started, stopped)
+                return ended(jid, state, code, signal, started, stopped, nodes)
             if not exited:  # accounting says it runs, though squeue lost sight of it
                 return JobStatus(RUNNING, f"{state} (says sacct; squeue does not list it)")
         if exited:

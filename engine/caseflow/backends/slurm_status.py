@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import replace
 
-from . import FAILURE, RUNNING, SUCCESS, JobRef, JobStatus
+from . import FAILURE, LOST, RUNNING, SUCCESS, JobRef, JobStatus
 from .output import BadOutput, quote_start
 from .scripted import sections
 from .times import epoch
@@ -41,10 +41,24 @@ FAILED_STATES = {
     "DEADLINE",
     "REVOKED",
 }
+# Of the FAILED_STATES, the ends where the job did not fail but the infrastructure took it
+# away: its node failed (or did not boot), or a job of a higher priority took its resources.
+# Slurm reports them once the job has ended on its nodes (it shows COMPLETING until then), so
+# none of its processes can still run: the engine runs the case again (LOST). TIMEOUT,
+# OUT_OF_MEMORY, FAILED, CANCELLED (by a person or by caseflow), DEADLINE are the job's own.
+# The cause as a person reads it: {nodes} is "node c1", "nodes c[1-4]" or "its node", {one}
+# the same with "one of nodes c[1-4]" (Slurm does not say which of a job's nodes failed).
+LOST_ENDS = {
+    "NODE_FAIL": "{one} failed (Slurm NODE_FAIL)",
+    "BOOT_FAIL": "{one} failed to boot (Slurm BOOT_FAIL)",
+    "PREEMPTED": "preempted by a higher-priority job on {nodes} (Slurm PREEMPTED)",
+}
 
 
 # -- reading Slurm's answers -------------------------------------------------------------------
-SQUEUE_FIELDS = ("id", "state", "reason", "exit_code", "nodes", "gres", "start", "end", "name")
+SQUEUE_FIELDS = (
+    "id", "state", "reason", "exit_code", "nodes", "gres", "start", "end", "restarts", "name",
+)  # fmt: skip
 # of the RUNNING_STATES, those of a job that has not started (its StartTime is a forecast)
 WAITING_STATES = {
     "PENDING",
@@ -70,8 +84,8 @@ def _exit_of(value: str) -> tuple[int | None, int | None]:
 
 
 def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
-    """The poll's squeue lines ("ID|STATE|REASON|EXIT_CODE|NODES|GRES|START|END|NAME", the
-    times as Unix time) -> ({job id: fields}, the lines that name no job id caseflow can
+    """The poll's squeue lines ("ID|STATE|REASON|EXIT_CODE|NODES|GRES|START|END|RESTARTS|NAME",
+    the times as Unix time) -> ({job id: fields}, the lines that name no job id caseflow can
     read)."""
     jobs: dict[str, dict] = {}
     unreadable = []
@@ -86,6 +100,19 @@ def parse_squeue(lines: Sequence[str]) -> tuple[dict[str, dict], list[str]]:
     return jobs, unreadable
 
 
+def _lost(state: str, nodes: str | None) -> JobStatus:
+    """The LOST outcome of a job Slurm ended in `state` (one of LOST_ENDS) on `nodes`
+    (Slurm's node list: "c1", "c[1-4]", "c1,c3"; "" or "(null)" when it names none)."""
+    nodes = (nodes or "").strip()
+    if not nodes or nodes in ("(null)", "None", "None assigned", "N/A"):
+        said = one = "its node"
+    elif "," in nodes or "[" in nodes:
+        said, one = f"nodes {nodes}", f"one of nodes {nodes}"
+    else:
+        said = one = f"node {nodes}"
+    return JobStatus(LOST, LOST_ENDS[state].format(nodes=said, one=one))
+
+
 def ended(
     job_id: str,
     state: str,
@@ -93,18 +120,23 @@ def ended(
     signal: int | None,
     started: float | None = None,
     stopped: float | None = None,
+    nodes: str | None = None,
 ) -> JobStatus:
     """The outcome of a job Slurm says has ended in `state` (it ran from `started` to
-    `stopped`, when Slurm says)."""
-    status = _ended(job_id, state, code, signal)
+    `stopped` on `nodes`, when Slurm says)."""
+    status = _ended(job_id, state, code, signal, nodes)
     return replace(status, started=started, ended=stopped)
 
 
-def _ended(job_id: str, state: str, code: int | None, signal: int | None) -> JobStatus:
+def _ended(
+    job_id: str, state: str, code: int | None, signal: int | None, nodes: str | None
+) -> JobStatus:
     if state == "COMPLETED":
         return JobStatus(SUCCESS, f"slurm job {job_id} COMPLETED, exit code 0", 0)
     if state not in FAILED_STATES:
         raise BadOutput(f"unknown Slurm job state {state!r} of job {job_id}")
+    if state in LOST_ENDS:
+        return _lost(state, nodes)
     detail = f"slurm job {job_id} {state}"
     if signal:
         detail += f", signal {signal}"
@@ -128,32 +160,45 @@ def squeue_outcome(job_id: str, job: dict) -> JobStatus:
             detail += (f" on {nodes}" if nodes else "") + (
                 f", {gres}" if gres and gres != "N/A" else ""
             )
+        restarts = job.get("restarts", "")
+        if restarts.isdigit() and int(restarts):
+            # Slurm put the job back in its queue itself (preempted with PreemptMode=REQUEUE,
+            # its node failed, `scontrol requeue`): the same job id, pending again, then running
+            # again. It stays RUNNING (waiting while pending): Slurm may start it again at any
+            # moment, so it keeps its case's slot (the group's limit of jobs in the queue).
+            detail += f", requeued by Slurm ({int(restarts)})"
         if state in WAITING_STATES:  # its StartTime is when Slurm expects to start it
             return JobStatus(RUNNING, detail, waiting=True)
         return JobStatus(RUNNING, detail, started=epoch(job.get("start")))
     code, signal = _exit_of(job.get("exit_code", ""))
-    return ended(job_id, state, code, signal, epoch(job.get("start")), epoch(job.get("end")))
+    return ended(
+        job_id, state, code, signal, epoch(job.get("start")), epoch(job.get("end")),
+        job.get("nodes"),
+    )  # fmt: skip
 
 
-Accounted = tuple[str, str, int | None, int | None, float | None, float | None]
+Accounted = tuple[str, str, int | None, int | None, float | None, float | None, str]
 
 
 def parse_sacct(text: str) -> dict[str, list[Accounted]]:
-    """`sacct -X -P -n -o JobID,JobName,State,ExitCode,Start,End` lines (the times as Unix
-    time) -> {id: [(name, state, exit, signal, start, end), ...]} in the order printed (an id
-    may repeat when Slurm's ids started over)."""
+    """`sacct -X -P -n -o JobID,JobName,State,ExitCode,Start,End,NodeList` lines (the times as
+    Unix time) -> {id: [(name, state, exit, signal, start, end, nodes), ...]} in the order
+    printed (an id repeats when Slurm's ids started over, or in the completion log when Slurm
+    requeued the job: one line per time it ended)."""
     out: dict[str, list] = {}
     for line in text.splitlines():
         parts = line.split("|")
-        if len(parts) != 6 or not parts[0].isdigit():
+        if len(parts) != 7 or not parts[0].isdigit():
             continue
-        job_id, name, state, exit_code, start, end = parts
+        job_id, name, state, exit_code, start, end, nodes = parts
         state = state.split()[0] if state.strip() else ""  # "CANCELLED by 1000"
         code = sig = None
         m = re.fullmatch(r"(\d+):(\d+)", exit_code.strip())
         if m:
             code, sig = int(m.group(1)), int(m.group(2))
-        out.setdefault(job_id, []).append((name, state, code, sig, epoch(start), epoch(end)))
+        out.setdefault(job_id, []).append(
+            (name, state, code, sig, epoch(start), epoch(end), nodes.strip())
+        )
     return out
 
 

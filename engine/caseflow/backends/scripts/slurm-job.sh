@@ -1,7 +1,9 @@
 #!/bin/sh
 # caseflow's batch script: runs its arguments (env NAME=VALUE ... COMMAND) in the case folder
 # and records the job's name and id, then its exit code, in .caseflow/.
-mkdir -p .caseflow
+# A job Slurm requeued starts again here under the same id: the exit code of its earlier
+# start (if it wrote one before it was killed) is not this start's.
+mkdir -p .caseflow && rm -f .caseflow/slurm-exit_code
 printf '%s %s\n' "$SLURM_JOB_NAME" "$SLURM_JOB_ID" > .caseflow/slurm-job.tmp &&
   mv -f .caseflow/slurm-job.tmp .caseflow/slurm-job
 "$@"

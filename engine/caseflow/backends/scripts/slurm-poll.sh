@@ -2,9 +2,10 @@
 # The Slurm backend's poll. $1 $2, $3 $4, ...: the job id and case folder of every job asked
 # about. Sections, each after a line "@@caseflow ...":
 #   squeue RC: squeue's exit code, then one line per asked job it still knows:
-#     ID|STATE|REASON|EXIT_CODE|NODES|GRES|START|END|NAME (the name last: it may hold anything)
+#     ID|STATE|REASON|EXIT_CODE|NODES|GRES|START|END|RESTARTS|NAME (the name last: it may hold
+#     anything; RESTARTS: how many times Slurm requeued the job itself)
 #   exit N LINE: the exit code file of the N-th job, when squeue does not list it
-#   sacct RC IDS: sacct's lines for those ids
+#   sacct RC IDS: sacct's lines for those ids (JobID|JobName|State|ExitCode|Start|End|NodeList)
 #   end
 # Only caseflow's own jobs are asked for (-j): `squeue --json` lists every job on the cluster
 # (22.05 ignores its filters); with 5,000 foreign jobs in the queue a poll of 20 jobs was
@@ -18,7 +19,7 @@ for a in "$@"; do
   i=$((i + 1))
 done
 out=$(squeue -h -t all -j "$ids" \
-  -O 'JobID:|,State:|,Reason:|,exit_code:|,NodeList:|,tres-per-node:|,StartTime:|,EndTime:|,Name:'
+  -O 'JobID:|,State:|,Reason:|,exit_code:|,NodeList:|,tres-per-node:|,StartTime:|,EndTime:|,RestartCnt:|,Name:'
 ); rc=$?
 printf '@@caseflow squeue %s\n' "$rc"
 if [ -n "$out" ]; then printf '%s\n' "$out"; fi
@@ -36,7 +37,7 @@ while [ "$#" -ge 2 ]; do
   n=$((n+1)); shift 2
 done
 if [ -n "$missing" ]; then
-  fields=JobID,JobName,State,ExitCode,Start,End
+  fields=JobID,JobName,State,ExitCode,Start,End,NodeList
   acct=$(sacct -X -P -n -j "$missing" -o "$fields" 2>/dev/null); rc=$?
   if [ "$rc" -ne 0 ] || [ -z "$acct" ]; then  # no accounting database: the completion log
     acct=$(sacct -c -X -P -n -j "$missing" -o "$fields"); rc=$?
