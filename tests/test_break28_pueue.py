@@ -42,6 +42,11 @@ def pueue_ws(ws, request):
     yield ws, host
     ws.stop()
     host.close()
+    for stray in ws.ctl.glob("*.stray"):  # the helpers that left their job's group
+        try:
+            os.kill(int(stray.read_text().strip()), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
 
 
 def _running_job(ws, name):
