@@ -18,6 +18,7 @@ pytest.register_assert_rewrite("bdd_steps")
 from bdd_steps import *  # noqa: E402,F401,F403  (shared steps become fixtures here)
 from bdd_steps import shown, wait_terminal  # noqa: E402
 from harness import RunningCommand, process_alive, wait_for  # noqa: E402
+from webtools import WEB, request  # noqa: E402
 
 scenarios("infrastructure_reruns.feature")
 
@@ -29,7 +30,8 @@ def boot_id_file(ws):
 @given("caseflow is running on a GPU host whose boot id the test controls")
 def caseflow_with_boot_id(ws):
     boot_id_file(ws).write_text(f"{uuid.uuid4()}\n")
-    ws.write_config(backend={**ws.settings["backend"], "boot_id_file": str(boot_id_file(ws))})
+    ws.write_config(backend={**ws.settings["backend"], "boot_id_file": str(boot_id_file(ws))},
+                    web=WEB)
     ws.start()
 
 
@@ -130,3 +132,7 @@ def both_runs(ws, name):
     assert runs[0]["detail"].startswith("rerun 1 of 2: ")
     out = ws.cli("show", name, check=True).stdout
     assert "runs:" in out and "rerun: rerun 1 of 2: " in out, out
+    # and the status page's case page: the run, how many reruns, each run's end
+    html = request(ws.daemon.web.url, f"/cases/{shown(ws, name)['id']}")[2].decode()
+    assert "2 (1 rerun: the infrastructure took its job away)" in html, html
+    assert 'id="runs"' in html and "rerun 1 of 2: host local rebooted" in html, html

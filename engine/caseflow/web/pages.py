@@ -16,6 +16,7 @@ from urllib.parse import urlencode
 
 from .. import durations
 from ..store import CaseRow
+from ..text import plural
 from ..views import Stamp, drain_parts, host_problem_parts, iso, printable, reason_parts, state_cell
 from .live_tails import about_parts
 
@@ -282,7 +283,15 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
             esc(row.slot_index) + (f" (device {esc(row.slot_device)})" if row.slot_device else ""),
         ),
         ("Task", esc(row.task_id)),
-        ("Run", esc(row.run)),
+        (
+            "Run",
+            esc(row.run)
+            + (
+                f" ({plural(row.reruns, 'rerun')}: the infrastructure took its job away)"
+                if row.reruns
+                else ""
+            ),
+        ),
         ("Files", f"{esc(row.file_count)}, {size(row.size_bytes)}"),
         ("Exit code", esc(row.exit_code)),
         (
@@ -324,6 +333,20 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
         f"{' <span class=detail>' + esc(h['detail']) + '</span>' if h['detail'] else ''}</li>"
         for h in detail["history"]
     )
+    runs = ""
+    if len(detail["runs"]) > 1:  # retried or rerun: how each run ended
+        items = "".join(
+            f"<li><b>run {r['run']}</b> {when_iso(r['began_at'], now)}: "
+            + (
+                f"{esc(r['ended'])} → {esc(r['to'])}"
+                + (f' <span class="detail">{esc(r["detail"])}</span>' if r["detail"] else "")
+                if r["ended"]
+                else "going on"
+            )
+            + "</li>"
+            for r in detail["runs"]
+        )
+        runs = f'<section><h2>Runs</h2><ol class="timeline" id="runs">{items}</ol></section>'
     # (the lines are clean already: escaped for HTML alone, their tabs kept)
     text = escape("\n".join(job_log["lines"]))
     log = (
@@ -332,7 +355,7 @@ def case_page(row: CaseRow, detail: dict, job_log: dict, now: float) -> str:
     )
     body = (
         f'<h1>Case {row.id}: <span class="name" id="case-name">{esc(row.name)}</span></h1>'
-        f'<div id="case" data-id="{row.id}"><dl class="fields">{dl}</dl>{progress}{timing}'
+        f'<div id="case" data-id="{row.id}"><dl class="fields">{dl}</dl>{progress}{timing}{runs}'
         f'<section><h2>History</h2><ol class="timeline" id="history">{timeline}</ol>'
         f'</section><section id="log" data-live="{str(job_log["live"]).lower()}">'
         f"<h2>Job log</h2>{log}</section>"
