@@ -21,7 +21,7 @@ from caseflow.backends.pueue_status import parse_poll, parse_status, task_outcom
 from caseflow.config import GroupConfig, TransportConfig
 from caseflow.errors import HostError, PermanentError, TransientError
 from caseflow.transports.ssh import SSHTransport
-from harness import wait_for
+from harness import process_alive, wait_for
 from pueue_daemon import VERSIONS, PueueDaemon, result_of, status_name
 from sshd import SSHServer, transport_settings
 
@@ -692,6 +692,69 @@ def test_pueue_kill_under_a_running_daemon_is_the_jobs_end_not_lost(pueue, daemo
     assert (outcome(pueue, r_failing, FAILURE).exit_code) == 3
 
 
+def _stray(jobs, case_id, trap=""):
+    """A command that starts a helper outside the job's process group (setsid, as
+    Popen(start_new_session=True) does), writes its pid to ctl/stray-ID and waits to be
+    released; `trap` is put before the helper's sleep (e.g. `trap '' TERM`)."""
+    pid_file = jobs.ctl / f"stray-{case_id}"
+    helper = f"{trap} exec sleep 600" if trap else "exec sleep 600"
+    command = (f"setsid sh -c {shlex.quote(helper)} > /dev/null 2>&1 < /dev/null & "
+               f"echo $! > {shlex.quote(str(pid_file))}")
+    return command, pid_file
+
+
+def _stray_pid(pid_file: Path) -> int:
+    return int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
+                        what="the helper's pid"))
+
+
+def test_a_helper_left_running_outside_the_group_is_ended_before_the_job_ends(
+        pueue, daemon, jobs):
+    """A job that exits 0 but leaves a helper running outside its process group (setsid, on
+    its GPU): the wrapper TERMs it (and KILLs one that ignores TERM, after 10 s) before it
+    writes the exit code, so the case ends, and its slot is free, only once nothing of the job
+    runs. The helper carries the job's label (CASEFLOW_JOB, given by `pueue add`)."""
+    command, pid_file = _stray(jobs, 90)
+    stubborn, stubborn_file = _stray(jobs, 91, trap="trap '' TERM;")
+    spec, spec_stubborn = jobs.spec(90, command), jobs.spec(91, stubborn)
+    r, r_stubborn = ref(spec, pueue.submit(spec)), ref(spec_stubborn, pueue.submit(spec_stubborn))
+    stray, stray_stubborn = _stray_pid(pid_file), _stray_pid(stubborn_file)
+    try:
+        assert os.getpgid(stray) != started(spec)
+        environ = Path(f"/proc/{stray_stubborn}/environ").read_bytes().split(b"\0")
+        assert f"CASEFLOW_JOB={spec_stubborn.label}".encode() in environ
+        status = outcome(pueue, r, SUCCESS)
+        assert status.exit_code == 0 and not process_alive(stray)
+        # the one that ignores TERM is KILLed after 10 s; until then the job runs
+        def ended():
+            status = pueue.status([r_stubborn])[91]
+            if status.outcome != RUNNING:
+                assert not process_alive(stray_stubborn), "it ended while its helper ran"
+            return status.outcome == SUCCESS
+        wait_for(ended, what="the job with a helper that ignores TERM to end")
+    finally:
+        for pid in (stray, stray_stubborn):
+            if process_alive(pid):
+                os.kill(pid, 9)
+
+
+def test_a_cancel_reaches_the_processes_that_left_the_group(pueue, daemon, jobs):
+    """caseflow cancel (TERM through pueue, or --force) also signals the job's processes
+    outside its process group (they carry its label); the job runs until they are gone."""
+    command, pid_file = _stray(jobs, 92)
+    spec = jobs.spec(92, command + "; sleep 600")
+    r = ref(spec, pueue.submit(spec))
+    stray = _stray_pid(pid_file)
+    try:
+        assert pueue.status([r])[92].outcome == RUNNING
+        pueue.cancel(r)
+        wait_for(lambda: not process_alive(stray), what="the TERM to reach the helper")
+        assert outcome(pueue, r, FAILURE)
+    finally:
+        if process_alive(stray):
+            os.kill(stray, 9)
+
+
 @pytest.mark.parametrize("loss", ["removed", "corrupted"])
 def test_pueued_restarted_with_its_state_lost(pueue, daemon, jobs, loss):
     """As after an upgrade: stopped (its tasks killed), the state file gone or unreadable.
@@ -831,6 +894,15 @@ def test_a_gone_job_whose_daemon_is_gone_is_lost_and_a_live_one_is_not():
             '@@caseflow live 42\n@@caseflow daemon 0 gone\n@@caseflow daemon 1 gone\n'
             '@@caseflow daemon 2 gone\n@@caseflow end\n')
     assert [procs for procs, _ in parse_poll(text, 4)[1]] == ["lost", "lost", "alive", "gone"]
+
+
+def test_a_gone_job_that_had_outlived_its_daemon_is_its_own_end_not_lost():
+    """`@@caseflow outlived N` (its folder says a poll saw it alive under a later pueued): gone,
+    it is not lost, whatever is said of its daemon; alive, it stays alive."""
+    text = ('@@caseflow status\n{"tasks": {}, "groups": {}}\n@@caseflow job 0 gone\n'
+            '@@caseflow job 1 gone\n@@caseflow job 2 alive\n@@caseflow outlived 0\n'
+            '@@caseflow daemon 1 gone\n@@caseflow outlived 2\n@@caseflow end\n')
+    assert [procs for procs, _ in parse_poll(text, 3)[1]] == ["outlived", "lost", "alive"]
 
 
 def test_an_exit_record_that_names_the_job_but_holds_no_exit_code_is_kept_as_said():

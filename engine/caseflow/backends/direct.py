@@ -45,8 +45,8 @@ MARK = "caseflow-job"  # the job wrapper's $0, so a reused pid is not taken for 
 
 # the remote scripts: scripts/direct-*.sh
 LAUNCH = script(__package__, "direct-launch.sh")
-STATUS = script(__package__, "direct-status.sh", "direct-group.sh")
-CANCEL = script(__package__, "direct-cancel.sh", "direct-group.sh")
+STATUS = script(__package__, "direct-status.sh", "job-group.sh")
+CANCEL = script(__package__, "direct-cancel.sh", "job-group.sh")
 # $1 = case folder: the pid its launch wrote; exit 3: never launched; exit 4: not written yet
 FIND = (
     'cd -- "$1" 2>/dev/null && [ -d .caseflow/launched ] || exit 3; '
@@ -79,7 +79,7 @@ class DirectBackend(QueueBackend):
                 job.label,
                 self.boot_id_file,
                 # CASEFLOW_JOB: how the job's processes are told from others once its
-                # wrapper is gone (scripts/direct-group.sh)
+                # wrapper is gone (scripts/job-group.sh)
                 *job_argv(job, env={"CASEFLOW_JOB": job.label}),
             ]
         )

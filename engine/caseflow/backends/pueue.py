@@ -6,9 +6,11 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   its label matches; submit first looks for a task with the case's label and adopts it (the
   daemon may have died between `pueue add` and the store's commit): a case never gets two tasks.
 - The task runs caseflow's wrapper `.caseflow/pueue-job.sh` (no case data in it) with the job's
-  command as its arguments. It records "LABEL PGID DAEMON" in `.caseflow/pueue-job` when it
-  starts (DAEMON: the pueued that started it) and "LABEL EXIT_CODE" in `.caseflow/pueue-exit`
-  when the command ends, and writes the job's stdout
+  command as its arguments. It records "LABEL PGID DAEMON CASEFLOW_JOB" in `.caseflow/pueue-job`
+  when it starts (DAEMON: the pueued that started it) and "LABEL EXIT_CODE" in
+  `.caseflow/pueue-exit` when the command ends, once the processes the command left (in its
+  group or anywhere with its label: setsid) are gone (TERM, then KILL after 10 s: the slot is
+  free only when nothing of the job runs), and writes the job's stdout
   and stderr to `.caseflow/job.log` as they are: `pueue log` cannot give a log that is not UTF-8
   (3.4.1 and 4.0.4 print an error in its place), so caseflow never asks pueue for the text.
   pueue starts every task as the leader of its own process group, so a SIGKILLed pueued leaves
@@ -16,15 +18,23 @@ Tested against real pueue 3.4.1 and 4.0.4; the contract is in shared/pueue/FORMA
   its state file was lost); a TERM ends the wrapper at once, and pueue marks the task Killed while
   a job that catches TERM may take its time to end. Then caseflow believes the records, not
   pueue: the case stays `running` ("pueue lost track of the task; waiting for its processes to
-  end") while any process of the group is alive, so its GPU slot is not handed on, and ends by
-  the exit code the job recorded.
+  end") while any process of the job is alive, so its GPU slot is not handed on, and ends by
+  the exit code the job recorded. The job's processes are those whose environment holds
+  CASEFLOW_JOB=LABEL (given to the task by `pueue add`), whatever their group: a child that left
+  it (setsid) counts, and a group id reused by another program after a reboot does not. A job of
+  an older wrapper (no CASEFLOW_JOB in its record), or a host without /proc, is followed by its
+  process group.
 - A job lost to the infrastructure: its group gone, no exit record, and the pueued that started
   it (recorded in the start record as pid and start time) no longer runs: the daemon was
   restarted under it, or the host rebooted (pueued stops its tasks on the way down). That is
   LOST (the engine runs the case again), whether the restarted daemon lists the task as Killed
   (3.4.1 and 4.0.4 do; neither starts it again, and a group with Queued tasks comes back
   PAUSED) or lost its state. A `pueue kill` or `pueue reset` leaves that daemon running: the
-  job's end (FAILURE, NOT_FOUND), as is a job that wrote its exit code.
+  job's end (FAILURE, NOT_FOUND), as is a job that wrote its exit code. So is the end of a job
+  that had outlived a restart of pueued (a poll saw it alive while another pueued answered,
+  and marked its folder `.caseflow/pueue-outlived`, so that a restart of caseflow keeps it):
+  whoever killed it since did so under the new daemon; a reboot that takes it later cannot be
+  told from that, and a person retries it.
 - Cancel finds the task by its label and acts in the same remote command (scripts/pueue-cancel.sh):
   a stored id alone may name another case's task by then (a cancel repeated after a lost reply,
   the id reused after `clean`/`remove`), and a submit whose reply was lost left no id at all.
@@ -87,9 +97,10 @@ LOG_FILE = ".caseflow/job.log"  # the job's stdout and stderr, as the wrapper wr
 # to the case folder as it is: the task's command execs it with LABEL, then the job's argv.
 # pueue starts the task's shell as the leader of a new process group, so the wrapper's $$ is
 # the group's id.
-JOB_WRAPPER = source(__package__, "pueue-job.sh")
+# It ends the processes the job left behind with `ours` (job-group.sh, put before it).
+JOB_WRAPPER = source(__package__, "job-group.sh") + source(__package__, "pueue-job.sh")
 SUBMIT = script(__package__, "pueue-submit.sh")
-CANCEL = script(__package__, "pueue-cancel.sh", "pueue-client.sh", "pueue-kill.sh")
+CANCEL = script(__package__, "pueue-cancel.sh", "pueue-client.sh", "job-group.sh", "pueue-kill.sh")
 FIND = script(__package__, "pueue-find.sh", "pueue-client.sh")
 LOG = script(__package__, "pueue-log.sh")
 
@@ -258,7 +269,9 @@ class PueueBackend(PueueGroups, QueueBackend):
         add = [*self.pueue, "add", "-p", "-g", job.group, "-l", job.label, "-w", job.remote_path]
         if job.priority:  # `-o -5` is refused (clap reads -5 as an option); `=` is not
             add.append(f"--priority={job.priority}")
-        env = [f"{k}={v}" for k, v in sorted(job_env(job).items())]
+        # CASEFLOW_JOB: the job's processes are told by it wherever they go (a child may leave
+        # the task's group), and a group id reused after a reboot is not taken for the job
+        env = [f"{k}={v}" for k, v in sorted({**job_env(job), "CASEFLOW_JOB": job.label}.items())]
         # sent once: a lost reply is a transient error, and the step's next try finds the
         # task by its label (the script looks first) instead of adding a second one
         res = self._checked(
@@ -334,9 +347,9 @@ class PueueBackend(PueueGroups, QueueBackend):
         self, job: JobRef, tid: str, task, record: tuple[str, int | str | None]
     ) -> JobStatus:
         """The job's status from pueue's entry and the job's own records. The job has ended
-        only once no process of its group is alive, whatever pueue says: pueue marks a task
-        done when the wrapper (its process group's leader) ends, and a TERM ends the wrapper at
-        once while a job that catches TERM may take seconds to end."""
+        only once no process of it is alive (parse_poll), whatever pueue says: pueue marks a
+        task done when the wrapper (its process group's leader) ends, and a TERM ends the
+        wrapper at once while a job that catches TERM may take seconds to end."""
         procs, code = record
         name = f"task {tid}" if tid else f"the task labelled {job.label}"
         if task is not None and (not isinstance(task, dict) or "label" not in task):
@@ -388,13 +401,22 @@ class PueueBackend(PueueGroups, QueueBackend):
                 f"the host rebooted; {why})",
                 started=started,
             )
+        # its end under a live daemon (`pueue kill`, reset), or after it had outlived a
+        # restart of pueued: someone killed it since (a later reboot cannot be told from
+        # that: a person retries it)
+        after = (
+            f" after it had outlived a restart of pueued (a person's kill, or a later "
+            f"reboot of {self.transport.name}: retry it then)"
+            if procs == "outlived"
+            else ""
+        )
         if ours:
-            return status
+            return replace(status, detail=status.detail + after) if after else status
         return JobStatus(
             NOT_FOUND,
             f"pueue no longer knows {name} with label "
             f"{job.label} (cleaned, removed, reset, or the pueue state "
-            "was lost)",
+            f"was lost){after}",
         )
 
     def status(self, jobs: Sequence[JobRef]) -> dict[int, JobStatus]:

@@ -125,8 +125,9 @@ def by_exit_code(code: int, why: str) -> JobStatus:
 
 def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str | None]]]:
     """The POLL script's output → (pueue's status, per job (processes, recorded exit code)):
-    processes are "alive", "gone", "lost" (gone, and the daemon that started it no longer runs)
-    or "none" (no start record of the label);
+    processes are "alive", "gone", "lost" (gone, and the daemon that started it no longer runs),
+    "outlived" (gone, after a poll had seen them alive under a later daemon: the job's end, not
+    a loss) or "none" (no start record of the label);
     the exit code is None without a record of this label, the record's text when it is not an
     exit code. BadOutput when pueue's part cannot be read or the answer ended early."""
     lines = text.split("\n")
@@ -140,7 +141,7 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str |
     data = parse_status("\n".join(body))
     procs: dict[int, str] = {}
     codes: dict[int, int | str] = {}
-    live, ps_failed, ended, orphaned = set(), False, False, set()
+    live, ps_failed, ended, orphaned, outlived = set(), False, False, set(), set()
     for line in lines[i:]:
         parts = line.split()
         if len(parts) == 4 and parts[:2] == ["@@caseflow", "job"] and parts[2].isdigit():
@@ -152,6 +153,8 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str |
             live.add(parts[2])
         elif parts[:2] == ["@@caseflow", "daemon"] and parts[3:] == ["gone"] and parts[2].isdigit():
             orphaned.add(int(parts[2]))
+        elif len(parts) == 3 and parts[:2] == ["@@caseflow", "outlived"] and parts[2].isdigit():
+            outlived.add(int(parts[2]))
         ps_failed = ps_failed or line == "@@caseflow ps-failed"
         ended = ended or line == "@@caseflow end"
     if not ended:
@@ -161,7 +164,9 @@ def parse_poll(text: str, count: int) -> tuple[dict, list[tuple[str, int | str |
         seen = procs.get(n, "none")
         if seen.isdigit():  # `kill -0` found the group: alive unless all of it are zombies
             seen = "alive" if ps_failed or seen in live else "gone"
-        if seen == "gone" and n in orphaned:
+        if seen == "gone" and n in outlived:
+            seen = "outlived"
+        elif seen == "gone" and n in orphaned:
             seen = "lost"
         records.append((seen, codes.get(n)))
     return data, records

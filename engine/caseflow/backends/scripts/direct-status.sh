@@ -16,7 +16,7 @@
 # TERM and waits for every process of its group (direct-launch.sh), so a job that takes its
 # time to stop is seen running until it has. A wrapper gone without an exit code (killed
 # alone) leaves the job running while a process of its group carries its label (`ours`,
-# direct-group.sh): its GPU is not free before (the /proc scan only in that rare case).
+# job-group.sh): its GPU is not free before (the /proc scan only in that rare case).
 # "is the same file": test's -ef where the shell has it (dash, bash, busybox, ksh: two stats;
 # it is not POSIX), else cd -P to both and compare
 # shellcheck disable=SC3013

@@ -1,8 +1,8 @@
 #!/bin/sh
 # The pueue backend's cancel, one command: the check and the action together.
 # $1 = pueue client (run by pq, pueue-client.sh), $2 = label, $3 = case folder, $4 = term (stop:
-# SIGTERM) or kill (SIGKILL to the job's whole process group). Uses pq and signal_job
-# (pueue-kill.sh).
+# SIGTERM) or kill (SIGKILL to the job's whole process group). Uses pq, signal_job and
+# signal_strays (pueue-kill.sh, with ours of job-group.sh).
 # The task is found by its label, never by a stored id: pueue reuses ids after clean, remove
 # and reset, and this command may be sent again after a lost reply (the transport repeats it),
 # by when the id may be another case's task. pueue picks the label's tasks (`status --json
@@ -15,10 +15,11 @@
 # An action pueue refuses (the task changed state meanwhile) is tried again on a fresh look.
 # Then the job's process group, from the wrapper's record of this label, while any of it is
 # alive: kill: SIGKILL (also after pueue's kill: its stragglers); term: TERM and CONT when pueue
-# did not signal it (the task is Done, or unknown to pueue: its daemon lost it).
+# did not signal it (the task is Done, or unknown to pueue: its daemon lost it), else TERM and
+# CONT to the job's processes that left its group (they carry its label).
 # Prints "@@caseflow removed ID", "@@caseflow signalled ID SIGNAL", "@@caseflow group PGID
-# SIGNALS" for what it did, then "@@caseflow end". pueued not answering: the group is still
-# signalled, then pueue's answer and exit code.
+# SIGNALS", "@@caseflow strays PID... SIGNALS" for what it did, then "@@caseflow end". pueued
+# not answering: the group is still signalled, then pueue's answer and exit code.
 # shellcheck disable=SC2034  # read by pq (pueue-client.sh)
 pueue=$1 label=$2 dir=$3 how=$4
 # TERM once per run: this command may come again after a lost reply, and a second TERM can cut
@@ -87,5 +88,6 @@ while :; do
 done
 if [ "$how" = kill ]; then signal_job "$dir" "$label" KILL
 elif [ -z "$signalled" ]; then signal_job "$dir" "$label" TERM CONT
+else signal_strays "$dir" "$label" TERM CONT
 fi
 echo "@@caseflow end"

@@ -8,7 +8,7 @@ mkdir -p .caseflow || exit 98
 if [ -r .caseflow/pueue-task ] && read -r l id < .caseflow/pueue-task && [ "$l" = "$label" ]
 then echo "adopted $id"; exit 0
 fi
-rm -f .caseflow/pueue-job .caseflow/pueue-exit
+rm -f .caseflow/pueue-job .caseflow/pueue-exit .caseflow/pueue-outlived
 printf '%s' "$wrapper" > .caseflow/pueue-job.sh.tmp &&
   mv -f .caseflow/pueue-job.sh.tmp .caseflow/pueue-job.sh || exit 98
 out=$("$@"); rc=$?

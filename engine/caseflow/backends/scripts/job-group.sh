@@ -1,5 +1,6 @@
 #!/bin/sh
-# Shell functions of the direct runner's scripts (put before them by caseflow.transports.shell).
+# Shell functions of the scripts that find a job's processes (put before them by
+# caseflow.transports.shell): the direct runner's status and stop, pueue's job wrapper and stop.
 # ours PGID LABEL: sets $ours to the pids of the live processes of the job: those whose
 # environment holds CASEFLOW_JOB=LABEL (whatever their group: a child may make a group or a
 # session of its own) and the members of process group PGID (the job's, led by its wrapper);
