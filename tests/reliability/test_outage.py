@@ -118,8 +118,14 @@ def test_a_full_remote_disk_fails_only_the_case_that_does_not_fit(ws, gpu_host, 
 @pytest.mark.parametrize("gpu_host", [("ssh", v) for v in VERSIONS], indirect=True,
                          ids=host_id)
 def test_a_pueue_daemon_restart_mid_run_ends_cases_as_the_spec_says(ws, gpu_host, daemons):
+    """pueued stopped (SIGTERM: it kills its tasks) and started again: the running case's job
+    was taken away by the infrastructure (no rerun with a budget of 0: failure saying so); a
+    case submitted after it waits in the group pueued paused until the group is started."""
     configure(ws, gpu_host)
-    ws.write_config(groups={"gpu_a": {"slots": 1}})
+    # no rerun: the job pueued killed on its way down was taken away by the infrastructure
+    # (issue 28); with a budget of 0 the case ends at once, saying so
+    ws.write_config(groups={"gpu_a": {"slots": 1}},
+                    retry={**ws.settings["retry"], "infrastructure_reruns": 0})
     d = daemons()
     d.wait_running()
     drop(ws, "killed", {"in.bin": b"x", "work": "600"})
@@ -131,7 +137,9 @@ def test_a_pueue_daemon_restart_mid_run_ends_cases_as_the_spec_says(ws, gpu_host
     gpu_host.pueue.stop()   # SIGTERM: pueued kills its tasks ...
     gpu_host.pueue.start()  # ... and pauses the groups with queued tasks when it starts
     row = ws.wait_state("killed", *TERMINAL)
-    assert row.state == "failure" and "killed" in row.reason.lower(), row.reason
+    assert row.state == "failure" and row.run == 1, (row.state, row.run, row.reason)
+    assert "the pueue daemon that started it no longer runs" in row.reason, row.reason
+    assert "lost to the infrastructure 1 times, not run again" in row.reason, row.reason
     drop(ws, "after", {"in.bin": b"y", "work": "0.1"})
     ws.wait_state("after", "running")  # submitted into the paused group: it waits there
     # the host's notice is read with its running jobs' status: the poll that saw the task
