@@ -149,19 +149,23 @@ def test_missing_case_folder_is_permanent(backend, tmp_path):
 
 
 # -- one poll, every job judged on its own line (issue 13, item 5) ------------------------------
+def _transport(request, root):
+    """The transport of `request.param`: local, or over the real sshd, rooted at `root`."""
+    if request.param == "local":
+        return LocalTransport("local", str(root))
+    from caseflow.config import TransportConfig
+    from caseflow.transports.ssh import SSHTransport
+    from sshd import transport_settings
+    root.mkdir()
+    return SSHTransport(TransportConfig(**transport_settings(request.getfixturevalue("sshd"),
+                                                              root)))
+
+
 @pytest.fixture(params=["local", "ssh"])
 def any_backend(request, tmp_path):
     """The direct runner over the local transport and over the real sshd."""
     root = tmp_path / "remote"
-    if request.param == "local":
-        t = LocalTransport("local", str(root))
-    else:
-        from caseflow.config import TransportConfig
-        from caseflow.transports.ssh import SSHTransport
-        from sshd import transport_settings
-        root.mkdir()
-        t = SSHTransport(TransportConfig(**transport_settings(request.getfixturevalue("sshd"),
-                                                              root)))
+    t = _transport(request, root)
     yield DirectBackend(t)
     t.close()
 
@@ -293,15 +297,7 @@ def booted(request, tmp_path):
     root, boot = tmp_path / "remote", tmp_path / "it's boot" / "boot id"
     boot.parent.mkdir()
     boot.write_text("4a1e0c9e-0000-4000-8000-000000000001\n")
-    if request.param == "local":
-        t = LocalTransport("local", str(root))
-    else:
-        from caseflow.config import TransportConfig
-        from caseflow.transports.ssh import SSHTransport
-        from sshd import transport_settings
-        root.mkdir()
-        t = SSHTransport(TransportConfig(**transport_settings(request.getfixturevalue("sshd"),
-                                                              root)))
+    t = _transport(request, root)
     backend = DirectBackend(t, boot_id_file=str(boot))
     backend.boot = boot
     yield backend
