@@ -129,12 +129,9 @@ def rerun(core: Core, row: CaseRow) -> None:
             f"(retry.infrastructure_reruns: {budget})",
         )
         return
+    lead = f"rerun {row.reruns + 1} of {budget}: "  # before the results' words, or the cause
     core.lanes.step(
-        row,
-        core.spec.job_end_trigger(LOST),
-        job_ended=True,
-        lead=f"rerun {row.reruns + 1} of {budget}: ",
-        detail=f"rerun {row.reruns + 1} of {budget}: {cause}",
+        row, core.spec.job_end_trigger(LOST), job_ended=True, lead=lead, detail=lead + cause
     )
 
 
